@@ -1,0 +1,224 @@
+"""The ``hwnas`` command line: the only module that parses arguments.
+
+Every subcommand has ``--help``. Errors a user can cause (bad names, files, settings) are
+printed as one line, without a traceback, and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+MAIN_RUN = "runs/main"
+
+
+def _train_config(a: argparse.Namespace):  # noqa: ANN202
+    from supernet.train import StageConfig, TrainConfig
+
+    return TrainConfig(
+        seed=a.seed,
+        batch_size=a.batch_size,
+        max_length=a.max_length,
+        teacher=StageConfig(epochs=a.teacher_epochs, lr=a.teacher_lr),
+        supernet=StageConfig(epochs=a.supernet_epochs, lr=a.supernet_lr),
+        n_random=a.n_random,
+        hidden_weight=a.hidden_weight,
+        length_drop=not a.no_length_drop,
+        checkpoint_every=a.checkpoint_every,
+    ).validate()
+
+
+def _add_train_args(p: argparse.ArgumentParser, *, quick: bool) -> None:
+    g = p.add_argument_group("data and model")
+    g.add_argument("--task", default="rt",
+                   help="rt (default, bundled Rotten Tomatoes), 20ng, r8, glue:<task> (online), or a .csv/.tsv/.jsonl file")
+    g.add_argument("--model", default="minilm",
+                   help="pretrained BERT: 'minilm' (bundled all-MiniLM-L6-v2), a local folder, or a hub name when online")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--max-train", type=int, default=3000 if quick else None,
+                   help="use a seeded subset of the training split (default: %(default)s)")
+    g.add_argument("--max-eval", type=int, default=None, help="use a seeded subset of dev and test")
+    g.add_argument("--max-length", type=int, default=None, help="tokens per input (default: the task's)")
+    t = p.add_argument_group("training")
+    t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--teacher-epochs", type=float, default=1.0 if quick else 2.0)
+    t.add_argument("--teacher-lr", type=float, default=1e-4)
+    t.add_argument("--supernet-epochs", type=float, default=1.0 if quick else 2.0)
+    t.add_argument("--supernet-lr", type=float, default=5e-5)
+    t.add_argument("--n-random", type=int, default=2, help="random sub-networks per step (sandwich rule)")
+    t.add_argument("--hidden-weight", type=float, default=0.0, help="weight of final-[CLS] hidden-state distillation")
+    t.add_argument("--no-length-drop", action="store_true", help="train without random token retention")
+    t.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _spec(a: argparse.Namespace):  # noqa: ANN202
+    from supernet.data import task_max_length
+    from supernet.workflow import RunSpec
+
+    if a.max_length is None:
+        a.max_length = task_max_length(a.task)
+    return RunSpec(task=a.task, model=a.model, seed=a.seed, max_train=a.max_train, max_eval=a.max_eval,
+                   train=_train_config(a))
+
+
+def _print_table(frame, cols: Sequence[str]) -> None:  # noqa: ANN001
+    with __import__("pandas").option_context("display.width", 160, "display.max_columns", 20):
+        print(frame[list(cols)].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+
+
+EVAL_COLS = ("name", "arch", "flops_ratio", "params", "acc_dev", "acc_test", "f1_test")
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    from supernet.workflow import (
+        RunSpec,
+        evaluation_table,
+        open_run,
+        read_spec,
+        train_run,
+        write_evaluation,
+    )
+
+    out = Path(a.out)
+    spec = read_spec(out) if a.resume and (out / "run.json").exists() else _spec(a)
+    if a.resume and (out / "run.json").exists():
+        print(f"resuming {out} with its stored settings (task {spec.task}, model {spec.model})")
+    assert isinstance(spec, RunSpec)
+    times = train_run(out, spec, resume=a.resume, progress=not a.quiet)
+    t0 = time.time()
+    run = open_run(out)
+    table = evaluation_table(run)
+    write_evaluation(run, table)
+    times["evaluate"] = round(time.time() - t0, 1)
+    _print_table(table, EVAL_COLS)
+    print("wall time (s):", json.dumps(times))
+    print(f"wrote {out}/supernet, {out}/teacher, {out}/eval.csv, {out}/metrics.csv")
+    return 0
+
+
+def cmd_eval(a: argparse.Namespace) -> int:
+    from supernet.space import SubnetConfig
+    from supernet.workflow import evaluation_table, open_run, write_evaluation
+
+    run = open_run(a.run)
+    subnets = None
+    if a.subnet:
+        subnets = {Path(p).stem: run.space.validate(SubnetConfig.from_dict(_read_json(p))) for p in a.subnet}
+    table = evaluation_table(run, subnets)
+    if subnets is None:
+        write_evaluation(run, table)
+    _print_table(table, EVAL_COLS)
+    if a.save:
+        from supernet.io import write_csv, write_json
+
+        save = Path(a.save)
+        write_csv(save, table)
+        about = {name: json.loads((run.folder / f"{name}.json").read_text())
+                 for name in ("run", "state", "data_summary") if (run.folder / f"{name}.json").exists()}
+        write_json(save.with_name(save.name.replace("_eval_", "_train_")).with_suffix(".json"), about)
+        print(f"wrote {save}")
+    return 0
+
+
+def cmd_extract(a: argparse.Namespace) -> int:
+    from supernet.extract import export_standalone
+    from supernet.space import SubnetConfig
+    from supernet.workflow import open_run
+
+    run = open_run(a.run)
+    cfg = run.space.validate(SubnetConfig.from_dict(_read_json(a.subnet)))
+    written = export_standalone(run.supernet, cfg, a.out, run.tokenizer, list(run.task.label_names))
+    for kind, path in written.items():
+        print(f"{kind}: {path}")
+    if "hf" not in written:
+        from supernet.extract import extract, hf_expressible
+
+        print(f"no Hugging Face folder: {hf_expressible(extract(run.supernet, cfg))}")
+    return 0
+
+
+def cmd_run(a: argparse.Namespace) -> int:
+    """The main job on the bundled defaults (resumes if the run folder exists)."""
+    a.out = a.out or MAIN_RUN
+    a.resume = (Path(a.out) / "run.json").exists()
+    return cmd_train(a)
+
+
+def _read_json(path: str) -> dict:
+    from supernet.errors import ConfigError
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p} does not exist: give a JSON file with heads, ffn, keep, retention")
+    try:
+        return json.loads(p.read_text())
+    except ValueError as e:
+        raise ConfigError(f"{p} is not valid JSON: {e}") from e
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="hwnas",
+        description="Hardware-aware architecture search for BERT encoders: train a weight-shared "
+        "supernet once, then evaluate and extract any sub-network.",
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="the main job on the bundled defaults (train + evaluate)",
+                       description="Train a small supernet on the bundled Rotten Tomatoes data with the "
+                       "bundled all-MiniLM-L6-v2, then evaluate a few sub-networks. Resumes an "
+                       f"interrupted run in --out (default {MAIN_RUN}).")
+    r.add_argument("--out", default=None, help=f"run folder (default {MAIN_RUN})")
+    _add_train_args(r, quick=True)
+    r.set_defaults(func=cmd_run)
+
+    t = sub.add_parser("train", help="fine-tune the teacher and train the supernet",
+                       description="Fine-tune the teacher, rewire heads/neurons by importance (train split), "
+                       "train the weight-shared supernet (sandwich rule, distillation, LengthDrop), and "
+                       "write an evaluation table.")
+    t.add_argument("--out", required=True, help="run folder, e.g. runs/NAME")
+    t.add_argument("--resume", action="store_true", help="continue an interrupted run in --out with its stored settings")
+    _add_train_args(t, quick=False)
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="score sub-networks of a trained run on dev and test")
+    e.add_argument("--run", required=True, help="run folder written by hwnas train")
+    e.add_argument("--subnet", nargs="*", help="JSON files of sub-network configurations (default: the standard five)")
+    e.add_argument("--save", help="also write the table to this CSV (and the run's settings and stage "
+                   "times to a JSON beside it, '_eval_' replaced by '_train_')")
+    e.set_defaults(func=cmd_eval)
+
+    x = sub.add_parser("extract", help="write one sub-network as a standalone model",
+                       description="Write a physically smaller PyTorch model (and a Hugging Face folder when "
+                       "a stock BERT can express the sub-network) with the supernet's weights.")
+    x.add_argument("--run", required=True, help="run folder written by hwnas train")
+    x.add_argument("--subnet", required=True, help="JSON file with heads, ffn, keep, retention")
+    x.add_argument("--out", required=True, help="output folder")
+    x.set_defaults(func=cmd_extract)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from supernet.errors import HwnasError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except HwnasError as e:
+        print(f"hwnas {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: run the same command with --resume (hwnas run resumes by itself)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""Accuracy of any sub-network with inherited weights, cached by configuration hash."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.metrics import f1_score
+
+from supernet.data import Encoded, iterate_batches
+from supernet.model import ElasticBert
+from supernet.space import SubnetConfig
+
+
+@torch.no_grad()
+def predict(
+    model: ElasticBert, enc: Encoded, subnet: SubnetConfig | None = None, *, batch_size: int = 64
+) -> np.ndarray:
+    """Logits (N, num_labels) in the order of ``enc``."""
+    was_training = model.training
+    model.eval()
+    out = np.zeros((len(enc), model.shape.num_labels), dtype=np.float32)
+    try:
+        for b in iterate_batches(enc, batch_size, shuffle=False, sort_by_length=True):
+            logits = model(b["input_ids"], b["attention_mask"], b["token_type_ids"], subnet=subnet).logits
+            out[b["index"].numpy()] = logits.float().numpy()
+    finally:
+        model.train(was_training)
+    return out
+
+
+def scores(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    pred = logits.argmax(1)
+    return {
+        "accuracy": float((pred == labels).mean()),
+        "macro_f1": float(f1_score(labels, pred, average="macro", labels=np.unique(labels))),
+    }
+
+
+class Evaluator:
+    """Scores sub-networks on named splits; remembers every (split, configuration) it saw.
+
+    ``metric`` is the task's headline metric ("accuracy" or "macro_f1").
+    """
+
+    def __init__(
+        self, model: ElasticBert, splits: dict[str, Encoded], *, metric: str = "accuracy", batch_size: int = 64
+    ) -> None:
+        self.model, self.splits, self.metric, self.batch_size = model, splits, metric, batch_size
+        self.cache: dict[tuple[str, str], dict[str, float]] = {}
+
+    def __call__(self, subnet: SubnetConfig, split: str = "dev") -> dict[str, float]:
+        if split not in self.splits:
+            raise KeyError(f"unknown split {split!r}; known: {sorted(self.splits)}")
+        key = (split, subnet.key())
+        if key not in self.cache:
+            enc = self.splits[split]
+            self.cache[key] = scores(predict(self.model, enc, subnet, batch_size=self.batch_size), enc.labels)
+        return self.cache[key]
+
+    def score(self, subnet: SubnetConfig, split: str = "dev") -> float:
+        """The headline metric of ``subnet`` on ``split``."""
+        return self(subnet, split)[self.metric]
+
+    def records(self) -> list[dict[str, Any]]:
+        return [{"split": s, "key": k, **v} for (s, k), v in self.cache.items()]

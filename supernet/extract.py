@@ -1,0 +1,123 @@
+"""Sub-network -> standalone model: physically smaller weights, the same logits.
+
+``extract(supernet, cfg)`` returns an ``ElasticBert`` whose layers own only the kept heads
+and neurons of the kept layers and which applies ``cfg``'s token retention by itself; it
+gives the supernet's logits for ``cfg`` (up to float rounding). ``export_hf`` writes a Hugging
+Face folder that plain ``AutoModelForSequenceClassification.from_pretrained`` loads, for
+configurations that a stock BERT can express (see its docstring).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from supernet.checkpoint import save_model, to_hf_key
+from supernet.errors import ConfigError
+from supernet.io import write_json
+from supernet.model import BertShape, ElasticBert
+from supernet.space import SubnetConfig
+
+
+def extract(supernet: ElasticBert, cfg: SubnetConfig) -> ElasticBert:
+    """A standalone model for ``cfg`` with the weights copied (not shared)."""
+    supernet.check(cfg)
+    kept = cfg.kept_layers
+    s = supernet.shape
+    shape = BertShape(
+        **{
+            **s.to_dict(),
+            "heads": tuple(cfg.heads[i] for i in kept),
+            "ffn": tuple(cfg.ffn[i] for i in kept),
+            "retention": tuple(cfg.retention[i] for i in kept),
+            "source_layers": tuple(s.source_layers[i] for i in kept),
+        }
+    )
+    with torch.device("meta"):
+        small = ElasticBert(shape)
+    small.embeddings = _copy(supernet.embeddings)
+    small.pooler = _copy(supernet.pooler)
+    small.classifier = _copy(supernet.classifier)
+    small.layers = torch.nn.ModuleList(supernet.encoder_layers[i].extract(cfg.heads[i], cfg.ffn[i]) for i in kept)
+    return small.train(supernet.training)
+
+
+def _copy(module: torch.nn.Module) -> Any:
+    return copy.deepcopy(module)
+
+
+def hf_expressible(model: ElasticBert) -> str | None:
+    """None if a stock Hugging Face BERT can hold ``model`` exactly, else the reason why not."""
+    s = model.shape
+    if any(r < 1.0 for r in s.retention):
+        return "token retention < 1.0 (stock BERT has no token dropping; use the PyTorch or ONNX export)"
+    if len(set(s.heads)) != 1 or s.heads[0] * s.head_dim != s.hidden_size:
+        return (
+            "heads differ from the full count (stock BERT ties head size to hidden_size / heads); "
+            "use the PyTorch or ONNX export"
+        )
+    if len(set(s.ffn)) != 1:
+        return "FFN sizes differ between layers (stock BERT has one intermediate_size)"
+    return None
+
+
+def export_hf(model: ElasticBert, out_dir: str | Path, tokenizer: Any = None, label_names: list[str] | None = None) -> Path:
+    """Write a Hugging Face ``BertForSequenceClassification`` folder for a standalone model.
+
+    Only possible when ``hf_expressible(model)`` is None: every layer keeps all heads and the
+    same FFN size, with no token retention (layers may be dropped).
+    """
+    from safetensors.torch import save_file
+
+    why = hf_expressible(model)
+    if why is not None:
+        raise ConfigError(f"cannot write a Hugging Face folder for this sub-network: {why}")
+    s = model.shape
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    labels = label_names or [f"LABEL_{i}" for i in range(s.num_labels)]
+    config = {
+        "architectures": ["BertForSequenceClassification"],
+        "model_type": "bert",
+        "vocab_size": s.vocab_size,
+        "hidden_size": s.hidden_size,
+        "num_hidden_layers": s.num_layers,
+        "num_attention_heads": s.heads[0],
+        "intermediate_size": s.ffn[0],
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": s.hidden_dropout,
+        "attention_probs_dropout_prob": s.attention_dropout,
+        "max_position_embeddings": s.max_position_embeddings,
+        "type_vocab_size": s.type_vocab_size,
+        "layer_norm_eps": s.layer_norm_eps,
+        "pad_token_id": s.pad_token_id,
+        "id2label": {str(i): n for i, n in enumerate(labels)},
+        "label2id": {n: i for i, n in enumerate(labels)},
+        "hwnas_source_layers": list(s.source_layers),
+    }
+    state = {to_hf_key(k): v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    write_json(out / "config.json", config)
+    save_file(state, str(out / "model.safetensors"))
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(out))
+    return out
+
+
+def export_standalone(
+    supernet: ElasticBert, cfg: SubnetConfig, out_dir: str | Path, tokenizer: Any = None,
+    label_names: list[str] | None = None,
+) -> dict[str, str]:
+    """Write the standalone PyTorch model (``pytorch/``), and the HF folder (``hf/``) when
+    expressible, plus ``subnet.json``. Returns what was written."""
+    out = Path(out_dir)
+    small = extract(supernet, cfg).eval()
+    written = {"pytorch": str(save_model(small, out / "pytorch", {"subnet": cfg.to_dict()}))}
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(out / "pytorch"))
+    if hf_expressible(small) is None:
+        written["hf"] = str(export_hf(small, out / "hf", tokenizer, label_names))
+    write_json(out / "subnet.json", cfg.to_dict())
+    return written

@@ -1,0 +1,325 @@
+"""The elastic BERT supernet: one readable forward for every sub-network.
+
+The same classes serve the supernet (full-size weights, sliced at run time) and every
+extracted sub-network (physically smaller weights, nothing sliced): a model's ``BertShape``
+says how many heads / FFN neurons each of its layers owns and which token retention it
+applies by default. ``forward(..., subnet=cfg)`` runs the sub-network ``cfg`` with the
+shared weights: the first ``heads[i]`` heads and the first ``ffn[i]`` neurons of layer i,
+skipped layers do no work, and after each layer's attention the least attended tokens are
+dropped *and gathered out* so that later layers compute on a shorter tensor.
+
+Shapes in comments: B batch, T tokens alive, H hidden size, h heads, d head size, F FFN size.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from supernet.errors import ConfigError
+from supernet.space import SearchSpace, SubnetConfig
+
+# Subtracting a little before ceil() keeps 0.3 * 20 = 6.0000001 from becoming 7 tokens.
+_CEIL_EPS = 1e-4
+
+
+@dataclass(frozen=True)
+class BertShape:
+    """The physical shape of a model: the supernet's, or an extracted sub-network's."""
+
+    vocab_size: int
+    hidden_size: int
+    head_dim: int
+    heads: tuple[int, ...]
+    ffn: tuple[int, ...]
+    retention: tuple[float, ...]
+    num_labels: int = 2
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    layer_norm_eps: float = 1e-12
+    hidden_dropout: float = 0.1
+    attention_dropout: float = 0.1
+    pad_token_id: int = 0
+    # For an extracted sub-network: which supernet layers its layers came from.
+    source_layers: tuple[int, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        for name in ("heads", "ffn", "retention", "source_layers"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        if not self.source_layers:
+            object.__setattr__(self, "source_layers", tuple(range(len(self.heads))))
+        n = len(self.heads)
+        if not (len(self.ffn) == len(self.retention) == len(self.source_layers) == n):
+            raise ConfigError("BertShape: heads, ffn, retention and source_layers need one entry per layer")
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.heads)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> BertShape:
+        known = set(cls.__dataclass_fields__)
+        extra = set(d) - known
+        if extra:
+            raise ConfigError(f"unknown model-shape fields {sorted(extra)}; known: {sorted(known)}")
+        return cls(**d)
+
+    def search_space(self, **kwargs: Any) -> SearchSpace:
+        """The default search space for a (uniform) supernet of this shape."""
+        if len(set(self.heads)) != 1 or len(set(self.ffn)) != 1:
+            raise ConfigError("a search space needs a supernet with the same size in every layer")
+        return SearchSpace.for_model(self.num_layers, self.heads[0], self.ffn[0], **kwargs)
+
+
+@dataclass
+class EncoderOutput:
+    logits: torch.Tensor  # (B, num_labels)
+    hidden: torch.Tensor  # (B, T', H) last hidden states of the tokens still alive
+    mask: torch.Tensor  # (B, T') True where a token is alive
+
+
+class Embeddings(nn.Module):
+    def __init__(self, s: BertShape) -> None:
+        super().__init__()
+        self.word_embeddings = nn.Embedding(s.vocab_size, s.hidden_size, padding_idx=s.pad_token_id)
+        self.position_embeddings = nn.Embedding(s.max_position_embeddings, s.hidden_size)
+        self.token_type_embeddings = nn.Embedding(s.type_vocab_size, s.hidden_size)
+        self.LayerNorm = nn.LayerNorm(s.hidden_size, eps=s.layer_norm_eps)
+        self.dropout = nn.Dropout(s.hidden_dropout)
+
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        x = (
+            self.word_embeddings(input_ids)
+            + self.position_embeddings(positions)[None]
+            + self.token_type_embeddings(token_type_ids)
+        )  # (B, T, H)
+        return self.dropout(self.LayerNorm(x))
+
+
+class ElasticAttention(nn.Module):
+    """Multi-head self-attention whose first ``h`` heads can run alone."""
+
+    def __init__(self, hidden: int, heads: int, head_dim: int, dropout: float) -> None:
+        super().__init__()
+        self.num_heads, self.head_dim, self.dropout = heads, head_dim, dropout
+        self.query = nn.Linear(hidden, heads * head_dim)
+        self.key = nn.Linear(hidden, heads * head_dim)
+        self.value = nn.Linear(hidden, heads * head_dim)
+        self.out = nn.Linear(heads * head_dim, hidden)
+        # Set only while importance scores are computed (rewire.py): a (heads,) multiplier.
+        self.head_gate: torch.Tensor | None = None
+
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor, heads: int, need_probs: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Return the per-head context (B, T, h*d), before the output projection, and the
+        attention probabilities (B, h, T, T) when ``need_probs`` (token retention)."""
+        B, T, _ = x.shape
+        w = heads * self.head_dim
+        q, k, v = (
+            F.linear(x, lin.weight[:w], lin.bias[:w]).view(B, T, heads, self.head_dim).transpose(1, 2)
+            for lin in (self.query, self.key, self.value)
+        )  # (B, h, T, d) each
+        p_drop = self.dropout if self.training else 0.0
+        probs = None
+        if need_probs:
+            scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim)  # (B, h, T, T)
+            scores = scores.masked_fill(~mask[:, None, None, :], torch.finfo(scores.dtype).min)
+            probs = scores.softmax(-1)
+            ctx = F.dropout(probs, p_drop, self.training) @ v  # (B, h, T, d)
+        else:
+            ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :], dropout_p=p_drop)
+        if self.head_gate is not None:
+            ctx = ctx * self.head_gate[:heads].view(1, heads, 1, 1)
+        return ctx.transpose(1, 2).reshape(B, T, w), probs
+
+    def project(self, ctx: torch.Tensor) -> torch.Tensor:
+        w = ctx.shape[-1]
+        return F.linear(ctx, self.out.weight[:, :w], self.out.bias)  # (B, T, H)
+
+    def extract(self, heads: int) -> ElasticAttention:
+        """A physically smaller copy holding only the first ``heads`` heads."""
+        w = heads * self.head_dim
+        new = ElasticAttention(self.out.out_features, heads, self.head_dim, self.dropout)
+        with torch.no_grad():
+            for name in ("query", "key", "value"):
+                getattr(new, name).weight.copy_(getattr(self, name).weight[:w])
+                getattr(new, name).bias.copy_(getattr(self, name).bias[:w])
+            new.out.weight.copy_(self.out.weight[:, :w])
+            new.out.bias.copy_(self.out.bias)
+        return new
+
+
+class ElasticFFN(nn.Module):
+    """The feed-forward block whose first ``n`` neurons can run alone."""
+
+    def __init__(self, hidden: int, size: int) -> None:
+        super().__init__()
+        self.size = size
+        self.inter = nn.Linear(hidden, size)
+        self.out = nn.Linear(size, hidden)
+        self.neuron_gate: torch.Tensor | None = None  # rewire.py only: a (size,) multiplier
+
+    def forward(self, x: torch.Tensor, n: int) -> torch.Tensor:
+        a = F.gelu(F.linear(x, self.inter.weight[:n], self.inter.bias[:n]))  # (B, T, n)
+        if self.neuron_gate is not None:
+            a = a * self.neuron_gate[:n]
+        return F.linear(a, self.out.weight[:, :n], self.out.bias)  # (B, T, H)
+
+    def extract(self, n: int) -> ElasticFFN:
+        new = ElasticFFN(self.out.out_features, n)
+        with torch.no_grad():
+            new.inter.weight.copy_(self.inter.weight[:n])
+            new.inter.bias.copy_(self.inter.bias[:n])
+            new.out.weight.copy_(self.out.weight[:, :n])
+            new.out.bias.copy_(self.out.bias)
+        return new
+
+
+class EncoderLayer(nn.Module):
+    def __init__(self, s: BertShape, i: int) -> None:
+        super().__init__()
+        self.attn = ElasticAttention(s.hidden_size, s.heads[i], s.head_dim, s.attention_dropout)
+        self.attn_norm = nn.LayerNorm(s.hidden_size, eps=s.layer_norm_eps)
+        self.ffn = ElasticFFN(s.hidden_size, s.ffn[i])
+        self.ffn_norm = nn.LayerNorm(s.hidden_size, eps=s.layer_norm_eps)
+        self.dropout = nn.Dropout(s.hidden_dropout)
+
+    def forward(
+        self,
+        x: torch.Tensor,  # (B, T, H)
+        mask: torch.Tensor,  # (B, T) bool, True = alive
+        heads: int,
+        ffn: int,
+        keep: torch.Tensor | None,  # (B,) tokens to keep per example, None = keep all
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        ctx, probs = self.attn(x, mask, heads, need_probs=keep is not None)  # (B, T, h*d)
+        if keep is not None:
+            assert probs is not None
+            idx, mask = select_tokens(probs, mask, keep)  # (B, T'), T' = max(keep)
+            ctx = _gather(ctx, idx)  # (B, T', h*d)
+            x = _gather(x, idx)  # (B, T', H)
+        x = self.attn_norm(x + self.dropout(self.attn.project(ctx)))
+        x = self.ffn_norm(x + self.dropout(self.ffn(x, ffn)))
+        return x, mask
+
+    def extract(self, heads: int, ffn: int) -> EncoderLayer:
+        """A physically smaller copy with the first ``heads`` heads and ``ffn`` neurons."""
+        new = copy.copy(self)
+        new._modules = {
+            "attn": self.attn.extract(heads),
+            "attn_norm": copy.deepcopy(self.attn_norm),
+            "ffn": self.ffn.extract(ffn),
+            "ffn_norm": copy.deepcopy(self.ffn_norm),
+            "dropout": copy.deepcopy(self.dropout),
+        }
+        return new
+
+
+def select_tokens(
+    probs: torch.Tensor, mask: torch.Tensor, keep: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """PoWER-BERT token selection.
+
+    A token's significance is the attention it receives, summed over heads and over the
+    (alive) query positions. Each example keeps its ``keep[b]`` most significant tokens,
+    [CLS] always among them, in their original order; the result is padded to ``max(keep)``.
+    Returns the positions to gather (B, T') and the new alive mask (B, T').
+    """
+    B, T = mask.shape
+    received = (probs * mask[:, None, :, None]).sum(dim=(1, 2))  # (B, T)
+    received = received.masked_fill(~mask, -1.0)  # dead tokens last (scores are >= 0)
+    received[:, 0] = float("inf")  # [CLS] always survives
+    t_new = int(keep.max())
+    top = received.topk(t_new, dim=1).indices  # (B, T') by significance
+    slots = torch.arange(t_new, device=mask.device)[None, :]  # (1, T')
+    new_mask = slots < keep[:, None]  # (B, T')
+    # Push the slots each example does not use to the end, then restore the original order.
+    pos = torch.where(new_mask, top, torch.full_like(top, T)).sort(dim=1).values
+    return pos.clamp(max=T - 1), new_mask
+
+
+def _gather(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    return x.gather(1, idx[:, :, None].expand(-1, -1, x.shape[-1]))
+
+
+class ElasticBert(nn.Module):
+    """A BERT encoder with a sequence-classification head; elastic per ``BertShape``."""
+
+    def __init__(self, shape: BertShape) -> None:
+        super().__init__()
+        self.shape = shape
+        self.embeddings = Embeddings(shape)
+        self.layers = nn.ModuleList(EncoderLayer(shape, i) for i in range(shape.num_layers))
+        self.pooler = nn.Linear(shape.hidden_size, shape.hidden_size)
+        self.classifier = nn.Linear(shape.hidden_size, shape.num_labels)
+        self.dropout = nn.Dropout(shape.hidden_dropout)
+
+    @property
+    def encoder_layers(self) -> list[EncoderLayer]:
+        """The layers, typed (``self.layers`` is an ``nn.ModuleList``)."""
+        return [layer for layer in self.layers if isinstance(layer, EncoderLayer)]
+
+    def own_config(self) -> SubnetConfig:
+        """This model's own (largest) configuration."""
+        s = self.shape
+        return SubnetConfig(s.heads, s.ffn, (True,) * s.num_layers, s.retention)
+
+    def check(self, subnet: SubnetConfig) -> None:
+        s = self.shape
+        if subnet.num_layers != s.num_layers:
+            raise ConfigError(f"configuration has {subnet.num_layers} layers, the model has {s.num_layers}")
+        for i in subnet.kept_layers:
+            if not 1 <= subnet.heads[i] <= s.heads[i]:
+                raise ConfigError(f"heads[{i}]={subnet.heads[i]} is outside 1..{s.heads[i]}")
+            if not 1 <= subnet.ffn[i] <= s.ffn[i]:
+                raise ConfigError(f"ffn[{i}]={subnet.ffn[i]} is outside 1..{s.ffn[i]}")
+        if not subnet.kept_layers:
+            raise ConfigError("keep: at least one layer must be kept")
+        prev = 1.0
+        for i, r in enumerate(subnet.retention):
+            if not 0.0 < r <= prev + 1e-9:
+                raise ConfigError(f"retention[{i}]={r} must be in (0, {prev}] (non-increasing)")
+            prev = r
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,  # (B, T)
+        attention_mask: torch.Tensor | None = None,  # (B, T) 1 = token, 0 = padding
+        token_type_ids: torch.Tensor | None = None,  # (B, T)
+        subnet: SubnetConfig | None = None,
+    ) -> EncoderOutput:
+        cfg = self.own_config() if subnet is None else subnet
+        if subnet is not None:
+            self.check(subnet)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        mask = attention_mask.bool()  # (B, T)
+        lengths = mask.sum(1)  # (B,) real tokens per example, fixed at the input
+        x = self.embeddings(input_ids, token_type_ids)  # (B, T, H)
+
+        layers = self.encoder_layers
+        applied = 1.0  # retention applied so far
+        for i in cfg.kept_layers:
+            r = cfg.retention[i]
+            keep = None
+            if r < applied - 1e-9:
+                keep = torch.ceil(lengths * r - _CEIL_EPS).clamp(min=1).long()  # (B,)
+                applied = r
+            x, mask = layers[i](x, mask, cfg.heads[i], cfg.ffn[i], keep)  # (B, T', H)
+
+        pooled = torch.tanh(self.pooler(x[:, 0]))  # (B, H) from [CLS], always alive at 0
+        logits = self.classifier(self.dropout(pooled))  # (B, num_labels)
+        return EncoderOutput(logits=logits, hidden=x, mask=mask)

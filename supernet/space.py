@@ -1,0 +1,393 @@
+"""Search space and sub-network configuration: typed, frozen, validated values.
+
+A ``SubnetConfig`` holds one choice per encoder layer:
+
+* ``heads[i]``: attention heads kept (the first k after rewiring),
+* ``ffn[i]``: FFN neurons kept (the first n after rewiring),
+* ``keep[i]``: whether the layer runs at all (depth),
+* ``retention[i]``: the fraction of the input's tokens still alive *after* layer i
+  (PoWER-BERT / Length-Adaptive Transformer). Non-increasing through the layers; a skipped
+  layer computes no attention and so cannot drop tokens. [CLS] is always kept.
+
+A ``SearchSpace`` holds the allowed choices and knows how to sample, mutate and cross over
+configurations with a seeded ``numpy.random.Generator``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from supernet.errors import ConfigError
+
+
+def _tuple(values: Any, name: str, kind: type) -> tuple:
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
+        raise ConfigError(f"{name} must be a list of {kind.__name__}, got {values!r}")
+    out: list[Any] = []
+    for v in values:
+        if kind is bool:
+            if not isinstance(v, (bool, np.bool_)):
+                raise ConfigError(f"{name} must hold booleans (true/false), got {v!r}")
+            out.append(bool(v))
+        elif kind is int:
+            if isinstance(v, bool) or not float(v).is_integer():
+                raise ConfigError(f"{name} must hold integers, got {v!r}")
+            out.append(int(v))
+        else:
+            if isinstance(v, bool):
+                raise ConfigError(f"{name} must hold numbers, got {v!r}")
+            out.append(float(v))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class SubnetConfig:
+    """One sub-network: a choice per layer. Use ``SearchSpace.validate`` to check it."""
+
+    heads: tuple[int, ...]
+    ffn: tuple[int, ...]
+    keep: tuple[bool, ...]
+    retention: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        # Normalise lists to tuples so that equal configurations hash equally.
+        object.__setattr__(self, "heads", _tuple(self.heads, "heads", int))
+        object.__setattr__(self, "ffn", _tuple(self.ffn, "ffn", int))
+        object.__setattr__(self, "keep", _tuple(self.keep, "keep", bool))
+        object.__setattr__(self, "retention", _tuple(self.retention, "retention", float))
+        n = len(self.heads)
+        for name in ("ffn", "keep", "retention"):
+            if len(getattr(self, name)) != n:
+                raise ConfigError(
+                    f"{name} has {len(getattr(self, name))} entries but heads has {n}: "
+                    "every field needs one entry per encoder layer"
+                )
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.heads)
+
+    @property
+    def kept_layers(self) -> list[int]:
+        return [i for i, k in enumerate(self.keep) if k]
+
+    @property
+    def has_retention(self) -> bool:
+        return any(r < 1.0 for r in self.retention)
+
+    def to_dict(self) -> dict[str, list]:
+        return {k: list(v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> SubnetConfig:
+        if not isinstance(d, Mapping):
+            raise ConfigError(f"a sub-network configuration must be a mapping, got {type(d).__name__}")
+        want = {"heads", "ffn", "keep", "retention"}
+        missing, extra = want - set(d), set(d) - want
+        if missing or extra:
+            raise ConfigError(
+                f"sub-network configuration needs exactly the fields {sorted(want)}; "
+                f"missing {sorted(missing)}, unknown {sorted(extra)}"
+            )
+        return cls(heads=d["heads"], ffn=d["ffn"], keep=d["keep"], retention=d["retention"])
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    def key(self) -> str:
+        """A stable 12-hex-digit hash of the configuration (cache keys, file names)."""
+        return hashlib.sha1(self.to_json().encode()).hexdigest()[:12]
+
+    def canonical(self) -> SubnetConfig:
+        """Same function, one spelling: a skipped layer's heads/FFN are set to 0."""
+        return SubnetConfig(
+            heads=tuple(h if k else 0 for h, k in zip(self.heads, self.keep, strict=True)),
+            ffn=tuple(f if k else 0 for f, k in zip(self.ffn, self.keep, strict=True)),
+            keep=self.keep,
+            retention=self.retention,
+        )
+
+    def describe(self) -> str:
+        """A short human-readable summary, e.g. ``L4 h12/9/.. f1536/.. r1.0/0.7/..``."""
+        kept = self.kept_layers
+        h = "/".join(str(self.heads[i]) for i in kept)
+        f = "/".join(str(self.ffn[i]) for i in kept)
+        r = "/".join(f"{self.retention[i]:.2g}" for i in kept)
+        return f"L{len(kept)} h{h} f{f} r{r}"
+
+
+def _quarters(n: int) -> tuple[int, ...]:
+    return tuple(sorted({max(1, round(n * q)) for q in (0.25, 0.5, 0.75, 1.0)}))
+
+
+DEFAULT_RETENTION = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3)
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """Allowed choices per layer, shared by all layers.
+
+    ``retention_choices`` are fractions of the input length; ``min_layers`` is the fewest
+    layers a sub-network may keep.
+    """
+
+    num_layers: int
+    max_heads: int
+    max_ffn: int
+    head_choices: tuple[int, ...]
+    ffn_choices: tuple[int, ...]
+    retention_choices: tuple[float, ...] = DEFAULT_RETENTION
+    min_layers: int = 2
+    allow_skip: bool = True
+    _ok: bool = field(default=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "head_choices", tuple(sorted(_tuple(self.head_choices, "head_choices", int))))
+        object.__setattr__(self, "ffn_choices", tuple(sorted(_tuple(self.ffn_choices, "ffn_choices", int))))
+        object.__setattr__(
+            self, "retention_choices",
+            tuple(sorted(_tuple(self.retention_choices, "retention_choices", float), reverse=True)),
+        )
+        self._check()
+
+    def _check(self) -> None:
+        if self.num_layers < 1:
+            raise ConfigError(f"num_layers must be >= 1, got {self.num_layers}")
+        if not 1 <= self.min_layers <= self.num_layers:
+            raise ConfigError(f"min_layers must be in 1..{self.num_layers}, got {self.min_layers}")
+        for name, choices, hi in (
+            ("head_choices", self.head_choices, self.max_heads),
+            ("ffn_choices", self.ffn_choices, self.max_ffn),
+        ):
+            if not choices:
+                raise ConfigError(f"{name} must not be empty")
+            if choices[0] < 1 or choices[-1] > hi:
+                raise ConfigError(f"{name} must lie in 1..{hi}, got {list(choices)}")
+            if choices[-1] != hi:
+                raise ConfigError(f"{name} must include the maximum {hi} (the full model), got {list(choices)}")
+        r = self.retention_choices
+        if not r or r[0] != 1.0 or r[-1] <= 0.0:
+            raise ConfigError(f"retention_choices must lie in (0, 1] and include 1.0, got {list(r)}")
+
+    # ---- construction -------------------------------------------------------------------
+    @classmethod
+    def for_model(
+        cls,
+        num_layers: int,
+        num_heads: int,
+        intermediate_size: int,
+        *,
+        retention_choices: Sequence[float] = DEFAULT_RETENTION,
+        min_layers: int | None = None,
+    ) -> SearchSpace:
+        """Default space for a BERT shape: heads and FFN in quarters, retention 1.0..0.3."""
+        return cls(
+            num_layers=num_layers,
+            max_heads=num_heads,
+            max_ffn=intermediate_size,
+            head_choices=_quarters(num_heads),
+            ffn_choices=_quarters(intermediate_size),
+            retention_choices=tuple(retention_choices),
+            min_layers=min_layers if min_layers is not None else min(2, num_layers),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("_ok")
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> SearchSpace:
+        fields = {"num_layers", "max_heads", "max_ffn", "head_choices", "ffn_choices",
+                  "retention_choices", "min_layers", "allow_skip"}
+        extra = set(d) - fields
+        if extra:
+            raise ConfigError(f"unknown search-space fields {sorted(extra)}; known: {sorted(fields)}")
+        return cls(**dict(d))
+
+    # ---- checks -------------------------------------------------------------------------
+    def validate(self, cfg: SubnetConfig) -> SubnetConfig:
+        """Raise ConfigError naming the bad field (and layer) if ``cfg`` is outside the space."""
+        if cfg.num_layers != self.num_layers:
+            raise ConfigError(
+                f"configuration has {cfg.num_layers} layers but the space has {self.num_layers}"
+            )
+        kept = cfg.kept_layers
+        if len(kept) < self.min_layers:
+            raise ConfigError(f"keep: {len(kept)} layers kept, at least {self.min_layers} required")
+        if not self.allow_skip and len(kept) != self.num_layers:
+            raise ConfigError("keep: this space does not allow skipping layers")
+        prev = 1.0
+        for i in range(self.num_layers):
+            if cfg.keep[i]:
+                if cfg.heads[i] not in self.head_choices:
+                    raise ConfigError(f"heads[{i}]={cfg.heads[i]} is not one of {list(self.head_choices)}")
+                if cfg.ffn[i] not in self.ffn_choices:
+                    raise ConfigError(f"ffn[{i}]={cfg.ffn[i]} is not one of {list(self.ffn_choices)}")
+            r = cfg.retention[i]
+            if not any(math.isclose(r, c) for c in self.retention_choices):
+                raise ConfigError(f"retention[{i}]={r} is not one of {list(self.retention_choices)}")
+            if r > prev + 1e-9:
+                raise ConfigError(
+                    f"retention[{i}]={r} is larger than retention[{i - 1}]={prev}: "
+                    "retention must be non-increasing (dropped tokens do not come back)"
+                )
+            if not cfg.keep[i] and not math.isclose(r, prev):
+                raise ConfigError(
+                    f"retention[{i}]={r} differs from the previous layer's {prev} but layer {i} is "
+                    "skipped: a skipped layer computes no attention and cannot drop tokens"
+                )
+            prev = r
+        return cfg
+
+    def contains(self, cfg: SubnetConfig) -> bool:
+        try:
+            self.validate(cfg)
+        except ConfigError:
+            return False
+        return True
+
+    # ---- special members ----------------------------------------------------------------
+    def largest(self) -> SubnetConfig:
+        n = self.num_layers
+        return SubnetConfig((self.max_heads,) * n, (self.max_ffn,) * n, (True,) * n, (1.0,) * n)
+
+    def smallest(self) -> SubnetConfig:
+        """Fewest layers (evenly spaced, DynaBERT style), fewest heads/FFN, least retention."""
+        keep = evenly_spaced_keep(self.num_layers, self.min_layers if self.allow_skip else self.num_layers)
+        rmin = self.retention_choices[-1]
+        retention = _retention_for_kept(keep, [rmin] * self.num_layers)
+        return SubnetConfig(
+            heads=tuple(self.head_choices[0] if k else 0 for k in keep),
+            ffn=tuple(self.ffn_choices[0] if k else 0 for k in keep),
+            keep=keep,
+            retention=retention,
+        )
+
+    def uniform(self, width: float = 1.0, depth: float = 1.0, retention: float = 1.0) -> SubnetConfig:
+        """DynaBERT-style uniform sub-network: width and depth multipliers, one retention."""
+        n_keep = max(self.min_layers, round(self.num_layers * depth))
+        keep = evenly_spaced_keep(self.num_layers, n_keep)
+        h = _nearest(self.head_choices, self.max_heads * width)
+        f = _nearest(self.ffn_choices, self.max_ffn * width)
+        r = min(self.retention_choices, key=lambda c: abs(c - retention))
+        # Retention decays geometrically to r at the last kept layer (not a cliff at layer 0).
+        kept = [i for i, k in enumerate(keep) if k]
+        targets = [1.0] * self.num_layers
+        for j, i in enumerate(kept):
+            frac = (j + 1) / len(kept)
+            targets[i] = r**frac
+        snapped = [self._snap_retention(t) for t in targets]
+        cfg = SubnetConfig(
+            heads=tuple(h if k else 0 for k in keep),
+            ffn=tuple(f if k else 0 for k in keep),
+            keep=keep,
+            retention=_retention_for_kept(keep, snapped),
+        )
+        return self.validate(cfg)
+
+    def _snap_retention(self, r: float) -> float:
+        return min(self.retention_choices, key=lambda c: abs(c - r))
+
+    # ---- sampling, mutation, crossover ---------------------------------------------------
+    def sample(self, rng: np.random.Generator, *, retention: bool = True) -> SubnetConfig:
+        """A uniformly random valid configuration (retention drops sorted to stay monotone)."""
+        n = self.num_layers
+        if self.allow_skip:
+            n_keep = int(rng.integers(self.min_layers, n + 1))
+            kept = sorted(rng.choice(n, size=n_keep, replace=False).tolist())
+            keep = tuple(i in kept for i in range(n))
+        else:
+            keep = (True,) * n
+        heads = tuple(int(rng.choice(self.head_choices)) if k else 0 for k in keep)
+        ffn = tuple(int(rng.choice(self.ffn_choices)) if k else 0 for k in keep)
+        if retention:
+            raw = sorted((float(rng.choice(self.retention_choices)) for _ in range(n)), reverse=True)
+        else:
+            raw = [1.0] * n
+        return self.validate(SubnetConfig(heads, ffn, keep, _retention_for_kept(keep, raw)))
+
+    def mutate(self, cfg: SubnetConfig, rng: np.random.Generator, prob: float = 0.3) -> SubnetConfig:
+        """Re-draw each per-layer choice with probability ``prob``; repair to stay valid."""
+        n = self.num_layers
+        keep = list(cfg.keep)
+        if self.allow_skip:
+            for i in range(n):
+                if rng.random() < prob / 2:
+                    keep[i] = not keep[i]
+            while sum(keep) < self.min_layers:
+                keep[int(rng.choice([i for i in range(n) if not keep[i]]))] = True
+        heads, ffn, ret = list(cfg.heads), list(cfg.ffn), list(cfg.retention)
+        for i in range(n):
+            if keep[i] and (heads[i] == 0 or rng.random() < prob):
+                heads[i] = int(rng.choice(self.head_choices))
+            if keep[i] and (ffn[i] == 0 or rng.random() < prob):
+                ffn[i] = int(rng.choice(self.ffn_choices))
+            if rng.random() < prob:
+                ret[i] = float(rng.choice(self.retention_choices))
+        ret = _monotone(ret)
+        keep_t = tuple(keep)
+        return self.validate(
+            SubnetConfig(
+                tuple(h if k else 0 for h, k in zip(heads, keep_t, strict=True)),
+                tuple(f if k else 0 for f, k in zip(ffn, keep_t, strict=True)),
+                keep_t,
+                _retention_for_kept(keep_t, ret),
+            )
+        )
+
+    def crossover(self, a: SubnetConfig, b: SubnetConfig, rng: np.random.Generator) -> SubnetConfig:
+        """Per-layer uniform crossover of two parents; repaired to stay valid."""
+        n = self.num_layers
+        pick = rng.random(n) < 0.5
+        keep = [a.keep[i] if pick[i] else b.keep[i] for i in range(n)]
+        while sum(keep) < self.min_layers:
+            keep[int(rng.choice([i for i in range(n) if not keep[i]]))] = True
+        heads, ffn = [], []
+        for i in range(n):
+            src, other = (a, b) if pick[i] else (b, a)
+            h = src.heads[i] or other.heads[i] or self.head_choices[-1]
+            f = src.ffn[i] or other.ffn[i] or self.ffn_choices[-1]
+            heads.append(h if keep[i] else 0)
+            ffn.append(f if keep[i] else 0)
+        pick_r = rng.random(n) < 0.5
+        ret = _monotone([a.retention[i] if pick_r[i] else b.retention[i] for i in range(n)])
+        keep_t = tuple(keep)
+        return self.validate(SubnetConfig(tuple(heads), tuple(ffn), keep_t, _retention_for_kept(keep_t, ret)))
+
+
+def _nearest(choices: Sequence[int], target: float) -> int:
+    return min(choices, key=lambda c: (abs(c - target), -c))
+
+
+def _monotone(values: Sequence[float]) -> list[float]:
+    out, prev = [], 1.0
+    for v in values:
+        prev = min(prev, v)
+        out.append(prev)
+    return out
+
+
+def _retention_for_kept(keep: Sequence[bool], raw: Sequence[float]) -> tuple[float, ...]:
+    """Make retention non-increasing and constant across skipped layers."""
+    out, prev = [], 1.0
+    for k, r in zip(keep, raw, strict=True):
+        if k:
+            prev = min(prev, r)
+        out.append(prev)
+    return tuple(out)
+
+
+def evenly_spaced_keep(num_layers: int, n_keep: int) -> tuple[bool, ...]:
+    """Keep ``n_keep`` evenly spaced layers, always including the last (DynaBERT depth)."""
+    if n_keep >= num_layers:
+        return (True,) * num_layers
+    idx = {int(round((j + 1) * num_layers / n_keep)) - 1 for j in range(n_keep)}
+    return tuple(i in idx for i in range(num_layers))

@@ -1,0 +1,342 @@
+"""Training: fine-tune the teacher, rewire, then train the weight-shared supernet.
+
+Stages of one run folder (each resumable; a finished stage is skipped on ``resume``):
+
+1. ``teacher``  fine-tune the full pretrained model on the task (cross-entropy).
+2. ``rewire``   importance of heads and FFN neurons on the **train** split; reorder weights.
+3. ``supernet`` sandwich rule: each step trains the largest, the smallest and
+   ``n_random`` random sub-networks. Every sub-network is distilled from the teacher
+   (soft logits at ``temperature``; optionally the final [CLS] hidden state); the largest
+   also sees the labels. Random sub-networks draw a random token retention (LengthDrop).
+
+Determinism: the batch order of epoch e is a permutation seeded by (seed, e), the
+sub-networks of step s are drawn from a generator seeded by (seed, s), and dropout is
+re-seeded every step, so a resumed run continues exactly where the interrupted one stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from supernet.checkpoint import load_model, save_model
+from supernet.data import Encoded, iterate_batches, num_batches
+from supernet.errors import CheckpointError, ConfigError
+from supernet.io import atomic_write, write_json
+from supernet.model import ElasticBert
+from supernet.rewire import importance_scores, rewire
+from supernet.space import SearchSpace, SubnetConfig
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    epochs: float = 1.0
+    lr: float = 1e-4
+    warmup: float = 0.06  # share of the steps with a linear warm-up
+    weight_decay: float = 0.01
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that shapes a training run (stored in the run folder as train_config.json)."""
+
+    seed: int = 0
+    batch_size: int = 32
+    max_length: int = 64
+    teacher: StageConfig = field(default_factory=lambda: StageConfig(epochs=2.0, lr=1e-4))
+    supernet: StageConfig = field(default_factory=lambda: StageConfig(epochs=2.0, lr=5e-5))
+    n_random: int = 2  # random sub-networks per step besides the largest and the smallest
+    temperature: float = 1.0
+    hidden_weight: float = 0.0  # weight of the final-[CLS]-hidden distillation loss
+    length_drop: bool = True  # random token retention for the sampled sub-networks
+    importance_batches: int = 32
+    checkpoint_every: int = 100  # steps
+    log_every: int = 10
+
+    def validate(self) -> TrainConfig:
+        for name in ("batch_size", "max_length", "checkpoint_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for stage in ("teacher", "supernet"):
+            s = getattr(self, stage)
+            if s.epochs < 0 or s.lr <= 0:
+                raise ConfigError(f"{stage}: epochs must be >= 0 and lr > 0, got {s}")
+        if self.n_random < 0 or self.temperature <= 0:
+            raise ConfigError("n_random must be >= 0 and temperature > 0")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        known = set(cls.__dataclass_fields__)
+        extra = set(d) - known
+        if extra:
+            raise ConfigError(f"unknown training fields {sorted(extra)}; known: {sorted(known)}")
+        d = dict(d)
+        for stage in ("teacher", "supernet"):
+            if isinstance(d.get(stage), dict):
+                d[stage] = StageConfig(**d[stage])
+        return cls(**d).validate()
+
+
+class Interrupted(Exception):
+    """Raised by ``stop_after`` in tests to simulate a crash mid-stage."""
+
+
+class MetricsLog:
+    """Appends rows to ``metrics.csv`` (rewritten atomically, so it is never half-written)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.rows: list[dict[str, Any]] = pd.read_csv(path).to_dict("records") if path.exists() else []
+
+    def add(self, **row: Any) -> None:
+        self.rows.append(row)
+
+    def trim(self, stage: str, after_step: int) -> None:
+        """Forget rows of ``stage`` past ``after_step`` (written after the last checkpoint)."""
+        self.rows = [r for r in self.rows if not (r.get("stage") == stage and r.get("step", 0) > after_step)]
+
+    def flush(self) -> None:
+        if self.rows:
+            frame = pd.DataFrame(self.rows)
+            atomic_write(self.path, lambda p: frame.to_csv(p, index=False))
+
+
+def _lr_lambda(total: int, warmup: float) -> Callable[[int], float]:
+    w = max(1, int(total * warmup))
+
+    def f(step: int) -> float:
+        if step < w:
+            return (step + 1) / w
+        return max(0.0, (total - step) / max(1, total - w))
+
+    return f
+
+
+def _optimizer(model: torch.nn.Module, stage: StageConfig, total: int) -> tuple[Any, Any]:
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
+    for name, p in model.named_parameters():
+        (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": stage.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=stage.lr,
+    )
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(total, stage.warmup))
+    return opt, sched
+
+
+def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    t = temperature
+    return F.kl_div(
+        (student / t).log_softmax(-1), (teacher / t).softmax(-1), reduction="batchmean"
+    ) * (t * t)
+
+
+class StageRunner:
+    """Runs one training stage with checkpoints under ``folder`` and resume support."""
+
+    def __init__(
+        self,
+        name: str,
+        folder: Path,
+        model: ElasticBert,
+        train: Encoded,
+        stage: StageConfig,
+        cfg: TrainConfig,
+        log: MetricsLog,
+        *,
+        progress: bool = True,
+        stop_after: int | None = None,
+    ) -> None:
+        self.name, self.folder, self.model, self.train_enc = name, folder, model, train
+        self.stage, self.cfg, self.log, self.progress, self.stop_after = stage, cfg, log, progress, stop_after
+        self.steps_per_epoch = num_batches(train, cfg.batch_size)
+        self.total = max(1, math.ceil(stage.epochs * self.steps_per_epoch))
+
+    def run(self, step_fn: Callable[[dict[str, torch.Tensor], int], dict[str, float]]) -> None:
+        opt, sched = _optimizer(self.model, self.stage, self.total)
+        step = self._restore(opt, sched)
+        self.model.train()
+        t0 = time.time()
+        bar = tqdm(total=self.total, initial=step, desc=self.name, disable=not self.progress, dynamic_ncols=True)
+        while step < self.total:
+            epoch, skip = divmod(step, self.steps_per_epoch)
+            batches = iterate_batches(
+                self.train_enc, self.cfg.batch_size, shuffle=True, seed=self.cfg.seed * 1000 + epoch
+            )
+            for i, batch in enumerate(batches):
+                if i < skip:
+                    continue
+                if step >= self.total:
+                    break
+                torch.manual_seed(self.cfg.seed * 1_000_003 + step)  # dropout, reproducible
+                losses = step_fn(batch, step)
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+                opt.step()
+                sched.step()
+                opt.zero_grad(set_to_none=True)
+                step += 1
+                bar.update(1)
+                if step % self.cfg.log_every == 0 or step == self.total:
+                    bar.set_postfix(loss=f"{losses['loss']:.4f}")
+                    self.log.add(stage=self.name, step=step, epoch=step / self.steps_per_epoch,
+                                 lr=sched.get_last_lr()[0], elapsed_s=time.time() - t0, **losses)
+                if step % self.cfg.checkpoint_every == 0 or step == self.total:
+                    self._save(opt, sched, step)
+                if self.stop_after is not None and step >= self.stop_after:
+                    bar.close()
+                    raise Interrupted(f"{self.name} stopped after step {step}")
+        bar.close()
+
+    # ---- checkpoints ---------------------------------------------------------------------
+    def _save(self, opt: Any, sched: Any, step: int) -> None:
+        ckpt = self.folder / "checkpoint"
+        save_model(self.model, ckpt)
+        state = {"step": step, "optimizer": opt.state_dict(), "scheduler": sched.state_dict()}
+        atomic_write(ckpt / "trainer_state.pt", lambda p: torch.save(state, p))
+        self.log.flush()
+
+    def _restore(self, opt: Any, sched: Any) -> int:
+        ckpt = self.folder / "checkpoint"
+        if not (ckpt / "trainer_state.pt").exists():
+            return 0
+        try:
+            state = torch.load(ckpt / "trainer_state.pt", weights_only=True)  # no pickled code
+            self.model.load_state_dict(load_model(ckpt).state_dict())
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+        except (CheckpointError, RuntimeError, KeyError, OSError) as e:
+            raise CheckpointError(
+                f"cannot resume from {ckpt}: {e}. Delete that folder to restart the {self.name} stage"
+            ) from e
+        self.log.trim(self.name, state["step"])
+        return int(state["step"])
+
+
+def sandwich(space: SearchSpace, step: int, cfg: TrainConfig) -> list[SubnetConfig]:
+    """Sub-networks trained at ``step``: largest, smallest and ``n_random`` random ones."""
+    rng = np.random.default_rng([cfg.seed, step])
+    configs = [space.largest(), space.smallest()]
+    configs += [space.sample(rng, retention=cfg.length_drop) for _ in range(cfg.n_random)]
+    return configs
+
+
+def train_teacher(model: ElasticBert, runner: StageRunner) -> None:
+    def step_fn(batch: dict[str, torch.Tensor], step: int) -> dict[str, float]:
+        out = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+        loss = F.cross_entropy(out.logits, batch["labels"])
+        loss.backward()
+        return {"loss": loss.item()}
+
+    runner.run(step_fn)
+
+
+def train_supernet(model: ElasticBert, teacher: ElasticBert, space: SearchSpace, runner: StageRunner) -> None:
+    cfg = runner.cfg
+    teacher.eval()
+
+    def step_fn(batch: dict[str, torch.Tensor], step: int) -> dict[str, float]:
+        args = (batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+        with torch.no_grad():
+            t_out = teacher(*args)
+        configs = sandwich(space, step, cfg)
+        parts: dict[str, float] = {}
+        total = 0.0
+        for j, sub in enumerate(configs):
+            out = model(*args, subnet=sub)
+            loss = kd_loss(out.logits, t_out.logits, cfg.temperature)
+            if j == 0:  # the largest also learns from the labels
+                ce = F.cross_entropy(out.logits, batch["labels"])
+                loss = loss + ce
+            if cfg.hidden_weight > 0:
+                loss = loss + cfg.hidden_weight * F.mse_loss(out.hidden[:, 0], t_out.hidden[:, 0])
+            (loss / len(configs)).backward()
+            total += loss.item() / len(configs)
+            parts[["loss_largest", "loss_smallest"][j] if j < 2 else f"loss_random{j - 1}"] = loss.item()
+        return {"loss": total, **parts}
+
+    runner.run(step_fn)
+
+
+def run_training(
+    run_dir: str | Path,
+    model: ElasticBert,
+    splits: dict[str, Encoded],
+    cfg: TrainConfig,
+    *,
+    space: SearchSpace | None = None,
+    progress: bool = True,
+    stop_after: tuple[str, int] | None = None,
+) -> dict[str, Any]:
+    """Run (or resume) all stages in ``run_dir``; return the stage wall times.
+
+    ``model`` is the pretrained starting point; the trained teacher lands in
+    ``run_dir/teacher`` and the supernet in ``run_dir/supernet``. ``stop_after=(stage, step)``
+    interrupts that stage after ``step`` steps (used by tests to simulate a crash).
+    """
+    cfg.validate()
+    run = Path(run_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    state_path = run / "state.json"
+    state: dict[str, Any] = json.loads(state_path.read_text()) if state_path.exists() else {"done": {}}
+    log = MetricsLog(run / "metrics.csv")
+    space = space or model.shape.search_space()
+    write_json(run / "search_space.json", space.to_dict())
+
+    def finish(stage: str, seconds: float, **extra: Any) -> None:
+        state["done"][stage] = {"wall_s": round(seconds, 1), **extra}
+        log.flush()
+        write_json(state_path, state)
+
+    def interrupt(stage: str) -> int | None:
+        return stop_after[1] if stop_after and stop_after[0] == stage else None
+
+    # 1. teacher
+    if "teacher" not in state["done"]:
+        t0 = time.time()
+        runner = StageRunner("teacher", run / "teacher", model, splits["train"], cfg.teacher, cfg, log,
+                             progress=progress, stop_after=interrupt("teacher"))
+        train_teacher(model, runner)
+        save_model(model.eval(), run / "teacher", {"stage": "teacher"})
+        shutil.rmtree(run / "teacher" / "checkpoint", ignore_errors=True)
+        finish("teacher", time.time() - t0)
+    teacher = load_model(run / "teacher")
+
+    # 2. rewire (on train only)
+    if "rewire" not in state["done"]:
+        t0 = time.time()
+        student = load_model(run / "teacher")
+        batches = list(iterate_batches(splits["train"], cfg.batch_size, shuffle=True, seed=cfg.seed))
+        heads, ffn = importance_scores(student, batches[: cfg.importance_batches], progress=progress)
+        rewire(student, heads, ffn)
+        save_model(student, run / "rewired", {"stage": "rewired"})
+        write_json(run / "importance.json", {"heads": [h.tolist() for h in heads], "ffn": [f.tolist() for f in ffn]})
+        finish("rewire", time.time() - t0)
+
+    # 3. supernet
+    if "supernet" not in state["done"]:
+        t0 = time.time()
+        student = load_model(run / "rewired")
+        runner = StageRunner("supernet", run / "supernet", student, splits["train"], cfg.supernet, cfg, log,
+                             progress=progress, stop_after=interrupt("supernet"))
+        train_supernet(student, teacher, space, runner)
+        save_model(student.eval(), run / "supernet", {"stage": "supernet", "space": space.to_dict()})
+        shutil.rmtree(run / "supernet" / "checkpoint", ignore_errors=True)
+        finish("supernet", time.time() - t0)
+    return {k: v["wall_s"] for k, v in state["done"].items()}

@@ -1,0 +1,189 @@
+"""A run folder: what ``hwnas train`` writes and every later stage reads.
+
+``runs/NAME/``
+  ``run.json``          task, model, seed, data limits and the training configuration
+  ``state.json``        finished stages and their wall times
+  ``metrics.csv``       training losses (one row every ``log_every`` steps)
+  ``tokenizer/``        the tokenizer, so later stages need not reach the source model
+  ``teacher/``          the fine-tuned full model (model.safetensors + shape.json)
+  ``rewired/``          the teacher with heads and neurons reordered by importance
+  ``supernet/``         the trained weight-shared supernet
+  ``importance.json``   head / neuron importance scores (train split)
+  ``search_space.json`` the search space
+  ``eval.csv``          accuracy, FLOPs and parameters of a few sub-networks
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from supernet.checkpoint import load_model, load_pretrained
+from supernet.cost import subnet_flops, subnet_params
+from supernet.data import Encoded, TaskData, encode, length_stats, load_task
+from supernet.errors import CheckpointError, ConfigError
+from supernet.evaluate import Evaluator, predict, scores
+from supernet.io import write_csv, write_json
+from supernet.model import ElasticBert
+from supernet.space import SearchSpace, SubnetConfig
+from supernet.train import TrainConfig, run_training
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What a run is trained on; stored as run.json so that later stages can rebuild it."""
+
+    task: str = "rt"
+    model: str = "minilm"
+    seed: int = 0
+    max_train: int | None = None
+    max_eval: int | None = None
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["train"] = self.train.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunSpec:
+        d = dict(d)
+        d["train"] = TrainConfig.from_dict(d.get("train", {}))
+        return cls(**d)
+
+
+def read_spec(run_dir: str | Path) -> RunSpec:
+    path = Path(run_dir) / "run.json"
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing: is {run_dir} a folder written by `hwnas train`?")
+    try:
+        return RunSpec.from_dict(json.loads(path.read_text()))
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"{path} is malformed: {e}") from e
+
+
+def load_data(spec: RunSpec, tokenizer: Any) -> tuple[TaskData, dict[str, Encoded]]:
+    task = load_task(spec.task, seed=spec.seed, max_train=spec.max_train, max_eval=spec.max_eval)
+    splits = {s: encode(tokenizer, task.split(s), spec.train.max_length) for s in ("train", "dev", "test")}
+    return task, splits
+
+
+def train_run(run_dir: str | Path, spec: RunSpec, *, resume: bool = False, progress: bool = True,
+              stop_after: tuple[str, int] | None = None) -> dict[str, Any]:
+    """Train (or resume) a run; return the stage wall times."""
+    run = Path(run_dir)
+    if (run / "run.json").exists():
+        if not resume:
+            raise ConfigError(f"{run} already holds a run: pass --resume to continue it, or choose another --out")
+        old = read_spec(run)
+        if old != spec:
+            raise ConfigError(
+                f"{run} was started with different settings ({_diff(old, spec)}); resume it with the "
+                "same settings (just --out and --resume) or choose another --out"
+            )
+    elif resume and run.exists() and any(run.iterdir()):
+        raise CheckpointError(f"{run} has no run.json: nothing to resume there")
+    t0 = time.time()
+    # Check the task and the model before anything is written: a typo leaves no half-made run.
+    num_labels = load_task(spec.task, seed=spec.seed, max_train=spec.max_train, max_eval=spec.max_eval).num_labels
+    model, tok = load_pretrained(spec.model, num_labels, seed=spec.seed)
+    run.mkdir(parents=True, exist_ok=True)
+    write_json(run / "run.json", spec.to_dict())
+    tok.save_pretrained(str(run / "tokenizer"))
+    task, splits = load_data(spec, tok)
+    write_json(run / "data_summary.json", {**task.summary(), "lengths": {s: length_stats(e) for s, e in splits.items()}})
+    times = {"load": round(time.time() - t0, 1)}
+    times.update(run_training(run, model, splits, spec.train, progress=progress, stop_after=stop_after))
+    return times
+
+
+def _diff(a: RunSpec, b: RunSpec) -> str:
+    da, db = a.to_dict(), b.to_dict()
+    return ", ".join(f"{k}: {da[k]!r} vs {db[k]!r}" for k in da if da[k] != db[k])
+
+
+@dataclass
+class LoadedRun:
+    """A trained run, ready to evaluate, measure or search."""
+
+    folder: Path
+    spec: RunSpec
+    task: TaskData
+    tokenizer: Any
+    supernet: ElasticBert
+    space: SearchSpace
+    splits: dict[str, Encoded]
+    evaluator: Evaluator
+
+    @property
+    def typical_length(self) -> int:
+        """Median token length of the dev split (FLOPs are quoted at this length)."""
+        return int(round(length_stats(self.splits["dev"])["p50"]))
+
+
+def open_run(run_dir: str | Path) -> LoadedRun:
+    from transformers import AutoTokenizer
+
+    run = Path(run_dir)
+    spec = read_spec(run)
+    state = json.loads((run / "state.json").read_text()) if (run / "state.json").exists() else {"done": {}}
+    if "supernet" not in state.get("done", {}):
+        raise CheckpointError(f"{run} has no trained supernet yet: finish it with `hwnas train --out {run} --resume`")
+    tok = AutoTokenizer.from_pretrained(str(run / "tokenizer"))
+    supernet = load_model(run / "supernet")
+    space = SearchSpace.from_dict(json.loads((run / "search_space.json").read_text()))
+    task, splits = load_data(spec, tok)
+    ev = Evaluator(supernet, {"dev": splits["dev"], "test": splits["test"]}, metric=task.metric)
+    return LoadedRun(run, spec, task, tok, supernet, space, splits, ev)
+
+
+def named_subnets(space: SearchSpace) -> dict[str, SubnetConfig]:
+    """The sub-networks of the evaluation table: largest, three middle ones, smallest."""
+    return {
+        "largest": space.largest(),
+        "w0.75-d1.0-r0.8": space.uniform(width=0.75, depth=1.0, retention=0.8),
+        "w0.5-d1.0-r1.0": space.uniform(width=0.5, depth=1.0, retention=1.0),
+        "w0.75-d0.5-r0.6": space.uniform(width=0.75, depth=0.5, retention=0.6),
+        "smallest": space.smallest(),
+    }
+
+
+def evaluation_table(run: LoadedRun, subnets: dict[str, SubnetConfig] | None = None) -> pd.DataFrame:
+    """Teacher and sub-network scores on dev and test, with FLOPs at the typical length."""
+    subnets = subnets or named_subnets(run.space)
+    length = run.typical_length
+    rows = []
+    teacher = load_model(run.folder / "teacher")
+    full = run.space.largest()
+    t_scores = {s: scores(predict(teacher, run.splits[s]), run.splits[s].labels) for s in ("dev", "test")}
+    rows.append(_row("teacher", full, run, t_scores["dev"], t_scores["test"], length))
+    for name, cfg in subnets.items():
+        rows.append(_row(name, cfg, run, run.evaluator(cfg, "dev"), run.evaluator(cfg, "test"), length))
+    return pd.DataFrame(rows)
+
+
+def _row(name: str, cfg: SubnetConfig, run: LoadedRun, dev: dict[str, float], test: dict[str, float], length: int) -> dict[str, Any]:
+    shape = run.supernet.shape
+    return {
+        "name": name,
+        "arch_key": cfg.key(),
+        "arch": cfg.describe(),
+        "arch_json": cfg.to_json(),
+        "length": length,
+        "flops": subnet_flops(shape, cfg, length),
+        "flops_ratio": subnet_flops(shape, cfg, length) / subnet_flops(shape, run.space.largest(), length),
+        "params": subnet_params(shape, cfg),
+        "acc_dev": dev["accuracy"],
+        "f1_dev": dev["macro_f1"],
+        "acc_test": test["accuracy"],
+        "f1_test": test["macro_f1"],
+    }
+
+
+def write_evaluation(run: LoadedRun, table: pd.DataFrame) -> Path:
+    return write_csv(run.folder / "eval.csv", table)

@@ -1,0 +1,72 @@
+"""Shared fixtures: tiny random BERT models (hidden 32) so that the suite stays fast."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+torch.set_num_threads(2)
+
+from supernet.model import BertShape, ElasticBert  # noqa: E402
+
+
+def tiny_shape(layers: int = 3, heads: int = 4, ffn: int = 64, vocab: int = 120, labels: int = 2) -> BertShape:
+    return BertShape(
+        vocab_size=vocab, hidden_size=32, head_dim=32 // heads, heads=(heads,) * layers, ffn=(ffn,) * layers,
+        retention=(1.0,) * layers, num_labels=labels, max_position_embeddings=64,
+    )
+
+
+def tiny_model(seed: int = 0, **kw: int) -> ElasticBert:
+    """A random tiny ElasticBert with peaked attention (large weights: no near-ties in top-k)."""
+    torch.manual_seed(seed)
+    m = ElasticBert(tiny_shape(**kw))
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            if p.ndim == 2 and "embeddings" not in name:
+                p.normal_(0, 0.3)
+    return m.eval()
+
+
+def tiny_batch(seed: int = 0, vocab: int = 120, lengths: tuple[int, ...] = (12, 7, 3, 10)) -> dict[str, torch.Tensor]:
+    """A padded batch whose examples have different lengths."""
+    g = torch.Generator().manual_seed(seed)
+    T = max(lengths)
+    ids = torch.randint(5, vocab, (len(lengths), T), generator=g)
+    mask = torch.zeros(len(lengths), T, dtype=torch.long)
+    for b, n in enumerate(lengths):
+        mask[b, :n] = 1
+    ids = ids * mask
+    ids[:, 0] = 2  # a [CLS]-like first token
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids),
+            "labels": torch.arange(len(lengths)) % 2}
+
+
+@pytest.fixture(scope="session")
+def bundled_tokenizer():
+    from transformers import AutoTokenizer
+
+    from supernet.checkpoint import bundled_model_path
+
+    return AutoTokenizer.from_pretrained(str(bundled_model_path()))
+
+
+@pytest.fixture(scope="session")
+def tiny_hf_dir(tmp_path_factory: pytest.TempPathFactory, bundled_tokenizer) -> Path:
+    """A tiny random BertForSequenceClassification saved as a Hugging Face folder."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    d = tmp_path_factory.mktemp("tiny_bert")
+    cfg = BertConfig(
+        vocab_size=bundled_tokenizer.vocab_size, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+        intermediate_size=64, max_position_embeddings=128, initializer_range=0.2,
+    )
+    torch.manual_seed(0)
+    BertForSequenceClassification(cfg).save_pretrained(str(d))
+    bundled_tokenizer.save_pretrained(str(d))
+    return d

@@ -1,0 +1,101 @@
+"""Search space and sub-network configuration: validation, round trips, sampling."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from supernet.errors import ConfigError
+from supernet.space import SearchSpace, SubnetConfig, evenly_spaced_keep
+
+
+@pytest.fixture
+def space() -> SearchSpace:
+    return SearchSpace.for_model(6, 12, 1536)
+
+
+def test_default_choices_are_quarters(space: SearchSpace) -> None:
+    assert space.head_choices == (3, 6, 9, 12)
+    assert space.ffn_choices == (384, 768, 1152, 1536)
+    assert space.retention_choices[0] == 1.0 and min(space.retention_choices) == pytest.approx(0.3)
+
+
+def test_round_trips(space: SearchSpace) -> None:
+    cfg = space.sample(np.random.default_rng(1))
+    assert SubnetConfig.from_dict(cfg.to_dict()) == cfg
+    assert SearchSpace.from_dict(space.to_dict()) == space
+    assert SubnetConfig.from_dict(cfg.to_dict()).key() == cfg.key()
+
+
+def test_key_is_stable_and_distinguishes(space: SearchSpace) -> None:
+    # A fixed value: the hash must not depend on the process (no Python hash randomisation).
+    assert space.largest().key() == SubnetConfig((12,) * 6, (1536,) * 6, (True,) * 6, (1.0,) * 6).key()
+    assert len(space.largest().key()) == 12
+    assert space.largest().key() != space.smallest().key()
+    assert SubnetConfig([12] * 6, [1536] * 6, [True] * 6, [1] * 6) == space.largest()
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"heads": (12, 5, 12, 12, 12, 12)}, "heads[1]"),
+        ({"ffn": (1536, 1536, 100, 1536, 1536, 1536)}, "ffn[2]"),
+        ({"retention": (1.0, 0.5, 0.7, 0.7, 0.7, 0.7)}, "retention[2]"),
+        ({"retention": (1.0, 1.0, 1.0, 1.0, 1.0, 0.33)}, "retention[5]"),
+        ({"keep": (True, False, False, False, False, False)}, "keep"),
+    ],
+)
+def test_invalid_configurations_name_the_field(space: SearchSpace, change: dict, field: str) -> None:
+    bad = SubnetConfig(**{**space.largest().to_dict(), **change})
+    with pytest.raises(ConfigError, match=field.replace("[", r"\[").replace("]", r"\]")):
+        space.validate(bad)
+
+
+def test_skipped_layer_cannot_drop_tokens(space: SearchSpace) -> None:
+    cfg = SubnetConfig((12,) * 6, (1536,) * 6, (True, False, True, True, True, True), (1.0, 0.5, 0.5, 0.5, 0.5, 0.5))
+    with pytest.raises(ConfigError, match=r"retention\[1\].*skipped"):
+        space.validate(cfg)
+
+
+def test_malformed_dicts_are_rejected() -> None:
+    with pytest.raises(ConfigError, match="missing"):
+        SubnetConfig.from_dict({"heads": [1]})
+    with pytest.raises(ConfigError, match="one entry per encoder layer"):
+        SubnetConfig((1, 2), (3, 4), (True,), (1.0, 1.0))
+    with pytest.raises(ConfigError, match="integers"):
+        SubnetConfig((1.5,), (3,), (True,), (1.0,))
+    with pytest.raises(ConfigError, match="unknown"):
+        SearchSpace.from_dict({"num_layers": 2, "bogus": 1})
+    with pytest.raises(ConfigError, match="include the maximum"):
+        SearchSpace(num_layers=2, max_heads=4, max_ffn=8, head_choices=(1, 2), ffn_choices=(8,))
+
+
+def test_sampling_is_valid_and_seeded(space: SearchSpace) -> None:
+    a = [space.sample(np.random.default_rng(7)) for _ in range(3)]
+    b = [space.sample(np.random.default_rng(7)) for _ in range(3)]
+    assert a == b
+    rng = np.random.default_rng(0)
+    seen = set()
+    for _ in range(300):
+        x, y = space.sample(rng), space.sample(rng)
+        for cfg in (x, y, space.mutate(x, rng), space.crossover(x, y, rng)):
+            space.validate(cfg)
+            seen.add(cfg.key())
+    assert len(seen) > 500  # the space is explored, not collapsed onto a few points
+    assert any(space.sample(rng).has_retention for _ in range(20))
+    assert not any(space.sample(rng, retention=False).has_retention for _ in range(20))
+
+
+def test_special_members(space: SearchSpace) -> None:
+    small = space.validate(space.smallest())
+    assert sum(small.keep) == space.min_layers and small.keep[-1]
+    assert small.heads[-1] == 3 and min(small.retention) == pytest.approx(0.3)
+    u = space.uniform(width=0.5, depth=0.5, retention=1.0)
+    assert sum(u.keep) == 3 and set(u.heads) == {0, 6} and not u.has_retention
+    assert space.uniform() == space.largest()
+
+
+def test_evenly_spaced_keep() -> None:
+    assert evenly_spaced_keep(6, 3) == (False, True, False, True, False, True)
+    assert evenly_spaced_keep(4, 4) == (True,) * 4
+    assert sum(evenly_spaced_keep(12, 5)) == 5
