@@ -145,6 +145,60 @@ def cmd_extract(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_measure(a: argparse.Namespace) -> int:
+    from latency.devices import with_overrides
+    from latency.measure import MeasurementLog, harness_ratio, sample_configs
+    from latency.workflow import device_inputs, log_path, measure_device, resolve_device
+    from supernet.workflow import open_run
+
+    run = open_run(a.run)
+    profile = with_overrides(resolve_device(a.run, a.device, a.devices), repeats=a.repeats, warmup=a.warmup)
+    log = MeasurementLog(log_path(a.run, profile.name))
+    if a.import_csv:
+        from latency.kit import import_kit_csv
+
+        added = import_kit_csv(a.import_csv, run.supernet.shape, log, profile.name)
+        print(f"imported {added} rows into {log.path}")
+        return 0
+    if a.kit:
+        from latency.kit import write_kit
+
+        inputs = device_inputs(run, profile, a.seed)
+        configs = sample_configs(run.space, run.supernet.shape, a.n, seed=a.seed, length=min(inputs))
+        manifest = write_kit(a.kit, profile, run.supernet, configs, inputs, progress=not a.quiet)
+        print(f"wrote {manifest.parent}: copy it to the device, run `python3 measure_kit.py` there, then "
+              f"`hwnas measure --run {a.run} --device {profile.name} --import results.csv`")
+        return 0
+    t0 = time.time()
+    rows = measure_device(run, profile, n=a.n, seed=a.seed, reference_every=a.reference_every,
+                          noise_rounds=a.noise_rounds, progress=not a.quiet)
+    ok = rows[(rows["kind"] == "sample") & (rows["error"] == "")]
+    failed = rows[(rows["kind"] == "sample") & (rows["error"] != "")]
+    minutes = (time.time() - t0) / 60
+    print(f"{profile.name}: {ok['arch_key'].nunique()} configurations measured ({len(failed)} failed rows) in "
+          f"{log.path}; harness check (same model timed twice in turn): ratio {harness_ratio(rows):.3f}; "
+          f"this call took {minutes:.1f} min")
+    return 0
+
+
+def cmd_fit(a: argparse.Namespace) -> int:
+    from latency.workflow import fit_run_device
+    from supernet.checkpoint import load_model
+
+    shape = load_model(Path(a.run) / "supernet").shape
+    for device in a.device.split(","):
+        r = fit_run_device(a.run, shape, device, seed=a.seed)
+        m = r["metrics"][r["chosen"]]
+        nf = r["noise_floor"]
+        print(f"{device}: chose {r['chosen']} on {r['n_configs']} configurations ({r['n_holdout']} held-out rows): "
+              f"MAPE {m['mape']:.2%}, within +-10% {m['within_10pct']:.1%}, Kendall tau {m['kendall_tau']:.3f}, "
+              f"upper bound covers {r['coverage_upper']:.1%} (margin {r['upper_margin']:.1%}); noise floor: "
+              f"repeats within +-10% {nf['within_10pct']:.1%}, median deviation {nf['median_abs_rel']:.2%}; "
+              f"harness ratio {r['harness_ratio']:.3f}")
+        print(f"  wrote {a.run}/latency/{device}.predictor.json, {device}.fit.json, {device}.fit.png")
+    return 0
+
+
 def cmd_run(a: argparse.Namespace) -> int:
     """The main job on the bundled defaults (resumes if the run folder exists)."""
     a.out = a.out or MAIN_RUN
@@ -195,6 +249,35 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--save", help="also write the table to this CSV (and the run's settings and stage "
                    "times to a JSON beside it, '_eval_' replaced by '_train_')")
     e.set_defaults(func=cmd_eval)
+
+    m = sub.add_parser("measure", help="time sampled sub-networks on a device (or write / import a kit)",
+                       description="Measure sub-networks of a trained run on a device profile: warm-up, repeats, "
+                       "median / p90 / spread, the full model re-measured at intervals, a harness check. Rows go to "
+                       "RUN/latency/DEVICE.csv; an interrupted measurement resumes. With --kit, write a folder to "
+                       "run on a device that cannot run this package; with --import, bring its CSV back.")
+    m.add_argument("--run", required=True, help="run folder written by hwnas train")
+    m.add_argument("--device", required=True, help="cpu, cpu-1t, torch-cpu, cuda, or a name from --devices")
+    m.add_argument("--devices", help="TOML file with [devices.NAME] profiles (stored in the run)")
+    m.add_argument("--n", type=int, default=300, help="configurations to sample (default %(default)s)")
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--repeats", type=int, default=None, help="timed runs per measurement (default: the profile's)")
+    m.add_argument("--warmup", type=int, default=None, help="untimed runs first (default: the profile's)")
+    m.add_argument("--reference-every", type=int, default=20, help="re-measure the full model every N configurations")
+    m.add_argument("--noise-rounds", type=int, default=8, help="rounds of the harness check / noise floor")
+    g = m.add_mutually_exclusive_group()
+    g.add_argument("--kit", metavar="DIR", help="write a measurement kit to DIR instead of measuring here")
+    g.add_argument("--import", dest="import_csv", metavar="CSV", help="import the CSV a kit wrote on the device")
+    m.add_argument("--quiet", action="store_true", help="no progress bars")
+    m.set_defaults(func=cmd_measure)
+
+    f = sub.add_parser("fit", help="fit and evaluate a latency predictor per device",
+                       description="Fit the analytic (linear on FLOPs-like terms) and learned (gradient-boosted "
+                       "trees) predictors on RUN/latency/DEVICE.csv, evaluate them on held-out configurations, keep "
+                       "the better, and write the predictor, a JSON report and a predicted-vs-measured PNG.")
+    f.add_argument("--run", required=True, help="run folder with measurements")
+    f.add_argument("--device", required=True, help="device name, or several separated by commas")
+    f.add_argument("--seed", type=int, default=0)
+    f.set_defaults(func=cmd_fit)
 
     x = sub.add_parser("extract", help="write one sub-network as a standalone model",
                        description="Write a physically smaller PyTorch model (and a Hugging Face folder when "

@@ -202,11 +202,12 @@ class EncoderLayer(nn.Module):
         heads: int,
         ffn: int,
         keep: torch.Tensor | None,  # (B,) tokens to keep per example, None = keep all
+        new_length: torch.Tensor | None = None,  # () T' >= max(keep), None = max(keep)
     ) -> tuple[torch.Tensor, torch.Tensor]:
         ctx, probs = self.attn(x, mask, heads, need_probs=keep is not None)  # (B, T, h*d)
         if keep is not None:
             assert probs is not None
-            idx, mask = select_tokens(probs, mask, keep)  # (B, T'), T' = max(keep)
+            idx, mask = select_tokens(probs, mask, keep, new_length)  # (B, T')
             ctx = _gather(ctx, idx)  # (B, T', h*d)
             x = _gather(x, idx)  # (B, T', H)
         x = self.attn_norm(x + self.dropout(self.attn.project(ctx)))
@@ -227,22 +228,24 @@ class EncoderLayer(nn.Module):
 
 
 def select_tokens(
-    probs: torch.Tensor, mask: torch.Tensor, keep: torch.Tensor
+    probs: torch.Tensor, mask: torch.Tensor, keep: torch.Tensor, new_length: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """PoWER-BERT token selection.
 
     A token's significance is the attention it receives, summed over heads and over the
     (alive) query positions. Each example keeps its ``keep[b]`` most significant tokens,
-    [CLS] always among them, in their original order; the result is padded to ``max(keep)``.
+    [CLS] always among them, in their original order; the result is padded to ``new_length``
+    (a 0-dim tensor, at least ``max(keep)``; default ``max(keep)``).
     Returns the positions to gather (B, T') and the new alive mask (B, T').
     """
     B, T = mask.shape
     received = (probs * mask[:, None, :, None]).sum(dim=(1, 2))  # (B, T)
     received = received.masked_fill(~mask, -1.0)  # dead tokens last (scores are >= 0)
     received[:, 0] = float("inf")  # [CLS] always survives
-    t_new = int(keep.max())
-    top = received.topk(t_new, dim=1).indices  # (B, T') by significance
-    slots = torch.arange(t_new, device=mask.device)[None, :]  # (1, T')
+    # T' stays a tensor (never a Python int): traced for ONNX, it becomes TopK's k input.
+    t_new = keep.max() if new_length is None else new_length  # ()
+    top = received.topk(t_new, dim=1).indices  # type: ignore[arg-type]  # (B, T') by significance
+    slots = torch.arange(t_new, device=mask.device)[None, :]  # type: ignore[call-overload]  # (1, T')
     new_mask = slots < keep[:, None]  # (B, T')
     # Push the slots each example does not use to the end, then restore the original order.
     pos = torch.where(new_mask, top, torch.full_like(top, T)).sort(dim=1).values
@@ -308,17 +311,23 @@ class ElasticBert(nn.Module):
             token_type_ids = torch.zeros_like(input_ids)
         mask = attention_mask.bool()  # (B, T)
         lengths = mask.sum(1)  # (B,) real tokens per example, fixed at the input
+        T = lengths.new_full((), input_ids.shape[1])  # () the padded length, as a tensor (see below)
         x = self.embeddings(input_ids, token_type_ids)  # (B, T, H)
 
         layers = self.encoder_layers
         applied = 1.0  # retention applied so far
         for i in cfg.kept_layers:
             r = cfg.retention[i]
-            keep = None
+            keep = t_new = None
             if r < applied - 1e-9:
                 keep = torch.ceil(lengths * r - _CEIL_EPS).clamp(min=1).long()  # (B,)
+                # The new padded length T' = max(keep). Padding is dynamic (T = the longest
+                # example), so it is the same rounding of T: taken from the input's *shape*
+                # with tensor ops, not from the data, so that a traced (ONNX) graph keeps T
+                # dynamic. (Padded beyond the longest example, the extra slots stay dead.)
+                t_new = torch.ceil(T * r - _CEIL_EPS).clamp(min=1).long()  # ()
                 applied = r
-            x, mask = layers[i](x, mask, cfg.heads[i], cfg.ffn[i], keep)  # (B, T', H)
+            x, mask = layers[i](x, mask, cfg.heads[i], cfg.ffn[i], keep, t_new)  # (B, T', H)
 
         pooled = torch.tanh(self.pooler(x[:, 0]))  # (B, H) from [CLS], always alive at 0
         logits = self.classifier(self.dropout(pooled))  # (B, num_labels)

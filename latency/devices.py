@@ -1,0 +1,180 @@
+"""Device profiles: where and how a sub-network is timed.
+
+A profile names the runtime (ONNX Runtime or PyTorch eager), its execution provider,
+threads, batch size and input lengths. Lengths are part of the profile because latency
+depends on them: ``"p50"`` / ``"p95"`` (any ``"pNN"``) take the task's real token-length
+distribution (dev split), an integer is a fixed length.
+
+Built-in profiles: ``cpu``, ``cpu-1t``, ``torch-cpu``, ``cuda``. User profiles come from a
+TOML file, one table per device::
+
+    [devices.laptop]
+    runtime = "onnxruntime"      # or "torch"
+    provider = "CPUExecutionProvider"
+    threads = 4
+    batch = 1
+    lengths = ["p50", "p95"]
+    precision = "fp32"
+    description = "my laptop"
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from supernet.errors import ConfigError, HwnasError
+
+RUNTIMES = ("onnxruntime", "torch")
+PRECISIONS = ("fp32", "fp16")
+
+
+class DeviceUnavailable(HwnasError):
+    """The profile needs hardware or software that this machine does not have."""
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    name: str
+    runtime: str = "onnxruntime"
+    provider: str = "CPUExecutionProvider"  # ONNX Runtime provider; for torch: "cpu" or "cuda"
+    threads: int | None = None  # None: all cores
+    batch: int = 1
+    lengths: tuple[str | int, ...] = ("p50", "p95")
+    precision: str = "fp32"
+    warmup: int = 10
+    repeats: int = 30
+    description: str = ""
+    kit: bool = False  # measured elsewhere through a measurement kit (hwnas measure --kit)
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "lengths", tuple(self.lengths))
+        self.validate()
+
+    def validate(self) -> DeviceProfile:
+        where = f"device {self.name!r}"
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name):
+            raise ConfigError(f"{where}: a device name may use letters, digits, '.', '_' and '-'")
+        if self.runtime not in RUNTIMES:
+            raise ConfigError(f"{where}: runtime {self.runtime!r} is not one of {list(RUNTIMES)}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"{where}: precision {self.precision!r} is not one of {list(PRECISIONS)}")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"{where}: threads must be >= 1 (or left out for all cores), got {self.threads}")
+        if self.batch < 1 or self.warmup < 0 or self.repeats < 3:
+            raise ConfigError(f"{where}: need batch >= 1, warmup >= 0 and repeats >= 3")
+        if not self.lengths:
+            raise ConfigError(f"{where}: lengths must not be empty (e.g. [\"p50\", \"p95\"] or [128])")
+        for x in self.lengths:
+            ok = isinstance(x, int) and x >= 2 or isinstance(x, str) and re.fullmatch(r"p\d{1,2}", x)
+            if not ok:
+                raise ConfigError(f"{where}: length {x!r} must be an integer >= 2 or a percentile like \"p50\"")
+        if self.precision == "fp16" and "cuda" not in self.provider.lower():
+            raise ConfigError(f"{where}: fp16 is only supported on CUDA")
+        return self
+
+    @property
+    def effective_threads(self) -> int:
+        return self.threads or os.cpu_count() or 1
+
+    def resolve_lengths(self, stats: Mapping[str, float]) -> list[int]:
+        """Concrete lengths from the task's token-length statistics (keys like ``"p50"``)."""
+        out = []
+        for x in self.lengths:
+            if isinstance(x, int):
+                out.append(x)
+            elif x in stats:
+                out.append(max(2, int(round(stats[x]))))
+            else:
+                raise ConfigError(f"device {self.name!r}: the task statistics have no {x!r}; known: {sorted(stats)}")
+        return sorted(set(out))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["lengths"] = list(self.lengths)
+        return d
+
+
+BUILTIN: dict[str, DeviceProfile] = {
+    p.name: p
+    for p in (
+        DeviceProfile("cpu", description="ONNX Runtime, CPU provider, all cores"),
+        DeviceProfile("cpu-1t", threads=1, description="ONNX Runtime, CPU, one thread: a stand-in for a small single-core device"),
+        DeviceProfile("torch-cpu", runtime="torch", provider="cpu", description="PyTorch eager on the CPU, all cores"),
+        DeviceProfile("cuda", provider="CUDAExecutionProvider", description="ONNX Runtime CUDA provider (needs an NVIDIA GPU and onnxruntime-gpu)"),
+    )
+}
+
+_FIELDS = {f for f in DeviceProfile.__dataclass_fields__ if f not in ("name", "extra")}
+
+
+def load_profiles(path: str | Path) -> dict[str, DeviceProfile]:
+    """Profiles from a TOML file (see the module docstring); errors name the bad entry."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"device file {p} does not exist")
+    try:
+        data = tomllib.loads(p.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"device file {p} is not valid TOML: {e}") from e
+    table = data.get("devices")
+    if not isinstance(table, dict) or not table:
+        raise ConfigError(f"device file {p} needs a [devices.NAME] table per device")
+    out = {}
+    for name, spec in table.items():
+        if not isinstance(spec, dict):
+            raise ConfigError(f"device file {p}: devices.{name} must be a table")
+        unknown = set(spec) - _FIELDS
+        if unknown:
+            raise ConfigError(f"device file {p}: devices.{name} has unknown keys {sorted(unknown)}; known: {sorted(_FIELDS)}")
+        try:
+            out[name] = DeviceProfile(name=name, **spec)
+        except TypeError as e:
+            raise ConfigError(f"device file {p}: devices.{name}: {e}") from e
+    return out
+
+
+def get_device(name: str, extra: Mapping[str, DeviceProfile] | None = None) -> DeviceProfile:
+    """A profile by name (user profiles first); an unknown name lists the known ones."""
+    known = {**BUILTIN, **(extra or {})}
+    if name not in known:
+        raise ConfigError(
+            f"unknown device {name!r}; known devices: {', '.join(sorted(known))} "
+            "(define more in a TOML file passed with --devices)"
+        )
+    return known[name]
+
+
+def check_available(profile: DeviceProfile) -> None:
+    """Raise DeviceUnavailable, saying what is missing, if this machine cannot run ``profile``."""
+    if profile.kit:
+        raise DeviceUnavailable(
+            f"device {profile.name!r} is measured through a kit: run `hwnas measure --kit DIR --device "
+            f"{profile.name}`, run the script on the device, then `hwnas measure --import CSV`"
+        )
+    if profile.runtime == "onnxruntime":
+        import onnxruntime as ort
+
+        have = ort.get_available_providers()
+        if profile.provider not in have:
+            hint = " (install onnxruntime-gpu on a machine with an NVIDIA GPU)" if "CUDA" in profile.provider else ""
+            raise DeviceUnavailable(
+                f"device {profile.name!r} needs ONNX Runtime's {profile.provider}, but this machine has "
+                f"only {have}{hint}"
+            )
+    else:
+        import torch
+
+        if profile.provider == "cuda" and not torch.cuda.is_available():
+            raise DeviceUnavailable(f"device {profile.name!r} needs a CUDA GPU for PyTorch; none is visible")
+
+
+def with_overrides(profile: DeviceProfile, **kw: Any) -> DeviceProfile:
+    """A copy with some fields replaced (e.g. fewer repeats for a quick run)."""
+    return replace(profile, **{k: v for k, v in kw.items() if v is not None})

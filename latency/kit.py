@@ -1,0 +1,120 @@
+"""Measurement kits for devices that cannot run this package (a phone, a Raspberry Pi).
+
+``write_kit`` puts N ONNX models, the input token arrays, ``manifest.json`` and one
+standalone script (``measure_kit.py``: onnxruntime + numpy only) into a folder. The user
+copies the folder to the device and runs the script; it writes a CSV that
+``import_kit_csv`` turns into ordinary measurement rows of that device.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from latency.devices import DeviceProfile
+from latency.measure import COLUMNS, MeasurementLog, arch_columns
+from supernet.errors import HwnasError
+from supernet.io import atomic_write, write_json
+from supernet.model import BertShape, ElasticBert
+from supernet.space import SubnetConfig
+
+KIT_REQUIRED = ["device", "kind", "arch_key", "arch_json", "batch", "length", "lat_median_ms", "error"]
+
+
+class KitError(HwnasError):
+    """A kit folder or kit CSV that cannot be used."""
+
+
+def write_kit(
+    out_dir: str | Path,
+    profile: DeviceProfile,
+    supernet: ElasticBert,
+    configs: Sequence[SubnetConfig],
+    inputs: dict[int, dict[str, np.ndarray]],
+    *,
+    progress: bool = True,
+) -> Path:
+    """Write the kit folder; returns the path of ``manifest.json``."""
+    from latency.onnx_export import export_subnet_onnx
+
+    out = Path(out_dir)
+    (out / "models").mkdir(parents=True, exist_ok=True)
+    (out / "inputs").mkdir(exist_ok=True)
+    shape = supernet.shape
+    full = SubnetConfig(shape.heads, shape.ffn, (True,) * shape.num_layers, (1.0,) * shape.num_layers)
+    models = []
+    for cfg in tqdm([full, *configs], desc=f"kit {profile.name}", disable=not progress):
+        f = f"models/{cfg.key()}.onnx"
+        if not (out / f).exists():
+            export_subnet_onnx(supernet, cfg, out / f)
+        models.append({"file": f, "arch_key": cfg.key(), "arch_json": cfg.to_json()})
+    files = {}
+    for L, feeds in inputs.items():
+        files[str(L)] = f"inputs/len{L}.npz"
+        _savez(out / files[str(L)], feeds)
+    shutil.copyfile(Path(__file__).with_name("kit_script.py"), out / "measure_kit.py")
+    manifest = {
+        "device": profile.name, "batch": profile.batch, "threads": profile.effective_threads,
+        "warmup": profile.warmup, "repeats": profile.repeats, "reference_every": 20,
+        "inputs": files, "reference": models[0], "models": models[1:],
+        "shape": shape.to_dict(),
+    }
+    return write_json(out / "manifest.json", manifest)
+
+
+def _savez(path: Path, feeds: dict[str, np.ndarray]) -> None:
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, input_ids=feeds["input_ids"], attention_mask=feeds["attention_mask"],
+                     token_type_ids=feeds["token_type_ids"])
+
+    atomic_write(path, write)
+
+
+def import_kit_csv(csv_path: str | Path, shape: BertShape, log: MeasurementLog, device: str) -> int:
+    """Add a kit CSV's rows to ``log`` as measurements of ``device``; returns rows added.
+
+    Rows already present (same kind, configuration, length and timestamp) are skipped, so
+    importing the same file twice adds nothing.
+    """
+    p = Path(csv_path)
+    if not p.is_file():
+        raise KitError(f"{p} does not exist: give the CSV that measure_kit.py wrote on the device")
+    try:
+        kit = pd.read_csv(p, keep_default_na=False, na_values=[""])
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise KitError(f"{p} is not a CSV written by measure_kit.py: {e}") from e
+    missing = [c for c in KIT_REQUIRED if c not in kit.columns]
+    if missing:
+        raise KitError(f"{p} lacks the columns {missing}; a kit CSV has {KIT_REQUIRED} and more (found {list(kit.columns)})")
+    devices = set(kit["device"].astype(str))
+    if devices != {device}:
+        raise KitError(f"{p} holds measurements of {sorted(devices)}, not of {device!r}: pass --device {sorted(devices)[0]}")
+    kit["error"] = kit["error"].fillna("").astype(str)
+    have = log.read()
+    seen = set(zip(have["kind"], have["arch_key"], have["length"].astype(int), have["timestamp"].astype(str), strict=True)) if len(have) else set()
+    rows, ref = [], {}
+    for r in kit.to_dict("records"):
+        L = int(r["length"])
+        try:
+            cfg = SubnetConfig.from_dict(json.loads(r["arch_json"]))
+        except (ValueError, TypeError) as e:
+            raise KitError(f"{p}: a row has an unreadable arch_json ({e})") from e
+        row = {c: r.get(c, "") for c in COLUMNS if c in r}
+        row.update(arch_columns(shape, cfg, L))
+        row.update(provider="kit", precision="fp32", onnxruntime_version=r.get("runtime_version", ""))
+        if r["kind"] == "reference" and not r["error"]:
+            ref[L] = float(r["lat_median_ms"])
+        if r["kind"] == "sample" and not r["error"] and L in ref:
+            row.update(ref_median_ms=ref[L], lat_ratio=float(r["lat_median_ms"]) / ref[L])
+        if (row["kind"], row["arch_key"], L, str(row.get("timestamp", ""))) not in seen:
+            rows.append(row)
+    if rows:
+        log.append(rows)
+    return len(rows)

@@ -1,0 +1,356 @@
+"""Honest latency measurement: one flat row per (configuration, input shape, device).
+
+How a configuration is timed: its standalone model is extracted (physically smaller),
+exported to ONNX (token dropping inside the graph) or run in PyTorch eager, warmed up, then
+run ``repeats`` times on real token sequences of each profile length; the row holds the
+median, p90, mean, min, inter-quartile range and coefficient of variation, after dropping
+outliers above Q3 + 3 IQR (a context switch, a page fault).
+
+Three traps this module avoids:
+
+* ONNX Runtime's intra-op threads spin after a run by default, so when sessions are timed in
+  turn one session's spinning threads slow the next; every session here has
+  ``session.intra_op.allow_spinning = 0`` (``latency.onnx_export.ort_session``).
+* These machines drift: the full model is re-measured every ``reference_every``
+  configurations and each row stores its ratio to the latest full-model figure.
+* Noise: a harness check times two sessions of the *same* full model in turn; their ratio
+  should be about 1, and the spread of those repeats is the noise floor.
+
+Rows are appended to ``<run>/latency/<device>.csv`` one line per write with fsync, so an
+interrupted sweep loses at most the configuration in flight and resumes without measuring a
+finished configuration twice.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import platform
+import socket
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from latency.devices import DeviceProfile
+from supernet.cost import subnet_flops, subnet_params
+from supernet.data import Encoded
+from supernet.model import BertShape, ElasticBert
+from supernet.space import SearchSpace, SubnetConfig
+
+COLUMNS = [
+    "device", "kind", "note", "arch_key", "arch_json", "arch_layers", "arch_heads", "arch_ffn",
+    "arch_retention", "arch_flops", "arch_params", "batch", "length", "runtime", "provider", "threads",
+    "precision", "warmup", "repeats", "lat_median_ms", "lat_p90_ms", "lat_mean_ms", "lat_min_ms",
+    "lat_iqr_ms", "lat_cv", "outliers", "ref_median_ms", "lat_ratio", "runtime_version", "torch_version",
+    "onnxruntime_version", "host", "cpu", "timestamp", "error",
+]
+
+
+@dataclass(frozen=True)
+class Timing:
+    median_ms: float
+    p90_ms: float
+    mean_ms: float
+    min_ms: float
+    iqr_ms: float
+    cv: float
+    n: int
+    outliers: int
+
+
+def summarize(samples_ms: Sequence[float]) -> Timing:
+    """Statistics of repeated timings, after dropping outliers above Q3 + 3 IQR."""
+    x = np.asarray(samples_ms, dtype=float)
+    q1, q3 = np.percentile(x, [25, 75])
+    kept = x[x <= q3 + 3 * (q3 - q1)]
+    return Timing(
+        median_ms=float(np.median(kept)),
+        p90_ms=float(np.percentile(kept, 90)),
+        mean_ms=float(kept.mean()),
+        min_ms=float(kept.min()),
+        iqr_ms=float(np.subtract(*np.percentile(kept, [75, 25]))),
+        cv=float(kept.std() / kept.mean()) if kept.mean() > 0 else float("nan"),
+        n=int(kept.size),
+        outliers=int(x.size - kept.size),
+    )
+
+
+def time_fn(fn: Callable[[], Any], warmup: int, repeats: int) -> Timing:
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(repeats):
+        t0 = time.perf_counter_ns()
+        fn()
+        samples.append((time.perf_counter_ns() - t0) / 1e6)
+    return summarize(samples)
+
+
+def example_inputs(enc: Encoded, batch: int, length: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """``batch`` real token sequences of exactly ``length`` tokens (int64 arrays).
+
+    Examples at least that long are cut to ``length`` (keeping [CLS] first and [SEP] last);
+    shorter ones are extended with tokens of other examples, so every row is real text.
+    """
+    rng = np.random.default_rng(seed)
+    lengths = enc.lengths()
+    order = rng.permutation(len(enc))
+    long_enough = [i for i in order if lengths[i] >= length]
+    rows = []
+    pool = [t for i in order for t in enc.input_ids[i][1:-1]] or [1000]
+    for b in range(batch):
+        if b < len(long_enough):
+            ids = list(enc.input_ids[long_enough[b]][: length - 1]) + [enc.input_ids[long_enough[b]][-1]]
+        else:
+            start = int(rng.integers(0, len(pool)))
+            body = [pool[(start + j) % len(pool)] for j in range(length - 2)]
+            ids = [enc.input_ids[0][0], *body, enc.input_ids[0][-1]]
+        rows.append(ids)
+    ids_arr = np.asarray(rows, dtype=np.int64)
+    return {
+        "input_ids": ids_arr,
+        "attention_mask": np.ones_like(ids_arr),
+        "token_type_ids": np.zeros_like(ids_arr),
+    }
+
+
+def _versions() -> dict[str, str]:
+    import onnxruntime
+    import torch
+
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "torch_version": torch.__version__,
+        "onnxruntime_version": onnxruntime.__version__,
+        "host": socket.gethostname(),
+        "cpu": cpu,
+    }
+
+
+Runner = Callable[[dict[str, np.ndarray]], Any]
+
+
+def open_runner(profile: DeviceProfile, model: ElasticBert, workdir: Path) -> Runner:
+    """A callable that runs one inference of ``model`` on ``profile``'s runtime."""
+    if profile.runtime == "onnxruntime":
+        from latency.onnx_export import export_onnx, ort_session
+
+        fd, name = tempfile.mkstemp(suffix=".onnx", dir=workdir)
+        os.close(fd)
+        path = export_onnx(model, name)
+        try:
+            sess = ort_session(path, threads=profile.effective_threads, providers=[profile.provider])
+        finally:
+            Path(path).unlink(missing_ok=True)  # the session holds the graph in memory
+        return lambda feeds: sess.run(["logits"], feeds)
+
+    import torch
+
+    device = "cuda" if profile.provider == "cuda" else "cpu"
+    torch.set_num_threads(profile.effective_threads)
+    m = model.eval().to(device)
+    if profile.precision == "fp16":
+        m = m.half()
+
+    def run(feeds: dict[str, np.ndarray]) -> Any:
+        with torch.inference_mode():
+            out = m(*(torch.from_numpy(feeds[k]).to(device) for k in ("input_ids", "attention_mask", "token_type_ids")))
+            if device == "cuda":
+                torch.cuda.synchronize()
+            return out
+
+    return run
+
+
+def arch_columns(shape: BertShape, cfg: SubnetConfig, length: int) -> dict[str, Any]:
+    kept = cfg.kept_layers
+    return {
+        "arch_key": cfg.key(),
+        "arch_json": cfg.to_json(),
+        "arch_layers": len(kept),
+        "arch_heads": "/".join(str(h) for h in cfg.heads),
+        "arch_ffn": "/".join(str(f) for f in cfg.ffn),
+        "arch_retention": "/".join(f"{r:g}" for r in cfg.retention),
+        "arch_flops": subnet_flops(shape, cfg, length),
+        "arch_params": subnet_params(shape, cfg),
+    }
+
+
+class MeasurementLog:
+    """The per-device measurement file: append-only CSV, one fsync'ed line per row."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def read(self) -> pd.DataFrame:
+        if not self.path.exists():
+            return pd.DataFrame(columns=COLUMNS)
+        text = self.path.read_text()
+        if text and not text.endswith("\n"):  # a torn last line from a crash mid-write
+            text = text[: text.rfind("\n") + 1]
+        frame = pd.read_csv(io.StringIO(text), keep_default_na=False, na_values=[""])
+        frame["error"] = frame["error"].fillna("").astype(str)
+        return frame
+
+    def append(self, rows: Iterable[dict[str, Any]]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        new = not self.path.exists() or self.path.stat().st_size == 0
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
+        if new:
+            w.writeheader()
+        for r in rows:
+            w.writerow(r)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, buf.getvalue().encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def done(self) -> set[tuple[str, int, int]]:
+        """(arch_key, batch, length) of finished sample rows (errors count as finished)."""
+        f = self.read()
+        f = f[f["kind"] == "sample"]
+        return set(zip(f["arch_key"], f["batch"].astype(int), f["length"].astype(int), strict=True))
+
+
+def sample_configs(space: SearchSpace, shape: BertShape, n: int, *, seed: int = 0, length: int = 32) -> list[SubnetConfig]:
+    """``n`` distinct configurations covering the space: the largest, the smallest, a
+    DynaBERT-style uniform grid, then half uniform-random and half stratified over FLOPs
+    (evenly spaced FLOPs quantiles of a large random pool), so that cheap and expensive
+    regions are both well represented."""
+    rng = np.random.default_rng(seed)
+    chosen: dict[str, SubnetConfig] = {}
+
+    def add(c: SubnetConfig) -> None:
+        if len(chosen) < n:
+            chosen.setdefault(c.key(), c)
+
+    add(space.largest())
+    add(space.smallest())
+    for w in (0.25, 0.5, 0.75, 1.0):
+        for d in (0.5, 0.75, 1.0):
+            add(space.uniform(width=w, depth=d))
+    target = len(chosen) + (n - len(chosen)) // 2
+    for _ in range(20 * n):  # bounded: a tiny space may not hold that many distinct ones
+        if len(chosen) >= target:
+            break
+        add(space.sample(rng))
+    pool = [space.sample(rng) for _ in range(max(50, 20 * n))]
+    pool.sort(key=lambda c: subnet_flops(shape, c, length))
+    for q in np.linspace(0, len(pool) - 1, num=max(1, n)).astype(int):
+        add(pool[int(q)])
+    for c in pool:  # top up if the strata collided with configurations already chosen
+        add(c)
+    return list(chosen.values())
+
+
+def sweep(
+    profile: DeviceProfile,
+    supernet: ElasticBert,
+    configs: Sequence[SubnetConfig],
+    inputs: dict[int, dict[str, np.ndarray]],
+    log: MeasurementLog,
+    *,
+    reference_every: int = 20,
+    noise_rounds: int = 8,
+    progress: bool = True,
+    extract_fn: Callable[[ElasticBert, SubnetConfig], ElasticBert] | None = None,
+) -> pd.DataFrame:
+    """Measure every configuration at every input length of ``inputs``; resume-safe.
+
+    Returns the device's full measurement table (earlier rows included).
+    """
+    from supernet.extract import extract
+
+    extract_fn = extract_fn or extract
+    shape = supernet.shape
+    lengths = sorted(inputs)
+    batch = next(iter(inputs.values()))["input_ids"].shape[0]
+    base = {
+        "device": profile.name, "runtime": profile.runtime, "provider": profile.provider,
+        "threads": profile.effective_threads, "precision": profile.precision, "warmup": profile.warmup,
+        "repeats": profile.repeats, "batch": batch, **_versions(),
+    }
+    base["runtime_version"] = base["onnxruntime_version"] if profile.runtime == "onnxruntime" else base["torch_version"]
+    done = log.done()
+    todo = [c for c in configs if any((c.key(), batch, L) not in done for L in lengths)]
+    previous = log.read()
+    have_noise = bool(((previous["kind"] == "noise") & (previous["batch"] == batch)).any()) if len(previous) else False
+
+    workdir = Path(tempfile.mkdtemp(prefix="hwnas-measure-"))
+    full = SubnetConfig(shape.heads, shape.ffn, (True,) * shape.num_layers, (1.0,) * shape.num_layers)
+    ref_run = open_runner(profile, extract_fn(supernet, full), workdir)
+    refs: dict[int, float] = {}
+
+    def row(cfg: SubnetConfig, L: int, t: Timing | None, kind: str, note: str = "", error: str = "") -> dict[str, Any]:
+        r = {**base, **arch_columns(shape, cfg, L), "kind": kind, "note": note, "length": L, "error": error,
+             "timestamp": datetime.now(UTC).isoformat(timespec="seconds")}
+        if t is not None:
+            r.update(lat_median_ms=t.median_ms, lat_p90_ms=t.p90_ms, lat_mean_ms=t.mean_ms, lat_min_ms=t.min_ms,
+                     lat_iqr_ms=t.iqr_ms, lat_cv=t.cv, outliers=t.outliers)
+            if L in refs:
+                r.update(ref_median_ms=refs[L], lat_ratio=t.median_ms / refs[L])
+        return r
+
+    def timed(run: Runner, L: int) -> Timing:
+        return time_fn(lambda: run(inputs[L]), profile.warmup, profile.repeats)
+
+    def reference() -> None:
+        rows = []
+        for L in lengths:
+            t = timed(ref_run, L)
+            refs[L] = t.median_ms
+            rows.append(row(full, L, t, "reference"))
+        log.append(rows)
+
+    if not have_noise and noise_rounds > 0:
+        # Harness check and noise floor: two sessions of the same full model, timed in turn.
+        twin = open_runner(profile, extract_fn(supernet, full), workdir)
+        for _ in tqdm(range(noise_rounds), desc=f"{profile.name} noise floor", disable=not progress, leave=False):
+            rows = []
+            for note, run in (("harness-a", ref_run), ("harness-b", twin)):
+                for L in lengths:
+                    rows.append(row(full, L, timed(run, L), "noise", note))
+            log.append(rows)
+        del twin
+    reference()
+    bar = tqdm(todo, desc=f"measure {profile.name}", disable=not progress, dynamic_ncols=True)
+    for j, cfg in enumerate(bar):
+        if j and j % reference_every == 0:
+            reference()
+        try:
+            run = open_runner(profile, extract_fn(supernet, cfg), workdir)
+            rows = [row(cfg, L, timed(run, L), "sample") for L in lengths]
+        except Exception as e:  # a failure is a row, not the end of the sweep
+            rows = [row(cfg, L, None, "sample", error=f"{type(e).__name__}: {e}"[:300]) for L in lengths]
+        log.append(rows)
+    reference()
+    bar.close()
+    return log.read()
+
+
+def harness_ratio(rows: pd.DataFrame) -> float:
+    """Median over lengths of median(harness-b) / median(harness-a): ~1 for a sound harness."""
+    noise = rows[(rows["kind"] == "noise") & (rows["error"] == "")]
+    if noise.empty:
+        return float("nan")
+    med = noise.groupby(["note", "length"])["lat_median_ms"].median().unstack(0)
+    return float((med["harness-b"] / med["harness-a"]).median())

@@ -1,0 +1,207 @@
+"""Sub-network -> ONNX, token dropping included, and the ONNX Runtime session to time it with.
+
+``export_onnx`` writes a standalone ``ElasticBert`` (from ``supernet.extract.extract``) as an
+ONNX graph with inputs ``input_ids``, ``attention_mask``, ``token_type_ids`` (int64, batch
+and sequence both dynamic) and one output ``logits`` (batch, num_labels). The model's own
+token retention is part of the graph: attention received, TopK, a sort back into the original
+order and a gather into a shorter tensor, so that later layers of the ONNX model really run on
+fewer tokens. ``check_onnx`` compares ONNX Runtime with PyTorch on real batches.
+
+Exporter: the TorchScript one (``dynamo=False``), on purpose. The number of tokens a layer
+keeps is ``ceil(r * T)`` for the input's padded length ``T``. ``torch.export`` (the default
+``dynamo=True``) turns that into a symbolic float -> int expression and then refuses the
+export, because it cannot prove the guards that TopK and gather put on it (``k <= T``,
+``k != 1``), or it silently specialises ``T`` to the example's length; the tracer instead
+records the shape arithmetic as graph ops (Shape -> Mul -> Ceil -> TopK's ``k`` input), so one
+graph serves every batch size and length. ``supernet/model.py`` keeps that count a tensor for
+this reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from supernet.errors import HwnasError
+from supernet.extract import extract
+from supernet.io import atomic_write
+from supernet.model import ElasticBert
+from supernet.space import SubnetConfig
+
+INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
+OUTPUT_NAME = "logits"
+
+
+class ExportError(HwnasError):
+    """An ONNX file that is missing, corrupt, or does not compute what the PyTorch model does."""
+
+
+class _Logits(nn.Module):
+    """The three-input, one-output signature that the ONNX graph gets."""
+
+    def __init__(self, model: ElasticBert) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
+    ) -> torch.Tensor:
+        return self.model(input_ids, attention_mask, token_type_ids).logits  # (B, num_labels)
+
+
+def _example_inputs(model: ElasticBert) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A small padded batch to trace with: two examples of different lengths."""
+    s = model.shape
+    T = min(8, s.max_position_embeddings)
+    ids = torch.arange(2 * T, dtype=torch.long).reshape(2, T) % s.vocab_size
+    mask = torch.ones(2, T, dtype=torch.long)
+    mask[1, T // 2 + 1 :] = 0  # the second example is padded: the traced path handles padding
+    return ids * mask, mask, torch.zeros_like(ids)
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence the exporter's warnings, log records and prints (a progress bar may be running)."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._dynamo")]
+    levels = [lg.level for lg in loggers]
+    sink = io.StringIO()
+    try:
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        with warnings.catch_warnings(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+def export_onnx(model: ElasticBert, path: str | Path, *, opset: int = 18) -> Path:
+    """Write ``model`` (a standalone sub-network, with its own ``shape.retention``) to ONNX.
+
+    Inputs ``input_ids``, ``attention_mask``, ``token_type_ids``: int64 (batch, sequence), both
+    axes dynamic; output ``logits``: (batch, num_labels). The file is written atomically (a
+    temporary file in the same folder, checked with ``onnx.checker``, then renamed over
+    ``path``). The model is traced in eval mode and left in the mode it came in.
+    """
+    import onnx
+
+    was_training = model.training
+    wrapper = _Logits(model).eval()
+    axes = {name: {0: "batch", 1: "sequence"} for name in INPUT_NAMES}
+    axes[OUTPUT_NAME] = {0: "batch"}
+
+    def write(tmp: Path) -> None:
+        with _quiet(), torch.no_grad():
+            torch.onnx.export(
+                wrapper,
+                _example_inputs(model),
+                str(tmp),
+                dynamo=False,  # see the module docstring: the tracer keeps T dynamic
+                input_names=list(INPUT_NAMES),
+                output_names=[OUTPUT_NAME],
+                dynamic_axes=axes,
+                opset_version=opset,
+                verbose=False,
+            )
+        onnx.checker.check_model(str(tmp))
+
+    try:
+        return atomic_write(path, write)
+    finally:
+        model.train(was_training)
+
+
+def export_subnet_onnx(
+    supernet: ElasticBert, cfg: SubnetConfig, path: str | Path, *, opset: int = 18
+) -> Path:
+    """Extract sub-network ``cfg`` from ``supernet`` as a standalone model and export it."""
+    return export_onnx(extract(supernet, cfg).eval(), path, opset=opset)
+
+
+def ort_session(
+    path: str | Path, threads: int | None = None, providers: Sequence[str] | None = None
+) -> Any:
+    """An ``onnxruntime.InferenceSession`` set up for timing.
+
+    ``threads`` sets the intra-op pool (None: ONNX Runtime's default, one per core); one
+    inter-op thread; all graph optimisations; spinning threads off, since threads that keep
+    spinning after a run slow down the next session timed on the same machine.
+    """
+    import onnxruntime as ort
+
+    path = Path(path)
+    if not path.is_file():
+        raise ExportError(f"ONNX file {path} does not exist; write one with export_onnx() first")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 0 if threads is None else int(threads)
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    try:
+        return ort.InferenceSession(
+            str(path), sess_options=opts, providers=list(providers or ["CPUExecutionProvider"])
+        )
+    except Exception as e:  # onnxruntime's pybind errors share no useful base class
+        raise ExportError(
+            f"ONNX file {path} cannot be loaded (corrupt or not an ONNX model? re-export it): "
+            f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+        ) from e
+
+
+def onnx_feed(batch: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """The ONNX inputs of a padded batch (other keys such as labels are left out)."""
+    ids = batch["input_ids"]
+    feed = {
+        "input_ids": ids,
+        "attention_mask": batch.get("attention_mask", torch.ones_like(ids)),
+        "token_type_ids": batch.get("token_type_ids", torch.zeros_like(ids)),
+    }
+    return {k: v.detach().cpu().to(torch.int64).numpy() for k, v in feed.items()}
+
+
+def check_onnx(
+    model: ElasticBert, path: str | Path, batches: list[dict[str, torch.Tensor]], atol: float = 1e-4
+) -> float:
+    """Run ``path`` in ONNX Runtime on ``batches``; the max abs logit difference vs. PyTorch.
+
+    Raises ``ExportError`` when the file is missing or corrupt, or when the difference exceeds
+    ``atol`` (or is not finite).
+    """
+    if not batches:
+        raise ExportError("check_onnx needs at least one batch to compare on")
+    session = ort_session(path)
+    was_training = model.training
+    model.eval()
+    worst = 0.0
+    try:
+        for i, batch in enumerate(batches):
+            feed = onnx_feed(batch)
+            with torch.no_grad():
+                ref = model(*(torch.from_numpy(feed[n]) for n in INPUT_NAMES)).logits.numpy()
+            (got,) = session.run([OUTPUT_NAME], feed)
+            if got.shape != ref.shape:
+                raise ExportError(
+                    f"{path}: batch {i} gives logits of shape {got.shape}, PyTorch {ref.shape}"
+                )
+            diff = float(np.max(np.abs(got - ref))) if ref.size else 0.0
+            if not np.isfinite(diff):
+                diff = float("inf")
+            worst = max(worst, diff)
+    finally:
+        model.train(was_training)
+    if worst > atol:
+        raise ExportError(
+            f"{path}: ONNX Runtime logits differ from PyTorch by up to {worst:.3g} (> atol {atol:g}); "
+            "the export is wrong or the file belongs to another model"
+        )
+    return worst

@@ -1,0 +1,304 @@
+"""Latency features and predictors on synthetic measurements with a known latency law."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import tiny_shape
+from latency.features import FEATURE_VERSION, config_rows, drop_layers, feature_frame, features
+from latency.predictor import (
+    PREDICTORS,
+    BasePredictor,
+    Predictor,
+    PredictorError,
+    _holdout_split,
+    evaluate,
+    fit_device,
+    load_predictor,
+    make_predictor,
+    noise_floor,
+    plot_predicted_vs_measured,
+    save_predictor,
+)
+from supernet.cost import subnet_flops, subnet_params, tokens_per_layer
+from supernet.model import BertShape
+from supernet.space import SubnetConfig
+
+MINILM = BertShape(vocab_size=30522, hidden_size=384, head_dim=32, heads=(12,) * 6, ffn=(1536,) * 6,
+                   retention=(1.0,) * 6)
+INPUT_SHAPES = ((1, 32), (1, 128), (8, 64), (16, 128))
+
+LatencyLaw = Callable[[BertShape, SubnetConfig, int, int], float]
+
+
+# ---- synthetic devices: known, nonlinear latency laws ------------------------------------
+def cpu_like(shape: BertShape, cfg: SubnetConfig, batch: int, length: int) -> float:
+    """Per-layer overhead + FLOPs / throughput, where narrow matrices run less efficiently
+    (efficiency w / (w + w0): not linear in the architecture), + a per-drop overhead."""
+    H, d = shape.hidden_size, shape.head_dim
+    ms = 0.2
+    for i, (t_in, t_out) in enumerate(tokens_per_layer(cfg, length)):
+        if cfg.keep[i]:
+            w, n = cfg.heads[i] * d, cfg.ffn[i]
+            ms += 0.05
+            ms += batch * 8 * t_in * H * w / (30e9 * w / (w + 2 * d)) * 1e3
+            ms += batch * 4 * t_out * H * n / (30e9 * n / (n + 2 * H / 3)) * 1e3
+            ms += batch * 4 * t_in * t_in * w / 8e9 * 1e3
+    return ms + len(drop_layers(cfg)) * (0.03 + 2e-6 * batch * length)
+
+
+def gpu_like(shape: BertShape, cfg: SubnetConfig, batch: int, length: int) -> float:
+    """A layer costs max(launch floor, compute): flat for small work, then linear."""
+    H, d = shape.hidden_size, shape.head_dim
+    ms = 0.5
+    for i, (t_in, t_out) in enumerate(tokens_per_layer(cfg, length)):
+        if cfg.keep[i]:
+            w, n = cfg.heads[i] * d, cfg.ffn[i]
+            work = batch * (8 * t_in * H * w + 4 * t_out * H * n + 4 * t_in * t_in * w)
+            ms += max(0.12, work / 2e12 * 1e3)
+    return ms + 0.05 * len(drop_layers(cfg))
+
+
+def measurements(shape: BertShape, n_configs: int, seed: int, law: LatencyLaw = cpu_like,
+                 input_shapes: tuple[tuple[int, int], ...] = INPUT_SHAPES, device: str = "cpu",
+                 noise: float = 0.03) -> pd.DataFrame:
+    """Rows like the measurement module writes: each sampled configuration at two input
+    shapes, ~3% multiplicative noise."""
+    rng = np.random.default_rng(seed)
+    space = shape.search_space()
+    rows = []
+    for _ in range(n_configs):
+        cfg = space.sample(rng)
+        for j in rng.choice(len(input_shapes), size=2, replace=False):
+            b, t = input_shapes[j]
+            lat = law(shape, cfg, b, t) * float(np.exp(rng.normal(0.0, noise)))
+            rows.append(dict(device=device, arch_key=cfg.key(), arch_json=cfg.to_json(), batch=b,
+                             length=t, lat_median_ms=lat, lat_p90_ms=lat * 1.05,
+                             lat_iqr_ms=lat * 0.04, kind="sample", error="", arch_heads_0=cfg.heads[0]))
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture(scope="module")
+def minilm_rows() -> pd.DataFrame:
+    return measurements(MINILM, 200, seed=0)
+
+
+@pytest.fixture(scope="module")
+def minilm_fit(minilm_rows: pd.DataFrame):
+    return fit_device(MINILM, minilm_rows, "cpu", seed=0)
+
+
+@pytest.fixture(scope="module")
+def fitted(minilm_rows: pd.DataFrame) -> dict[str, BasePredictor]:
+    return {name: make_predictor(name, MINILM, seed=1).fit(minilm_rows) for name in PREDICTORS}
+
+
+# ---- features ----------------------------------------------------------------------------
+@pytest.mark.parametrize("shape", [tiny_shape(), MINILM], ids=["tiny", "minilm"])
+def test_features_follow_the_cost_model(shape: BertShape) -> None:
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        cfg = shape.search_space().sample(rng)
+        f = features(shape, cfg, batch=4, length=40)
+        assert f["flops"] == 4 * subnet_flops(shape, cfg, 40)
+        assert f["flops_linear"] + f["flops_attn"] == f["flops"]
+        assert f["params"] == subnet_params(shape, cfg)
+        tokens = tokens_per_layer(cfg, 40)
+        assert [(f[f"tok_in_{i}"], f[f"tok_out_{i}"]) for i in range(shape.num_layers)] == tokens
+        assert f["token_layers"] == 4 * sum(t for t, _ in tokens)
+        assert f["kept_layers"] == len(cfg.kept_layers) == sum(f[f"keep_{i}"] for i in range(shape.num_layers))
+        assert f["total_heads"] == sum(f[f"heads_{i}"] for i in range(shape.num_layers))
+
+
+def test_features_by_hand() -> None:
+    # Layer 1 skipped; drops at layers 0 (1.0 -> 0.5) and 2 (0.5 -> 0.25); 16 tokens in.
+    cfg = SubnetConfig(heads=(4, 0, 2), ffn=(64, 0, 32), keep=(True, False, True), retention=(0.5, 0.5, 0.25))
+    f = features(tiny_shape(), cfg, batch=2, length=16)
+    assert [f[f"tok_in_{i}"] for i in range(3)] == [16, 0, 8]
+    assert [f[f"tok_out_{i}"] for i in range(3)] == [8, 0, 4]
+    assert f["drop_layers"] == 2 and f["kept_layers"] == 2 and f["kept_layers_x_batch"] == 4
+    assert f["total_heads"] == 6 and f["total_ffn"] == 96
+    assert f["act_mem"] == 2 * (16 + 8) * 32
+    assert f["flops_attn"] == 2 * (2 * 2 * 16 * 16 * 32 + 2 * 2 * 8 * 8 * 16)  # head_dim 8
+    # Retention that does not go down drops nothing.
+    assert drop_layers(SubnetConfig((4,) * 3, (64,) * 3, (True,) * 3, (0.5, 0.5, 0.5))) == [0]
+
+
+def test_feature_frame_checks_columns_and_json(minilm_rows: pd.DataFrame) -> None:
+    frame = feature_frame(MINILM, minilm_rows.head(5))
+    assert list(frame.index) == list(minilm_rows.head(5).index) and "heads_5" in frame
+    with pytest.raises(PredictorError, match=r"missing \['batch', 'length'\]"):
+        feature_frame(MINILM, minilm_rows[["arch_json"]])
+    with pytest.raises(PredictorError, match="arch_json"):
+        feature_frame(MINILM, minilm_rows.head(1).assign(arch_json="{not json"))
+    with pytest.raises(PredictorError, match="6 layers"):
+        feature_frame(tiny_shape(), minilm_rows.head(1))
+    assert feature_frame(MINILM, minilm_rows.head(0)).shape[0] == 0
+
+
+# ---- fitting on synthetic devices --------------------------------------------------------
+def test_minilm_predictors_reach_ten_percent(minilm_fit, minilm_rows: pd.DataFrame) -> None:
+    pred, report = minilm_fit
+    assert set(report["metrics"]) == set(PREDICTORS)
+    chosen = report["metrics"][report["chosen"]]
+    assert report["chosen"] == min(PREDICTORS, key=lambda n: report["metrics"][n]["mape"])
+    assert chosen["within_10pct"] >= 0.90
+    assert report["coverage_upper"] >= 0.85
+    assert report["n_train"] + report["n_holdout"] == len(minilm_rows)
+    assert report["n_configs"] == minilm_rows["arch_key"].nunique()
+    assert report["feature_version"] == FEATURE_VERSION and report["device"] == "cpu"
+    assert pred.device == "cpu" and pred.name == report["chosen"]
+
+    # The refitted winner on configurations it never saw (a fresh draw of the same device).
+    fresh = measurements(MINILM, 60, seed=99)
+    out = pred.predict(fresh)
+    assert evaluate(fresh["lat_median_ms"], out["pred_ms"])["within_10pct"] >= 0.90
+    assert (fresh["lat_median_ms"] <= out["upper_ms"]).mean() >= 0.85
+
+
+def test_tiny_shape_fits() -> None:
+    rows = measurements(tiny_shape(), 80, seed=1, input_shapes=((1, 8), (4, 16), (8, 32)))
+    _, report = fit_device(tiny_shape(), rows, "cpu", seed=0)
+    assert report["metrics"][report["chosen"]]["within_10pct"] >= 0.90
+    assert report["coverage_upper"] >= 0.85
+
+
+def test_trees_win_where_latency_is_not_linear() -> None:
+    # A GPU-like floor makes small networks cost the same: no non-negative line fits that.
+    rows = measurements(MINILM, 150, seed=2, law=gpu_like,
+                        input_shapes=((1, 32), (1, 128), (8, 128), (32, 128), (64, 256)))
+    _, report = fit_device(MINILM, rows, "cpu", seed=0)
+    assert report["chosen"] == "gbt"
+    assert report["metrics"]["gbt"]["within_10pct"] >= 0.90
+    assert report["metrics"]["gbt"]["mape"] < report["metrics"]["analytic"]["mape"]
+
+
+def test_holdout_never_splits_a_configuration(minilm_rows: pd.DataFrame) -> None:
+    groups = minilm_rows["arch_key"].to_numpy()
+    held = _holdout_split(groups, 0.2, seed=5)
+    assert not set(groups[held]) & set(groups[~held])
+    assert abs(len(set(groups[held])) - 0.2 * len(set(groups))) <= 1
+    assert (held == _holdout_split(groups, 0.2, seed=5)).all()  # seeded
+
+
+def test_prediction_frame_and_monotonicity(fitted: dict[str, BasePredictor]) -> None:
+    space = MINILM.search_space()
+    rng = np.random.default_rng(7)
+    for name, pred in fitted.items():
+        assert isinstance(pred, Predictor)
+        rows = config_rows([space.sample(rng) for _ in range(10)], batch=8, length=64)
+        rows.index = range(100, 110)
+        out = pred.predict(rows)
+        assert list(out.columns) == ["pred_ms", "std_ms", "upper_ms", "name"]
+        assert list(out.index) == list(rows.index) and (out["name"] == name).all()
+        assert (out["pred_ms"] > 0).all() and (out["std_ms"] > 0).all()
+        assert (out["upper_ms"] > out["pred_ms"]).all()
+        # More heads in one layer never predicts faster (the search would exploit that).
+        small = SubnetConfig((3,) * 6, (768,) * 6, (True,) * 6, (1.0,) * 6)
+        big = SubnetConfig((12, 3, 3, 3, 3, 3), (768,) * 6, (True,) * 6, (1.0,) * 6)
+        p = pred.predict(config_rows([small, big], batch=8, length=64))["pred_ms"].to_numpy()
+        assert p[1] >= p[0], name
+
+
+def test_failed_rows_are_ignored(minilm_rows: pd.DataFrame) -> None:
+    rows = minilm_rows.head(60).copy()
+    failed = rows.head(5).assign(error="onnxruntime: out of memory", lat_median_ms=math.nan)
+    noise = rows.head(1).assign(kind="noise")
+    pred, report = fit_device(MINILM, pd.concat([rows, failed, noise]), "cpu", seed=0)
+    assert report["n_train"] + report["n_holdout"] == len(rows)
+    assert report["noise_floor"]["n_noise"] == 1
+
+
+def test_too_few_rows_and_unknown_device(minilm_rows: pd.DataFrame) -> None:
+    with pytest.raises(PredictorError, match="at least 20"):
+        fit_device(MINILM, minilm_rows.head(10), "cpu")
+    with pytest.raises(PredictorError, match=r"'phone'.*\['cpu'\]"):
+        fit_device(MINILM, minilm_rows, "phone")
+    with pytest.raises(PredictorError, match="kind"):
+        fit_device(MINILM, minilm_rows.drop(columns="kind"), "cpu")
+
+
+def test_unknown_predictor_lists_known() -> None:
+    with pytest.raises(PredictorError, match=r"'mlp'.*\['analytic', 'gbt'\]"):
+        make_predictor("mlp", MINILM)
+
+
+# ---- evaluation and noise ----------------------------------------------------------------
+def test_evaluate_by_hand() -> None:
+    m = evaluate([1.0, 2.0, 4.0, 10.0], [1.1, 2.0, 3.0, 10.0])
+    assert m["rmse_ms"] == pytest.approx(math.sqrt((0.01 + 0 + 1 + 0) / 4))
+    assert m["mape"] == pytest.approx((0.1 + 0 + 0.25 + 0) / 4)
+    assert m["within_10pct"] == 0.75  # 1.1 vs 1.0 is exactly 10%: inside
+    assert m["kendall_tau"] == pytest.approx(1.0) and m["n"] == 4
+    assert evaluate([1.0, 2.0], [2.0, 1.0])["kendall_tau"] == pytest.approx(-1.0)
+    with pytest.raises(PredictorError, match="3 values"):
+        evaluate([1.0, 2.0, 3.0], [1.0])
+
+
+def test_noise_floor_by_hand() -> None:
+    values = [10.0, 10.0, 12.0, 9.0, 10.5]  # median 10: relative deviations 0, 0, .2, -.1, .05
+    rows = pd.DataFrame({
+        "kind": ["noise"] * 5 + ["noise", "sample"],
+        "arch_key": ["a"] * 7, "batch": 1, "length": 32,
+        "lat_median_ms": [*values, 50.0, 20.0],
+        "lat_iqr_ms": [1.0, 1.0, 1.2, 0.9, 1.05, 5.0, 1.0],
+        "error": [""] * 5 + ["timeout", ""],  # the failed noise row is ignored
+    })
+    nf = noise_floor(rows)
+    assert nf["n_noise"] == 5
+    assert nf["median_abs_rel"] == pytest.approx(0.05)
+    assert nf["within_10pct"] == pytest.approx(0.8)
+    assert nf["cv"] == pytest.approx(np.std(values, ddof=1) / np.mean(values))
+    assert nf["iqr_rel_median"] == pytest.approx(0.1)  # 1/10, 1.2/12, ... and 1/20 = .05
+    empty = noise_floor(rows[rows["kind"] == "sample"])
+    assert empty["n_noise"] == 0 and math.isnan(empty["median_abs_rel"]) and math.isnan(empty["cv"])
+
+
+# ---- persistence -------------------------------------------------------------------------
+@pytest.mark.parametrize("name", list(PREDICTORS))
+def test_save_load_round_trip(name: str, fitted: dict[str, BasePredictor], minilm_rows: pd.DataFrame,
+                              tmp_path: Path) -> None:
+    pred = fitted[name]
+    path = save_predictor(pred, tmp_path / "cpu.json", device="cpu", shape=MINILM, report={"x": math.nan})
+    meta = json.loads(path.read_text())  # strict JSON: NaN became null
+    assert meta["device"] == "cpu" and meta["report"] == {"x": None}
+    assert (tmp_path / "cpu.joblib").exists() == (name == "gbt")  # the linear model is plain JSON
+    loaded = load_predictor(path, device="cpu")
+    assert loaded.device == "cpu" and loaded.name == name
+    pd.testing.assert_frame_equal(loaded.predict(minilm_rows), pred.predict(minilm_rows), check_exact=True)
+    with pytest.raises(PredictorError, match="'cpu'.*'gpu'"):
+        load_predictor(path, device="gpu")
+
+
+def test_corrupt_or_missing_files_raise(fitted: dict[str, BasePredictor], tmp_path: Path) -> None:
+    with pytest.raises(PredictorError, match="no saved latency predictor"):
+        load_predictor(tmp_path / "missing.json")
+    path = save_predictor(fitted["gbt"], tmp_path / "p.json", device="cpu", shape=MINILM, report={})
+    model = tmp_path / "p.joblib"
+    data = bytearray(model.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    model.write_bytes(bytes(data))
+    with pytest.raises(PredictorError, match="sha256"):
+        load_predictor(path)
+    model.unlink()
+    with pytest.raises(PredictorError, match="missing or unreadable"):
+        load_predictor(path)
+    path.write_text('{"format": "hwnas-latency-pred')
+    with pytest.raises(PredictorError, match="not a readable"):
+        load_predictor(path)
+    path.write_text('{"something": "else"}')
+    with pytest.raises(PredictorError, match="not a latency predictor"):
+        load_predictor(path)
+
+
+def test_plot_is_written(tmp_path: Path) -> None:
+    out = plot_predicted_vs_measured([1.0, 2.0, 5.0], [1.1, 1.9, 5.5], tmp_path / "fig.png", "cpu")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["fig.png"]  # no temporary file left
