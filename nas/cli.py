@@ -199,11 +199,127 @@ def cmd_fit(a: argparse.Namespace) -> int:
     return 0
 
 
+def _target(run, device: str, devices_file: str | None, length: str | None):  # noqa: ANN001, ANN202
+    from latency.workflow import resolve_device
+    from nas.export import Target
+    from supernet.data import length_stats
+    from supernet.errors import ConfigError
+
+    profile = resolve_device(run.folder, device, devices_file)
+    L = None
+    if length is not None:
+        if length.isdigit():
+            L = int(length)
+        else:
+            stats = length_stats(run.splits["dev"])
+            if length not in stats:
+                raise ConfigError(f"--length {length!r} must be an integer or one of {sorted(k for k in stats if k.startswith('p'))}")
+            L = max(2, int(round(stats[length])))
+    return Target.of(run, profile, L)
+
+
+def _budgets(text: str) -> list[float]:
+    from supernet.errors import ConfigError
+
+    try:
+        values = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError as e:
+        raise ConfigError(f"--budget-ms takes numbers separated by commas, e.g. 5,8,12; got {text!r}") from e
+    if not values or any(v <= 0 for v in values):
+        raise ConfigError(f"--budget-ms must be positive milliseconds, got {text!r}")
+    return values
+
+
+def cmd_search(a: argparse.Namespace) -> int:
+    from nas.export import run_search
+    from nas.objectives import DevAccuracy
+    from supernet.workflow import open_run
+
+    run = open_run(a.run)
+    acc = DevAccuracy(run, subset_size=a.dev_subset or None)
+    method, kwargs = a.method, {}
+    if a.ray:
+        method, kwargs = "ray", {"workers": a.workers, "address": a.ray_address,
+                                 "storage_path": str((run.folder / "search" / "ray").resolve())}
+    budgets: list[float | None] = [None] if a.front else list(_budgets(a.budget_ms))
+    for device in a.device.split(","):
+        target = _target(run, device, a.devices, a.length)
+        for budget in budgets:
+            result, wall = run_search(run, target, budget, method=method, n_evaluations=a.n, seed=a.seed,
+                                      accuracy=acc, searcher_kwargs=kwargs)
+            where = "whole front" if budget is None else f"budget {budget:g} ms"
+            print(f"{device} (batch {target.batch}, length {target.length}), {where}, {method}: "
+                  f"{result.n_evaluations} evaluated in {wall:.0f} s")
+            if budget is None:
+                print(result.front()[["acc_dev", "lat_pred_ms", "lat_upper_ms"]].to_string(index=False))
+            elif result.best is None:
+                print("  no sub-network meets this budget")
+            else:
+                b = result.best
+                print(f"  best: {b.config.describe()}  dev {acc.metric} {b.accuracy:.4f}, predicted "
+                      f"{b.latency_ms:.2f} ms (upper {b.upper_ms:.2f})")
+    return 0
+
+
+def cmd_export(a: argparse.Namespace) -> int:
+    from nas.export import choose_and_export
+    from nas.objectives import DevAccuracy
+    from supernet.workflow import open_run
+
+    run = open_run(a.run)
+    target = _target(run, a.device, a.devices, a.length)
+    budget = _budgets(a.budget_ms)
+    if len(budget) != 1:
+        from supernet.errors import ConfigError
+
+        raise ConfigError("export takes one --budget-ms value")
+    r = choose_and_export(run, target, budget[0], a.out, method=a.method, n_evaluations=a.n, seed=a.seed,
+                          finalists=a.finalists, accuracy=DevAccuracy(run, subset_size=a.dev_subset or None))
+    for s in r["step_downs"]:
+        verdict = "meets the budget" if s["meets_budget"] else "misses: stepping down"
+        print(f"  finalist {s['arch']}: predicted {s['predicted_ms']:.2f} ms (upper {s['upper_ms']:.2f}), "
+              f"measured {s['measured_ms']:.2f} ms -> {verdict}")
+    speed = f"{r['speedup']:.2f}x" if r["speedup"] else "not re-measured here"
+    print(f"{r['device']} under {r['budget_ms']:g} ms: {r['arch']}\n  measured {r['measured_latency_ms']:.2f} ms vs full "
+          f"{r['full_model_latency_ms']:.2f} ms ({speed}); test {r['metric']} {r['test_accuracy']:.4f} vs full model "
+          f"{r['full_model_test_accuracy']:.4f}\n  wrote {a.out}/model.onnx, pytorch/, subnet.json, report.json")
+    return 0
+
+
+def cmd_compare(a: argparse.Namespace) -> int:
+    from nas.fronts import compare
+    from supernet.workflow import open_run
+
+    if not (a.run or a.runs):
+        from supernet.errors import ConfigError
+
+        raise ConfigError("compare needs --run RUN or --runs RUN1,RUN2")
+    runs = [open_run(r) for r in (a.runs.split(",") if a.runs else [a.run])]
+    targets = {str(r.folder): {d: _target(r, d, a.devices, a.length) for d in a.devices_list.split(",")} for r in runs}
+    methods = a.methods.split(",") if a.methods else None
+    out = a.out or str(runs[0].folder / "compare")
+    table, hv = compare(runs, targets, methods, out, remeasure_points=0 if a.no_remeasure else a.remeasure_points)
+    _print_table(hv, ["front", "n_points", "hypervolume", "best_acc", "fastest_lat"])
+    print(f"wrote {out}/fronts.csv, hypervolume.csv, fronts.png")
+    return 0
+
+
 def cmd_run(a: argparse.Namespace) -> int:
     """The main job on the bundled defaults (resumes if the run folder exists)."""
-    a.out = a.out or MAIN_RUN
-    a.resume = (Path(a.out) / "run.json").exists()
-    return cmd_train(a)
+    from nas.pipeline import JobConfig, main_job
+    from supernet.workflow import read_spec
+
+    out = Path(a.out or MAIN_RUN)
+    spec = read_spec(out) if (out / "run.json").exists() else _spec(a)
+    job = JobConfig(devices=tuple(a.device.split(",")), n_measure=a.n_measure, n_search=a.n_search)
+    t0 = time.time()
+    summary = main_job(out, spec, job, progress=not a.quiet)
+    print()
+    print(f"Summary ({spec.task}, {spec.model}); latency per call at the task's median length, measured now:")
+    cols = ["device", "budget_ms", "arch", "measured_ms", "full_ms", "speedup", "meets_budget", "acc_test", "full_acc_test"]
+    _print_table(summary, cols)
+    print(f"total {(time.time() - t0) / 60:.1f} min; wrote {out}/summary.csv, {out}/export/, {out}/compare/fronts.png")
+    return 0
 
 
 def _read_json(path: str) -> dict:
@@ -226,11 +342,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True)
 
-    r = sub.add_parser("run", help="the main job on the bundled defaults (train + evaluate)",
-                       description="Train a small supernet on the bundled Rotten Tomatoes data with the "
-                       "bundled all-MiniLM-L6-v2, then evaluate a few sub-networks. Resumes an "
-                       f"interrupted run in --out (default {MAIN_RUN}).")
+    r = sub.add_parser("run", help="the main job: train, measure, fit, search, export, compare fronts",
+                       description="On the bundled defaults: train a small supernet (Rotten Tomatoes, "
+                       "all-MiniLM-L6-v2), measure sub-networks on cpu and cpu-1t, fit latency predictors, search "
+                       "three budgets per device, export the best sub-network for one budget, draw the fronts, and "
+                       f"print a summary. Resumes an interrupted run in --out (default {MAIN_RUN}).")
     r.add_argument("--out", default=None, help=f"run folder (default {MAIN_RUN})")
+    r.add_argument("--device", default="cpu,cpu-1t", help="devices to measure and search for (default %(default)s)")
+    r.add_argument("--n-measure", type=int, default=40, help="configurations measured per device")
+    r.add_argument("--n-search", type=int, default=50, help="accuracy evaluations per search")
     _add_train_args(r, quick=True)
     r.set_defaults(func=cmd_run)
 
@@ -278,6 +398,55 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--device", required=True, help="device name, or several separated by commas")
     f.add_argument("--seed", type=int, default=0)
     f.set_defaults(func=cmd_fit)
+
+    def search_args(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--run", required=True, help="run folder with a trained supernet and fitted predictors")
+        q.add_argument("--devices", help="TOML file with [devices.NAME] profiles")
+        q.add_argument("--length", help="input length the budget applies to: an integer or pNN of the task "
+                       "(default: the device profile's first length, the task's median)")
+        q.add_argument("--method", default="evolution", help="evolution (default), random, tpe, nsga2")
+        q.add_argument("--n", type=int, default=150, help="accuracy evaluations (default %(default)s)")
+        q.add_argument("--dev-subset", type=int, default=500,
+                       help="dev examples scored while searching (0: all); finalists use the whole dev split")
+        q.add_argument("--seed", type=int, default=0)
+
+    s = sub.add_parser("search", help="search sub-networks for budgets or the whole front on devices",
+                       description="Search the supernet for the most accurate sub-network under each budget (or the "
+                       "accuracy/latency front) using the device's fitted predictor; candidates whose predicted upper "
+                       "bound exceeds the budget are rejected. Histories go to RUN/search/.")
+    search_args(s)
+    s.add_argument("--device", required=True, help="device name(s), comma-separated")
+    g = s.add_mutually_exclusive_group(required=True)
+    g.add_argument("--budget-ms", help="latency budget(s) in ms, comma-separated")
+    g.add_argument("--front", action="store_true", help="search the whole accuracy/latency front")
+    s.add_argument("--ray", action="store_true", help="run the search as Ray Tune trials (Optuna inside Ray Tune)")
+    s.add_argument("--ray-address", help="join an existing Ray cluster (default: start a local one)")
+    s.add_argument("--workers", type=int, default=2, help="concurrent Ray Tune trials (default %(default)s)")
+    s.set_defaults(func=cmd_search)
+
+    e2 = sub.add_parser("export", help="pick the best sub-network for a device and budget, re-measure, export",
+                        description="Search for the most accurate sub-network whose predicted latency plus its safety "
+                        "margin meets the budget, re-measure the finalists on the device (stepping down when one "
+                        "misses), and write model.onnx (token dropping included), the standalone PyTorch / Hugging "
+                        "Face model, subnet.json and report.json to --out.")
+    search_args(e2)
+    e2.add_argument("--device", required=True, help="device name")
+    e2.add_argument("--budget-ms", required=True, help="latency budget in ms")
+    e2.add_argument("--out", required=True, help="output folder")
+    e2.add_argument("--finalists", type=int, default=5, help="candidates to re-measure, best first (default %(default)s)")
+    e2.set_defaults(func=cmd_export)
+
+    c = sub.add_parser("compare", help="compare Pareto fronts across devices, methods and runs (CSV + PNG)")
+    c.add_argument("--run", help="run folder (or --runs)")
+    c.add_argument("--runs", help="several run folders, comma-separated")
+    c.add_argument("--devices", dest="devices_list", required=True, help="device names, comma-separated")
+    c.add_argument("--device-file", dest="devices", help="TOML file with [devices.NAME] profiles")
+    c.add_argument("--methods", help="methods to compare separately, comma-separated (default: all pooled)")
+    c.add_argument("--length", help="input length (integer or pNN; default: each device's first length)")
+    c.add_argument("--out", help="output folder (default RUN/compare)")
+    c.add_argument("--remeasure-points", type=int, default=12, help="front points re-measured per device")
+    c.add_argument("--no-remeasure", action="store_true", help="predicted latency only")
+    c.set_defaults(func=cmd_compare)
 
     x = sub.add_parser("extract", help="write one sub-network as a standalone model",
                        description="Write a physically smaller PyTorch model (and a Hugging Face folder when "

@@ -1,0 +1,244 @@
+"""Name a device and a budget, get the best sub-network: search, re-measure, export.
+
+The chosen sub-network is the most accurate one whose *predicted upper bound* (prediction
+plus the predictor's safety margin) meets the budget. Predictions can still be wrong on the
+day, so before anything is handed over the finalists are **re-measured on the device**,
+interleaved with the full model in the same run; a finalist that misses the budget is
+passed over for the next one (a "step down"), and the report lists every step.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from latency.devices import DeviceProfile, DeviceUnavailable, check_available
+from latency.measure import open_runner, time_fn
+from latency.workflow import device_inputs, load_device_predictor
+from nas.objectives import DevAccuracy, PredictedLatency
+from nas.search import Candidate, SearchResult, fastest_reachable, make_searcher
+from supernet.cost import subnet_flops, subnet_params
+from supernet.errors import HwnasError
+from supernet.io import write_csv, write_json
+from supernet.space import SubnetConfig
+from supernet.workflow import LoadedRun
+
+
+class ImpossibleBudget(HwnasError):
+    """No sub-network can meet the budget on that device."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """A device at one input shape: the budget applies to one call at this (batch, length)."""
+
+    profile: DeviceProfile
+    batch: int
+    length: int
+
+    @classmethod
+    def of(cls, run: LoadedRun, profile: DeviceProfile, length: int | None = None) -> Target:
+        lengths = sorted(device_inputs(run, profile))
+        return cls(profile, profile.batch, length if length is not None else lengths[0])
+
+
+def latency_model(run: LoadedRun, target: Target) -> PredictedLatency:
+    pred = load_device_predictor(run.folder, target.profile.name)
+    return PredictedLatency(pred, batch=target.batch, length=target.length)
+
+
+def search_file(run: LoadedRun, device: str, budget_ms: float | None, method: str) -> Path:
+    b = "front" if budget_ms is None else f"{budget_ms:g}ms"
+    return run.folder / "search" / f"{device}_{b}_{method}.csv"
+
+
+def run_search(
+    run: LoadedRun,
+    target: Target,
+    budget_ms: float | None,
+    *,
+    method: str = "evolution",
+    n_evaluations: int = 150,
+    seed: int = 0,
+    accuracy: DevAccuracy | None = None,
+    searcher_kwargs: dict[str, Any] | None = None,
+) -> tuple[SearchResult, float]:
+    """One search on the run; returns the result and its wall time. The history is written
+    to ``RUN/search/<device>_<budget>_<method>.csv``."""
+    latency = latency_model(run, target)
+    if budget_ms is not None:
+        fastest = fastest_reachable(run.space, latency)
+        if budget_ms < fastest:
+            raise ImpossibleBudget(
+                f"a budget of {budget_ms:g} ms cannot be met on {target.profile.name} at batch {target.batch}, "
+                f"length {target.length}: the fastest reachable sub-network is predicted at {fastest:.2f} ms "
+                "(upper bound with the safety margin); raise the budget to at least that"
+            )
+    accuracy = accuracy or DevAccuracy(run)
+    kwargs = dict(searcher_kwargs or {})
+    if method in ("tpe", "nsga2"):
+        kwargs.setdefault("storage", f"sqlite:///{run.folder / 'search' / 'optuna.db'}")
+        b = "front" if budget_ms is None else f"{budget_ms:g}ms"
+        kwargs.setdefault("study_name", f"{target.profile.name}-{b}-{method}-L{target.length}-s{seed}")
+        (run.folder / "search").mkdir(parents=True, exist_ok=True)
+    searcher = make_searcher(method, **kwargs)
+    t0 = time.time()
+    result = searcher.search(run.space, accuracy, latency, budget_ms=budget_ms, n_evaluations=n_evaluations, seed=seed)
+    wall = time.time() - t0
+    frame = result.frame()
+    frame.insert(0, "method", method)
+    frame.insert(0, "device", target.profile.name)
+    frame["budget_ms"] = budget_ms
+    frame["length"], frame["batch"] = target.length, target.batch
+    write_csv(search_file(run, target.profile.name, budget_ms, method), frame)
+    return result, wall
+
+
+def remeasure(
+    run: LoadedRun, target: Target, configs: list[SubnetConfig], *, rounds: int = 3
+) -> tuple[list[float], float]:
+    """Measured median latency of each config and of the full model, timed in turn on the
+    device in this run (``rounds`` interleaved rounds; medians of the round medians)."""
+    from supernet.extract import extract
+
+    check_available(target.profile)
+    inputs = device_inputs(run, target.profile)
+    feeds = inputs[target.length] if target.length in inputs else next(iter(inputs.values()))
+    import tempfile
+
+    work = Path(tempfile.mkdtemp(prefix="hwnas-remeasure-"))
+    full = run.space.largest()
+    runners = [open_runner(target.profile, extract(run.supernet, c), work) for c in [full, *configs]]
+    times: list[list[float]] = [[] for _ in runners]
+    p = target.profile
+    def timed(r: Any) -> float:
+        return time_fn(lambda: r(feeds), p.warmup, p.repeats).median_ms
+
+    for _ in range(rounds):
+        for i, r in enumerate(runners):
+            times[i].append(timed(r))
+    med = [float(np.median(t)) for t in times]
+    return med[1:], med[0]
+
+
+def choose_and_export(
+    run: LoadedRun,
+    target: Target,
+    budget_ms: float,
+    out_dir: str | Path,
+    *,
+    method: str = "evolution",
+    n_evaluations: int = 150,
+    finalists: int = 5,
+    seed: int = 0,
+    accuracy: DevAccuracy | None = None,
+) -> dict[str, Any]:
+    """Search, re-rank the finalists on the full dev split, re-measure, export; the report."""
+    from latency.onnx_export import check_onnx, export_subnet_onnx
+    from supernet.checkpoint import load_model
+    from supernet.data import iterate_batches
+    from supernet.evaluate import predict, scores
+    from supernet.extract import export_standalone, extract
+
+    accuracy = accuracy or DevAccuracy(run)
+    result, search_s = run_search(run, target, budget_ms, method=method, n_evaluations=n_evaluations,
+                                  seed=seed, accuracy=accuracy)
+    feasible = sorted((c for c in result.history if c.feasible), key=lambda c: -c.accuracy)[: max(1, finalists)]
+    if not feasible:
+        raise ImpossibleBudget(f"the search found no sub-network under {budget_ms:g} ms on {target.profile.name}")
+    # Finalists are re-ranked on the whole dev split (the search used a subset).
+    ranked = sorted(feasible, key=lambda c: -accuracy.full_dev(c.config))
+    steps: list[dict[str, Any]] = []
+    try:
+        measured, full_ms = remeasure(run, target, [c.config for c in ranked])
+        measurable = True
+    except DeviceUnavailable:
+        measured, full_ms, measurable = [float("nan")] * len(ranked), float("nan"), False
+    chosen: Candidate | None = None
+    chosen_ms = float("nan")
+    for cand, ms in zip(ranked, measured, strict=True):
+        ok = (not measurable) or ms <= budget_ms
+        steps.append({"arch_key": cand.config.key(), "arch": cand.config.describe(), "predicted_ms": cand.latency_ms,
+                      "upper_ms": cand.upper_ms, "measured_ms": ms, "acc_dev": accuracy.full_dev(cand.config),
+                      "meets_budget": bool(ok)})
+        if ok:
+            chosen, chosen_ms = cand, ms
+            break
+    if chosen is None:
+        raise ImpossibleBudget(
+            f"none of the {len(ranked)} finalists met {budget_ms:g} ms when re-measured on {target.profile.name} "
+            f"(measured {', '.join(format(s['measured_ms'], '.2f') for s in steps)} ms; the full model measured "
+            f"{full_ms:.2f} ms): raise the budget or re-measure with `hwnas measure` and refit"
+        )
+    cfg = chosen.config
+    out = Path(out_dir)
+    written = export_standalone(run.supernet, cfg, out, run.tokenizer, list(run.task.label_names))
+    onnx_path = export_subnet_onnx(run.supernet, cfg, out / "model.onnx")
+    dev_batches = list(iterate_batches(run.splits["dev"], 16, shuffle=False))[:4]
+    onnx_diff = check_onnx(extract(run.supernet, cfg).eval(), onnx_path, dev_batches)
+    teacher = load_model(run.folder / "teacher")
+    full_test = scores(predict(teacher, run.splits["test"]), run.splits["test"].labels)[run.task.metric]
+    report = {
+        "device": target.profile.name,
+        "budget_ms": budget_ms,
+        "batch": target.batch,
+        "length": target.length,
+        "metric": run.task.metric,
+        "subnet": cfg.to_dict(),
+        "arch": cfg.describe(),
+        "predicted_latency_ms": chosen.latency_ms,
+        "predicted_upper_ms": chosen.upper_ms,
+        "measured_latency_ms": chosen_ms,
+        "full_model_latency_ms": full_ms,
+        "speedup": full_ms / chosen_ms if measurable else None,
+        "remeasured": measurable,
+        "dev_accuracy": accuracy.full_dev(cfg),
+        "test_accuracy": accuracy.test(cfg),
+        "full_model_test_accuracy": full_test,
+        "supernet_largest_test_accuracy": accuracy.test(run.space.largest()),
+        "flops": subnet_flops(run.supernet.shape, cfg, target.length),
+        "full_model_flops": subnet_flops(run.supernet.shape, run.space.largest(), target.length),
+        "params": subnet_params(run.supernet.shape, cfg),
+        "full_model_params": subnet_params(run.supernet.shape, run.space.largest()),
+        "onnx_max_abs_diff": onnx_diff,
+        "method": method,
+        "n_evaluations": result.n_evaluations,
+        "search_wall_s": round(search_s, 1),
+        "step_downs": steps,
+        "files": {**written, "onnx": str(onnx_path)},
+    }
+    write_json(out / "report.json", report)
+    return report
+
+
+def front_with_measurements(
+    run: LoadedRun, target: Target, result: SearchResult, *, max_points: int = 12
+) -> pd.DataFrame:
+    """The Pareto front of a search (dev accuracy vs predicted latency), with each point's
+    test accuracy and, where the device is here, its re-measured latency."""
+    from supernet.evaluate import predict, scores
+
+    front = result.front().head(max_points).copy() if len(result.front()) > max_points else result.front().copy()
+    if len(result.front()) > max_points:  # keep an even spread along the latency axis
+        full = result.front()
+        idx = np.unique(np.linspace(0, len(full) - 1, max_points).round().astype(int))
+        front = full.iloc[idx].copy()
+    cfgs = [SubnetConfig.from_dict(__import__("json").loads(j)) for j in front["arch_json"]]
+    enc = run.splits["test"]
+    front["acc_test"] = [scores(predict(run.supernet, enc, c), enc.labels)[run.task.metric] for c in cfgs]
+    try:
+        measured, full_ms = remeasure(run, target, cfgs, rounds=1)
+        front["lat_measured_ms"] = measured
+        front["full_model_ms"] = full_ms
+    except DeviceUnavailable:
+        front["lat_measured_ms"] = np.nan
+        front["full_model_ms"] = np.nan
+    front.insert(0, "device", target.profile.name)
+    front["length"] = target.length
+    front["flops"] = [subnet_flops(run.supernet.shape, c, target.length) for c in cfgs]
+    return front.reset_index(drop=True)

@@ -1,0 +1,173 @@
+"""Compare Pareto fronts across devices, methods and runs; write CSV and PNG.
+
+Accuracy does not depend on the device, so every configuration any search of a run has
+evaluated (``RUN/search/accuracy.csv``) is a candidate on every device: a device's front is
+the Pareto front of those candidates under that device's predicted latency. Per method, the
+front uses only the configurations that method's searches evaluated
+(``RUN/search/<device>_<budget>_<method>.csv``). Front points get their test accuracy
+(reporting only) and, when the device is on this machine, a re-measured latency.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from latency.devices import DeviceUnavailable
+from nas.export import Target, latency_model, remeasure
+from nas.objectives import DevAccuracy
+from nas.pareto import compare_fronts, pareto_front
+from supernet.errors import HwnasError
+from supernet.io import atomic_write, write_csv
+from supernet.space import SubnetConfig
+from supernet.workflow import LoadedRun
+
+
+def evaluated(run: LoadedRun, method: str | None = None, device: str | None = None) -> list[SubnetConfig]:
+    """Configurations the run's searches evaluated (all, or those of one method/device)."""
+    folder = run.folder / "search"
+    keys: dict[str, SubnetConfig] = {}
+    for f in sorted(folder.glob("*_*_*.csv")) if folder.exists() else []:
+        frame = pd.read_csv(f)
+        if not {"arch_json", "method", "device"} <= set(frame.columns):
+            continue
+        if method is not None:
+            frame = frame[frame["method"] == method]
+        if device is not None:
+            frame = frame[frame["device"] == device]
+        for j in frame["arch_json"]:
+            cfg = SubnetConfig.from_dict(json.loads(j))
+            keys.setdefault(cfg.key(), cfg)
+    return list(keys.values())
+
+
+def device_front(
+    run: LoadedRun, target: Target, configs: Sequence[SubnetConfig], accuracy: DevAccuracy,
+    *, remeasure_points: int = 12,
+) -> pd.DataFrame:
+    """Front of ``configs`` on ``target``: dev accuracy vs predicted latency, plus test accuracy and
+    re-measured latency of (at most ``remeasure_points``, evenly spread) front points."""
+    if not configs:
+        return pd.DataFrame()
+    lat = latency_model(run, target).predict(list(configs))
+    full_pred = latency_model(run, target).predict([run.space.largest()])[0][0]
+    frame = pd.DataFrame({
+        "arch_key": [c.key() for c in configs],
+        "arch": [c.describe() for c in configs],
+        "arch_json": [c.to_json() for c in configs],
+        "acc_dev": [accuracy(c) for c in configs],
+        "lat_pred_ms": [p for p, _ in lat],
+        "lat_upper_ms": [u for _, u in lat],
+    })
+    front = pareto_front(frame, acc_col="acc_dev", lat_col="lat_pred_ms").reset_index(drop=True)
+    cfgs = [SubnetConfig.from_dict(json.loads(j)) for j in front["arch_json"]]
+    front["acc_dev_full"] = [accuracy.full_dev(c) for c in cfgs]
+    front["acc_test"] = [accuracy.test(c) for c in cfgs]
+    front["lat_rel"] = front["lat_pred_ms"] / full_pred
+    front["full_model_pred_ms"] = full_pred
+    front["lat_measured_ms"] = np.nan
+    front["full_model_measured_ms"] = np.nan
+    if remeasure_points > 0:
+        idx = np.unique(np.linspace(0, len(front) - 1, min(len(front), remeasure_points)).round().astype(int))
+        try:
+            measured, full_ms = remeasure(run, target, [cfgs[i] for i in idx], rounds=1)
+            front.loc[idx, "lat_measured_ms"] = measured
+            front["full_model_measured_ms"] = full_ms
+        except DeviceUnavailable:
+            pass
+    front.insert(0, "length", target.length)
+    front.insert(0, "device", target.profile.name)
+    return front
+
+
+def compare(
+    runs: Sequence[LoadedRun],
+    targets: dict[str, dict[str, Target]],
+    methods: Sequence[str] | None,
+    out_dir: str | Path,
+    *,
+    remeasure_points: int = 12,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Fronts for every (run, device, method) and their hypervolumes; writes
+    ``fronts.csv``, ``hypervolume.csv`` and ``fronts.png`` into ``out_dir``.
+
+    ``targets[run_folder][device]``; ``methods=None`` pools all methods' candidates.
+    """
+    fronts: list[pd.DataFrame] = []
+    for run in runs:
+        acc = DevAccuracy(run)
+        for device, target in targets[str(run.folder)].items():
+            method_list: list[str | None] = list(methods) if methods else [None]
+            for method in method_list:
+                cfgs = evaluated(run, method)
+                if not cfgs:
+                    raise HwnasError(
+                        f"{run.folder} has no search results{f' for method {method}' if method else ''}: "
+                        f"run `hwnas search --run {run.folder} --device {device}` first"
+                    )
+                f = device_front(run, target, cfgs, acc, remeasure_points=remeasure_points)
+                f.insert(0, "method", method or "all")
+                f.insert(0, "run", run.folder.name)
+                fronts.append(f)
+    table = pd.concat(fronts, ignore_index=True)
+    names = {n: g for n, g in table.groupby(["run", "device", "method"])}
+    # Latency relative to each device's full model, so fronts of different devices compare.
+    hv = compare_fronts({"/".join(map(str, k)): g for k, g in names.items()}, acc_col="acc_dev", lat_col="lat_rel",
+                        ref_lat=1.0)
+    out = Path(out_dir)
+    write_csv(out / "fronts.csv", table)
+    write_csv(out / "hypervolume.csv", hv)
+    plot_fronts(table, out / "fronts.png")
+    return table, hv
+
+
+def plot_fronts(table: pd.DataFrame, path: str | Path) -> Path:
+    """One panel per device: dev accuracy (filled) and test accuracy (hollow) vs latency."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    devices = list(dict.fromkeys(table["device"]))
+    fig, axes = plt.subplots(1, len(devices), figsize=(5.5 * len(devices), 4.2), squeeze=False)
+    for ax, device in zip(axes[0], devices, strict=True):
+        sub = table[table["device"] == device]
+        for (run, method), g in sub.groupby(["run", "method"]):
+            g = g.sort_values("lat_pred_ms")
+            label = f"{run} / {method}"
+            line = ax.plot(g["lat_pred_ms"], g["acc_dev"], marker="o", ms=4, drawstyle="steps-post", label=f"{label} (dev)")
+            ax.scatter(g["lat_pred_ms"], g["acc_test"], facecolors="none", edgecolors=line[0].get_color(), s=24,
+                       label=f"{label} (test)")
+            m = g.dropna(subset=["lat_measured_ms"])
+            if len(m):
+                ax.scatter(m["lat_measured_ms"], m["acc_dev"], marker="x", color=line[0].get_color(), s=20,
+                           label=f"{label} (re-measured)")
+        full = sub["full_model_pred_ms"].iloc[0]
+        ax.axvline(full, color="grey", ls=":", lw=1)
+        ax.set_title(f"{device} (length {int(sub['length'].iloc[0])}); dotted: full model")
+        ax.set_xlabel("latency per call, ms (predicted; x = re-measured)")
+        ax.set_ylabel("accuracy")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+
+    def write(p: Path) -> None:
+        fig.savefig(p, dpi=120, format="png")
+
+    atomic_write(path, write)
+    plt.close(fig)
+    return Path(path)
+
+
+def summary_rows(reports: Sequence[dict[str, Any]]) -> pd.DataFrame:
+    """The short table of exported sub-networks (budget, choice, latency, speed-up, accuracy)."""
+    return pd.DataFrame([{
+        "device": r["device"], "budget_ms": r["budget_ms"], "arch": r["arch"],
+        "measured_ms": r["measured_latency_ms"], "full_ms": r["full_model_latency_ms"], "speedup": r["speedup"],
+        "acc_test": r["test_accuracy"], "full_acc_test": r["full_model_test_accuracy"],
+    } for r in reports])

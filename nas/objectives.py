@@ -1,0 +1,112 @@
+"""What a searcher is given for a trained run: dev accuracy and predicted latency.
+
+``DevAccuracy`` scores a sub-network with inherited supernet weights on a fixed, seeded
+subset of the **dev** split (the whole dev split for finalists); the test split is only
+touched by ``test()`` for reporting. Scores are cached by configuration hash in memory and
+in ``RUN/search/accuracy.csv``, so a resumed or repeated search never re-evaluates.
+It pickles as its run folder and settings (the model is re-opened in the receiving process),
+which is how Ray Tune trials get it.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from latency.features import config_rows
+from latency.predictor import BasePredictor
+from supernet.data import Encoded
+from supernet.evaluate import predict, scores
+from supernet.space import SubnetConfig
+from supernet.workflow import LoadedRun, open_run
+
+CACHE_COLUMNS = ["arch_key", "split", "accuracy", "macro_f1", "n"]
+
+
+def subset(enc: Encoded, n: int | None, seed: int) -> Encoded:
+    if n is None or n >= len(enc):
+        return enc
+    idx = np.sort(np.random.default_rng(seed).choice(len(enc), size=n, replace=False))
+    return Encoded([enc.input_ids[i] for i in idx], [enc.token_type_ids[i] for i in idx], enc.labels[idx])
+
+
+class DevAccuracy:
+    """The AccuracyModel of a run: headline metric on a fixed dev subset, cached."""
+
+    def __init__(self, run: LoadedRun | str | Path, *, subset_size: int | None = 500, seed: int = 0,
+                 cache: bool = True) -> None:
+        self._run = run if isinstance(run, LoadedRun) else open_run(run)
+        self.folder = self._run.folder
+        self.subset_size, self.seed, self.use_cache = subset_size, seed, cache
+        self._splits = {
+            f"dev{subset_size}" if subset_size else "dev": subset(self._run.splits["dev"], subset_size, seed),
+            "dev": self._run.splits["dev"],
+            "test": self._run.splits["test"],
+        }
+        self.search_split = next(iter(self._splits))
+        self.metric = self._run.task.metric
+        self.cache_path = self.folder / "search" / "accuracy.csv"
+        self._cache: dict[tuple[str, str], dict[str, Any]] = {}
+        if cache and self.cache_path.exists():
+            for r in pd.read_csv(self.cache_path).to_dict("records"):
+                self._cache[(str(r["arch_key"]), str(r["split"]))] = r
+        self.n_computed = 0
+
+    # Ray Tune and multiprocessing: ship the settings, not the model.
+    def __getstate__(self) -> dict[str, Any]:
+        return {"folder": str(self.folder), "subset_size": self.subset_size, "seed": self.seed, "cache": self.use_cache}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["folder"], subset_size=state["subset_size"], seed=state["seed"], cache=state["cache"])  # type: ignore[misc]
+
+    def scores(self, cfg: SubnetConfig, split: str) -> dict[str, float]:
+        key = (cfg.key(), split)
+        if key not in self._cache:
+            enc = self._splits[split]
+            s = scores(predict(self._run.supernet, enc, cfg), enc.labels)
+            row: dict[str, Any] = {"arch_key": cfg.key(), "split": split, **s, "n": len(enc)}
+            self._cache[key] = row
+            self.n_computed += 1
+            if self.use_cache:
+                self._append(row)
+        return self._cache[key]
+
+    def _append(self, row: dict[str, Any]) -> None:
+        self.cache_path.parent.mkdir(parents=True, exist_ok=True)
+        new = not self.cache_path.exists()
+        with open(self.cache_path, "a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=CACHE_COLUMNS, extrasaction="ignore")
+            if new:
+                w.writeheader()
+            w.writerow(row)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def __call__(self, cfg: SubnetConfig) -> float:
+        """The search objective: the task's metric on the dev subset."""
+        return float(self.scores(cfg, self.search_split)[self.metric])
+
+    def full_dev(self, cfg: SubnetConfig) -> float:
+        return float(self.scores(cfg, "dev")[self.metric])
+
+    def test(self, cfg: SubnetConfig) -> float:
+        """Reporting only: never used to choose."""
+        return float(self.scores(cfg, "test")[self.metric])
+
+
+class PredictedLatency:
+    """The LatencyModel of a device: predictor at a fixed input shape (batch, length)."""
+
+    def __init__(self, predictor: BasePredictor, *, batch: int, length: int) -> None:
+        self.predictor, self.batch, self.length = predictor, batch, length
+
+    def predict(self, configs: list[SubnetConfig]) -> list[tuple[float, float]]:
+        if not configs:
+            return []
+        out = self.predictor.predict(config_rows(configs, self.batch, self.length))
+        return list(zip(out["pred_ms"].astype(float), out["upper_ms"].astype(float), strict=True))

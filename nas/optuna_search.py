@@ -1,0 +1,318 @@
+"""Optuna-backed searchers: TPE under a latency budget, NSGA-II for the whole front.
+
+Encoding (deterministic, the same for both samplers). Every trial suggests the same
+parameters, so the search space is static, as TPE and NSGA-II need:
+
+* ``keep_{i}`` (bool, only when the space allows skipping layers),
+* ``heads_{i}``, ``ffn_{i}``: *index* into ``space.head_choices`` / ``space.ffn_choices``,
+* ``retention_{i}``: *index* into ``space.retention_choices`` (1.0 first).
+
+Indices rather than values because integer distributions are ordinal: TPE's kernels then
+learn "more heads helps" instead of treating 3 and 4 heads as unrelated categories.
+
+Decoding repairs the parameters to a valid configuration, always the same way:
+
+1. if fewer than ``space.min_layers`` layers are kept, the layers of the evenly spaced
+   DynaBERT pattern (``evenly_spaced_keep``) are switched on, in order, until enough are;
+2. a skipped layer gets 0 heads and 0 neurons (its suggested values are ignored);
+3. the kept layers' retention values are sorted non-increasing and given to the kept layers
+   in order (as ``SearchSpace.sample`` does: dropped tokens never come back); a skipped layer
+   inherits the retention of the layer before it (it computes no attention, so it cannot
+   drop tokens) and its own suggestion is ignored.
+
+``encode`` is the inverse on valid configurations (``decode(encode(c)) == c``); it is used
+to enqueue the anchor configurations.
+
+Constraints: Optuna 5 deprecates the samplers' ``constraints_func`` argument (FutureWarning,
+removal planned for 7.0) in favour of ``Trial.set_constraint``, which both samplers read in
+the same way; the constraint is ``upper_ms - budget_ms`` (feasible when <= 0). A trial whose
+upper bound misses the budget is not evaluated: it is told the worst accuracy
+(``infeasible_value``) with its constraint, and it counts against ``trials_per_evaluation *
+n_evaluations`` trials in all, so a tight budget cannot make the search loop forever.
+A trial that decodes to a configuration already evaluated reuses its accuracy (told to
+Optuna so the sampler learns, but not evaluated or counted again).
+
+Every trial stores its configuration (``arch_json``), ``lat_pred_ms``, ``lat_upper_ms``,
+``acc_dev`` and a ``status`` (``evaluated``, ``duplicate`` or ``rejected``) as user attributes.
+
+Resuming: with ``storage`` (e.g. ``sqlite:///runs/NAME/optuna.db``) and ``study_name`` the
+study is opened with ``load_if_exists=True``; the finished trials' stored configurations and
+accuracies (trial user attributes) rebuild the history, and only the remaining evaluations
+run. A study created for another search space, budget or method is refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import optuna
+from optuna.study import StudyDirection
+from optuna.trial import TrialState
+
+from nas.search import (
+    AccuracyModel,
+    Archive,
+    Candidate,
+    LatencyModel,
+    SearchResult,
+    anchors,
+    check_search_args,
+    fastest_reachable,
+    is_feasible,
+    predict,
+)
+from supernet.errors import ConfigError, HwnasError
+from supernet.space import SearchSpace, SubnetConfig, evenly_spaced_keep
+
+__all__ = ["NSGA2Search", "TPESearch", "decode", "encode", "suggest_config"]
+
+CONSTRAINT_KEY = "latency_over_budget_ms"
+
+
+# ---- encoding ----------------------------------------------------------------------------------
+def _index(choices: tuple[Any, ...], value: float) -> int:
+    return min(range(len(choices)), key=lambda j: abs(choices[j] - value))
+
+
+def encode(space: SearchSpace, cfg: SubnetConfig) -> dict[str, Any]:
+    """Optuna parameters for a valid configuration (skipped layers get index 0)."""
+    space.validate(cfg)
+    params: dict[str, Any] = {}
+    for i in range(space.num_layers):
+        if space.allow_skip:
+            params[f"keep_{i}"] = cfg.keep[i]
+        params[f"heads_{i}"] = space.head_choices.index(cfg.heads[i]) if cfg.keep[i] else 0
+        params[f"ffn_{i}"] = space.ffn_choices.index(cfg.ffn[i]) if cfg.keep[i] else 0
+        params[f"retention_{i}"] = _index(space.retention_choices, cfg.retention[i])
+    return params
+
+
+def decode(space: SearchSpace, params: dict[str, Any]) -> SubnetConfig:
+    """The valid configuration for a set of parameters (repair rules in the module doc)."""
+    n = space.num_layers
+    keep = [bool(params[f"keep_{i}"]) if space.allow_skip else True for i in range(n)]
+    for i, on in enumerate(evenly_spaced_keep(n, space.min_layers)):
+        if sum(keep) >= space.min_layers:
+            break
+        keep[i] = keep[i] or on
+    heads = tuple(space.head_choices[params[f"heads_{i}"]] if keep[i] else 0 for i in range(n))
+    ffn = tuple(space.ffn_choices[params[f"ffn_{i}"]] if keep[i] else 0 for i in range(n))
+    # The kept layers' retention values, sorted so that they never increase; a skipped layer
+    # inherits its predecessor's (its own suggestion is ignored, like its heads).
+    kept_r = iter(sorted((space.retention_choices[params[f"retention_{i}"]] for i in range(n) if keep[i]),
+                         reverse=True))
+    retention, prev = [], 1.0
+    for i in range(n):
+        prev = next(kept_r) if keep[i] else prev
+        retention.append(prev)
+    return space.validate(SubnetConfig(heads, ffn, tuple(keep), tuple(retention)))
+
+
+def suggest_config(trial: optuna.Trial, space: SearchSpace) -> SubnetConfig:
+    """Suggest every parameter of the encoding on ``trial`` and decode them."""
+    params: dict[str, Any] = {}
+    for i in range(space.num_layers):
+        if space.allow_skip:
+            params[f"keep_{i}"] = trial.suggest_categorical(f"keep_{i}", [True, False])
+        params[f"heads_{i}"] = trial.suggest_int(f"heads_{i}", 0, len(space.head_choices) - 1)
+        params[f"ffn_{i}"] = trial.suggest_int(f"ffn_{i}", 0, len(space.ffn_choices) - 1)
+        params[f"retention_{i}"] = trial.suggest_int(f"retention_{i}", 0, len(space.retention_choices) - 1)
+    return decode(space, params)
+
+
+# ---- the shared ask / tell loop -------------------------------------------------------------------
+@contextlib.contextmanager
+def _quiet_optuna() -> Iterator[None]:
+    """Silence Optuna's per-trial INFO lines for the duration of a search, then restore."""
+    before = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(before)
+
+
+def _require_set_constraint() -> None:
+    if not hasattr(optuna.trial.Trial, "set_constraint"):
+        raise HwnasError(
+            f"the Optuna searchers need optuna>=5.0 (Trial.set_constraint); found {optuna.__version__}: "
+            "pip install -U 'optuna>=5'"
+        )
+
+
+@dataclass
+class _OptunaSearch:
+    """Shared loop; subclasses pick the sampler, the directions and what is told."""
+
+    name: ClassVar[str] = "optuna"
+    storage: str | None = None
+    study_name: str | None = None
+    trials_per_evaluation: int = 5
+    infeasible_value: float = 0.0
+    anchor: bool = True
+
+    # -- what subclasses define
+    def _sampler(self, seed: int, n_evaluations: int) -> optuna.samplers.BaseSampler:
+        raise NotImplementedError
+
+    def _directions(self) -> list[StudyDirection]:
+        raise NotImplementedError
+
+    def _values(self, acc: float, lat: float) -> list[float]:
+        raise NotImplementedError
+
+    # -- the loop
+    def search(
+        self,
+        space: SearchSpace,
+        accuracy: AccuracyModel,
+        latency: LatencyModel,
+        *,
+        budget_ms: float | None,
+        n_evaluations: int,
+        seed: int,
+    ) -> SearchResult:
+        """Run (or resume) the study until ``n_evaluations`` configurations are evaluated."""
+        check_search_args(budget_ms, n_evaluations)
+        if self.trials_per_evaluation < 1:
+            raise ConfigError(f"trials_per_evaluation must be >= 1, got {self.trials_per_evaluation}")
+        _require_set_constraint()
+        archive = Archive(accuracy, budget_ms, n_evaluations)
+        if budget_ms is not None and fastest_reachable(space, latency) > budget_ms:
+            return archive.result(self.name)
+        with _quiet_optuna():
+            study = self._open_study(space, budget_ms, seed, n_evaluations)
+            n_trials = self._replay(study, archive)
+            if n_trials == 0 and self.anchor:
+                for cfg in anchors(space, budget_ms):
+                    study.enqueue_trial(encode(space, cfg), skip_if_exists=True)
+            max_trials = self.trials_per_evaluation * n_evaluations
+            while not archive.full and n_trials < max_trials:
+                self._one_trial(study, space, archive, latency, budget_ms)
+                n_trials += 1
+        return archive.result(self.name)
+
+    def _open_study(
+        self, space: SearchSpace, budget_ms: float | None, seed: int, n_evaluations: int
+    ) -> optuna.Study:
+        study = optuna.create_study(
+            storage=self.storage,
+            study_name=self.study_name,
+            sampler=self._sampler(seed, n_evaluations),
+            directions=self._directions(),
+            load_if_exists=True,
+        )
+        # What the stored trials mean: resuming under another space, budget or method would
+        # mix incomparable accuracies and constraints, so it is refused instead.
+        meaning = {"method": self.name, "budget_ms": budget_ms, "space": space.to_dict()}
+        stored = study.user_attrs.get("hwnas")
+        if stored is None:
+            study.set_user_attr("hwnas", meaning)
+        elif stored != json.loads(json.dumps(meaning)):
+            raise ConfigError(
+                f"study {study.study_name!r} in {self.storage} was created for {stored}, not {meaning}; "
+                "use a new study name (or storage) for a different search"
+            )
+        return study
+
+    def _replay(self, study: optuna.Study, archive: Archive) -> int:
+        """Rebuild the history from finished trials; returns how many trials are finished."""
+        finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
+        for t in sorted(finished, key=lambda ft: ft.number):
+            attrs = t.user_attrs
+            status = attrs.get("status") if t.state == TrialState.COMPLETE else None
+            if status == "evaluated":
+                cfg = SubnetConfig.from_dict(json.loads(attrs["arch_json"]))
+                archive.add(Candidate(cfg, attrs["acc_dev"], attrs["lat_pred_ms"], attrs["lat_upper_ms"],
+                                      is_feasible(attrs["lat_upper_ms"], archive.budget_ms)))
+            elif status == "rejected":
+                archive.n_rejected += 1
+        return len(finished)
+
+    def _one_trial(
+        self,
+        study: optuna.Study,
+        space: SearchSpace,
+        archive: Archive,
+        latency: LatencyModel,
+        budget_ms: float | None,
+    ) -> None:
+        trial = study.ask()
+        try:
+            cfg = suggest_config(trial, space)
+            lat, upper = predict(latency, [cfg])[0]
+            trial.set_user_attr("arch_json", cfg.to_json())
+            trial.set_user_attr("lat_pred_ms", lat)
+            trial.set_user_attr("lat_upper_ms", upper)
+            if budget_ms is not None:
+                # Optuna refuses NaN constraints; an unpredictable latency is simply infeasible.
+                over = upper - budget_ms
+                trial.set_constraint(CONSTRAINT_KEY, over if over == over else float("inf"))
+            if not is_feasible(upper, budget_ms):
+                archive.n_rejected += 1
+                trial.set_user_attr("status", "rejected")
+                study.tell(trial, self._values(self.infeasible_value, lat))
+                return
+            known = cfg in archive
+            cand = archive.evaluate(cfg, lat, upper)
+            assert cand is not None, "the loop stops before the archive is full"
+            acc = cand.accuracy
+            trial.set_user_attr("acc_dev", acc)
+            # Only the first trial of a configuration holds its evaluation; repeats are told
+            # the same value but are not history (replay skips them).
+            trial.set_user_attr("status", "duplicate" if known else "evaluated")
+            study.tell(trial, self._values(acc, lat))
+        except BaseException:
+            # An interrupted or failing evaluation must not leave a RUNNING trial behind,
+            # which a resumed TPE would avoid forever (constant liar).
+            study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+            raise
+
+
+# ---- the two searchers -----------------------------------------------------------------------------
+@dataclass
+class TPESearch(_OptunaSearch):
+    """Tree-structured Parzen Estimator maximising accuracy under ``upper_ms <= budget_ms``.
+
+    With ``budget_ms=None`` it maximises accuracy alone (use NSGA-II for a front).
+    """
+
+    name: ClassVar[str] = "tpe"
+    n_startup_trials: int = 10
+
+    def _sampler(self, seed: int, n_evaluations: int) -> optuna.samplers.BaseSampler:
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=self.n_startup_trials)
+
+    def _directions(self) -> list[StudyDirection]:
+        return [StudyDirection.MAXIMIZE]
+
+    def _values(self, acc: float, lat: float) -> list[float]:
+        return [acc]
+
+
+@dataclass
+class NSGA2Search(_OptunaSearch):
+    """NSGA-II on two objectives: maximise accuracy, minimise predicted latency.
+
+    Meant for ``budget_ms=None`` (the whole front); with a budget the latency constraint
+    is added and NSGA-II's constrained domination keeps infeasible trials behind feasible
+    ones. ``population_size=None`` uses ``n_evaluations / 5`` (at least 8), since Optuna's
+    default of 50 would leave a 60-evaluation search with about one generation.
+    """
+
+    name: ClassVar[str] = "nsga2"
+    population_size: int | None = None
+
+    def _sampler(self, seed: int, n_evaluations: int) -> optuna.samplers.BaseSampler:
+        pop = self.population_size or max(8, n_evaluations // 5)
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=pop)
+
+    def _directions(self) -> list[StudyDirection]:
+        return [StudyDirection.MAXIMIZE, StudyDirection.MINIMIZE]
+
+    def _values(self, acc: float, lat: float) -> list[float]:
+        return [acc, lat]

@@ -1,0 +1,116 @@
+"""The main job (``hwnas run``): train -> measure -> fit -> search -> export -> fronts.
+
+Every stage is also its own subcommand; this module only strings them together with
+settings small enough for a 2-core machine, and resumes: training and measurement resume
+by themselves, fitted predictors and finished searches are reused (the dev-accuracy cache
+makes a repeated search cheap).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from latency.devices import get_device, with_overrides
+from latency.workflow import fit_run_device, measure_device, predictor_path
+from nas.export import Target, choose_and_export, latency_model, remeasure, run_search
+from nas.fronts import compare
+from nas.objectives import DevAccuracy
+from nas.search import fastest_reachable
+from supernet.io import write_csv, write_json
+from supernet.workflow import RunSpec, evaluation_table, open_run, train_run, write_evaluation
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    devices: tuple[str, ...] = ("cpu", "cpu-1t")
+    n_measure: int = 40
+    repeats: int = 15
+    warmup: int = 5
+    noise_rounds: int = 4
+    # Budgets at these points between the fastest reachable sub-network (0) and the full
+    # model (1), by predicted latency: tight, middle and loose.
+    budget_points: tuple[float, ...] = (0.2, 0.45, 0.75)
+    n_search: int = 50
+    dev_subset: int = 400
+    export_device: str = "cpu"
+    export_budget: int = 1  # index into budget_points
+
+
+def main_job(out: str | Path, spec: RunSpec, job: JobConfig, *, progress: bool = True, log=print) -> pd.DataFrame:  # noqa: ANN001
+    out = Path(out)
+    times: dict[str, float] = {}
+
+    def stage(name: str, t0: float) -> None:
+        times[name] = round(time.time() - t0, 1)
+        log(f"[{name}] done in {times[name]:.0f} s")
+
+    t0 = time.time()
+    train_run(out, spec, resume=(out / "run.json").exists(), progress=progress)
+    run = open_run(out)
+    table = evaluation_table(run)
+    write_evaluation(run, table)
+    stage("train+evaluate", t0)
+
+    t0 = time.time()
+    for device in job.devices:
+        profile = with_overrides(get_device(device), repeats=job.repeats, warmup=job.warmup)
+        measure_device(run, profile, n=job.n_measure, seed=spec.seed, noise_rounds=job.noise_rounds, progress=progress)
+    stage("measure", t0)
+
+    t0 = time.time()
+    fits = {}
+    for device in job.devices:
+        fits[device] = fit_run_device(out, run.supernet.shape, device, seed=spec.seed)
+        m = fits[device]["metrics"][fits[device]["chosen"]]
+        log(f"  {device}: {fits[device]['chosen']} predictor, held-out MAPE {m['mape']:.1%}, "
+            f"within 10% {m['within_10pct']:.0%}, Kendall tau {m['kendall_tau']:.2f}")
+    stage("fit", t0)
+
+    t0 = time.time()
+    acc = DevAccuracy(run, subset_size=job.dev_subset)
+    targets = {d: Target.of(run, get_device(d)) for d in job.devices}
+    rows: list[dict[str, Any]] = []
+    budgets: dict[str, list[float]] = {}
+    for device, target in targets.items():
+        lat = latency_model(run, target)
+        full_pred = lat.predict([run.space.largest()])[0][0]
+        fastest = fastest_reachable(run.space, lat)
+        # Rounded up (to 0.001 ms) so that the tightest budget is never below the fastest.
+        budgets[device] = [math.ceil(1000 * (fastest + f * max(0.0, full_pred - fastest))) / 1000
+                           for f in job.budget_points]
+        bests = []
+        for budget in budgets[device]:
+            result, _ = run_search(run, target, budget, method="evolution", n_evaluations=job.n_search,
+                                   seed=spec.seed, accuracy=acc)
+            bests.append((budget, result.best))
+        found = [(b, c) for b, c in bests if c is not None]
+        measured, full_ms = remeasure(run, target, [c.config for _, c in found])
+        for (budget, c), ms in zip(found, measured, strict=True):
+            rows.append({"device": device, "length": target.length, "budget_ms": budget, "arch": c.config.describe(),
+                         "pred_ms": c.latency_ms, "measured_ms": ms, "full_ms": full_ms, "speedup": full_ms / ms,
+                         "meets_budget": ms <= budget, "acc_dev": acc.full_dev(c.config), "acc_test": acc.test(c.config),
+                         "full_acc_test": acc.test(run.space.largest())})
+    stage("search", t0)
+
+    t0 = time.time()
+    budget = budgets[job.export_device][job.export_budget]
+    report = choose_and_export(run, targets[job.export_device], budget,
+                               out / "export" / f"{job.export_device}_{budget:g}ms", n_evaluations=job.n_search,
+                               seed=spec.seed, accuracy=acc)
+    stage("export", t0)
+
+    t0 = time.time()
+    _, hv = compare([run], {str(run.folder): targets}, None, out / "compare", remeasure_points=6)
+    stage("compare", t0)
+
+    summary = pd.DataFrame(rows)
+    write_csv(out / "summary.csv", summary)
+    write_json(out / "job.json", {"times_s": times, "budgets_ms": budgets, "export": report["files"],
+                                  "predictors": {d: str(predictor_path(out, d)) for d in job.devices}})
+    return summary

@@ -1,0 +1,224 @@
+"""One contract that every registered searcher must pass, on a cheap analytic toy problem.
+
+The toy: a 4-layer space (4 heads, 64 FFN neurons), an accuracy that grows with heads,
+neurons, layers and kept tokens (deeper layers weigh a little more, so that the optimum is
+not symmetric), and a FLOPs-like latency with a 5% safety margin. No model, no torch.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import pytest
+
+from nas.evolution import EvolutionSearch, select_parents
+from nas.optuna_search import decode, encode
+from nas.search import (
+    SEARCHERS,
+    Candidate,
+    RandomSearch,
+    SearchResult,
+    fastest_reachable,
+    make_searcher,
+)
+from supernet.errors import ConfigError
+from supernet.space import SearchSpace, SubnetConfig
+
+SPACE = SearchSpace.for_model(4, 4, 64)
+MARGIN = 0.05
+BUDGET = 2.0  # ms; the largest configuration takes 4.2 ms, the smallest 0.5 ms
+
+
+def toy_accuracy(cfg: SubnetConfig) -> float:
+    s = 0.0
+    for i in cfg.kept_layers:
+        width = 0.5 * cfg.heads[i] / 4 + 0.5 * cfg.ffn[i] / 64 + 0.3
+        s += (1 + 0.15 * i) * width * cfg.retention[i] ** 0.3
+    return 0.5 + 0.45 * math.tanh(s / 3)
+
+
+def toy_latency_ms(cfg: SubnetConfig) -> float:
+    lat, alive = 0.2, 1.0
+    for i in cfg.kept_layers:
+        h, f, t_in, t_out = cfg.heads[i] / 4, cfg.ffn[i] / 64, alive, cfg.retention[i]
+        # Q/K/V on the tokens entering, scores quadratic in them, projection and FFN on
+        # the tokens kept, plus a fixed per-layer overhead.
+        lat += 0.25 * t_in * h + 0.1 * t_in**2 * h + 0.1 * t_out * h + 0.5 * t_out * f + 0.05
+        alive = t_out
+    return lat
+
+
+class ToyLatency:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def predict(self, configs: list[SubnetConfig]) -> list[tuple[float, float]]:
+        self.calls += len(configs)
+        return [(ms, ms * (1 + MARGIN)) for ms in map(toy_latency_ms, configs)]
+
+
+class CountingAccuracy:
+    """Counts calls and remembers which configurations were asked for."""
+
+    def __init__(self) -> None:
+        self.keys: list[str] = []
+
+    def __call__(self, cfg: SubnetConfig) -> float:
+        self.keys.append(cfg.key())
+        return toy_accuracy(cfg)
+
+
+def run(name: str, *, budget_ms: float | None, n: int, seed: int = 0, space: SearchSpace = SPACE,
+        **kw: object) -> tuple[SearchResult, CountingAccuracy]:
+    acc = CountingAccuracy()
+    result = make_searcher(name, **kw).search(
+        space, acc, ToyLatency(), budget_ms=budget_ms, n_evaluations=n, seed=seed
+    )
+    return result, acc
+
+
+def rows(result: SearchResult) -> list[dict]:
+    return [c.to_row() for c in result.history]
+
+
+# ---- the shared contract -----------------------------------------------------------------------
+@pytest.mark.parametrize("name", sorted(SEARCHERS))
+def test_searcher_contract(name: str) -> None:
+    n = 30
+    result, acc = run(name, budget_ms=BUDGET, n=n, seed=0)
+    assert result.method == name and result.budget_ms == BUDGET
+    # (a) only valid configurations
+    for c in result.history:
+        SPACE.validate(c.config)
+    # (b) the best respects the budget, by its upper bound
+    assert result.best is not None
+    assert result.best.upper_ms <= BUDGET and result.best.feasible
+    assert result.best.accuracy == max(c.accuracy for c in result.history if c.feasible)
+    # (d) at most n accuracy calls, each for a different configuration, each in the history
+    assert len(acc.keys) <= n
+    assert len(set(acc.keys)) == len(acc.keys) == len(result.history) == result.n_evaluations
+    # (c) same seed, same history
+    again, _ = run(name, budget_ms=BUDGET, n=n, seed=0)
+    assert rows(again) == rows(result)
+    # (f) better than the smallest sub-network, which always fits
+    assert result.best.accuracy > toy_accuracy(SPACE.smallest())
+    # (e) an impossible budget ends at once with no answer and no accuracy call
+    t0 = time.perf_counter()
+    impossible, acc_none = run(name, budget_ms=0.5 * fastest_reachable(SPACE, ToyLatency()), n=n)
+    assert impossible.best is None and impossible.history == [] and acc_none.keys == []
+    assert time.perf_counter() - t0 < 5
+    # ... and a budget that only the smallest fits still gets an answer, in bounded time
+    tight, acc_tight = run(name, budget_ms=fastest_reachable(SPACE, ToyLatency()), n=5)
+    assert tight.best is not None and tight.best.upper_ms <= fastest_reachable(SPACE, ToyLatency())
+    assert len(acc_tight.keys) <= 5
+
+
+@pytest.mark.parametrize("name", sorted(SEARCHERS))
+def test_searcher_whole_front(name: str) -> None:
+    result, acc = run(name, budget_ms=None, n=20, seed=1)
+    assert len(acc.keys) == len(result.history) <= 20
+    assert all(c.feasible for c in result.history)
+    front = result.front()
+    assert len(front) >= 2 and front["lat_pred_ms"].is_monotonic_increasing
+    assert front["acc_dev"].is_monotonic_increasing  # slower points on a front are more accurate
+    frame = result.frame()
+    assert list(frame.columns) == ["arch_key", "arch_json", "acc_dev", "lat_pred_ms", "lat_upper_ms", "feasible"]
+
+
+@pytest.mark.parametrize("name", sorted(SEARCHERS))
+def test_searcher_never_evaluates_a_configuration_twice(name: str) -> None:
+    # 2 layers, one width, retention 1.0 or 0.5, one layer may be dropped: 7 configurations.
+    tiny = SearchSpace(num_layers=2, max_heads=1, max_ffn=1, head_choices=(1,), ffn_choices=(1,),
+                       retention_choices=(1.0, 0.5), min_layers=1)
+    result, acc = run(name, budget_ms=None, n=20, seed=0, space=tiny)
+    assert len(acc.keys) == len(set(acc.keys)) == len(result.history) <= 7
+
+
+# ---- searcher-specific -----------------------------------------------------------------------------
+def test_evolution_rejects_before_evaluating_and_deduplicates() -> None:
+    result, acc = run("evolution", budget_ms=1.2, n=40, seed=3)
+    # Every evaluated configuration fits: the latency check comes first.
+    assert all(c.upper_ms <= 1.2 for c in result.history)
+    assert result.n_rejected > 0
+    assert len(set(acc.keys)) == len(acc.keys)
+
+
+def test_evolution_default_sizes_keep_hat_proportions() -> None:
+    assert EvolutionSearch().sizes(60) == (12, 2, 5, 5)
+    assert EvolutionSearch().sizes(10_000) == (125, 25, 50, 50)  # HAT's population
+    with pytest.raises(ConfigError, match="parents"):
+        EvolutionSearch(population_size=4, parent_size=6).sizes(60)
+
+
+def test_select_parents_multi_objective_keeps_the_front() -> None:
+    cfg = SPACE.smallest()
+    cands = [Candidate(cfg, a, t, t, True) for a, t in [(0.9, 3.0), (0.7, 1.0), (0.6, 2.0), (0.8, 2.0)]]
+    best2 = select_parents(cands, 2, multi_objective=False)
+    assert [c.accuracy for c in best2] == [0.9, 0.8]
+    front = select_parents(cands, 3, multi_objective=True)
+    assert {c.accuracy for c in front} == {0.9, 0.8, 0.7}  # (0.6, 2.0) is dominated
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_optuna_search_resumes_from_sqlite(tmp_path) -> None:
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    searcher = make_searcher("tpe", storage=storage, study_name="toy")
+
+    seen: list[str] = []
+
+    def interrupted(cfg: SubnetConfig) -> float:
+        if len(seen) == 10:
+            raise Interrupt  # the 11th evaluation is cut short, as by Ctrl-C
+        seen.append(cfg.key())
+        return toy_accuracy(cfg)
+
+    with pytest.raises(Interrupt):
+        searcher.search(SPACE, interrupted, ToyLatency(), budget_ms=BUDGET, n_evaluations=20, seed=0)
+    # Asked again for 20: the 10 stored evaluations are reused, only 10 new ones run.
+    acc = CountingAccuracy()
+    result = searcher.search(SPACE, acc, ToyLatency(), budget_ms=BUDGET, n_evaluations=20, seed=0)
+    assert len(acc.keys) == 10 and len(result.history) == 20
+    first = [c.config.key() for c in result.history[:10]]
+    assert first == seen
+    assert not set(acc.keys) & set(first)
+    # A different budget under the same study name is refused, not mixed in.
+    with pytest.raises(ConfigError, match="new study name"):
+        searcher.search(SPACE, acc, ToyLatency(), budget_ms=3.0, n_evaluations=20, seed=0)
+
+
+def test_optuna_encoding_round_trips_and_repairs() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        cfg = SPACE.sample(rng)
+        assert decode(SPACE, encode(SPACE, cfg)) == cfg
+    # No layer kept: repaired to the evenly spaced minimum; retention sorted, skips inherit.
+    params = {f"{k}_{i}": 0 for k in ("heads", "ffn") for i in range(4)}
+    params |= {f"keep_{i}": False for i in range(4)}
+    params |= {"retention_0": 7, "retention_1": 5, "retention_2": 7, "retention_3": 2}
+    cfg = decode(SPACE, params)
+    assert cfg.keep == (False, True, False, True)
+    assert cfg.heads == (0, 1, 0, 1) and cfg.ffn == (0, 16, 0, 16)
+    assert cfg.retention == (1.0, 0.8, 0.8, 0.5)
+
+
+# ---- registry ----------------------------------------------------------------------------------------
+def test_unknown_searcher_lists_the_known_ones() -> None:
+    with pytest.raises(ConfigError, match="evolution, nsga2, random, tpe"):
+        make_searcher("annealing")
+
+
+def test_bad_setting_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="attempts_per_evaluation"):
+        make_searcher("random", population_size=3)
+    assert isinstance(make_searcher("random", attempts_per_evaluation=3), RandomSearch)
+
+
+def test_bad_budget_and_evaluations_are_config_errors() -> None:
+    for budget, n in [(-1.0, 10), (float("nan"), 10), (2.0, 0)]:
+        with pytest.raises(ConfigError):
+            run("random", budget_ms=budget, n=n)
