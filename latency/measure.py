@@ -27,6 +27,7 @@ import csv
 import io
 import os
 import platform
+import shutil
 import socket
 import tempfile
 import time
@@ -146,11 +147,24 @@ def _versions() -> dict[str, str]:
 Runner = Callable[[dict[str, np.ndarray]], Any]
 
 
-def open_runner(profile: DeviceProfile, model: ElasticBert, workdir: Path) -> Runner:
-    """A callable that runs one inference of ``model`` on ``profile``'s runtime."""
+def _ort_runner(sess: Any) -> Runner:
+    return lambda feeds: sess.run(["logits"], feeds)
+
+
+def open_runner(profile: DeviceProfile, model: ElasticBert, workdir: Path, *, cache_name: str | None = None) -> Runner:
+    """A callable that runs one inference of ``model`` on ``profile``'s runtime.
+
+    With ``cache_name``, the ONNX file is kept in ``workdir`` under that name and reused by
+    later calls (several devices measured in one go export each configuration once).
+    """
     if profile.runtime == "onnxruntime":
         from latency.onnx_export import export_onnx, ort_session
 
+        if cache_name is not None:
+            path = workdir / f"{cache_name}.onnx"
+            if not path.exists():
+                export_onnx(model, path)
+            return _ort_runner(ort_session(path, threads=profile.effective_threads, providers=[profile.provider]))
         fd, name = tempfile.mkstemp(suffix=".onnx", dir=workdir)
         os.close(fd)
         path = export_onnx(model, name)
@@ -158,7 +172,7 @@ def open_runner(profile: DeviceProfile, model: ElasticBert, workdir: Path) -> Ru
             sess = ort_session(path, threads=profile.effective_threads, providers=[profile.provider])
         finally:
             Path(path).unlink(missing_ok=True)  # the session holds the graph in memory
-        return lambda feeds: sess.run(["logits"], feeds)
+        return _ort_runner(sess)
 
     import torch
 
@@ -273,10 +287,12 @@ def sweep(
     noise_rounds: int = 8,
     progress: bool = True,
     extract_fn: Callable[[ElasticBert, SubnetConfig], ElasticBert] | None = None,
+    onnx_cache: Path | None = None,
 ) -> pd.DataFrame:
     """Measure every configuration at every input length of ``inputs``; resume-safe.
 
-    Returns the device's full measurement table (earlier rows included).
+    ``onnx_cache``: a folder where exported ONNX files are kept and reused (the caller
+    removes it). Returns the device's full measurement table (earlier rows included).
     """
     from supernet.extract import extract
 
@@ -337,13 +353,17 @@ def sweep(
         if j and j % reference_every == 0:
             reference()
         try:
-            run = open_runner(profile, extract_fn(supernet, cfg), workdir)
+            if onnx_cache is not None:
+                run = open_runner(profile, extract_fn(supernet, cfg), onnx_cache, cache_name=cfg.key())
+            else:
+                run = open_runner(profile, extract_fn(supernet, cfg), workdir)
             rows = [row(cfg, L, timed(run, L), "sample") for L in lengths]
         except Exception as e:  # a failure is a row, not the end of the sweep
             rows = [row(cfg, L, None, "sample", error=f"{type(e).__name__}: {e}"[:300]) for L in lengths]
         log.append(rows)
     reference()
     bar.close()
+    shutil.rmtree(workdir, ignore_errors=True)
     return log.read()
 
 

@@ -72,14 +72,33 @@ def measure_device(
     reference_every: int = 20,
     noise_rounds: int = 8,
     progress: bool = True,
+    onnx_cache: Path | None = None,
 ) -> pd.DataFrame:
-    """Measure ``n`` sampled configurations (plus the harness check) on ``profile``."""
+    """Measure ``n`` sampled configurations (plus the harness check) on ``profile``.
+
+    The configurations depend only on the run, ``n`` and ``seed``, so several devices
+    measured with the same settings see the same sub-networks (and can share ``onnx_cache``).
+    """
     check_available(profile)
     inputs = device_inputs(run, profile, seed)
-    configs = sample_configs(run.space, run.supernet.shape, n, seed=seed, length=min(inputs))
+    configs = sample_configs(run.space, run.supernet.shape, n, seed=seed, length=min(run.typical_length, *inputs))
     log = MeasurementLog(log_path(run.folder, profile.name))
     return sweep(profile, run.supernet, configs, inputs, log, reference_every=reference_every,
-                 noise_rounds=noise_rounds, progress=progress)
+                 noise_rounds=noise_rounds, progress=progress, onnx_cache=onnx_cache)
+
+
+def measure_devices(run: LoadedRun, profiles: list[DeviceProfile], **kwargs: Any) -> dict[str, pd.DataFrame]:
+    """Measure several devices in turn, exporting each configuration's ONNX file once."""
+    import shutil
+    import tempfile
+
+    for p in profiles:
+        check_available(p)
+    cache = Path(tempfile.mkdtemp(prefix="hwnas-onnx-"))
+    try:
+        return {p.name: measure_device(run, p, onnx_cache=cache, **kwargs) for p in profiles}
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
 
 
 

@@ -152,7 +152,24 @@ def cmd_measure(a: argparse.Namespace) -> int:
     from supernet.workflow import open_run
 
     run = open_run(a.run)
-    profile = with_overrides(resolve_device(a.run, a.device, a.devices), repeats=a.repeats, warmup=a.warmup)
+    profiles = [with_overrides(resolve_device(a.run, d, a.devices), repeats=a.repeats, warmup=a.warmup)
+                for d in a.device.split(",")]
+    if len(profiles) > 1:
+        if a.kit or a.import_csv:
+            from supernet.errors import ConfigError
+
+            raise ConfigError("--kit and --import take one --device")
+        from latency.workflow import measure_devices
+
+        t0 = time.time()
+        tables = measure_devices(run, profiles, n=a.n, seed=a.seed, reference_every=a.reference_every,
+                                 noise_rounds=a.noise_rounds, progress=not a.quiet)
+        for name, rows in tables.items():
+            ok = rows[(rows["kind"] == "sample") & (rows["error"] == "")]
+            print(f"{name}: {ok['arch_key'].nunique()} configurations measured; harness ratio {harness_ratio(rows):.3f}")
+        print(f"took {(time.time() - t0) / 60:.1f} min")
+        return 0
+    profile = profiles[0]
     log = MeasurementLog(log_path(a.run, profile.name))
     if a.import_csv:
         from latency.kit import import_kit_csv
@@ -376,7 +393,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "RUN/latency/DEVICE.csv; an interrupted measurement resumes. With --kit, write a folder to "
                        "run on a device that cannot run this package; with --import, bring its CSV back.")
     m.add_argument("--run", required=True, help="run folder written by hwnas train")
-    m.add_argument("--device", required=True, help="cpu, cpu-1t, torch-cpu, cuda, or a name from --devices")
+    m.add_argument("--device", required=True, help="cpu, cpu-1t, torch-cpu, cuda, or a name from --devices; several "
+                   "separated by commas are measured in turn, exporting each sub-network once")
     m.add_argument("--devices", help="TOML file with [devices.NAME] profiles (stored in the run)")
     m.add_argument("--n", type=int, default=300, help="configurations to sample (default %(default)s)")
     m.add_argument("--seed", type=int, default=0)

@@ -498,7 +498,7 @@ class RayTuneSearch:
             tune.with_resources(with_params, {"cpu": 1}),
             tune_config=tune.TuneConfig(
                 search_alg=ConcurrencyLimiter(alg, max_concurrent=self.workers),
-                num_samples=n_evaluations,
+                num_samples=math.ceil(n_evaluations / self.trial_chunk),  # n_evaluations caps accuracy calls
                 reuse_actors=self.reuse_actors,
                 trial_dirname_creator=_trial_dirname,
             ),

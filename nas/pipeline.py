@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 
 from latency.devices import get_device, with_overrides
-from latency.workflow import fit_run_device, measure_device, predictor_path
+from latency.workflow import fit_run_device, measure_devices, predictor_path
 from nas.export import Target, choose_and_export, latency_model, remeasure, run_search
 from nas.fronts import compare
 from nas.objectives import DevAccuracy
@@ -58,9 +58,8 @@ def main_job(out: str | Path, spec: RunSpec, job: JobConfig, *, progress: bool =
     stage("train+evaluate", t0)
 
     t0 = time.time()
-    for device in job.devices:
-        profile = with_overrides(get_device(device), repeats=job.repeats, warmup=job.warmup)
-        measure_device(run, profile, n=job.n_measure, seed=spec.seed, noise_rounds=job.noise_rounds, progress=progress)
+    profiles = [with_overrides(get_device(d), repeats=job.repeats, warmup=job.warmup) for d in job.devices]
+    measure_devices(run, profiles, n=job.n_measure, seed=spec.seed, noise_rounds=job.noise_rounds, progress=progress)
     stage("measure", t0)
 
     t0 = time.time()

@@ -354,6 +354,8 @@ SEARCHERS: dict[str, str] = {
     "evolution": "nas.evolution:EvolutionSearch",
     "tpe": "nas.optuna_search:TPESearch",
     "nsga2": "nas.optuna_search:NSGA2Search",
+    # Optuna inside Ray Tune: the path for users who outgrow one machine (tests/test_distributed.py).
+    "ray": "nas.distributed:RayTuneSearch",
 }
 
 

@@ -13,7 +13,14 @@ import pytest
 import torch
 
 from conftest import tiny_model
-from latency.devices import BUILTIN, DeviceUnavailable, check_available, get_device, load_profiles, with_overrides
+from latency.devices import (
+    BUILTIN,
+    DeviceUnavailable,
+    check_available,
+    get_device,
+    load_profiles,
+    with_overrides,
+)
 from latency.kit import KitError, import_kit_csv, write_kit
 from latency.measure import COLUMNS, MeasurementLog, harness_ratio, sample_configs, summarize, sweep
 from supernet.cost import subnet_flops

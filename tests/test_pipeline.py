@@ -90,3 +90,11 @@ def test_bad_device_and_missing_measurements(job: Path, capsys) -> None:
     assert "hwnas measure" in capsys.readouterr().err
     assert main(["search", "--run", str(job), "--device", "cpu", "--budget-ms", "abc"]) == 2
     assert "--budget-ms" in capsys.readouterr().err
+
+
+def test_search_through_ray_tune_on_a_real_run(job: Path) -> None:
+    """The Ray path with the run's own (pickled) dev accuracy and latency predictor."""
+    assert main(["search", "--run", str(job), "--device", "cpu", "--budget-ms", "5", "--ray", "--workers", "2",
+                 "--n", "4", "--dev-subset", "32"]) == 0
+    hist = pd.read_csv(job / "search" / "cpu_5ms_ray.csv")
+    assert 1 <= len(hist) <= 4 and (hist["lat_upper_ms"][hist["feasible"]] <= 5).all()
