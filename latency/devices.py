@@ -75,8 +75,9 @@ class DeviceProfile:
             ok = isinstance(x, int) and x >= 2 or isinstance(x, str) and re.fullmatch(r"p\d{1,2}", x)
             if not ok:
                 raise ConfigError(f"{where}: length {x!r} must be an integer >= 2 or a percentile like \"p50\"")
-        if self.precision == "fp16" and "cuda" not in self.provider.lower():
-            raise ConfigError(f"{where}: fp16 is only supported on CUDA")
+        if self.precision == "fp16" and not (self.runtime == "torch" and self.provider == "cuda"):
+            raise ConfigError(f"{where}: fp16 is supported with runtime = \"torch\" and provider = \"cuda\" only "
+                              "(the ONNX export is fp32)")
         return self
 
     @property

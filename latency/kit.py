@@ -60,7 +60,9 @@ def write_kit(
         _savez(out / files[str(L)], feeds)
     shutil.copyfile(Path(__file__).with_name("kit_script.py"), out / "measure_kit.py")
     manifest = {
-        "device": profile.name, "batch": profile.batch, "threads": profile.effective_threads,
+        "device": profile.name, "batch": profile.batch,
+        # None: the device's own core count (this host's count says nothing about a phone).
+        "threads": profile.threads,
         "warmup": profile.warmup, "repeats": profile.repeats, "reference_every": 20,
         "inputs": files, "reference": models[0], "models": models[1:],
         "shape": shape.to_dict(),

@@ -22,7 +22,7 @@ import platform
 import socket
 import sys
 import time
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 
 import numpy as np
 import onnxruntime as ort
@@ -32,6 +32,11 @@ FIELDS = [
     "lat_median_ms", "lat_p90_ms", "lat_mean_ms", "lat_min_ms", "lat_iqr_ms", "lat_cv", "outliers",
     "runtime", "runtime_version", "host", "cpu", "timestamp", "error",
 ]
+
+
+def now():
+    # timezone.utc, not datetime.UTC: the device may run Python older than 3.11.
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")  # noqa: UP017
 
 
 def stats(samples):
@@ -67,6 +72,14 @@ def time_session(sess, feeds, warmup, repeats):
     return stats(out)
 
 
+def _cut_torn_tail(path):
+    """Drop a half-written last line (a crash mid-write) so that appends stay parseable."""
+    with open(path, "rb+") as f:
+        data = f.read()
+        if data and not data.endswith(b"\n"):
+            f.truncate(data.rfind(b"\n") + 1)
+
+
 def main(argv=None):
     here = os.path.dirname(os.path.abspath(__file__))
     p = argparse.ArgumentParser(description="Time this kit's ONNX models on this device.")
@@ -77,12 +90,13 @@ def main(argv=None):
     a = p.parse_args(argv)
     with open(os.path.join(here, "manifest.json")) as f:
         man = json.load(f)
-    threads = a.threads or man["threads"]
+    threads = a.threads or man.get("threads") or os.cpu_count() or 1
     warmup = man["warmup"] if a.warmup is None else a.warmup
     repeats = man["repeats"] if a.repeats is None else a.repeats
     inputs = {int(L): dict(np.load(os.path.join(here, f))) for L, f in man["inputs"].items()}
     done = set()
     if os.path.exists(a.out):
+        _cut_torn_tail(a.out)
         with open(a.out) as f:
             done = {(r["arch_key"], r["length"]) for r in csv.DictReader(f) if r.get("kind") == "sample"}
     new = not os.path.exists(a.out) or os.path.getsize(a.out) == 0
@@ -98,7 +112,7 @@ def main(argv=None):
         def write(model, kind, result, length, error=""):
             row = {**base, **result, "kind": kind, "note": "", "arch_key": model["arch_key"],
                    "arch_json": model["arch_json"], "length": length, "error": error,
-                   "timestamp": datetime.now(UTC).isoformat(timespec="seconds")}
+                   "timestamp": now()}
             w.writerow(row)
             f.flush()
             os.fsync(f.fileno())
@@ -114,8 +128,9 @@ def main(argv=None):
                 reference()
             try:
                 sess = session(os.path.join(here, model["file"]), threads)
-                for L, feeds in sorted(inputs.items()):
-                    write(model, "sample", time_session(sess, feeds, warmup, repeats), L)
+                results = {L: time_session(sess, feeds, warmup, repeats) for L, feeds in sorted(inputs.items())}
+                for L, result in results.items():  # all lengths timed before any row is written
+                    write(model, "sample", result, L)
             except Exception as e:  # a failure is a row, not the end of the run
                 for L in sorted(inputs):
                     write(model, "sample", {}, L, error=f"{type(e).__name__}: {e}"[:300])

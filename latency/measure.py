@@ -206,6 +206,14 @@ def arch_columns(shape: BertShape, cfg: SubnetConfig, length: int) -> dict[str, 
     }
 
 
+def _cut_torn_tail(path: Path) -> None:
+    """Drop a half-written last line (a crash mid-write) so that the next append parses."""
+    with open(path, "rb+") as f:
+        data = f.read()
+        if data and not data.endswith(b"\n"):
+            f.truncate(data.rfind(b"\n") + 1)
+
+
 class MeasurementLog:
     """The per-device measurement file: append-only CSV, one fsync'ed line per row."""
 
@@ -231,9 +239,13 @@ class MeasurementLog:
             w.writeheader()
         for r in rows:
             w.writerow(r)
+        if not new:
+            _cut_torn_tail(self.path)
+        data = buf.getvalue().encode()
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            os.write(fd, buf.getvalue().encode())
+            while data:  # os.write may write less than asked
+                data = data[os.write(fd, data):]
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -307,6 +319,8 @@ def sweep(
     }
     base["runtime_version"] = base["onnxruntime_version"] if profile.runtime == "onnxruntime" else base["torch_version"]
     done = log.done()
+    # A configuration counts as done once all its lengths are (a failed one is not retried:
+    # delete its rows to try again).
     todo = [c for c in configs if any((c.key(), batch, L) not in done for L in lengths)]
     previous = log.read()
     have_noise = bool(((previous["kind"] == "noise") & (previous["batch"] == batch)).any()) if len(previous) else False

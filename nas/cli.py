@@ -225,13 +225,17 @@ def _target(run, device: str, devices_file: str | None, length: str | None):  # 
     profile = resolve_device(run.folder, device, devices_file)
     L = None
     if length is not None:
+        stats = length_stats(run.splits["dev"])
+        pct = sorted(k for k in stats if k.startswith("p"))
         if length.isdigit():
             L = int(length)
-        else:
-            stats = length_stats(run.splits["dev"])
-            if length not in stats:
-                raise ConfigError(f"--length {length!r} must be an integer or one of {sorted(k for k in stats if k.startswith('p'))}")
+        elif length in pct:
             L = max(2, int(round(stats[length])))
+        else:
+            raise ConfigError(f"--length {length!r} must be an integer or one of {pct}")
+        limit = run.spec.train.max_length
+        if not 2 <= L <= limit:
+            raise ConfigError(f"--length {L} is outside 2..{limit} (the run's max_length: inputs are cut there)")
     return Target.of(run, profile, L)
 
 
@@ -293,6 +297,10 @@ def cmd_export(a: argparse.Namespace) -> int:
     r = choose_and_export(run, target, budget[0], a.out, method=a.method, n_evaluations=a.n, seed=a.seed,
                           finalists=a.finalists, accuracy=DevAccuracy(run, subset_size=a.dev_subset or None))
     for s in r["step_downs"]:
+        if s["meets_budget"] is None:
+            print(f"  WARNING: {r['device']} is not on this machine, so {s['arch']} was chosen by prediction only "
+                  f"(predicted {s['predicted_ms']:.2f} ms, upper {s['upper_ms']:.2f}); measure it on the device")
+            continue
         verdict = "meets the budget" if s["meets_budget"] else "misses: stepping down"
         print(f"  finalist {s['arch']}: predicted {s['predicted_ms']:.2f} ms (upper {s['upper_ms']:.2f}), "
               f"measured {s['measured_ms']:.2f} ms -> {verdict}")
@@ -315,7 +323,8 @@ def cmd_compare(a: argparse.Namespace) -> int:
     targets = {str(r.folder): {d: _target(r, d, a.devices, a.length) for d in a.devices_list.split(",")} for r in runs}
     methods = a.methods.split(",") if a.methods else None
     out = a.out or str(runs[0].folder / "compare")
-    table, hv = compare(runs, targets, methods, out, remeasure_points=0 if a.no_remeasure else a.remeasure_points)
+    table, hv = compare(runs, targets, methods, out, remeasure_points=0 if a.no_remeasure else a.remeasure_points,
+                        dev_subset=a.dev_subset or None)
     _print_table(hv, ["front", "n_points", "hypervolume", "best_acc", "fastest_lat"])
     print(f"wrote {out}/fronts.csv, hypervolume.csv, fronts.png")
     return 0
@@ -464,6 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", help="output folder (default RUN/compare)")
     c.add_argument("--remeasure-points", type=int, default=12, help="front points re-measured per device")
     c.add_argument("--no-remeasure", action="store_true", help="predicted latency only")
+    c.add_argument("--dev-subset", type=int, default=500, help="the dev subset the searches used (default %(default)s)")
     c.set_defaults(func=cmd_compare)
 
     x = sub.add_parser("extract", help="write one sub-network as a standalone model",

@@ -9,6 +9,7 @@ passed over for the next one (a "step down"), and the report lists every step.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +19,8 @@ import numpy as np
 import pandas as pd
 
 from latency.devices import DeviceProfile, DeviceUnavailable, check_available
-from latency.measure import open_runner, time_fn
-from latency.workflow import device_inputs, load_device_predictor
+from latency.measure import example_inputs, open_runner, time_fn
+from latency.workflow import device_inputs, load_device_predictor, predictor_path
 from nas.objectives import DevAccuracy, PredictedLatency
 from nas.search import Candidate, SearchResult, fastest_reachable, make_searcher
 from supernet.cost import subnet_flops, subnet_params
@@ -84,7 +85,10 @@ def run_search(
     if method in ("tpe", "nsga2"):
         kwargs.setdefault("storage", f"sqlite:///{run.folder / 'search' / 'optuna.db'}")
         b = "front" if budget_ms is None else f"{budget_ms:g}ms"
-        kwargs.setdefault("study_name", f"{target.profile.name}-{b}-{method}-L{target.length}-s{seed}")
+        # The study's stored values are only valid for this predictor and this dev subset.
+        fingerprint = hashlib.sha1(predictor_path(run.folder, target.profile.name).read_bytes()).hexdigest()[:8]
+        kwargs.setdefault("study_name", f"{target.profile.name}-{b}-{method}-L{target.length}-s{seed}"
+                                        f"-{accuracy.search_split}-p{fingerprint}")
         (run.folder / "search").mkdir(parents=True, exist_ok=True)
     searcher = make_searcher(method, **kwargs)
     t0 = time.time()
@@ -104,12 +108,13 @@ def remeasure(
 ) -> tuple[list[float], float]:
     """Measured median latency of each config and of the full model, timed in turn on the
     device in this run (``rounds`` interleaved rounds; medians of the round medians)."""
+    import tempfile
+
     from supernet.extract import extract
 
     check_available(target.profile)
-    inputs = device_inputs(run, target.profile)
-    feeds = inputs[target.length] if target.length in inputs else next(iter(inputs.values()))
-    import tempfile
+    # Real dev text at exactly the length the budget applies to.
+    feeds = example_inputs(run.splits["dev"], target.batch, target.length)
 
     work = Path(tempfile.mkdtemp(prefix="hwnas-remeasure-"))
     full = run.space.largest()
@@ -154,21 +159,29 @@ def choose_and_export(
     # Finalists are re-ranked on the whole dev split (the search used a subset).
     ranked = sorted(feasible, key=lambda c: -accuracy.full_dev(c.config))
     steps: list[dict[str, Any]] = []
+    chosen: Candidate | None = None
+    chosen_ms = float("nan")
     try:
         measured, full_ms = remeasure(run, target, [c.config for c in ranked])
         measurable = True
     except DeviceUnavailable:
         measured, full_ms, measurable = [float("nan")] * len(ranked), float("nan"), False
-    chosen: Candidate | None = None
-    chosen_ms = float("nan")
-    for cand, ms in zip(ranked, measured, strict=True):
-        ok = (not measurable) or ms <= budget_ms
-        steps.append({"arch_key": cand.config.key(), "arch": cand.config.describe(), "predicted_ms": cand.latency_ms,
-                      "upper_ms": cand.upper_ms, "measured_ms": ms, "acc_dev": accuracy.full_dev(cand.config),
-                      "meets_budget": bool(ok)})
-        if ok:
-            chosen, chosen_ms = cand, ms
-            break
+    if not measurable:  # a kit device: hand over the best by prediction, and say so
+        chosen = ranked[0]
+        steps.append(_step(chosen, float("nan"), None, accuracy))
+    else:
+        chosen, chosen_ms = _step_down(ranked, measured, budget_ms, steps, accuracy)
+        if chosen is None:
+            # Every finalist missed: the device is slower today than the predictor thinks.
+            # Scale the predictions by the misses' measured/predicted ratio and try the most
+            # accurate remaining candidates that would still fit.
+            slow = max(s["measured_ms"] / s["predicted_ms"] for s in steps)
+            tried = {c.config.key() for c in ranked}
+            rest = sorted((c for c in result.history if c.config.key() not in tried
+                           and c.latency_ms * slow <= budget_ms), key=lambda c: -c.accuracy)[: max(1, finalists)]
+            if rest:
+                measured2, full_ms = remeasure(run, target, [c.config for c in rest])
+                chosen, chosen_ms = _step_down(rest, measured2, budget_ms, steps, accuracy)
     if chosen is None:
         raise ImpossibleBudget(
             f"none of the {len(ranked)} finalists met {budget_ms:g} ms when re-measured on {target.profile.name} "
@@ -214,6 +227,22 @@ def choose_and_export(
     }
     write_json(out / "report.json", report)
     return report
+
+
+def _step(cand: Candidate, ms: float, ok: bool | None, accuracy: DevAccuracy) -> dict[str, Any]:
+    return {"arch_key": cand.config.key(), "arch": cand.config.describe(), "predicted_ms": cand.latency_ms,
+            "upper_ms": cand.upper_ms, "measured_ms": ms, "acc_dev": accuracy.full_dev(cand.config),
+            "meets_budget": ok}
+
+
+def _step_down(cands: list[Candidate], measured: list[float], budget_ms: float, steps: list[dict[str, Any]],
+               accuracy: DevAccuracy) -> tuple[Candidate | None, float]:
+    """The first candidate (best first) whose measured latency meets the budget."""
+    for cand, ms in zip(cands, measured, strict=True):
+        steps.append(_step(cand, ms, ms <= budget_ms, accuracy))
+        if ms <= budget_ms:
+            return cand, ms
+    return None, float("nan")
 
 
 def front_with_measurements(

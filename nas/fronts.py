@@ -92,15 +92,17 @@ def compare(
     out_dir: str | Path,
     *,
     remeasure_points: int = 12,
+    dev_subset: int | None = 500,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Fronts for every (run, device, method) and their hypervolumes; writes
     ``fronts.csv``, ``hypervolume.csv`` and ``fronts.png`` into ``out_dir``.
 
-    ``targets[run_folder][device]``; ``methods=None`` pools all methods' candidates.
+    ``targets[run_folder][device]``; ``methods=None`` pools all methods' candidates;
+    ``dev_subset`` must be the one the searches used, so that their cached scores are reused.
     """
     fronts: list[pd.DataFrame] = []
     for run in runs:
-        acc = DevAccuracy(run)
+        acc = DevAccuracy(run, subset_size=dev_subset)  # the searches' subset: its scores are cached
         for device, target in targets[str(run.folder)].items():
             method_list: list[str | None] = list(methods) if methods else [None]
             for method in method_list:

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from latency.features import config_rows
+from latency.measure import _cut_torn_tail
 from latency.predictor import BasePredictor
 from supernet.data import Encoded
 from supernet.evaluate import predict, scores
@@ -44,7 +45,7 @@ class DevAccuracy:
         self.folder = self._run.folder
         self.subset_size, self.seed, self.use_cache = subset_size, seed, cache
         self._splits = {
-            f"dev{subset_size}" if subset_size else "dev": subset(self._run.splits["dev"], subset_size, seed),
+            f"dev{subset_size}s{seed}" if subset_size else "dev": subset(self._run.splits["dev"], subset_size, seed),
             "dev": self._run.splits["dev"],
             "test": self._run.splits["test"],
         }
@@ -53,7 +54,9 @@ class DevAccuracy:
         self.cache_path = self.folder / "search" / "accuracy.csv"
         self._cache: dict[tuple[str, str], dict[str, Any]] = {}
         if cache and self.cache_path.exists():
-            for r in pd.read_csv(self.cache_path).to_dict("records"):
+            _cut_torn_tail(self.cache_path)
+            frame = pd.read_csv(self.cache_path, dtype={"arch_key": str, "split": str})
+            for r in frame.to_dict("records"):
                 self._cache[(str(r["arch_key"]), str(r["split"]))] = r
         self.n_computed = 0
 

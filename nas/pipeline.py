@@ -1,9 +1,9 @@
 """The main job (``hwnas run``): train -> measure -> fit -> search -> export -> fronts.
 
 Every stage is also its own subcommand; this module only strings them together with
-settings small enough for a 2-core machine, and resumes: training and measurement resume
-by themselves, fitted predictors and finished searches are reused (the dev-accuracy cache
-makes a repeated search cheap).
+settings small enough for a 2-core machine. Run again after an interruption: training and
+measurement resume where they stopped; fitting, searching and exporting are redone, which
+is quick because every dev-accuracy score is cached in the run folder.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from typing import Any
 
 import pandas as pd
 
-from latency.devices import get_device, with_overrides
-from latency.workflow import fit_run_device, measure_devices, predictor_path
+from latency.devices import with_overrides
+from latency.workflow import fit_run_device, measure_devices, predictor_path, resolve_device
 from nas.export import Target, choose_and_export, latency_model, remeasure, run_search
 from nas.fronts import compare
 from nas.objectives import DevAccuracy
@@ -58,7 +58,7 @@ def main_job(out: str | Path, spec: RunSpec, job: JobConfig, *, progress: bool =
     stage("train+evaluate", t0)
 
     t0 = time.time()
-    profiles = [with_overrides(get_device(d), repeats=job.repeats, warmup=job.warmup) for d in job.devices]
+    profiles = [with_overrides(resolve_device(out, d), repeats=job.repeats, warmup=job.warmup) for d in job.devices]
     measure_devices(run, profiles, n=job.n_measure, seed=spec.seed, noise_rounds=job.noise_rounds, progress=progress)
     stage("measure", t0)
 
@@ -73,7 +73,7 @@ def main_job(out: str | Path, spec: RunSpec, job: JobConfig, *, progress: bool =
 
     t0 = time.time()
     acc = DevAccuracy(run, subset_size=job.dev_subset)
-    targets = {d: Target.of(run, get_device(d)) for d in job.devices}
+    targets = {d: Target.of(run, resolve_device(out, d)) for d in job.devices}
     rows: list[dict[str, Any]] = []
     budgets: dict[str, list[float]] = {}
     for device, target in targets.items():
@@ -105,7 +105,8 @@ def main_job(out: str | Path, spec: RunSpec, job: JobConfig, *, progress: bool =
     stage("export", t0)
 
     t0 = time.time()
-    _, hv = compare([run], {str(run.folder): targets}, None, out / "compare", remeasure_points=6)
+    _, hv = compare([run], {str(run.folder): targets}, None, out / "compare", remeasure_points=6,
+                    dev_subset=job.dev_subset)
     stage("compare", t0)
 
     summary = pd.DataFrame(rows)

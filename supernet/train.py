@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -206,14 +207,24 @@ class StageRunner:
 
     # ---- checkpoints ---------------------------------------------------------------------
     def _save(self, opt: Any, sched: Any, step: int) -> None:
-        ckpt = self.folder / "checkpoint"
-        save_model(self.model, ckpt)
+        """Weights and trainer state land together: written to ``checkpoint.tmp`` and swapped
+        in with renames, so a crash leaves either the old or the new checkpoint whole."""
+        ckpt, tmp, old = (self.folder / n for n in ("checkpoint", "checkpoint.tmp", "checkpoint.old"))
+        shutil.rmtree(tmp, ignore_errors=True)
+        save_model(self.model, tmp, {"step": step})
         state = {"step": step, "optimizer": opt.state_dict(), "scheduler": sched.state_dict()}
-        atomic_write(ckpt / "trainer_state.pt", lambda p: torch.save(state, p))
+        atomic_write(tmp / "trainer_state.pt", lambda p: torch.save(state, p))
+        shutil.rmtree(old, ignore_errors=True)
+        if ckpt.exists():
+            os.replace(ckpt, old)
+        os.replace(tmp, ckpt)
+        shutil.rmtree(old, ignore_errors=True)
         self.log.flush()
 
     def _restore(self, opt: Any, sched: Any) -> int:
         ckpt = self.folder / "checkpoint"
+        if not ckpt.exists() and (self.folder / "checkpoint.old").exists():  # crashed mid-swap
+            ckpt = self.folder / "checkpoint.old"
         if not (ckpt / "trainer_state.pt").exists():
             return 0
         try:
@@ -314,8 +325,8 @@ def run_training(
                              progress=progress, stop_after=interrupt("teacher"))
         train_teacher(model, runner)
         save_model(model.eval(), run / "teacher", {"stage": "teacher"})
+        finish("teacher", time.time() - t0)  # first: a crash now must not retrain the stage
         shutil.rmtree(run / "teacher" / "checkpoint", ignore_errors=True)
-        finish("teacher", time.time() - t0)
     teacher = load_model(run / "teacher")
 
     # 2. rewire (on train only)
@@ -337,6 +348,6 @@ def run_training(
                              progress=progress, stop_after=interrupt("supernet"))
         train_supernet(student, teacher, space, runner)
         save_model(student.eval(), run / "supernet", {"stage": "supernet", "space": space.to_dict()})
-        shutil.rmtree(run / "supernet" / "checkpoint", ignore_errors=True)
         finish("supernet", time.time() - t0)
+        shutil.rmtree(run / "supernet" / "checkpoint", ignore_errors=True)
     return {k: v["wall_s"] for k, v in state["done"].items()}
