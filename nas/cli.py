@@ -330,6 +330,24 @@ def cmd_compare(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(a: argparse.Namespace) -> int:
+    from nas.bench import BenchConfig, run_bench
+    from supernet.workflow import open_run
+
+    run = open_run(a.run)
+    target = _target(run, a.device, None, None)
+    if a.quick:
+        cfg = BenchConfig(device=a.device, n_evaluations=30, budget_fractions=(0.3, 0.6, 0.9), front_points=5,
+                          rounds=1, dev_subset=200, seed=a.seed)
+    else:
+        cfg = BenchConfig(device=a.device, n_evaluations=a.n, seed=a.seed)
+    command = "hwnas " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("hwnas") else "hwnas bench"
+    summary = run_bench(run, target, cfg, a.out, command=command, progress=not a.quiet)
+    print(Path(a.out, "BENCHMARKS.md").read_text())
+    print(f"peak memory {summary['peak_rss_mb']:.0f} MB; wrote {a.out}/BENCHMARKS.md")
+    return 0
+
+
 def cmd_run(a: argparse.Namespace) -> int:
     """The main job on the bundled defaults (resumes if the run folder exists)."""
     from nas.pipeline import JobConfig, main_job
@@ -475,6 +493,20 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--no-remeasure", action="store_true", help="predicted latency only")
     c.add_argument("--dev-subset", type=int, default=500, help="the dev subset the searches used (default %(default)s)")
     c.set_defaults(func=cmd_compare)
+
+    bq = sub.add_parser("bench", help="benchmark our front against DynaBERT-grid, retention-only and random baselines",
+                        description="From one trained, measured and fitted run: fronts of four methods re-measured on "
+                        "the device, hypervolumes, speed-up at 1 and 2 points of test loss, predictor quality, budget "
+                        "compliance over 20-90%% of the full model's latency, realized vs ideal speed-up, cost; writes "
+                        "BENCHMARKS.md with tables and a PNG.")
+    bq.add_argument("--run", required=True, help="run folder (trained, measured and fitted on --device)")
+    bq.add_argument("--device", default="cpu", help="device to benchmark on (default %(default)s)")
+    bq.add_argument("--n", type=int, default=150, help="accuracy evaluations per searched method")
+    bq.add_argument("--seed", type=int, default=0)
+    bq.add_argument("--quick", action="store_true", help="a reduced version in minutes (fewer evaluations and budgets)")
+    bq.add_argument("--quiet", action="store_true", help="no progress bars")
+    bq.add_argument("--out", default="results", help="where BENCHMARKS.md and its files go (default %(default)s)")
+    bq.set_defaults(func=cmd_bench)
 
     x = sub.add_parser("extract", help="write one sub-network as a standalone model",
                        description="Write a physically smaller PyTorch model (and a Hugging Face folder when "

@@ -70,3 +70,15 @@ def tiny_hf_dir(tmp_path_factory: pytest.TempPathFactory, bundled_tokenizer) -> 
     BertForSequenceClassification(cfg).save_pretrained(str(d))
     bundled_tokenizer.save_pretrained(str(d))
     return d
+
+
+@pytest.fixture(scope="session")
+def job(tmp_path_factory: pytest.TempPathFactory, tiny_hf_dir: Path) -> Path:
+    """The main job (`hwnas run`) on the tiny BERT: a trained, measured, fitted, searched run."""
+    from nas.cli import main
+
+    out = tmp_path_factory.mktemp("job") / "run"
+    code = main(["run", "--out", str(out), "--model", str(tiny_hf_dir), "--max-train", "64", "--max-eval", "48",
+                 "--n-measure", "12", "--n-search", "10", "--quiet"])
+    assert code == 0
+    return out

@@ -6,22 +6,12 @@ import json
 from pathlib import Path
 
 import pandas as pd
-import pytest
 import torch
 
 from nas.cli import main
 
 REPORT_KEYS = {"device", "budget_ms", "predicted_latency_ms", "measured_latency_ms", "full_model_latency_ms",
                "dev_accuracy", "test_accuracy", "full_model_test_accuracy", "flops", "params"}
-
-
-@pytest.fixture(scope="module")
-def job(tmp_path_factory: pytest.TempPathFactory, tiny_hf_dir: Path) -> Path:
-    out = tmp_path_factory.mktemp("job") / "run"
-    code = main(["run", "--out", str(out), "--model", str(tiny_hf_dir), "--max-train", "64", "--max-eval", "48",
-                 "--n-measure", "12", "--n-search", "10", "--quiet"])
-    assert code == 0
-    return out
 
 
 def test_main_job_writes_everything(job: Path) -> None:

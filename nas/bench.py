@@ -1,0 +1,335 @@
+"""Benchmarks: our searched front against the baselines, from one trained run.
+
+Everything is measured on the same machine, in the same process, as ratios to the full
+model timed in turn with the candidates:
+
+1. accuracy vs latency on a device for four methods, all from the same supernet, with the
+   same number of accuracy evaluations where a method searches:
+   ``ours`` (evolution over width, depth and retention), ``dynabert`` (the uniform grid of
+   width x depth multipliers, no retention), ``retention`` (full width and depth, searched
+   retention: PoWER-BERT / LAT style) and ``random`` (random search); each front's points
+   are re-measured and scored on test;
+2. the largest measured speed-up whose test accuracy is within 1.0 (2.0) points of the
+   fine-tuned full model;
+3. predictor quality per device (from ``hwnas fit``);
+4. budget compliance over a sweep of budgets (20% to 90% of the full model's latency):
+   the first pick's re-measured latency and the exported one after step-downs;
+5. realized vs ideal: measured speed-up / FLOPs ratio of the exported sub-networks;
+7. wall time of each stage and peak memory.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import resource
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from nas.export import (
+    ImpossibleBudget,
+    Target,
+    choose_and_export,
+    latency_model,
+    remeasure,
+)
+from nas.objectives import DevAccuracy
+from nas.pareto import hypervolume, pareto_front
+from nas.search import Candidate, SearchResult, make_searcher
+from supernet.cost import subnet_flops
+from supernet.io import atomic_write, write_csv, write_json, write_text
+from supernet.space import SearchSpace, SubnetConfig
+from supernet.workflow import LoadedRun
+
+METHODS = ("ours", "dynabert", "retention", "random")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    device: str = "cpu"
+    n_evaluations: int = 150
+    budget_fractions: tuple[float, ...] = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+    front_points: int = 10
+    rounds: int = 3  # interleaved re-measurement rounds
+    dev_subset: int = 500
+    seed: int = 0
+
+
+def retention_only_space(space: SearchSpace) -> SearchSpace:
+    """Full width and depth; only token retention is searched."""
+    return SearchSpace(num_layers=space.num_layers, max_heads=space.max_heads, max_ffn=space.max_ffn,
+                       head_choices=(space.max_heads,), ffn_choices=(space.max_ffn,),
+                       retention_choices=space.retention_choices, min_layers=space.num_layers, allow_skip=False)
+
+
+def dynabert_grid(space: SearchSpace) -> list[SubnetConfig]:
+    """DynaBERT's width multipliers x depth multipliers, no retention."""
+    out: dict[str, SubnetConfig] = {}
+    for w in (0.25, 0.5, 0.75, 1.0):
+        for d in (0.5, 0.75, 1.0):
+            c = space.uniform(width=w, depth=d)
+            out.setdefault(c.key(), c)
+    return list(out.values())
+
+
+def _candidates(run: LoadedRun, target: Target, acc: DevAccuracy, cfg: BenchConfig, progress: bool = True
+                ) -> dict[str, list[Candidate]]:
+    lat = latency_model(run, target)
+
+    def scored(configs: list[SubnetConfig]) -> list[Candidate]:
+        return [Candidate(c, acc(c), p, u, True) for c, (p, u) in zip(configs, lat.predict(configs), strict=True)]
+
+    def searched(space: SearchSpace, method: str) -> list[Candidate]:
+        result: SearchResult = make_searcher(method).search(
+            space, acc, lat, budget_ms=None, n_evaluations=cfg.n_evaluations, seed=cfg.seed)
+        return result.history
+
+    jobs = {
+        "ours": lambda: searched(run.space, "evolution"),
+        "dynabert": lambda: scored(dynabert_grid(run.space)),
+        "retention": lambda: searched(retention_only_space(run.space), "evolution"),
+        "random": lambda: searched(run.space, "random"),
+    }
+    out = {}
+    for method in tqdm(jobs, desc="bench: search each method", disable=not progress):
+        out[method] = jobs[method]()
+    return out
+
+
+def fronts(run: LoadedRun, target: Target, acc: DevAccuracy, cfg: BenchConfig, progress: bool = True) -> pd.DataFrame:
+    """Each method's front (dev accuracy vs predicted latency), evenly thinned to
+    ``front_points``, re-measured together with the full model, scored on test."""
+    cands = _candidates(run, target, acc, cfg, progress)
+    rows = []
+    for method, cs in cands.items():
+        frame = pd.DataFrame([{**c.to_row(), "method": method} for c in cs])
+        front = pareto_front(frame, acc_col="acc_dev", lat_col="lat_pred_ms").reset_index(drop=True)
+        idx = np.unique(np.linspace(0, len(front) - 1, min(len(front), cfg.front_points)).round().astype(int))
+        rows.append(front.iloc[idx])
+    table = pd.concat(rows, ignore_index=True)
+    configs = [SubnetConfig.from_dict(json.loads(j)) for j in table["arch_json"]]
+    unique = {c.key(): c for c in configs}
+    measured, full_ms = remeasure(run, target, list(unique.values()), rounds=cfg.rounds)
+    ms = dict(zip(unique, measured, strict=True))
+    L = target.length
+    full_flops = subnet_flops(run.supernet.shape, run.space.largest(), L)
+    table["arch"] = [c.describe() for c in configs]
+    table["lat_measured_ms"] = [ms[c.key()] for c in configs]
+    table["full_model_ms"] = full_ms
+    table["speedup"] = full_ms / table["lat_measured_ms"]
+    table["flops_ratio"] = [full_flops / subnet_flops(run.supernet.shape, c, L) for c in configs]
+    table["acc_dev_full"] = [acc.full_dev(c) for c in tqdm(configs, desc="bench: score fronts", disable=not progress)]
+    table["acc_test"] = [acc.test(c) for c in configs]
+    table.insert(0, "device", target.profile.name)
+    table["length"] = L
+    return table
+
+
+def hypervolumes(table: pd.DataFrame, full_test: float) -> pd.DataFrame:
+    """Per method, on measured latency relative to the full model (reference 1.0) and on dev
+    and test accuracy (reference: the worst accuracy of any method's front)."""
+    rel = table["lat_measured_ms"] / table["full_model_ms"]
+    out = []
+    for acc_col in ("acc_dev_full", "acc_test"):
+        ref_acc = float(table[acc_col].min())
+        for method, g in table.groupby("method", sort=False):
+            r = rel[g.index]
+            out.append({"method": method, "accuracy": acc_col,
+                        "hypervolume": hypervolume(g[acc_col].to_numpy(), r.to_numpy(), ref_acc, 1.0),
+                        "points": len(g), "best_acc": float(g[acc_col].max()), "max_speedup": float(g["speedup"].max())})
+    return pd.DataFrame(out)
+
+
+def speedup_at_loss(table: pd.DataFrame, full_test: float, losses: tuple[float, ...] = (1.0, 2.0)) -> pd.DataFrame:
+    rows = []
+    for method, g in table.groupby("method", sort=False):
+        for loss in losses:
+            ok = g[g["acc_test"] >= full_test - loss / 100]
+            best = ok.loc[ok["speedup"].idxmax()] if len(ok) else None
+            rows.append({"method": method, "max_loss_points": loss,
+                         "speedup": float(best["speedup"]) if best is not None else float("nan"),
+                         "acc_test": float(best["acc_test"]) if best is not None else float("nan"),
+                         "arch": best["arch"] if best is not None else ""})
+    return pd.DataFrame(rows)
+
+
+def compliance(run: LoadedRun, target: Target, acc: DevAccuracy, cfg: BenchConfig, out: Path,
+               progress: bool = True) -> pd.DataFrame:
+    """Budgets from 20% to 90% of the full model's measured latency: search, export, then a
+    fresh re-measurement of what was exported (independent of the export's own check)."""
+    _, full_ms = remeasure(run, target, [], rounds=cfg.rounds)
+    rows = []
+    for f in tqdm(cfg.budget_fractions, desc="bench: budget sweep", disable=not progress):
+        budget = round(f * full_ms, 3)
+        try:
+            r = choose_and_export(run, target, budget, out / f"export_{f:.2f}", n_evaluations=cfg.n_evaluations,
+                                  seed=cfg.seed, accuracy=acc)
+        except ImpossibleBudget as e:
+            rows.append({"fraction": f, "budget_ms": budget, "error": str(e)[:200]})
+            continue
+        cfg_x = SubnetConfig.from_dict(r["subnet"])
+        (again,), full_again = remeasure(run, target, [cfg_x], rounds=cfg.rounds)
+        first = r["step_downs"][0]
+        rows.append({
+            "fraction": f, "budget_ms": budget, "arch": r["arch"], "predicted_ms": r["predicted_latency_ms"],
+            "upper_ms": r["predicted_upper_ms"], "first_pick_measured_ms": first["measured_ms"],
+            "first_pick_meets": bool(first["meets_budget"]), "step_downs": len(r["step_downs"]) - 1,
+            "exported_measured_ms": r["measured_latency_ms"], "fresh_measured_ms": again,
+            "fresh_meets": again <= budget, "speedup": full_again / again,
+            "flops_ratio": r["full_model_flops"] / r["flops"], "realized_over_ideal": (full_again / again) / (r["full_model_flops"] / r["flops"]),
+            "acc_test": r["test_accuracy"], "error": "",
+        })
+    return pd.DataFrame(rows)
+
+
+def plot(table: pd.DataFrame, full_test: float, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, col in zip(axes, ("acc_dev_full", "acc_test"), strict=True):
+        for method, g in table.groupby("method", sort=False):
+            g = g.sort_values("lat_measured_ms")
+            ax.plot(g["lat_measured_ms"], g[col], marker="o", ms=4, label=method)
+        ax.axvline(table["full_model_ms"].iloc[0], color="grey", ls=":", lw=1)
+        if col == "acc_test":
+            ax.axhline(full_test, color="grey", ls="--", lw=1)
+            ax.axhline(full_test - 0.01, color="grey", ls=":", lw=1)
+        ax.set_xlabel(f"measured latency on {table['device'].iloc[0]}, ms (length {int(table['length'].iloc[0])})")
+        ax.set_ylabel("dev accuracy (whole split)" if col == "acc_dev_full" else "test accuracy")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[1].set_title("dashed: full model, dotted: 1 point below")
+    fig.tight_layout()
+    atomic_write(path, lambda p: fig.savefig(p, dpi=120, format="png"))
+    plt.close(fig)
+
+
+def run_bench(run: LoadedRun, target: Target, cfg: BenchConfig, out_dir: str | Path, *, command: str,
+              progress: bool = True) -> dict[str, Any]:
+    """All benchmark parts for one run and device; writes CSVs, a PNG and BENCHMARKS.md."""
+    from latency.workflow import predictor_path
+    from supernet.checkpoint import load_model
+    from supernet.evaluate import predict, scores
+
+    out = Path(out_dir)
+    times: dict[str, float] = {}
+    acc = DevAccuracy(run, subset_size=cfg.dev_subset, seed=cfg.seed)
+    t0 = time.time()
+    teacher = load_model(run.folder / "teacher")
+    full_test = scores(predict(teacher, run.splits["test"]), run.splits["test"].labels)[run.task.metric]
+    table = fronts(run, target, acc, cfg, progress)
+    times["fronts (search + re-measure + score)"] = time.time() - t0
+    hv = hypervolumes(table, full_test)
+    sp = speedup_at_loss(table, full_test)
+    t0 = time.time()
+    comp = compliance(run, target, acc, cfg, run.folder / "bench", progress)
+    times["budget sweep (search + export + re-measure)"] = time.time() - t0
+    fits = {}
+    for f in sorted(run.folder.glob("latency/*.fit.json")):
+        r = json.loads(f.read_text())
+        fits[r["device"]] = r
+    prefix = f"bench_{run.spec.task}_{target.profile.name}"
+    write_csv(out / f"{prefix}_fronts.csv", table)
+    write_csv(out / f"{prefix}_hypervolume.csv", hv)
+    write_csv(out / f"{prefix}_speedup.csv", sp)
+    write_csv(out / f"{prefix}_compliance.csv", comp)
+    plot(table, full_test, out / f"{prefix}_fronts.png")
+    state = json.loads((run.folder / "state.json").read_text())
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    summary = {"full_test": full_test, "times": times, "peak_rss_mb": peak_mb, "train_times": state["done"],
+               "predictor": {d: str(predictor_path(run.folder, d)) for d in fits}}
+    write_json(out / f"{prefix}_summary.json", summary)
+    write_text(out / "BENCHMARKS.md", _page(run, target, cfg, table, hv, sp, comp, fits, full_test, summary, command, prefix))
+    return summary
+
+
+def _md(frame: pd.DataFrame, floatfmt: str = ".3f") -> str:
+    cols = list(frame.columns)
+    lines = ["| " + " | ".join(cols) + " |", "| " + " | ".join("---" for _ in cols) + " |"]
+    for r in frame.itertuples(index=False):
+        cells = [format(v, floatfmt) if isinstance(v, float) else str(v) for v in r]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _page(run: LoadedRun, target: Target, cfg: BenchConfig, table: pd.DataFrame, hv: pd.DataFrame, sp: pd.DataFrame,
+          comp: pd.DataFrame, fits: dict[str, Any], full_test: float, summary: dict[str, Any], command: str,
+          prefix: str) -> str:
+    import onnxruntime
+    import torch
+    import transformers
+
+    ok = comp[comp["error"] == ""] if "error" in comp else comp
+    hv_test = hv[hv["accuracy"] == "acc_test"].set_index("method")["hypervolume"]
+    ours_hv = hv_test.get("ours", float("nan"))
+    beaten = all(ours_hv > v for m, v in hv_test.items() if m != "ours")
+    sp1 = sp[(sp["method"] == "ours") & (sp["max_loss_points"] == 1.0)]["speedup"].iloc[0]
+    fit_rows = pd.DataFrame([{
+        "device": d, "chosen": r["chosen"], "within_10pct": r["metrics"][r["chosen"]]["within_10pct"],
+        "mape": r["metrics"][r["chosen"]]["mape"], "kendall_tau": r["metrics"][r["chosen"]]["kendall_tau"],
+        "noise_within_10pct": r["noise_floor"]["within_10pct"], "noise_median_dev": r["noise_floor"]["median_abs_rel"],
+        "n_configs": r["n_configs"]} for d, r in fits.items()])
+    comp_share = float(ok["fresh_meets"].mean()) if len(ok) else float("nan")
+    first_share = float(ok["first_pick_meets"].mean()) if len(ok) else float("nan")
+    rio = float(ok["realized_over_ideal"].median()) if len(ok) else float("nan")
+    targets = pd.DataFrame([
+        {"target": ">= 3x speed-up at <= 1.0 point test loss", "measured": f"{sp1:.2f}x", "met": sp1 >= 3},
+        {"target": "our hypervolume above every baseline (test accuracy)", "measured": f"{ours_hv:.4f}", "met": beaten},
+        *[{"target": f"predictor {d}: >= 95% within 10%, MAPE <= 5%",
+           "measured": f"{r['within_10pct']:.1%}, {r['mape']:.1%}",
+           "met": r["within_10pct"] >= 0.95 and r["mape"] <= 0.05} for r in fit_rows.to_dict("records") for d in [r["device"]]],
+        {"target": "budget compliance >= 95% (fresh re-measurement)", "measured": f"{comp_share:.0%} "
+         f"(first pick before any step-down: {first_share:.0%})", "met": comp_share >= 0.95},
+        {"target": "realized / ideal >= 0.85 (median)", "measured": f"{rio:.2f}", "met": rio >= 0.85},
+    ])
+    cpu = platform.processor() or platform.machine()
+    now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    show = ["method", "arch", "lat_measured_ms", "speedup", "flops_ratio", "acc_dev_full", "acc_test"]
+    return f"""# Benchmarks: {run.spec.task} on {target.profile.name}
+
+Generated by `{command}` on {now}; host {platform.node()} ({cpu}, {__import__('os').cpu_count()} cores),
+Python {platform.python_version()}, torch {torch.__version__}, transformers {transformers.__version__},
+onnxruntime {onnxruntime.__version__}. Run folder `{run.folder}` (task {run.spec.task}, model {run.spec.model}).
+Batch {target.batch}, input length {target.length} tokens (the dev split's median). Latencies are medians of
+{cfg.rounds} interleaved rounds, each timed together with the full model in the same process; speed-ups are
+ratios to that full model. Test accuracy is reported only; every choice used dev.
+
+## Targets
+{_md(targets)}
+
+## 1. Accuracy vs latency: our front against the baselines (same supernet, {cfg.n_evaluations} evaluations where searched)
+![fronts]({prefix}_fronts.png)
+
+Hypervolume (latency relative to the full model, reference 1.0; accuracy reference the worst point of any front):
+{_md(hv)}
+
+Fine-tuned full model: test accuracy {full_test:.4f}, {table['full_model_ms'].iloc[0]:.2f} ms.
+
+Front points:
+{_md(table[show].sort_values(['method', 'lat_measured_ms']))}
+
+## 2. Speed-up at fixed loss (largest measured speed-up with test accuracy within the loss of the full model)
+{_md(sp)}
+
+## 3. Latency predictor quality (held-out configurations; `hwnas fit`)
+{_md(fit_rows)}
+
+## 4. Budget compliance and 5. realized vs ideal (budgets as a share of the full model's latency)
+`first_pick_meets`: the search's choice met the budget when re-measured; `fresh_meets`: the exported
+sub-network, re-measured again afterwards, met it. Realized / ideal = measured speed-up / FLOPs ratio.
+{_md(comp.drop(columns=[c for c in ('error',) if c in comp and (comp[c] == '').all()]))}
+
+## 7. Cost
+Training (from the run): {', '.join(f"{k} {v['wall_s']:.0f} s" for k, v in summary['train_times'].items())}.
+This benchmark: {', '.join(f"{k} {v:.0f} s" for k, v in summary['times'].items())}. Peak memory (this process): {summary['peak_rss_mb']:.0f} MB.
+"""

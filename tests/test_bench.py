@@ -1,0 +1,45 @@
+"""The benchmark code path (`hwnas bench --quick`) on the tiny run: a smoke test, no timing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from nas.bench import METHODS, BenchConfig, dynabert_grid, retention_only_space, run_bench
+from nas.cli import main
+
+
+def test_baseline_spaces() -> None:
+    from supernet.space import SearchSpace
+
+    space = SearchSpace.for_model(6, 12, 1536)
+    grid = dynabert_grid(space)
+    assert len(grid) == 12 and not any(c.has_retention for c in grid)
+    r = retention_only_space(space)
+    assert r.largest() == space.largest() and space.contains(r.smallest())
+    assert set(r.smallest().heads) == {12} and all(r.smallest().keep)
+
+
+def test_quick_bench_writes_the_page(job: Path, tmp_path: Path) -> None:
+    assert main(["bench", "--run", str(job), "--quick", "--out", str(tmp_path)]) == 0
+    page = (tmp_path / "BENCHMARKS.md").read_text()
+    for part in ("## Targets", "## 1.", "## 2.", "## 3.", "## 4.", "## 7.", "bench_rt_cpu_fronts.png"):
+        assert part in page
+    fronts = pd.read_csv(tmp_path / "bench_rt_cpu_fronts.csv")
+    assert set(fronts["method"]) == set(METHODS)
+    assert (fronts["lat_measured_ms"] > 0).all() and fronts["acc_test"].between(0, 1).all()
+
+
+def test_budget_sweep_exports_and_remeasures(job: Path, tmp_path: Path) -> None:
+    from latency.workflow import resolve_device
+    from nas.export import Target
+    from supernet.workflow import open_run
+
+    run = open_run(job)
+    # Budgets above the tiny model's own latency, so that every point exports something.
+    cfg = BenchConfig(n_evaluations=8, budget_fractions=(2.0, 4.0), front_points=3, rounds=1, dev_subset=32)
+    run_bench(run, Target.of(run, resolve_device(job, "cpu")), cfg, tmp_path, command="test")
+    comp = pd.read_csv(tmp_path / "bench_rt_cpu_compliance.csv").fillna({"error": ""})
+    assert len(comp) == 2 and (comp["error"] == "").all()
+    assert (comp["fresh_measured_ms"] > 0).all() and (comp["realized_over_ideal"] > 0).all()
