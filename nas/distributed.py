@@ -79,6 +79,7 @@ from nas.search import (
     is_feasible,
     predict,
 )
+from nas.toy import TOY_SPACE, ToyLatency, toy_accuracy
 from supernet.errors import ConfigError, HwnasError
 from supernet.space import SearchSpace, SubnetConfig
 
@@ -554,22 +555,7 @@ class RayTuneSearch:
         )
 
 
-# ---- how much Ray costs ----------------------------------------------------------------------------------
-class _ToyLatency:
-    """FLOPs-like analytic latency (ms) with a 5% margin; the toy of tests/test_search.py."""
-
-    def predict(self, configs: list[SubnetConfig]) -> list[tuple[float, float]]:
-        out = []
-        for cfg in configs:
-            lat, alive = 0.2, 1.0
-            for i in cfg.kept_layers:
-                h, f, t_out = cfg.heads[i] / 4, cfg.ffn[i] / 64, cfg.retention[i]
-                lat += 0.25 * alive * h + 0.1 * alive**2 * h + 0.1 * t_out * h + 0.5 * t_out * f + 0.05
-                alive = t_out
-            out.append((lat, lat * 1.05))
-        return out
-
-
+# ---- how much Ray costs (on nas/toy.py's problem) ----------------------------------------------------------------------------------
 @dataclass
 class _SleepyAccuracy:
     """An analytic accuracy that costs ``cost_s`` seconds, like a (very small) dev-set pass."""
@@ -578,9 +564,7 @@ class _SleepyAccuracy:
 
     def __call__(self, cfg: SubnetConfig) -> float:
         time.sleep(self.cost_s)
-        s = sum((1 + 0.15 * i) * (0.5 * cfg.heads[i] / 4 + 0.5 * cfg.ffn[i] / 64 + 0.3) * cfg.retention[i] ** 0.3
-                for i in cfg.kept_layers)
-        return 0.5 + 0.45 * math.tanh(s / 3)
+        return toy_accuracy(cfg)
 
 
 def overhead_benchmark(n_trials: int = 8, workers: int = 2, *, cost_s: float = 0.5,
@@ -595,7 +579,7 @@ def overhead_benchmark(n_trials: int = 8, workers: int = 2, *, cost_s: float = 0
     """
     from nas.optuna_search import TPESearch
 
-    space, latency, budget = SearchSpace.for_model(4, 4, 64), _ToyLatency(), 10.0
+    space, latency, budget = TOY_SPACE, ToyLatency(), 10.0
     t0 = time.perf_counter()
     local = TPESearch().search(space, _SleepyAccuracy(cost_s), latency, budget_ms=budget,
                                n_evaluations=n_trials, seed=seed)

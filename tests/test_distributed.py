@@ -10,7 +10,6 @@ that need no Ray at all come first, and the last one starts and stops its own.
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from collections.abc import Iterator
@@ -24,35 +23,13 @@ import pytest
 from nas.distributed import RayClusterError, RayTuneSearch, _Planner, evaluate_chunk, init_ray
 from nas.optuna_search import encode
 from nas.search import SearchResult, fastest_reachable
+from nas.toy import TOY_MARGIN, ToyLatency, toy_accuracy
 from supernet.errors import ConfigError, HwnasError
 from supernet.space import SearchSpace, SubnetConfig
 
 SPACE = SearchSpace.for_model(4, 4, 64)
-MARGIN = 0.05
+MARGIN = TOY_MARGIN
 BUDGET = 2.0  # ms; the largest configuration takes 4.2 ms, the smallest 0.5 ms
-
-
-def toy_accuracy(cfg: SubnetConfig) -> float:
-    s = 0.0
-    for i in cfg.kept_layers:
-        width = 0.5 * cfg.heads[i] / 4 + 0.5 * cfg.ffn[i] / 64 + 0.3
-        s += (1 + 0.15 * i) * width * cfg.retention[i] ** 0.3
-    return 0.5 + 0.45 * math.tanh(s / 3)
-
-
-class ToyLatency:
-    """FLOPs-like latency with a 5% safety margin (the toy of test_search.py)."""
-
-    def predict(self, configs: list[SubnetConfig]) -> list[tuple[float, float]]:
-        out = []
-        for cfg in configs:
-            lat, alive = 0.2, 1.0
-            for i in cfg.kept_layers:
-                h, f, t_out = cfg.heads[i] / 4, cfg.ffn[i] / 64, cfg.retention[i]
-                lat += 0.25 * alive * h + 0.1 * alive**2 * h + 0.1 * t_out * h + 0.5 * t_out * f + 0.05
-                alive = t_out
-            out.append((lat, lat * (1 + MARGIN)))
-        return out
 
 
 class FileCountingAccuracy:

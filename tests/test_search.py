@@ -7,7 +7,6 @@ not symmetric), and a FLOPs-like latency with a 5% safety margin. No model, no t
 
 from __future__ import annotations
 
-import math
 import time
 
 import numpy as np
@@ -23,43 +22,16 @@ from nas.search import (
     fastest_reachable,
     make_searcher,
 )
+from nas.toy import TOY_MARGIN, ToyLatency, toy_accuracy
 from supernet.errors import ConfigError
 from supernet.space import SearchSpace, SubnetConfig
 
 SPACE = SearchSpace.for_model(4, 4, 64)
-MARGIN = 0.05
+MARGIN = TOY_MARGIN
 BUDGET = 2.0  # ms; the largest configuration takes 4.2 ms, the smallest 0.5 ms
 
 # Ray Tune starts a cluster per search; its contract tests live in tests/test_distributed.py.
 IN_PROCESS = sorted(set(SEARCHERS) - {"ray"})
-
-
-def toy_accuracy(cfg: SubnetConfig) -> float:
-    s = 0.0
-    for i in cfg.kept_layers:
-        width = 0.5 * cfg.heads[i] / 4 + 0.5 * cfg.ffn[i] / 64 + 0.3
-        s += (1 + 0.15 * i) * width * cfg.retention[i] ** 0.3
-    return 0.5 + 0.45 * math.tanh(s / 3)
-
-
-def toy_latency_ms(cfg: SubnetConfig) -> float:
-    lat, alive = 0.2, 1.0
-    for i in cfg.kept_layers:
-        h, f, t_in, t_out = cfg.heads[i] / 4, cfg.ffn[i] / 64, alive, cfg.retention[i]
-        # Q/K/V on the tokens entering, scores quadratic in them, projection and FFN on
-        # the tokens kept, plus a fixed per-layer overhead.
-        lat += 0.25 * t_in * h + 0.1 * t_in**2 * h + 0.1 * t_out * h + 0.5 * t_out * f + 0.05
-        alive = t_out
-    return lat
-
-
-class ToyLatency:
-    def __init__(self) -> None:
-        self.calls = 0
-
-    def predict(self, configs: list[SubnetConfig]) -> list[tuple[float, float]]:
-        self.calls += len(configs)
-        return [(ms, ms * (1 + MARGIN)) for ms in map(toy_latency_ms, configs)]
 
 
 class CountingAccuracy:
