@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from latency.devices import DeviceProfile, DeviceUnavailable, check_available
 from latency.measure import example_inputs, open_runner, time_fn
@@ -53,9 +52,12 @@ def latency_model(run: LoadedRun, target: Target) -> PredictedLatency:
     return PredictedLatency(pred, batch=target.batch, length=target.length)
 
 
+def _budget_label(budget_ms: float | None) -> str:
+    return "front" if budget_ms is None else f"{budget_ms:g}ms"
+
+
 def search_file(run: LoadedRun, device: str, budget_ms: float | None, method: str) -> Path:
-    b = "front" if budget_ms is None else f"{budget_ms:g}ms"
-    return run.folder / "search" / f"{device}_{b}_{method}.csv"
+    return run.folder / "search" / f"{device}_{_budget_label(budget_ms)}_{method}.csv"
 
 
 def run_search(
@@ -84,7 +86,7 @@ def run_search(
     kwargs = dict(searcher_kwargs or {})
     if method in ("tpe", "nsga2"):
         kwargs.setdefault("storage", f"sqlite:///{run.folder / 'search' / 'optuna.db'}")
-        b = "front" if budget_ms is None else f"{budget_ms:g}ms"
+        b = _budget_label(budget_ms)
         # The study's stored values are only valid for this predictor and this dev subset.
         fingerprint = hashlib.sha1(predictor_path(run.folder, target.profile.name).read_bytes()).hexdigest()[:8]
         kwargs.setdefault("study_name", f"{target.profile.name}-{b}-{method}-L{target.length}-s{seed}"
@@ -243,31 +245,3 @@ def _step_down(cands: list[Candidate], measured: list[float], budget_ms: float, 
         if ms <= budget_ms:
             return cand, ms
     return None, float("nan")
-
-
-def front_with_measurements(
-    run: LoadedRun, target: Target, result: SearchResult, *, max_points: int = 12
-) -> pd.DataFrame:
-    """The Pareto front of a search (dev accuracy vs predicted latency), with each point's
-    test accuracy and, where the device is here, its re-measured latency."""
-    from supernet.evaluate import predict, scores
-
-    front = result.front().head(max_points).copy() if len(result.front()) > max_points else result.front().copy()
-    if len(result.front()) > max_points:  # keep an even spread along the latency axis
-        full = result.front()
-        idx = np.unique(np.linspace(0, len(full) - 1, max_points).round().astype(int))
-        front = full.iloc[idx].copy()
-    cfgs = [SubnetConfig.from_dict(__import__("json").loads(j)) for j in front["arch_json"]]
-    enc = run.splits["test"]
-    front["acc_test"] = [scores(predict(run.supernet, enc, c), enc.labels)[run.task.metric] for c in cfgs]
-    try:
-        measured, full_ms = remeasure(run, target, cfgs, rounds=1)
-        front["lat_measured_ms"] = measured
-        front["full_model_ms"] = full_ms
-    except DeviceUnavailable:
-        front["lat_measured_ms"] = np.nan
-        front["full_model_ms"] = np.nan
-    front.insert(0, "device", target.profile.name)
-    front["length"] = target.length
-    front["flops"] = [subnet_flops(run.supernet.shape, c, target.length) for c in cfgs]
-    return front.reset_index(drop=True)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -54,8 +53,9 @@ def device_front(
     re-measured latency of (at most ``remeasure_points``, evenly spread) front points."""
     if not configs:
         return pd.DataFrame()
-    lat = latency_model(run, target).predict(list(configs))
-    full_pred = latency_model(run, target).predict([run.space.largest()])[0][0]
+    model = latency_model(run, target)  # loads the predictor from disk: once
+    lat = model.predict(list(configs))
+    full_pred = model.predict([run.space.largest()])[0][0]
     frame = pd.DataFrame({
         "arch_key": [c.key() for c in configs],
         "arch": [c.describe() for c in configs],
@@ -164,12 +164,3 @@ def plot_fronts(table: pd.DataFrame, path: str | Path) -> Path:
     atomic_write(path, write)
     plt.close(fig)
     return Path(path)
-
-
-def summary_rows(reports: Sequence[dict[str, Any]]) -> pd.DataFrame:
-    """The short table of exported sub-networks (budget, choice, latency, speed-up, accuracy)."""
-    return pd.DataFrame([{
-        "device": r["device"], "budget_ms": r["budget_ms"], "arch": r["arch"],
-        "measured_ms": r["measured_latency_ms"], "full_ms": r["full_model_latency_ms"], "speedup": r["speedup"],
-        "acc_test": r["test_accuracy"], "full_acc_test": r["full_model_test_accuracy"],
-    } for r in reports])

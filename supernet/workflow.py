@@ -169,14 +169,15 @@ def evaluation_table(run: LoadedRun, subnets: dict[str, SubnetConfig] | None = N
 
 def _row(name: str, cfg: SubnetConfig, run: LoadedRun, dev: dict[str, float], test: dict[str, float], length: int) -> dict[str, Any]:
     shape = run.supernet.shape
+    flops = subnet_flops(shape, cfg, length)
     return {
         "name": name,
         "arch_key": cfg.key(),
         "arch": cfg.describe(),
         "arch_json": cfg.to_json(),
         "length": length,
-        "flops": subnet_flops(shape, cfg, length),
-        "flops_ratio": subnet_flops(shape, cfg, length) / subnet_flops(shape, run.space.largest(), length),
+        "flops": flops,
+        "flops_ratio": flops / subnet_flops(shape, run.space.largest(), length),
         "params": subnet_params(shape, cfg),
         "acc_dev": dev["accuracy"],
         "f1_dev": dev["macro_f1"],
