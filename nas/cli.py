@@ -31,6 +31,7 @@ def _train_config(a: argparse.Namespace):  # noqa: ANN202
         n_random=a.n_random,
         hidden_weight=a.hidden_weight,
         length_drop=not a.no_length_drop,
+        bucket_by_length=not a.no_bucket,
         checkpoint_every=a.checkpoint_every,
     ).validate()
 
@@ -55,6 +56,8 @@ def _add_train_args(p: argparse.ArgumentParser, *, quick: bool) -> None:
     t.add_argument("--n-random", type=int, default=2, help="random sub-networks per step (sandwich rule)")
     t.add_argument("--hidden-weight", type=float, default=0.0, help="weight of final-[CLS] hidden-state distillation")
     t.add_argument("--no-length-drop", action="store_true", help="train without random token retention")
+    t.add_argument("--no-bucket", action="store_true",
+                   help="fully random batches (default: shuffled batches of similar lengths, less padding)")
     t.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -239,16 +242,20 @@ def _target(run, device: str, devices_file: str | None, length: str | None):  # 
     return Target.of(run, profile, L)
 
 
-def _budgets(text: str) -> list[float]:
+def _floats(text: str, flag: str, example: str = "5,8,12") -> list[float]:
     from supernet.errors import ConfigError
 
     try:
         values = [float(x) for x in text.split(",") if x.strip()]
     except ValueError as e:
-        raise ConfigError(f"--budget-ms takes numbers separated by commas, e.g. 5,8,12; got {text!r}") from e
+        raise ConfigError(f"{flag} takes numbers separated by commas, e.g. {example}; got {text!r}") from e
     if not values or any(v <= 0 for v in values):
-        raise ConfigError(f"--budget-ms must be positive milliseconds, got {text!r}")
+        raise ConfigError(f"{flag} takes positive numbers, e.g. {example}; got {text!r}")
     return values
+
+
+def _budgets(text: str) -> list[float]:
+    return _floats(text, "--budget-ms")
 
 
 def cmd_search(a: argparse.Namespace) -> int:
@@ -294,8 +301,16 @@ def cmd_export(a: argparse.Namespace) -> int:
         from supernet.errors import ConfigError
 
         raise ConfigError("export takes one --budget-ms value")
+    if a.finetune_epochs < 0:
+        from supernet.errors import ConfigError
+
+        raise ConfigError(f"--finetune-epochs must be >= 0, got {a.finetune_epochs}")
+    from supernet.train import StageConfig
+
+    finetune = StageConfig(epochs=a.finetune_epochs, lr=a.finetune_lr) if a.finetune_epochs > 0 else None
     r = choose_and_export(run, target, budget[0], a.out, method=a.method, n_evaluations=a.n, seed=a.seed,
-                          finalists=a.finalists, accuracy=DevAccuracy(run, subset_size=a.dev_subset or None))
+                          finalists=a.finalists, accuracy=DevAccuracy(run, subset_size=a.dev_subset or None),
+                          finetune=finetune, progress=not a.quiet)
     for s in r["step_downs"]:
         if s["meets_budget"] is None:
             print(f"  WARNING: {r['device']} is not on this machine, so {s['arch']} was chosen by prediction only "
@@ -308,6 +323,10 @@ def cmd_export(a: argparse.Namespace) -> int:
     print(f"{r['device']} under {r['budget_ms']:g} ms: {r['arch']}\n  measured {r['measured_latency_ms']:.2f} ms vs full "
           f"{r['full_model_latency_ms']:.2f} ms ({speed}); test {r['metric']} {r['test_accuracy']:.4f} vs full model "
           f"{r['full_model_test_accuracy']:.4f}\n  wrote {a.out}/model.onnx, pytorch/, subnet.json, report.json")
+    if r["finetuned"]:
+        ft = r["finetuned"]
+        print(f"  fine-tuned {ft['epochs']:g} epochs in {ft['wall_s']:.0f} s: test {r['metric']} {ft['test_accuracy']:.4f} "
+              f"(dev {ft['dev_accuracy']:.4f}); the written model and model.onnx hold the fine-tuned weights")
     return 0
 
 
@@ -338,9 +357,11 @@ def cmd_bench(a: argparse.Namespace) -> int:
     target = _target(run, a.device, None, None)
     if a.quick:
         cfg = BenchConfig(device=a.device, n_evaluations=30, budget_fractions=(0.3, 0.6, 0.9), front_points=5,
-                          rounds=1, dev_subset=200, seed=a.seed)
+                          rounds=1, dev_subset=200, seed=a.seed, finetune_speedups=(2.0,), finetune_epochs=0.5,
+                          finetune_methods=("ours",))
     else:
-        cfg = BenchConfig(device=a.device, n_evaluations=a.n, seed=a.seed)
+        cfg = BenchConfig(device=a.device, n_evaluations=a.n, seed=a.seed, finetune_epochs=a.finetune_epochs,
+                          finetune_speedups=tuple(_floats(a.finetune_at, "--finetune-at", "3,4")))
     command = "hwnas " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("hwnas") else "hwnas bench"
     summary = run_bench(run, target, cfg, a.out, command=command, progress=not a.quiet)
     print(Path(a.out, "BENCHMARKS.md").read_text())
@@ -355,7 +376,8 @@ def cmd_run(a: argparse.Namespace) -> int:
 
     out = Path(a.out or MAIN_RUN)
     spec = read_spec(out) if (out / "run.json").exists() else _spec(a)
-    job = JobConfig(devices=tuple(a.device.split(",")), n_measure=a.n_measure, n_search=a.n_search)
+    job = JobConfig(devices=tuple(a.device.split(",")), n_measure=a.n_measure, n_search=a.n_search,
+                    finetune_epochs=a.finetune_epochs)
     t0 = time.time()
     summary = main_job(out, spec, job, progress=not a.quiet)
     print()
@@ -389,12 +411,14 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="the main job: train, measure, fit, search, export, compare fronts",
                        description="On the bundled defaults: train a small supernet (Rotten Tomatoes, "
                        "all-MiniLM-L6-v2), measure sub-networks on cpu and cpu-1t, fit latency predictors, search "
-                       "three budgets per device, export the best sub-network for one budget, draw the fronts, and "
+                       "three budgets per device, export (and fine-tune) the best sub-network for one budget, draw the fronts, and "
                        f"print a summary. Resumes an interrupted run in --out (default {MAIN_RUN}).")
     r.add_argument("--out", default=None, help=f"run folder (default {MAIN_RUN})")
     r.add_argument("--device", default="cpu,cpu-1t", help="devices to measure and search for (default %(default)s)")
     r.add_argument("--n-measure", type=int, default=40, help="configurations measured per device")
     r.add_argument("--n-search", type=int, default=50, help="accuracy evaluations per search")
+    r.add_argument("--finetune-epochs", type=float, default=1.0,
+                   help="epochs of teacher distillation into the exported sub-network (0: none; default %(default)s)")
     _add_train_args(r, quick=True)
     r.set_defaults(func=cmd_run)
 
@@ -479,6 +503,11 @@ def build_parser() -> argparse.ArgumentParser:
     e2.add_argument("--budget-ms", required=True, help="latency budget in ms")
     e2.add_argument("--out", required=True, help="output folder")
     e2.add_argument("--finalists", type=int, default=5, help="candidates to re-measure, best first (default %(default)s)")
+    e2.add_argument("--finetune-epochs", type=float, default=0.0,
+                    help="distil the teacher into the chosen sub-network for this many epochs before writing it "
+                    "(default 0: the supernet's weights as they are)")
+    e2.add_argument("--finetune-lr", type=float, default=5e-5, help="fine-tuning learning rate (default %(default)s)")
+    e2.add_argument("--quiet", action="store_true", help="no progress bars")
     e2.set_defaults(func=cmd_export)
 
     c = sub.add_parser("compare", help="compare Pareto fronts across devices, methods and runs (CSV + PNG)")
@@ -497,12 +526,16 @@ def build_parser() -> argparse.ArgumentParser:
     bq = sub.add_parser("bench", help="benchmark our front against DynaBERT-grid, retention-only and random baselines",
                         description="From one trained, measured and fitted run: fronts of four methods re-measured on "
                         "the device, hypervolumes, speed-up at 1 and 2 points of test loss, predictor quality, budget "
-                        "compliance over 20-90%% of the full model's latency, realized vs ideal speed-up, cost; writes "
+                        "compliance over 20-90%% of the full model's latency, realized vs ideal speed-up, our points fine-tuned at 2-4x, cost; writes "
                         "BENCHMARKS.md with tables and a PNG.")
     bq.add_argument("--run", required=True, help="run folder (trained, measured and fitted on --device)")
     bq.add_argument("--device", default="cpu", help="device to benchmark on (default %(default)s)")
     bq.add_argument("--n", type=int, default=150, help="accuracy evaluations per searched method")
     bq.add_argument("--seed", type=int, default=0)
+    bq.add_argument("--finetune-epochs", type=float, default=2.0,
+                    help="epochs of teacher distillation for the fine-tuned points (0: none; default %(default)s)")
+    bq.add_argument("--finetune-at", default="3,4",
+                    help="speed-ups at which ours and the DynaBERT grid are fine-tuned, comma-separated (default %(default)s)")
     bq.add_argument("--quick", action="store_true", help="a reduced version in minutes (fewer evaluations and budgets)")
     bq.add_argument("--quiet", action="store_true", help="no progress bars")
     bq.add_argument("--out", default="results", help="where BENCHMARKS.md and its files go (default %(default)s)")

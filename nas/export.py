@@ -26,6 +26,7 @@ from supernet.cost import subnet_flops, subnet_params
 from supernet.errors import HwnasError
 from supernet.io import write_csv, write_json
 from supernet.space import SubnetConfig
+from supernet.train import StageConfig, finetune_folder, finetune_subnet, teacher_logits
 from supernet.workflow import LoadedRun
 
 
@@ -144,12 +145,18 @@ def choose_and_export(
     finalists: int = 5,
     seed: int = 0,
     accuracy: DevAccuracy | None = None,
+    finetune: StageConfig | None = None,
+    progress: bool = True,
 ) -> dict[str, Any]:
-    """Search, re-rank the finalists on the full dev split, re-measure, export; the report."""
-    from latency.onnx_export import check_onnx, export_subnet_onnx
+    """Search, re-rank the finalists on the full dev split, re-measure, export; the report.
+
+    With ``finetune``, the chosen sub-network is distilled from the teacher on the train split
+    before it is written (its latency does not change; the report gives both accuracies).
+    """
+    from latency.onnx_export import check_onnx, export_onnx
     from supernet.checkpoint import load_model
     from supernet.data import iterate_batches
-    from supernet.evaluate import predict, scores
+    from supernet.evaluate import model_score, predict, scores
     from supernet.extract import export_standalone, extract
 
     accuracy = accuracy or DevAccuracy(run)
@@ -192,11 +199,20 @@ def choose_and_export(
         )
     cfg = chosen.config
     out = Path(out_dir)
-    written = export_standalone(run.supernet, cfg, out, run.tokenizer, list(run.task.label_names))
-    onnx_path = export_subnet_onnx(run.supernet, cfg, out / "model.onnx")
-    dev_batches = list(iterate_batches(run.splits["dev"], 16, shuffle=False))[:4]
-    onnx_diff = check_onnx(extract(run.supernet, cfg).eval(), onnx_path, dev_batches)
     teacher = load_model(run.folder / "teacher")
+    small = extract(run.supernet, cfg).eval()
+    tuned: dict[str, Any] | None = None
+    if finetune is not None:
+        t0 = time.time()
+        small = finetune_subnet(run.supernet, teacher_logits(teacher, run.splits["train"]), cfg, run.splits["train"],
+                                finetune_folder(out, cfg, finetune), run.spec.train, finetune, progress=progress).eval()
+        tuned = {"epochs": finetune.epochs, "lr": finetune.lr, "wall_s": round(time.time() - t0, 1),
+                 **{f"{split}_accuracy": model_score(small, run.splits[split], run.task.metric)
+                    for split in ("dev", "test")}}
+    written = export_standalone(run.supernet, cfg, out, run.tokenizer, list(run.task.label_names), model=small)
+    onnx_path = export_onnx(small, out / "model.onnx")
+    dev_batches = list(iterate_batches(run.splits["dev"], 16, shuffle=False))[:4]
+    onnx_diff = check_onnx(small, onnx_path, dev_batches)
     full_test = scores(predict(teacher, run.splits["test"]), run.splits["test"].labels)[run.task.metric]
     report = {
         "device": target.profile.name,
@@ -216,6 +232,7 @@ def choose_and_export(
         "test_accuracy": accuracy.test(cfg),
         "full_model_test_accuracy": full_test,
         "supernet_largest_test_accuracy": accuracy.test(run.space.largest()),
+        "finetuned": tuned,
         "flops": subnet_flops(run.supernet.shape, cfg, target.length),
         "full_model_flops": subnet_flops(run.supernet.shape, run.space.largest(), target.length),
         "params": subnet_params(run.supernet.shape, cfg),

@@ -23,6 +23,7 @@ from nas.fronts import compare
 from nas.objectives import DevAccuracy
 from nas.search import fastest_reachable
 from supernet.io import write_csv, write_json
+from supernet.train import StageConfig
 from supernet.workflow import RunSpec, evaluation_table, open_run, train_run, write_evaluation
 
 
@@ -40,6 +41,7 @@ class JobConfig:
     dev_subset: int = 400
     export_device: str = "cpu"
     export_budget: int = 1  # index into budget_points
+    finetune_epochs: float = 1.0  # teacher distillation into the exported sub-network (0: none)
 
 
 def main_job(out: str | Path, spec: RunSpec, job: JobConfig, *, progress: bool = True, log=print) -> pd.DataFrame:  # noqa: ANN001
@@ -101,7 +103,12 @@ def main_job(out: str | Path, spec: RunSpec, job: JobConfig, *, progress: bool =
     budget = budgets[job.export_device][job.export_budget]
     report = choose_and_export(run, targets[job.export_device], budget,
                                out / "export" / f"{job.export_device}_{budget:g}ms", n_evaluations=job.n_search,
-                               seed=spec.seed, accuracy=acc)
+                               seed=spec.seed, accuracy=acc, progress=progress,
+                               finetune=StageConfig(epochs=job.finetune_epochs, lr=5e-5) if job.finetune_epochs > 0 else None)
+    if report["finetuned"]:
+        ft = report["finetuned"]
+        log(f"exported {report['arch']}: test {report['metric']} {report['test_accuracy']:.4f} with the supernet's "
+            f"weights, {ft['test_accuracy']:.4f} after {ft['epochs']:g} epochs of fine-tuning")
     stage("export", t0)
 
     t0 = time.time()

@@ -38,6 +38,11 @@ def scores(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     }
 
 
+def model_score(model: ElasticBert, enc: Encoded, metric: str = "accuracy") -> float:
+    """``metric`` of a (standalone) model on ``enc``."""
+    return scores(predict(model, enc), enc.labels)[metric]
+
+
 class Evaluator:
     """Scores sub-networks on named splits; remembers every (split, configuration) it saw.
 

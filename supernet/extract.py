@@ -108,12 +108,13 @@ def export_hf(model: ElasticBert, out_dir: str | Path, tokenizer: Any = None, la
 
 def export_standalone(
     supernet: ElasticBert, cfg: SubnetConfig, out_dir: str | Path, tokenizer: Any = None,
-    label_names: list[str] | None = None,
+    label_names: list[str] | None = None, model: ElasticBert | None = None,
 ) -> dict[str, str]:
     """Write the standalone PyTorch model (``pytorch/``), and the HF folder (``hf/``) when
-    expressible, plus ``subnet.json``. Returns what was written."""
+    expressible, plus ``subnet.json``. Returns what was written. ``model``: the standalone
+    model to write (a fine-tuned one) instead of the supernet's weights for ``cfg``."""
     out = Path(out_dir)
-    small = extract(supernet, cfg).eval()
+    small = (model if model is not None else extract(supernet, cfg)).eval()
     written = {"pytorch": str(save_model(small, out / "pytorch", {"subnet": cfg.to_dict()}))}
     if tokenizer is not None:
         tokenizer.save_pretrained(str(out / "pytorch"))

@@ -62,6 +62,7 @@ class TrainConfig:
     temperature: float = 1.0
     hidden_weight: float = 0.0  # weight of the final-[CLS]-hidden distillation loss
     length_drop: bool = True  # random token retention for the sampled sub-networks
+    bucket_by_length: bool = True  # shuffled batches of similar lengths: less padding, faster steps
     importance_batches: int = 32
     checkpoint_every: int = 100  # steps
     log_every: int = 10
@@ -88,6 +89,7 @@ class TrainConfig:
         if extra:
             raise ConfigError(f"unknown training fields {sorted(extra)}; known: {sorted(known)}")
         d = dict(d)
+        d.setdefault("bucket_by_length", False)  # runs written before bucketing resume as they began
         for stage in ("teacher", "supernet"):
             if isinstance(d.get(stage), dict):
                 d[stage] = StageConfig(**d[stage])
@@ -179,7 +181,8 @@ class StageRunner:
         while step < self.total:
             epoch, skip = divmod(step, self.steps_per_epoch)
             batches = iterate_batches(
-                self.train_enc, self.cfg.batch_size, shuffle=True, seed=self.cfg.seed * 1000 + epoch
+                self.train_enc, self.cfg.batch_size, shuffle=True, seed=self.cfg.seed * 1000 + epoch,
+                sort_by_length=self.cfg.bucket_by_length,
             )
             for i, batch in enumerate(batches):
                 if i < skip:
@@ -351,3 +354,70 @@ def run_training(
         finish("supernet", time.time() - t0)
         shutil.rmtree(run / "supernet" / "checkpoint", ignore_errors=True)
     return {k: v["wall_s"] for k, v in state["done"].items()}
+
+
+def teacher_logits(teacher: ElasticBert, train: Encoded, batch_size: int = 64) -> torch.Tensor:
+    """The teacher's logits for every training example (N, C), in ``train``'s order.
+
+    The teacher runs in eval mode, so its logits do not change between steps: computing them
+    once lets several fine-tunings share them.
+    """
+    out = torch.empty(len(train), teacher.shape.num_labels)
+    teacher.eval()
+    with torch.no_grad():
+        for b in iterate_batches(train, batch_size, shuffle=False, sort_by_length=True):
+            out[b["index"]] = teacher(b["input_ids"], b["attention_mask"], b["token_type_ids"]).logits
+    return out
+
+
+def finetune_folder(base: str | Path, cfg: SubnetConfig, stage: StageConfig) -> Path:
+    """Where the fine-tuning of ``cfg`` with ``stage``'s settings lives under ``base``."""
+    return Path(base) / f"finetune_{cfg.key()}_e{stage.epochs:g}_lr{stage.lr:g}"
+
+
+def finetune_subnet(
+    supernet: ElasticBert,
+    targets: torch.Tensor,
+    cfg: SubnetConfig,
+    train: Encoded,
+    folder: str | Path,
+    train_cfg: TrainConfig,
+    stage: StageConfig,
+    *,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> ElasticBert:
+    """Distil the teacher into the extracted sub-network ``cfg`` (HAT's retraining step).
+
+    ``targets`` are the teacher's logits for ``train`` (``teacher_logits``). The extracted model keeps ``cfg``'s token retention while it learns, so it is trained as it
+    will run. ``folder/finetune.json`` records the settings; checkpoints go to
+    ``folder/checkpoint`` and an interrupted run resumes; a finished one is loaded, not
+    retrained; a folder holding other settings is an error.
+    """
+    from supernet.extract import extract
+
+    out = Path(folder)
+    settings = json.loads(json.dumps({"stage": "finetune", "subnet": cfg.to_dict(), "epochs": stage.epochs,
+                                      "lr": stage.lr, "train_examples": len(train)}))
+    plan = out / "finetune.json"
+    if plan.exists() and json.loads(plan.read_text()) != settings:
+        raise CheckpointError(f"{out} holds a fine-tuning with other settings ({plan}); delete it or use another folder")
+    if (out / "model.safetensors").exists() and plan.exists():
+        return load_model(out)
+    write_json(plan, settings)
+    if targets.shape[0] != len(train):
+        raise ConfigError(f"teacher logits cover {targets.shape[0]} examples, the training split has {len(train)}")
+    model = extract(supernet, cfg).train()
+    log = MetricsLog(out / "metrics.csv")
+    runner = StageRunner("finetune", out, model, train, stage, train_cfg, log, progress=progress, stop_after=stop_after)
+
+    def step_fn(batch: dict[str, torch.Tensor], step: int) -> dict[str, float]:
+        logits = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]).logits
+        loss = kd_loss(logits, targets[batch["index"]], train_cfg.temperature) + F.cross_entropy(logits, batch["labels"])
+        loss.backward()
+        return {"loss": loss.item()}
+
+    runner.run(step_fn)
+    save_model(model.eval(), out, settings)
+    shutil.rmtree(out / "checkpoint", ignore_errors=True)
+    return model

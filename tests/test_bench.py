@@ -39,8 +39,18 @@ def test_budget_sweep_exports_and_remeasures(job: Path, tmp_path: Path) -> None:
     run = open_run(job)
     # Budgets far above the tiny model's own latency (timing noise under a loaded machine must
     # not push them below the fastest predicted sub-network), so that every point exports.
-    cfg = BenchConfig(n_evaluations=8, budget_fractions=(20.0, 40.0), front_points=3, rounds=1, dev_subset=32)
+    # Speed-up 0 picks our most accurate point for fine-tuning (the tiny model's speed-ups are small).
+    cfg = BenchConfig(n_evaluations=8, budget_fractions=(20.0, 40.0), front_points=3, rounds=1, dev_subset=32,
+                      finetune_speedups=(0.0,), finetune_epochs=0.5)
     run_bench(run, Target.of(run, resolve_device(job, "cpu")), cfg, tmp_path, command="test")
+    ft = pd.read_csv(tmp_path / "bench_rt_cpu_finetuned.csv")
+    fronts = pd.read_csv(tmp_path / "bench_rt_cpu_fronts.csv")
+    ours = fronts[fronts["method"] == "ours"]
+    assert list(ft["method"]) == ["ours+ft", "dynabert+ft"]  # the same fine-tuning for ours and the baseline
+    assert ft["arch_key"].iloc[0] == ours.loc[ours["acc_dev_full"].idxmax(), "arch_key"]
+    assert ft["acc_test"].between(0, 1).all() and ft["acc_test_before"].between(0, 1).all()
+    assert "ours+ft" in set(pd.read_csv(tmp_path / "bench_rt_cpu_speedup.csv")["method"])
+    assert list((job / "bench").glob("finetune_*/model.safetensors"))
     comp = pd.read_csv(tmp_path / "bench_rt_cpu_compliance.csv").fillna({"error": ""})
     assert len(comp) == 2 and (comp["error"] == "").all()
     assert (comp["fresh_measured_ms"] > 0).all() and (comp["realized_over_ideal"] > 0).all()

@@ -372,6 +372,10 @@ def test_batch_orders(rt: TaskData, tokenizer) -> None:
     assert widths == sorted(widths, reverse=True)
     unsorted = [b["input_ids"].shape[1] for b in iterate_batches(enc, 16, shuffle=False)]
     assert sum(widths) < sum(unsorted)
+    # Training's shuffled buckets: a seeded, shuffled batch order that pads less than random batches.
+    bucketed = [b["input_ids"].shape[1] for b in iterate_batches(enc, 16, shuffle=True, seed=3, sort_by_length=True)]
+    shuffled = [b["input_ids"].shape[1] for b in iterate_batches(enc, 16, shuffle=True, seed=3)]
+    assert sum(bucketed) < 0.9 * sum(shuffled) and bucketed != sorted(bucketed, reverse=True)
     stats = length_stats(enc)
     assert set(stats) >= {"p50", "p90", "p95", "max", "mean"}
     assert stats["p50"] <= stats["p90"] <= stats["p95"] <= stats["max"] <= 64

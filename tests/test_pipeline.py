@@ -6,12 +6,13 @@ import json
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import torch
 
 from nas.cli import main
 
 REPORT_KEYS = {"device", "budget_ms", "predicted_latency_ms", "measured_latency_ms", "full_model_latency_ms",
-               "dev_accuracy", "test_accuracy", "full_model_test_accuracy", "flops", "params"}
+               "dev_accuracy", "test_accuracy", "full_model_test_accuracy", "flops", "params", "finetuned"}
 
 
 def test_main_job_writes_everything(job: Path) -> None:
@@ -36,23 +37,31 @@ def test_main_job_writes_everything(job: Path) -> None:
         assert (export / f).exists()
 
 
-def test_exported_models_give_the_supernet_logits(job: Path) -> None:
+def test_exported_models_hold_the_finetuned_weights(job: Path) -> None:
     from latency.onnx_export import check_onnx
     from supernet.checkpoint import load_model
     from supernet.data import iterate_batches
+    from supernet.extract import extract
     from supernet.space import SubnetConfig
+    from supernet.train import StageConfig, finetune_folder
     from supernet.workflow import open_run
 
     run = open_run(job)
     (export,) = list((job / "export").iterdir())
     cfg = SubnetConfig.from_dict(json.loads((export / "subnet.json").read_text()))
+    report = json.loads((export / "report.json").read_text())
     standalone = load_model(export / "pytorch")
     batches = list(iterate_batches(run.splits["test"], 8, shuffle=False))[:3]
     assert check_onnx(standalone, export / "model.onnx", batches) < 1e-4
+    # The main job fine-tunes the exported sub-network (1 epoch by default): the written model is
+    # the fine-tuned one, which started from the supernet's weights for the chosen configuration.
+    assert report["finetuned"]["epochs"] == 1
+    tuned = load_model(finetune_folder(export, cfg, StageConfig(epochs=1, lr=5e-5)))
+    assert extract(run.supernet, cfg).shape == standalone.shape
     with torch.no_grad():
         for b in batches:
             args = (b["input_ids"], b["attention_mask"], b["token_type_ids"])
-            assert torch.allclose(standalone(*args).logits, run.supernet(*args, subnet=cfg).logits, atol=1e-5)
+            assert torch.allclose(standalone(*args).logits, tuned(*args).logits, atol=1e-5)
 
 
 def test_impossible_budget_names_the_fastest_latency(job: Path, tmp_path: Path, capsys) -> None:
@@ -88,3 +97,75 @@ def test_search_through_ray_tune_on_a_real_run(job: Path) -> None:
                  "--n", "4", "--dev-subset", "32"]) == 0
     hist = pd.read_csv(job / "search" / "cpu_5ms_ray.csv")
     assert 1 <= len(hist) <= 4 and (hist["lat_upper_ms"][hist["feasible"]] <= 5).all()
+
+
+def test_export_with_finetuning(job: Path, tmp_path: Path, capsys) -> None:
+    """`--finetune-epochs` distils the teacher into the chosen sub-network; the written PyTorch
+    and ONNX models hold those weights, and the report gives the accuracies after it."""
+    from latency.onnx_export import check_onnx
+    from supernet.checkpoint import load_model
+    from supernet.data import iterate_batches
+    from supernet.space import SubnetConfig
+    from supernet.workflow import open_run
+
+    out = tmp_path / "ft"
+    assert main(["export", "--run", str(job), "--device", "cpu", "--budget-ms", "1000", "--out", str(out), "--n", "5",
+                 "--finetune-epochs", "2", "--finetune-lr", "1e-3", "--quiet"]) == 0
+    assert "fine-tuned 2 epochs" in capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    ft = report["finetuned"]
+    assert ft["epochs"] == 2 and 0 <= ft["test_accuracy"] <= 1 and 0 <= ft["dev_accuracy"] <= 1
+    run = open_run(job)
+    cfg = SubnetConfig.from_dict(report["subnet"])
+    tuned = load_model(out / "pytorch")
+    (folder,) = out.glob("finetune_*")
+    assert all(torch.equal(v, load_model(folder).state_dict()[k]) for k, v in tuned.state_dict().items())
+    batches = list(iterate_batches(run.splits["test"], 8, shuffle=False))[:2]
+    assert check_onnx(tuned, out / "model.onnx", batches) < 1e-4
+    b = batches[0]
+    args = (b["input_ids"], b["attention_mask"], b["token_type_ids"])
+    with torch.no_grad():  # the weights did change
+        assert not torch.allclose(tuned(*args).logits, run.supernet(*args, subnet=cfg).logits, atol=1e-4)
+    assert main(["export", "--run", str(job), "--device", "cpu", "--budget-ms", "1000", "--out", str(out / "bad"),
+                 "--finetune-epochs", "-1"]) == 2
+    assert "--finetune-epochs must be >= 0" in capsys.readouterr().err
+
+
+def test_finetuning_lowers_its_objective_and_resumes(job: Path, tmp_path: Path) -> None:
+    import torch.nn.functional as F
+
+    from supernet.checkpoint import load_model
+    from supernet.errors import CheckpointError
+    from supernet.extract import extract
+    from supernet.train import Interrupted, StageConfig, finetune_subnet, teacher_logits
+    from supernet.workflow import open_run
+
+    run = open_run(job)
+    train = run.splits["train"]
+    targets = teacher_logits(load_model(job / "teacher"), train)
+    cfg = run.space.uniform(width=0.5, depth=0.75, retention=0.6)
+    stage = StageConfig(epochs=2, lr=1e-3)
+    spec = run.spec.train
+
+    def objective(model) -> float:  # what fine-tuning minimises: distillation + cross-entropy on train
+        from supernet.evaluate import predict
+        from supernet.train import kd_loss
+
+        logits = torch.as_tensor(predict(model.eval(), train))
+        labels = torch.tensor(train.labels, dtype=torch.long)
+        return float(kd_loss(logits, targets, spec.temperature) + F.cross_entropy(logits, labels))
+
+    straight = finetune_subnet(run.supernet, targets, cfg, train, tmp_path / "a", spec, stage, progress=False)
+    assert objective(straight) < objective(extract(run.supernet, cfg))
+    with pytest.raises(Interrupted):
+        finetune_subnet(run.supernet, targets, cfg, train, tmp_path / "b", spec, stage, progress=False, stop_after=2)
+    resumed = finetune_subnet(run.supernet, targets, cfg, train, tmp_path / "b", spec, stage, progress=False)
+    a, b = straight.state_dict(), resumed.state_dict()
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    again = finetune_subnet(run.supernet, targets, cfg, train, tmp_path / "a", spec, stage, progress=False)
+    assert all(torch.equal(again.state_dict()[k], a[k]) for k in a)  # loaded, not retrained
+    with pytest.raises(CheckpointError, match="other settings"):
+        finetune_subnet(run.supernet, targets, run.space.smallest(), train, tmp_path / "a", spec, stage, progress=False)
+    with pytest.raises(CheckpointError, match="other settings"):
+        finetune_subnet(run.supernet, targets, cfg, train, tmp_path / "b", spec, StageConfig(epochs=1, lr=1e-3),
+                        progress=False)

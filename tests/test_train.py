@@ -58,6 +58,9 @@ def test_training_config_validation() -> None:
         TrainConfig.from_dict({"lr": 1})
     cfg = TrainConfig(n_random=3)
     assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    assert cfg.bucket_by_length  # new runs train on length buckets
+    old = {k: v for k, v in cfg.to_dict().items() if k != "bucket_by_length"}
+    assert not TrainConfig.from_dict(old).bucket_by_length  # a run from before bucketing resumes as it began
 
 
 def test_cli_train_eval_extract(tmp_path: Path, tiny_hf_dir, capsys) -> None:
