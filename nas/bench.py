@@ -21,6 +21,7 @@ model timed in turn with the candidates:
 
 from __future__ import annotations
 
+import functools
 import json
 import platform
 import resource
@@ -164,14 +165,16 @@ def finetuned(run: LoadedRun, table: pd.DataFrame, cfg: BenchConfig, folder: Pat
     if not picks:
         return pd.DataFrame(columns=[*table.columns, "acc_test_before"])
     train = run.splits["train"]
-    targets = teacher_logits(load_model(run.folder / "teacher"), train)
+    teacher = load_model(run.folder / "teacher")
+    targets = functools.cache(lambda: teacher_logits(teacher, train))  # computed once, only if needed
     stage = StageConfig(epochs=cfg.finetune_epochs, lr=cfg.finetune_lr)
     rows = []
     for row in tqdm(picks, desc="bench: fine-tune", disable=not progress):
         sub = SubnetConfig.from_dict(json.loads(row["arch_json"]))
-        model = finetune_subnet(run.supernet, targets, sub, train, finetune_folder(folder, sub, stage), run.spec.train,
-                                stage, progress=progress)
-        rows.append({**row.to_dict(), "method": f"{row['method']}+ft", "acc_test_before": row["acc_test"],
+        model, _ = finetune_subnet(run.supernet, teacher, sub, train, finetune_folder(folder, sub, stage), run.spec.train,
+                                   stage, targets=targets, progress=progress)
+        before = {k: v for k, v in row.to_dict().items() if k != "acc_dev"}  # acc_dev: the supernet's, on the subset
+        rows.append({**before, "method": f"{row['method']}+ft", "acc_test_before": row["acc_test"],
                      "acc_dev_full": model_score(model, run.splits["dev"], run.task.metric),
                      "acc_test": model_score(model, run.splits["test"], run.task.metric)})
     return pd.DataFrame(rows)

@@ -289,6 +289,23 @@ def cmd_search(a: argparse.Namespace) -> int:
     return 0
 
 
+def _finetune_args(p: argparse.ArgumentParser, epochs: float, what: str) -> None:
+    p.add_argument("--finetune-epochs", type=float, default=epochs,
+                   help=f"epochs of distillation from the teacher into {what} (0: none; default %(default)s)")
+    p.add_argument("--finetune-lr", type=float, default=5e-5, help="fine-tuning learning rate (default %(default)s)")
+
+
+def _finetune_stage(a: argparse.Namespace):  # noqa: ANN202
+    """The fine-tuning schedule from --finetune-epochs / --finetune-lr; None for 0 epochs."""
+    from supernet.errors import ConfigError
+    from supernet.train import StageConfig
+
+    if a.finetune_epochs < 0 or a.finetune_lr <= 0:
+        raise ConfigError(f"--finetune-epochs must be >= 0 and --finetune-lr > 0, got {a.finetune_epochs:g} "
+                          f"and {a.finetune_lr:g}")
+    return StageConfig(epochs=a.finetune_epochs, lr=a.finetune_lr) if a.finetune_epochs > 0 else None
+
+
 def cmd_export(a: argparse.Namespace) -> int:
     from nas.export import choose_and_export
     from nas.objectives import DevAccuracy
@@ -301,13 +318,7 @@ def cmd_export(a: argparse.Namespace) -> int:
         from supernet.errors import ConfigError
 
         raise ConfigError("export takes one --budget-ms value")
-    if a.finetune_epochs < 0:
-        from supernet.errors import ConfigError
-
-        raise ConfigError(f"--finetune-epochs must be >= 0, got {a.finetune_epochs}")
-    from supernet.train import StageConfig
-
-    finetune = StageConfig(epochs=a.finetune_epochs, lr=a.finetune_lr) if a.finetune_epochs > 0 else None
+    finetune = _finetune_stage(a)
     r = choose_and_export(run, target, budget[0], a.out, method=a.method, n_evaluations=a.n, seed=a.seed,
                           finalists=a.finalists, accuracy=DevAccuracy(run, subset_size=a.dev_subset or None),
                           finetune=finetune, progress=not a.quiet)
@@ -325,7 +336,8 @@ def cmd_export(a: argparse.Namespace) -> int:
           f"{r['full_model_test_accuracy']:.4f}\n  wrote {a.out}/model.onnx, pytorch/, subnet.json, report.json")
     if r["finetuned"]:
         ft = r["finetuned"]
-        print(f"  fine-tuned {ft['epochs']:g} epochs in {ft['wall_s']:.0f} s: test {r['metric']} {ft['test_accuracy']:.4f} "
+        how = "reused the earlier fine-tuning in --out" if ft["reused"] else f"in {ft['wall_s']:.0f} s"
+        print(f"  fine-tuned {ft['epochs']:g} epochs ({how}): test {r['metric']} {ft['test_accuracy']:.4f} "
               f"(dev {ft['dev_accuracy']:.4f}); the written model and model.onnx hold the fine-tuned weights")
     return 0
 
@@ -360,8 +372,9 @@ def cmd_bench(a: argparse.Namespace) -> int:
                           rounds=1, dev_subset=200, seed=a.seed, finetune_speedups=(2.0,), finetune_epochs=0.5,
                           finetune_methods=("ours",))
     else:
-        cfg = BenchConfig(device=a.device, n_evaluations=a.n, seed=a.seed, finetune_epochs=a.finetune_epochs,
-                          finetune_speedups=tuple(_floats(a.finetune_at, "--finetune-at", "3,4")))
+        ft = _finetune_stage(a)
+        cfg = BenchConfig(device=a.device, n_evaluations=a.n, seed=a.seed, finetune_epochs=ft.epochs if ft else 0.0,
+                          finetune_lr=a.finetune_lr, finetune_speedups=tuple(_floats(a.finetune_at, "--finetune-at", "3,4")))
     command = "hwnas " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("hwnas") else "hwnas bench"
     summary = run_bench(run, target, cfg, a.out, command=command, progress=not a.quiet)
     print(Path(a.out, "BENCHMARKS.md").read_text())
@@ -377,7 +390,7 @@ def cmd_run(a: argparse.Namespace) -> int:
     out = Path(a.out or MAIN_RUN)
     spec = read_spec(out) if (out / "run.json").exists() else _spec(a)
     job = JobConfig(devices=tuple(a.device.split(",")), n_measure=a.n_measure, n_search=a.n_search,
-                    finetune_epochs=a.finetune_epochs)
+                    finetune=_finetune_stage(a))
     t0 = time.time()
     summary = main_job(out, spec, job, progress=not a.quiet)
     print()
@@ -417,8 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", default="cpu,cpu-1t", help="devices to measure and search for (default %(default)s)")
     r.add_argument("--n-measure", type=int, default=40, help="configurations measured per device")
     r.add_argument("--n-search", type=int, default=50, help="accuracy evaluations per search")
-    r.add_argument("--finetune-epochs", type=float, default=1.0,
-                   help="epochs of teacher distillation into the exported sub-network (0: none; default %(default)s)")
+    _finetune_args(r, 1.0, "the exported sub-network")
     _add_train_args(r, quick=True)
     r.set_defaults(func=cmd_run)
 
@@ -503,10 +515,7 @@ def build_parser() -> argparse.ArgumentParser:
     e2.add_argument("--budget-ms", required=True, help="latency budget in ms")
     e2.add_argument("--out", required=True, help="output folder")
     e2.add_argument("--finalists", type=int, default=5, help="candidates to re-measure, best first (default %(default)s)")
-    e2.add_argument("--finetune-epochs", type=float, default=0.0,
-                    help="distil the teacher into the chosen sub-network for this many epochs before writing it "
-                    "(default 0: the supernet's weights as they are)")
-    e2.add_argument("--finetune-lr", type=float, default=5e-5, help="fine-tuning learning rate (default %(default)s)")
+    _finetune_args(e2, 0.0, "the chosen sub-network before it is written")
     e2.add_argument("--quiet", action="store_true", help="no progress bars")
     e2.set_defaults(func=cmd_export)
 
@@ -526,16 +535,16 @@ def build_parser() -> argparse.ArgumentParser:
     bq = sub.add_parser("bench", help="benchmark our front against DynaBERT-grid, retention-only and random baselines",
                         description="From one trained, measured and fitted run: fronts of four methods re-measured on "
                         "the device, hypervolumes, speed-up at 1 and 2 points of test loss, predictor quality, budget "
-                        "compliance over 20-90%% of the full model's latency, realized vs ideal speed-up, our points fine-tuned at 2-4x, cost; writes "
+                        "compliance over 20-90%% of the full model's latency, realized vs ideal speed-up, our and the DynaBERT grid's points fine-tuned at 3x and 4x, cost; writes "
                         "BENCHMARKS.md with tables and a PNG.")
     bq.add_argument("--run", required=True, help="run folder (trained, measured and fitted on --device)")
     bq.add_argument("--device", default="cpu", help="device to benchmark on (default %(default)s)")
     bq.add_argument("--n", type=int, default=150, help="accuracy evaluations per searched method")
     bq.add_argument("--seed", type=int, default=0)
-    bq.add_argument("--finetune-epochs", type=float, default=2.0,
-                    help="epochs of teacher distillation for the fine-tuned points (0: none; default %(default)s)")
+    _finetune_args(bq, 2.0, "the fine-tuned points")
     bq.add_argument("--finetune-at", default="3,4",
-                    help="speed-ups at which ours and the DynaBERT grid are fine-tuned, comma-separated (default %(default)s)")
+                    help="speed-ups at which ours and the DynaBERT grid are fine-tuned, comma-separated (default %(default)s; "
+                    "--quick: 2, ours only, 0.5 epochs)")
     bq.add_argument("--quick", action="store_true", help="a reduced version in minutes (fewer evaluations and budgets)")
     bq.add_argument("--quiet", action="store_true", help="no progress bars")
     bq.add_argument("--out", default="results", help="where BENCHMARKS.md and its files go (default %(default)s)")

@@ -26,7 +26,7 @@ from supernet.cost import subnet_flops, subnet_params
 from supernet.errors import HwnasError
 from supernet.io import write_csv, write_json
 from supernet.space import SubnetConfig
-from supernet.train import StageConfig, finetune_folder, finetune_subnet, teacher_logits
+from supernet.train import StageConfig, finetune_folder, finetune_subnet
 from supernet.workflow import LoadedRun
 
 
@@ -204,9 +204,10 @@ def choose_and_export(
     tuned: dict[str, Any] | None = None
     if finetune is not None:
         t0 = time.time()
-        small = finetune_subnet(run.supernet, teacher_logits(teacher, run.splits["train"]), cfg, run.splits["train"],
-                                finetune_folder(out, cfg, finetune), run.spec.train, finetune, progress=progress).eval()
-        tuned = {"epochs": finetune.epochs, "lr": finetune.lr, "wall_s": round(time.time() - t0, 1),
+        small, trained = finetune_subnet(run.supernet, teacher, cfg, run.splits["train"],
+                                         finetune_folder(out, cfg, finetune), run.spec.train, finetune, progress=progress)
+        small.eval()
+        tuned = {"epochs": finetune.epochs, "lr": finetune.lr, "wall_s": round(time.time() - t0, 1), "reused": not trained,
                  **{f"{split}_accuracy": model_score(small, run.splits[split], run.task.metric)
                     for split in ("dev", "test")}}
     written = export_standalone(run.supernet, cfg, out, run.tokenizer, list(run.task.label_names), model=small)
@@ -232,6 +233,7 @@ def choose_and_export(
         "test_accuracy": accuracy.test(cfg),
         "full_model_test_accuracy": full_test,
         "supernet_largest_test_accuracy": accuracy.test(run.space.largest()),
+        "weights": "fine-tuned" if tuned else "supernet",  # what pytorch/ and model.onnx hold
         "finetuned": tuned,
         "flops": subnet_flops(run.supernet.shape, cfg, target.length),
         "full_model_flops": subnet_flops(run.supernet.shape, run.space.largest(), target.length),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,8 @@ class JobConfig:
     dev_subset: int = 400
     export_device: str = "cpu"
     export_budget: int = 1  # index into budget_points
-    finetune_epochs: float = 1.0  # teacher distillation into the exported sub-network (0: none)
+    # Distillation from the teacher into the exported sub-network (None: none).
+    finetune: StageConfig | None = field(default_factory=lambda: StageConfig(epochs=1.0, lr=5e-5))
 
 
 def main_job(out: str | Path, spec: RunSpec, job: JobConfig, *, progress: bool = True, log=print) -> pd.DataFrame:  # noqa: ANN001
@@ -104,7 +105,7 @@ def main_job(out: str | Path, spec: RunSpec, job: JobConfig, *, progress: bool =
     report = choose_and_export(run, targets[job.export_device], budget,
                                out / "export" / f"{job.export_device}_{budget:g}ms", n_evaluations=job.n_search,
                                seed=spec.seed, accuracy=acc, progress=progress,
-                               finetune=StageConfig(epochs=job.finetune_epochs, lr=5e-5) if job.finetune_epochs > 0 else None)
+                               finetune=job.finetune)
     if report["finetuned"]:
         ft = report["finetuned"]
         log(f"exported {report['arch']}: test {report['metric']} {report['test_accuracy']:.4f} with the supernet's "

@@ -2,6 +2,8 @@
 # Reproduce results/BENCHMARKS.md: train, measure, fit and benchmark on rt (short
 # sentences) and r8 (longer news texts), seeded; every step resumes when re-run
 # (training and measurements continue where they stopped; finished fine-tunings are reused).
+# An existing run folder resumes with the settings it was started with: delete runs/bench
+# (runs/bench-quick) to start over.
 #   bash scripts/bench.sh           # full version (about 90 minutes on 2 cores)
 #   bash scripts/bench.sh --quick   # reduced version (minutes): small subsets, fewer samples
 set -euo pipefail

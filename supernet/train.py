@@ -16,6 +16,7 @@ re-seeded every step, so a resumed run continues exactly where the interrupted o
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -375,49 +376,72 @@ def finetune_folder(base: str | Path, cfg: SubnetConfig, stage: StageConfig) -> 
     return Path(base) / f"finetune_{cfg.key()}_e{stage.epochs:g}_lr{stage.lr:g}"
 
 
+def weights_sha1(model: torch.nn.Module) -> str:
+    """A short hash of a model's weights (which run a fine-tuning started from)."""
+    h = hashlib.sha1()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().contiguous().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def finetune_subnet(
     supernet: ElasticBert,
-    targets: torch.Tensor,
+    teacher: ElasticBert,
     cfg: SubnetConfig,
     train: Encoded,
     folder: str | Path,
     train_cfg: TrainConfig,
     stage: StageConfig,
     *,
+    targets: Callable[[], torch.Tensor] | None = None,
     progress: bool = True,
     stop_after: int | None = None,
-) -> ElasticBert:
-    """Distil the teacher into the extracted sub-network ``cfg`` (HAT's retraining step).
+) -> tuple[ElasticBert, bool]:
+    """Distil ``teacher`` into the extracted sub-network ``cfg`` (HAT's retraining step).
 
-    ``targets`` are the teacher's logits for ``train`` (``teacher_logits``). The extracted model keeps ``cfg``'s token retention while it learns, so it is trained as it
-    will run. ``folder/finetune.json`` records the settings; checkpoints go to
-    ``folder/checkpoint`` and an interrupted run resumes; a finished one is loaded, not
-    retrained; a folder holding other settings is an error.
+    Returns the model and whether it was trained now (False: a finished fine-tuning with the
+    same settings was loaded). The extracted model keeps ``cfg``'s token retention while it
+    learns, so it is trained as it will run. The settings (sub-network, schedule, training
+    settings, and hashes of the starting weights and of the teacher) are recorded in
+    ``folder/finetune.json``; checkpoints go to ``folder/checkpoint`` and an interrupted run
+    resumes; a folder holding other settings is an error. ``targets``: a function giving the
+    teacher's logits for ``train`` (``teacher_logits``), so several fine-tunings can share
+    them; called only when there is training to do.
     """
+    from supernet.checkpoint import read_meta
     from supernet.extract import extract
 
+    if stage.epochs <= 0 or stage.lr <= 0:
+        raise ConfigError(f"fine-tuning needs epochs > 0 and lr > 0, got epochs {stage.epochs:g}, lr {stage.lr:g}")
     out = Path(folder)
-    settings = json.loads(json.dumps({"stage": "finetune", "subnet": cfg.to_dict(), "epochs": stage.epochs,
-                                      "lr": stage.lr, "train_examples": len(train)}))
+    model = extract(supernet, cfg)
+    settings = json.loads(json.dumps({
+        "stage": "finetune", "subnet": cfg.to_dict(), "epochs": stage.epochs, "lr": stage.lr,
+        "train_examples": len(train), "train": train_cfg.to_dict(), "start_weights": weights_sha1(model),
+        "teacher": weights_sha1(teacher)}))
     plan = out / "finetune.json"
     if plan.exists() and json.loads(plan.read_text()) != settings:
         raise CheckpointError(f"{out} holds a fine-tuning with other settings ({plan}); delete it or use another folder")
-    if (out / "model.safetensors").exists() and plan.exists():
-        return load_model(out)
+    # shape.json is written last, with the settings: its presence marks a finished fine-tuning.
+    if (out / "shape.json").exists() and read_meta(out) == settings:
+        return load_model(out), False
     write_json(plan, settings)
-    if targets.shape[0] != len(train):
-        raise ConfigError(f"teacher logits cover {targets.shape[0]} examples, the training split has {len(train)}")
-    model = extract(supernet, cfg).train()
+    logits = targets() if targets is not None else teacher_logits(teacher, train)
+    if logits.shape[0] != len(train):
+        raise ConfigError(f"teacher logits cover {logits.shape[0]} examples, the training split has {len(train)}")
+    model.train()
     log = MetricsLog(out / "metrics.csv")
     runner = StageRunner("finetune", out, model, train, stage, train_cfg, log, progress=progress, stop_after=stop_after)
 
     def step_fn(batch: dict[str, torch.Tensor], step: int) -> dict[str, float]:
-        logits = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]).logits
-        loss = kd_loss(logits, targets[batch["index"]], train_cfg.temperature) + F.cross_entropy(logits, batch["labels"])
+        out_logits = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]).logits
+        loss = kd_loss(out_logits, logits[batch["index"]], train_cfg.temperature)
+        loss = loss + F.cross_entropy(out_logits, batch["labels"])
         loss.backward()
         return {"loss": loss.item()}
 
     runner.run(step_fn)
     save_model(model.eval(), out, settings)
     shutil.rmtree(out / "checkpoint", ignore_errors=True)
-    return model
+    return model, True

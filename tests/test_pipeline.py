@@ -129,23 +129,28 @@ def test_export_with_finetuning(job: Path, tmp_path: Path, capsys) -> None:
     assert main(["export", "--run", str(job), "--device", "cpu", "--budget-ms", "1000", "--out", str(out / "bad"),
                  "--finetune-epochs", "-1"]) == 2
     assert "--finetune-epochs must be >= 0" in capsys.readouterr().err
+    assert main(["run", "--out", str(out / "bad"), "--finetune-lr", "0"]) == 2
+    assert "--finetune-lr > 0" in capsys.readouterr().err
 
 
 def test_finetuning_lowers_its_objective_and_resumes(job: Path, tmp_path: Path) -> None:
+    import dataclasses
+
     import torch.nn.functional as F
 
     from supernet.checkpoint import load_model
-    from supernet.errors import CheckpointError
+    from supernet.errors import CheckpointError, ConfigError
     from supernet.extract import extract
     from supernet.train import Interrupted, StageConfig, finetune_subnet, teacher_logits
     from supernet.workflow import open_run
 
     run = open_run(job)
     train = run.splits["train"]
-    targets = teacher_logits(load_model(job / "teacher"), train)
+    teacher = load_model(job / "teacher")
+    targets = teacher_logits(teacher, train)
     cfg = run.space.uniform(width=0.5, depth=0.75, retention=0.6)
     stage = StageConfig(epochs=2, lr=1e-3)
-    spec = run.spec.train
+    spec = dataclasses.replace(run.spec.train, batch_size=8, checkpoint_every=1)  # 16 steps, a checkpoint each
 
     def objective(model) -> float:  # what fine-tuning minimises: distillation + cross-entropy on train
         from supernet.evaluate import predict
@@ -155,17 +160,27 @@ def test_finetuning_lowers_its_objective_and_resumes(job: Path, tmp_path: Path) 
         labels = torch.tensor(train.labels, dtype=torch.long)
         return float(kd_loss(logits, targets, spec.temperature) + F.cross_entropy(logits, labels))
 
-    straight = finetune_subnet(run.supernet, targets, cfg, train, tmp_path / "a", spec, stage, progress=False)
+    def tune(folder: str, sub=cfg, st=stage, **kw):  # noqa: ANN001, ANN202
+        return finetune_subnet(run.supernet, teacher, sub, train, tmp_path / folder, spec, st, progress=False, **kw)
+
+    calls = []
+    straight, trained = tune("a", targets=lambda: calls.append(1) or targets)
+    assert trained and calls == [1]
     assert objective(straight) < objective(extract(run.supernet, cfg))
     with pytest.raises(Interrupted):
-        finetune_subnet(run.supernet, targets, cfg, train, tmp_path / "b", spec, stage, progress=False, stop_after=2)
-    resumed = finetune_subnet(run.supernet, targets, cfg, train, tmp_path / "b", spec, stage, progress=False)
+        tune("b", stop_after=5)
+    assert (tmp_path / "b" / "checkpoint" / "trainer_state.pt").exists()
+    resumed, trained = tune("b")
+    assert trained
     a, b = straight.state_dict(), resumed.state_dict()
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
-    again = finetune_subnet(run.supernet, targets, cfg, train, tmp_path / "a", spec, stage, progress=False)
-    assert all(torch.equal(again.state_dict()[k], a[k]) for k in a)  # loaded, not retrained
+    assert not any(torch.allclose(a[k], extract(run.supernet, cfg).state_dict()[k]) for k in a if "query" in k)
+    again, trained = tune("a", targets=lambda: calls.append(1) or targets)
+    assert not trained and calls == [1]  # loaded, not retrained: the teacher's logits were not needed
+    assert all(torch.equal(again.state_dict()[k], a[k]) for k in a)
     with pytest.raises(CheckpointError, match="other settings"):
-        finetune_subnet(run.supernet, targets, run.space.smallest(), train, tmp_path / "a", spec, stage, progress=False)
+        tune("a", sub=run.space.smallest())
     with pytest.raises(CheckpointError, match="other settings"):
-        finetune_subnet(run.supernet, targets, cfg, train, tmp_path / "b", spec, StageConfig(epochs=1, lr=1e-3),
-                        progress=False)
+        tune("b", st=StageConfig(epochs=1, lr=1e-3))
+    with pytest.raises(ConfigError, match="epochs > 0"):
+        tune("c", st=StageConfig(epochs=0, lr=1e-3))
