@@ -270,14 +270,14 @@ def run_bench(run: LoadedRun, target: Target, cfg: BenchConfig, out_dir: str | P
     """All benchmark parts for one run and device; writes CSVs, a PNG and BENCHMARKS.md."""
     from latency.workflow import predictor_path
     from supernet.checkpoint import load_model
-    from supernet.evaluate import predict, scores
+    from supernet.evaluate import model_score
 
     out = Path(out_dir)
     times: dict[str, float] = {}
     acc = DevAccuracy(run, subset_size=cfg.dev_subset, seed=cfg.seed)
     t0 = time.time()
     teacher = load_model(run.folder / "teacher")
-    full_test = scores(predict(teacher, run.splits["test"]), run.splits["test"].labels)[run.task.metric]
+    full_test = model_score(teacher, run.splits["test"], run.task.metric)
     table = fronts(run, target, acc, cfg, progress)
     times["fronts (search + re-measure + score)"] = time.time() - t0
     hv = hypervolumes(table, full_test)

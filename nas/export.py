@@ -156,7 +156,7 @@ def choose_and_export(
     from latency.onnx_export import check_onnx, export_onnx
     from supernet.checkpoint import load_model
     from supernet.data import iterate_batches
-    from supernet.evaluate import model_score, predict, scores
+    from supernet.evaluate import model_score
     from supernet.extract import export_standalone, extract
 
     accuracy = accuracy or DevAccuracy(run)
@@ -214,7 +214,7 @@ def choose_and_export(
     onnx_path = export_onnx(small, out / "model.onnx")
     dev_batches = list(iterate_batches(run.splits["dev"], 16, shuffle=False))[:4]
     onnx_diff = check_onnx(small, onnx_path, dev_batches)
-    full_test = scores(predict(teacher, run.splits["test"]), run.splits["test"].labels)[run.task.metric]
+    full_test = model_score(teacher, run.splits["test"], run.task.metric)
     report = {
         "device": target.profile.name,
         "budget_ms": budget_ms,
