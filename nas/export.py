@@ -146,12 +146,15 @@ def choose_and_export(
     seed: int = 0,
     accuracy: DevAccuracy | None = None,
     finetune: StageConfig | None = None,
+    full_model_test: float | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Search, re-rank the finalists on the full dev split, re-measure, export; the report.
 
     With ``finetune``, the chosen sub-network is distilled from the teacher on the train split
     before it is written (its latency does not change; the report gives both accuracies).
+    ``full_model_test``: the teacher's test score when the caller already has it (a budget
+    sweep), else it is computed here.
     """
     from latency.onnx_export import check_onnx, export_onnx
     from supernet.checkpoint import load_model
@@ -199,10 +202,10 @@ def choose_and_export(
         )
     cfg = chosen.config
     out = Path(out_dir)
-    teacher = load_model(run.folder / "teacher")
+    teacher = load_model(run.folder / "teacher") if finetune is not None or full_model_test is None else None
     small = extract(run.supernet, cfg).eval()
     tuned: dict[str, Any] | None = None
-    if finetune is not None:
+    if finetune is not None and teacher is not None:
         t0 = time.time()
         small, trained = finetune_subnet(run.supernet, teacher, cfg, run.splits["train"],
                                          finetune_folder(out, cfg, finetune), run.spec.train, finetune, progress=progress)
@@ -214,7 +217,8 @@ def choose_and_export(
     onnx_path = export_onnx(small, out / "model.onnx")
     dev_batches = list(iterate_batches(run.splits["dev"], 16, shuffle=False))[:4]
     onnx_diff = check_onnx(small, onnx_path, dev_batches)
-    full_test = model_score(teacher, run.splits["test"], run.task.metric)
+    full_test = full_model_test if full_model_test is not None or teacher is None else model_score(
+        teacher, run.splits["test"], run.task.metric)
     report = {
         "device": target.profile.name,
         "budget_ms": budget_ms,

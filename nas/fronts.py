@@ -93,16 +93,17 @@ def compare(
     *,
     remeasure_points: int = 12,
     dev_subset: int | None = 500,
+    precision: str = "auto",
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Fronts for every (run, device, method) and their hypervolumes; writes
     ``fronts.csv``, ``hypervolume.csv`` and ``fronts.png`` into ``out_dir``.
 
     ``targets[run_folder][device]``; ``methods=None`` pools all methods' candidates;
-    ``dev_subset`` must be the one the searches used, so that their cached scores are reused.
+    ``dev_subset`` and ``precision`` must be the searches', so that their cached scores are reused.
     """
     fronts: list[pd.DataFrame] = []
     for run in runs:
-        acc = DevAccuracy(run, subset_size=dev_subset)  # the searches' subset: its scores are cached
+        acc = DevAccuracy(run, subset_size=dev_subset, precision=precision)  # the searches' subset: its scores are cached
         for device, target in targets[str(run.folder)].items():
             method_list: list[str | None] = list(methods) if methods else [None]
             for method in method_list:

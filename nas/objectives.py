@@ -2,7 +2,9 @@
 
 ``DevAccuracy`` scores a sub-network with inherited supernet weights on a fixed, seeded
 subset of the **dev** split (the whole dev split for finalists); the test split is only
-touched by ``test()`` for reporting. Scores are cached by configuration hash in memory and
+touched by ``test()`` for reporting. The search objective (the subset) runs under bfloat16
+autocast where the CPU has bf16 instructions (``precision="auto"``; about 2.5x faster), the
+whole-dev and test scores always in fp32, as the exported model runs. Scores are cached by configuration hash in memory and
 in ``RUN/search/accuracy.csv``, so a resumed or repeated search never re-evaluates.
 It pickles as its run folder and settings (the model is re-opened in the receiving process),
 which is how Ray Tune trials get it.
@@ -22,7 +24,7 @@ from latency.features import config_rows
 from latency.measure import _cut_torn_tail
 from latency.predictor import BasePredictor
 from supernet.data import Encoded
-from supernet.evaluate import predict, scores
+from supernet.evaluate import predict, resolve_precision, scores
 from supernet.space import SubnetConfig
 from supernet.workflow import LoadedRun, open_run
 
@@ -40,16 +42,18 @@ class DevAccuracy:
     """The AccuracyModel of a run: headline metric on a fixed dev subset, cached."""
 
     def __init__(self, run: LoadedRun | str | Path, *, subset_size: int | None = 500, seed: int = 0,
-                 cache: bool = True) -> None:
+                 cache: bool = True, precision: str = "auto") -> None:
         self._run = run if isinstance(run, LoadedRun) else open_run(run)
         self.folder = self._run.folder
         self.subset_size, self.seed, self.use_cache = subset_size, seed, cache
+        self.precision = resolve_precision(precision)  # of the search objective
+        bf16 = "bf16" if self.precision == "bf16" else ""
+        self.search_split = f"dev{subset_size}s{seed}{bf16}" if subset_size else f"dev{bf16}"
         self._splits = {
-            f"dev{subset_size}s{seed}" if subset_size else "dev": subset(self._run.splits["dev"], subset_size, seed),
+            self.search_split: subset(self._run.splits["dev"], subset_size, seed),
             "dev": self._run.splits["dev"],
             "test": self._run.splits["test"],
         }
-        self.search_split = next(iter(self._splits))
         self.metric = self._run.task.metric
         self.cache_path = self.folder / "search" / "accuracy.csv"
         self._cache: dict[tuple[str, str], dict[str, Any]] = {}
@@ -62,16 +66,19 @@ class DevAccuracy:
 
     # Ray Tune and multiprocessing: ship the settings, not the model.
     def __getstate__(self) -> dict[str, Any]:
-        return {"folder": str(self.folder), "subset_size": self.subset_size, "seed": self.seed, "cache": self.use_cache}
+        return {"folder": str(self.folder), "subset_size": self.subset_size, "seed": self.seed, "cache": self.use_cache,
+                "precision": self.precision}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["folder"], subset_size=state["subset_size"], seed=state["seed"], cache=state["cache"])  # type: ignore[misc]
+        self.__init__(state["folder"], subset_size=state["subset_size"], seed=state["seed"], cache=state["cache"],  # type: ignore[misc]
+                      precision=state["precision"])
 
     def scores(self, cfg: SubnetConfig, split: str) -> dict[str, float]:
         key = (cfg.key(), split)
         if key not in self._cache:
             enc = self._splits[split]
-            s = scores(predict(self._run.supernet, enc, cfg), enc.labels)
+            bf16 = split == self.search_split and self.precision == "bf16"
+            s = scores(predict(self._run.supernet, enc, cfg, bf16=bf16), enc.labels)
             row: dict[str, Any] = {"arch_key": cfg.key(), "split": split, **s, "n": len(enc)}
             self._cache[key] = row
             self.n_computed += 1

@@ -39,6 +39,7 @@ class JobConfig:
     budget_points: tuple[float, ...] = (0.2, 0.45, 0.75)
     n_search: int = 50
     dev_subset: int = 400
+    search_precision: str = "auto"  # of the dev-subset scoring: bf16 where the CPU has bf16 instructions
     export_device: str = "cpu"
     export_budget: int = 1  # index into budget_points
     # Distillation from the teacher into the exported sub-network (None: none).
@@ -75,7 +76,7 @@ def main_job(out: str | Path, spec: RunSpec, job: JobConfig, *, progress: bool =
     stage("fit", t0)
 
     t0 = time.time()
-    acc = DevAccuracy(run, subset_size=job.dev_subset)
+    acc = DevAccuracy(run, subset_size=job.dev_subset, precision=job.search_precision)
     targets = {d: Target.of(run, resolve_device(out, d)) for d in job.devices}
     rows: list[dict[str, Any]] = []
     budgets: dict[str, list[float]] = {}
@@ -114,7 +115,7 @@ def main_job(out: str | Path, spec: RunSpec, job: JobConfig, *, progress: bool =
 
     t0 = time.time()
     _, hv = compare([run], {str(run.folder): targets}, None, out / "compare", remeasure_points=6,
-                    dev_subset=job.dev_subset)
+                    dev_subset=job.dev_subset, precision=job.search_precision)
     stage("compare", t0)
 
     summary = pd.DataFrame(rows)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -9,21 +11,47 @@ import torch
 from sklearn.metrics import f1_score
 
 from supernet.data import Encoded, iterate_batches
+from supernet.errors import ConfigError
 from supernet.model import ElasticBert
 from supernet.space import SubnetConfig
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+@functools.cache
+def bf16_is_fast() -> bool:
+    """Whether this CPU has bfloat16 matrix instructions (AMX or AVX512-BF16), where bf16
+    autocast scores sub-networks about 2.5x faster than fp32 (measured on rt and r8)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(f in flags.split() for f in ("amx_bf16", "avx512_bf16"))
+
+
+def resolve_precision(precision: str) -> str:
+    """``auto`` -> ``bf16`` where the CPU has bf16 instructions, else ``fp32``."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "auto":
+        return "bf16" if bf16_is_fast() else "fp32"
+    return precision
 
 
 @torch.no_grad()
 def predict(
-    model: ElasticBert, enc: Encoded, subnet: SubnetConfig | None = None, *, batch_size: int = 64
+    model: ElasticBert, enc: Encoded, subnet: SubnetConfig | None = None, *, batch_size: int = 64,
+    bf16: bool = False,
 ) -> np.ndarray:
-    """Logits (N, num_labels) in the order of ``enc``."""
+    """Logits (N, num_labels) in the order of ``enc``; ``bf16`` runs the forward under
+    bfloat16 autocast (weights stay fp32)."""
     was_training = model.training
     model.eval()
     out = np.zeros((len(enc), model.shape.num_labels), dtype=np.float32)
     try:
         for b in iterate_batches(enc, batch_size, shuffle=False, sort_by_length=True):
-            logits = model(b["input_ids"], b["attention_mask"], b["token_type_ids"], subnet=subnet).logits
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                logits = model(b["input_ids"], b["attention_mask"], b["token_type_ids"], subnet=subnet).logits
             out[b["index"].numpy()] = logits.float().numpy()
     finally:
         model.train(was_training)

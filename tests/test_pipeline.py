@@ -184,3 +184,27 @@ def test_finetuning_lowers_its_objective_and_resumes(job: Path, tmp_path: Path) 
         tune("b", st=StageConfig(epochs=1, lr=1e-3))
     with pytest.raises(ConfigError, match="epochs > 0"):
         tune("c", st=StageConfig(epochs=0, lr=1e-3))
+
+
+def test_search_precision_labels_its_cache_and_scores_like_fp32(job: Path) -> None:
+    """bf16 search scoring: cached under its own split name, pickles with its precision, agrees
+    with fp32 on the tiny model; whole-dev and test scores stay fp32; a bad name is an error."""
+    import pickle
+
+    from nas.objectives import DevAccuracy
+    from supernet.errors import ConfigError
+    from supernet.evaluate import predict, resolve_precision, scores
+    from supernet.workflow import open_run
+
+    run = open_run(job)
+    fp, bf = (DevAccuracy(run, subset_size=32, seed=1, precision=p) for p in ("fp32", "bf16"))
+    assert (fp.search_split, bf.search_split) == ("dev32s1", "dev32s1bf16")
+    cfg = run.space.largest()
+    assert abs(fp(cfg) - bf(cfg)) <= 2 / 32  # at most two of 32 examples flip
+    assert bf.test(cfg) == fp.test(cfg) == scores(predict(run.supernet, run.splits["test"], cfg), run.splits["test"].labels)["accuracy"]
+    cached = pd.read_csv(job / "search" / "accuracy.csv", dtype={"arch_key": str})
+    assert {"dev32s1", "dev32s1bf16"} <= set(cached["split"])
+    assert pickle.loads(pickle.dumps(bf)).precision == "bf16"
+    assert resolve_precision("auto") in ("fp32", "bf16")
+    with pytest.raises(ConfigError, match="auto, fp32, bf16"):
+        DevAccuracy(run, precision="fp16")
