@@ -13,7 +13,8 @@ export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 H=.venv/bin/hwnas
 start=$(date +%s)
 if [ "${1:-}" = "--quick" ]; then
-    RT=(--max-train 1000 --teacher-epochs 1 --supernet-epochs 1); R8=(--max-train 500 --max-length 128 --teacher-epochs 1 --supernet-epochs 1)
+    RT=(--max-train 1000 --max-eval 600 --teacher-epochs 1 --supernet-epochs 1)
+    R8=(--max-train 500 --max-eval 600 --max-length 128 --teacher-epochs 1 --supernet-epochs 1)
     N_RT=40; N_R8=40; BENCH_RT=(--quick); BENCH_R8=(--quick); OUT=runs/bench-quick; RESULTS=$OUT/results
 else
     # rt: the full training split with the default schedule; r8: the full training split at

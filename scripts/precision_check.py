@@ -25,7 +25,8 @@ def main(folder: str) -> None:
     metric = run.task.metric
     print(f"{folder}: {len(enc)} dev examples, metric {metric}, CPU bf16 instructions: {bf16_is_fast()}")
     ratios = []
-    for cfg in [run.space.largest(), *dynabert_grid(run.space)]:
+    configs = {c.key(): c for c in [run.space.largest(), *dynabert_grid(run.space)]}
+    for cfg in configs.values():
         out = {}
         for bf16 in (False, True):
             predict(run.supernet, enc, cfg, bf16=bf16)  # warm-up
