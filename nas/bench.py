@@ -160,8 +160,6 @@ def finetuned(run: LoadedRun, target: Target, table: pd.DataFrame, acc: DevAccur
         return pd.DataFrame(columns=[*table.columns, "acc_test_before"])
     stage = StageConfig(epochs=cfg.finetune_epochs, lr=cfg.finetune_lr)
     full_ms = float(table["full_model_ms"].iloc[0])
-    L = target.length
-    full_flops = subnet_flops(run.supernet.shape, run.space.largest(), L)
     rows: list[dict[str, Any]] = []
     picks: list[pd.Series] = []
     for method in cfg.finetune_methods:
@@ -177,9 +175,9 @@ def finetuned(run: LoadedRun, target: Target, table: pd.DataFrame, acc: DevAccur
                 rows.append({"device": target.profile.name, "arch_key": sub.key(), "arch_json": json.dumps(r["subnet"]),
                              "lat_pred_ms": r["predicted_latency_ms"], "method": "ours+ft", "arch": r["arch"],
                              "lat_measured_ms": r["measured_latency_ms"], "full_model_ms": r["full_model_latency_ms"],
-                             "speedup": r["speedup"], "flops_ratio": full_flops / subnet_flops(run.supernet.shape, sub, L),
+                             "speedup": r["speedup"], "flops_ratio": r["full_model_flops"] / r["flops"],
                              "acc_test_before": r["test_accuracy"], "acc_dev_full": r["finetuned"]["dev_accuracy"],
-                             "acc_test": r["finetuned"]["test_accuracy"], "length": L})
+                             "acc_test": r["finetuned"]["test_accuracy"], "length": r["length"]})
             continue
         front = table[table["method"] == method]
         seen: set[str] = set()

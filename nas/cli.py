@@ -292,7 +292,7 @@ def cmd_search(a: argparse.Namespace) -> int:
 def _precision_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--search-precision", choices=("auto", "fp32", "bf16"), default="auto",
                    help="precision of the searches' dev-subset scoring: auto (default) is bf16 autocast where the CPU "
-                   "has bf16 instructions (AMX / AVX512-BF16; about 2.5x faster), else fp32; whole-dev and test "
+                   "has bf16 instructions (AMX / AVX512-BF16; 1.87x faster on rt by scripts/precision_check.py), else fp32; whole-dev and test "
                    "scores are always fp32")
 
 

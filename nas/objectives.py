@@ -3,7 +3,7 @@
 ``DevAccuracy`` scores a sub-network with inherited supernet weights on a fixed, seeded
 subset of the **dev** split (the whole dev split for finalists); the test split is only
 touched by ``test()`` for reporting. The search objective (the subset) runs under bfloat16
-autocast where the CPU has bf16 instructions (``precision="auto"``; about 2.5x faster), the
+autocast where the CPU has bf16 instructions (``precision="auto"``; see ``scripts/precision_check.py``), the
 whole-dev and test scores always in fp32, as the exported model runs. Scores are cached by configuration hash in memory and
 in ``RUN/search/accuracy.csv``, so a resumed or repeated search never re-evaluates.
 It pickles as its run folder and settings (the model is re-opened in the receiving process),

@@ -21,7 +21,7 @@ PRECISIONS = ("auto", "fp32", "bf16")
 @functools.cache
 def bf16_is_fast() -> bool:
     """Whether this CPU has bfloat16 matrix instructions (AMX or AVX512-BF16), where bf16
-    autocast scores sub-networks about 2.5x faster than fp32 (measured on rt and r8)."""
+    autocast scores sub-networks faster than fp32 (``scripts/precision_check.py`` measures it)."""
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
