@@ -296,10 +296,14 @@ def _precision_arg(p: argparse.ArgumentParser) -> None:
                    "scores are always fp32")
 
 
-def _finetune_args(p: argparse.ArgumentParser, epochs: float, what: str) -> None:
+def _finetune_args(p: argparse.ArgumentParser, epochs: float, what: str, candidates: int = 3) -> None:
     p.add_argument("--finetune-epochs", type=float, default=epochs,
                    help=f"epochs of distillation from the teacher into {what} (0: none; default %(default)s)")
-    p.add_argument("--finetune-lr", type=float, default=5e-5, help="fine-tuning learning rate (default %(default)s)")
+    p.add_argument("--finetune-lr", type=float, default=2e-4, help="fine-tuning learning rate (default %(default)s)")
+    p.add_argument("--finetune-candidates", type=int, default=candidates,
+                   help="sub-networks fine-tuned under the budget, the one with the best fine-tuned dev score is "
+                   "exported: the search's pick plus the best of each of the deepest other depths, since deep, narrow "
+                   "sub-networks recover the most (default %(default)s; 1: the search's pick only)")
 
 
 def _finetune_stage(a: argparse.Namespace):  # noqa: ANN202
@@ -310,6 +314,8 @@ def _finetune_stage(a: argparse.Namespace):  # noqa: ANN202
     if a.finetune_epochs < 0 or a.finetune_lr <= 0:
         raise ConfigError(f"--finetune-epochs must be >= 0 and --finetune-lr > 0, got {a.finetune_epochs:g} "
                           f"and {a.finetune_lr:g}")
+    if a.finetune_candidates < 1:
+        raise ConfigError(f"--finetune-candidates must be >= 1, got {a.finetune_candidates}")
     return StageConfig(epochs=a.finetune_epochs, lr=a.finetune_lr) if a.finetune_epochs > 0 else None
 
 
@@ -329,7 +335,7 @@ def cmd_export(a: argparse.Namespace) -> int:
     r = choose_and_export(run, target, budget[0], a.out, method=a.method, n_evaluations=a.n, seed=a.seed,
                           finalists=a.finalists, accuracy=DevAccuracy(run, subset_size=a.dev_subset or None,
                                                               precision=a.search_precision),
-                          finetune=finetune, progress=not a.quiet)
+                          finetune=finetune, finetune_candidates=a.finetune_candidates, progress=not a.quiet)
     for s in r["step_downs"]:
         if s["meets_budget"] is None:
             print(f"  WARNING: {r['device']} is not on this machine, so {s['arch']} was chosen by prediction only "
@@ -344,9 +350,12 @@ def cmd_export(a: argparse.Namespace) -> int:
           f"{r['full_model_test_accuracy']:.4f}\n  wrote {a.out}/model.onnx, pytorch/, subnet.json, report.json")
     if r["finetuned"]:
         ft = r["finetuned"]
-        how = "reused the earlier fine-tuning in --out" if ft["reused"] else f"in {ft['wall_s']:.0f} s"
-        print(f"  fine-tuned {ft['epochs']:g} epochs ({how}): test {r['metric']} {ft['test_accuracy']:.4f} "
-              f"(dev {ft['dev_accuracy']:.4f}); the written model and model.onnx hold the fine-tuned weights")
+        for c in r["finetune_candidates"]:
+            how = "reused the earlier fine-tuning in --out" if c["reused"] else f"in {c['wall_s']:.0f} s"
+            mark = "<- exported" if c["arch_key"] == r["arch_key"] else ""
+            print(f"  fine-tuned {ft['epochs']:g} epochs {c['arch']} ({how}): dev {r['metric']} "
+                  f"{c['dev_accuracy_before']:.4f} -> {c['dev_accuracy']:.4f}, test {c['test_accuracy']:.4f} {mark}")
+        print("  the written model and model.onnx hold the exported sub-network's fine-tuned weights")
     return 0
 
 
@@ -378,12 +387,12 @@ def cmd_bench(a: argparse.Namespace) -> int:
     if a.quick:
         cfg = BenchConfig(device=a.device, n_evaluations=30, budget_fractions=(0.3, 0.6, 0.9), front_points=5,
                           rounds=1, dev_subset=200, seed=a.seed, finetune_speedups=(2.0,), finetune_epochs=0.5,
-                          finetune_methods=("ours",), search_precision=a.search_precision)
+                          finetune_methods=("ours",), finetune_candidates=2, search_precision=a.search_precision)
     else:
         ft = _finetune_stage(a)
         cfg = BenchConfig(device=a.device, n_evaluations=a.n, seed=a.seed, finetune_epochs=ft.epochs if ft else 0.0,
-                          finetune_lr=a.finetune_lr, finetune_speedups=tuple(_floats(a.finetune_at, "--finetune-at", "3,4")),
-                          search_precision=a.search_precision)
+                          finetune_lr=a.finetune_lr, finetune_speedups=tuple(_floats(a.finetune_at, "--finetune-at", "3")),
+                          finetune_candidates=a.finetune_candidates, search_precision=a.search_precision)
     command = "hwnas " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("hwnas") else "hwnas bench"
     summary = run_bench(run, target, cfg, a.out, command=command, progress=not a.quiet)
     print(Path(a.out, "BENCHMARKS.md").read_text())
@@ -399,7 +408,7 @@ def cmd_run(a: argparse.Namespace) -> int:
     out = Path(a.out or MAIN_RUN)
     spec = read_spec(out) if (out / "run.json").exists() else _spec(a)
     job = JobConfig(devices=tuple(a.device.split(",")), n_measure=a.n_measure, n_search=a.n_search,
-                    finetune=_finetune_stage(a))
+                    finetune=_finetune_stage(a), finetune_candidates=a.finetune_candidates)
     t0 = time.time()
     summary = main_job(out, spec, job, progress=not a.quiet)
     print()
@@ -439,7 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", default="cpu,cpu-1t", help="devices to measure and search for (default %(default)s)")
     r.add_argument("--n-measure", type=int, default=40, help="configurations measured per device")
     r.add_argument("--n-search", type=int, default=50, help="accuracy evaluations per search")
-    _finetune_args(r, 1.0, "the exported sub-network")
+    _finetune_args(r, 1.0, "the exported sub-network", candidates=2)
     _add_train_args(r, quick=True)
     r.set_defaults(func=cmd_run)
 
@@ -546,18 +555,18 @@ def build_parser() -> argparse.ArgumentParser:
     bq = sub.add_parser("bench", help="benchmark our front against DynaBERT-grid, retention-only and random baselines",
                         description="From one trained, measured and fitted run: fronts of four methods re-measured on "
                         "the device, hypervolumes, speed-up at 1 and 2 points of test loss, predictor quality, budget "
-                        "compliance over 20-90% of the full model's latency, realized vs ideal speed-up, fine-tuned points at 3x and 4x (ours: the fine-tuned export at the full model's "
-                        "latency / 3 and / 4; the DynaBERT grid's best point at that speed-up), cost; writes "
+                        "compliance over 20-90% of the full model's latency, realized vs ideal speed-up, fine-tuned points at 3x (ours: the fine-tuned export at the full model's "
+                        "latency / 3; the DynaBERT grid's best point at that speed-up), cost; writes "
                         "BENCHMARKS.md with tables and a PNG.")
     bq.add_argument("--run", required=True, help="run folder (trained, measured and fitted on --device)")
     bq.add_argument("--device", default="cpu", help="device to benchmark on (default %(default)s)")
     bq.add_argument("--n", type=int, default=150, help="accuracy evaluations per searched method")
     bq.add_argument("--seed", type=int, default=0)
     _precision_arg(bq)
-    _finetune_args(bq, 2.0, "the fine-tuned points")
-    bq.add_argument("--finetune-at", default="3,4",
+    _finetune_args(bq, 3.0, "the fine-tuned points")
+    bq.add_argument("--finetune-at", default="3",
                     help="speed-ups at which ours and the DynaBERT grid are fine-tuned, comma-separated (default %(default)s; "
-                    "--quick: 2, ours only, 0.5 epochs)")
+                    "--quick: 2, ours only, 0.5 epochs, 2 candidates)")
     bq.add_argument("--quick", action="store_true", help="a reduced version in minutes (fewer evaluations and budgets)")
     bq.add_argument("--quiet", action="store_true", help="no progress bars")
     bq.add_argument("--out", default="results", help="where BENCHMARKS.md and its files go (default %(default)s)")

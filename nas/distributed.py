@@ -437,7 +437,7 @@ class RayTuneSearch:
         startup_s = time.perf_counter() - t0
         try:
             with _quiet_optuna(), self._storage() as storage:
-                rows = self._fit(space, models, budget_ms, n_evaluations, seed, storage)
+                rows = self._fit(space, models, anchors(space, budget_ms, latency), budget_ms, n_evaluations, seed, storage)
             fit_s = time.perf_counter() - t0 - startup_s
         finally:
             if started:
@@ -466,12 +466,14 @@ class RayTuneSearch:
         self,
         space: SearchSpace,
         models: _Once,
+        first: list[SubnetConfig],
         budget_ms: float | None,
         n_evaluations: int,
         seed: int,
         storage: str,
     ) -> list[dict[str, Any]]:
-        """Run the trials; their reported metrics in trial order."""
+        """Run the trials (``first``, the anchors, before the sampler's); their reported metrics
+        in trial order."""
         import optuna
         from ray import tune
         from ray.tune.search import ConcurrencyLimiter
@@ -490,7 +492,7 @@ class RayTuneSearch:
             metric=["acc", "lat"] if multi else "acc",
             mode=["max", "min"] if multi else "max",
             sampler=sampler,
-            points_to_evaluate=[encode(space, c) for c in anchors(space, budget_ms)],
+            points_to_evaluate=[encode(space, c) for c in first],
         )
         settings = {"space": space, "budget_ms": budget_ms, "multi_objective": multi,
                     "infeasible_value": self.infeasible_value}

@@ -188,7 +188,7 @@ class _OptunaSearch:
             study = self._open_study(space, budget_ms, seed, n_evaluations)
             n_trials = self._replay(study, archive)
             if n_trials == 0 and self.anchor:
-                for cfg in anchors(space, budget_ms):
+                for cfg in anchors(space, budget_ms, latency):
                     study.enqueue_trial(encode(space, cfg), skip_if_exists=True)
             max_trials = self.trials_per_evaluation * n_evaluations
             while not archive.full and n_trials < max_trials:

@@ -51,6 +51,9 @@ def test_budget_sweep_exports_and_remeasures(job: Path, tmp_path: Path) -> None:
     report = json.loads((job / "bench" / "export_0.05x_ft" / "report.json").read_text())
     assert report["weights"] == "fine-tuned" and ft["arch"].iloc[0] == report["arch"]
     assert ft["acc_test"].iloc[0] == report["finetuned"]["test_accuracy"] and ft["speedup"].iloc[0] == report["speedup"]
+    tried = json.loads(ft["ft_candidates"].iloc[0])  # every sub-network the export fine-tuned, on the page too
+    assert tried == report["finetune_candidates"] and 1 <= len(tried) <= 3
+    assert all(c["arch"] in (tmp_path / "bench_rt_cpu.md").read_text() for c in tried)
     dyn = fronts[fronts["method"] == "dynabert"]
     assert ft["arch_key"].iloc[1] == dyn.loc[dyn["acc_dev_full"].idxmax(), "arch_key"]
     assert ft["acc_test"].between(0, 1).all() and ft["acc_test_before"].between(0, 1).all()

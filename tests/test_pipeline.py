@@ -53,10 +53,18 @@ def test_exported_models_hold_the_finetuned_weights(job: Path) -> None:
     standalone = load_model(export / "pytorch")
     batches = list(iterate_batches(run.splits["test"], 8, shuffle=False))[:3]
     assert check_onnx(standalone, export / "model.onnx", batches) < 1e-4
-    # The main job fine-tunes the exported sub-network (1 epoch by default): the written model is
-    # the fine-tuned one, which started from the supernet's weights for the chosen configuration.
+    # The main job fine-tunes the search's pick and the best of the deepest other depth (1 epoch
+    # each by default) and writes the one with the best fine-tuned dev score: the fine-tuned
+    # model, which started from the supernet's weights for that configuration.
     assert report["finetuned"]["epochs"] == 1
-    tuned = load_model(finetune_folder(export, cfg, StageConfig(epochs=1, lr=5e-5)))
+    tried = report["finetune_candidates"]
+    assert 1 <= len(tried) <= 2 and report["finetuned"]["candidates"] == len(tried)
+    assert len({c["depth"] for c in tried}) == len(tried)  # distinct depths
+    best = max(tried, key=lambda c: c["dev_accuracy"])
+    assert cfg.key() == report["arch_key"] == best["arch_key"] and report["finetuned"]["test_accuracy"] == best["test_accuracy"]
+    for c in tried:
+        assert c["measured_ms"] <= report["budget_ms"]
+    tuned = load_model(finetune_folder(export, cfg, StageConfig(epochs=1, lr=2e-4)))
     assert extract(run.supernet, cfg).shape == standalone.shape
     with torch.no_grad():
         for b in batches:
@@ -106,6 +114,7 @@ def test_export_with_finetuning(job: Path, tmp_path: Path, capsys) -> None:
     from supernet.checkpoint import load_model
     from supernet.data import iterate_batches
     from supernet.space import SubnetConfig
+    from supernet.train import StageConfig, finetune_folder
     from supernet.workflow import open_run
 
     out = tmp_path / "ft"
@@ -118,7 +127,8 @@ def test_export_with_finetuning(job: Path, tmp_path: Path, capsys) -> None:
     run = open_run(job)
     cfg = SubnetConfig.from_dict(report["subnet"])
     tuned = load_model(out / "pytorch")
-    (folder,) = out.glob("finetune_*")
+    folder = finetune_folder(out, cfg, StageConfig(epochs=2, lr=1e-3))  # the exported one of the candidates
+    assert len(list(out.glob("finetune_*"))) == ft["candidates"] == len(report["finetune_candidates"])
     assert all(torch.equal(v, load_model(folder).state_dict()[k]) for k, v in tuned.state_dict().items())
     batches = list(iterate_batches(run.splits["test"], 8, shuffle=False))[:2]
     assert check_onnx(tuned, out / "model.onnx", batches) < 1e-4

@@ -19,6 +19,8 @@ from nas.search import (
     Candidate,
     RandomSearch,
     SearchResult,
+    anchors,
+    depth_seeds,
     fastest_reachable,
     make_searcher,
 )
@@ -197,3 +199,37 @@ def test_bad_budget_and_evaluations_are_config_errors() -> None:
     for budget, n in [(-1.0, 10), (float("nan"), 10), (2.0, 0)]:
         with pytest.raises(ConfigError):
             run("random", budget_ms=budget, n=n)
+
+
+# ---- depth seeds ---------------------------------------------------------------------------
+def test_depth_seeds_are_the_widest_uniform_subnets_of_each_depth_that_fit() -> None:
+    lat = ToyLatency()
+    seeds = depth_seeds(SPACE, lat, BUDGET)
+    depths = [len(c.kept_layers) for c in seeds]
+    assert depths == sorted(set(depths)) and 4 in depths  # one per depth, the deepest included
+    for cfg, (_, upper) in zip(seeds, lat.predict(seeds), strict=True):
+        assert upper <= BUDGET and SPACE.contains(cfg)
+        kept = cfg.kept_layers
+        assert len({cfg.heads[i] for i in kept}) == 1 and len({cfg.ffn[i] for i in kept}) == 1  # uniform
+        if cfg.heads[kept[0]] < SPACE.max_heads:  # a wider one of the same depth and retention misses the budget
+            wider = SPACE.uniform(width=(cfg.heads[kept[0]] + 1) / SPACE.max_heads, depth=len(kept) / SPACE.num_layers,
+                                  retention=min(cfg.retention))
+            assert lat.predict([wider])[0][1] > BUDGET
+    # Every budgeted search starts from them; a whole-front search does not.
+    result, _ = run("evolution", budget_ms=BUDGET, n=30)
+    assert {c.key() for c in seeds} <= {c.config.key() for c in result.history}
+    assert anchors(SPACE, None, lat) == [SPACE.smallest(), SPACE.largest()]
+
+
+def test_other_depths_takes_the_best_of_the_deepest_other_depths() -> None:
+    from nas.export import other_depths
+
+    result, _ = run("evolution", budget_ms=BUDGET, n=40)
+    chosen = max((c for c in result.history if c.feasible), key=lambda c: c.accuracy)
+    extra = other_depths(result.history, chosen, 2)
+    depths = [len(c.config.kept_layers) for c in extra]
+    assert len(chosen.config.kept_layers) not in depths and depths == sorted(set(depths), reverse=True)
+    for c in extra:
+        same = [o for o in result.history if o.feasible and len(o.config.kept_layers) == len(c.config.kept_layers)]
+        assert c.feasible and c.accuracy == max(o.accuracy for o in same)
+    assert other_depths(result.history, chosen, 0) == []

@@ -1,0 +1,66 @@
+"""How much sub-networks recover when fine-tuned, under several fine-tuning schedules.
+
+For a trained run: each sub-network is distilled from the teacher (as `hwnas export
+--finetune-epochs` does) with each schedule, then scored on the whole dev and test splits.
+Prints one row per (sub-network, schedule). Finished fine-tunings under --out are reused.
+
+    .venv/bin/python scripts/finetune_check.py runs/bench/rt \
+        --subnet runs/bench/rt/bench/export_3x_ft/subnet.json --recipe 2:5e-5 --recipe 3:2e-4
+
+--subnet takes a subnet.json file (from `hwnas export`) or `uniform:WIDTH,DEPTH` (a DynaBERT
+grid point; default `uniform:0.25,1.0`, 6 layers of 3 heads and FFN 384 on MiniLM).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import time
+from pathlib import Path
+
+from supernet.checkpoint import load_model
+from supernet.evaluate import model_score
+from supernet.space import SubnetConfig
+from supernet.train import StageConfig, finetune_folder, finetune_subnet, teacher_logits
+from supernet.workflow import LoadedRun, open_run
+
+
+def subnet(run: LoadedRun, spec: str) -> SubnetConfig:
+    if spec.startswith("uniform:"):
+        width, depth = (float(x) for x in spec.removeprefix("uniform:").split(","))
+        return run.space.uniform(width=width, depth=depth)
+    return run.space.validate(SubnetConfig.from_dict(json.loads(Path(spec).read_text())))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("run")
+    p.add_argument("--subnet", action="append", help="subnet.json or uniform:WIDTH,DEPTH (repeatable)")
+    p.add_argument("--recipe", action="append", help="EPOCHS:LR (repeatable; default 2:5e-5 and 3:2e-4)")
+    p.add_argument("--out", default=None, help="where the fine-tunings go (default RUN/finetune_check)")
+    a = p.parse_args()
+    run = open_run(a.run)
+    out = Path(a.out or run.folder / "finetune_check")
+    teacher = load_model(run.folder / "teacher")
+    targets = functools.cache(lambda: teacher_logits(teacher, run.splits["train"]))
+    metric = run.task.metric
+    print(f"{a.run}: teacher test {metric} {model_score(teacher, run.splits['test'], metric):.4f}")
+    for spec in a.subnet or ["uniform:0.25,1.0"]:
+        cfg = subnet(run, spec)
+        before = {s: run.evaluator(cfg, s)[metric] for s in ("dev", "test")}
+        print(f"{cfg.describe()}: supernet weights dev {before['dev']:.4f} test {before['test']:.4f}")
+        for recipe in a.recipe or ["2:5e-5", "3:2e-4"]:
+            epochs, lr = (float(x) for x in recipe.split(":"))
+            stage = StageConfig(epochs=epochs, lr=lr)
+            t0 = time.time()
+            model, trained = finetune_subnet(run.supernet, teacher, cfg, run.splits["train"],
+                                             finetune_folder(out, cfg, stage), run.spec.train, stage,
+                                             targets=targets, progress=False)
+            dev, test = (model_score(model, run.splits[s], metric) for s in ("dev", "test"))
+            how = f"{time.time() - t0:.0f} s" if trained else "reused"
+            print(f"  {epochs:g} epochs, lr {lr:g}: dev {dev:.4f} test {test:.4f} ({how})", flush=True)
+
+
+if __name__ == "__main__":
+    main()
