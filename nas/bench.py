@@ -257,7 +257,9 @@ def compliance(run: LoadedRun, target: Target, acc: DevAccuracy, cfg: BenchConfi
         (again,), full_again = remeasure(run, target, [cfg_x], rounds=cfg.rounds)
         first = r["step_downs"][0]
         rows.append({
-            "fraction": f, "budget_ms": budget, "arch": r["arch"], "predicted_ms": r["predicted_latency_ms"],
+            "fraction": f, "budget_ms": budget, "arch": r["arch"],
+            "drift_scale": r["device_drift"]["scale_applied"] if r["device_drift"] else float("nan"),
+            "predicted_ms": r["predicted_latency_ms"],
             "upper_ms": r["predicted_upper_ms"], "first_pick_measured_ms": first["measured_ms"],
             "first_pick_meets": bool(first["meets_budget"]), "step_downs": len(r["step_downs"]) - 1,
             "exported_measured_ms": r["measured_latency_ms"], "fresh_measured_ms": again,
@@ -458,8 +460,9 @@ Every sub-network `ours+ft` fine-tuned (the search's pick first; the exported on
 {_md(fit_rows)}
 
 ## 4. Budget compliance and 5. realized vs ideal (budgets as a share of the full model's latency)
-`first_pick_meets`: the search's choice met the budget when re-measured; `fresh_meets`: the exported
-sub-network, re-measured again afterwards, met it. Realized / ideal = measured speed-up / FLOPs ratio.
+`drift_scale`: the factor the export scaled its predictions by, after timing three reference
+sub-networks against the predictor (1: within 10%); `first_pick_meets`: the search's choice met the
+budget when re-measured; `fresh_meets`: the exported sub-network, re-measured again afterwards, met it. Realized / ideal = measured speed-up / FLOPs ratio.
 {_md(comp.drop(columns=[c for c in ('error',) if c in comp and (comp[c] == '').all()]))}
 
 ## 7. Cost

@@ -335,7 +335,13 @@ def cmd_export(a: argparse.Namespace) -> int:
     r = choose_and_export(run, target, budget[0], a.out, method=a.method, n_evaluations=a.n, seed=a.seed,
                           finalists=a.finalists, accuracy=DevAccuracy(run, subset_size=a.dev_subset or None,
                                                               precision=a.search_precision),
-                          finetune=finetune, finetune_candidates=a.finetune_candidates, progress=not a.quiet)
+                          finetune=finetune, finetune_candidates=a.finetune_candidates,
+                          drift_tolerance=None if a.drift_tolerance < 0 else a.drift_tolerance, progress=not a.quiet)
+    d = r["device_drift"]
+    if d is not None and d["scale_applied"] != 1.0:
+        print(f"  WARNING: {r['device']} runs {d['ratio']:.2f}x the predicted latency today (references "
+              f"{', '.join(format(x, '.2f') for x in d['ratios'])}); this search scaled every prediction by "
+              f"{d['scale_applied']:.2f}. Re-measure (`hwnas measure`, `hwnas fit`) if it stays so")
     for s in r["step_downs"]:
         if s["meets_budget"] is None:
             print(f"  WARNING: {r['device']} is not on this machine, so {s['arch']} was chosen by prediction only "
@@ -534,6 +540,10 @@ def build_parser() -> argparse.ArgumentParser:
     e2.add_argument("--budget-ms", required=True, help="latency budget in ms")
     e2.add_argument("--out", required=True, help="output folder")
     e2.add_argument("--finalists", type=int, default=5, help="candidates to re-measure, best first (default %(default)s)")
+    e2.add_argument("--drift-tolerance", type=float, default=0.10,
+                    help="before searching, time three reference sub-networks; when the device runs more than this "
+                    "fraction slower or faster than its predictor says, scale the predictions by the measured ratio "
+                    "(default %(default)s; negative: no check)")
     _finetune_args(e2, 0.0, "the chosen sub-network before it is written")
     e2.add_argument("--quiet", action="store_true", help="no progress bars")
     e2.set_defaults(func=cmd_export)

@@ -5,6 +5,10 @@ plus the predictor's safety margin) meets the budget. Predictions can still be w
 day, so before anything is handed over the finalists are **re-measured on the device**,
 interleaved with the full model in the same run; a finalist that misses the budget is
 passed over for the next one (a "step down"), and the report lists every step.
+
+Before the search, three reference sub-networks are timed to check the device against its
+predictor; a device that runs more than 10% slower or faster than predicted (a shared or
+throttled machine) has every prediction of that search scaled by the measured ratio.
 """
 
 from __future__ import annotations
@@ -49,9 +53,31 @@ class Target:
         return cls(profile, profile.batch, length if length is not None else lengths[0])
 
 
-def latency_model(run: LoadedRun, target: Target) -> PredictedLatency:
+def latency_model(run: LoadedRun, target: Target, scale: float = 1.0) -> PredictedLatency:
     pred = load_device_predictor(run.folder, target.profile.name)
-    return PredictedLatency(pred, batch=target.batch, length=target.length)
+    return PredictedLatency(pred, batch=target.batch, length=target.length, scale=scale)
+
+
+def drift_references(run: LoadedRun) -> list[SubnetConfig]:
+    """Sub-networks timed to check the device against its predictor: the full model, half
+    width, and quarter width at half depth (three sizes, so that one mispredicted
+    configuration does not decide)."""
+    return [run.space.largest(), run.space.uniform(width=0.5), run.space.uniform(width=0.25, depth=0.5)]
+
+
+def device_drift(run: LoadedRun, target: Target, *, rounds: int = 3) -> dict[str, Any]:
+    """How much slower (> 1) or faster (< 1) the device runs now than its predictor says:
+    the median of measured / predicted over ``drift_references``, each re-measured now.
+
+    A predictor is fitted once (``hwnas measure`` + ``hwnas fit``); a shared or throttled
+    machine can be slower on the day, and a search that trusts stale predictions picks
+    sub-networks that miss the budget when re-measured."""
+    refs = drift_references(run)
+    measured, full_ms = remeasure(run, target, refs[1:], rounds=rounds)
+    predicted = [p for p, _ in latency_model(run, target).predict(refs)]
+    ratios = [m / p for m, p in zip([full_ms, *measured], predicted, strict=True)]
+    return {"ratio": float(np.median(ratios)), "ratios": ratios, "measured_ms": [full_ms, *measured],
+            "predicted_ms": predicted, "references": [c.describe() for c in refs]}
 
 
 def _budget_label(budget_ms: float | None) -> str:
@@ -72,17 +98,21 @@ def run_search(
     seed: int = 0,
     accuracy: DevAccuracy | None = None,
     searcher_kwargs: dict[str, Any] | None = None,
+    latency_scale: float = 1.0,
 ) -> tuple[SearchResult, float]:
     """One search on the run; returns the result and its wall time. The history is written
-    to ``RUN/search/<device>_<budget>_<method>.csv``."""
-    latency = latency_model(run, target)
+    to ``RUN/search/<device>_<budget>_<method>.csv``. ``latency_scale`` multiplies the
+    predictions (a measured drift of the device, ``device_drift``)."""
+    latency = latency_model(run, target, latency_scale)
     if budget_ms is not None:
         fastest = fastest_reachable(run.space, latency)
         if budget_ms < fastest:
             raise ImpossibleBudget(
                 f"a budget of {budget_ms:g} ms cannot be met on {target.profile.name} at batch {target.batch}, "
                 f"length {target.length}: the fastest reachable sub-network is predicted at {fastest:.2f} ms "
-                "(upper bound with the safety margin); raise the budget to at least that"
+                "(upper bound with the safety margin"
+                + (f", scaled by {latency_scale:.2f} for the device's measured drift" if latency_scale != 1.0 else "")
+                + "); raise the budget to at least that"
             )
     accuracy = accuracy or DevAccuracy(run)
     kwargs = dict(searcher_kwargs or {})
@@ -91,8 +121,9 @@ def run_search(
         b = _budget_label(budget_ms)
         # The study's stored values are only valid for this predictor and this dev subset.
         fingerprint = hashlib.sha1(predictor_path(run.folder, target.profile.name).read_bytes()).hexdigest()[:8]
+        scaled = "" if latency_scale == 1.0 else f"-x{latency_scale:.4g}"
         kwargs.setdefault("study_name", f"{target.profile.name}-{b}-{method}-L{target.length}-s{seed}"
-                                        f"-{accuracy.search_split}-p{fingerprint}")
+                                        f"-{accuracy.search_split}-p{fingerprint}{scaled}")
         (run.folder / "search").mkdir(parents=True, exist_ok=True)
     searcher = make_searcher(method, **kwargs)
     t0 = time.time()
@@ -149,6 +180,7 @@ def choose_and_export(
     finetune: StageConfig | None = None,
     finetune_candidates: int = 3,
     full_model_test: float | None = None,
+    drift_tolerance: float | None = 0.10,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Search, re-rank the finalists on the full dev split, re-measure, export; the report.
@@ -162,6 +194,11 @@ def choose_and_export(
     recover more when fine-tuned (rt at 3x, 3 epochs: 6 layers of 3 heads 82.6 on dev against
     80.9 for the search's 3-layer pick). ``full_model_test``: the teacher's test score when
     the caller already has it (a budget sweep), else it is computed here.
+
+    Before searching, the device is checked against its predictor (``device_drift``): when it
+    runs more than ``drift_tolerance`` (a fraction) slower or faster than predicted, the
+    search scales every prediction by the measured ratio, and the report says so
+    (``device_drift``). ``None`` skips the check.
     """
     from latency.onnx_export import check_onnx, export_onnx
     from supernet.checkpoint import load_model
@@ -170,8 +207,17 @@ def choose_and_export(
     from supernet.extract import export_standalone, extract
 
     accuracy = accuracy or DevAccuracy(run)
+    drift: dict[str, Any] | None = None
+    if drift_tolerance is not None:
+        try:
+            drift = device_drift(run, target)
+        except DeviceUnavailable:
+            drift = None  # a kit device: nothing to check against here
+    scale = drift["ratio"] if drift is not None and abs(drift["ratio"] - 1) > drift_tolerance else 1.0
+    if drift is not None:
+        drift["scale_applied"] = scale
     result, search_s = run_search(run, target, budget_ms, method=method, n_evaluations=n_evaluations,
-                                  seed=seed, accuracy=accuracy)
+                                  seed=seed, accuracy=accuracy, latency_scale=scale)
     feasible = sorted((c for c in result.history if c.feasible), key=lambda c: -c.accuracy)[: max(1, finalists)]
     if not feasible:
         raise ImpossibleBudget(f"the search found no sub-network under {budget_ms:g} ms on {target.profile.name}")
@@ -258,6 +304,7 @@ def choose_and_export(
         "full_model_latency_ms": full_ms,
         "speedup": full_ms / chosen_ms if measurable else None,
         "remeasured": measurable,
+        "device_drift": drift,  # measured / predicted before the search; the search's scale
         "dev_accuracy": accuracy.full_dev(cfg),
         "test_accuracy": accuracy.test(cfg),
         "full_model_test_accuracy": full_test,

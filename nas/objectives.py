@@ -110,13 +110,17 @@ class DevAccuracy:
 
 
 class PredictedLatency:
-    """The LatencyModel of a device: predictor at a fixed input shape (batch, length)."""
+    """The LatencyModel of a device: predictor at a fixed input shape (batch, length).
 
-    def __init__(self, predictor: BasePredictor, *, batch: int, length: int) -> None:
-        self.predictor, self.batch, self.length = predictor, batch, length
+    ``scale`` multiplies predictions and upper bounds: the device's measured drift since the
+    predictor was fitted (``nas.export.device_drift``), 1.0 for none."""
+
+    def __init__(self, predictor: BasePredictor, *, batch: int, length: int, scale: float = 1.0) -> None:
+        self.predictor, self.batch, self.length, self.scale = predictor, batch, length, scale
 
     def predict(self, configs: list[SubnetConfig]) -> list[tuple[float, float]]:
         if not configs:
             return []
         out = self.predictor.predict(config_rows(configs, self.batch, self.length))
-        return list(zip(out["pred_ms"].astype(float), out["upper_ms"].astype(float), strict=True))
+        return list(zip(out["pred_ms"].astype(float) * self.scale, out["upper_ms"].astype(float) * self.scale,
+                        strict=True))

@@ -107,7 +107,10 @@ def main_job(out: str | Path, spec: RunSpec, job: JobConfig, *, progress: bool =
     report = choose_and_export(run, targets[job.export_device], budget,
                                out / "export" / f"{job.export_device}_{budget:g}ms", n_evaluations=job.n_search,
                                seed=spec.seed, accuracy=acc, progress=progress,
-                               finetune=job.finetune, finetune_candidates=job.finetune_candidates)
+                               finetune=job.finetune, finetune_candidates=job.finetune_candidates,
+                               # The budgets are points on this predictor's own scale, fitted
+                               # minutes ago: scaling its predictions would move them.
+                               drift_tolerance=None)
     if report["finetuned"]:
         ft = report["finetuned"]
         log(f"exported {report['arch']} (best fine-tuned dev score of {ft['candidates']} candidates): test "

@@ -218,3 +218,45 @@ def test_search_precision_labels_its_cache_and_scores_like_fp32(job: Path) -> No
     assert resolve_precision("auto") in ("fp32", "bf16")
     with pytest.raises(ConfigError, match="auto, fp32, bf16"):
         DevAccuracy(run, precision="fp16")
+
+
+def test_export_scales_stale_predictions_by_the_measured_drift(job: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    """A predictor that says a quarter of what it said when fitted (as if the device had become
+    four times slower): the export measures the drift first and searches with scaled predictions."""
+    import nas.export
+    from latency.workflow import load_device_predictor, resolve_device
+    from supernet.space import SubnetConfig
+    from supernet.workflow import open_run
+
+    def export(out: Path, *extra: str) -> dict:
+        assert main(["export", "--run", str(job), "--device", "cpu", "--budget-ms", "1000", "--out", str(out),
+                     "--n", "5", "--quiet", *extra]) == 0
+        return json.loads((out / "report.json").read_text())
+
+    # The tiny run's own predictor, checked but never scaled (a tolerance of 100x).
+    base = export(tmp_path / "base", "--drift-tolerance", "100")["device_drift"]
+    assert base["scale_applied"] == 1.0 and len(base["ratios"]) == 3
+    capsys.readouterr()
+
+    class Quartered:
+        def __init__(self, inner) -> None:  # noqa: ANN001
+            self.inner = inner
+
+        def predict(self, rows):  # noqa: ANN001, ANN202
+            out = self.inner.predict(rows).copy()
+            out[["pred_ms", "upper_ms"]] *= 0.25
+            return out
+
+    monkeypatch.setattr(nas.export, "load_device_predictor", lambda *a: Quartered(load_device_predictor(*a)))
+    report = export(tmp_path / "drift")
+    printed = capsys.readouterr().out
+    assert "WARNING: cpu runs" in printed and "scaled every prediction by" in printed
+    drift = report["device_drift"]
+    assert 2.5 < drift["ratio"] / base["ratio"] < 6.5  # about 4, within timing noise
+    assert drift["scale_applied"] == drift["ratio"]
+    # The search's predictions are the quartered ones times the measured drift.
+    run = open_run(job)
+    quartered = nas.export.latency_model(run, nas.export.Target.of(run, resolve_device(job, "cpu"), report["length"]))
+    cfg = SubnetConfig.from_dict(report["subnet"])
+    assert report["predicted_latency_ms"] == pytest.approx(quartered.predict([cfg])[0][0] * drift["ratio"])
+    assert export(tmp_path / "off", "--drift-tolerance", "-1")["device_drift"] is None  # no check asked for
