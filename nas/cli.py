@@ -319,6 +319,25 @@ def _finetune_stage(a: argparse.Namespace):  # noqa: ANN202
     return StageConfig(epochs=a.finetune_epochs, lr=a.finetune_lr) if a.finetune_epochs > 0 else None
 
 
+def _speedup_budget(run, target, speedup: float) -> float:  # noqa: ANN001
+    """The full model's latency on the device, timed now, divided by ``speedup``."""
+    from latency.devices import DeviceUnavailable
+    from nas.export import remeasure
+    from supernet.errors import ConfigError
+
+    if not speedup > 1:
+        raise ConfigError(f"--speedup must be above 1 (a budget below the full model's latency), got {speedup:g}")
+    try:
+        full_ms = remeasure(run, target, [])[1]
+    except DeviceUnavailable as e:
+        raise ConfigError(f"--speedup times the full model on {target.profile.name}, which is not on this machine "
+                          f"({e}); give --budget-ms instead") from None
+    budget = round(full_ms / speedup, 3)
+    print(f"  the full model measures {full_ms:.3f} ms on {target.profile.name} now: budget {budget:g} ms for "
+          f"{speedup:g}x")
+    return budget
+
+
 def cmd_export(a: argparse.Namespace) -> int:
     from nas.export import choose_and_export
     from nas.objectives import DevAccuracy
@@ -326,7 +345,10 @@ def cmd_export(a: argparse.Namespace) -> int:
 
     run = open_run(a.run)
     target = _target(run, a.device, a.devices, a.length)
-    budget = _budgets(a.budget_ms)
+    if a.speedup is not None:
+        budget = [_speedup_budget(run, target, a.speedup)]
+    else:
+        budget = _budgets(a.budget_ms)
     if len(budget) != 1:
         from supernet.errors import ConfigError
 
@@ -537,7 +559,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "Face model, subnet.json and report.json to --out.")
     search_args(e2)
     e2.add_argument("--device", required=True, help="device name")
-    e2.add_argument("--budget-ms", required=True, help="latency budget in ms")
+    budget = e2.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--budget-ms", help="latency budget in ms")
+    budget.add_argument("--speedup", type=float,
+                        help="budget as a speed-up over the full model: the full model is timed on the device now "
+                        "and the budget is its latency divided by this (e.g. 3)")
     e2.add_argument("--out", required=True, help="output folder")
     e2.add_argument("--finalists", type=int, default=5, help="candidates to re-measure, best first (default %(default)s)")
     e2.add_argument("--drift-tolerance", type=float, default=0.10,

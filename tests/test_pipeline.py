@@ -260,3 +260,21 @@ def test_export_scales_stale_predictions_by_the_measured_drift(job: Path, tmp_pa
     cfg = SubnetConfig.from_dict(report["subnet"])
     assert report["predicted_latency_ms"] == pytest.approx(quartered.predict([cfg])[0][0] * drift["ratio"])
     assert export(tmp_path / "off", "--drift-tolerance", "-1")["device_drift"] is None  # no check asked for
+
+
+def test_export_budget_as_a_speedup_over_the_full_model(job: Path, tmp_path: Path, capsys) -> None:
+    """`--speedup S`: the full model timed on the device now, divided by S. (The tiny model's
+    full latency is overhead-bound, below its fastest sub-network's upper bound, so the budget
+    itself is checked here rather than a whole export.)"""
+    from latency.workflow import resolve_device
+    from nas.cli import _speedup_budget
+    from nas.export import Target
+    from supernet.workflow import open_run
+
+    run = open_run(job)
+    budget = _speedup_budget(run, Target.of(run, resolve_device(job, "cpu")), 1.2)
+    printed = capsys.readouterr().out
+    full_now = float(printed.split("the full model measures ")[1].split(" ms")[0])
+    assert budget == pytest.approx(full_now / 1.2, abs=1.5e-3) and f"budget {budget:g} ms for 1.2x" in printed
+    assert main(["export", "--run", str(job), "--device", "cpu", "--speedup", "0.5", "--out", str(tmp_path / "y")]) == 2
+    assert "--speedup must be above 1" in capsys.readouterr().err
