@@ -164,6 +164,9 @@ def finetuned(run: LoadedRun, target: Target, table: pd.DataFrame, acc: DevAccur
         return pd.DataFrame(columns=[*table.columns, "acc_test_before"])
     stage = StageConfig(epochs=cfg.finetune_epochs, lr=cfg.finetune_lr)
     full_ms = float(table["full_model_ms"].iloc[0])
+    train = run.splits["train"]
+    teacher = load_model(run.folder / "teacher")
+    targets = functools.cache(lambda: teacher_logits(teacher, train))  # one pass for every fine-tuning, only if needed
     rows: list[dict[str, Any]] = []
     picks: list[pd.Series] = []
     for method in cfg.finetune_methods:
@@ -173,7 +176,7 @@ def finetuned(run: LoadedRun, target: Target, table: pd.DataFrame, acc: DevAccur
                     r = choose_and_export(run, target, round(full_ms / s, 3), folder / f"export_{s:g}x_ft",
                                           n_evaluations=cfg.n_evaluations, seed=cfg.seed, accuracy=acc, finetune=stage,
                                           finetune_candidates=cfg.finetune_candidates, full_model_test=full_test,
-                                          progress=progress)
+                                          teacher_targets=targets, progress=progress)
                 except ImpossibleBudget:
                     continue
                 sub = SubnetConfig.from_dict(r["subnet"])
@@ -195,9 +198,6 @@ def finetuned(run: LoadedRun, target: Target, table: pd.DataFrame, acc: DevAccur
                     seen.add(row["arch_key"])
                     picks.append(row)
     if picks:
-        train = run.splits["train"]
-        teacher = load_model(run.folder / "teacher")
-        targets = functools.cache(lambda: teacher_logits(teacher, train))  # computed once, only if needed
         for row in tqdm(picks, desc="bench: fine-tune grid points", disable=not progress):
             sub = SubnetConfig.from_dict(json.loads(row["arch_json"]))
             model, _ = finetune_subnet(run.supernet, teacher, sub, train, finetune_folder(folder, sub, stage),

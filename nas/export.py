@@ -16,9 +16,10 @@ from __future__ import annotations
 import functools
 import hashlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -33,6 +34,9 @@ from supernet.io import write_csv, write_json
 from supernet.space import SubnetConfig
 from supernet.train import StageConfig, finetune_folder, finetune_subnet, teacher_logits
 from supernet.workflow import LoadedRun
+
+if TYPE_CHECKING:
+    import torch
 
 
 class ImpossibleBudget(HwnasError):
@@ -180,6 +184,7 @@ def choose_and_export(
     finetune: StageConfig | None = None,
     finetune_candidates: int = 3,
     full_model_test: float | None = None,
+    teacher_targets: Callable[[], torch.Tensor] | None = None,
     drift_tolerance: float | None = 0.10,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -193,7 +198,9 @@ def choose_and_export(
     exported. Supernet weights rank shallow, wide sub-networks first, but deep, narrow ones
     recover more when fine-tuned (rt at 3x, 3 epochs: 6 layers of 3 heads 82.6 on dev against
     80.9 for the search's 3-layer pick). ``full_model_test``: the teacher's test score when
-    the caller already has it (a budget sweep), else it is computed here.
+    the caller already has it (a budget sweep), else it is computed here; ``teacher_targets``
+    likewise gives the teacher's logits on the train split (``teacher_logits``, called only if
+    there is fine-tuning to do), else they are computed here.
 
     Before searching, the device is checked against its predictor (``device_drift``): when it
     runs more than ``drift_tolerance`` (a fraction) slower or faster than predicted, the
@@ -264,7 +271,7 @@ def choose_and_export(
         if extra:
             extra_ms = remeasure(run, target, [c.config for c in extra])[0] if measurable else [float("nan")] * len(extra)
             pool += [(c, ms) for c, ms in zip(extra, extra_ms, strict=True) if not ms > budget_ms]
-        targets = functools.cache(lambda: teacher_logits(teacher, run.splits["train"]))  # shared, computed once
+        targets = teacher_targets or functools.cache(lambda: teacher_logits(teacher, run.splits["train"]))
         models = []
         for cand, ms in pool:
             t0 = time.time()
@@ -275,9 +282,10 @@ def choose_and_export(
             models.append(model)
             ft_rows.append({"arch_key": cand.config.key(), "arch": cand.config.describe(),
                             "depth": len(cand.config.kept_layers), "measured_ms": ms,
-                          "dev_accuracy_before": accuracy.full_dev(cand.config), "wall_s": round(time.time() - t0, 1),
-                          "reused": not trained, **{f"{split}_accuracy": model_score(model, run.splits[split], run.task.metric)
-                                                    for split in ("dev", "test")}})
+                            "dev_accuracy_before": accuracy.full_dev(cand.config), "wall_s": round(time.time() - t0, 1),
+                            "reused": not trained,
+                            **{f"{split}_accuracy": model_score(model, run.splits[split], run.task.metric)
+                               for split in ("dev", "test")}})
         best = max(range(len(pool)), key=lambda i: (ft_rows[i]["dev_accuracy"], -i))  # ties: the search's pick
         (chosen, chosen_ms), small = pool[best], models[best]
         tuned = {"epochs": finetune.epochs, "lr": finetune.lr, "candidates": len(pool),

@@ -291,10 +291,10 @@ class Archive:
         )
 
 
-def anchors(space: SearchSpace, budget_ms: float | None, latency: LatencyModel | None = None) -> list[SubnetConfig]:
+def anchors(space: SearchSpace, budget_ms: float | None, latency: LatencyModel) -> list[SubnetConfig]:
     """Configurations evaluated first: the smallest, plus the largest for a whole front.
 
-    Under a budget, with ``latency``, also one *depth seed* per depth: the widest uniform
+    Under a budget, also one *depth seed* per depth: the widest uniform
     (DynaBERT-style) sub-network with that many layers whose upper bound fits, at full
     retention if one fits, else at the lowest retention. A budget search started from random
     samples rarely reaches deep, narrow sub-networks (at 3x on rt, none of 150 evaluations kept
@@ -306,7 +306,7 @@ def anchors(space: SearchSpace, budget_ms: float | None, latency: LatencyModel |
         return [smallest]
     if budget_ms is None:
         return [smallest, largest]
-    return [smallest, *(depth_seeds(space, latency, budget_ms) if latency is not None else [])]
+    return [smallest, *depth_seeds(space, latency, budget_ms)]
 
 
 def depth_seeds(space: SearchSpace, latency: LatencyModel, budget_ms: float) -> list[SubnetConfig]:
