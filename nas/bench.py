@@ -149,8 +149,8 @@ def finetuned(run: LoadedRun, target: Target, table: pd.DataFrame, acc: DevAccur
     """Fine-tuned points at each of ``cfg.finetune_speedups`` (distilled from the teacher for the
     same schedule), method ``<method>+ft``, with rows like ``table``'s and ``acc_test_before``.
 
-    ``ours``: what a user gets from ``hwnas export --budget-ms FULL/s --finetune-epochs E``: a
-    search under that budget, finalists re-ranked on the whole dev split and re-measured, the
+    ``ours``: what a user gets from ``hwnas export --speedup s --finetune-epochs E``: the full
+    model timed now, a search under its latency / s, finalists re-ranked on the whole dev split and re-measured, the
     chosen one and the best of the deepest other depths fine-tuned, the best on dev kept (its
     speed-up measured in that export against the full model); its row's ``ft_candidates``
     lists every candidate fine-tuned (JSON).
@@ -163,7 +163,6 @@ def finetuned(run: LoadedRun, target: Target, table: pd.DataFrame, acc: DevAccur
     if cfg.finetune_epochs <= 0:
         return pd.DataFrame(columns=[*table.columns, "acc_test_before"])
     stage = StageConfig(epochs=cfg.finetune_epochs, lr=cfg.finetune_lr)
-    full_ms = float(table["full_model_ms"].iloc[0])
     train = run.splits["train"]
     teacher = load_model(run.folder / "teacher")
     targets = functools.cache(lambda: teacher_logits(teacher, train))  # one pass for every fine-tuning, only if needed
@@ -172,8 +171,12 @@ def finetuned(run: LoadedRun, target: Target, table: pd.DataFrame, acc: DevAccur
     for method in cfg.finetune_methods:
         if method == "ours":
             for s in cfg.finetune_speedups:
+                # The budget comes from the full model timed now, as `hwnas export --speedup`
+                # does: the fronts stage's timing may be tens of minutes old, and on a drifting
+                # machine a stale full-model latency turns a 3x target into 4x.
+                _, full_now = remeasure(run, target, [], rounds=cfg.rounds)
                 try:
-                    r = choose_and_export(run, target, round(full_ms / s, 3), folder / f"export_{s:g}x_ft",
+                    r = choose_and_export(run, target, round(full_now / s, 3), folder / f"export_{s:g}x_ft",
                                           n_evaluations=cfg.n_evaluations, seed=cfg.seed, accuracy=acc, finetune=stage,
                                           finetune_candidates=cfg.finetune_candidates, full_model_test=full_test,
                                           teacher_targets=targets, progress=progress)
@@ -186,7 +189,7 @@ def finetuned(run: LoadedRun, target: Target, table: pd.DataFrame, acc: DevAccur
                              "speedup": r["speedup"], "flops_ratio": r["full_model_flops"] / r["flops"],
                              "acc_test_before": r["test_accuracy"], "acc_dev_full": r["finetuned"]["dev_accuracy"],
                              "acc_test": r["finetuned"]["test_accuracy"], "length": r["length"],
-                             "ft_candidates": json.dumps(r["finetune_candidates"])})
+                             "budget_ms": r["budget_ms"], "ft_candidates": json.dumps(r["finetune_candidates"])})
             continue
         front = table[table["method"] == method]
         seen: set[str] = set()
@@ -445,13 +448,14 @@ Front points:
 `METHOD+ft`: fine-tuned points at {', '.join(f'{x:g}x' for x in cfg.finetune_speedups)}, each distilled from the
 teacher for {cfg.finetune_epochs:g} epochs (learning rate {cfg.finetune_lr:g}) on the train split (latency does not
 change), the same schedule for {', '.join(cfg.finetune_methods)}. `ours+ft` is what
-`hwnas export --budget-ms FULL/s --finetune-epochs {cfg.finetune_epochs:g} --finetune-candidates {cfg.finetune_candidates}`
-hands a user: a search under the budget of the full model's latency divided by s, the finalists re-ranked on dev and
-re-measured; the chosen one and the best candidates of the deepest other depths (up to {cfg.finetune_candidates} in
+`hwnas export --speedup s --finetune-epochs {cfg.finetune_epochs:g} --finetune-candidates {cfg.finetune_candidates}`
+hands a user: the full model timed just before the export (`budget_ms`: that latency divided by s), a search under
+that budget, the finalists re-ranked on dev and re-measured; the chosen one and the best candidates of the deepest other depths (up to {cfg.finetune_candidates} in
 all, each re-measured under the budget) are fine-tuned, and the best on dev is exported (its speed-up is the one
 measured in that export); `dynabert+ft` is the grid's most accurate (whole dev) point with a measured speed-up of at
 least s. Before and after:
-{_md(ft[["method", "arch", "speedup", "acc_test_before", "acc_dev_full", "acc_test"]]) if len(ft) else "(none)"}
+{_md(ft[[c for c in ("method", "arch", "budget_ms", "speedup", "acc_test_before", "acc_dev_full", "acc_test")
+         if c in ft]]) if len(ft) else "(none)"}
 
 Every sub-network `ours+ft` fine-tuned (the search's pick first; the exported one has the best fine-tuned dev score):
 {_md(_ft_candidates(ft))}

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from nas.bench import METHODS, BenchConfig, dynabert_grid, retention_only_space, run_bench
 from nas.cli import main
@@ -32,12 +33,19 @@ def test_quick_bench_writes_the_page(job: Path, tmp_path: Path) -> None:
     assert (fronts["lat_measured_ms"] > 0).all() and fronts["acc_test"].between(0, 1).all()
 
 
-def test_budget_sweep_exports_and_remeasures(job: Path, tmp_path: Path) -> None:
+def test_budget_sweep_exports_and_remeasures(job: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import nas.bench
     from latency.workflow import resolve_device
     from nas.export import Target
     from supernet.workflow import open_run
 
     run = open_run(job)
+    # The full model alone, timed just before an export (ours+ft's budget, the sweep's): a fixed
+    # 50 ms here, so the test sees which timing the budgets come from (the fronts time the full
+    # model beside their points, at well under 50 ms for the tiny model).
+    real = nas.bench.remeasure
+    monkeypatch.setattr(nas.bench, "remeasure", lambda r, t, configs, **kw: real(r, t, configs, **kw)
+                        if configs else ([], 50.0))
     # Budgets far above the tiny model's own latency (timing noise under a loaded machine must
     # not push them below the fastest predicted sub-network), so that every point exports.
     # Speed-up 0.05 (a budget of 20x the full model) fine-tunes the most accurate points.
@@ -51,6 +59,8 @@ def test_budget_sweep_exports_and_remeasures(job: Path, tmp_path: Path) -> None:
     report = json.loads((job / "bench" / "export_0.05x_ft" / "report.json").read_text())
     assert report["weights"] == "fine-tuned" and ft["arch"].iloc[0] == report["arch"]
     assert ft["acc_test"].iloc[0] == report["finetuned"]["test_accuracy"] and ft["speedup"].iloc[0] == report["speedup"]
+    assert ft["budget_ms"].iloc[0] == report["budget_ms"] == 50.0 / 0.05  # from the fresh timing, not the fronts'
+    assert fronts["full_model_ms"].iloc[0] < 50.0
     tried = json.loads(ft["ft_candidates"].iloc[0])  # every sub-network the export fine-tuned, on the page too
     assert tried == report["finetune_candidates"] and 1 <= len(tried) <= 3
     assert all(c["arch"] in (tmp_path / "bench_rt_cpu.md").read_text() for c in tried)
@@ -61,4 +71,5 @@ def test_budget_sweep_exports_and_remeasures(job: Path, tmp_path: Path) -> None:
     assert list((job / "bench").glob("finetune_*/model.safetensors"))
     comp = pd.read_csv(tmp_path / "bench_rt_cpu_compliance.csv").fillna({"error": ""})
     assert len(comp) == 2 and (comp["error"] == "").all()
+    assert list(comp["budget_ms"]) == [20.0 * 50.0, 40.0 * 50.0]
     assert (comp["fresh_measured_ms"] > 0).all() and (comp["realized_over_ideal"] > 0).all()
