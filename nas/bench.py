@@ -11,8 +11,8 @@ model timed in turn with the candidates:
    are re-measured and scored on test;
 2. the largest measured speed-up whose test accuracy is within 1.0 (2.0) points of the
    fine-tuned full model, also after fine-tuning at 3x (``ours+ft``: the fine-tuned export
-   at a budget of the full model's latency / 3, which fine-tunes the search's pick and the
-   best of the deepest other depths and keeps the best on dev; ``dynabert+ft``: the grid's
+   at a budget of the full model's latency / 3, which fine-tunes the search's pick, the
+   deepest depth seed and the best of the deepest other depths and keeps the best on dev; ``dynabert+ft``: the grid's
    best point at that speed-up; the same distillation for both);
 3. predictor quality per device (from ``hwnas fit``);
 4. budget compliance over a sweep of budgets (20% to 90% of the full model's latency):
@@ -151,7 +151,7 @@ def finetuned(run: LoadedRun, target: Target, table: pd.DataFrame, acc: DevAccur
 
     ``ours``: what a user gets from ``hwnas export --speedup s --finetune-epochs E``: the full
     model timed now, a search under its latency / s, finalists re-ranked on the whole dev split and re-measured, the
-    chosen one and the best of the deepest other depths fine-tuned, the best on dev kept (its
+    chosen one, the deepest depth seed and the best of the deepest other depths fine-tuned, the best on dev kept (its
     speed-up measured in that export against the full model); its row's ``ft_candidates``
     lists every candidate fine-tuned (JSON).
     Other methods (the DynaBERT grid): the front's most accurate (whole dev) point with a
@@ -450,8 +450,9 @@ teacher for {cfg.finetune_epochs:g} epochs (learning rate {cfg.finetune_lr:g}) o
 change), the same schedule for {', '.join(cfg.finetune_methods)}. `ours+ft` is what
 `hwnas export --speedup s --finetune-epochs {cfg.finetune_epochs:g} --finetune-candidates {cfg.finetune_candidates}`
 hands a user: the full model timed just before the export (`budget_ms`: that latency divided by s), a search under
-that budget, the finalists re-ranked on dev and re-measured; the chosen one and the best candidates of the deepest other depths (up to {cfg.finetune_candidates} in
-all, each re-measured under the budget) are fine-tuned, and the best on dev is exported (its speed-up is the one
+that budget, the finalists re-ranked on dev and re-measured; the chosen one, the widest uniform sub-network of the deepest depth that fits
+and the best candidates of the deepest other depths (up to {cfg.finetune_candidates} in all, each re-measured under the
+budget) are fine-tuned, and the best on dev is exported (its speed-up is the one
 measured in that export); `dynabert+ft` is the grid's most accurate (whole dev) point with a measured speed-up of at
 least s. Before and after:
 {_md(ft[[c for c in ("method", "arch", "budget_ms", "speedup", "acc_test_before", "acc_dev_full", "acc_test")

@@ -302,8 +302,9 @@ def _finetune_args(p: argparse.ArgumentParser, epochs: float, what: str, candida
     p.add_argument("--finetune-lr", type=float, default=2e-4, help="fine-tuning learning rate (default %(default)s)")
     p.add_argument("--finetune-candidates", type=int, default=candidates,
                    help="sub-networks fine-tuned under the budget, the one with the best fine-tuned dev score is "
-                   "exported: the search's pick plus the best of each of the deepest other depths, since deep, narrow "
-                   "sub-networks recover the most (default %(default)s; 1: the search's pick only)")
+                   "exported: the search's pick, the widest uniform sub-network of the deepest depth that fits, then the "
+                   "best of each of the deepest other depths, since deep, narrow sub-networks recover the most "
+                   "(default %(default)s; 1: the search's pick only)")
 
 
 def _finetune_stage(a: argparse.Namespace):  # noqa: ANN202

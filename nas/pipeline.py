@@ -44,7 +44,7 @@ class JobConfig:
     export_budget: int = 1  # index into budget_points
     # Distillation from the teacher into the exported sub-network (None: none).
     finetune: StageConfig | None = field(default_factory=lambda: StageConfig(epochs=1.0, lr=2e-4))
-    finetune_candidates: int = 2  # the search's pick and the best of the deepest other depth
+    finetune_candidates: int = 2  # the search's pick and one more (``finetune_pool``)
 
 
 def main_job(out: str | Path, spec: RunSpec, job: JobConfig, *, progress: bool = True, log=print) -> pd.DataFrame:  # noqa: ANN001

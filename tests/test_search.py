@@ -233,3 +233,22 @@ def test_other_depths_takes_the_best_of_the_deepest_other_depths() -> None:
         same = [o for o in result.history if o.feasible and len(o.config.kept_layers) == len(c.config.kept_layers)]
         assert c.feasible and c.accuracy == max(o.accuracy for o in same)
     assert other_depths(result.history, chosen, 0) == []
+
+
+def test_finetune_pool_puts_the_deepest_seed_first_then_other_depths() -> None:
+    from nas.export import finetune_pool, other_depths
+
+    result, _ = run("evolution", budget_ms=BUDGET, n=40)
+    feasible = sorted((c for c in result.history if c.feasible), key=lambda c: -c.accuracy)
+    seeds = [c.key() for c in depth_seeds(SPACE, ToyLatency(), BUDGET)]
+    deepest = max((c for c in feasible if c.config.key() in seeds), key=lambda c: len(c.config.kept_layers))
+    chosen = next(c for c in feasible if c.config.key() != deepest.config.key())
+    pool = finetune_pool(result.history, chosen, seeds, 3)
+    assert pool[0] is deepest and len(pool) == len({c.config.key() for c in pool}) <= 3
+    assert chosen.config.key() not in {c.config.key() for c in pool}
+    rest = [c for c in other_depths(result.history, chosen, 3) if c.config.key() != deepest.config.key()]
+    assert pool[1:] == rest[:2]
+    # When the search's pick is that seed, the pool is other_depths alone; k = 0 gives nothing.
+    assert finetune_pool(result.history, deepest, seeds, 2) == other_depths(result.history, deepest, 2)
+    assert finetune_pool(result.history, chosen, seeds, 0) == [] and finetune_pool(result.history, chosen, [], 1) == \
+        other_depths(result.history, chosen, 1)
