@@ -62,7 +62,7 @@ class BenchConfig:
     budget_fractions: tuple[float, ...] = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
     front_points: int = 10
     rounds: int = 3  # interleaved re-measurement rounds
-    dev_subset: int = 500
+    dev_subset: int | None = 500  # None: the whole dev split
     search_precision: str = "auto"
     seed: int = 0
     # Each of these methods' most accurate point at each of these speed-ups is fine-tuned

@@ -407,8 +407,18 @@ def cmd_compare(a: argparse.Namespace) -> int:
     return 0
 
 
+def _fractions(text: str) -> tuple[float, ...]:
+    from supernet.errors import ConfigError
+
+    values = _floats(text, "--budgets", "0.2,0.5,0.9")
+    if any(v > 1 for v in values):
+        raise ConfigError(f"--budgets takes shares of the full model's latency in (0, 1], e.g. 0.2,0.5,0.9; got {text!r}")
+    return tuple(values)
+
+
 def cmd_bench(a: argparse.Namespace) -> int:
     from nas.bench import BenchConfig, run_bench
+    from supernet.errors import ConfigError
     from supernet.workflow import open_run
 
     run = open_run(a.run)
@@ -421,7 +431,12 @@ def cmd_bench(a: argparse.Namespace) -> int:
         ft = _finetune_stage(a)
         cfg = BenchConfig(device=a.device, n_evaluations=a.n, seed=a.seed, finetune_epochs=ft.epochs if ft else 0.0,
                           finetune_lr=a.finetune_lr, finetune_speedups=tuple(_floats(a.finetune_at, "--finetune-at", "3")),
-                          finetune_candidates=a.finetune_candidates, search_precision=a.search_precision)
+                          finetune_candidates=a.finetune_candidates, search_precision=a.search_precision,
+                          budget_fractions=_fractions(a.budgets), front_points=a.front_points,
+                          dev_subset=a.dev_subset or None)
+        if a.front_points < 2 or a.dev_subset < 0 or a.n < 1:
+            raise ConfigError(f"--front-points must be >= 2, --dev-subset >= 0 and --n >= 1; got {a.front_points}, "
+                              f"{a.dev_subset} and {a.n}")
     command = "hwnas " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("hwnas") else "hwnas bench"
     summary = run_bench(run, target, cfg, a.out, command=command, progress=not a.quiet)
     print(Path(a.out, "BENCHMARKS.md").read_text())
@@ -604,6 +619,14 @@ def build_parser() -> argparse.ArgumentParser:
     bq.add_argument("--finetune-at", default="3",
                     help="speed-ups at which ours and the DynaBERT grid are fine-tuned, comma-separated (default %(default)s; "
                     "--quick: 2, ours only, 0.5 epochs, 2 candidates)")
+    bq.add_argument("--budgets", default="0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9",
+                    help="the compliance sweep's budgets as shares of the full model's latency, comma-separated "
+                    "(default %(default)s)")
+    bq.add_argument("--front-points", type=int, default=10,
+                    help="points of each method's front re-measured and scored on test (default %(default)s)")
+    bq.add_argument("--dev-subset", type=int, default=500,
+                    help="dev examples scored while searching (0: all); fronts, finalists and fine-tuned points are "
+                    "scored on the whole dev split (default %(default)s)")
     bq.add_argument("--quick", action="store_true", help="a reduced version in minutes (fewer evaluations and budgets)")
     bq.add_argument("--quiet", action="store_true", help="no progress bars")
     bq.add_argument("--out", default="results", help="where BENCHMARKS.md and its files go (default %(default)s)")

@@ -73,3 +73,36 @@ def test_budget_sweep_exports_and_remeasures(job: Path, tmp_path: Path, monkeypa
     assert len(comp) == 2 and (comp["error"] == "").all()
     assert list(comp["budget_ms"]) == [20.0 * 50.0, 40.0 * 50.0]
     assert (comp["fresh_measured_ms"] > 0).all() and (comp["realized_over_ideal"] > 0).all()
+
+
+@pytest.mark.parametrize("args, why", [
+    (["--budgets", "0.2,1.5"], r"\(0, 1\]"),
+    (["--budgets", "0.2,x"], "numbers separated by commas"),
+    (["--front-points", "1"], "--front-points must be >= 2"),
+    (["--dev-subset", "-5"], "--dev-subset >= 0"),
+])
+def test_bench_rejects_bad_settings(job: Path, tmp_path: Path, args: list[str], why: str,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    import re
+
+    assert main(["bench", "--run", str(job), "--out", str(tmp_path), *args]) == 2
+    assert re.search(why, capsys.readouterr().err)
+    assert not (tmp_path / "BENCHMARKS.md").exists()
+
+
+def test_bench_settings_reach_the_config(job: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import nas.bench
+
+    seen: list[BenchConfig] = []
+
+    def fake_run_bench(run, target, cfg, out, **kw):  # noqa: ANN001, ANN003, ANN202 - isolates argument parsing
+        seen.append(cfg)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(nas.bench, "run_bench", fake_run_bench)
+    with pytest.raises(SystemExit):
+        main(["bench", "--run", str(job), "--out", str(tmp_path), "--budgets", "0.25,0.5", "--front-points", "4",
+              "--dev-subset", "0", "--n", "7", "--finetune-candidates", "2"])
+    cfg = seen[0]
+    assert cfg.budget_fractions == (0.25, 0.5) and cfg.front_points == 4 and cfg.dev_subset is None
+    assert cfg.n_evaluations == 7 and cfg.finetune_candidates == 2
