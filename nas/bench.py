@@ -171,12 +171,11 @@ def finetuned(run: LoadedRun, target: Target, table: pd.DataFrame, acc: DevAccur
     for method in cfg.finetune_methods:
         if method == "ours":
             for s in cfg.finetune_speedups:
-                # The budget comes from the full model timed now, as `hwnas export --speedup`
-                # does: the fronts stage's timing may be tens of minutes old, and on a drifting
-                # machine a stale full-model latency turns a 3x target into 4x.
-                _, full_now = remeasure(run, target, [], rounds=cfg.rounds)
+                # The budget comes from the full model timed in the export, as `hwnas export
+                # --speedup` does: the fronts stage's timing may be tens of minutes old, and on a
+                # drifting machine a stale full-model latency turns a 3x target into 4x.
                 try:
-                    r = choose_and_export(run, target, round(full_now / s, 3), folder / f"export_{s:g}x_ft",
+                    r = choose_and_export(run, target, None, folder / f"export_{s:g}x_ft", speedup=s,
                                           n_evaluations=cfg.n_evaluations, seed=cfg.seed, accuracy=acc, finetune=stage,
                                           finetune_candidates=cfg.finetune_candidates, full_model_test=full_test,
                                           teacher_targets=targets, progress=progress)

@@ -320,46 +320,29 @@ def _finetune_stage(a: argparse.Namespace):  # noqa: ANN202
     return StageConfig(epochs=a.finetune_epochs, lr=a.finetune_lr) if a.finetune_epochs > 0 else None
 
 
-def _speedup_budget(run, target, speedup: float) -> float:  # noqa: ANN001
-    """The full model's latency on the device, timed now, divided by ``speedup``."""
-    from latency.devices import DeviceUnavailable
-    from nas.export import remeasure
-    from supernet.errors import ConfigError
-
-    if not speedup > 1:
-        raise ConfigError(f"--speedup must be above 1 (a budget below the full model's latency), got {speedup:g}")
-    try:
-        full_ms = remeasure(run, target, [])[1]
-    except DeviceUnavailable as e:
-        raise ConfigError(f"--speedup times the full model on {target.profile.name}, which is not on this machine "
-                          f"({e}); give --budget-ms instead") from None
-    budget = round(full_ms / speedup, 3)
-    print(f"  the full model measures {full_ms:.3f} ms on {target.profile.name} now: budget {budget:g} ms for "
-          f"{speedup:g}x")
-    return budget
-
-
 def cmd_export(a: argparse.Namespace) -> int:
     from nas.export import choose_and_export
     from nas.objectives import DevAccuracy
+    from supernet.errors import ConfigError
     from supernet.workflow import open_run
 
     run = open_run(a.run)
     target = _target(run, a.device, a.devices, a.length)
-    if a.speedup is not None:
-        budget = [_speedup_budget(run, target, a.speedup)]
-    else:
-        budget = _budgets(a.budget_ms)
+    if a.speedup is not None and not a.speedup > 1:
+        raise ConfigError(f"--speedup must be above 1 (a budget below the full model's latency), got {a.speedup:g}")
+    budget: list[float | None] = [None] if a.speedup is not None else list(_budgets(a.budget_ms))
     if len(budget) != 1:
-        from supernet.errors import ConfigError
-
         raise ConfigError("export takes one --budget-ms value")
     finetune = _finetune_stage(a)
-    r = choose_and_export(run, target, budget[0], a.out, method=a.method, n_evaluations=a.n, seed=a.seed,
-                          finalists=a.finalists, accuracy=DevAccuracy(run, subset_size=a.dev_subset or None,
+    r = choose_and_export(run, target, budget[0], a.out, speedup=a.speedup, method=a.method, n_evaluations=a.n,
+                          seed=a.seed, finalists=a.finalists, accuracy=DevAccuracy(run, subset_size=a.dev_subset or None,
                                                               precision=a.search_precision),
                           finetune=finetune, finetune_candidates=a.finetune_candidates,
                           drift_tolerance=None if a.drift_tolerance < 0 else a.drift_tolerance, progress=not a.quiet)
+    if r["budget_from"]:
+        b = r["budget_from"]
+        print(f"  the full model measured {b['full_model_ms']:.3f} ms on {r['device']} before the search: budget "
+              f"{r['budget_ms']:g} ms for {b['speedup']:g}x")
     d = r["device_drift"]
     if d is not None and d["scale_applied"] != 1.0:
         print(f"  WARNING: {r['device']} runs {d['ratio']:.2f}x the predicted latency today (references "

@@ -29,7 +29,7 @@ from latency.workflow import device_inputs, load_device_predictor, predictor_pat
 from nas.objectives import DevAccuracy, PredictedLatency
 from nas.search import Candidate, SearchResult, depth_seeds, fastest_reachable, make_searcher
 from supernet.cost import subnet_flops, subnet_params
-from supernet.errors import HwnasError
+from supernet.errors import ConfigError, HwnasError
 from supernet.io import write_csv, write_json
 from supernet.space import SubnetConfig
 from supernet.train import StageConfig, finetune_folder, finetune_subnet, teacher_logits
@@ -173,9 +173,10 @@ def remeasure(
 def choose_and_export(
     run: LoadedRun,
     target: Target,
-    budget_ms: float,
+    budget_ms: float | None,
     out_dir: str | Path,
     *,
+    speedup: float | None = None,
     method: str = "evolution",
     n_evaluations: int = 150,
     finalists: int = 5,
@@ -208,6 +209,10 @@ def choose_and_export(
     runs more than ``drift_tolerance`` (a fraction) slower or faster than predicted, the
     search scales every prediction by the measured ratio, and the report says so
     (``device_drift``). ``None`` skips the check.
+
+    ``speedup`` instead of ``budget_ms`` (``None``): the budget is the full model's latency,
+    timed on the device now (among the drift check's references), divided by ``speedup``; the
+    report's ``budget_from`` gives that timing.
     """
     from latency.onnx_export import check_onnx, export_onnx
     from supernet.checkpoint import load_model
@@ -215,14 +220,31 @@ def choose_and_export(
     from supernet.evaluate import model_score
     from supernet.extract import export_standalone, extract
 
+    if (budget_ms is None) == (speedup is None):
+        raise ValueError("choose_and_export takes a budget_ms or a speedup, not both or neither")
+    if speedup is not None and not speedup > 0:
+        raise ConfigError(f"a speed-up target must be positive, got {speedup:g}")
     accuracy = accuracy or DevAccuracy(run)
     drift: dict[str, Any] | None = None
-    if drift_tolerance is not None:
+    budget_from: dict[str, float] | None = None
+    if drift_tolerance is not None or speedup is not None:
         try:
             drift = device_drift(run, target)
-        except DeviceUnavailable:
+        except DeviceUnavailable as e:
+            if speedup is not None:
+                raise ConfigError(f"a speed-up target times the full model on {target.profile.name}, which is not on "
+                                  f"this machine ({e}); give a budget in ms instead") from None
             drift = None  # a kit device: nothing to check against here
-    scale = drift["ratio"] if drift is not None and abs(drift["ratio"] - 1) > drift_tolerance else 1.0
+    if speedup is not None:
+        assert drift is not None
+        full_now = drift["measured_ms"][0]
+        budget_ms = round(full_now / speedup, 3)
+        budget_from = {"speedup": speedup, "full_model_ms": full_now}
+        if drift_tolerance is None:
+            drift = None  # timed for the budget only; no check asked for
+    assert budget_ms is not None
+    drifted = drift is not None and drift_tolerance is not None and abs(drift["ratio"] - 1) > drift_tolerance
+    scale = drift["ratio"] if drift is not None and drifted else 1.0
     if drift is not None:
         drift["scale_applied"] = scale
     result, search_s = run_search(run, target, budget_ms, method=method, n_evaluations=n_evaluations,
@@ -303,6 +325,7 @@ def choose_and_export(
     report = {
         "device": target.profile.name,
         "budget_ms": budget_ms,
+        "budget_from": budget_from,  # a speed-up target: the full model's latency it divided
         "batch": target.batch,
         "length": target.length,
         "metric": run.task.metric,

@@ -262,19 +262,31 @@ def test_export_scales_stale_predictions_by_the_measured_drift(job: Path, tmp_pa
     assert export(tmp_path / "off", "--drift-tolerance", "-1")["device_drift"] is None  # no check asked for
 
 
-def test_export_budget_as_a_speedup_over_the_full_model(job: Path, tmp_path: Path, capsys) -> None:
-    """`--speedup S`: the full model timed on the device now, divided by S. (The tiny model's
-    full latency is overhead-bound, below its fastest sub-network's upper bound, so the budget
-    itself is checked here rather than a whole export.)"""
-    from latency.workflow import resolve_device
-    from nas.cli import _speedup_budget
-    from nas.export import Target
-    from supernet.workflow import open_run
+def test_export_budget_as_a_speedup_over_the_full_model(job: Path, tmp_path: Path, capsys,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--speedup S`: the full model, timed in the export's drift check just before the search,
+    divided by S. (The tiny model's full latency is overhead-bound, below its fastest
+    sub-network's upper bound, so the drift check is patched to a full model of 50 ms here.)"""
+    import nas.export
 
-    run = open_run(job)
-    budget = _speedup_budget(run, Target.of(run, resolve_device(job, "cpu")), 1.2)
-    printed = capsys.readouterr().out
-    full_now = float(printed.split("the full model measures ")[1].split(" ms")[0])
-    assert budget == pytest.approx(full_now / 1.2, abs=1.5e-3) and f"budget {budget:g} ms for 1.2x" in printed
+    real = nas.export.device_drift
+    timed: list[float] = []
+
+    def drift_at_50ms(run, target, **kw):  # noqa: ANN001, ANN003, ANN202
+        d = real(run, target, **kw)  # the real references, timed on this machine
+        timed.append(d["measured_ms"][0])
+        return {**d, "measured_ms": [50.0, *d["measured_ms"][1:]], "ratio": 1.0}
+
+    monkeypatch.setattr(nas.export, "device_drift", drift_at_50ms)
+    assert main(["export", "--run", str(job), "--device", "cpu", "--speedup", "2", "--n", "6",
+                 "--out", str(tmp_path / "x")]) == 0
+    report = json.loads((tmp_path / "x" / "report.json").read_text())
+    assert len(timed) == 1  # the full model timed once for both the budget and the drift check
+    assert report["budget_ms"] == 25.0 and report["budget_from"] == {"speedup": 2.0, "full_model_ms": 50.0}
+    assert "the full model measured 50.000 ms on cpu before the search: budget 25 ms for 2x" in capsys.readouterr().out
+    assert report["measured_latency_ms"] <= 25.0
     assert main(["export", "--run", str(job), "--device", "cpu", "--speedup", "0.5", "--out", str(tmp_path / "y")]) == 2
     assert "--speedup must be above 1" in capsys.readouterr().err
+    assert main(["export", "--run", str(job), "--device", "cpu", "--budget-ms", "30", "--n", "6",
+                 "--out", str(tmp_path / "z")]) == 0
+    assert json.loads((tmp_path / "z" / "report.json").read_text())["budget_from"] is None
