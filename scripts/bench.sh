@@ -4,7 +4,8 @@
 # (training and measurements continue where they stopped; finished fine-tunings are reused).
 # An existing run folder resumes with the settings it was started with: delete runs/bench
 # (runs/bench-quick) to start over.
-#   bash scripts/bench.sh           # full version (about 90 minutes on 2 cores from an empty runs/bench)
+#   bash scripts/bench.sh           # full version (97 minutes on 2 cores from an empty runs/bench;
+#                                   # the committed pages, see results/README.md)
 #   bash scripts/bench.sh --quick   # reduced version (minutes): small subsets, fewer samples
 set -euo pipefail
 cd "$(dirname "$0")/.."
