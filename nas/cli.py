@@ -411,15 +411,15 @@ def cmd_bench(a: argparse.Namespace) -> int:
                           rounds=1, dev_subset=200, seed=a.seed, finetune_speedups=(2.0,), finetune_epochs=0.5,
                           finetune_methods=("ours",), finetune_candidates=2, search_precision=a.search_precision)
     else:
+        if a.front_points < 2 or a.dev_subset < 0 or a.n < 1:
+            raise ConfigError(f"--front-points must be >= 2, --dev-subset >= 0 and --n >= 1; got {a.front_points}, "
+                              f"{a.dev_subset} and {a.n}")
         ft = _finetune_stage(a)
         cfg = BenchConfig(device=a.device, n_evaluations=a.n, seed=a.seed, finetune_epochs=ft.epochs if ft else 0.0,
                           finetune_lr=a.finetune_lr, finetune_speedups=tuple(_floats(a.finetune_at, "--finetune-at", "3")),
                           finetune_candidates=a.finetune_candidates, search_precision=a.search_precision,
                           budget_fractions=_fractions(a.budgets), front_points=a.front_points,
                           dev_subset=a.dev_subset or None)
-        if a.front_points < 2 or a.dev_subset < 0 or a.n < 1:
-            raise ConfigError(f"--front-points must be >= 2, --dev-subset >= 0 and --n >= 1; got {a.front_points}, "
-                              f"{a.dev_subset} and {a.n}")
     command = "hwnas " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("hwnas") else "hwnas bench"
     summary = run_bench(run, target, cfg, a.out, command=command, progress=not a.quiet)
     print(Path(a.out, "BENCHMARKS.md").read_text())

@@ -243,8 +243,8 @@ def choose_and_export(
         if drift_tolerance is None:
             drift = None  # timed for the budget only; no check asked for
     assert budget_ms is not None
-    drifted = drift is not None and drift_tolerance is not None and abs(drift["ratio"] - 1) > drift_tolerance
-    scale = drift["ratio"] if drift is not None and drifted else 1.0
+    # A drift dict is kept only when a check was asked for (drift_tolerance is set).
+    scale = drift["ratio"] if drift is not None and abs(drift["ratio"] - 1) > (drift_tolerance or 0.0) else 1.0
     if drift is not None:
         drift["scale_applied"] = scale
     result, search_s = run_search(run, target, budget_ms, method=method, n_evaluations=n_evaluations,
