@@ -35,13 +35,13 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from latency.devices import DeviceProfile
+from latency.devices import DeviceProfile, check_available
 from supernet.cost import subnet_flops, subnet_params
 from supernet.data import Encoded
 from supernet.model import BertShape, ElasticBert
@@ -288,6 +288,87 @@ def sample_configs(space: SearchSpace, shape: BertShape, n: int, *, seed: int = 
     return list(chosen.values())
 
 
+@dataclass(frozen=True)
+class Measured:
+    """Median latency (ms) of each timed configuration and of the full model, in one run."""
+
+    ms: list[float]
+    full_ms: float
+
+
+class Timer(Protocol):
+    """What the export's steps need of a device: time configurations beside the full model."""
+
+    def measure(self, configs: Sequence[SubnetConfig], *, rounds: int = 3) -> Measured: ...
+
+
+class DeviceTimer:
+    """Times sub-networks on a device, in turn with the full model.
+
+    The full model's session and the input feeds are opened once, at construction; each
+    ``measure`` call opens the configurations it is given. ``inputs`` maps a length to its
+    feed (real token arrays, ``example_inputs``); ``measure`` uses ``length`` (default: the
+    only one, or the shortest). Raises ``DeviceUnavailable`` if this machine cannot run the
+    profile (a kit device)."""
+
+    def __init__(
+        self,
+        profile: DeviceProfile,
+        supernet: ElasticBert,
+        inputs: dict[int, dict[str, np.ndarray]],
+        *,
+        extract_fn: Callable[[ElasticBert, SubnetConfig], ElasticBert] | None = None,
+    ) -> None:
+        from supernet.extract import extract
+
+        check_available(profile)
+        if not inputs:
+            raise ValueError("DeviceTimer needs the inputs of at least one length")
+        self.profile, self.supernet, self.inputs = profile, supernet, inputs
+        self.extract = extract_fn or extract
+        n = supernet.shape.num_layers
+        self.full_config = SubnetConfig(supernet.shape.heads, supernet.shape.ffn, (True,) * n, (1.0,) * n)
+        self.workdir = Path(tempfile.mkdtemp(prefix="hwnas-timer-"))
+        self.full = self.open(self.full_config)
+
+    @property
+    def lengths(self) -> list[int]:
+        return sorted(self.inputs)
+
+    def open(self, cfg: SubnetConfig, *, cache: Path | None = None) -> Runner:
+        """A runner of ``cfg``'s standalone model on the device (``cache``: keep its ONNX file
+        there under the configuration's key and reuse it)."""
+        model = self.extract(self.supernet, cfg)
+        if cache is not None:
+            return open_runner(self.profile, model, cache, cache_name=cfg.key())
+        return open_runner(self.profile, model, self.workdir)
+
+    def time(self, runner: Runner, length: int | None = None) -> Timing:
+        """The timing loop: the profile's warm-up, then its repeats, on one length's feed."""
+        feeds = self.inputs[self.lengths[0] if length is None else length]
+        return time_fn(lambda: runner(feeds), self.profile.warmup, self.profile.repeats)
+
+    def measure(self, configs: Sequence[SubnetConfig], *, rounds: int = 3, length: int | None = None) -> Measured:
+        """Each configuration and the full model timed in turn, ``rounds`` interleaved rounds;
+        medians of the round medians."""
+        runners = [self.full, *(self.open(c) for c in configs)]
+        times: list[list[float]] = [[] for _ in runners]
+        for _ in range(rounds):
+            for i, r in enumerate(runners):
+                times[i].append(self.time(r, length).median_ms)
+        med = [float(np.median(t)) for t in times]
+        return Measured(ms=med[1:], full_ms=med[0])
+
+    def close(self) -> None:
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> DeviceTimer:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
 def sweep(
     profile: DeviceProfile,
     supernet: ElasticBert,
@@ -306,9 +387,6 @@ def sweep(
     ``onnx_cache``: a folder where exported ONNX files are kept and reused (the caller
     removes it). Returns the device's full measurement table (earlier rows included).
     """
-    from supernet.extract import extract
-
-    extract_fn = extract_fn or extract
     shape = supernet.shape
     lengths = sorted(inputs)
     batch = next(iter(inputs.values()))["input_ids"].shape[0]
@@ -325,59 +403,51 @@ def sweep(
     previous = log.read()
     have_noise = bool(((previous["kind"] == "noise") & (previous["batch"] == batch)).any()) if len(previous) else False
 
-    workdir = Path(tempfile.mkdtemp(prefix="hwnas-measure-"))
-    full = SubnetConfig(shape.heads, shape.ffn, (True,) * shape.num_layers, (1.0,) * shape.num_layers)
-    ref_run = open_runner(profile, extract_fn(supernet, full), workdir)
-    refs: dict[int, float] = {}
+    with DeviceTimer(profile, supernet, inputs, extract_fn=extract_fn) as timer:
+        full = timer.full_config
+        refs: dict[int, float] = {}
 
-    def row(cfg: SubnetConfig, L: int, t: Timing | None, kind: str, note: str = "", error: str = "") -> dict[str, Any]:
-        r = {**base, **arch_columns(shape, cfg, L), "kind": kind, "note": note, "length": L, "error": error,
-             "timestamp": datetime.now(UTC).isoformat(timespec="seconds")}
-        if t is not None:
-            r.update(lat_median_ms=t.median_ms, lat_p90_ms=t.p90_ms, lat_mean_ms=t.mean_ms, lat_min_ms=t.min_ms,
-                     lat_iqr_ms=t.iqr_ms, lat_cv=t.cv, outliers=t.outliers)
-            if L in refs:
-                r.update(ref_median_ms=refs[L], lat_ratio=t.median_ms / refs[L])
-        return r
+        def row(cfg: SubnetConfig, L: int, t: Timing | None, kind: str, note: str = "", error: str = "") -> dict[str, Any]:
+            r = {**base, **arch_columns(shape, cfg, L), "kind": kind, "note": note, "length": L, "error": error,
+                 "timestamp": datetime.now(UTC).isoformat(timespec="seconds")}
+            if t is not None:
+                r.update(lat_median_ms=t.median_ms, lat_p90_ms=t.p90_ms, lat_mean_ms=t.mean_ms, lat_min_ms=t.min_ms,
+                         lat_iqr_ms=t.iqr_ms, lat_cv=t.cv, outliers=t.outliers)
+                if L in refs:
+                    r.update(ref_median_ms=refs[L], lat_ratio=t.median_ms / refs[L])
+            return r
 
-    def timed(run: Runner, L: int) -> Timing:
-        return time_fn(lambda: run(inputs[L]), profile.warmup, profile.repeats)
-
-    def reference() -> None:
-        rows = []
-        for L in lengths:
-            t = timed(ref_run, L)
-            refs[L] = t.median_ms
-            rows.append(row(full, L, t, "reference"))
-        log.append(rows)
-
-    if not have_noise and noise_rounds > 0:
-        # Harness check and noise floor: two sessions of the same full model, timed in turn.
-        twin = open_runner(profile, extract_fn(supernet, full), workdir)
-        for _ in tqdm(range(noise_rounds), desc=f"{profile.name} noise floor", disable=not progress, leave=False):
+        def reference() -> None:
             rows = []
-            for note, run in (("harness-a", ref_run), ("harness-b", twin)):
-                for L in lengths:
-                    rows.append(row(full, L, timed(run, L), "noise", note))
+            for L in lengths:
+                t = timer.time(timer.full, L)
+                refs[L] = t.median_ms
+                rows.append(row(full, L, t, "reference"))
             log.append(rows)
-        del twin
-    reference()
-    bar = tqdm(todo, desc=f"measure {profile.name}", disable=not progress, dynamic_ncols=True)
-    for j, cfg in enumerate(bar):
-        if j and j % reference_every == 0:
-            reference()
-        try:
-            if onnx_cache is not None:
-                run = open_runner(profile, extract_fn(supernet, cfg), onnx_cache, cache_name=cfg.key())
-            else:
-                run = open_runner(profile, extract_fn(supernet, cfg), workdir)
-            rows = [row(cfg, L, timed(run, L), "sample") for L in lengths]
-        except Exception as e:  # a failure is a row, not the end of the sweep
-            rows = [row(cfg, L, None, "sample", error=f"{type(e).__name__}: {e}"[:300]) for L in lengths]
-        log.append(rows)
-    reference()
-    bar.close()
-    shutil.rmtree(workdir, ignore_errors=True)
+
+        if not have_noise and noise_rounds > 0:
+            # Harness check and noise floor: two sessions of the same full model, timed in turn.
+            twin = timer.open(full)
+            for _ in tqdm(range(noise_rounds), desc=f"{profile.name} noise floor", disable=not progress, leave=False):
+                rows = []
+                for note, run in (("harness-a", timer.full), ("harness-b", twin)):
+                    for L in lengths:
+                        rows.append(row(full, L, timer.time(run, L), "noise", note))
+                log.append(rows)
+            del twin
+        reference()
+        bar = tqdm(todo, desc=f"measure {profile.name}", disable=not progress, dynamic_ncols=True)
+        for j, cfg in enumerate(bar):
+            if j and j % reference_every == 0:
+                reference()
+            try:
+                run = timer.open(cfg, cache=onnx_cache)
+                rows = [row(cfg, L, timer.time(run, L), "sample") for L in lengths]
+            except Exception as e:  # a failure is a row, not the end of the sweep
+                rows = [row(cfg, L, None, "sample", error=f"{type(e).__name__}: {e}"[:300]) for L in lengths]
+            log.append(rows)
+        reference()
+        bar.close()
     return log.read()
 
 

@@ -1,10 +1,8 @@
-"""Measurements and predictors inside a run folder.
+"""Measurements and predictors inside a run folder (paths: ``supernet.runfolder.RunFolder``).
 
-``runs/NAME/``
-  ``devices.json``             user device profiles this run has used (from --devices TOML)
-  ``latency/<device>.csv``     measurement rows (see latency/measure.py and results/README.md)
-  ``latency/<device>.predictor/``  the fitted predictor of that device
-  ``latency/<device>.report.json`` / ``.png``  held-out quality and predicted-vs-measured plot
+The device profiles a run knows are the built-in ones, those stored in its ``devices.json``
+and those of a ``--devices`` TOML file; ``store_devices`` (called by the commands) adds a
+TOML file's profiles to the run.
 """
 
 from __future__ import annotations
@@ -29,31 +27,38 @@ from latency.predictor import (
 from supernet.data import length_stats
 from supernet.io import write_json
 from supernet.model import BertShape
+from supernet.runfolder import RunFolder
 from supernet.workflow import LoadedRun
 
 
+def stored_devices(run_dir: str | Path) -> dict[str, DeviceProfile]:
+    """The user profiles this run has stored (``devices.json``)."""
+    stored = RunFolder(run_dir).devices
+    if not stored.exists():
+        return {}
+    return {name: DeviceProfile(**{**d, "lengths": tuple(d["lengths"])})
+            for name, d in json.loads(stored.read_text()).items()}
+
+
 def devices_of(run_dir: str | Path, devices_file: str | Path | None = None) -> dict[str, DeviceProfile]:
-    """Built-in profiles, those this run stored, and those of ``devices_file`` (stored too)."""
-    run = Path(run_dir)
-    stored = run / "devices.json"
-    known = dict(BUILTIN)
-    if stored.exists():
-        for name, d in json.loads(stored.read_text()).items():
-            known[name] = DeviceProfile(**{**d, "lengths": tuple(d["lengths"])})
+    """Built-in profiles, those this run stored, and those of ``devices_file`` (read only)."""
+    known = {**BUILTIN, **stored_devices(run_dir)}
     if devices_file is not None:
-        new = load_profiles(devices_file)
-        known.update(new)
-        user = {n: p.to_dict() for n, p in known.items() if n not in BUILTIN or n in new}
-        write_json(stored, user)
+        known.update(load_profiles(devices_file))
     return known
+
+
+def store_devices(run_dir: str | Path, devices_file: str | Path) -> dict[str, DeviceProfile]:
+    """Add ``devices_file``'s profiles to the run's ``devices.json`` (a name defined again
+    replaces the stored one), so later commands know them without the file."""
+    new = load_profiles(devices_file)
+    user = {**stored_devices(run_dir), **new}
+    write_json(RunFolder(run_dir).devices, {n: p.to_dict() for n, p in user.items()})
+    return new
 
 
 def resolve_device(run_dir: str | Path, name: str, devices_file: str | Path | None = None) -> DeviceProfile:
     return get_device(name, devices_of(run_dir, devices_file))
-
-
-def log_path(run_dir: str | Path, device: str) -> Path:
-    return Path(run_dir) / "latency" / f"{device}.csv"
 
 
 def device_inputs(run: LoadedRun, profile: DeviceProfile, seed: int = 0) -> dict[int, dict[str, np.ndarray]]:
@@ -82,7 +87,7 @@ def measure_device(
     check_available(profile)
     inputs = device_inputs(run, profile, seed)
     configs = sample_configs(run.space, run.supernet.shape, n, seed=seed, length=min(run.typical_length, *inputs))
-    log = MeasurementLog(log_path(run.folder, profile.name))
+    log = MeasurementLog(run.paths.measurements(profile.name))
     return sweep(profile, run.supernet, configs, inputs, log, reference_every=reference_every,
                  noise_rounds=noise_rounds, progress=progress, onnx_cache=onnx_cache)
 
@@ -103,13 +108,10 @@ def measure_devices(run: LoadedRun, profiles: list[DeviceProfile], **kwargs: Any
 
 
 
-def predictor_path(run_dir: str | Path, device: str) -> Path:
-    return Path(run_dir) / "latency" / f"{device}.predictor.json"
-
-
 def fit_run_device(run_dir: str | Path, shape: BertShape, device: str, *, seed: int = 0) -> dict[str, Any]:
     """Fit, evaluate on held-out configurations, save the predictor, the report and the plot."""
-    path = log_path(run_dir, device)
+    paths = RunFolder(run_dir)
+    path = paths.measurements(device)
     if not path.exists():
         raise PredictorError(f"{path} does not exist: run `hwnas measure --run {run_dir} --device {device}` first")
     rows = MeasurementLog(path).read()
@@ -117,16 +119,15 @@ def fit_run_device(run_dir: str | Path, shape: BertShape, device: str, *, seed: 
     report["harness_ratio"] = harness_ratio(rows[rows["device"] == device])
     ok = rows[(rows["kind"] == "sample") & (rows["error"] == "")]
     report["measured_configs_per_minute"] = _rate(ok)
-    save_predictor(pred, predictor_path(run_dir, device), device=device, shape=shape, report=report)
-    base = Path(run_dir) / "latency" / device
+    save_predictor(pred, paths.predictor(device), device=device, shape=shape, report=report)
     held = report["holdout"]
     m = report["metrics"][report["chosen"]]
     plot_predicted_vs_measured(
-        held["measured_ms"], held["pred_ms"], base.with_suffix(".fit.png"),
+        held["measured_ms"], held["pred_ms"], paths.fit_plot(device),
         f"{device}: {report['chosen']} predictor, held-out configurations\n"
         f"MAPE {m['mape']:.1%}, within 10% {m['within_10pct']:.0%}, Kendall tau {m['kendall_tau']:.3f}",
     )
-    write_json(base.with_suffix(".fit.json"), report)
+    write_json(paths.fit_report(device), report)
     return report
 
 
@@ -140,7 +141,7 @@ def _rate(ok: pd.DataFrame) -> float:
 
 
 def load_device_predictor(run_dir: str | Path, device: str) -> BasePredictor:
-    path = predictor_path(run_dir, device)
+    path = RunFolder(run_dir).predictor(device)
     if not path.exists():
         raise PredictorError(f"no predictor for device {device!r} in {run_dir}: run `hwnas fit --run {run_dir} --device {device}`")
     return load_predictor(path, device=device)

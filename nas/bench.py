@@ -37,13 +37,9 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from nas.export import (
-    ImpossibleBudget,
-    Target,
-    choose_and_export,
-    latency_model,
-    remeasure,
-)
+from latency.measure import DeviceTimer
+from latency.target import PredictedLatency, Target, target_timer
+from nas.export import ExportConfig, ImpossibleBudget, choose_and_export
 from nas.objectives import DevAccuracy
 from nas.pareto import hypervolume, pareto_front
 from nas.search import Candidate, SearchResult, make_searcher
@@ -93,7 +89,7 @@ def dynabert_grid(space: SearchSpace) -> list[SubnetConfig]:
 
 def _candidates(run: LoadedRun, target: Target, acc: DevAccuracy, cfg: BenchConfig, progress: bool = True
                 ) -> dict[str, list[Candidate]]:
-    lat = latency_model(run, target)
+    lat = PredictedLatency.of(run.folder, target)
 
     def scored(configs: list[SubnetConfig]) -> list[Candidate]:
         return [Candidate(c, acc(c), p, u, True) for c, (p, u) in zip(configs, lat.predict(configs), strict=True)]
@@ -128,8 +124,9 @@ def fronts(run: LoadedRun, target: Target, acc: DevAccuracy, cfg: BenchConfig, p
     table = pd.concat(rows, ignore_index=True)
     configs = [SubnetConfig.from_dict(json.loads(j)) for j in table["arch_json"]]
     unique = {c.key(): c for c in configs}
-    measured, full_ms = remeasure(run, target, list(unique.values()), rounds=cfg.rounds)
-    ms = dict(zip(unique, measured, strict=True))
+    with target_timer(run, target) as timer:
+        got = timer.measure(list(unique.values()), rounds=cfg.rounds)
+    ms, full_ms = dict(zip(unique, got.ms, strict=True)), got.full_ms
     L = target.length
     full_flops = subnet_flops(run.supernet.shape, run.space.largest(), L)
     table["arch"] = [c.describe() for c in configs]
@@ -164,7 +161,7 @@ def finetuned(run: LoadedRun, target: Target, table: pd.DataFrame, acc: DevAccur
         return pd.DataFrame(columns=[*table.columns, "acc_test_before"])
     stage = StageConfig(epochs=cfg.finetune_epochs, lr=cfg.finetune_lr)
     train = run.splits["train"]
-    teacher = load_model(run.folder / "teacher")
+    teacher = load_model(run.paths.teacher)
     targets = functools.cache(lambda: teacher_logits(teacher, train))  # one pass for every fine-tuning, only if needed
     rows: list[dict[str, Any]] = []
     picks: list[pd.Series] = []
@@ -175,10 +172,10 @@ def finetuned(run: LoadedRun, target: Target, table: pd.DataFrame, acc: DevAccur
                 # --speedup` does: the fronts stage's timing may be tens of minutes old, and on a
                 # drifting machine a stale full-model latency turns a 3x target into 4x.
                 try:
-                    r = choose_and_export(run, target, None, folder / f"export_{s:g}x_ft", speedup=s,
-                                          n_evaluations=cfg.n_evaluations, seed=cfg.seed, accuracy=acc, finetune=stage,
-                                          finetune_candidates=cfg.finetune_candidates, full_model_test=full_test,
-                                          teacher_targets=targets, progress=progress)
+                    export = ExportConfig(speedup=s, n_evaluations=cfg.n_evaluations, seed=cfg.seed, finetune=stage,
+                                          finetune_candidates=cfg.finetune_candidates, progress=progress)
+                    r = choose_and_export(run, target, folder / f"export_{s:g}x_ft", export, accuracy=acc,
+                                          full_model_test=full_test, teacher_targets=targets)
                 except ImpossibleBudget:
                     continue
                 sub = SubnetConfig.from_dict(r["subnet"])
@@ -245,18 +242,25 @@ def compliance(run: LoadedRun, target: Target, acc: DevAccuracy, cfg: BenchConfi
                full_test: float | None = None, progress: bool = True) -> pd.DataFrame:
     """Budgets from 20% to 90% of the full model's measured latency: search, export, then a
     fresh re-measurement of what was exported (independent of the export's own check)."""
-    _, full_ms = remeasure(run, target, [], rounds=cfg.rounds)
+    with target_timer(run, target) as timer:
+        return _compliance(run, target, acc, cfg, out, timer, full_test, progress)
+
+
+def _compliance(run: LoadedRun, target: Target, acc: DevAccuracy, cfg: BenchConfig, out: Path, timer: DeviceTimer,
+                full_test: float | None, progress: bool) -> pd.DataFrame:
+    full_ms = timer.measure([], rounds=cfg.rounds).full_ms
     rows = []
     for f in tqdm(cfg.budget_fractions, desc="bench: budget sweep", disable=not progress):
         budget = round(f * full_ms, 3)
         try:
-            r = choose_and_export(run, target, budget, out / f"export_{f:.2f}", n_evaluations=cfg.n_evaluations,
-                                  seed=cfg.seed, accuracy=acc, full_model_test=full_test, progress=progress)
+            export = ExportConfig(budget_ms=budget, n_evaluations=cfg.n_evaluations, seed=cfg.seed, progress=progress)
+            r = choose_and_export(run, target, out / f"export_{f:.2f}", export, accuracy=acc, full_model_test=full_test)
         except ImpossibleBudget as e:
             rows.append({"fraction": f, "budget_ms": budget, "error": str(e)[:200]})
             continue
         cfg_x = SubnetConfig.from_dict(r["subnet"])
-        (again,), full_again = remeasure(run, target, [cfg_x], rounds=cfg.rounds)
+        fresh = timer.measure([cfg_x], rounds=cfg.rounds)  # independent of the export's own check
+        (again,), full_again = fresh.ms, fresh.full_ms
         first = r["step_downs"][0]
         rows.append({
             "fraction": f, "budget_ms": budget, "arch": r["arch"],
@@ -303,7 +307,6 @@ def plot(table: pd.DataFrame, full_test: float, path: Path, ft: pd.DataFrame | N
 def run_bench(run: LoadedRun, target: Target, cfg: BenchConfig, out_dir: str | Path, *, command: str,
               progress: bool = True) -> dict[str, Any]:
     """All benchmark parts for one run and device; writes CSVs, a PNG and BENCHMARKS.md."""
-    from latency.workflow import predictor_path
     from supernet.checkpoint import load_model
     from supernet.evaluate import model_score
 
@@ -311,20 +314,20 @@ def run_bench(run: LoadedRun, target: Target, cfg: BenchConfig, out_dir: str | P
     times: dict[str, float] = {}
     acc = DevAccuracy(run, subset_size=cfg.dev_subset, seed=cfg.seed, precision=cfg.search_precision)
     t0 = time.time()
-    teacher = load_model(run.folder / "teacher")
+    teacher = load_model(run.paths.teacher)
     full_test = model_score(teacher, run.splits["test"], run.task.metric)
     table = fronts(run, target, acc, cfg, progress)
     times["fronts (search + re-measure + score)"] = time.time() - t0
     hv = hypervolumes(table, full_test)
     t0 = time.time()
-    ft = finetuned(run, target, table, acc, cfg, run.folder / "bench", full_test, progress)
+    ft = finetuned(run, target, table, acc, cfg, run.paths.bench, full_test, progress)
     times["fine-tuned points (ours: export + fine-tune; grid: fine-tune)"] = time.time() - t0
     sp = speedup_at_loss(pd.concat([table, ft], ignore_index=True) if len(ft) else table, full_test)
     t0 = time.time()
-    comp = compliance(run, target, acc, cfg, run.folder / "bench", full_test, progress)
+    comp = compliance(run, target, acc, cfg, run.paths.bench, full_test, progress)
     times["budget sweep (search + export + re-measure)"] = time.time() - t0
     fits = {}
-    for f in sorted(run.folder.glob("latency/*.fit.json")):
+    for f in sorted(run.paths.latency.glob("*.fit.json")):
         r = json.loads(f.read_text())
         fits[r["device"]] = r
     prefix = f"bench_{run.spec.task}_{target.profile.name}"
@@ -334,10 +337,10 @@ def run_bench(run: LoadedRun, target: Target, cfg: BenchConfig, out_dir: str | P
     write_csv(out / f"{prefix}_finetuned.csv", ft)
     write_csv(out / f"{prefix}_compliance.csv", comp)
     plot(table, full_test, out / f"{prefix}_fronts.png", ft)
-    state = json.loads((run.folder / "state.json").read_text())
+    state = json.loads(run.paths.state.read_text())
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     summary = {"full_test": full_test, "times": times, "peak_rss_mb": peak_mb, "train_times": state["done"],
-               "predictor": {d: str(predictor_path(run.folder, d)) for d in fits}}
+               "predictor": {d: str(run.paths.predictor(d)) for d in fits}}
     write_json(out / f"{prefix}_summary.json", summary)
     write_text(out / f"{prefix}.md", _page(run, target, cfg, table, hv, sp, ft, comp, fits, full_test, summary, command,
                                                  prefix))

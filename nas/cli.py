@@ -14,6 +14,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from supernet.runfolder import RunFolder  # paths only: no heavy imports
+
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 MAIN_RUN = "runs/main"
@@ -91,8 +93,9 @@ def cmd_train(a: argparse.Namespace) -> int:
     )
 
     out = Path(a.out)
-    spec = read_spec(out) if a.resume and (out / "run.json").exists() else _spec(a)
-    if a.resume and (out / "run.json").exists():
+    stored = RunFolder(out).spec.exists()
+    spec = read_spec(out) if a.resume and stored else _spec(a)
+    if a.resume and stored:
         print(f"resuming {out} with its stored settings (task {spec.task}, model {spec.model})")
     assert isinstance(spec, RunSpec)
     times = train_run(out, spec, resume=a.resume, progress=not a.quiet)
@@ -151,11 +154,13 @@ def cmd_extract(a: argparse.Namespace) -> int:
 def cmd_measure(a: argparse.Namespace) -> int:
     from latency.devices import with_overrides
     from latency.measure import MeasurementLog, harness_ratio, sample_configs
-    from latency.workflow import device_inputs, log_path, measure_device, resolve_device
+    from latency.workflow import device_inputs, measure_device, resolve_device, store_devices
     from supernet.workflow import open_run
 
     run = open_run(a.run)
-    profiles = [with_overrides(resolve_device(a.run, d, a.devices), repeats=a.repeats, warmup=a.warmup)
+    if a.devices is not None:
+        store_devices(a.run, a.devices)
+    profiles = [with_overrides(resolve_device(a.run, d), repeats=a.repeats, warmup=a.warmup)
                 for d in a.device.split(",")]
     if len(profiles) > 1:
         if a.kit or a.import_csv:
@@ -173,7 +178,7 @@ def cmd_measure(a: argparse.Namespace) -> int:
         print(f"took {(time.time() - t0) / 60:.1f} min")
         return 0
     profile = profiles[0]
-    log = MeasurementLog(log_path(a.run, profile.name))
+    log = MeasurementLog(run.paths.measurements(profile.name))
     if a.import_csv:
         from latency.kit import import_kit_csv
 
@@ -205,7 +210,7 @@ def cmd_fit(a: argparse.Namespace) -> int:
     from latency.workflow import fit_run_device
     from supernet.checkpoint import load_model
 
-    shape = load_model(Path(a.run) / "supernet").shape
+    shape = load_model(RunFolder(a.run).supernet).shape
     for device in a.device.split(","):
         r = fit_run_device(a.run, shape, device, seed=a.seed)
         m = r["metrics"][r["chosen"]]
@@ -220,12 +225,14 @@ def cmd_fit(a: argparse.Namespace) -> int:
 
 
 def _target(run, device: str, devices_file: str | None, length: str | None):  # noqa: ANN001, ANN202
-    from latency.workflow import resolve_device
-    from nas.export import Target
+    from latency.target import Target
+    from latency.workflow import resolve_device, store_devices
     from supernet.data import length_stats
     from supernet.errors import ConfigError
 
-    profile = resolve_device(run.folder, device, devices_file)
+    if devices_file is not None:
+        store_devices(run.folder, devices_file)
+    profile = resolve_device(run.folder, device)
     L = None
     if length is not None:
         stats = length_stats(run.splits["dev"])
@@ -259,8 +266,9 @@ def _budgets(text: str) -> list[float]:
 
 
 def cmd_search(a: argparse.Namespace) -> int:
-    from nas.export import run_search
+    from nas.export import run_search, search_history
     from nas.objectives import DevAccuracy
+    from supernet.io import write_csv
     from supernet.workflow import open_run
 
     run = open_run(a.run)
@@ -268,13 +276,14 @@ def cmd_search(a: argparse.Namespace) -> int:
     method, kwargs = a.method, {}
     if a.ray:
         method, kwargs = "ray", {"workers": a.workers, "address": a.ray_address,
-                                 "storage_path": str((run.folder / "search" / "ray").resolve())}
+                                 "storage_path": str(run.paths.ray_storage.resolve())}
     budgets: list[float | None] = [None] if a.front else list(_budgets(a.budget_ms))
     for device in a.device.split(","):
         target = _target(run, device, a.devices, a.length)
         for budget in budgets:
             result, wall = run_search(run, target, budget, method=method, n_evaluations=a.n, seed=a.seed,
                                       accuracy=acc, searcher_kwargs=kwargs)
+            write_csv(run.paths.search_history(device, budget, method), search_history(result, target, budget, method))
             where = "whole front" if budget is None else f"budget {budget:g} ms"
             print(f"{device} (batch {target.batch}, length {target.length}), {where}, {method}: "
                   f"{result.n_evaluations} evaluated in {wall:.0f} s")
@@ -321,7 +330,7 @@ def _finetune_stage(a: argparse.Namespace):  # noqa: ANN202
 
 
 def cmd_export(a: argparse.Namespace) -> int:
-    from nas.export import choose_and_export
+    from nas.export import ExportConfig, choose_and_export
     from nas.objectives import DevAccuracy
     from supernet.errors import ConfigError
     from supernet.workflow import open_run
@@ -334,11 +343,11 @@ def cmd_export(a: argparse.Namespace) -> int:
     if len(budget) != 1:
         raise ConfigError("export takes one --budget-ms value")
     finetune = _finetune_stage(a)
-    r = choose_and_export(run, target, budget[0], a.out, speedup=a.speedup, method=a.method, n_evaluations=a.n,
-                          seed=a.seed, finalists=a.finalists, accuracy=DevAccuracy(run, subset_size=a.dev_subset or None,
-                                                              precision=a.search_precision),
-                          finetune=finetune, finetune_candidates=a.finetune_candidates,
-                          drift_tolerance=None if a.drift_tolerance < 0 else a.drift_tolerance, progress=not a.quiet)
+    cfg = ExportConfig(budget_ms=budget[0], speedup=a.speedup, method=a.method, n_evaluations=a.n, seed=a.seed,
+                       finalists=a.finalists, finetune=finetune, finetune_candidates=a.finetune_candidates,
+                       drift_tolerance=None if a.drift_tolerance < 0 else a.drift_tolerance, progress=not a.quiet)
+    accuracy = DevAccuracy(run, subset_size=a.dev_subset or None, precision=a.search_precision)
+    r = choose_and_export(run, target, a.out, cfg, accuracy=accuracy)
     if r["budget_from"]:
         b = r["budget_from"]
         print(f"  the full model measured {b['full_model_ms']:.3f} ms on {r['device']} before the search: budget "
@@ -382,7 +391,7 @@ def cmd_compare(a: argparse.Namespace) -> int:
     runs = [open_run(r) for r in (a.runs.split(",") if a.runs else [a.run])]
     targets = {str(r.folder): {d: _target(r, d, a.devices, a.length) for d in a.devices_list.split(",")} for r in runs}
     methods = a.methods.split(",") if a.methods else None
-    out = a.out or str(runs[0].folder / "compare")
+    out = a.out or str(runs[0].paths.compare)
     table, hv = compare(runs, targets, methods, out, remeasure_points=0 if a.no_remeasure else a.remeasure_points,
                         dev_subset=a.dev_subset or None, precision=a.search_precision)
     _print_table(hv, ["front", "n_points", "hypervolume", "best_acc", "fastest_lat"])
@@ -433,7 +442,7 @@ def cmd_run(a: argparse.Namespace) -> int:
     from supernet.workflow import read_spec
 
     out = Path(a.out or MAIN_RUN)
-    spec = read_spec(out) if (out / "run.json").exists() else _spec(a)
+    spec = read_spec(out) if RunFolder(out).spec.exists() else _spec(a)
     job = JobConfig(devices=tuple(a.device.split(",")), n_measure=a.n_measure, n_search=a.n_search,
                     finetune=_finetune_stage(a), finetune_candidates=a.finetune_candidates)
     t0 = time.time()

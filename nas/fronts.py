@@ -17,8 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from latency.devices import DeviceUnavailable
-from nas.export import Target, latency_model, remeasure
+from latency.target import PredictedLatency, Target, open_timer
 from nas.objectives import DevAccuracy
 from nas.pareto import compare_fronts, pareto_front
 from supernet.errors import HwnasError
@@ -29,9 +28,8 @@ from supernet.workflow import LoadedRun
 
 def evaluated(run: LoadedRun, method: str | None = None, device: str | None = None) -> list[SubnetConfig]:
     """Configurations the run's searches evaluated (all, or those of one method/device)."""
-    folder = run.folder / "search"
     keys: dict[str, SubnetConfig] = {}
-    for f in sorted(folder.glob("*_*_*.csv")) if folder.exists() else []:
+    for f in run.paths.search_histories():
         frame = pd.read_csv(f)
         if not {"arch_json", "method", "device"} <= set(frame.columns):
             continue
@@ -53,7 +51,7 @@ def device_front(
     re-measured latency of (at most ``remeasure_points``, evenly spread) front points."""
     if not configs:
         return pd.DataFrame()
-    model = latency_model(run, target)  # loads the predictor from disk: once
+    model = PredictedLatency.of(run.folder, target)  # loads the predictor from disk: once
     lat = model.predict(list(configs))
     full_pred = model.predict([run.space.largest()])[0][0]
     frame = pd.DataFrame({
@@ -74,12 +72,12 @@ def device_front(
     front["full_model_measured_ms"] = np.nan
     if remeasure_points > 0:
         idx = np.unique(np.linspace(0, len(front) - 1, min(len(front), remeasure_points)).round().astype(int))
-        try:
-            measured, full_ms = remeasure(run, target, [cfgs[i] for i in idx], rounds=1)
-            front.loc[idx, "lat_measured_ms"] = measured
-            front["full_model_measured_ms"] = full_ms
-        except DeviceUnavailable:
-            pass
+        timer = open_timer(run, target)  # None: the device is not on this machine
+        if timer is not None:
+            with timer:
+                got = timer.measure([cfgs[i] for i in idx], rounds=1)
+            front.loc[idx, "lat_measured_ms"] = got.ms
+            front["full_model_measured_ms"] = got.full_ms
     front.insert(0, "length", target.length)
     front.insert(0, "device", target.profile.name)
     return front

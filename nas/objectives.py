@@ -1,4 +1,5 @@
-"""What a searcher is given for a trained run: dev accuracy and predicted latency.
+"""What a searcher is given for a trained run: dev accuracy (its predicted latency is
+``latency.target.PredictedLatency``).
 
 ``DevAccuracy`` scores a sub-network with inherited supernet weights on a fixed, seeded
 subset of the **dev** split (the whole dev split for finalists); the test split is only
@@ -20,9 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from latency.features import config_rows
 from latency.measure import _cut_torn_tail
-from latency.predictor import BasePredictor
 from supernet.data import Encoded
 from supernet.evaluate import predict, resolve_precision, scores
 from supernet.space import SubnetConfig
@@ -107,20 +106,3 @@ class DevAccuracy:
     def test(self, cfg: SubnetConfig) -> float:
         """Reporting only: never used to choose."""
         return float(self.scores(cfg, "test")[self.metric])
-
-
-class PredictedLatency:
-    """The LatencyModel of a device: predictor at a fixed input shape (batch, length).
-
-    ``scale`` multiplies predictions and upper bounds: the device's measured drift since the
-    predictor was fitted (``nas.export.device_drift``), 1.0 for none."""
-
-    def __init__(self, predictor: BasePredictor, *, batch: int, length: int, scale: float = 1.0) -> None:
-        self.predictor, self.batch, self.length, self.scale = predictor, batch, length, scale
-
-    def predict(self, configs: list[SubnetConfig]) -> list[tuple[float, float]]:
-        if not configs:
-            return []
-        out = self.predictor.predict(config_rows(configs, self.batch, self.length))
-        return list(zip(out["pred_ms"].astype(float) * self.scale, out["upper_ms"].astype(float) * self.scale,
-                        strict=True))

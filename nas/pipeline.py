@@ -17,12 +17,14 @@ from typing import Any
 import pandas as pd
 
 from latency.devices import with_overrides
-from latency.workflow import fit_run_device, measure_devices, predictor_path, resolve_device
-from nas.export import Target, choose_and_export, latency_model, remeasure, run_search
+from latency.target import PredictedLatency, Target, target_timer
+from latency.workflow import fit_run_device, measure_devices, resolve_device
+from nas.export import ExportConfig, choose_and_export, run_search, search_history
 from nas.fronts import compare
 from nas.objectives import DevAccuracy
 from nas.search import fastest_reachable
 from supernet.io import write_csv, write_json
+from supernet.runfolder import RunFolder
 from supernet.train import StageConfig
 from supernet.workflow import RunSpec, evaluation_table, open_run, train_run, write_evaluation
 
@@ -56,7 +58,7 @@ def main_job(out: str | Path, spec: RunSpec, job: JobConfig, *, progress: bool =
         log(f"[{name}] done in {times[name]:.0f} s")
 
     t0 = time.time()
-    train_run(out, spec, resume=(out / "run.json").exists(), progress=progress)
+    train_run(out, spec, resume=RunFolder(out).spec.exists(), progress=progress)
     run = open_run(out)
     table = evaluation_table(run)
     write_evaluation(run, table)
@@ -82,7 +84,7 @@ def main_job(out: str | Path, spec: RunSpec, job: JobConfig, *, progress: bool =
     rows: list[dict[str, Any]] = []
     budgets: dict[str, list[float]] = {}
     for device, target in targets.items():
-        lat = latency_model(run, target)
+        lat = PredictedLatency.of(out, target)
         full_pred = lat.predict([run.space.largest()])[0][0]
         fastest = fastest_reachable(run.space, lat)
         # Rounded up (to 0.001 ms) so that the tightest budget is never below the fastest.
@@ -90,11 +92,15 @@ def main_job(out: str | Path, spec: RunSpec, job: JobConfig, *, progress: bool =
                            for f in job.budget_points]
         bests = []
         for budget in budgets[device]:
-            result, _ = run_search(run, target, budget, method="evolution", n_evaluations=job.n_search,
+            result, _ = run_search(run, target, budget, latency=lat, method="evolution", n_evaluations=job.n_search,
                                    seed=spec.seed, accuracy=acc)
+            write_csv(run.paths.search_history(device, budget, "evolution"),
+                      search_history(result, target, budget, "evolution"))
             bests.append((budget, result.best))
         found = [(b, c) for b, c in bests if c is not None]
-        measured, full_ms = remeasure(run, target, [c.config for _, c in found])
+        with target_timer(run, target) as timer:
+            got = timer.measure([c.config for _, c in found])
+        measured, full_ms = got.ms, got.full_ms
         for (budget, c), ms in zip(found, measured, strict=True):
             rows.append({"device": device, "length": target.length, "budget_ms": budget, "arch": c.config.describe(),
                          "pred_ms": c.latency_ms, "measured_ms": ms, "full_ms": full_ms, "speedup": full_ms / ms,
@@ -104,13 +110,13 @@ def main_job(out: str | Path, spec: RunSpec, job: JobConfig, *, progress: bool =
 
     t0 = time.time()
     budget = budgets[job.export_device][job.export_budget]
-    report = choose_and_export(run, targets[job.export_device], budget,
-                               out / "export" / f"{job.export_device}_{budget:g}ms", n_evaluations=job.n_search,
-                               seed=spec.seed, accuracy=acc, progress=progress,
-                               finetune=job.finetune, finetune_candidates=job.finetune_candidates,
-                               # The budgets are points on this predictor's own scale, fitted
-                               # minutes ago: scaling its predictions would move them.
-                               drift_tolerance=None)
+    export = ExportConfig(budget_ms=budget, n_evaluations=job.n_search, seed=spec.seed, progress=progress,
+                          finetune=job.finetune, finetune_candidates=job.finetune_candidates,
+                          # The budgets are points on this predictor's own scale, fitted
+                          # minutes ago: scaling its predictions would move them.
+                          drift_tolerance=None)
+    report = choose_and_export(run, targets[job.export_device], run.paths.export(job.export_device, budget), export,
+                               accuracy=acc)
     if report["finetuned"]:
         ft = report["finetuned"]
         log(f"exported {report['arch']} (best fine-tuned dev score of {ft['candidates']} candidates): test "
@@ -119,12 +125,12 @@ def main_job(out: str | Path, spec: RunSpec, job: JobConfig, *, progress: bool =
     stage("export", t0)
 
     t0 = time.time()
-    _, hv = compare([run], {str(run.folder): targets}, None, out / "compare", remeasure_points=6,
+    _, hv = compare([run], {str(run.folder): targets}, None, run.paths.compare, remeasure_points=6,
                     dev_subset=job.dev_subset, precision=job.search_precision)
     stage("compare", t0)
 
     summary = pd.DataFrame(rows)
-    write_csv(out / "summary.csv", summary)
-    write_json(out / "job.json", {"times_s": times, "budgets_ms": budgets, "export": report["files"],
-                                  "predictors": {d: str(predictor_path(out, d)) for d in job.devices}})
+    write_csv(run.paths.summary, summary)
+    write_json(run.paths.job, {"times_s": times, "budgets_ms": budgets, "export": report["files"],
+                               "predictors": {d: str(run.paths.predictor(d)) for d in job.devices}})
     return summary

@@ -39,6 +39,7 @@ from supernet.errors import CheckpointError, ConfigError
 from supernet.io import atomic_write, write_json
 from supernet.model import ElasticBert
 from supernet.rewire import importance_scores, rewire
+from supernet.runfolder import RunFolder
 from supernet.space import SearchSpace, SubnetConfig
 
 
@@ -307,12 +308,13 @@ def run_training(
     """
     cfg.validate()
     run = Path(run_dir)
+    paths = RunFolder(run)
     run.mkdir(parents=True, exist_ok=True)
-    state_path = run / "state.json"
+    state_path = paths.state
     state: dict[str, Any] = json.loads(state_path.read_text()) if state_path.exists() else {"done": {}}
-    log = MetricsLog(run / "metrics.csv")
+    log = MetricsLog(paths.metrics)
     space = space or model.shape.search_space()
-    write_json(run / "search_space.json", space.to_dict())
+    write_json(paths.search_space, space.to_dict())
 
     def finish(stage: str, seconds: float, **extra: Any) -> None:
         state["done"][stage] = {"wall_s": round(seconds, 1), **extra}
@@ -325,35 +327,35 @@ def run_training(
     # 1. teacher
     if "teacher" not in state["done"]:
         t0 = time.time()
-        runner = StageRunner("teacher", run / "teacher", model, splits["train"], cfg.teacher, cfg, log,
+        runner = StageRunner("teacher", paths.teacher, model, splits["train"], cfg.teacher, cfg, log,
                              progress=progress, stop_after=interrupt("teacher"))
         train_teacher(model, runner)
-        save_model(model.eval(), run / "teacher", {"stage": "teacher"})
+        save_model(model.eval(), paths.teacher, {"stage": "teacher"})
         finish("teacher", time.time() - t0)  # first: a crash now must not retrain the stage
-        shutil.rmtree(run / "teacher" / "checkpoint", ignore_errors=True)
-    teacher = load_model(run / "teacher")
+        shutil.rmtree(paths.teacher / "checkpoint", ignore_errors=True)
+    teacher = load_model(paths.teacher)
 
     # 2. rewire (on train only)
     if "rewire" not in state["done"]:
         t0 = time.time()
-        student = load_model(run / "teacher")
+        student = load_model(paths.teacher)
         batches = list(iterate_batches(splits["train"], cfg.batch_size, shuffle=True, seed=cfg.seed))
         heads, ffn = importance_scores(student, batches[: cfg.importance_batches], progress=progress)
         rewire(student, heads, ffn)
-        save_model(student, run / "rewired", {"stage": "rewired"})
-        write_json(run / "importance.json", {"heads": [h.tolist() for h in heads], "ffn": [f.tolist() for f in ffn]})
+        save_model(student, paths.rewired, {"stage": "rewired"})
+        write_json(paths.importance, {"heads": [h.tolist() for h in heads], "ffn": [f.tolist() for f in ffn]})
         finish("rewire", time.time() - t0)
 
     # 3. supernet
     if "supernet" not in state["done"]:
         t0 = time.time()
-        student = load_model(run / "rewired")
-        runner = StageRunner("supernet", run / "supernet", student, splits["train"], cfg.supernet, cfg, log,
+        student = load_model(paths.rewired)
+        runner = StageRunner("supernet", paths.supernet, student, splits["train"], cfg.supernet, cfg, log,
                              progress=progress, stop_after=interrupt("supernet"))
         train_supernet(student, teacher, space, runner)
-        save_model(student.eval(), run / "supernet", {"stage": "supernet", "space": space.to_dict()})
+        save_model(student.eval(), paths.supernet, {"stage": "supernet", "space": space.to_dict()})
         finish("supernet", time.time() - t0)
-        shutil.rmtree(run / "supernet" / "checkpoint", ignore_errors=True)
+        shutil.rmtree(paths.supernet / "checkpoint", ignore_errors=True)
     return {k: v["wall_s"] for k, v in state["done"].items()}
 
 

@@ -1,16 +1,6 @@
-"""A run folder: what ``hwnas train`` writes and every later stage reads.
+"""A run: train it (``train_run``), open it (``open_run``), evaluate a few sub-networks.
 
-``runs/NAME/``
-  ``run.json``          task, model, seed, data limits and the training configuration
-  ``state.json``        finished stages and their wall times
-  ``metrics.csv``       training losses (one row every ``log_every`` steps)
-  ``tokenizer/``        the tokenizer, so later stages need not reach the source model
-  ``teacher/``          the fine-tuned full model (model.safetensors + shape.json)
-  ``rewired/``          the teacher with heads and neurons reordered by importance
-  ``supernet/``         the trained weight-shared supernet
-  ``importance.json``   head / neuron importance scores (train split)
-  ``search_space.json`` the search space
-  ``eval.csv``          accuracy, FLOPs and parameters of a few sub-networks
+What a run folder holds, and where, is ``supernet.runfolder.RunFolder``.
 """
 
 from __future__ import annotations
@@ -30,6 +20,7 @@ from supernet.errors import CheckpointError, ConfigError
 from supernet.evaluate import Evaluator, predict, scores
 from supernet.io import write_csv, write_json
 from supernet.model import ElasticBert
+from supernet.runfolder import RunFolder
 from supernet.space import SearchSpace, SubnetConfig
 from supernet.train import TrainConfig, run_training
 
@@ -58,7 +49,7 @@ class RunSpec:
 
 
 def read_spec(run_dir: str | Path) -> RunSpec:
-    path = Path(run_dir) / "run.json"
+    path = RunFolder(run_dir).spec
     if not path.is_file():
         raise CheckpointError(f"{path} is missing: is {run_dir} a folder written by `hwnas train`?")
     try:
@@ -77,7 +68,8 @@ def train_run(run_dir: str | Path, spec: RunSpec, *, resume: bool = False, progr
               stop_after: tuple[str, int] | None = None) -> dict[str, Any]:
     """Train (or resume) a run; return the stage wall times."""
     run = Path(run_dir)
-    if (run / "run.json").exists():
+    paths = RunFolder(run)
+    if paths.spec.exists():
         if not resume:
             raise ConfigError(f"{run} already holds a run: pass --resume to continue it, or choose another --out")
         old = read_spec(run)
@@ -93,10 +85,10 @@ def train_run(run_dir: str | Path, spec: RunSpec, *, resume: bool = False, progr
     num_labels = load_task(spec.task, seed=spec.seed, max_train=spec.max_train, max_eval=spec.max_eval).num_labels
     model, tok = load_pretrained(spec.model, num_labels, seed=spec.seed)
     run.mkdir(parents=True, exist_ok=True)
-    write_json(run / "run.json", spec.to_dict())
-    tok.save_pretrained(str(run / "tokenizer"))
+    write_json(paths.spec, spec.to_dict())
+    tok.save_pretrained(str(paths.tokenizer))
     task, splits = load_data(spec, tok)
-    write_json(run / "data_summary.json", {**task.summary(), "lengths": {s: length_stats(e) for s, e in splits.items()}})
+    write_json(paths.data_summary, {**task.summary(), "lengths": {s: length_stats(e) for s, e in splits.items()}})
     times = {"load": round(time.time() - t0, 1)}
     times.update(run_training(run, model, splits, spec.train, progress=progress, stop_after=stop_after))
     return times
@@ -121,6 +113,11 @@ class LoadedRun:
     evaluator: Evaluator
 
     @property
+    def paths(self) -> RunFolder:
+        """Where each of the run's files lives."""
+        return RunFolder(self.folder)
+
+    @property
     def typical_length(self) -> int:
         """Median token length of the dev split (FLOPs are quoted at this length)."""
         return int(round(length_stats(self.splits["dev"])["p50"]))
@@ -130,13 +127,14 @@ def open_run(run_dir: str | Path) -> LoadedRun:
     from transformers import AutoTokenizer
 
     run = Path(run_dir)
+    paths = RunFolder(run)
     spec = read_spec(run)
-    state = json.loads((run / "state.json").read_text()) if (run / "state.json").exists() else {"done": {}}
+    state = json.loads(paths.state.read_text()) if paths.state.exists() else {"done": {}}
     if "supernet" not in state.get("done", {}):
         raise CheckpointError(f"{run} has no trained supernet yet: finish it with `hwnas train --out {run} --resume`")
-    tok = AutoTokenizer.from_pretrained(str(run / "tokenizer"))
-    supernet = load_model(run / "supernet")
-    space = SearchSpace.from_dict(json.loads((run / "search_space.json").read_text()))
+    tok = AutoTokenizer.from_pretrained(str(paths.tokenizer))
+    supernet = load_model(paths.supernet)
+    space = SearchSpace.from_dict(json.loads(paths.search_space.read_text()))
     task, splits = load_data(spec, tok)
     ev = Evaluator(supernet, {"dev": splits["dev"], "test": splits["test"]}, metric=task.metric)
     return LoadedRun(run, spec, task, tok, supernet, space, splits, ev)
@@ -158,7 +156,7 @@ def evaluation_table(run: LoadedRun, subnets: dict[str, SubnetConfig] | None = N
     subnets = subnets or named_subnets(run.space)
     length = run.typical_length
     rows = []
-    teacher = load_model(run.folder / "teacher")
+    teacher = load_model(run.paths.teacher)
     full = run.space.largest()
     t_scores = {s: scores(predict(teacher, run.splits[s]), run.splits[s].labels) for s in ("dev", "test")}
     rows.append(_row("teacher", full, run, t_scores["dev"], t_scores["test"], length))
@@ -187,4 +185,4 @@ def _row(name: str, cfg: SubnetConfig, run: LoadedRun, dev: dict[str, float], te
 
 
 def write_evaluation(run: LoadedRun, table: pd.DataFrame) -> Path:
-    return write_csv(run.folder / "eval.csv", table)
+    return write_csv(run.paths.evaluation, table)

@@ -36,20 +36,33 @@ def test_quick_bench_writes_the_page(job: Path, tmp_path: Path) -> None:
 def test_budget_sweep_exports_and_remeasures(job: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import nas.bench
     import nas.export
+    from latency.measure import Measured
+    from latency.target import Target
     from latency.workflow import resolve_device
-    from nas.export import Target
     from supernet.workflow import open_run
 
     run = open_run(job)
     # The full model timed just before an export (the sweep's budgets: alone; ours+ft's: in the
     # export's drift check) is a fixed 50 ms here, so the test sees which timing the budgets come
     # from (the fronts time the full model beside their points, at well under 50 ms here).
-    real = nas.bench.remeasure
-    monkeypatch.setattr(nas.bench, "remeasure", lambda r, t, configs, **kw: real(r, t, configs, **kw)
-                        if configs else ([], 50.0))
+    class FullAt50ms:
+        def __init__(self, inner) -> None:  # noqa: ANN001
+            self.inner = inner
+
+        def measure(self, configs, **kw):  # noqa: ANN001, ANN003, ANN202
+            return self.inner.measure(configs, **kw) if configs else Measured([], 50.0)
+
+        def __enter__(self):  # noqa: ANN204
+            return self
+
+        def __exit__(self, *exc) -> None:  # noqa: ANN002
+            self.inner.close()
+
+    real = nas.bench.target_timer
+    monkeypatch.setattr(nas.bench, "target_timer", lambda r, t: FullAt50ms(real(r, t)))
     real_drift = nas.export.device_drift  # where ours+ft's export times the full model
-    monkeypatch.setattr(nas.export, "device_drift", lambda r, t, **kw: {
-        **(d := real_drift(r, t, **kw)), "measured_ms": [50.0, *d["measured_ms"][1:]], "ratio": 1.0})
+    monkeypatch.setattr(nas.export, "device_drift", lambda *a, **kw: {
+        **(d := real_drift(*a, **kw)), "measured_ms": [50.0, *d["measured_ms"][1:]], "ratio": 1.0})
     # Budgets far above the tiny model's own latency (timing noise under a loaded machine must
     # not push them below the fastest predicted sub-network), so that every point exports.
     # Speed-up 0.05 (a budget of 20x the full model) fine-tunes the most accurate points.

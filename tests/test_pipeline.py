@@ -223,7 +223,8 @@ def test_search_precision_labels_its_cache_and_scores_like_fp32(job: Path) -> No
 def test_export_scales_stale_predictions_by_the_measured_drift(job: Path, tmp_path: Path, monkeypatch, capsys) -> None:
     """A predictor that says a quarter of what it said when fitted (as if the device had become
     four times slower): the export measures the drift first and searches with scaled predictions."""
-    import nas.export
+    import latency.target
+    from latency.target import PredictedLatency, Target
     from latency.workflow import load_device_predictor, resolve_device
     from supernet.space import SubnetConfig
     from supernet.workflow import open_run
@@ -247,7 +248,7 @@ def test_export_scales_stale_predictions_by_the_measured_drift(job: Path, tmp_pa
             out[["pred_ms", "upper_ms"]] *= 0.25
             return out
 
-    monkeypatch.setattr(nas.export, "load_device_predictor", lambda *a: Quartered(load_device_predictor(*a)))
+    monkeypatch.setattr(latency.target, "load_device_predictor", lambda *a: Quartered(load_device_predictor(*a)))
     report = export(tmp_path / "drift")
     printed = capsys.readouterr().out
     assert "WARNING: cpu runs" in printed and "scaled every prediction by" in printed
@@ -256,7 +257,7 @@ def test_export_scales_stale_predictions_by_the_measured_drift(job: Path, tmp_pa
     assert drift["scale_applied"] == drift["ratio"]
     # The search's predictions are the quartered ones times the measured drift.
     run = open_run(job)
-    quartered = nas.export.latency_model(run, nas.export.Target.of(run, resolve_device(job, "cpu"), report["length"]))
+    quartered = PredictedLatency.of(job, Target.of(run, resolve_device(job, "cpu"), report["length"]))
     cfg = SubnetConfig.from_dict(report["subnet"])
     assert report["predicted_latency_ms"] == pytest.approx(quartered.predict([cfg])[0][0] * drift["ratio"])
     assert export(tmp_path / "off", "--drift-tolerance", "-1")["device_drift"] is None  # no check asked for
@@ -272,8 +273,8 @@ def test_export_budget_as_a_speedup_over_the_full_model(job: Path, tmp_path: Pat
     real = nas.export.device_drift
     timed: list[float] = []
 
-    def drift_at_50ms(run, target, **kw):  # noqa: ANN001, ANN003, ANN202
-        d = real(run, target, **kw)  # the real references, timed on this machine
+    def drift_at_50ms(*a, **kw):  # noqa: ANN002, ANN003, ANN202
+        d = real(*a, **kw)  # the real references, timed on this machine
         timed.append(d["measured_ms"][0])
         return {**d, "measured_ms": [50.0, *d["measured_ms"][1:]], "ratio": 1.0}
 

@@ -1,0 +1,113 @@
+"""A device at one input shape: what its predictor says there, and what it measures now.
+
+* ``Target``: a device profile at the (batch, length) a budget applies to.
+* ``PredictedLatency``: the device's fitted predictor evaluated at that shape (optionally
+  scaled by a measured drift); what a searcher is handed as its latency model.
+* ``DeviceTimer``: opens the full model and the input feeds **once** and times sub-networks
+  in turn with the full model; the one timing loop behind measurement sweeps, drift checks
+  and the export's re-measurement. A context manager: it removes its temp folder.
+* ``device_drift``: measured / predicted on three reference sub-networks, to catch a device
+  that runs slower or faster today than when its predictor was fitted.
+
+Anything with a ``measure`` method of ``Timer``'s shape can stand in for a ``DeviceTimer``
+(tests hand the export steps a fake timer in milliseconds).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from latency.devices import DeviceProfile, DeviceUnavailable
+from latency.features import config_rows
+from latency.measure import DeviceTimer, Timer, example_inputs
+from latency.predictor import BasePredictor
+from latency.workflow import device_inputs, load_device_predictor
+from supernet.space import SearchSpace, SubnetConfig
+
+if TYPE_CHECKING:
+    from supernet.workflow import LoadedRun
+
+
+@dataclass(frozen=True)
+class Target:
+    """A device at one input shape: the budget applies to one call at this (batch, length)."""
+
+    profile: DeviceProfile
+    batch: int
+    length: int
+
+    @classmethod
+    def of(cls, run: LoadedRun, profile: DeviceProfile, length: int | None = None) -> Target:
+        """At ``length``, or at the shortest of the profile's lengths on the run's dev split."""
+        lengths = sorted(device_inputs(run, profile))
+        return cls(profile, profile.batch, length if length is not None else lengths[0])
+
+
+class PredictedLatency:
+    """The LatencyModel of a device: its predictor at a fixed input shape (batch, length).
+
+    ``scale`` multiplies predictions and upper bounds: the device's measured drift since the
+    predictor was fitted (``device_drift``), 1.0 for none."""
+
+    def __init__(self, predictor: BasePredictor, *, batch: int, length: int, scale: float = 1.0) -> None:
+        self.predictor, self.batch, self.length, self.scale = predictor, batch, length, scale
+
+    @classmethod
+    def of(cls, run_dir: str | Path, target: Target, scale: float = 1.0) -> PredictedLatency:
+        """The fitted predictor of ``target``'s device in the run folder (``hwnas fit``)."""
+        pred = load_device_predictor(run_dir, target.profile.name)
+        return cls(pred, batch=target.batch, length=target.length, scale=scale)
+
+    def scaled(self, scale: float) -> PredictedLatency:
+        return PredictedLatency(self.predictor, batch=self.batch, length=self.length, scale=scale)
+
+    def predict(self, configs: list[SubnetConfig]) -> list[tuple[float, float]]:
+        """(prediction, upper bound) in ms for each configuration."""
+        if not configs:
+            return []
+        out = self.predictor.predict(config_rows(configs, self.batch, self.length))
+        return list(zip(out["pred_ms"].astype(float) * self.scale, out["upper_ms"].astype(float) * self.scale,
+                        strict=True))
+
+
+def target_timer(run: LoadedRun, target: Target, *, seed: int = 0) -> DeviceTimer:
+    """A timer at the target's shape: real dev text at exactly the budget's length. Raises
+    ``DeviceUnavailable`` when the device is not on this machine."""
+    feeds = example_inputs(run.splits["dev"], target.batch, target.length, seed)
+    return DeviceTimer(target.profile, run.supernet, {target.length: feeds})
+
+
+def open_timer(run: LoadedRun, target: Target) -> DeviceTimer | None:
+    """``target_timer``, or None when the device is not on this machine (a kit device)."""
+    try:
+        return target_timer(run, target)
+    except DeviceUnavailable:
+        return None
+
+
+def drift_references(space: SearchSpace) -> list[SubnetConfig]:
+    """Sub-networks timed to check the device against its predictor: the full model, half
+    width, and quarter width at half depth (three sizes, so that one mispredicted
+    configuration does not decide)."""
+    return [space.largest(), space.uniform(width=0.5), space.uniform(width=0.25, depth=0.5)]
+
+
+def device_drift(timer: Timer, latency: PredictedLatency, references: list[SubnetConfig],
+                 *, rounds: int = 3) -> dict[str, Any]:
+    """How much slower (> 1) or faster (< 1) the device runs now than its predictor says:
+    the median of measured / predicted over ``references`` (the first is the full model,
+    ``drift_references``), each timed now.
+
+    A predictor is fitted once (``hwnas measure`` + ``hwnas fit``); a shared or throttled
+    machine can be slower on the day, and a search that trusts stale predictions picks
+    sub-networks that miss the budget when re-measured."""
+    got = timer.measure(references[1:], rounds=rounds)
+    measured = [got.full_ms, *got.ms]
+    predicted = [p for p, _ in latency.predict(references)]
+    ratios = [m / p for m, p in zip(measured, predicted, strict=True)]
+    return {"ratio": float(np.median(ratios)), "ratios": ratios, "measured_ms": measured,
+            "predicted_ms": predicted, "references": [c.describe() for c in references]}

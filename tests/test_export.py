@@ -1,0 +1,173 @@
+"""The export's steps on fakes: a timer in milliseconds, a latency model and dev scores from
+dictionaries. What is pinned: the budget (ms or speed-up) and the drift scale, the step-down
+on a miss, the rescale when every finalist misses, the failure when nothing fits, the kit
+branch (nothing measurable here) and the fine-tuning pool's budget check."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+
+from latency.measure import Measured
+from nas.export import (
+    Budget,
+    ExportConfig,
+    ImpossibleBudget,
+    Verified,
+    measured_pool,
+    rank_finalists,
+    resolve_budget,
+    verify_on_device,
+)
+from nas.search import Candidate, SearchResult
+from supernet.errors import ConfigError
+from supernet.space import SearchSpace, SubnetConfig
+
+SPACE = SearchSpace(num_layers=4, max_heads=4, max_ffn=16, head_choices=(1, 2, 3, 4), ffn_choices=(4, 8, 12, 16))
+
+
+def cfg(heads: int, layers: int = 4) -> SubnetConfig:
+    """A uniform sub-network, named by its heads (and depth) in the tests below."""
+    return SPACE.uniform(width=heads / 4, depth=layers / 4)
+
+
+class FakeTimer:
+    """Measured latency (ms) by configuration key; the full model at ``full_ms``. Records
+    every call, so a test can say what was timed."""
+
+    def __init__(self, ms: dict[str, float], full_ms: float = 10.0) -> None:
+        self.ms, self.full_ms, self.calls = ms, full_ms, []
+
+    def measure(self, configs: Sequence[SubnetConfig], *, rounds: int = 3) -> Measured:
+        self.calls.append([c.key() for c in configs])
+        return Measured([self.ms[c.key()] for c in configs], self.full_ms)
+
+
+class FakeLatency:
+    """Predictions by configuration key; the upper bound is 10% above."""
+
+    def __init__(self, ms: dict[str, float], scale: float = 1.0) -> None:
+        self.ms, self.scale = ms, scale
+
+    def predict(self, configs: list[SubnetConfig]) -> list[tuple[float, float]]:
+        return [(self.ms[c.key()] * self.scale, 1.1 * self.ms[c.key()] * self.scale) for c in configs]
+
+
+class DevScores:
+    def __init__(self, scores: dict[str, float]) -> None:
+        self.scores = scores
+
+    def full_dev(self, c: SubnetConfig) -> float:
+        return self.scores[c.key()]
+
+
+def cand(c: SubnetConfig, acc: float, pred_ms: float, feasible: bool = True) -> Candidate:
+    return Candidate(c, acc, pred_ms, 1.1 * pred_ms, feasible)
+
+
+REFS = [SPACE.largest(), cfg(2), cfg(1, 2)]
+
+
+def test_budget_in_ms_and_a_device_within_tolerance_keeps_predictions() -> None:
+    timer = FakeTimer({cfg(2).key(): 5.2, cfg(1, 2).key(): 2.1}, full_ms=10.3)
+    lat = FakeLatency({SPACE.largest().key(): 10.0, cfg(2).key(): 5.0, cfg(1, 2).key(): 2.0})
+    b = resolve_budget(ExportConfig(budget_ms=4.0), lat, timer, REFS)  # type: ignore[arg-type]
+    assert (b.ms, b.source, b.scale) == (4.0, None, 1.0)
+    assert b.drift is not None and b.drift["ratio"] == pytest.approx(1.04)  # median of 1.03, 1.04, 1.05
+    assert b.drift["scale_applied"] == 1.0 and b.drift["measured_ms"] == [10.3, 5.2, 2.1]
+    assert timer.calls == [[cfg(2).key(), cfg(1, 2).key()]]  # the full model is the timer's own reference
+
+
+def test_a_slow_device_scales_the_search_by_its_drift_and_no_check_times_nothing() -> None:
+    timer = FakeTimer({cfg(2).key(): 10.0, cfg(1, 2).key(): 4.0}, full_ms=20.0)
+    lat = FakeLatency({SPACE.largest().key(): 10.0, cfg(2).key(): 5.0, cfg(1, 2).key(): 2.0})
+    b = resolve_budget(ExportConfig(budget_ms=4.0), lat, timer, REFS)  # type: ignore[arg-type]
+    assert b.scale == pytest.approx(2.0) and b.drift is not None and b.drift["scale_applied"] == b.scale
+    quiet = FakeTimer({})
+    b = resolve_budget(ExportConfig(budget_ms=4.0, drift_tolerance=None), lat, quiet, REFS)  # type: ignore[arg-type]
+    assert b == Budget(4.0, None, None, 1.0) and quiet.calls == []
+
+
+def test_a_speedup_divides_the_full_model_timed_now() -> None:
+    timer = FakeTimer({cfg(2).key(): 5.0, cfg(1, 2).key(): 2.0}, full_ms=12.0)
+    lat = FakeLatency({SPACE.largest().key(): 10.0, cfg(2).key(): 5.0, cfg(1, 2).key(): 2.0})
+    b = resolve_budget(ExportConfig(speedup=3.0, drift_tolerance=None), lat, timer, REFS)  # type: ignore[arg-type]
+    assert b.ms == 4.0 and b.source == {"speedup": 3.0, "full_model_ms": 12.0}
+    assert b.drift is None and b.scale == 1.0  # timed for the budget only
+    with pytest.raises(ConfigError, match="not on this machine"):
+        resolve_budget(ExportConfig(speedup=3.0), lat, None, REFS, device="pi4")  # type: ignore[arg-type]
+
+
+def test_export_config_names_what_is_wrong() -> None:
+    with pytest.raises(ConfigError, match="not both or neither"):
+        ExportConfig()
+    with pytest.raises(ConfigError, match="not both or neither"):
+        ExportConfig(budget_ms=3.0, speedup=2.0)
+    with pytest.raises(ConfigError, match="positive number of ms"):
+        ExportConfig(budget_ms=float("nan"))
+    with pytest.raises(ConfigError, match=">= 1"):
+        ExportConfig(budget_ms=3.0, finalists=0)
+
+
+def test_finalists_are_the_best_feasible_re_ranked_on_the_whole_dev_split() -> None:
+    history = [cand(cfg(4), 0.9, 9.0, feasible=False), cand(cfg(3), 0.8, 3.0), cand(cfg(2), 0.7, 2.0),
+               cand(cfg(1), 0.6, 1.0)]
+    result = SearchResult(None, history, len(history), "evolution", 4.0)
+    dev = DevScores({cfg(3).key(): 0.70, cfg(2).key(): 0.75, cfg(1).key(): 0.99})
+    ranked = rank_finalists(result, dev, 2)  # cfg(1) is not among the search's best two
+    assert [c.config for c in ranked] == [cfg(2), cfg(3)]
+
+
+FINALISTS = [cand(cfg(3), 0.8, 3.0), cand(cfg(2), 0.7, 2.0)]
+DEV = DevScores({cfg(h, d).key(): 0.5 + h / 10 + d / 100 for h in (1, 2, 3, 4) for d in (1, 2, 3, 4)})
+
+
+def test_the_first_finalist_that_meets_the_budget_is_chosen() -> None:
+    timer = FakeTimer({cfg(3).key(): 3.5, cfg(2).key(): 2.5})
+    v = verify_on_device(FINALISTS, FINALISTS, 4.0, timer, DEV)
+    assert v.chosen.config == cfg(3) and v.measured_ms == 3.5 and v.full_ms == 10.0 and v.measured
+    assert [s["meets_budget"] for s in v.steps] == [True]
+
+
+def test_a_finalist_that_misses_on_the_device_steps_down_to_the_next() -> None:
+    timer = FakeTimer({cfg(3).key(): 4.4, cfg(2).key(): 3.1})
+    v = verify_on_device(FINALISTS, FINALISTS, 4.0, timer, DEV)
+    assert v.chosen.config == cfg(2) and v.measured_ms == 3.1
+    assert [(s["arch"], s["meets_budget"]) for s in v.steps] == [(cfg(3).describe(), False), (cfg(2).describe(), True)]
+    assert v.steps[0]["measured_ms"] == 4.4 and v.steps[0]["acc_dev"] == DEV.full_dev(cfg(3))
+
+
+def test_when_every_finalist_misses_the_rest_is_rescaled_by_the_worst_miss() -> None:
+    # Measured 2x the prediction: of the rest, only what is predicted at <= 2 ms can fit 4 ms.
+    rest = [cand(cfg(1, 4), 0.65, 1.9), cand(cfg(2, 2), 0.66, 2.5), cand(cfg(1, 2), 0.55, 1.0)]
+    timer = FakeTimer({cfg(3).key(): 6.0, cfg(2).key(): 4.1, cfg(1, 4).key(): 4.5, cfg(1, 2).key(): 2.0})
+    v = verify_on_device(FINALISTS, FINALISTS + rest, 4.0, timer, DEV, finalists=5)
+    assert timer.calls[1] == [cfg(1, 4).key(), cfg(1, 2).key()]  # cfg(2, 2) at 2.5 x 2 cannot fit
+    assert v.chosen.config == cfg(1, 2) and v.measured_ms == 2.0
+    assert [s["meets_budget"] for s in v.steps] == [False, False, False, True]
+
+
+def test_nothing_that_fits_on_the_device_is_an_impossible_budget() -> None:
+    timer = FakeTimer({cfg(3).key(): 6.0, cfg(2).key(): 4.1}, full_ms=9.0)
+    with pytest.raises(ImpossibleBudget, match=r"none of the 2 finalists met 4 ms when re-measured on cpu "
+                                                r"\(measured 6.00, 4.10 ms; the full model measured 9.00 ms\)"):
+        verify_on_device(FINALISTS, FINALISTS, 4.0, timer, DEV, device="cpu")
+    with pytest.raises(ImpossibleBudget, match="found no sub-network under 4 ms"):
+        verify_on_device([], FINALISTS, 4.0, timer, DEV)
+
+
+def test_a_device_not_on_this_machine_hands_over_the_best_by_prediction() -> None:
+    v = verify_on_device(FINALISTS, FINALISTS, 4.0, None, DEV)
+    assert v.chosen.config == cfg(3) and not v.measured
+    assert len(v.steps) == 1 and v.steps[0]["meets_budget"] is None
+
+
+def test_fine_tuning_candidates_that_miss_the_budget_are_left_out() -> None:
+    chosen = Verified(FINALISTS[0], 3.5, 10.0, [])
+    extra = [cand(cfg(2, 4), 0.7, 2.0), cand(cfg(4, 2), 0.7, 3.0)]
+    timer = FakeTimer({cfg(2, 4).key(): 3.9, cfg(4, 2).key(): 4.2})
+    pool = measured_pool(chosen, extra, 4.0, timer)
+    assert [(c.config, ms) for c, ms in pool] == [(cfg(3), 3.5), (cfg(2, 4), 3.9)]
+    unmeasured = measured_pool(Verified(FINALISTS[0], float("nan"), float("nan"), []), extra, 4.0, None)
+    assert len(unmeasured) == 3  # a kit device: nothing measured, nothing left out
