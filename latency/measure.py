@@ -326,7 +326,7 @@ def sweep(
     have_noise = bool(((previous["kind"] == "noise") & (previous["batch"] == batch)).any()) if len(previous) else False
 
     workdir = Path(tempfile.mkdtemp(prefix="hwnas-measure-"))
-    full = SubnetConfig(shape.heads, shape.ffn, (True,) * shape.num_layers, (1.0,) * shape.num_layers)
+    full = SubnetConfig.full(shape.heads, shape.ffn)
     ref_run = open_runner(profile, extract_fn(supernet, full), workdir)
     refs: dict[int, float] = {}
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, overload
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +27,19 @@ from supernet.space import SearchSpace, SubnetConfig
 
 # Subtracting a little before ceil() keeps 0.3 * 20 = 6.0000001 from becoming 7 tokens.
 _CEIL_EPS = 1e-4
+
+
+@overload
+def tokens_kept(length: int, retention: float) -> int: ...
+@overload
+def tokens_kept(length: torch.Tensor, retention: float) -> torch.Tensor: ...
+def tokens_kept(length: int | torch.Tensor, retention: float) -> int | torch.Tensor:
+    """The tokens a layer keeps of ``length`` when it drops to ``retention``: ceil(r * length),
+    at least 1. A tensor of lengths gives a tensor (the forward: lengths per example, and the
+    padded length kept a tensor for tracing); an int gives an int (the analytic cost)."""
+    if isinstance(length, torch.Tensor):
+        return torch.ceil(length * retention - _CEIL_EPS).clamp(min=1).long()
+    return max(1, math.ceil(length * retention - _CEIL_EPS))
 
 
 @dataclass(frozen=True)
@@ -274,7 +287,9 @@ class ElasticBert(nn.Module):
         return [layer for layer in self.layers if isinstance(layer, EncoderLayer)]
 
     def own_config(self) -> SubnetConfig:
-        """This model's own (largest) configuration."""
+        """This model's own (largest) configuration, with the token retention it applies by
+        default: none for a supernet, the sub-network's for an extracted model (so not
+        ``SubnetConfig.full``, which never drops tokens)."""
         s = self.shape
         return SubnetConfig(s.heads, s.ffn, (True,) * s.num_layers, s.retention)
 
@@ -315,18 +330,16 @@ class ElasticBert(nn.Module):
         x = self.embeddings(input_ids, token_type_ids)  # (B, T, H)
 
         layers = self.encoder_layers
-        applied = 1.0  # retention applied so far
+        drops = cfg.drops  # layer -> the retention it drops to
         for i in cfg.kept_layers:
-            r = cfg.retention[i]
             keep = t_new = None
-            if r < applied - 1e-9:
-                keep = torch.ceil(lengths * r - _CEIL_EPS).clamp(min=1).long()  # (B,)
+            if i in drops:
+                keep = tokens_kept(lengths, drops[i])  # (B,)
                 # The new padded length T' = max(keep). Padding is dynamic (T = the longest
                 # example), so it is the same rounding of T: taken from the input's *shape*
                 # with tensor ops, not from the data, so that a traced (ONNX) graph keeps T
                 # dynamic. (Padded beyond the longest example, the extra slots stay dead.)
-                t_new = torch.ceil(T * r - _CEIL_EPS).clamp(min=1).long()  # ()
-                applied = r
+                t_new = tokens_kept(T, drops[i])  # ()
             x, mask = layers[i](x, mask, cfg.heads[i], cfg.ffn[i], keep, t_new)  # (B, T', H)
 
         pooled = torch.tanh(self.pooler(x[:, 0]))  # (B, H) from [CLS], always alive at 0
