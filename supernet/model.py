@@ -13,9 +13,8 @@ Shapes in comments: B batch, T tokens alive, H hidden size, h heads, d head size
 
 from __future__ import annotations
 
-import copy
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, overload
 
 import torch
@@ -200,13 +199,29 @@ class ElasticFFN(nn.Module):
 
 
 class EncoderLayer(nn.Module):
-    def __init__(self, s: BertShape, i: int) -> None:
+    """Attention, then FFN, each with a residual and a layer norm (post-norm, as BERT)."""
+
+    def __init__(
+        self, attn: ElasticAttention, attn_norm: nn.LayerNorm, ffn: ElasticFFN, ffn_norm: nn.LayerNorm,
+        dropout: nn.Dropout,
+    ) -> None:
         super().__init__()
-        self.attn = ElasticAttention(s.hidden_size, s.heads[i], s.head_dim, s.attention_dropout)
-        self.attn_norm = nn.LayerNorm(s.hidden_size, eps=s.layer_norm_eps)
-        self.ffn = ElasticFFN(s.hidden_size, s.ffn[i])
-        self.ffn_norm = nn.LayerNorm(s.hidden_size, eps=s.layer_norm_eps)
-        self.dropout = nn.Dropout(s.hidden_dropout)
+        self.attn = attn
+        self.attn_norm = attn_norm
+        self.ffn = ffn
+        self.ffn_norm = ffn_norm
+        self.dropout = dropout
+
+    @classmethod
+    def for_shape(cls, s: BertShape, i: int) -> EncoderLayer:
+        """Layer ``i`` of a model of shape ``s``, freshly initialised."""
+        return cls(
+            ElasticAttention(s.hidden_size, s.heads[i], s.head_dim, s.attention_dropout),
+            nn.LayerNorm(s.hidden_size, eps=s.layer_norm_eps),
+            ElasticFFN(s.hidden_size, s.ffn[i]),
+            nn.LayerNorm(s.hidden_size, eps=s.layer_norm_eps),
+            nn.Dropout(s.hidden_dropout),
+        )
 
     def forward(
         self,
@@ -228,16 +243,22 @@ class EncoderLayer(nn.Module):
         return x, mask
 
     def extract(self, heads: int, ffn: int) -> EncoderLayer:
-        """A physically smaller copy with the first ``heads`` heads and ``ffn`` neurons."""
-        new = copy.copy(self)
-        new._modules = {
-            "attn": self.attn.extract(heads),
-            "attn_norm": copy.deepcopy(self.attn_norm),
-            "ffn": self.ffn.extract(ffn),
-            "ffn_norm": copy.deepcopy(self.ffn_norm),
-            "dropout": copy.deepcopy(self.dropout),
-        }
-        return new
+        """A physically smaller copy with the first ``heads`` heads and ``ffn`` neurons:
+        fresh modules with the weights copied (no storage or hooks shared with this one)."""
+        new = EncoderLayer(
+            self.attn.extract(heads),
+            _copy_norm(self.attn_norm),
+            self.ffn.extract(ffn),
+            _copy_norm(self.ffn_norm),
+            nn.Dropout(self.dropout.p),
+        )
+        return new.train(self.training)
+
+
+def _copy_norm(norm: nn.LayerNorm) -> nn.LayerNorm:
+    new = nn.LayerNorm(norm.normalized_shape, eps=norm.eps)
+    new.load_state_dict(norm.state_dict())  # copies the values into the new tensors
+    return new
 
 
 def select_tokens(
@@ -276,7 +297,7 @@ class ElasticBert(nn.Module):
         super().__init__()
         self.shape = shape
         self.embeddings = Embeddings(shape)
-        self.layers = nn.ModuleList(EncoderLayer(shape, i) for i in range(shape.num_layers))
+        self.layers = nn.ModuleList(EncoderLayer.for_shape(shape, i) for i in range(shape.num_layers))
         self.pooler = nn.Linear(shape.hidden_size, shape.hidden_size)
         self.classifier = nn.Linear(shape.hidden_size, shape.num_labels)
         self.dropout = nn.Dropout(shape.hidden_dropout)
@@ -309,6 +330,29 @@ class ElasticBert(nn.Module):
             if not 0.0 < r <= prev + 1e-9:
                 raise ConfigError(f"retention[{i}]={r} must be in (0, {prev}] (non-increasing)")
             prev = r
+
+    def extract(self, cfg: SubnetConfig) -> ElasticBert:
+        """A standalone, physically smaller model for ``cfg``: its layers own only the kept
+        heads and neurons of the kept layers, it applies ``cfg``'s token retention by itself,
+        and its modules are fresh, with the weights copied (no storage or hooks shared)."""
+        self.check(cfg)
+        kept = cfg.kept_layers
+        s = self.shape
+        shape = replace(
+            s,
+            heads=tuple(cfg.heads[i] for i in kept),
+            ffn=tuple(cfg.ffn[i] for i in kept),
+            retention=tuple(cfg.retention[i] for i in kept),
+            source_layers=tuple(s.source_layers[i] for i in kept),
+        )
+        with torch.device("meta"):  # no memory and no initialisation: every tensor is set below
+            small = ElasticBert(shape)
+        small.layers = nn.ModuleList(self.encoder_layers[i].extract(cfg.heads[i], cfg.ffn[i]) for i in kept)
+        # Embeddings, pooler and classifier: copies of this model's tensors (same device and
+        # dtype); the layers, extracted above, load their own tensors back (a strict load).
+        outer = {k: v.clone() for k, v in self.state_dict().items() if not k.startswith("layers.")}
+        small.load_state_dict({**outer, **small.layers.state_dict(prefix="layers.")}, assign=True)
+        return small.train(self.training)
 
     def forward(
         self,
