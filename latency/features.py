@@ -40,14 +40,8 @@ class PredictorError(HwnasError):
 
 
 def drop_layers(cfg: SubnetConfig) -> list[int]:
-    """Layers that drop tokens (and so run a TopK and a gather), as the forward decides it:
-    a kept layer whose retention is below the retention already applied."""
-    out, applied = [], 1.0
-    for i in cfg.kept_layers:
-        if cfg.retention[i] < applied - 1e-9:
-            out.append(i)
-            applied = cfg.retention[i]
-    return out
+    """Layers that drop tokens (and so run a TopK and a gather): ``SubnetConfig.drops``."""
+    return list(cfg.drops)
 
 
 def _layer_features(cfg: SubnetConfig, length: int) -> dict[str, float]:
@@ -145,8 +139,7 @@ def feature_frame(shape: BertShape, rows: pd.DataFrame) -> pd.DataFrame:
         records.append(features(shape, configs[key], int(batch), int(length)))
     if not records:
         # An empty frame still has the right columns, so that callers can select from it.
-        n = shape.num_layers
-        empty = features(shape, SubnetConfig(shape.heads, shape.ffn, (True,) * n, (1.0,) * n), 1, 1)
+        empty = features(shape, SubnetConfig.full(shape.heads, shape.ffn), 1, 1)
         return pd.DataFrame(columns=list(empty), index=rows.index, dtype=float)
     return pd.DataFrame.from_records(records, index=rows.index)
 

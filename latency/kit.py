@@ -47,7 +47,7 @@ def write_kit(
     (out / "models").mkdir(parents=True, exist_ok=True)
     (out / "inputs").mkdir(exist_ok=True)
     shape = supernet.shape
-    full = SubnetConfig(shape.heads, shape.ffn, (True,) * shape.num_layers, (1.0,) * shape.num_layers)
+    full = SubnetConfig.full(shape.heads, shape.ffn)
     models = []
     for cfg in tqdm([full, *configs], desc=f"kit {profile.name}", disable=not progress):
         f = f"models/{cfg.key()}.onnx"

@@ -326,8 +326,7 @@ class DeviceTimer:
             raise ValueError("DeviceTimer needs the inputs of at least one length")
         self.profile, self.supernet, self.inputs = profile, supernet, inputs
         self.extract = extract_fn or extract
-        n = supernet.shape.num_layers
-        self.full_config = SubnetConfig(supernet.shape.heads, supernet.shape.ffn, (True,) * n, (1.0,) * n)
+        self.full_config = SubnetConfig.full(supernet.shape.heads, supernet.shape.ffn)
         self.workdir = Path(tempfile.mkdtemp(prefix="hwnas-timer-"))
         self.full = self.open(self.full_config)
 

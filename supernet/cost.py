@@ -9,24 +9,20 @@ and FFN on the tokens it keeps.
 
 from __future__ import annotations
 
-import math
-
-from supernet.model import _CEIL_EPS, BertShape
+from supernet.model import BertShape, tokens_kept
 from supernet.space import SubnetConfig
 
 
 def tokens_per_layer(cfg: SubnetConfig, length: int) -> list[tuple[int, int]]:
     """(tokens entering, tokens kept) for each layer of ``cfg``; (0, 0) for skipped layers."""
-    out, alive, applied = [], length, 1.0
+    out, alive, drops = [], length, cfg.drops
     for i in range(cfg.num_layers):
         if not cfg.keep[i]:
             out.append((0, 0))
             continue
         t_in = alive
-        r = cfg.retention[i]
-        if r < applied - 1e-9:
-            alive = max(1, math.ceil(length * r - _CEIL_EPS))
-            applied = r
+        if i in drops:
+            alive = tokens_kept(length, drops[i])
         out.append((t_in, alive))
     return out
 

@@ -9,44 +9,19 @@ configurations that a stock BERT can express (see its docstring).
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from supernet.checkpoint import save_model, to_hf_key
 from supernet.errors import ConfigError
 from supernet.io import write_json
-from supernet.model import BertShape, ElasticBert
+from supernet.model import ElasticBert
 from supernet.space import SubnetConfig
 
 
 def extract(supernet: ElasticBert, cfg: SubnetConfig) -> ElasticBert:
-    """A standalone model for ``cfg`` with the weights copied (not shared)."""
-    supernet.check(cfg)
-    kept = cfg.kept_layers
-    s = supernet.shape
-    shape = BertShape(
-        **{
-            **s.to_dict(),
-            "heads": tuple(cfg.heads[i] for i in kept),
-            "ffn": tuple(cfg.ffn[i] for i in kept),
-            "retention": tuple(cfg.retention[i] for i in kept),
-            "source_layers": tuple(s.source_layers[i] for i in kept),
-        }
-    )
-    with torch.device("meta"):
-        small = ElasticBert(shape)
-    small.embeddings = _copy(supernet.embeddings)
-    small.pooler = _copy(supernet.pooler)
-    small.classifier = _copy(supernet.classifier)
-    small.layers = torch.nn.ModuleList(supernet.encoder_layers[i].extract(cfg.heads[i], cfg.ffn[i]) for i in kept)
-    return small.train(supernet.training)
-
-
-def _copy(module: torch.nn.Module) -> Any:
-    return copy.deepcopy(module)
+    """A standalone model for ``cfg`` with the weights copied (not shared): ``supernet.extract(cfg)``."""
+    return supernet.extract(cfg)
 
 
 def hf_expressible(model: ElasticBert) -> str | None:

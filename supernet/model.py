@@ -13,10 +13,9 @@ Shapes in comments: B batch, T tokens alive, H hidden size, h heads, d head size
 
 from __future__ import annotations
 
-import copy
 import math
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, overload
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +26,19 @@ from supernet.space import SearchSpace, SubnetConfig
 
 # Subtracting a little before ceil() keeps 0.3 * 20 = 6.0000001 from becoming 7 tokens.
 _CEIL_EPS = 1e-4
+
+
+@overload
+def tokens_kept(length: int, retention: float) -> int: ...
+@overload
+def tokens_kept(length: torch.Tensor, retention: float) -> torch.Tensor: ...
+def tokens_kept(length: int | torch.Tensor, retention: float) -> int | torch.Tensor:
+    """The tokens a layer keeps of ``length`` when it drops to ``retention``: ceil(r * length),
+    at least 1. A tensor of lengths gives a tensor (the forward: lengths per example, and the
+    padded length kept a tensor for tracing); an int gives an int (the analytic cost)."""
+    if isinstance(length, torch.Tensor):
+        return torch.ceil(length * retention - _CEIL_EPS).clamp(min=1).long()
+    return max(1, math.ceil(length * retention - _CEIL_EPS))
 
 
 @dataclass(frozen=True)
@@ -187,13 +199,29 @@ class ElasticFFN(nn.Module):
 
 
 class EncoderLayer(nn.Module):
-    def __init__(self, s: BertShape, i: int) -> None:
+    """Attention, then FFN, each with a residual and a layer norm (post-norm, as BERT)."""
+
+    def __init__(
+        self, attn: ElasticAttention, attn_norm: nn.LayerNorm, ffn: ElasticFFN, ffn_norm: nn.LayerNorm,
+        dropout: nn.Dropout,
+    ) -> None:
         super().__init__()
-        self.attn = ElasticAttention(s.hidden_size, s.heads[i], s.head_dim, s.attention_dropout)
-        self.attn_norm = nn.LayerNorm(s.hidden_size, eps=s.layer_norm_eps)
-        self.ffn = ElasticFFN(s.hidden_size, s.ffn[i])
-        self.ffn_norm = nn.LayerNorm(s.hidden_size, eps=s.layer_norm_eps)
-        self.dropout = nn.Dropout(s.hidden_dropout)
+        self.attn = attn
+        self.attn_norm = attn_norm
+        self.ffn = ffn
+        self.ffn_norm = ffn_norm
+        self.dropout = dropout
+
+    @classmethod
+    def for_shape(cls, s: BertShape, i: int) -> EncoderLayer:
+        """Layer ``i`` of a model of shape ``s``, freshly initialised."""
+        return cls(
+            ElasticAttention(s.hidden_size, s.heads[i], s.head_dim, s.attention_dropout),
+            nn.LayerNorm(s.hidden_size, eps=s.layer_norm_eps),
+            ElasticFFN(s.hidden_size, s.ffn[i]),
+            nn.LayerNorm(s.hidden_size, eps=s.layer_norm_eps),
+            nn.Dropout(s.hidden_dropout),
+        )
 
     def forward(
         self,
@@ -215,16 +243,22 @@ class EncoderLayer(nn.Module):
         return x, mask
 
     def extract(self, heads: int, ffn: int) -> EncoderLayer:
-        """A physically smaller copy with the first ``heads`` heads and ``ffn`` neurons."""
-        new = copy.copy(self)
-        new._modules = {
-            "attn": self.attn.extract(heads),
-            "attn_norm": copy.deepcopy(self.attn_norm),
-            "ffn": self.ffn.extract(ffn),
-            "ffn_norm": copy.deepcopy(self.ffn_norm),
-            "dropout": copy.deepcopy(self.dropout),
-        }
-        return new
+        """A physically smaller copy with the first ``heads`` heads and ``ffn`` neurons:
+        fresh modules with the weights copied (no storage or hooks shared with this one)."""
+        new = EncoderLayer(
+            self.attn.extract(heads),
+            _copy_norm(self.attn_norm),
+            self.ffn.extract(ffn),
+            _copy_norm(self.ffn_norm),
+            nn.Dropout(self.dropout.p),
+        )
+        return new.train(self.training)
+
+
+def _copy_norm(norm: nn.LayerNorm) -> nn.LayerNorm:
+    new = nn.LayerNorm(norm.normalized_shape, eps=norm.eps)
+    new.load_state_dict(norm.state_dict())  # copies the values into the new tensors
+    return new
 
 
 def select_tokens(
@@ -263,7 +297,7 @@ class ElasticBert(nn.Module):
         super().__init__()
         self.shape = shape
         self.embeddings = Embeddings(shape)
-        self.layers = nn.ModuleList(EncoderLayer(shape, i) for i in range(shape.num_layers))
+        self.layers = nn.ModuleList(EncoderLayer.for_shape(shape, i) for i in range(shape.num_layers))
         self.pooler = nn.Linear(shape.hidden_size, shape.hidden_size)
         self.classifier = nn.Linear(shape.hidden_size, shape.num_labels)
         self.dropout = nn.Dropout(shape.hidden_dropout)
@@ -274,7 +308,9 @@ class ElasticBert(nn.Module):
         return [layer for layer in self.layers if isinstance(layer, EncoderLayer)]
 
     def own_config(self) -> SubnetConfig:
-        """This model's own (largest) configuration."""
+        """This model's own (largest) configuration, with the token retention it applies by
+        default: none for a supernet, the sub-network's for an extracted model (so not
+        ``SubnetConfig.full``, which never drops tokens)."""
         s = self.shape
         return SubnetConfig(s.heads, s.ffn, (True,) * s.num_layers, s.retention)
 
@@ -294,6 +330,29 @@ class ElasticBert(nn.Module):
             if not 0.0 < r <= prev + 1e-9:
                 raise ConfigError(f"retention[{i}]={r} must be in (0, {prev}] (non-increasing)")
             prev = r
+
+    def extract(self, cfg: SubnetConfig) -> ElasticBert:
+        """A standalone, physically smaller model for ``cfg``: its layers own only the kept
+        heads and neurons of the kept layers, it applies ``cfg``'s token retention by itself,
+        and its modules are fresh, with the weights copied (no storage or hooks shared)."""
+        self.check(cfg)
+        kept = cfg.kept_layers
+        s = self.shape
+        shape = replace(
+            s,
+            heads=tuple(cfg.heads[i] for i in kept),
+            ffn=tuple(cfg.ffn[i] for i in kept),
+            retention=tuple(cfg.retention[i] for i in kept),
+            source_layers=tuple(s.source_layers[i] for i in kept),
+        )
+        with torch.device("meta"):  # no memory and no initialisation: every tensor is set below
+            small = ElasticBert(shape)
+        small.layers = nn.ModuleList(self.encoder_layers[i].extract(cfg.heads[i], cfg.ffn[i]) for i in kept)
+        # Embeddings, pooler and classifier: copies of this model's tensors (same device and
+        # dtype); the layers, extracted above, load their own tensors back (a strict load).
+        outer = {k: v.clone() for k, v in self.state_dict().items() if not k.startswith("layers.")}
+        small.load_state_dict({**outer, **small.layers.state_dict(prefix="layers.")}, assign=True)
+        return small.train(self.training)
 
     def forward(
         self,
@@ -315,18 +374,16 @@ class ElasticBert(nn.Module):
         x = self.embeddings(input_ids, token_type_ids)  # (B, T, H)
 
         layers = self.encoder_layers
-        applied = 1.0  # retention applied so far
+        drops = cfg.drops  # layer -> the retention it drops to
         for i in cfg.kept_layers:
-            r = cfg.retention[i]
             keep = t_new = None
-            if r < applied - 1e-9:
-                keep = torch.ceil(lengths * r - _CEIL_EPS).clamp(min=1).long()  # (B,)
+            if i in drops:
+                keep = tokens_kept(lengths, drops[i])  # (B,)
                 # The new padded length T' = max(keep). Padding is dynamic (T = the longest
                 # example), so it is the same rounding of T: taken from the input's *shape*
                 # with tensor ops, not from the data, so that a traced (ONNX) graph keeps T
                 # dynamic. (Padded beyond the longest example, the extra slots stay dead.)
-                t_new = torch.ceil(T * r - _CEIL_EPS).clamp(min=1).long()  # ()
-                applied = r
+                t_new = tokens_kept(T, drops[i])  # ()
             x, mask = layers[i](x, mask, cfg.heads[i], cfg.ffn[i], keep, t_new)  # (B, T', H)
 
         pooled = torch.tanh(self.pooler(x[:, 0]))  # (B, H) from [CLS], always alive at 0

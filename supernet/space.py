@@ -82,6 +82,27 @@ class SubnetConfig:
     def has_retention(self) -> bool:
         return any(r < 1.0 for r in self.retention)
 
+    @property
+    def drops(self) -> dict[int, float]:
+        """The layers that drop tokens, each with the retention it drops to, in layer order.
+
+        A kept layer drops when its retention is below the retention already applied; a
+        skipped layer computes no attention and drops nothing. The forward, the analytic
+        cost and the latency features all follow this one schedule.
+        """
+        out: dict[int, float] = {}
+        applied = 1.0
+        for i in self.kept_layers:
+            if self.retention[i] < applied - 1e-9:
+                out[i] = applied = self.retention[i]
+        return out
+
+    @classmethod
+    def full(cls, heads: Sequence[int], ffn: Sequence[int]) -> SubnetConfig:
+        """Every layer kept with ``heads[i]`` heads and ``ffn[i]`` neurons, no token dropped."""
+        n = len(heads)
+        return cls(tuple(heads), tuple(ffn), (True,) * n, (1.0,) * n)
+
     def to_dict(self) -> dict[str, list]:
         return {k: list(v) for k, v in asdict(self).items()}
 
@@ -257,7 +278,7 @@ class SearchSpace:
     # ---- special members ----------------------------------------------------------------
     def largest(self) -> SubnetConfig:
         n = self.num_layers
-        return SubnetConfig((self.max_heads,) * n, (self.max_ffn,) * n, (True,) * n, (1.0,) * n)
+        return SubnetConfig.full((self.max_heads,) * n, (self.max_ffn,) * n)
 
     def smallest(self) -> SubnetConfig:
         """Fewest layers (evenly spaced, DynaBERT style), fewest heads/FFN, least retention."""

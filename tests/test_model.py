@@ -114,6 +114,29 @@ def test_extraction_matches_the_supernet(retention: bool) -> None:
         assert small.layers[0].attn.query.weight.data_ptr() != model.layers[cfg.kept_layers[0]].attn.query.weight.data_ptr()
 
 
+def test_extracted_model_shares_no_storage_and_no_hooks_with_the_supernet() -> None:
+    model, batch = tiny_model(), tiny_batch()
+    cfg = SubnetConfig((3, 4, 2), (48, 64, 16), (True, False, True), (1.0, 1.0, 0.5))
+    fired: list[str] = []
+    hooks = [model.layers[0].register_forward_hook(lambda *_: fired.append("before extraction"))]
+    small = extract(model, cfg)
+    hooks += [m.register_forward_hook(lambda *_, name=name: fired.append(name)) for name, m in model.named_modules()]
+    _run(small, batch)
+    assert fired == []  # neither copied into the extracted model nor shared with it
+    _run(model, batch, cfg)
+    assert "before extraction" in fired and "layers.0.attn_norm" in fired
+    for h in hooks:
+        h.remove()
+
+    storage = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    assert not storage & {p.untyped_storage().data_ptr() for p in small.parameters()}
+    before = _run(model, batch, cfg).logits
+    with torch.no_grad():
+        for p in small.parameters():
+            p.add_(1.0)
+    assert torch.equal(_run(model, batch, cfg).logits, before)
+
+
 def test_flops_shrink_with_every_dimension() -> None:
     shape = tiny_model().shape
     space = shape.search_space()

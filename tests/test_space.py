@@ -57,6 +57,14 @@ def test_skipped_layer_cannot_drop_tokens(space: SearchSpace) -> None:
         space.validate(cfg)
 
 
+def test_drops_follow_the_retention_already_applied() -> None:
+    # Skipped layers drop nothing; a retention that does not go down drops nothing.
+    cfg = SubnetConfig((4,) * 5, (64,) * 5, (True, False, True, True, True), (0.5, 0.5, 0.5, 0.25, 0.25))
+    assert cfg.drops == {0: 0.5, 3: 0.25}
+    assert SubnetConfig.full((4, 2), (64, 32)) == SubnetConfig((4, 2), (64, 32), (True, True), (1.0, 1.0))
+    assert SubnetConfig.full((4, 2), (64, 32)).drops == {}
+
+
 def test_malformed_dicts_are_rejected() -> None:
     with pytest.raises(ConfigError, match="missing"):
         SubnetConfig.from_dict({"heads": [1]})
