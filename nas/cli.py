@@ -65,7 +65,7 @@ def _add_train_args(p: argparse.ArgumentParser, *, quick: bool) -> None:
 
 
 def _spec(a: argparse.Namespace):  # noqa: ANN202
-    from supernet.data import task_max_length
+    from supernet.tasks import task_max_length
     from supernet.workflow import RunSpec
 
     if a.max_length is None:

@@ -15,13 +15,14 @@ import pandas as pd
 
 from supernet.checkpoint import load_model, load_pretrained
 from supernet.cost import subnet_flops, subnet_params
-from supernet.data import Encoded, TaskData, encode, length_stats, load_task
+from supernet.data import Encoded, encode, length_stats
 from supernet.errors import CheckpointError, ConfigError
 from supernet.evaluate import Evaluator, predict, scores
 from supernet.io import write_csv, write_json
 from supernet.model import ElasticBert
 from supernet.runfolder import RunFolder
 from supernet.space import SearchSpace, SubnetConfig
+from supernet.tasks import TaskData, load_task
 from supernet.train import TrainConfig, run_training
 
 

@@ -1,4 +1,4 @@
-"""Tests for supernet.data on the real bundled data files and the bundled tokenizer."""
+"""Tests for supernet.tasks and supernet.data on the real bundled data files and the bundled tokenizer."""
 
 from __future__ import annotations
 
@@ -12,18 +12,10 @@ import pandas as pd
 import pytest
 import torch
 
-from supernet import data as D
-from supernet.data import (
-    Encoded,
-    TaskData,
-    encode,
-    iterate_batches,
-    length_stats,
-    load_task,
-    num_batches,
-    task_max_length,
-)
+from supernet import tasks as D
+from supernet.data import Encoded, encode, iterate_batches, length_stats, num_batches
 from supernet.errors import DataError, HwnasError
+from supernet.tasks import TaskData, load_task, task_max_length
 
 slow = pytest.mark.slow
 

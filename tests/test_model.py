@@ -165,7 +165,8 @@ def test_bundled_model_extraction_on_real_inputs(bundled_tokenizer) -> None:
     from transformers import AutoModelForSequenceClassification
 
     from supernet.checkpoint import bundled_model_path
-    from supernet.data import encode, iterate_batches, load_task
+    from supernet.data import encode, iterate_batches
+    from supernet.tasks import load_task
 
     model, _ = load_pretrained(None, num_labels=2, seed=0)
     model.eval()

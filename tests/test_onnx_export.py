@@ -99,7 +99,8 @@ def test_check_onnx_reports_missing_corrupt_and_mismatched_files(tmp_path: Path)
 def test_bundled_model_onnx_on_real_inputs(tmp_path: Path) -> None:
     """The real all-MiniLM-L6-v2 with token retention on Rotten Tomatoes, two batch sizes."""
     from supernet.checkpoint import load_pretrained
-    from supernet.data import encode, iterate_batches, load_task
+    from supernet.data import encode, iterate_batches
+    from supernet.tasks import load_task
 
     model, tokenizer = load_pretrained(None, num_labels=2, seed=0)
     model.eval()
