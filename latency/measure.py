@@ -23,8 +23,6 @@ finished configuration twice.
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 import platform
 import shutil
@@ -44,6 +42,7 @@ from tqdm.auto import tqdm
 from latency.devices import DeviceProfile, check_available
 from supernet.cost import subnet_flops, subnet_params
 from supernet.data import Encoded
+from supernet.io import CsvLog
 from supernet.model import BertShape, ElasticBert
 from supernet.space import SearchSpace, SubnetConfig
 
@@ -206,49 +205,21 @@ def arch_columns(shape: BertShape, cfg: SubnetConfig, length: int) -> dict[str, 
     }
 
 
-def _cut_torn_tail(path: Path) -> None:
-    """Drop a half-written last line (a crash mid-write) so that the next append parses."""
-    with open(path, "rb+") as f:
-        data = f.read()
-        if data and not data.endswith(b"\n"):
-            f.truncate(data.rfind(b"\n") + 1)
-
-
 class MeasurementLog:
-    """The per-device measurement file: append-only CSV, one fsync'ed line per row."""
+    """The per-device measurement file: append-only CSV, one fsync'ed write per append
+    (``supernet.io.CsvLog``: a crash mid-write loses only the row being written)."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self._log = CsvLog(self.path, COLUMNS)
 
     def read(self) -> pd.DataFrame:
-        if not self.path.exists():
-            return pd.DataFrame(columns=COLUMNS)
-        text = self.path.read_text()
-        if text and not text.endswith("\n"):  # a torn last line from a crash mid-write
-            text = text[: text.rfind("\n") + 1]
-        frame = pd.read_csv(io.StringIO(text), keep_default_na=False, na_values=[""])
+        frame = self._log.read(keep_default_na=False, na_values=[""])
         frame["error"] = frame["error"].fillna("").astype(str)
         return frame
 
     def append(self, rows: Iterable[dict[str, Any]]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        new = not self.path.exists() or self.path.stat().st_size == 0
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
-        if new:
-            w.writeheader()
-        for r in rows:
-            w.writerow(r)
-        if not new:
-            _cut_torn_tail(self.path)
-        data = buf.getvalue().encode()
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            while data:  # os.write may write less than asked
-                data = data[os.write(fd, data):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        self._log.append(rows)
 
     def done(self) -> set[tuple[str, int, int]]:
         """(arch_key, batch, length) of finished sample rows (errors count as finished)."""

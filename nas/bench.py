@@ -41,7 +41,7 @@ from latency.measure import DeviceTimer
 from latency.target import PredictedLatency, Target, target_timer
 from nas.export import ExportConfig, ImpossibleBudget, choose_and_export
 from nas.objectives import DevAccuracy
-from nas.pareto import hypervolume, pareto_front
+from nas.pareto import compare_fronts, pareto_front
 from nas.search import Candidate, SearchResult, make_searcher
 from supernet.cost import subnet_flops
 from supernet.io import atomic_write, write_csv, write_json, write_text
@@ -213,14 +213,13 @@ def finetuned(run: LoadedRun, target: Target, table: pd.DataFrame, acc: DevAccur
 def hypervolumes(table: pd.DataFrame, full_test: float) -> pd.DataFrame:
     """Per method, on measured latency relative to the full model (reference 1.0) and on dev
     and test accuracy (reference: the worst accuracy of any method's front)."""
-    rel = table["lat_measured_ms"] / table["full_model_ms"]
+    groups = dict(tuple(table.groupby("method", sort=False)))
     out = []
     for acc_col in ("acc_dev_full", "acc_test"):
-        ref_acc = float(table[acc_col].min())
-        for method, g in table.groupby("method", sort=False):
-            r = rel[g.index]
-            out.append({"method": method, "accuracy": acc_col,
-                        "hypervolume": hypervolume(g[acc_col].to_numpy(), r.to_numpy(), ref_acc, 1.0),
+        hv = compare_fronts(groups, acc_col=acc_col, lat_col="lat_measured_ms", lat_scale="full_model_ms",
+                            ref_acc=float(table[acc_col].min()), ref_lat=1.0).set_index("front")["hypervolume"]
+        for method, g in groups.items():
+            out.append({"method": method, "accuracy": acc_col, "hypervolume": float(hv[method]),
                         "points": len(g), "best_acc": float(g[acc_col].max()), "max_speedup": float(g["speedup"].max())})
     return pd.DataFrame(out)
 

@@ -70,7 +70,7 @@ import numpy as np
 
 from nas.search import (
     AccuracyModel,
-    Candidate,
+    Archive,
     LatencyModel,
     SearchResult,
     anchors,
@@ -84,10 +84,6 @@ from supernet.errors import ConfigError, HwnasError
 from supernet.space import SearchSpace, SubnetConfig
 
 __all__ = ["RayClusterError", "RayTuneSearch", "init_ray", "overhead_benchmark"]
-
-# Same constraint name as the in-process Optuna searchers (nas.optuna_search).
-CONSTRAINT_KEY = "latency_over_budget_ms"
-
 
 class RayClusterError(HwnasError):
     """A Ray cluster that cannot be reached, or a Ray search whose trials failed."""
@@ -272,6 +268,8 @@ def _search_alg_class() -> type:
     so that importing this module does not import ray)."""
     from ray.tune.search.optuna import OptunaSearch
 
+    from nas.optuna_search import CONSTRAINT_KEY, constraint_value
+
     class HwnasOptunaSearch(OptunaSearch):
         def __init__(self, planner: _Planner, budget_ms: float | None, **kwargs: Any) -> None:
             super().__init__(space=planner, **kwargs)
@@ -283,10 +281,8 @@ def _search_alg_class() -> type:
             if result and trial_id in self._ot_trials and trial_id not in self._completed_trials:
                 self.planner.record(result)
                 if self.budget_ms is not None:
-                    # Optuna refuses NaN constraints; an unpredictable latency is infeasible.
-                    over = float(result["upper"]) - self.budget_ms
                     self._ot_trials[trial_id].set_constraint(
-                        CONSTRAINT_KEY, over if math.isfinite(over) else float("inf")
+                        CONSTRAINT_KEY, constraint_value(float(result["upper"]), self.budget_ms)
                     )
             super().on_trial_complete(trial_id, result, error)
 
@@ -364,18 +360,6 @@ def _trainable(config: dict[str, Any], *, models: tuple[AccuracyModel, LatencyMo
 
 
 # ---- the searcher ---------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def _quiet_optuna() -> Iterator[None]:
-    import optuna
-
-    before = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        yield
-    finally:
-        optuna.logging.set_verbosity(before)
-
-
 @dataclass
 class RayTuneSearch:
     """Optuna TPE (one budget) or NSGA-II (whole front) with each evaluation a Ray Tune trial.
@@ -420,6 +404,8 @@ class RayTuneSearch:
         seed: int,
     ) -> SearchResult:
         """Run ``n_evaluations`` trials; the history holds every configuration evaluated."""
+        from nas.optuna_search import quiet_optuna
+
         check_search_args(budget_ms, n_evaluations)
         for what, value in (("workers", self.workers), ("trial_chunk", self.trial_chunk)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -428,15 +414,16 @@ class RayTuneSearch:
         method = "ray-nsga2" if multi else "ray-tpe"
         t0 = time.perf_counter()
         self.last_stats = {"wall_s": 0.0, "trial_compute_s": 0.0, "overhead_s": 0.0, "trials": 0}
+        archive = Archive(accuracy, budget_ms, n_evaluations * self.trial_chunk)
         if budget_ms is not None and fastest_reachable(space, latency) > budget_ms:
             self.last_stats["wall_s"] = time.perf_counter() - t0
-            return SearchResult(None, [], 0, method, budget_ms)
+            return archive.result(method)
 
         models = _Once((accuracy, latency))  # fails here, before Ray starts, if unpicklable
         started = init_ray(self.address, num_cpus=self.workers, connect_timeout_s=self.connect_timeout_s)
         startup_s = time.perf_counter() - t0
         try:
-            with _quiet_optuna(), self._storage() as storage:
+            with quiet_optuna(), self._storage() as storage:
                 rows = self._fit(space, models, anchors(space, budget_ms, latency), budget_ms, n_evaluations, seed, storage)
             fit_s = time.perf_counter() - t0 - startup_s
         finally:
@@ -444,7 +431,7 @@ class RayTuneSearch:
                 import ray
 
                 ray.shutdown()
-        result = self._result(rows, budget_ms, method)
+        result = self._result(archive, rows, method)
         wall = time.perf_counter() - t0
         compute = sum(r["compute_s"] for r in rows)
         self.last_stats = {"wall_s": wall, "trial_compute_s": compute, "overhead_s": wall - compute,
@@ -474,18 +461,16 @@ class RayTuneSearch:
     ) -> list[dict[str, Any]]:
         """Run the trials (``first``, the anchors, before the sampler's); their reported metrics
         in trial order."""
-        import optuna
         from ray import tune
         from ray.tune.search import ConcurrencyLimiter
 
-        from nas.optuna_search import encode
+        from nas.optuna_search import encode, nsga2_sampler, tpe_sampler
 
         multi = budget_ms is None
         if multi:
-            pop = self.population_size or max(8, n_evaluations // 5)
-            sampler: optuna.samplers.BaseSampler = optuna.samplers.NSGAIISampler(seed=seed, population_size=pop)
+            sampler = nsga2_sampler(seed, n_evaluations, population_size=self.population_size)
         else:
-            sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=self.n_startup_trials)
+            sampler = tpe_sampler(seed, n_startup_trials=self.n_startup_trials)
         planner = _Planner(space, seed, self.trial_chunk)
         alg = _search_alg_class()(
             planner, budget_ms,
@@ -536,25 +521,14 @@ class RayTuneSearch:
         return sorted(rows, key=lambda m: m["hwnas_trial"])
 
     @staticmethod
-    def _result(rows: list[dict[str, Any]], budget_ms: float | None, method: str) -> SearchResult:
-        history: list[Candidate] = []
-        seen: set[str] = set()
+    def _result(archive: Archive, rows: list[dict[str, Any]], method: str) -> SearchResult:
+        """Every configuration the trials evaluated, in trial order (the planner hands out each
+        configuration once), and the rejections they counted."""
         for m in rows:
             for e in json.loads(m["evaluated_json"]):
-                cfg = SubnetConfig.from_dict(json.loads(e["arch_json"]))
-                if cfg.key() not in seen:  # the planner hands out each configuration once
-                    seen.add(cfg.key())
-                    history.append(Candidate(cfg, e["acc"], e["lat"], e["upper"],
-                                             is_feasible(e["upper"], budget_ms)))
-        feasible = [c for c in history if c.feasible]
-        return SearchResult(
-            best=max(feasible, key=lambda c: c.accuracy) if feasible else None,
-            history=history,
-            n_evaluations=len(history),
-            method=method,
-            budget_ms=budget_ms,
-            n_rejected=sum(int(m["n_rejected"]) for m in rows),
-        )
+                archive.record(SubnetConfig.from_dict(json.loads(e["arch_json"])), e["acc"], e["lat"], e["upper"])
+        archive.n_rejected = sum(int(m["n_rejected"]) for m in rows)
+        return archive.result(method)
 
 
 # ---- how much Ray costs (on nas/toy.py's problem) ----------------------------------------------------------------------------------

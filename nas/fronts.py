@@ -118,8 +118,8 @@ def compare(
     table = pd.concat(fronts, ignore_index=True)
     names = {n: g for n, g in table.groupby(["run", "device", "method"])}
     # Latency relative to each device's full model, so fronts of different devices compare.
-    hv = compare_fronts({"/".join(map(str, k)): g for k, g in names.items()}, acc_col="acc_dev", lat_col="lat_rel",
-                        ref_lat=1.0)
+    hv = compare_fronts({"/".join(map(str, k)): g for k, g in names.items()}, acc_col="acc_dev", lat_col="lat_pred_ms",
+                        lat_scale="full_model_pred_ms", ref_lat=1.0)
     out = Path(out_dir)
     write_csv(out / "fronts.csv", table)
     write_csv(out / "hypervolume.csv", hv)

@@ -13,21 +13,16 @@ which is how Ray Tune trials get it.
 
 from __future__ import annotations
 
-import csv
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
-from latency.measure import _cut_torn_tail
 from supernet.data import Encoded
-from supernet.evaluate import predict, resolve_precision, scores
+from supernet.evaluate import Evaluator, resolve_precision
+from supernet.runfolder import RunFolder
 from supernet.space import SubnetConfig
 from supernet.workflow import LoadedRun, open_run
-
-CACHE_COLUMNS = ["arch_key", "split", "accuracy", "macro_f1", "n"]
 
 
 def subset(enc: Encoded, n: int | None, seed: int) -> Encoded:
@@ -48,20 +43,23 @@ class DevAccuracy:
         self.precision = resolve_precision(precision)  # of the search objective
         bf16 = "bf16" if self.precision == "bf16" else ""
         self.search_split = f"dev{subset_size}s{seed}{bf16}" if subset_size else f"dev{bf16}"
-        self._splits = {
+        splits = {
             self.search_split: subset(self._run.splits["dev"], subset_size, seed),
             "dev": self._run.splits["dev"],
             "test": self._run.splits["test"],
         }
         self.metric = self._run.task.metric
-        self.cache_path = self.folder / "search" / "accuracy.csv"
-        self._cache: dict[tuple[str, str], dict[str, Any]] = {}
-        if cache and self.cache_path.exists():
-            _cut_torn_tail(self.cache_path)
-            frame = pd.read_csv(self.cache_path, dtype={"arch_key": str, "split": str})
-            for r in frame.to_dict("records"):
-                self._cache[(str(r["arch_key"]), str(r["split"]))] = r
-        self.n_computed = 0
+        self.cache_path = RunFolder(self.folder).accuracy_cache
+        self._scores = Evaluator(
+            self._run.supernet, splits, metric=self.metric,
+            bf16_splits=[self.search_split] if self.precision == "bf16" else [],
+            log_path=self.cache_path if cache else None,
+        )
+
+    @property
+    def n_computed(self) -> int:
+        """Scores computed by this instance (not read from the cache)."""
+        return self._scores.n_computed
 
     # Ray Tune and multiprocessing: ship the settings, not the model.
     def __getstate__(self) -> dict[str, Any]:
@@ -73,28 +71,7 @@ class DevAccuracy:
                       precision=state["precision"])
 
     def scores(self, cfg: SubnetConfig, split: str) -> dict[str, float]:
-        key = (cfg.key(), split)
-        if key not in self._cache:
-            enc = self._splits[split]
-            bf16 = split == self.search_split and self.precision == "bf16"
-            s = scores(predict(self._run.supernet, enc, cfg, bf16=bf16), enc.labels)
-            row: dict[str, Any] = {"arch_key": cfg.key(), "split": split, **s, "n": len(enc)}
-            self._cache[key] = row
-            self.n_computed += 1
-            if self.use_cache:
-                self._append(row)
-        return self._cache[key]
-
-    def _append(self, row: dict[str, Any]) -> None:
-        self.cache_path.parent.mkdir(parents=True, exist_ok=True)
-        new = not self.cache_path.exists()
-        with open(self.cache_path, "a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=CACHE_COLUMNS, extrasaction="ignore")
-            if new:
-                w.writeheader()
-            w.writerow(row)
-            f.flush()
-            os.fsync(f.fileno())
+        return self._scores(cfg, split)
 
     def __call__(self, cfg: SubnetConfig) -> float:
         """The search objective: the task's metric on the dev subset."""

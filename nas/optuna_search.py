@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -56,7 +57,6 @@ from optuna.trial import TrialState
 from nas.search import (
     AccuracyModel,
     Archive,
-    Candidate,
     LatencyModel,
     SearchResult,
     anchors,
@@ -68,7 +68,19 @@ from nas.search import (
 from supernet.errors import ConfigError, HwnasError
 from supernet.space import SearchSpace, SubnetConfig, evenly_spaced_keep
 
-__all__ = ["NSGA2Search", "TPESearch", "decode", "encode", "suggest_config"]
+__all__ = [
+    "CONSTRAINT_KEY",
+    "NSGA2Search",
+    "OptunaSearch",
+    "TPESearch",
+    "constraint_value",
+    "decode",
+    "encode",
+    "nsga2_sampler",
+    "quiet_optuna",
+    "suggest_config",
+    "tpe_sampler",
+]
 
 CONSTRAINT_KEY = "latency_over_budget_ms"
 
@@ -124,9 +136,9 @@ def suggest_config(trial: optuna.Trial, space: SearchSpace) -> SubnetConfig:
     return decode(space, params)
 
 
-# ---- the shared ask / tell loop -------------------------------------------------------------------
+# ---- what every Optuna-backed search shares (also nas.distributed) -------------------------------
 @contextlib.contextmanager
-def _quiet_optuna() -> Iterator[None]:
+def quiet_optuna() -> Iterator[None]:
     """Silence Optuna's per-trial INFO lines for the duration of a search, then restore."""
     before = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -144,26 +156,65 @@ def _require_set_constraint() -> None:
         )
 
 
+def constraint_value(upper_ms: float, budget_ms: float) -> float:
+    """The latency constraint told to Optuna: ``upper_ms - budget_ms``, feasible when <= 0.
+
+    Optuna refuses NaN constraints; an unpredictable latency is simply infeasible (``inf``).
+    """
+    over = upper_ms - budget_ms
+    return float("inf") if math.isnan(over) else over
+
+
+def tpe_sampler(seed: int, *, n_startup_trials: int = 10) -> optuna.samplers.BaseSampler:
+    """Seeded TPE, random for its first ``n_startup_trials`` trials."""
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup_trials)
+
+
+def nsga2_sampler(seed: int, n_evaluations: int, *, population_size: int | None = None) -> optuna.samplers.BaseSampler:
+    """Seeded NSGA-II; ``population_size=None`` uses ``n_evaluations / 5`` (at least 8), since
+    Optuna's default of 50 would leave a 60-evaluation search with about one generation."""
+    pop = population_size or max(8, n_evaluations // 5)
+    return optuna.samplers.NSGAIISampler(seed=seed, population_size=pop)
+
+
 @dataclass
-class _OptunaSearch:
-    """Shared loop; subclasses pick the sampler, the directions and what is told."""
+class OptunaSearch:
+    """The search loop around an Optuna sampler: study, anchors, ask / tell, resuming.
+
+    A subclass names itself, says whether it searches the whole front, and builds its sampler;
+    everything else is shared. For instance, Optuna's random sampler as a searcher::
+
+        @dataclass
+        class OptunaRandomSearch(OptunaSearch):
+            name: ClassVar[str] = "optuna-random"
+
+            def sampler(self, seed: int, n_evaluations: int) -> optuna.samplers.BaseSampler:
+                return optuna.samplers.RandomSampler(seed=seed)
+
+    (plus its entry in ``nas.search.SEARCHERS``). ``multi_objective=False`` maximises
+    accuracy alone (under the budget's constraint); ``True`` also minimises the predicted
+    latency, for samplers that keep a front (NSGA-II).
+    """
 
     name: ClassVar[str] = "optuna"
+    multi_objective: ClassVar[bool] = False
     storage: str | None = None
     study_name: str | None = None
     trials_per_evaluation: int = 5
     infeasible_value: float = 0.0
     anchor: bool = True
 
-    # -- what subclasses define
-    def _sampler(self, seed: int, n_evaluations: int) -> optuna.samplers.BaseSampler:
+    def sampler(self, seed: int, n_evaluations: int) -> optuna.samplers.BaseSampler:
+        """The seeded sampler of a search of ``n_evaluations`` evaluations."""
         raise NotImplementedError
 
     def _directions(self) -> list[StudyDirection]:
-        raise NotImplementedError
+        if self.multi_objective:
+            return [StudyDirection.MAXIMIZE, StudyDirection.MINIMIZE]
+        return [StudyDirection.MAXIMIZE]
 
     def _values(self, acc: float, lat: float) -> list[float]:
-        raise NotImplementedError
+        return [acc, lat] if self.multi_objective else [acc]
 
     # -- the loop
     def search(
@@ -184,7 +235,7 @@ class _OptunaSearch:
         archive = Archive(accuracy, budget_ms, n_evaluations)
         if budget_ms is not None and fastest_reachable(space, latency) > budget_ms:
             return archive.result(self.name)
-        with _quiet_optuna():
+        with quiet_optuna():
             study = self._open_study(space, budget_ms, seed, n_evaluations)
             n_trials = self._replay(study, archive)
             if n_trials == 0 and self.anchor:
@@ -202,7 +253,7 @@ class _OptunaSearch:
         study = optuna.create_study(
             storage=self.storage,
             study_name=self.study_name,
-            sampler=self._sampler(seed, n_evaluations),
+            sampler=self.sampler(seed, n_evaluations),
             directions=self._directions(),
             load_if_exists=True,
         )
@@ -227,8 +278,7 @@ class _OptunaSearch:
             status = attrs.get("status") if t.state == TrialState.COMPLETE else None
             if status == "evaluated":
                 cfg = SubnetConfig.from_dict(json.loads(attrs["arch_json"]))
-                archive.add(Candidate(cfg, attrs["acc_dev"], attrs["lat_pred_ms"], attrs["lat_upper_ms"],
-                                      is_feasible(attrs["lat_upper_ms"], archive.budget_ms)))
+                archive.record(cfg, attrs["acc_dev"], attrs["lat_pred_ms"], attrs["lat_upper_ms"])
             elif status == "rejected":
                 archive.n_rejected += 1
         return len(finished)
@@ -249,9 +299,7 @@ class _OptunaSearch:
             trial.set_user_attr("lat_pred_ms", lat)
             trial.set_user_attr("lat_upper_ms", upper)
             if budget_ms is not None:
-                # Optuna refuses NaN constraints; an unpredictable latency is simply infeasible.
-                over = upper - budget_ms
-                trial.set_constraint(CONSTRAINT_KEY, over if over == over else float("inf"))
+                trial.set_constraint(CONSTRAINT_KEY, constraint_value(upper, budget_ms))
             if not is_feasible(upper, budget_ms):
                 archive.n_rejected += 1
                 trial.set_user_attr("status", "rejected")
@@ -273,9 +321,9 @@ class _OptunaSearch:
             raise
 
 
-# ---- the two searchers -----------------------------------------------------------------------------
+# ---- the searchers ---------------------------------------------------------------------------------
 @dataclass
-class TPESearch(_OptunaSearch):
+class TPESearch(OptunaSearch):
     """Tree-structured Parzen Estimator maximising accuracy under ``upper_ms <= budget_ms``.
 
     With ``budget_ms=None`` it maximises accuracy alone (use NSGA-II for a front).
@@ -284,35 +332,22 @@ class TPESearch(_OptunaSearch):
     name: ClassVar[str] = "tpe"
     n_startup_trials: int = 10
 
-    def _sampler(self, seed: int, n_evaluations: int) -> optuna.samplers.BaseSampler:
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=self.n_startup_trials)
-
-    def _directions(self) -> list[StudyDirection]:
-        return [StudyDirection.MAXIMIZE]
-
-    def _values(self, acc: float, lat: float) -> list[float]:
-        return [acc]
+    def sampler(self, seed: int, n_evaluations: int) -> optuna.samplers.BaseSampler:
+        return tpe_sampler(seed, n_startup_trials=self.n_startup_trials)
 
 
 @dataclass
-class NSGA2Search(_OptunaSearch):
+class NSGA2Search(OptunaSearch):
     """NSGA-II on two objectives: maximise accuracy, minimise predicted latency.
 
     Meant for ``budget_ms=None`` (the whole front); with a budget the latency constraint
     is added and NSGA-II's constrained domination keeps infeasible trials behind feasible
-    ones. ``population_size=None`` uses ``n_evaluations / 5`` (at least 8), since Optuna's
-    default of 50 would leave a 60-evaluation search with about one generation.
+    ones. ``population_size=None``: see ``nsga2_sampler``.
     """
 
     name: ClassVar[str] = "nsga2"
+    multi_objective: ClassVar[bool] = True
     population_size: int | None = None
 
-    def _sampler(self, seed: int, n_evaluations: int) -> optuna.samplers.BaseSampler:
-        pop = self.population_size or max(8, n_evaluations // 5)
-        return optuna.samplers.NSGAIISampler(seed=seed, population_size=pop)
-
-    def _directions(self) -> list[StudyDirection]:
-        return [StudyDirection.MAXIMIZE, StudyDirection.MINIMIZE]
-
-    def _values(self, acc: float, lat: float) -> list[float]:
-        return [acc, lat]
+    def sampler(self, seed: int, n_evaluations: int) -> optuna.samplers.BaseSampler:
+        return nsga2_sampler(seed, n_evaluations, population_size=self.population_size)

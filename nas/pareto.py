@@ -179,7 +179,7 @@ def compare_fronts(
     lat_col: str = "lat_ms",
     ref_acc: float | None = None,
     ref_lat: float | None = None,
-    lat_scale: Mapping[str, float] | None = None,
+    lat_scale: Mapping[str, float] | str | None = None,
 ) -> pd.DataFrame:
     """One row per front: hypervolume under a common reference point, size and extremes.
 
@@ -188,9 +188,11 @@ def compare_fronts(
     worst accuracy and the worst latency over all fronts together (so the points that define
     it add no area); pass ``ref_acc`` / ``ref_lat`` to fix it across several comparisons.
 
-    ``lat_scale`` maps each name to a reference latency of its device (e.g. the largest
-    sub-network's); every latency is then divided by it before anything else, making fronts
-    from different devices comparable, and ``ref_lat`` is read in those units.
+    ``lat_scale`` gives each point a reference latency of its device (e.g. the full model's):
+    a mapping from front name to one latency, or the name of a column that holds it per row
+    (when it was timed along with the points). Every latency is divided by it before anything
+    else, making fronts from different devices comparable, and ``ref_lat`` is read in those
+    units: ``ref_lat=1.0`` then bounds the box at the reference latency itself.
 
     Columns: ``front``, ``n_points`` (non-dominated points), ``hypervolume``, ``best_acc``,
     ``fastest_lat`` (in the units used for the hypervolume), ``ref_acc``, ``ref_lat``.
@@ -203,7 +205,11 @@ def compare_fronts(
                 raise KeyError(f"front {name!r} has no column {col!r}; columns are {list(frame.columns)}")
         a = frame[acc_col].to_numpy(dtype=float)
         t = frame[lat_col].to_numpy(dtype=float)
-        if lat_scale is not None:
+        if isinstance(lat_scale, str):
+            if lat_scale not in frame.columns:
+                raise KeyError(f"front {name!r} has no column {lat_scale!r} (lat_scale); columns are {list(frame.columns)}")
+            t = t / frame[lat_scale].to_numpy(dtype=float)
+        elif lat_scale is not None:
             if name not in lat_scale:
                 raise KeyError(f"lat_scale has no entry for front {name!r}; it has {sorted(lat_scale)}")
             t = t / float(lat_scale[name])

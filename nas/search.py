@@ -263,6 +263,11 @@ class Archive:
             self.history.append(cand)
         return self.by_key[k]
 
+    def record(self, cfg: SubnetConfig, acc: float, lat: float, upper: float) -> Candidate:
+        """Record a configuration whose accuracy was computed elsewhere (a stored Optuna
+        trial, a Ray trial); its feasibility follows from the archive's budget."""
+        return self.add(Candidate(cfg, acc, lat, upper, is_feasible(upper, self.budget_ms)))
+
     def evaluate(self, cfg: SubnetConfig, lat: float, upper: float) -> Candidate | None:
         known = self.by_key.get(cfg.key())
         if known is not None:
@@ -273,7 +278,7 @@ class Archive:
         if not math.isfinite(acc):
             # A NaN would silently lose every comparison and poison Pareto fronts.
             raise ValueError(f"accuracy model returned {acc} for {cfg.describe()}")
-        return self.add(Candidate(cfg, acc, lat, upper, is_feasible(upper, self.budget_ms)))
+        return self.record(cfg, acc, lat, upper)
 
     def best(self) -> Candidate | None:
         """Most accurate feasible candidate; the earliest wins a tie (stable across runs)."""

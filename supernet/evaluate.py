@@ -1,8 +1,10 @@
-"""Accuracy of any sub-network with inherited weights, cached by configuration hash."""
+"""Accuracy of any sub-network with inherited weights, cached by configuration hash
+(in memory, and optionally in an append-only CSV)."""
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,7 @@ from sklearn.metrics import f1_score
 
 from supernet.data import Encoded, iterate_batches
 from supernet.errors import ConfigError
+from supernet.io import CsvLog
 from supernet.model import ElasticBert
 from supernet.space import SubnetConfig
 
@@ -71,17 +74,33 @@ def model_score(model: ElasticBert, enc: Encoded, metric: str = "accuracy") -> f
     return scores(predict(model, enc), enc.labels)[metric]
 
 
+SCORE_COLUMNS = ["arch_key", "split", "accuracy", "macro_f1", "n"]
+"""Columns of an ``Evaluator``'s score log (one row per split and configuration)."""
+
+
 class Evaluator:
     """Scores sub-networks on named splits; remembers every (split, configuration) it saw.
 
-    ``metric`` is the task's headline metric ("accuracy" or "macro_f1").
+    The one accuracy cache of the project: ``metric`` is the task's headline metric
+    ("accuracy" or "macro_f1"); splits named in ``bf16_splits`` are scored under bfloat16
+    autocast. With ``log_path`` the scores also persist in an append-only CSV
+    (``SCORE_COLUMNS``): the scores already there are loaded, and every new one is appended
+    durably, so a resumed or repeated search never scores a configuration twice.
+    ``n_computed`` counts the scores computed (not loaded or remembered).
     """
 
     def __init__(
-        self, model: ElasticBert, splits: dict[str, Encoded], *, metric: str = "accuracy", batch_size: int = 64
+        self, model: ElasticBert, splits: dict[str, Encoded], *, metric: str = "accuracy", batch_size: int = 64,
+        bf16_splits: Collection[str] = (), log_path: str | Path | None = None,
     ) -> None:
         self.model, self.splits, self.metric, self.batch_size = model, splits, metric, batch_size
+        self.bf16_splits = frozenset(bf16_splits)
         self.cache: dict[tuple[str, str], dict[str, float]] = {}
+        self.n_computed = 0
+        self.log = CsvLog(log_path, SCORE_COLUMNS) if log_path is not None else None
+        if self.log is not None:
+            for r in self.log.read(dtype={"arch_key": str, "split": str}).to_dict("records"):
+                self.cache[(str(r["split"]), str(r["arch_key"]))] = {k: r[k] for k in ("accuracy", "macro_f1")}
 
     def __call__(self, subnet: SubnetConfig, split: str = "dev") -> dict[str, float]:
         if split not in self.splits:
@@ -89,7 +108,11 @@ class Evaluator:
         key = (split, subnet.key())
         if key not in self.cache:
             enc = self.splits[split]
-            self.cache[key] = scores(predict(self.model, enc, subnet, batch_size=self.batch_size), enc.labels)
+            logits = predict(self.model, enc, subnet, batch_size=self.batch_size, bf16=split in self.bf16_splits)
+            self.cache[key] = scores(logits, enc.labels)
+            self.n_computed += 1
+            if self.log is not None:
+                self.log.append([{"arch_key": subnet.key(), "split": split, **self.cache[key], "n": len(enc)}])
         return self.cache[key]
 
     def score(self, subnet: SubnetConfig, split: str = "dev") -> float:

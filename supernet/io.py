@@ -1,13 +1,18 @@
-"""Atomic file writes: a crash never leaves a half-written result or checkpoint behind."""
+"""Crash-safe files: atomic writes (a crash never leaves a half-written result or checkpoint
+behind) and append-only CSV logs (a crash loses at most the row being written)."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+import pandas as pd
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -43,3 +48,66 @@ def write_json(path: str | Path, obj: Any) -> Path:
 def write_csv(path: str | Path, frame: Any) -> Path:
     """Write a pandas DataFrame atomically (no index)."""
     return atomic_write(path, lambda p: frame.to_csv(p, index=False))
+
+
+class CsvLog:
+    """An append-only CSV file of flat rows, written durably and read back whole.
+
+    * the header is written once, by the append that creates the file (or finds it empty);
+    * every ``append`` is one ``write`` of whole lines, fsync'ed before it returns, so rows
+      that were appended survive a crash of the process or the machine;
+    * a crash mid-write can leave a torn last line (no newline): ``read`` ignores it and the
+      next ``append`` cuts it off first, so the file always parses and the next row starts on
+      a line of its own.
+
+    Rows are mappings; keys outside ``columns`` are ignored and missing ones left empty.
+    """
+
+    def __init__(self, path: str | Path, columns: Sequence[str]) -> None:
+        self.path = Path(path)
+        self.columns = list(columns)
+
+    def read(self, **read_csv: Any) -> pd.DataFrame:
+        """The complete rows as a DataFrame (``read_csv`` goes to ``pandas.read_csv``); no
+        file, or no header yet, gives an empty frame with ``columns``. The file is not changed."""
+        text = self.path.read_text() if self.path.exists() else ""
+        text = text[: text.rfind("\n") + 1]  # drop a torn last line from a crash mid-write
+        if not text:
+            return pd.DataFrame(columns=self.columns)
+        return pd.read_csv(io.StringIO(text), **read_csv)
+
+    def append(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        """Append ``rows`` durably (header first when the file is new)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.cut_torn_tail()
+        new = not self.path.exists() or self.path.stat().st_size == 0
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=self.columns, extrasaction="ignore", lineterminator="\n")
+        if new:
+            w.writeheader()
+        for r in rows:
+            w.writerow(r)
+        data = buf.getvalue().encode()
+        # One O_APPEND write per call: concurrent appenders (Ray workers) interleave whole
+        # appends, not parts of lines.
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        try:
+            while data:  # os.write may write less than asked
+                data = data[os.write(fd, data):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def cut_torn_tail(self) -> None:
+        """Drop a half-written last line (a crash mid-write) so that the next append parses."""
+        if not self.path.exists():
+            return
+        with open(self.path, "rb+") as f:
+            if f.seek(0, os.SEEK_END) == 0:
+                return
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) == b"\n":  # the usual case: no need to read the whole file
+                return
+            f.seek(0)
+            data = f.read()
+            f.truncate(data.rfind(b"\n") + 1)

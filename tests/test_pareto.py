@@ -137,6 +137,17 @@ def test_compare_fronts_scales_latency_per_device() -> None:
         compare_fronts({"cpu": slow}, lat_scale={"gpu": 3.0})
 
 
+def test_compare_fronts_scales_latency_per_row() -> None:
+    # The full model timed along with each point (it drifted from 30 to 33 ms): per-row scales.
+    slow = pd.DataFrame({"acc_dev": [0.9, 0.8], "lat_ms": [22.0, 10.0], "full_ms": [33.0, 30.0]})
+    fast = pd.DataFrame({"acc_dev": [0.9, 0.8], "lat_ms": [2.0, 1.0], "full_ms": [3.0, 3.0]})
+    table = compare_fronts({"cpu": slow, "gpu": fast}, lat_scale="full_ms", ref_acc=0.5, ref_lat=1.0)
+    assert table["hypervolume"].tolist() == pytest.approx([0.7 / 3, 0.7 / 3])
+    assert table["fastest_lat"].tolist() == pytest.approx([1 / 3, 1 / 3])
+    with pytest.raises(KeyError, match="lat_scale"):
+        compare_fronts({"cpu": slow.drop(columns="full_ms")}, lat_scale="full_ms")
+
+
 def test_compare_fronts_empty_front() -> None:
     a = pd.DataFrame({"acc_dev": [0.9], "lat_ms": [1.0]})
     e = pd.DataFrame({"acc_dev": [], "lat_ms": []})

@@ -8,12 +8,15 @@ not symmetric), and a FLOPs-like latency with a 5% safety margin. No model, no t
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
+import optuna
 import pytest
 
 from nas.evolution import EvolutionSearch, select_parents
-from nas.optuna_search import decode, encode
+from nas.optuna_search import OptunaSearch, decode, encode
 from nas.search import (
     SEARCHERS,
     Candidate,
@@ -166,6 +169,26 @@ def test_optuna_search_resumes_from_sqlite(tmp_path) -> None:
     # A different budget under the same study name is refused, not mixed in.
     with pytest.raises(ConfigError, match="new study name"):
         searcher.search(SPACE, acc, ToyLatency(), budget_ms=3.0, n_evaluations=20, seed=0)
+
+
+@dataclass
+class OptunaRandomSearch(OptunaSearch):
+    """Optuna's random sampler as a searcher: all it takes is a name and a sampler."""
+
+    name: ClassVar[str] = "optuna-random"
+
+    def sampler(self, seed: int, n_evaluations: int) -> optuna.samplers.BaseSampler:
+        return optuna.samplers.RandomSampler(seed=seed)
+
+
+def test_a_new_optuna_sampler_gets_the_whole_loop() -> None:
+    acc = CountingAccuracy()
+    result = OptunaRandomSearch().search(SPACE, acc, ToyLatency(), budget_ms=BUDGET, n_evaluations=15, seed=0)
+    assert result.method == "optuna-random" and result.history[0].config == SPACE.smallest()  # anchored
+    assert result.best is not None and result.best.upper_ms <= BUDGET
+    assert len(set(acc.keys)) == len(acc.keys) == len(result.history) <= 15
+    again = OptunaRandomSearch().search(SPACE, toy_accuracy, ToyLatency(), budget_ms=BUDGET, n_evaluations=15, seed=0)
+    assert rows(again) == rows(result)
 
 
 def test_optuna_encoding_round_trips_and_repairs() -> None:

@@ -1,0 +1,76 @@
+"""Crash-safe files: the append-only CSV log and the score cache built on it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from conftest import tiny_model
+from supernet.data import Encoded
+from supernet.evaluate import SCORE_COLUMNS, Evaluator
+from supernet.io import CsvLog
+from supernet.space import SearchSpace
+
+COLUMNS = ["key", "value", "note"]
+
+
+def test_rows_round_trip_and_the_header_is_written_once(tmp_path: Path) -> None:
+    log = CsvLog(tmp_path / "sub" / "log.csv", COLUMNS)
+    assert list(log.read().columns) == COLUMNS and log.read().empty  # no file yet
+    log.append([{"key": "a", "value": 1.5, "note": "x, with a comma"}])
+    log.append([{"key": "b", "value": 2.0, "extra": "ignored"}, {"key": "c", "value": -3.25, "note": ""}])
+    lines = log.path.read_text().splitlines()
+    assert lines[0] == "key,value,note" and lines.count("key,value,note") == 1 and len(lines) == 4
+    frame = log.read(keep_default_na=False, na_values=[""])
+    assert list(frame.columns) == COLUMNS
+    assert frame["key"].tolist() == ["a", "b", "c"]
+    assert frame["value"].tolist() == [1.5, 2.0, -3.25]
+    assert frame["note"].fillna("").tolist() == ["x, with a comma", "", ""]
+
+
+def test_a_torn_tail_is_ignored_then_cut_and_the_next_append_parses(tmp_path: Path) -> None:
+    log = CsvLog(tmp_path / "log.csv", COLUMNS)
+    log.append([{"key": "a", "value": 1}])
+    with open(log.path, "a") as f:
+        f.write("b,2,half a li")  # a crash in the middle of a write
+    before = log.path.read_bytes()
+    assert log.read()["key"].tolist() == ["a"]
+    assert log.path.read_bytes() == before  # reading changes nothing
+    log.append([{"key": "c", "value": 3}])
+    assert log.path.read_text() == "key,value,note\na,1,\nc,3,\n"
+    assert log.read()["key"].tolist() == ["a", "c"]
+
+
+def test_a_torn_header_is_cut_and_written_again(tmp_path: Path) -> None:
+    log = CsvLog(tmp_path / "log.csv", COLUMNS)
+    log.path.write_text("key,val")  # the crash came while the first append wrote the header
+    assert log.read().empty
+    log.append([{"key": "a", "value": 1}])
+    assert log.path.read_text() == "key,value,note\na,1,\n"
+
+
+def test_an_empty_file_gets_the_header(tmp_path: Path) -> None:
+    log = CsvLog(tmp_path / "log.csv", COLUMNS)
+    log.path.touch()
+    assert list(log.read().columns) == COLUMNS
+    log.append([{"key": "a", "value": 1}])
+    assert log.read()["key"].tolist() == ["a"]
+
+
+def test_evaluator_scores_persist_and_are_not_recomputed(tmp_path: Path) -> None:
+    model = tiny_model()
+    rng = np.random.default_rng(0)
+    enc = Encoded([[2, *rng.integers(5, 120, size=n).tolist()] for n in (6, 9, 3, 7)],
+                  [[0] * (n + 1) for n in (6, 9, 3, 7)], np.array([0, 1, 1, 0]))
+    space = SearchSpace.for_model(3, 4, 64)  # tiny_model's shape
+    cfgs = [space.largest(), space.smallest()]
+    path = tmp_path / "search" / "accuracy.csv"
+    first = Evaluator(model, {"dev": enc}, log_path=path)
+    scored = [first(c, "dev") for c in cfgs]
+    assert first.n_computed == len(cfgs)
+    frame = pd.read_csv(path, dtype={"arch_key": str})
+    assert list(frame.columns) == SCORE_COLUMNS and len(frame) == len(cfgs)
+    again = Evaluator(model, {"dev": enc}, log_path=path)
+    assert [again(c, "dev") for c in cfgs] == scored and again.n_computed == 0
