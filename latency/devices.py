@@ -1,9 +1,11 @@
 """Device profiles: where and how a sub-network is timed.
 
 A profile names the runtime (ONNX Runtime or PyTorch eager), its execution provider,
-threads, batch size and input lengths. Lengths are part of the profile because latency
-depends on them: ``"p50"`` / ``"p95"`` (any ``"pNN"``) take the task's real token-length
-distribution (dev split), an integer is a fixed length.
+threads, batch size and what the device is timed on. ``"traffic"`` (the default) replays a
+fixed, seeded sample of real dev inputs at their own lengths, each model serving the whole
+sample in turn: what a server meets. ``"p50"`` / ``"p95"`` (any ``"pNN"``, from the task's
+dev-split length distribution) or an integer time one input of that length, repeated: for
+users who pad every call to one shape.
 
 Built-in profiles: ``cpu``, ``cpu-1t``, ``torch-cpu``, ``cuda``. User profiles come from a
 TOML file, one table per device::
@@ -13,7 +15,7 @@ TOML file, one table per device::
     provider = "CPUExecutionProvider"
     threads = 4
     batch = 1
-    lengths = ["p50", "p95"]
+    lengths = ["traffic"]        # or ["p50", "p95"], [128], or both kinds
     precision = "fp32"
     description = "my laptop"
 """
@@ -45,7 +47,10 @@ class DeviceProfile:
     provider: str = "CPUExecutionProvider"  # ONNX Runtime provider; for torch: "cpu" or "cuda"
     threads: int | None = None  # None: all cores
     batch: int = 1
-    lengths: tuple[str | int, ...] = ("p50", "p95")
+    # "traffic": a seeded sample of real dev inputs at their own lengths (the default);
+    # "pNN" or an integer: one input of that length, repeated (for users who pad to a shape).
+    lengths: tuple[str | int, ...] = ("traffic",)
+    traffic_calls: int = 32  # calls in the traffic sample (batch inputs each)
     precision: str = "fp32"
     warmup: int = 10
     repeats: int = 30
@@ -67,14 +72,16 @@ class DeviceProfile:
             raise ConfigError(f"{where}: precision {self.precision!r} is not one of {list(PRECISIONS)}")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"{where}: threads must be >= 1 (or left out for all cores), got {self.threads}")
-        if self.batch < 1 or self.warmup < 0 or self.repeats < 3:
-            raise ConfigError(f"{where}: need batch >= 1, warmup >= 0 and repeats >= 3")
+        if self.batch < 1 or self.warmup < 0 or self.repeats < 3 or self.traffic_calls < 3:
+            raise ConfigError(f"{where}: need batch >= 1, warmup >= 0, repeats >= 3 and traffic_calls >= 3")
         if not self.lengths:
-            raise ConfigError(f"{where}: lengths must not be empty (e.g. [\"p50\", \"p95\"] or [128])")
+            raise ConfigError(f"{where}: lengths must not be empty (e.g. [\"traffic\"], [\"p50\", \"p95\"] or [128])")
         for x in self.lengths:
-            ok = isinstance(x, int) and x >= 2 or isinstance(x, str) and re.fullmatch(r"p\d{1,2}", x)
+            ok = (isinstance(x, int) and not isinstance(x, bool) and x >= 2
+                  or isinstance(x, str) and (x == "traffic" or re.fullmatch(r"p\d{1,2}", x)))
             if not ok:
-                raise ConfigError(f"{where}: length {x!r} must be an integer >= 2 or a percentile like \"p50\"")
+                raise ConfigError(f"{where}: length {x!r} must be \"traffic\", an integer >= 2 or a percentile "
+                                  "like \"p50\"")
         if self.precision == "fp16" and not (self.runtime == "torch" and self.provider == "cuda"):
             raise ConfigError(f"{where}: fp16 is supported with runtime = \"torch\" and provider = \"cuda\" only "
                               "(the ONNX export is fp32)")
@@ -84,11 +91,21 @@ class DeviceProfile:
     def effective_threads(self) -> int:
         return self.threads or os.cpu_count() or 1
 
+    @property
+    def traffic(self) -> bool:
+        """Whether this device is timed on real traffic (a kit times fixed lengths only: there
+        the traffic's median length stands in, as a fixed length)."""
+        return "traffic" in self.lengths and not self.kit
+
     def resolve_lengths(self, stats: Mapping[str, float]) -> list[int]:
-        """Concrete lengths from the task's token-length statistics (keys like ``"p50"``)."""
+        """Concrete fixed lengths from the task's token-length statistics (keys like
+        ``"p50"``); "traffic" counts as a fixed length (the median) on a kit device only."""
         out = []
         for x in self.lengths:
-            if isinstance(x, int):
+            if x == "traffic":
+                if self.kit:
+                    out.append(max(2, int(round(stats["p50"]))))
+            elif isinstance(x, int):
                 out.append(x)
             elif x in stats:
                 out.append(max(2, int(round(stats[x]))))

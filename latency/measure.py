@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 from latency.devices import DeviceProfile, check_available
 from supernet.cost import subnet_flops, subnet_params
 from supernet.data import Encoded
+from supernet.errors import HwnasError
 from supernet.io import CsvLog
 from supernet.model import BertShape, ElasticBert
 from supernet.space import SearchSpace, SubnetConfig
@@ -49,10 +50,15 @@ from supernet.space import SearchSpace, SubnetConfig
 COLUMNS = [
     "device", "kind", "note", "arch_key", "arch_json", "arch_layers", "arch_heads", "arch_ffn",
     "arch_retention", "arch_flops", "arch_params", "batch", "length", "runtime", "provider", "threads",
-    "precision", "warmup", "repeats", "lat_median_ms", "lat_p90_ms", "lat_mean_ms", "lat_min_ms",
+    "precision", "regime", "calls", "warmup", "repeats", "lat_median_ms", "lat_p90_ms", "lat_p99_ms", "lat_mean_ms", "lat_min_ms",
     "lat_iqr_ms", "lat_cv", "outliers", "ref_median_ms", "lat_ratio", "runtime_version", "torch_version",
     "onnxruntime_version", "host", "cpu", "timestamp", "error",
 ]
+
+
+REGIMES = ("traffic", "fixed")  # what a model serves while timed (``Workload``)
+STATS = ("p50", "p90", "p99", "mean")  # what a budget may apply to (``--budget-stat``)
+STAT_COLUMNS = {"p50": "lat_median_ms", "p90": "lat_p90_ms", "p99": "lat_p99_ms", "mean": "lat_mean_ms"}
 
 
 @dataclass(frozen=True)
@@ -65,16 +71,24 @@ class Timing:
     cv: float
     n: int
     outliers: int
+    p99_ms: float = float("nan")
+
+    def stat(self, name: str) -> float:
+        """One of ``STATS``: p50 (the median), p90, p99 or mean, in ms."""
+        return {"p50": self.median_ms, "p90": self.p90_ms, "p99": self.p99_ms, "mean": self.mean_ms}[name]
 
 
-def summarize(samples_ms: Sequence[float]) -> Timing:
-    """Statistics of repeated timings, after dropping outliers above Q3 + 3 IQR."""
+def summarize(samples_ms: Sequence[float], *, drop_outliers: bool = True) -> Timing:
+    """Statistics of timings; with ``drop_outliers``, after dropping those above Q3 + 3 IQR (a
+    context switch, a page fault: right for one input repeated). Per-call times of real
+    traffic keep every call: their spread is the inputs', and a tail is what p99 promises."""
     x = np.asarray(samples_ms, dtype=float)
     q1, q3 = np.percentile(x, [25, 75])
-    kept = x[x <= q3 + 3 * (q3 - q1)]
+    kept = x[x <= q3 + 3 * (q3 - q1)] if drop_outliers else x
     return Timing(
         median_ms=float(np.median(kept)),
         p90_ms=float(np.percentile(kept, 90)),
+        p99_ms=float(np.percentile(kept, 99)),
         mean_ms=float(kept.mean()),
         min_ms=float(kept.min()),
         iqr_ms=float(np.subtract(*np.percentile(kept, [75, 25]))),
@@ -93,6 +107,70 @@ def time_fn(fn: Callable[[], Any], warmup: int, repeats: int) -> Timing:
         fn()
         samples.append((time.perf_counter_ns() - t0) / 1e6)
     return summarize(samples)
+
+
+Feed = dict[str, np.ndarray]
+
+
+def time_calls(fn: Callable[[Feed], Any], feeds: Sequence[Feed], warmup: int) -> Timing:
+    """Per-call times of ``fn`` serving ``feeds`` in order, after ``warmup`` untimed calls
+    (the first feeds again): a warm server meeting a stream of different inputs."""
+    for i in range(warmup):
+        fn(feeds[i % len(feeds)])
+    samples = []
+    for feed in feeds:
+        t0 = time.perf_counter_ns()
+        fn(feed)
+        samples.append((time.perf_counter_ns() - t0) / 1e6)
+    return summarize(samples, drop_outliers=False)
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What a model serves while it is timed.
+
+    * ``traffic``: a fixed, seeded sample of real dev inputs at their own lengths (``batch``
+      per call, each call padded to its own longest input), served in order; ``length`` is
+      the sample's median token length. The default: what a user's server meets.
+    * ``fixed``: one real input of exactly ``length`` tokens, repeated; for users who pad
+      every call to one shape. It flatters small models (every cache is warm for that one
+      shape: 3.9x against 3.2x on real sentences for the same two models, BRIEF.md).
+    """
+
+    regime: str
+    length: int
+    feeds: tuple[Feed, ...]
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.regime, self.length)
+
+
+def traffic_inputs(enc: Encoded, batch: int, n_calls: int, seed: int = 0) -> Workload:
+    """A traffic workload: ``n_calls`` calls of ``batch`` real examples each, drawn without
+    replacement where the split is large enough (seeded), each call padded to its longest."""
+    if len(enc) == 0:
+        raise ValueError("no examples to draw traffic from")
+    rng = np.random.default_rng(seed)
+    need = n_calls * batch
+    order = rng.permutation(len(enc))
+    idx = np.concatenate([order] * (need // len(order) + 1))[:need] if need > len(order) else order[:need]
+    feeds = []
+    for c in range(n_calls):
+        rows = [enc.input_ids[i] for i in idx[c * batch:(c + 1) * batch]]
+        T = max(len(r) for r in rows)
+        ids = np.zeros((len(rows), T), dtype=np.int64)
+        mask = np.zeros((len(rows), T), dtype=np.int64)
+        for b, r in enumerate(rows):
+            ids[b, :len(r)], mask[b, :len(r)] = r, 1
+        feeds.append({"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)})
+    lengths = [len(enc.input_ids[i]) for i in idx]
+    return Workload("traffic", int(round(float(np.median(lengths)))), tuple(feeds))
+
+
+def fixed_inputs(enc: Encoded, batch: int, length: int, seed: int = 0) -> Workload:
+    """A fixed workload: ``example_inputs`` repeated."""
+    return Workload("fixed", length, (example_inputs(enc, batch, length, seed),))
 
 
 def example_inputs(enc: Encoded, batch: int, length: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -207,7 +285,10 @@ def arch_columns(shape: BertShape, cfg: SubnetConfig, length: int) -> dict[str, 
 
 class MeasurementLog:
     """The per-device measurement file: append-only CSV, one fsync'ed write per append
-    (``supernet.io.CsvLog``: a crash mid-write loses only the row being written)."""
+    (``supernet.io.CsvLog``: a crash mid-write loses only the row being written).
+
+    Files written before the ``regime`` column existed read as fixed-length rows; appending
+    to one is refused (its header lacks today's columns)."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -215,17 +296,30 @@ class MeasurementLog:
 
     def read(self) -> pd.DataFrame:
         frame = self._log.read(keep_default_na=False, na_values=[""])
+        frame = frame.reindex(columns=[*COLUMNS, *(c for c in frame.columns if c not in COLUMNS)])
         frame["error"] = frame["error"].fillna("").astype(str)
+        frame["regime"] = frame["regime"].fillna("fixed").astype(str)  # older files: fixed lengths only
         return frame
 
     def append(self, rows: Iterable[dict[str, Any]]) -> None:
+        if self.path.exists() and self.path.stat().st_size:
+            with open(self.path) as f:
+                header = f.readline().strip().split(",")
+            if header != COLUMNS:
+                raise MeasurementError(
+                    f"{self.path} was written by an older hwnas (its columns differ from today's): move it "
+                    "away and measure again, or import it into a new file")
         self._log.append(rows)
 
-    def done(self) -> set[tuple[str, int, int]]:
-        """(arch_key, batch, length) of finished sample rows (errors count as finished)."""
+    def done(self) -> set[tuple[str, int, str, int]]:
+        """(arch_key, batch, regime, length) of finished sample rows (errors count as finished)."""
         f = self.read()
         f = f[f["kind"] == "sample"]
-        return set(zip(f["arch_key"], f["batch"].astype(int), f["length"].astype(int), strict=True))
+        return set(zip(f["arch_key"], f["batch"].astype(int), f["regime"], f["length"].astype(int), strict=True))
+
+
+class MeasurementError(HwnasError):
+    """A measurement file that cannot be appended to or read."""
 
 
 def sample_configs(space: SearchSpace, shape: BertShape, n: int, *, seed: int = 0, length: int = 32) -> list[SubnetConfig]:
@@ -261,10 +355,13 @@ def sample_configs(space: SearchSpace, shape: BertShape, n: int, *, seed: int = 
 
 @dataclass(frozen=True)
 class Measured:
-    """Median latency (ms) of each timed configuration and of the full model, in one run."""
+    """Latency (ms, the statistic ``measure`` was asked for) of each timed configuration and
+    of the full model, in one run; ``timings`` / ``full`` hold every statistic."""
 
     ms: list[float]
     full_ms: float
+    timings: tuple[Timing, ...] = ()
+    full: Timing | None = None
 
 
 class Timer(Protocol):
@@ -276,34 +373,33 @@ class Timer(Protocol):
 class DeviceTimer:
     """Times sub-networks on a device, in turn with the full model.
 
-    The full model's session and the input feeds are opened once, at construction; each
-    ``measure`` call opens the configurations it is given. ``inputs`` maps a length to its
-    feed (real token arrays, ``example_inputs``); ``measure`` uses ``length`` (default: the
-    only one, or the shortest). Raises ``DeviceUnavailable`` if this machine cannot run the
-    profile (a kit device)."""
+    The full model's session and the workloads are opened once, at construction; each
+    ``measure`` call opens the configurations it is given. ``measure`` and ``time`` use one
+    workload (default: the first) and report ``stat`` (default p50) of its per-call
+    latency. Raises ``DeviceUnavailable`` if this machine cannot run the profile (a kit
+    device)."""
 
     def __init__(
         self,
         profile: DeviceProfile,
         supernet: ElasticBert,
-        inputs: dict[int, dict[str, np.ndarray]],
+        workloads: Sequence[Workload],
         *,
+        stat: str = "p50",
         extract_fn: Callable[[ElasticBert, SubnetConfig], ElasticBert] | None = None,
     ) -> None:
         from supernet.extract import extract
 
         check_available(profile)
-        if not inputs:
-            raise ValueError("DeviceTimer needs the inputs of at least one length")
-        self.profile, self.supernet, self.inputs = profile, supernet, inputs
+        if not workloads:
+            raise ValueError("DeviceTimer needs at least one workload")
+        if stat not in STATS:
+            raise ValueError(f"stat must be one of {STATS}, got {stat!r}")
+        self.profile, self.supernet, self.workloads, self.stat = profile, supernet, list(workloads), stat
         self.extract = extract_fn or extract
         self.full_config = SubnetConfig.full(supernet.shape.heads, supernet.shape.ffn)
         self.workdir = Path(tempfile.mkdtemp(prefix="hwnas-timer-"))
         self.full = self.open(self.full_config)
-
-    @property
-    def lengths(self) -> list[int]:
-        return sorted(self.inputs)
 
     def open(self, cfg: SubnetConfig, *, cache: Path | None = None) -> Runner:
         """A runner of ``cfg``'s standalone model on the device (``cache``: keep its ONNX file
@@ -313,21 +409,26 @@ class DeviceTimer:
             return open_runner(self.profile, model, cache, cache_name=cfg.key())
         return open_runner(self.profile, model, self.workdir)
 
-    def time(self, runner: Runner, length: int | None = None) -> Timing:
-        """The timing loop: the profile's warm-up, then its repeats, on one length's feed."""
-        feeds = self.inputs[self.lengths[0] if length is None else length]
-        return time_fn(lambda: runner(feeds), self.profile.warmup, self.profile.repeats)
+    def time(self, runner: Runner, workload: Workload | None = None) -> Timing:
+        """The timing loop: a fixed workload is warmed up and repeated the profile's times; a
+        traffic workload is served call by call after the profile's warm-up calls."""
+        w = workload or self.workloads[0]
+        if w.regime == "traffic":
+            return time_calls(runner, w.feeds, self.profile.warmup)
+        return time_fn(lambda: runner(w.feeds[0]), self.profile.warmup, self.profile.repeats)
 
-    def measure(self, configs: Sequence[SubnetConfig], *, rounds: int = 3, length: int | None = None) -> Measured:
+    def measure(self, configs: Sequence[SubnetConfig], *, rounds: int = 3,
+                workload: Workload | None = None) -> Measured:
         """Each configuration and the full model timed in turn, ``rounds`` interleaved rounds;
-        medians of the round medians."""
+        per statistic, the median over the rounds."""
         runners = [self.full, *(self.open(c) for c in configs)]
-        times: list[list[float]] = [[] for _ in runners]
+        times: list[list[Timing]] = [[] for _ in runners]
         for _ in range(rounds):
             for i, r in enumerate(runners):
-                times[i].append(self.time(r, length).median_ms)
-        med = [float(np.median(t)) for t in times]
-        return Measured(ms=med[1:], full_ms=med[0])
+                times[i].append(self.time(r, workload))
+        merged = [_median_timing(t) for t in times]
+        return Measured(ms=[t.stat(self.stat) for t in merged[1:]], full_ms=merged[0].stat(self.stat),
+                        timings=tuple(merged[1:]), full=merged[0])
 
     def close(self) -> None:
         shutil.rmtree(self.workdir, ignore_errors=True)
@@ -339,11 +440,20 @@ class DeviceTimer:
         self.close()
 
 
+def _median_timing(ts: Sequence[Timing]) -> Timing:
+    """Field by field, the median of several rounds' timings."""
+    if len(ts) == 1:
+        return ts[0]
+    med = {f: float(np.median([getattr(t, f) for t in ts])) for f in Timing.__dataclass_fields__}
+    med["n"], med["outliers"] = sum(t.n for t in ts), sum(t.outliers for t in ts)
+    return Timing(**med)  # type: ignore[arg-type]
+
+
 def sweep(
     profile: DeviceProfile,
     supernet: ElasticBert,
     configs: Sequence[SubnetConfig],
-    inputs: dict[int, dict[str, np.ndarray]],
+    workloads: Sequence[Workload],
     log: MeasurementLog,
     *,
     reference_every: int = 20,
@@ -352,14 +462,13 @@ def sweep(
     extract_fn: Callable[[ElasticBert, SubnetConfig], ElasticBert] | None = None,
     onnx_cache: Path | None = None,
 ) -> pd.DataFrame:
-    """Measure every configuration at every input length of ``inputs``; resume-safe.
+    """Measure every configuration on every workload; resume-safe.
 
     ``onnx_cache``: a folder where exported ONNX files are kept and reused (the caller
     removes it). Returns the device's full measurement table (earlier rows included).
     """
     shape = supernet.shape
-    lengths = sorted(inputs)
-    batch = next(iter(inputs.values()))["input_ids"].shape[0]
+    batch = int(workloads[0].feeds[0]["input_ids"].shape[0])
     base = {
         "device": profile.name, "runtime": profile.runtime, "provider": profile.provider,
         "threads": profile.effective_threads, "precision": profile.precision, "warmup": profile.warmup,
@@ -367,32 +476,34 @@ def sweep(
     }
     base["runtime_version"] = base["onnxruntime_version"] if profile.runtime == "onnxruntime" else base["torch_version"]
     done = log.done()
-    # A configuration counts as done once all its lengths are (a failed one is not retried:
+    # A configuration counts as done once all its workloads are (a failed one is not retried:
     # delete its rows to try again).
-    todo = [c for c in configs if any((c.key(), batch, L) not in done for L in lengths)]
+    todo = [c for c in configs if any((c.key(), batch, *w.key) not in done for w in workloads)]
     previous = log.read()
     have_noise = bool(((previous["kind"] == "noise") & (previous["batch"] == batch)).any()) if len(previous) else False
 
-    with DeviceTimer(profile, supernet, inputs, extract_fn=extract_fn) as timer:
+    with DeviceTimer(profile, supernet, workloads, extract_fn=extract_fn) as timer:
         full = timer.full_config
-        refs: dict[int, float] = {}
+        refs: dict[tuple[str, int], float] = {}
 
-        def row(cfg: SubnetConfig, L: int, t: Timing | None, kind: str, note: str = "", error: str = "") -> dict[str, Any]:
-            r = {**base, **arch_columns(shape, cfg, L), "kind": kind, "note": note, "length": L, "error": error,
-                 "timestamp": datetime.now(UTC).isoformat(timespec="seconds")}
+        def row(cfg: SubnetConfig, w: Workload, t: Timing | None, kind: str, note: str = "",
+                error: str = "") -> dict[str, Any]:
+            r = {**base, **arch_columns(shape, cfg, w.length), "kind": kind, "note": note, "length": w.length,
+                 "regime": w.regime, "calls": len(w.feeds) if w.regime == "traffic" else profile.repeats,
+                 "error": error, "timestamp": datetime.now(UTC).isoformat(timespec="seconds")}
             if t is not None:
-                r.update(lat_median_ms=t.median_ms, lat_p90_ms=t.p90_ms, lat_mean_ms=t.mean_ms, lat_min_ms=t.min_ms,
-                         lat_iqr_ms=t.iqr_ms, lat_cv=t.cv, outliers=t.outliers)
-                if L in refs:
-                    r.update(ref_median_ms=refs[L], lat_ratio=t.median_ms / refs[L])
+                r.update(lat_median_ms=t.median_ms, lat_p90_ms=t.p90_ms, lat_p99_ms=t.p99_ms, lat_mean_ms=t.mean_ms,
+                         lat_min_ms=t.min_ms, lat_iqr_ms=t.iqr_ms, lat_cv=t.cv, outliers=t.outliers)
+                if w.key in refs:
+                    r.update(ref_median_ms=refs[w.key], lat_ratio=t.median_ms / refs[w.key])
             return r
 
         def reference() -> None:
             rows = []
-            for L in lengths:
-                t = timer.time(timer.full, L)
-                refs[L] = t.median_ms
-                rows.append(row(full, L, t, "reference"))
+            for w in workloads:
+                t = timer.time(timer.full, w)
+                refs[w.key] = t.median_ms
+                rows.append(row(full, w, t, "reference"))
             log.append(rows)
 
         if not have_noise and noise_rounds > 0:
@@ -401,8 +512,8 @@ def sweep(
             for _ in tqdm(range(noise_rounds), desc=f"{profile.name} noise floor", disable=not progress, leave=False):
                 rows = []
                 for note, run in (("harness-a", timer.full), ("harness-b", twin)):
-                    for L in lengths:
-                        rows.append(row(full, L, timer.time(run, L), "noise", note))
+                    for w in workloads:
+                        rows.append(row(full, w, timer.time(run, w), "noise", note))
                 log.append(rows)
             del twin
         reference()
@@ -412,9 +523,9 @@ def sweep(
                 reference()
             try:
                 run = timer.open(cfg, cache=onnx_cache)
-                rows = [row(cfg, L, timer.time(run, L), "sample") for L in lengths]
+                rows = [row(cfg, w, timer.time(run, w), "sample") for w in workloads]
             except Exception as e:  # a failure is a row, not the end of the sweep
-                rows = [row(cfg, L, None, "sample", error=f"{type(e).__name__}: {e}"[:300]) for L in lengths]
+                rows = [row(cfg, w, None, "sample", error=f"{type(e).__name__}: {e}"[:300]) for w in workloads]
             log.append(rows)
         reference()
         bar.close()

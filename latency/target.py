@@ -23,9 +23,18 @@ import numpy as np
 
 from latency.devices import DeviceProfile, DeviceUnavailable
 from latency.features import config_rows
-from latency.measure import DeviceTimer, Timer, example_inputs
+from latency.measure import (
+    REGIMES,
+    STATS,
+    DeviceTimer,
+    Timer,
+    Workload,
+    fixed_inputs,
+    traffic_inputs,
+)
 from latency.predictor import BasePredictor
-from latency.workflow import device_inputs, load_device_predictor
+from latency.workflow import device_inputs, device_workloads, load_device_predictor
+from supernet.errors import ConfigError
 from supernet.space import SearchSpace, SubnetConfig
 
 if TYPE_CHECKING:
@@ -34,17 +43,37 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Target:
-    """A device at one input shape: the budget applies to one call at this (batch, length)."""
+    """What a budget applies to: one statistic (``stat``: p50, p90, p99 or mean) of the
+    per-call latency of ``batch`` inputs on a device, either on the run's real traffic
+    (``regime`` "traffic"; ``length`` is then the traffic's median length) or on one input
+    of ``length`` tokens, repeated (``regime`` "fixed")."""
 
     profile: DeviceProfile
     batch: int
     length: int
+    regime: str = "fixed"
+    stat: str = "p50"
+
+    def __post_init__(self) -> None:
+        if self.regime not in REGIMES or self.stat not in STATS:
+            raise ConfigError(f"a target's regime is one of {list(REGIMES)} and its statistic one of {list(STATS)}, "
+                              f"got {self.regime!r} and {self.stat!r}")
 
     @classmethod
-    def of(cls, run: LoadedRun, profile: DeviceProfile, length: int | None = None) -> Target:
-        """At ``length``, or at the shortest of the profile's lengths on the run's dev split."""
-        lengths = sorted(device_inputs(run, profile))
-        return cls(profile, profile.batch, length if length is not None else lengths[0])
+    def of(cls, run: LoadedRun, profile: DeviceProfile, length: int | None = None, *, stat: str = "p50") -> Target:
+        """On the run's real traffic where the profile is timed on it and no ``length`` is
+        given; else at ``length``, or at the shortest of the profile's fixed lengths."""
+        if length is None and profile.traffic:
+            traffic = device_workloads(run, profile)[0]
+            return cls(profile, profile.batch, traffic.length, "traffic", stat)
+        if length is None:
+            lengths = sorted(device_inputs(run, profile))
+            length = lengths[0]
+        return cls(profile, profile.batch, length, "fixed", stat)
+
+    def describe(self) -> str:
+        what = "real traffic" if self.regime == "traffic" else f"{self.length} tokens repeated"
+        return f"{self.stat} per call of batch {self.batch} on {what}"
 
 
 class PredictedLatency:
@@ -59,7 +88,7 @@ class PredictedLatency:
     @classmethod
     def of(cls, run_dir: str | Path, target: Target, scale: float = 1.0) -> PredictedLatency:
         """The fitted predictor of ``target``'s device in the run folder (``hwnas fit``)."""
-        pred = load_device_predictor(run_dir, target.profile.name)
+        pred = load_device_predictor(run_dir, target.profile.name, target.regime, target.stat)
         return cls(pred, batch=target.batch, length=target.length, scale=scale)
 
     def scaled(self, scale: float) -> PredictedLatency:
@@ -74,11 +103,18 @@ class PredictedLatency:
                         strict=True))
 
 
+def target_workload(run: LoadedRun, target: Target, *, seed: int = 0) -> Workload:
+    """What the target's budget is measured on: the same traffic sample as the device's
+    measurements (same seed), or one real input of exactly the target's length."""
+    if target.regime == "traffic":
+        return traffic_inputs(run.splits["dev"], target.batch, target.profile.traffic_calls, seed)
+    return fixed_inputs(run.splits["dev"], target.batch, target.length, seed)
+
+
 def target_timer(run: LoadedRun, target: Target, *, seed: int = 0) -> DeviceTimer:
-    """A timer at the target's shape: real dev text at exactly the budget's length. Raises
-    ``DeviceUnavailable`` when the device is not on this machine."""
-    feeds = example_inputs(run.splits["dev"], target.batch, target.length, seed)
-    return DeviceTimer(target.profile, run.supernet, {target.length: feeds})
+    """A timer for ``target``: its workload and statistic. Raises ``DeviceUnavailable``
+    when the device is not on this machine."""
+    return DeviceTimer(target.profile, run.supernet, [target_workload(run, target, seed=seed)], stat=target.stat)
 
 
 def open_timer(run: LoadedRun, target: Target) -> DeviceTimer | None:

@@ -15,7 +15,18 @@ import numpy as np
 import pandas as pd
 
 from latency.devices import BUILTIN, DeviceProfile, check_available, get_device, load_profiles
-from latency.measure import MeasurementLog, example_inputs, harness_ratio, sample_configs, sweep
+from latency.measure import (
+    REGIMES,
+    STAT_COLUMNS,
+    STATS,
+    MeasurementLog,
+    Workload,
+    example_inputs,
+    harness_ratio,
+    sample_configs,
+    sweep,
+    traffic_inputs,
+)
 from latency.predictor import (
     BasePredictor,
     PredictorError,
@@ -62,10 +73,18 @@ def resolve_device(run_dir: str | Path, name: str, devices_file: str | Path | No
 
 
 def device_inputs(run: LoadedRun, profile: DeviceProfile, seed: int = 0) -> dict[int, dict[str, np.ndarray]]:
-    """Real dev-split token arrays at each of the profile's lengths."""
+    """Real dev-split token arrays at each of the profile's fixed lengths (none for a
+    traffic-only profile off a kit)."""
     stats = length_stats(run.splits["dev"])
     lengths = [min(L, run.spec.train.max_length) for L in profile.resolve_lengths(stats)]
     return {L: example_inputs(run.splits["dev"], profile.batch, L, seed) for L in sorted(set(lengths))}
+
+
+def device_workloads(run: LoadedRun, profile: DeviceProfile, seed: int = 0) -> list[Workload]:
+    """What ``profile`` is timed on in this run: the traffic sample (first, where the profile
+    has one), then each fixed length."""
+    out = [traffic_inputs(run.splits["dev"], profile.batch, profile.traffic_calls, seed)] if profile.traffic else []
+    return out + [Workload("fixed", L, (feed,)) for L, feed in device_inputs(run, profile, seed).items()]
 
 
 def measure_device(
@@ -85,10 +104,11 @@ def measure_device(
     measured with the same settings see the same sub-networks (and can share ``onnx_cache``).
     """
     check_available(profile)
-    inputs = device_inputs(run, profile, seed)
-    configs = sample_configs(run.space, run.supernet.shape, n, seed=seed, length=min(run.typical_length, *inputs))
+    workloads = device_workloads(run, profile, seed)
+    configs = sample_configs(run.space, run.supernet.shape, n, seed=seed,
+                             length=min(run.typical_length, *(w.length for w in workloads)))
     log = MeasurementLog(run.paths.measurements(profile.name))
-    return sweep(profile, run.supernet, configs, inputs, log, reference_every=reference_every,
+    return sweep(profile, run.supernet, configs, workloads, log, reference_every=reference_every,
                  noise_rounds=noise_rounds, progress=progress, onnx_cache=onnx_cache)
 
 
@@ -108,26 +128,49 @@ def measure_devices(run: LoadedRun, profiles: list[DeviceProfile], **kwargs: Any
 
 
 
-def fit_run_device(run_dir: str | Path, shape: BertShape, device: str, *, seed: int = 0) -> dict[str, Any]:
-    """Fit, evaluate on held-out configurations, save the predictor, the report and the plot."""
+def fit_run_device(run_dir: str | Path, shape: BertShape, device: str, *, seed: int = 0,
+                   stats: tuple[str, ...] = STATS) -> dict[str, Any]:
+    """Fit a predictor for each regime the device was measured in (traffic, fixed lengths)
+    and each of ``stats`` (the statistic a budget applies to); evaluate each on held-out
+    configurations; save predictors, reports and plots. Returns the primary report: traffic
+    p50 where the device was timed on traffic, else fixed-length p50 (or the first stat)."""
     paths = RunFolder(run_dir)
     path = paths.measurements(device)
     if not path.exists():
         raise PredictorError(f"{path} does not exist: run `hwnas measure --run {run_dir} --device {device}` first")
     rows = MeasurementLog(path).read()
+    reports: dict[tuple[str, str], dict[str, Any]] = {}
+    for regime in [r for r in REGIMES if (rows["regime"] == r).any()]:
+        on_regime = rows[rows["regime"] == regime]
+        for stat in stats:
+            if pd.to_numeric(on_regime[STAT_COLUMNS[stat]], errors="coerce").notna().any():  # older files: no p99
+                reports[regime, stat] = _fit_one(paths, shape, device, on_regime, regime, stat, seed)
+    if not reports:
+        raise PredictorError(f"{path} holds no measurements: run `hwnas measure --run {run_dir} --device {device}`")
+    return next(iter(reports.values()))
+
+
+def _fit_one(paths: RunFolder, shape: BertShape, device: str, rows: pd.DataFrame, regime: str, stat: str,
+             seed: int) -> dict[str, Any]:
+    column = STAT_COLUMNS[stat]
+    if stat != "p50":
+        # The predictors learn the median column; for another statistic, that column holds it.
+        rows = rows.assign(lat_median_ms=pd.to_numeric(rows[column], errors="coerce"))
     pred, report = fit_device(shape, rows, device, seed=seed)
+    report.update(regime=regime, stat=stat, target_column=column)
     report["harness_ratio"] = harness_ratio(rows[rows["device"] == device])
     ok = rows[(rows["kind"] == "sample") & (rows["error"] == "")]
     report["measured_configs_per_minute"] = _rate(ok)
-    save_predictor(pred, paths.predictor(device), device=device, shape=shape, report=report)
+    save_predictor(pred, paths.predictor(device, regime, stat), device=device, shape=shape, report=report)
     held = report["holdout"]
     m = report["metrics"][report["chosen"]]
+    what = "real traffic" if regime == "traffic" else "one fixed-length input repeated"
     plot_predicted_vs_measured(
-        held["measured_ms"], held["pred_ms"], paths.fit_plot(device),
-        f"{device}: {report['chosen']} predictor, held-out configurations\n"
+        held["measured_ms"], held["pred_ms"], paths.fit_plot(device, regime, stat),
+        f"{device} ({stat} on {what}): {report['chosen']} predictor, held-out configurations\n"
         f"MAPE {m['mape']:.1%}, within 10% {m['within_10pct']:.0%}, Kendall tau {m['kendall_tau']:.3f}",
     )
-    write_json(paths.fit_report(device), report)
+    write_json(paths.fit_report(device, regime, stat), report)
     return report
 
 
@@ -140,8 +183,13 @@ def _rate(ok: pd.DataFrame) -> float:
     return float(ok["arch_key"].nunique() / minutes) if minutes > 0 else float("nan")
 
 
-def load_device_predictor(run_dir: str | Path, device: str) -> BasePredictor:
-    path = RunFolder(run_dir).predictor(device)
+def load_device_predictor(run_dir: str | Path, device: str, regime: str = "traffic",
+                          stat: str = "p50") -> BasePredictor:
+    """The predictor of ``stat`` for ``device`` timed in ``regime`` (``fit_run_device``)."""
+    path = RunFolder(run_dir).predictor(device, regime, stat)
     if not path.exists():
-        raise PredictorError(f"no predictor for device {device!r} in {run_dir}: run `hwnas fit --run {run_dir} --device {device}`")
+        what = "real traffic" if regime == "traffic" else "fixed-length inputs"
+        raise PredictorError(f"no {stat} predictor for device {device!r} on {what} in {run_dir}: measure it there "
+                             f"(`hwnas measure --run {run_dir} --device {device}`) and fit "
+                             f"(`hwnas fit --run {run_dir} --device {device}`)")
     return load_predictor(path, device=device)

@@ -414,7 +414,10 @@ def choose_and_export(
         "budget_ms": budget.ms,
         "budget_from": budget.source,  # a speed-up target: the full model's latency it divided
         "batch": target.batch,
-        "length": target.length,
+        "length": target.length,  # real traffic: its median length
+        "regime": target.regime,  # "traffic": real dev inputs served in turn; "fixed": one input repeated
+        "budget_stat": target.stat,  # the statistic of per-call latency the budget and every ms here apply to
+        "traffic_calls": target.profile.traffic_calls if target.regime == "traffic" else None,
         "metric": run.task.metric,
         "subnet": sub.to_dict(),
         "arch_key": sub.key(),

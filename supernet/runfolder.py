@@ -20,8 +20,9 @@ the few library functions that own a file, such as a resumable log) take their p
       devices.json          user device profiles this run has used (from a --devices TOML)
       latency/
         DEVICE.csv            measurement rows (latency/measure.py, results/README.md)
-        DEVICE.predictor.json the fitted predictor
-        DEVICE.fit.json/.png  its held-out quality and predicted-vs-measured plot
+        DEVICE.predictor.json the fitted predictor (p50 on real traffic); DEVICE.p90...,
+                              DEVICE.fixed... for other statistics and fixed-length inputs
+        DEVICE.fit.json/.png  its held-out quality and predicted-vs-measured plot (likewise)
       search/
         accuracy.csv          cached dev / test scores of every configuration evaluated
         DEVICE_BUDGET_METHOD.csv  each search's history (BUDGET: "5ms" or "front")
@@ -111,14 +112,19 @@ class RunFolder:
     def measurements(self, device: str) -> Path:
         return self.latency / f"{device}.csv"
 
-    def predictor(self, device: str) -> Path:
-        return self.latency / f"{device}.predictor.json"
+    def _fit_stem(self, device: str, regime: str, stat: str) -> str:
+        """``cpu`` for real traffic and p50 (the default); ``cpu.fixed``, ``cpu.p90``, ...
+        otherwise."""
+        return ".".join([device, *(["fixed"] if regime == "fixed" else []), *([stat] if stat != "p50" else [])])
 
-    def fit_report(self, device: str) -> Path:
-        return self.latency / f"{device}.fit.json"
+    def predictor(self, device: str, regime: str = "traffic", stat: str = "p50") -> Path:
+        return self.latency / f"{self._fit_stem(device, regime, stat)}.predictor.json"
 
-    def fit_plot(self, device: str) -> Path:
-        return self.latency / f"{device}.fit.png"
+    def fit_report(self, device: str, regime: str = "traffic", stat: str = "p50") -> Path:
+        return self.latency / f"{self._fit_stem(device, regime, stat)}.fit.json"
+
+    def fit_plot(self, device: str, regime: str = "traffic", stat: str = "p50") -> Path:
+        return self.latency / f"{self._fit_stem(device, regime, stat)}.fit.png"
 
     # Search (hwnas search / export)
     @property

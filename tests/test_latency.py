@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -22,12 +23,37 @@ from latency.devices import (
     with_overrides,
 )
 from latency.kit import KitError, import_kit_csv, write_kit
-from latency.measure import COLUMNS, MeasurementLog, harness_ratio, sample_configs, summarize, sweep
+from latency.measure import (
+    COLUMNS,
+    DeviceTimer,
+    MeasurementLog,
+    Workload,
+    fixed_inputs,
+    harness_ratio,
+    sample_configs,
+    summarize,
+    sweep,
+    time_calls,
+    traffic_inputs,
+)
 from supernet.cost import subnet_flops
+from supernet.data import Encoded
 from supernet.errors import ConfigError
 from supernet.extract import extract
 
 FAST = {"warmup": 1, "repeats": 3}
+
+
+def _encoded(n: int = 40, seed: int = 0) -> Encoded:
+    """``n`` token sequences of 4 to 14 tokens ([CLS]-like first), as a split holds them."""
+    rng = np.random.default_rng(seed)
+    ids = [[2, *rng.integers(5, 120, size=int(rng.integers(2, 13))).tolist(), 3] for _ in range(n)]
+    return Encoded(ids, [[0] * len(x) for x in ids], np.zeros(n, dtype=np.int64))
+
+
+def _workloads() -> list[Workload]:
+    """Real traffic (6 calls at their own lengths) and one fixed length (12 tokens repeated)."""
+    return [traffic_inputs(_encoded(), 1, 6), fixed_inputs(_encoded(), 1, 12)]
 
 
 def _inputs(lengths=(8, 12), batch=1) -> dict[int, dict[str, np.ndarray]]:
@@ -103,7 +129,7 @@ def test_log_tolerates_a_torn_last_line(tmp_path: Path) -> None:
         f.write("d,sample,,b,{")  # a crash in the middle of a write
     frame = log.read()
     assert list(frame.columns) == COLUMNS and len(frame) == 1
-    assert log.done() == {("a", 1, 8)}
+    assert log.done() == {("a", 1, "fixed", 8)}  # rows without a regime are fixed-length ones
 
 
 @pytest.mark.parametrize("device", ["torch-cpu", "cpu"])
@@ -120,21 +146,24 @@ def test_sweep_rows_resume_and_errors(tmp_path: Path, device: str) -> None:
         return extract(m, cfg)
 
     log = MeasurementLog(tmp_path / f"{device}.csv")
-    rows = sweep(profile, model, configs[:4], _inputs(), log, reference_every=2, noise_rounds=2,
+    rows = sweep(profile, model, configs[:4], _workloads(), log, reference_every=2, noise_rounds=2,
                  progress=False, extract_fn=flaky_extract)
     samples = rows[rows["kind"] == "sample"]
-    assert len(samples) == 4 * 2  # 4 configurations x 2 lengths
+    assert len(samples) == 4 * 2  # 4 configurations x 2 workloads (traffic, fixed)
+    assert sorted(samples["regime"].unique()) == ["fixed", "traffic"]
+    assert (samples.loc[samples["regime"] == "traffic", "calls"] == 6).all()
     assert list(samples[samples["error"] != ""]["arch_key"].unique()) == [bad.key()]
     good = samples[samples["error"] == ""]
     assert (good["lat_median_ms"] > 0).all() and (good["lat_p90_ms"] >= good["lat_median_ms"]).all()
+    assert (good["lat_p99_ms"] >= good["lat_p90_ms"]).all()
     assert good["lat_ratio"].notna().all() and good["ref_median_ms"].notna().all()
     assert set(rows["kind"]) == {"noise", "reference", "sample"}
     assert np.isfinite(harness_ratio(rows))
     assert (rows["device"] == device).all() and rows["onnxruntime_version"].notna().all()
     # Resume: the finished configurations are not measured again, only the new ones.
-    rows2 = sweep(profile, model, configs, _inputs(), log, noise_rounds=2, progress=False)
+    rows2 = sweep(profile, model, configs, _workloads(), log, noise_rounds=2, progress=False)
     s2 = rows2[rows2["kind"] == "sample"]
-    assert len(s2) == 6 * 2 and s2.groupby(["arch_key", "length"]).size().max() == 1
+    assert len(s2) == 6 * 2 and s2.groupby(["arch_key", "regime", "length"]).size().max() == 1
     assert (rows2["kind"] == "noise").sum() == (rows["kind"] == "noise").sum()  # noise floor measured once
 
 
@@ -167,3 +196,39 @@ def test_kit_round_trip(tmp_path: Path) -> None:
     subprocess.run([sys.executable, str(tmp_path / "kit" / "measure_kit.py"), "--repeats", "3", "--warmup", "1"],
                    check=True, cwd=tmp_path, capture_output=True)
     assert (pd.read_csv(out)["kind"] == "sample").sum() == 3 * 2
+
+
+def test_traffic_is_real_inputs_at_their_own_lengths_served_in_order() -> None:
+    enc = _encoded(40)
+    w = traffic_inputs(enc, 2, 5, seed=3)
+    assert w.regime == "traffic" and len(w.feeds) == 5
+    again = traffic_inputs(enc, 2, 5, seed=3)  # seeded: the same sample for every model and run
+    assert all((a["input_ids"] == b["input_ids"]).all() for a, b in zip(w.feeds, again.feeds, strict=True))
+    used = []
+    for feed in w.feeds:
+        ids, mask = feed["input_ids"], feed["attention_mask"]
+        assert ids.shape[0] == 2 and ids.shape == mask.shape
+        assert mask[:, 0].all() and mask.sum(1).max() == ids.shape[1]  # padded to its own longest input
+        used += [tuple(ids[b, : mask[b].sum()]) for b in range(2)]
+    assert len(set(used)) == 10 and all(list(u) in enc.input_ids for u in used)  # ten distinct real inputs
+    assert w.length == int(round(np.median([len(u) for u in used])))
+    assert len(traffic_inputs(_encoded(3), 1, 7).feeds) == 7  # a small split is drawn again
+
+
+def test_timing_real_traffic_keeps_every_call_and_the_tail() -> None:
+    delays = iter([0.001] * 3 + [0.001, 0.001, 0.001, 0.001, 0.02])  # 3 warm-up calls, then 5 timed
+    t = time_calls(lambda feed: time.sleep(next(delays)), [{"x": np.zeros(1)}] * 5, warmup=3)
+    assert t.n == 5 and t.outliers == 0  # the slow call is the tail a p99 budget promises, not noise
+    assert t.p99_ms > 15 and t.median_ms < 5 and t.stat("p99") == t.p99_ms and t.stat("p50") == t.median_ms
+
+
+def test_device_timer_reports_the_statistic_it_is_asked_for() -> None:
+    model = tiny_model()
+    profile = with_overrides(get_device("cpu"), **FAST)
+    small = model.shape.search_space().smallest()
+    with DeviceTimer(profile, model, [traffic_inputs(_encoded(), 1, 8)], stat="p90") as timer:
+        got = timer.measure([small], rounds=2)
+        assert got.full is not None and got.full_ms == got.full.p90_ms
+        assert got.ms == [got.timings[0].p90_ms] and got.timings[0].p90_ms >= got.timings[0].median_ms
+        work = timer.workdir
+    assert not work.exists()  # the timer removes its temp folder

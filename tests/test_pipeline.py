@@ -21,10 +21,15 @@ def test_main_job_writes_everything(job: Path) -> None:
     assert (summary["measured_ms"] > 0).all() and (summary["speedup"] > 0).all()
     for device in ("cpu", "cpu-1t"):
         rows = pd.read_csv(job / "latency" / f"{device}.csv")
-        assert rows[rows["kind"] == "sample"]["arch_key"].nunique() == 12
+        samples = rows[rows["kind"] == "sample"]
+        assert samples["arch_key"].nunique() == 20 and set(samples["regime"]) == {"traffic"}  # real traffic by default
         assert (job / "latency" / f"{device}.fit.png").stat().st_size > 1000
         report = json.loads((job / "latency" / f"{device}.fit.json").read_text())
         assert {"mape", "within_10pct", "kendall_tau"} <= set(report["metrics"][report["chosen"]])
+        assert (report["regime"], report["stat"]) == ("traffic", "p50")
+        for stat in ("p90", "p99", "mean"):  # a predictor for each statistic a budget may apply to
+            other = json.loads((job / "latency" / f"{device}.{stat}.fit.json").read_text())
+            assert other["stat"] == stat and other["target_column"] == f"lat_{'median' if stat == 'p50' else stat}_ms"
     for name in ("fronts.csv", "hypervolume.csv", "fronts.png"):
         assert (job / "compare" / name).exists()
     fronts = pd.read_csv(job / "compare" / "fronts.csv")
@@ -33,6 +38,7 @@ def test_main_job_writes_everything(job: Path) -> None:
     report = json.loads((export / "report.json").read_text())
     assert set(report) >= REPORT_KEYS
     assert report["measured_latency_ms"] <= report["budget_ms"]
+    assert (report["regime"], report["budget_stat"]) == ("traffic", "p50")
     for f in ("model.onnx", "subnet.json", "pytorch/model.safetensors"):
         assert (export / f).exists()
 
@@ -257,7 +263,9 @@ def test_export_scales_stale_predictions_by_the_measured_drift(job: Path, tmp_pa
     assert drift["scale_applied"] == drift["ratio"]
     # The search's predictions are the quartered ones times the measured drift.
     run = open_run(job)
-    quartered = PredictedLatency.of(job, Target.of(run, resolve_device(job, "cpu"), report["length"]))
+    target = Target.of(run, resolve_device(job, "cpu"))  # the export's: real traffic, p50
+    assert (target.regime, target.length) == (report["regime"], report["length"])
+    quartered = PredictedLatency.of(job, target)
     cfg = SubnetConfig.from_dict(report["subnet"])
     assert report["predicted_latency_ms"] == pytest.approx(quartered.predict([cfg])[0][0] * drift["ratio"])
     assert export(tmp_path / "off", "--drift-tolerance", "-1")["device_drift"] is None  # no check asked for
