@@ -506,8 +506,10 @@ def register_compare(sub: Subparsers) -> argparse.ArgumentParser:
     c = sub.add_parser("compare", help="compare Pareto fronts across devices, methods and runs (CSV + PNG)")
     c.add_argument("--run", help="run folder (or --runs)")
     c.add_argument("--runs", help="several run folders, comma-separated")
-    c.add_argument("--devices", dest="devices_list", required=True, help="device names, comma-separated")
-    c.add_argument("--device-file", dest="devices", help="TOML file with [devices.NAME] profiles")
+    c.add_argument("--device", help="device names, comma-separated")
+    c.add_argument("--devices", help="TOML file with [devices.NAME] profiles (device names here: deprecated, "
+                   "use --device)")
+    c.add_argument("--device-file", metavar="DEVICES", help="deprecated spelling of --devices")
     c.add_argument("--methods", help="methods to compare separately, comma-separated (default: all pooled)")
     c.add_argument("--length", help="input length (integer or pNN; default: each device's first length)")
     c.add_argument("--out", help="output folder (default RUN/compare)")
@@ -518,14 +520,33 @@ def register_compare(sub: Subparsers) -> argparse.ArgumentParser:
     return c
 
 
+def _compare_devices(a: argparse.Namespace) -> tuple[list[str], str | None]:
+    """compare's device names and TOML file. compare once took the names with --devices and
+    the file with --device-file; both still work, with a note on stderr."""
+    names, toml = a.device, a.devices
+    if a.device_file is not None:
+        if toml is not None:
+            raise ConfigError("give the TOML file once, with --devices (--device-file is its old spelling)")
+        print("hwnas compare: note: --device-file is deprecated; use --devices TOML", file=sys.stderr)
+        toml = a.device_file
+    if names is None and toml is not None and not (Path(toml).is_file() or toml.lower().endswith(".toml")):
+        print(f"hwnas compare: note: --devices {toml} is taken as device names (deprecated); use --device {toml}",
+              file=sys.stderr)
+        names, toml = toml, None
+    if names is None:
+        raise ConfigError("compare needs --device NAMES, comma-separated (e.g. --device cpu,cpu-1t)")
+    return names.split(","), toml
+
+
 def cmd_compare(a: argparse.Namespace) -> int:
     from nas.fronts import compare
     from supernet.workflow import open_run
 
     if not (a.run or a.runs):
         raise ConfigError("compare needs --run RUN or --runs RUN1,RUN2")
+    devices, devices_file = _compare_devices(a)
     runs = [open_run(r) for r in (a.runs.split(",") if a.runs else [a.run])]
-    targets = {str(r.folder): {d: _target(r, d, a.devices, a.length) for d in a.devices_list.split(",")} for r in runs}
+    targets = {str(r.folder): {d: _target(r, d, devices_file, a.length) for d in devices} for r in runs}
     methods = a.methods.split(",") if a.methods else None
     out = a.out or str(runs[0].paths.compare)
     table, hv = compare(runs, targets, methods, out, remeasure_points=0 if a.no_remeasure else a.remeasure_points,

@@ -1,10 +1,12 @@
-"""The command line's own rules (a registry of commands) and the library functions its
+"""The command line's own rules (registry, flag spellings) and the library functions its
 commands call: the input length, the measurement kit, the quick benchmark, a sweep's summary."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -24,6 +26,79 @@ def test_every_command_registers_its_own_options() -> None:
         with pytest.raises(SystemExit) as e:
             main([name, "--help"])
         assert e.value.code == 0
+
+
+# --- compare: --device NAMES, --devices TOML; the old spellings still work ---------------------
+
+HV_COLS = ["front", "n_points", "hypervolume", "best_acc", "fastest_lat"]
+
+
+@pytest.fixture
+def seen_targets(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """Replaces the fronts' computation: records the targets compare would be handed."""
+    import nas.fronts
+
+    seen: list[dict[str, Any]] = []
+
+    def fake_compare(runs, targets, methods, out, **kw):  # noqa: ANN001, ANN003, ANN202
+        seen.append(targets)
+        return pd.DataFrame(), pd.DataFrame(columns=HV_COLS)
+
+    monkeypatch.setattr(nas.fronts, "compare", fake_compare)
+    return seen
+
+
+def _devices(seen: list[dict[str, Any]]) -> dict[str, str]:
+    """{device name: profile name} of the one run compare was handed."""
+    ((_, targets),) = seen[-1].items()
+    return {name: t.profile.name for name, t in targets.items()}
+
+
+def test_compare_takes_device_names_with_device(job: Path, tmp_path: Path, capsys) -> None:
+    assert main(["compare", "--run", str(job), "--device", "cpu,cpu-1t", "--out", str(tmp_path / "cmp"),
+                 "--no-remeasure"]) == 0
+    assert "deprecated" not in capsys.readouterr().err
+    hv = pd.read_csv(tmp_path / "cmp" / "hypervolume.csv")
+    assert len(hv) == 2 and (hv["hypervolume"] >= 0).all()
+    fronts = pd.read_csv(tmp_path / "cmp" / "fronts.csv")
+    assert set(fronts["device"]) == {"cpu", "cpu-1t"}
+
+
+def test_compare_still_takes_names_with_devices(job: Path, tmp_path: Path, seen_targets, capsys) -> None:
+    assert main(["compare", "--run", str(job), "--devices", "cpu,cpu-1t", "--out", str(tmp_path)]) == 0
+    assert _devices(seen_targets) == {"cpu": "cpu", "cpu-1t": "cpu-1t"}
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "deprecated" in err and "--device cpu,cpu-1t" in err
+
+
+def test_compare_takes_a_toml_file_with_devices_or_device_file(job: Path, tmp_path: Path, seen_targets,
+                                                               capsys) -> None:
+    run = tmp_path / "run"  # a copy: the TOML's profiles are stored in the run folder
+    shutil.copytree(job, run)
+    toml = tmp_path / "profiles.toml"
+    toml.write_text("[devices.box]\nthreads = 1\n")
+    assert main(["compare", "--run", str(run), "--device", "box,cpu", "--devices", str(toml), "--out", str(tmp_path)]) == 0
+    assert _devices(seen_targets) == {"box": "box", "cpu": "cpu"}
+    assert capsys.readouterr().err == ""
+    (run / "devices.json").unlink()
+    assert main(["compare", "--run", str(run), "--device", "box", "--device-file", str(toml), "--out", str(tmp_path)]) == 0
+    assert _devices(seen_targets) == {"box": "box"}
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--device-file is deprecated" in err
+
+
+@pytest.mark.parametrize("args, why", [
+    ([], "compare needs --device NAMES"),
+    (["--devices", "missing.toml"], "compare needs --device NAMES"),  # a file name, not names
+    (["--device", "cpu", "--devices", "a.toml", "--device-file", "b.toml"], "give the TOML file once"),
+    (["--device", "phone"], "known devices: cpu, cpu-1t"),
+])
+def test_compare_rejects_missing_or_doubled_device_options(job: Path, tmp_path: Path, seen_targets,
+                                                           args: list[str], why: str, capsys) -> None:
+    assert main(["compare", "--run", str(job), "--out", str(tmp_path), *args]) == 2
+    err = capsys.readouterr().err
+    assert why in err and "Traceback" not in err
+    assert not seen_targets
 
 
 # --- the library functions behind the commands -------------------------------------------------
