@@ -1,9 +1,10 @@
 """Measurement kits for devices that cannot run this package (a phone, a Raspberry Pi).
 
-``write_kit`` puts N ONNX models, the input token arrays, ``manifest.json`` and one
-standalone script (``measure_kit.py``: onnxruntime + numpy only) into a folder. The user
-copies the folder to the device and runs the script; it writes a CSV that
-``import_kit_csv`` turns into ordinary measurement rows of that device.
+``write_run_kit`` samples N sub-networks of a trained run and hands them, with real dev-split
+inputs at the profile's lengths, to ``write_kit``, which puts their ONNX models, the input
+token arrays, ``manifest.json`` and one standalone script (``measure_kit.py``: onnxruntime +
+numpy only) into a folder. The user copies the folder to the device and runs the script; it
+writes a CSV that ``import_kit_csv`` turns into ordinary measurement rows of that device.
 """
 
 from __future__ import annotations
@@ -11,24 +12,42 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
 from latency.devices import DeviceProfile
-from latency.measure import COLUMNS, MeasurementLog, arch_columns
+from latency.measure import COLUMNS, MeasurementLog, arch_columns, sample_configs
+from latency.workflow import device_inputs
 from supernet.errors import HwnasError
 from supernet.io import atomic_write, write_json
 from supernet.model import BertShape, ElasticBert
 from supernet.space import SubnetConfig
+
+if TYPE_CHECKING:
+    from supernet.workflow import LoadedRun
 
 KIT_REQUIRED = ["device", "kind", "arch_key", "arch_json", "batch", "length", "lat_median_ms", "error"]
 
 
 class KitError(HwnasError):
     """A kit folder or kit CSV that cannot be used."""
+
+
+def write_run_kit(run: LoadedRun, profile: DeviceProfile, out_dir: str | Path, *, n: int, seed: int = 0,
+                  progress: bool = True) -> Path:
+    """A kit of ``n`` sampled sub-networks of ``run`` for ``profile``, with the dev split's
+    token arrays at the profile's lengths; returns the path of ``manifest.json``.
+
+    A kit times fixed lengths only (its rows are ``regime`` "fixed"): where the profile asks
+    for real traffic, the traffic's median length stands in."""
+    inputs = device_inputs(run, replace(profile, kit=True), seed)
+    configs = sample_configs(run.space, run.supernet.shape, n, seed=seed, length=min(inputs))
+    return write_kit(out_dir, profile, run.supernet, configs, inputs, progress=progress)
 
 
 def write_kit(

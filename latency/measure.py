@@ -539,3 +539,12 @@ def harness_ratio(rows: pd.DataFrame) -> float:
         return float("nan")
     med = noise.groupby(["note", "length"])["lat_median_ms"].median().unstack(0)
     return float((med["harness-b"] / med["harness-a"]).median())
+
+
+def sweep_summary(rows: pd.DataFrame) -> dict[str, float]:
+    """A sweep's rows in three numbers: ``configs`` (distinct sub-networks measured without
+    error), ``failed_rows`` (sample rows with an error) and ``harness_ratio``."""
+    samples = rows[rows["kind"] == "sample"]
+    return {"configs": int(samples.loc[samples["error"] == "", "arch_key"].nunique()),
+            "failed_rows": int((samples["error"] != "").sum()),
+            "harness_ratio": harness_ratio(rows)}

@@ -1,6 +1,7 @@
 """A device at one input shape: what its predictor says there, and what it measures now.
 
-* ``Target``: a device profile at the (batch, length) a budget applies to.
+* ``Target``: a device profile at the (batch, length) a budget applies to;
+  ``resolve_length`` reads a length given as text (``128`` or ``p90`` of the dev split).
 * ``PredictedLatency``: the device's fitted predictor evaluated at that shape (optionally
   scaled by a measured drift); what a searcher is handed as its latency model.
 * ``DeviceTimer``: opens the full model and the input feeds **once** and times sub-networks
@@ -34,6 +35,7 @@ from latency.measure import (
 )
 from latency.predictor import BasePredictor
 from latency.workflow import device_inputs, device_workloads, load_device_predictor
+from supernet.data import length_stats
 from supernet.errors import ConfigError
 from supernet.space import SearchSpace, SubnetConfig
 
@@ -74,6 +76,25 @@ class Target:
     def describe(self) -> str:
         what = "real traffic" if self.regime == "traffic" else f"{self.length} tokens repeated"
         return f"{self.stat} per call of batch {self.batch} on {what}"
+
+
+def resolve_length(run: LoadedRun, text: str) -> int:
+    """An input length given as text: an integer (``"128"``) or a percentile of the run's
+    dev-split token lengths (``"p50"``, ``"p90"``, ...), at least 2. Raises ``ConfigError``
+    for other text and for a length outside 2..the run's max_length (inputs are cut there,
+    so a budget at a longer length would be timed on inputs that never occur)."""
+    stats = length_stats(run.splits["dev"])
+    pct = sorted(k for k in stats if k.startswith("p"))
+    if text.isdigit():
+        length = int(text)
+    elif text in pct:
+        length = max(2, int(round(stats[text])))
+    else:
+        raise ConfigError(f"--length {text!r} must be an integer or one of {pct}")
+    limit = run.spec.train.max_length
+    if not 2 <= length <= limit:
+        raise ConfigError(f"--length {length} is outside 2..{limit} (the run's max_length: inputs are cut there)")
+    return length
 
 
 class PredictedLatency:

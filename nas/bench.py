@@ -69,6 +69,14 @@ class BenchConfig:
     finetune_lr: float = 2e-4
     finetune_candidates: int = 3  # ours: sub-networks fine-tuned per export (``choose_and_export``)
 
+    @classmethod
+    def quick(cls, *, device: str = "cpu", seed: int = 0, search_precision: str = "auto") -> BenchConfig:
+        """A reduced benchmark that runs in minutes (``hwnas bench --quick``): fewer evaluations,
+        budgets and front points, one re-measurement round, and only ours fine-tuned, at 2x."""
+        return cls(device=device, n_evaluations=30, budget_fractions=(0.3, 0.6, 0.9), front_points=5, rounds=1,
+                   dev_subset=200, seed=seed, finetune_speedups=(2.0,), finetune_epochs=0.5, finetune_methods=("ours",),
+                   finetune_candidates=2, search_precision=search_precision)
+
 
 def retention_only_space(space: SearchSpace) -> SearchSpace:
     """Full width and depth; only token retention is searched."""

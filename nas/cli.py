@@ -2,6 +2,11 @@
 
 Every subcommand has ``--help``. Errors a user can cause (bad names, files, settings) are
 printed as one line, without a traceback, and exit with status 2.
+
+Each command is a pair of functions side by side: ``register_X`` adds the subcommand and its
+options, ``cmd_X`` runs it on the parsed arguments. ``COMMANDS`` lists the pairs in the order
+``hwnas --help`` shows them. The handlers only turn arguments into library calls and print
+what came back; the work is in ``supernet``, ``latency`` and ``nas``.
 """
 
 from __future__ import annotations
@@ -11,32 +16,27 @@ import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from supernet.runfolder import RunFolder  # paths only: no heavy imports
+from supernet.errors import ConfigError, HwnasError  # light: no heavy imports before --help
+from supernet.runfolder import RunFolder  # paths only
+
+if TYPE_CHECKING:
+    from latency.target import Target
+    from supernet.train import StageConfig
+    from supernet.workflow import LoadedRun, RunSpec
+
+    Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 MAIN_RUN = "runs/main"
+EVAL_COLS = ("name", "arch", "flops_ratio", "params", "acc_dev", "acc_test", "f1_test")
 
 
-def _train_config(a: argparse.Namespace):  # noqa: ANN202
-    from supernet.train import StageConfig, TrainConfig
-
-    return TrainConfig(
-        seed=a.seed,
-        batch_size=a.batch_size,
-        max_length=a.max_length,
-        teacher=StageConfig(epochs=a.teacher_epochs, lr=a.teacher_lr),
-        supernet=StageConfig(epochs=a.supernet_epochs, lr=a.supernet_lr),
-        n_random=a.n_random,
-        hidden_weight=a.hidden_weight,
-        length_drop=not a.no_length_drop,
-        bucket_by_length=not a.no_bucket,
-        checkpoint_every=a.checkpoint_every,
-    ).validate()
-
+# --- Options shared by several commands, and reading their values ----------------------------
 
 def _add_train_args(p: argparse.ArgumentParser, *, quick: bool) -> None:
     g = p.add_argument_group("data and model")
@@ -64,14 +64,113 @@ def _add_train_args(p: argparse.ArgumentParser, *, quick: bool) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def _spec(a: argparse.Namespace):  # noqa: ANN202
+def _spec(a: argparse.Namespace) -> RunSpec:
+    """The run's settings from the options of ``_add_train_args``."""
     from supernet.tasks import task_max_length
+    from supernet.train import StageConfig, TrainConfig
     from supernet.workflow import RunSpec
 
     if a.max_length is None:
         a.max_length = task_max_length(a.task)
-    return RunSpec(task=a.task, model=a.model, seed=a.seed, max_train=a.max_train, max_eval=a.max_eval,
-                   train=_train_config(a))
+    train = TrainConfig(
+        seed=a.seed,
+        batch_size=a.batch_size,
+        max_length=a.max_length,
+        teacher=StageConfig(epochs=a.teacher_epochs, lr=a.teacher_lr),
+        supernet=StageConfig(epochs=a.supernet_epochs, lr=a.supernet_lr),
+        n_random=a.n_random,
+        hidden_weight=a.hidden_weight,
+        length_drop=not a.no_length_drop,
+        bucket_by_length=not a.no_bucket,
+        checkpoint_every=a.checkpoint_every,
+    ).validate()
+    return RunSpec(task=a.task, model=a.model, seed=a.seed, max_train=a.max_train, max_eval=a.max_eval, train=train)
+
+
+def _precision_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--search-precision", choices=("auto", "fp32", "bf16"), default="auto",
+                   help="precision of the searches' dev-subset scoring: auto (default) is bf16 autocast where the CPU "
+                   "has bf16 instructions (AMX / AVX512-BF16; 1.87x faster on rt by scripts/precision_check.py), else fp32; whole-dev and test "
+                   "scores are always fp32")
+
+
+def _finetune_args(p: argparse.ArgumentParser, epochs: float, what: str, candidates: int = 3) -> None:
+    p.add_argument("--finetune-epochs", type=float, default=epochs,
+                   help=f"epochs of distillation from the teacher into {what} (0: none; default %(default)s)")
+    p.add_argument("--finetune-lr", type=float, default=2e-4, help="fine-tuning learning rate (default %(default)s)")
+    p.add_argument("--finetune-candidates", type=int, default=candidates,
+                   help="sub-networks fine-tuned under the budget, the one with the best fine-tuned dev score is "
+                   "exported: the search's pick, the widest uniform sub-network of the deepest depth that fits, then the "
+                   "best of each of the deepest other depths, since deep, narrow sub-networks recover the most "
+                   "(default %(default)s; 1: the search's pick only)")
+
+
+def _finetune_stage(a: argparse.Namespace) -> StageConfig | None:
+    """The fine-tuning schedule from --finetune-epochs / --finetune-lr; None for 0 epochs."""
+    from supernet.train import StageConfig
+
+    if a.finetune_epochs < 0 or a.finetune_lr <= 0:
+        raise ConfigError(f"--finetune-epochs must be >= 0 and --finetune-lr > 0, got {a.finetune_epochs:g} "
+                          f"and {a.finetune_lr:g}")
+    if a.finetune_candidates < 1:
+        raise ConfigError(f"--finetune-candidates must be >= 1, got {a.finetune_candidates}")
+    return StageConfig(epochs=a.finetune_epochs, lr=a.finetune_lr) if a.finetune_epochs > 0 else None
+
+
+def _search_args(q: argparse.ArgumentParser) -> None:
+    """The options ``search`` and ``export`` share."""
+    q.add_argument("--run", required=True, help="run folder with a trained supernet and fitted predictors")
+    q.add_argument("--devices", help="TOML file with [devices.NAME] profiles")
+    q.add_argument("--length", help="input length the budget applies to: an integer or pNN of the task "
+                   "(default: the device profile's first length, the task's median)")
+    q.add_argument("--method", default="evolution", help="evolution (default), random, tpe, nsga2")
+    q.add_argument("--n", type=int, default=150, help="accuracy evaluations (default %(default)s)")
+    q.add_argument("--dev-subset", type=int, default=500,
+                   help="dev examples scored while searching (0: all); finalists use the whole dev split")
+    _precision_arg(q)
+    q.add_argument("--seed", type=int, default=0)
+
+
+def _target(run: LoadedRun, device: str, devices_file: str | None, length: str | None) -> Target:
+    """``device`` (a built-in, stored or --devices profile) at --length, or at its first length."""
+    from latency.target import Target, resolve_length
+    from latency.workflow import resolve_device, store_devices
+
+    if devices_file is not None:
+        store_devices(run.folder, devices_file)
+    profile = resolve_device(run.folder, device)
+    return Target.of(run, profile, None if length is None else resolve_length(run, length))
+
+
+def _floats(text: str, flag: str, example: str = "5,8,12") -> list[float]:
+    try:
+        values = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError as e:
+        raise ConfigError(f"{flag} takes numbers separated by commas, e.g. {example}; got {text!r}") from e
+    if not values or any(v <= 0 for v in values):
+        raise ConfigError(f"{flag} takes positive numbers, e.g. {example}; got {text!r}")
+    return values
+
+
+def _budgets(text: str) -> list[float]:
+    return _floats(text, "--budget-ms")
+
+
+def _fractions(text: str) -> tuple[float, ...]:
+    values = _floats(text, "--budgets", "0.2,0.5,0.9")
+    if any(v > 1 for v in values):
+        raise ConfigError(f"--budgets takes shares of the full model's latency in (0, 1], e.g. 0.2,0.5,0.9; got {text!r}")
+    return tuple(values)
+
+
+def _read_json(path: str) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p} does not exist: give a JSON file with heads, ffn, keep, retention")
+    try:
+        return json.loads(p.read_text())
+    except ValueError as e:
+        raise ConfigError(f"{p} is not valid JSON: {e}") from e
 
 
 def _print_table(frame, cols: Sequence[str]) -> None:  # noqa: ANN001
@@ -79,25 +178,61 @@ def _print_table(frame, cols: Sequence[str]) -> None:  # noqa: ANN001
         print(frame[list(cols)].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
 
 
-EVAL_COLS = ("name", "arch", "flops_ratio", "params", "acc_dev", "acc_test", "f1_test")
+# --- The commands, in the order of `hwnas --help` --------------------------------------------
+
+def register_run(sub: Subparsers) -> argparse.ArgumentParser:
+    r = sub.add_parser("run", help="the main job: train, measure, fit, search, export, compare fronts",
+                       description="On the bundled defaults: train a small supernet (Rotten Tomatoes, "
+                       "all-MiniLM-L6-v2), measure sub-networks on cpu and cpu-1t, fit latency predictors, search "
+                       "three budgets per device, export (and fine-tune) the best sub-network for one budget, draw the fronts, and "
+                       f"print a summary. Resumes an interrupted run in --out (default {MAIN_RUN}).")
+    r.add_argument("--out", default=None, help=f"run folder (default {MAIN_RUN})")
+    r.add_argument("--device", default="cpu,cpu-1t", help="devices to measure and search for (default %(default)s)")
+    r.add_argument("--n-measure", type=int, default=40, help="configurations measured per device")
+    r.add_argument("--n-search", type=int, default=50, help="accuracy evaluations per search")
+    _finetune_args(r, 1.0, "the exported sub-network", candidates=2)
+    _add_train_args(r, quick=True)
+    return r
+
+
+def cmd_run(a: argparse.Namespace) -> int:
+    """The main job on the bundled defaults (resumes if the run folder exists)."""
+    from nas.pipeline import JobConfig, main_job
+    from supernet.workflow import read_spec
+
+    out = Path(a.out or MAIN_RUN)
+    spec = read_spec(out) if RunFolder(out).spec.exists() else _spec(a)
+    job = JobConfig(devices=tuple(a.device.split(",")), n_measure=a.n_measure, n_search=a.n_search,
+                    finetune=_finetune_stage(a), finetune_candidates=a.finetune_candidates)
+    t0 = time.time()
+    summary = main_job(out, spec, job, progress=not a.quiet)
+    print()
+    print(f"Summary ({spec.task}, {spec.model}); latency per call at the task's median length, measured now:")
+    cols = ["device", "budget_ms", "arch", "measured_ms", "full_ms", "speedup", "meets_budget", "acc_test", "full_acc_test"]
+    _print_table(summary, cols)
+    print(f"total {(time.time() - t0) / 60:.1f} min; wrote {out}/summary.csv, {out}/export/, {out}/compare/fronts.png")
+    return 0
+
+
+def register_train(sub: Subparsers) -> argparse.ArgumentParser:
+    t = sub.add_parser("train", help="fine-tune the teacher and train the supernet",
+                       description="Fine-tune the teacher, rewire heads/neurons by importance (train split), "
+                       "train the weight-shared supernet (sandwich rule, distillation, LengthDrop), and "
+                       "write an evaluation table.")
+    t.add_argument("--out", required=True, help="run folder, e.g. runs/NAME")
+    t.add_argument("--resume", action="store_true", help="continue an interrupted run in --out with its stored settings")
+    _add_train_args(t, quick=False)
+    return t
 
 
 def cmd_train(a: argparse.Namespace) -> int:
-    from supernet.workflow import (
-        RunSpec,
-        evaluation_table,
-        open_run,
-        read_spec,
-        train_run,
-        write_evaluation,
-    )
+    from supernet.workflow import evaluation_table, open_run, read_spec, train_run, write_evaluation
 
     out = Path(a.out)
     stored = RunFolder(out).spec.exists()
     spec = read_spec(out) if a.resume and stored else _spec(a)
     if a.resume and stored:
         print(f"resuming {out} with its stored settings (task {spec.task}, model {spec.model})")
-    assert isinstance(spec, RunSpec)
     times = train_run(out, spec, resume=a.resume, progress=not a.quiet)
     t0 = time.time()
     run = open_run(out)
@@ -110,9 +245,18 @@ def cmd_train(a: argparse.Namespace) -> int:
     return 0
 
 
+def register_eval(sub: Subparsers) -> argparse.ArgumentParser:
+    e = sub.add_parser("eval", help="score sub-networks of a trained run on dev and test")
+    e.add_argument("--run", required=True, help="run folder written by hwnas train")
+    e.add_argument("--subnet", nargs="*", help="JSON files of sub-network configurations (default: the standard five)")
+    e.add_argument("--save", help="also write the table to this CSV (and the run's settings and stage "
+                   "times to a JSON beside it, '_eval_' replaced by '_train_')")
+    return e
+
+
 def cmd_eval(a: argparse.Namespace) -> int:
     from supernet.space import SubnetConfig
-    from supernet.workflow import evaluation_table, open_run, write_evaluation
+    from supernet.workflow import evaluation_table, open_run, read_run_record, write_evaluation
 
     run = open_run(a.run)
     subnets = None
@@ -127,34 +271,38 @@ def cmd_eval(a: argparse.Namespace) -> int:
 
         save = Path(a.save)
         write_csv(save, table)
-        about = {name: json.loads((run.folder / f"{name}.json").read_text())
-                 for name in ("run", "state", "data_summary") if (run.folder / f"{name}.json").exists()}
-        write_json(save.with_name(save.name.replace("_eval_", "_train_")).with_suffix(".json"), about)
+        write_json(save.with_name(save.name.replace("_eval_", "_train_")).with_suffix(".json"), read_run_record(run.folder))
         print(f"wrote {save}")
     return 0
 
 
-def cmd_extract(a: argparse.Namespace) -> int:
-    from supernet.extract import export_standalone
-    from supernet.space import SubnetConfig
-    from supernet.workflow import open_run
-
-    run = open_run(a.run)
-    cfg = run.space.validate(SubnetConfig.from_dict(_read_json(a.subnet)))
-    written = export_standalone(run.supernet, cfg, a.out, run.tokenizer, list(run.task.label_names))
-    for kind, path in written.items():
-        print(f"{kind}: {path}")
-    if "hf" not in written:
-        from supernet.extract import extract, hf_expressible
-
-        print(f"no Hugging Face folder: {hf_expressible(extract(run.supernet, cfg))}")
-    return 0
+def register_measure(sub: Subparsers) -> argparse.ArgumentParser:
+    m = sub.add_parser("measure", help="time sampled sub-networks on a device (or write / import a kit)",
+                       description="Measure sub-networks of a trained run on a device profile: warm-up, repeats, "
+                       "median / p90 / spread, the full model re-measured at intervals, a harness check. Rows go to "
+                       "RUN/latency/DEVICE.csv; an interrupted measurement resumes. With --kit, write a folder to "
+                       "run on a device that cannot run this package; with --import, bring its CSV back.")
+    m.add_argument("--run", required=True, help="run folder written by hwnas train")
+    m.add_argument("--device", required=True, help="cpu, cpu-1t, torch-cpu, cuda, or a name from --devices; several "
+                   "separated by commas are measured in turn, exporting each sub-network once")
+    m.add_argument("--devices", help="TOML file with [devices.NAME] profiles (stored in the run)")
+    m.add_argument("--n", type=int, default=300, help="configurations to sample (default %(default)s)")
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--repeats", type=int, default=None, help="timed runs per measurement (default: the profile's)")
+    m.add_argument("--warmup", type=int, default=None, help="untimed runs first (default: the profile's)")
+    m.add_argument("--reference-every", type=int, default=20, help="re-measure the full model every N configurations")
+    m.add_argument("--noise-rounds", type=int, default=8, help="rounds of the harness check / noise floor")
+    g = m.add_mutually_exclusive_group()
+    g.add_argument("--kit", metavar="DIR", help="write a measurement kit to DIR instead of measuring here")
+    g.add_argument("--import", dest="import_csv", metavar="CSV", help="import the CSV a kit wrote on the device")
+    m.add_argument("--quiet", action="store_true", help="no progress bars")
+    return m
 
 
 def cmd_measure(a: argparse.Namespace) -> int:
     from latency.devices import with_overrides
-    from latency.measure import MeasurementLog, harness_ratio, sample_configs
-    from latency.workflow import device_inputs, measure_device, resolve_device, store_devices
+    from latency.measure import sweep_summary
+    from latency.workflow import measure_device, resolve_device, store_devices
     from supernet.workflow import open_run
 
     run = open_run(a.run)
@@ -164,8 +312,6 @@ def cmd_measure(a: argparse.Namespace) -> int:
                 for d in a.device.split(",")]
     if len(profiles) > 1:
         if a.kit or a.import_csv:
-            from supernet.errors import ConfigError
-
             raise ConfigError("--kit and --import take one --device")
         from latency.workflow import measure_devices
 
@@ -173,37 +319,46 @@ def cmd_measure(a: argparse.Namespace) -> int:
         tables = measure_devices(run, profiles, n=a.n, seed=a.seed, reference_every=a.reference_every,
                                  noise_rounds=a.noise_rounds, progress=not a.quiet)
         for name, rows in tables.items():
-            ok = rows[(rows["kind"] == "sample") & (rows["error"] == "")]
-            print(f"{name}: {ok['arch_key'].nunique()} configurations measured; harness ratio {harness_ratio(rows):.3f}")
+            s = sweep_summary(rows)
+            print(f"{name}: {s['configs']} configurations measured; harness ratio {s['harness_ratio']:.3f}")
         print(f"took {(time.time() - t0) / 60:.1f} min")
         return 0
     profile = profiles[0]
-    log = MeasurementLog(run.paths.measurements(profile.name))
+    log_path = run.paths.measurements(profile.name)
     if a.import_csv:
         from latency.kit import import_kit_csv
+        from latency.measure import MeasurementLog
 
-        added = import_kit_csv(a.import_csv, run.supernet.shape, log, profile.name)
-        print(f"imported {added} rows into {log.path}")
+        added = import_kit_csv(a.import_csv, run.supernet.shape, MeasurementLog(log_path), profile.name)
+        print(f"imported {added} rows into {log_path}")
         return 0
     if a.kit:
-        from latency.kit import write_kit
+        from latency.kit import write_run_kit
 
-        inputs = device_inputs(run, profile, a.seed)
-        configs = sample_configs(run.space, run.supernet.shape, a.n, seed=a.seed, length=min(inputs))
-        manifest = write_kit(a.kit, profile, run.supernet, configs, inputs, progress=not a.quiet)
+        manifest = write_run_kit(run, profile, a.kit, n=a.n, seed=a.seed, progress=not a.quiet)
         print(f"wrote {manifest.parent}: copy it to the device, run `python3 measure_kit.py` there, then "
               f"`hwnas measure --run {a.run} --device {profile.name} --import results.csv`")
         return 0
     t0 = time.time()
     rows = measure_device(run, profile, n=a.n, seed=a.seed, reference_every=a.reference_every,
                           noise_rounds=a.noise_rounds, progress=not a.quiet)
-    ok = rows[(rows["kind"] == "sample") & (rows["error"] == "")]
-    failed = rows[(rows["kind"] == "sample") & (rows["error"] != "")]
+    s = sweep_summary(rows)
     minutes = (time.time() - t0) / 60
-    print(f"{profile.name}: {ok['arch_key'].nunique()} configurations measured ({len(failed)} failed rows) in "
-          f"{log.path}; harness check (same model timed twice in turn): ratio {harness_ratio(rows):.3f}; "
+    print(f"{profile.name}: {s['configs']} configurations measured ({s['failed_rows']} failed rows) in "
+          f"{log_path}; harness check (same model timed twice in turn): ratio {s['harness_ratio']:.3f}; "
           f"this call took {minutes:.1f} min")
     return 0
+
+
+def register_fit(sub: Subparsers) -> argparse.ArgumentParser:
+    f = sub.add_parser("fit", help="fit and evaluate a latency predictor per device",
+                       description="Fit the analytic (linear on FLOPs-like terms) and learned (gradient-boosted "
+                       "trees) predictors on RUN/latency/DEVICE.csv, evaluate them on held-out configurations, keep "
+                       "the better, and write the predictor, a JSON report and a predicted-vs-measured PNG.")
+    f.add_argument("--run", required=True, help="run folder with measurements")
+    f.add_argument("--device", required=True, help="device name, or several separated by commas")
+    f.add_argument("--seed", type=int, default=0)
+    return f
 
 
 def cmd_fit(a: argparse.Namespace) -> int:
@@ -224,45 +379,20 @@ def cmd_fit(a: argparse.Namespace) -> int:
     return 0
 
 
-def _target(run, device: str, devices_file: str | None, length: str | None):  # noqa: ANN001, ANN202
-    from latency.target import Target
-    from latency.workflow import resolve_device, store_devices
-    from supernet.data import length_stats
-    from supernet.errors import ConfigError
-
-    if devices_file is not None:
-        store_devices(run.folder, devices_file)
-    profile = resolve_device(run.folder, device)
-    L = None
-    if length is not None:
-        stats = length_stats(run.splits["dev"])
-        pct = sorted(k for k in stats if k.startswith("p"))
-        if length.isdigit():
-            L = int(length)
-        elif length in pct:
-            L = max(2, int(round(stats[length])))
-        else:
-            raise ConfigError(f"--length {length!r} must be an integer or one of {pct}")
-        limit = run.spec.train.max_length
-        if not 2 <= L <= limit:
-            raise ConfigError(f"--length {L} is outside 2..{limit} (the run's max_length: inputs are cut there)")
-    return Target.of(run, profile, L)
-
-
-def _floats(text: str, flag: str, example: str = "5,8,12") -> list[float]:
-    from supernet.errors import ConfigError
-
-    try:
-        values = [float(x) for x in text.split(",") if x.strip()]
-    except ValueError as e:
-        raise ConfigError(f"{flag} takes numbers separated by commas, e.g. {example}; got {text!r}") from e
-    if not values or any(v <= 0 for v in values):
-        raise ConfigError(f"{flag} takes positive numbers, e.g. {example}; got {text!r}")
-    return values
-
-
-def _budgets(text: str) -> list[float]:
-    return _floats(text, "--budget-ms")
+def register_search(sub: Subparsers) -> argparse.ArgumentParser:
+    s = sub.add_parser("search", help="search sub-networks for budgets or the whole front on devices",
+                       description="Search the supernet for the most accurate sub-network under each budget (or the "
+                       "accuracy/latency front) using the device's fitted predictor; candidates whose predicted upper "
+                       "bound exceeds the budget are rejected. Histories go to RUN/search/.")
+    _search_args(s)
+    s.add_argument("--device", required=True, help="device name(s), comma-separated")
+    g = s.add_mutually_exclusive_group(required=True)
+    g.add_argument("--budget-ms", help="latency budget(s) in ms, comma-separated")
+    g.add_argument("--front", action="store_true", help="search the whole accuracy/latency front")
+    s.add_argument("--ray", action="store_true", help="run the search as Ray Tune trials (Optuna inside Ray Tune)")
+    s.add_argument("--ray-address", help="join an existing Ray cluster (default: start a local one)")
+    s.add_argument("--workers", type=int, default=2, help="concurrent Ray Tune trials (default %(default)s)")
+    return s
 
 
 def cmd_search(a: argparse.Namespace) -> int:
@@ -298,41 +428,33 @@ def cmd_search(a: argparse.Namespace) -> int:
     return 0
 
 
-def _precision_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--search-precision", choices=("auto", "fp32", "bf16"), default="auto",
-                   help="precision of the searches' dev-subset scoring: auto (default) is bf16 autocast where the CPU "
-                   "has bf16 instructions (AMX / AVX512-BF16; 1.87x faster on rt by scripts/precision_check.py), else fp32; whole-dev and test "
-                   "scores are always fp32")
-
-
-def _finetune_args(p: argparse.ArgumentParser, epochs: float, what: str, candidates: int = 3) -> None:
-    p.add_argument("--finetune-epochs", type=float, default=epochs,
-                   help=f"epochs of distillation from the teacher into {what} (0: none; default %(default)s)")
-    p.add_argument("--finetune-lr", type=float, default=2e-4, help="fine-tuning learning rate (default %(default)s)")
-    p.add_argument("--finetune-candidates", type=int, default=candidates,
-                   help="sub-networks fine-tuned under the budget, the one with the best fine-tuned dev score is "
-                   "exported: the search's pick, the widest uniform sub-network of the deepest depth that fits, then the "
-                   "best of each of the deepest other depths, since deep, narrow sub-networks recover the most "
-                   "(default %(default)s; 1: the search's pick only)")
-
-
-def _finetune_stage(a: argparse.Namespace):  # noqa: ANN202
-    """The fine-tuning schedule from --finetune-epochs / --finetune-lr; None for 0 epochs."""
-    from supernet.errors import ConfigError
-    from supernet.train import StageConfig
-
-    if a.finetune_epochs < 0 or a.finetune_lr <= 0:
-        raise ConfigError(f"--finetune-epochs must be >= 0 and --finetune-lr > 0, got {a.finetune_epochs:g} "
-                          f"and {a.finetune_lr:g}")
-    if a.finetune_candidates < 1:
-        raise ConfigError(f"--finetune-candidates must be >= 1, got {a.finetune_candidates}")
-    return StageConfig(epochs=a.finetune_epochs, lr=a.finetune_lr) if a.finetune_epochs > 0 else None
+def register_export(sub: Subparsers) -> argparse.ArgumentParser:
+    e = sub.add_parser("export", help="pick the best sub-network for a device and budget, re-measure, export",
+                       description="Search for the most accurate sub-network whose predicted latency plus its safety "
+                       "margin meets the budget, re-measure the finalists on the device (stepping down when one "
+                       "misses), and write model.onnx (token dropping included), the standalone PyTorch / Hugging "
+                       "Face model, subnet.json and report.json to --out.")
+    _search_args(e)
+    e.add_argument("--device", required=True, help="device name")
+    budget = e.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--budget-ms", help="latency budget in ms")
+    budget.add_argument("--speedup", type=float,
+                        help="budget as a speed-up over the full model: the full model is timed on the device now "
+                        "and the budget is its latency divided by this (e.g. 3)")
+    e.add_argument("--out", required=True, help="output folder")
+    e.add_argument("--finalists", type=int, default=5, help="candidates to re-measure, best first (default %(default)s)")
+    e.add_argument("--drift-tolerance", type=float, default=0.10,
+                   help="before searching, time three reference sub-networks; when the device runs more than this "
+                   "fraction slower or faster than its predictor says, scale the predictions by the measured ratio "
+                   "(default %(default)s; negative: no check)")
+    _finetune_args(e, 0.0, "the chosen sub-network before it is written")
+    e.add_argument("--quiet", action="store_true", help="no progress bars")
+    return e
 
 
 def cmd_export(a: argparse.Namespace) -> int:
     from nas.export import ExportConfig, choose_and_export
     from nas.objectives import DevAccuracy
-    from supernet.errors import ConfigError
     from supernet.workflow import open_run
 
     run = open_run(a.run)
@@ -380,16 +502,51 @@ def cmd_export(a: argparse.Namespace) -> int:
     return 0
 
 
+def register_compare(sub: Subparsers) -> argparse.ArgumentParser:
+    c = sub.add_parser("compare", help="compare Pareto fronts across devices, methods and runs (CSV + PNG)")
+    c.add_argument("--run", help="run folder (or --runs)")
+    c.add_argument("--runs", help="several run folders, comma-separated")
+    c.add_argument("--device", help="device names, comma-separated")
+    c.add_argument("--devices", help="TOML file with [devices.NAME] profiles (device names here: deprecated, "
+                   "use --device)")
+    c.add_argument("--device-file", metavar="DEVICES", help="deprecated spelling of --devices")
+    c.add_argument("--methods", help="methods to compare separately, comma-separated (default: all pooled)")
+    c.add_argument("--length", help="input length (integer or pNN; default: each device's first length)")
+    c.add_argument("--out", help="output folder (default RUN/compare)")
+    c.add_argument("--remeasure-points", type=int, default=12, help="front points re-measured per device")
+    c.add_argument("--no-remeasure", action="store_true", help="predicted latency only")
+    c.add_argument("--dev-subset", type=int, default=500, help="the dev subset the searches used (default %(default)s)")
+    _precision_arg(c)
+    return c
+
+
+def _compare_devices(a: argparse.Namespace) -> tuple[list[str], str | None]:
+    """compare's device names and TOML file. compare once took the names with --devices and
+    the file with --device-file; both still work, with a note on stderr."""
+    names, toml = a.device, a.devices
+    if a.device_file is not None:
+        if toml is not None:
+            raise ConfigError("give the TOML file once, with --devices (--device-file is its old spelling)")
+        print("hwnas compare: note: --device-file is deprecated; use --devices TOML", file=sys.stderr)
+        toml = a.device_file
+    if names is None and toml is not None and not (Path(toml).is_file() or toml.lower().endswith(".toml")):
+        print(f"hwnas compare: note: --devices {toml} is taken as device names (deprecated); use --device {toml}",
+              file=sys.stderr)
+        names, toml = toml, None
+    if names is None:
+        raise ConfigError("compare needs --device NAMES, comma-separated (e.g. --device cpu,cpu-1t)")
+    return names.split(","), toml
+
+
 def cmd_compare(a: argparse.Namespace) -> int:
     from nas.fronts import compare
     from supernet.workflow import open_run
 
     if not (a.run or a.runs):
-        from supernet.errors import ConfigError
-
         raise ConfigError("compare needs --run RUN or --runs RUN1,RUN2")
+    devices, devices_file = _compare_devices(a)
     runs = [open_run(r) for r in (a.runs.split(",") if a.runs else [a.run])]
-    targets = {str(r.folder): {d: _target(r, d, a.devices, a.length) for d in a.devices_list.split(",")} for r in runs}
+    targets = {str(r.folder): {d: _target(r, d, devices_file, a.length) for d in devices} for r in runs}
     methods = a.methods.split(",") if a.methods else None
     out = a.out or str(runs[0].paths.compare)
     table, hv = compare(runs, targets, methods, out, remeasure_points=0 if a.no_remeasure else a.remeasure_points,
@@ -399,26 +556,44 @@ def cmd_compare(a: argparse.Namespace) -> int:
     return 0
 
 
-def _fractions(text: str) -> tuple[float, ...]:
-    from supernet.errors import ConfigError
-
-    values = _floats(text, "--budgets", "0.2,0.5,0.9")
-    if any(v > 1 for v in values):
-        raise ConfigError(f"--budgets takes shares of the full model's latency in (0, 1], e.g. 0.2,0.5,0.9; got {text!r}")
-    return tuple(values)
+def register_bench(sub: Subparsers) -> argparse.ArgumentParser:
+    b = sub.add_parser("bench", help="benchmark our front against DynaBERT-grid, retention-only and random baselines",
+                       description="From one trained, measured and fitted run: fronts of four methods re-measured on "
+                       "the device, hypervolumes, speed-up at 1 and 2 points of test loss, predictor quality, budget "
+                       "compliance over 20-90% of the full model's latency, realized vs ideal speed-up, fine-tuned points at 3x (ours: the fine-tuned export at the full model's "
+                       "latency / 3; the DynaBERT grid's best point at that speed-up), cost; writes "
+                       "BENCHMARKS.md with tables and a PNG.")
+    b.add_argument("--run", required=True, help="run folder (trained, measured and fitted on --device)")
+    b.add_argument("--device", default="cpu", help="device to benchmark on (default %(default)s)")
+    b.add_argument("--n", type=int, default=150, help="accuracy evaluations per searched method")
+    b.add_argument("--seed", type=int, default=0)
+    _precision_arg(b)
+    _finetune_args(b, 3.0, "the fine-tuned points")
+    b.add_argument("--finetune-at", default="3",
+                   help="speed-ups at which ours and the DynaBERT grid are fine-tuned, comma-separated (default %(default)s; "
+                   "--quick: 2, ours only, 0.5 epochs, 2 candidates)")
+    b.add_argument("--budgets", default="0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9",
+                   help="the compliance sweep's budgets as shares of the full model's latency, comma-separated "
+                   "(default %(default)s)")
+    b.add_argument("--front-points", type=int, default=10,
+                   help="points of each method's front re-measured and scored on test (default %(default)s)")
+    b.add_argument("--dev-subset", type=int, default=500,
+                   help="dev examples scored while searching (0: all); fronts, finalists and fine-tuned points are "
+                   "scored on the whole dev split (default %(default)s)")
+    b.add_argument("--quick", action="store_true", help="a reduced version in minutes (fewer evaluations and budgets)")
+    b.add_argument("--quiet", action="store_true", help="no progress bars")
+    b.add_argument("--out", default="results", help="where BENCHMARKS.md and its files go (default %(default)s)")
+    return b
 
 
 def cmd_bench(a: argparse.Namespace) -> int:
     from nas.bench import BenchConfig, run_bench
-    from supernet.errors import ConfigError
     from supernet.workflow import open_run
 
     run = open_run(a.run)
     target = _target(run, a.device, None, None)
     if a.quick:
-        cfg = BenchConfig(device=a.device, n_evaluations=30, budget_fractions=(0.3, 0.6, 0.9), front_points=5,
-                          rounds=1, dev_subset=200, seed=a.seed, finetune_speedups=(2.0,), finetune_epochs=0.5,
-                          finetune_methods=("ours",), finetune_candidates=2, search_precision=a.search_precision)
+        cfg = BenchConfig.quick(device=a.device, seed=a.seed, search_precision=a.search_precision)
     else:
         if a.front_points < 2 or a.dev_subset < 0 or a.n < 1:
             raise ConfigError(f"--front-points must be >= 2, --dev-subset >= 0 and --n >= 1; got {a.front_points}, "
@@ -436,35 +611,48 @@ def cmd_bench(a: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_run(a: argparse.Namespace) -> int:
-    """The main job on the bundled defaults (resumes if the run folder exists)."""
-    from nas.pipeline import JobConfig, main_job
-    from supernet.workflow import read_spec
+def register_extract(sub: Subparsers) -> argparse.ArgumentParser:
+    x = sub.add_parser("extract", help="write one sub-network as a standalone model",
+                       description="Write a physically smaller PyTorch model (and a Hugging Face folder when "
+                       "a stock BERT can express the sub-network) with the supernet's weights.")
+    x.add_argument("--run", required=True, help="run folder written by hwnas train")
+    x.add_argument("--subnet", required=True, help="JSON file with heads, ffn, keep, retention")
+    x.add_argument("--out", required=True, help="output folder")
+    return x
 
-    out = Path(a.out or MAIN_RUN)
-    spec = read_spec(out) if RunFolder(out).spec.exists() else _spec(a)
-    job = JobConfig(devices=tuple(a.device.split(",")), n_measure=a.n_measure, n_search=a.n_search,
-                    finetune=_finetune_stage(a), finetune_candidates=a.finetune_candidates)
-    t0 = time.time()
-    summary = main_job(out, spec, job, progress=not a.quiet)
-    print()
-    print(f"Summary ({spec.task}, {spec.model}); latency per call at the task's median length, measured now:")
-    cols = ["device", "budget_ms", "arch", "measured_ms", "full_ms", "speedup", "meets_budget", "acc_test", "full_acc_test"]
-    _print_table(summary, cols)
-    print(f"total {(time.time() - t0) / 60:.1f} min; wrote {out}/summary.csv, {out}/export/, {out}/compare/fronts.png")
+
+def cmd_extract(a: argparse.Namespace) -> int:
+    from supernet.extract import export_standalone
+    from supernet.space import SubnetConfig
+    from supernet.workflow import open_run
+
+    run = open_run(a.run)
+    cfg = run.space.validate(SubnetConfig.from_dict(_read_json(a.subnet)))
+    written = export_standalone(run.supernet, cfg, a.out, run.tokenizer, list(run.task.label_names))
+    for kind, path in written.items():
+        print(f"{kind}: {path}")
+    if "hf" not in written:
+        from supernet.extract import extract, hf_expressible
+
+        print(f"no Hugging Face folder: {hf_expressible(extract(run.supernet, cfg))}")
     return 0
 
 
-def _read_json(path: str) -> dict:
-    from supernet.errors import ConfigError
+Register = Callable[["Subparsers"], argparse.ArgumentParser]
+Handler = Callable[[argparse.Namespace], int]
 
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"{p} does not exist: give a JSON file with heads, ffn, keep, retention")
-    try:
-        return json.loads(p.read_text())
-    except ValueError as e:
-        raise ConfigError(f"{p} is not valid JSON: {e}") from e
+COMMANDS: tuple[tuple[Register, Handler], ...] = (
+    (register_run, cmd_run),
+    (register_train, cmd_train),
+    (register_eval, cmd_eval),
+    (register_measure, cmd_measure),
+    (register_fit, cmd_fit),
+    (register_search, cmd_search),
+    (register_export, cmd_export),
+    (register_compare, cmd_compare),
+    (register_bench, cmd_bench),
+    (register_extract, cmd_extract),
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -474,169 +662,12 @@ def build_parser() -> argparse.ArgumentParser:
         "supernet once, then evaluate and extract any sub-network.",
     )
     sub = p.add_subparsers(dest="command", required=True)
-
-    r = sub.add_parser("run", help="the main job: train, measure, fit, search, export, compare fronts",
-                       description="On the bundled defaults: train a small supernet (Rotten Tomatoes, "
-                       "all-MiniLM-L6-v2), measure sub-networks on cpu and cpu-1t, fit latency predictors, search "
-                       "three budgets per device, export (and fine-tune) the best sub-network for one budget, draw the fronts, and "
-                       f"print a summary. Resumes an interrupted run in --out (default {MAIN_RUN}).")
-    r.add_argument("--out", default=None, help=f"run folder (default {MAIN_RUN})")
-    r.add_argument("--device", default="cpu,cpu-1t", help="devices to measure and search for (default %(default)s)")
-    r.add_argument("--n-measure", type=int, default=40, help="configurations measured per device")
-    r.add_argument("--n-search", type=int, default=50, help="accuracy evaluations per search")
-    _finetune_args(r, 1.0, "the exported sub-network", candidates=2)
-    _add_train_args(r, quick=True)
-    r.set_defaults(func=cmd_run)
-
-    t = sub.add_parser("train", help="fine-tune the teacher and train the supernet",
-                       description="Fine-tune the teacher, rewire heads/neurons by importance (train split), "
-                       "train the weight-shared supernet (sandwich rule, distillation, LengthDrop), and "
-                       "write an evaluation table.")
-    t.add_argument("--out", required=True, help="run folder, e.g. runs/NAME")
-    t.add_argument("--resume", action="store_true", help="continue an interrupted run in --out with its stored settings")
-    _add_train_args(t, quick=False)
-    t.set_defaults(func=cmd_train)
-
-    e = sub.add_parser("eval", help="score sub-networks of a trained run on dev and test")
-    e.add_argument("--run", required=True, help="run folder written by hwnas train")
-    e.add_argument("--subnet", nargs="*", help="JSON files of sub-network configurations (default: the standard five)")
-    e.add_argument("--save", help="also write the table to this CSV (and the run's settings and stage "
-                   "times to a JSON beside it, '_eval_' replaced by '_train_')")
-    e.set_defaults(func=cmd_eval)
-
-    m = sub.add_parser("measure", help="time sampled sub-networks on a device (or write / import a kit)",
-                       description="Measure sub-networks of a trained run on a device profile: warm-up, repeats, "
-                       "median / p90 / spread, the full model re-measured at intervals, a harness check. Rows go to "
-                       "RUN/latency/DEVICE.csv; an interrupted measurement resumes. With --kit, write a folder to "
-                       "run on a device that cannot run this package; with --import, bring its CSV back.")
-    m.add_argument("--run", required=True, help="run folder written by hwnas train")
-    m.add_argument("--device", required=True, help="cpu, cpu-1t, torch-cpu, cuda, or a name from --devices; several "
-                   "separated by commas are measured in turn, exporting each sub-network once")
-    m.add_argument("--devices", help="TOML file with [devices.NAME] profiles (stored in the run)")
-    m.add_argument("--n", type=int, default=300, help="configurations to sample (default %(default)s)")
-    m.add_argument("--seed", type=int, default=0)
-    m.add_argument("--repeats", type=int, default=None, help="timed runs per measurement (default: the profile's)")
-    m.add_argument("--warmup", type=int, default=None, help="untimed runs first (default: the profile's)")
-    m.add_argument("--reference-every", type=int, default=20, help="re-measure the full model every N configurations")
-    m.add_argument("--noise-rounds", type=int, default=8, help="rounds of the harness check / noise floor")
-    g = m.add_mutually_exclusive_group()
-    g.add_argument("--kit", metavar="DIR", help="write a measurement kit to DIR instead of measuring here")
-    g.add_argument("--import", dest="import_csv", metavar="CSV", help="import the CSV a kit wrote on the device")
-    m.add_argument("--quiet", action="store_true", help="no progress bars")
-    m.set_defaults(func=cmd_measure)
-
-    f = sub.add_parser("fit", help="fit and evaluate a latency predictor per device",
-                       description="Fit the analytic (linear on FLOPs-like terms) and learned (gradient-boosted "
-                       "trees) predictors on RUN/latency/DEVICE.csv, evaluate them on held-out configurations, keep "
-                       "the better, and write the predictor, a JSON report and a predicted-vs-measured PNG.")
-    f.add_argument("--run", required=True, help="run folder with measurements")
-    f.add_argument("--device", required=True, help="device name, or several separated by commas")
-    f.add_argument("--seed", type=int, default=0)
-    f.set_defaults(func=cmd_fit)
-
-    def search_args(q: argparse.ArgumentParser) -> None:
-        q.add_argument("--run", required=True, help="run folder with a trained supernet and fitted predictors")
-        q.add_argument("--devices", help="TOML file with [devices.NAME] profiles")
-        q.add_argument("--length", help="input length the budget applies to: an integer or pNN of the task "
-                       "(default: the device profile's first length, the task's median)")
-        q.add_argument("--method", default="evolution", help="evolution (default), random, tpe, nsga2")
-        q.add_argument("--n", type=int, default=150, help="accuracy evaluations (default %(default)s)")
-        q.add_argument("--dev-subset", type=int, default=500,
-                       help="dev examples scored while searching (0: all); finalists use the whole dev split")
-        _precision_arg(q)
-        q.add_argument("--seed", type=int, default=0)
-
-    s = sub.add_parser("search", help="search sub-networks for budgets or the whole front on devices",
-                       description="Search the supernet for the most accurate sub-network under each budget (or the "
-                       "accuracy/latency front) using the device's fitted predictor; candidates whose predicted upper "
-                       "bound exceeds the budget are rejected. Histories go to RUN/search/.")
-    search_args(s)
-    s.add_argument("--device", required=True, help="device name(s), comma-separated")
-    g = s.add_mutually_exclusive_group(required=True)
-    g.add_argument("--budget-ms", help="latency budget(s) in ms, comma-separated")
-    g.add_argument("--front", action="store_true", help="search the whole accuracy/latency front")
-    s.add_argument("--ray", action="store_true", help="run the search as Ray Tune trials (Optuna inside Ray Tune)")
-    s.add_argument("--ray-address", help="join an existing Ray cluster (default: start a local one)")
-    s.add_argument("--workers", type=int, default=2, help="concurrent Ray Tune trials (default %(default)s)")
-    s.set_defaults(func=cmd_search)
-
-    e2 = sub.add_parser("export", help="pick the best sub-network for a device and budget, re-measure, export",
-                        description="Search for the most accurate sub-network whose predicted latency plus its safety "
-                        "margin meets the budget, re-measure the finalists on the device (stepping down when one "
-                        "misses), and write model.onnx (token dropping included), the standalone PyTorch / Hugging "
-                        "Face model, subnet.json and report.json to --out.")
-    search_args(e2)
-    e2.add_argument("--device", required=True, help="device name")
-    budget = e2.add_mutually_exclusive_group(required=True)
-    budget.add_argument("--budget-ms", help="latency budget in ms")
-    budget.add_argument("--speedup", type=float,
-                        help="budget as a speed-up over the full model: the full model is timed on the device now "
-                        "and the budget is its latency divided by this (e.g. 3)")
-    e2.add_argument("--out", required=True, help="output folder")
-    e2.add_argument("--finalists", type=int, default=5, help="candidates to re-measure, best first (default %(default)s)")
-    e2.add_argument("--drift-tolerance", type=float, default=0.10,
-                    help="before searching, time three reference sub-networks; when the device runs more than this "
-                    "fraction slower or faster than its predictor says, scale the predictions by the measured ratio "
-                    "(default %(default)s; negative: no check)")
-    _finetune_args(e2, 0.0, "the chosen sub-network before it is written")
-    e2.add_argument("--quiet", action="store_true", help="no progress bars")
-    e2.set_defaults(func=cmd_export)
-
-    c = sub.add_parser("compare", help="compare Pareto fronts across devices, methods and runs (CSV + PNG)")
-    c.add_argument("--run", help="run folder (or --runs)")
-    c.add_argument("--runs", help="several run folders, comma-separated")
-    c.add_argument("--devices", dest="devices_list", required=True, help="device names, comma-separated")
-    c.add_argument("--device-file", dest="devices", help="TOML file with [devices.NAME] profiles")
-    c.add_argument("--methods", help="methods to compare separately, comma-separated (default: all pooled)")
-    c.add_argument("--length", help="input length (integer or pNN; default: each device's first length)")
-    c.add_argument("--out", help="output folder (default RUN/compare)")
-    c.add_argument("--remeasure-points", type=int, default=12, help="front points re-measured per device")
-    c.add_argument("--no-remeasure", action="store_true", help="predicted latency only")
-    c.add_argument("--dev-subset", type=int, default=500, help="the dev subset the searches used (default %(default)s)")
-    _precision_arg(c)
-    c.set_defaults(func=cmd_compare)
-
-    bq = sub.add_parser("bench", help="benchmark our front against DynaBERT-grid, retention-only and random baselines",
-                        description="From one trained, measured and fitted run: fronts of four methods re-measured on "
-                        "the device, hypervolumes, speed-up at 1 and 2 points of test loss, predictor quality, budget "
-                        "compliance over 20-90% of the full model's latency, realized vs ideal speed-up, fine-tuned points at 3x (ours: the fine-tuned export at the full model's "
-                        "latency / 3; the DynaBERT grid's best point at that speed-up), cost; writes "
-                        "BENCHMARKS.md with tables and a PNG.")
-    bq.add_argument("--run", required=True, help="run folder (trained, measured and fitted on --device)")
-    bq.add_argument("--device", default="cpu", help="device to benchmark on (default %(default)s)")
-    bq.add_argument("--n", type=int, default=150, help="accuracy evaluations per searched method")
-    bq.add_argument("--seed", type=int, default=0)
-    _precision_arg(bq)
-    _finetune_args(bq, 3.0, "the fine-tuned points")
-    bq.add_argument("--finetune-at", default="3",
-                    help="speed-ups at which ours and the DynaBERT grid are fine-tuned, comma-separated (default %(default)s; "
-                    "--quick: 2, ours only, 0.5 epochs, 2 candidates)")
-    bq.add_argument("--budgets", default="0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9",
-                    help="the compliance sweep's budgets as shares of the full model's latency, comma-separated "
-                    "(default %(default)s)")
-    bq.add_argument("--front-points", type=int, default=10,
-                    help="points of each method's front re-measured and scored on test (default %(default)s)")
-    bq.add_argument("--dev-subset", type=int, default=500,
-                    help="dev examples scored while searching (0: all); fronts, finalists and fine-tuned points are "
-                    "scored on the whole dev split (default %(default)s)")
-    bq.add_argument("--quick", action="store_true", help="a reduced version in minutes (fewer evaluations and budgets)")
-    bq.add_argument("--quiet", action="store_true", help="no progress bars")
-    bq.add_argument("--out", default="results", help="where BENCHMARKS.md and its files go (default %(default)s)")
-    bq.set_defaults(func=cmd_bench)
-
-    x = sub.add_parser("extract", help="write one sub-network as a standalone model",
-                       description="Write a physically smaller PyTorch model (and a Hugging Face folder when "
-                       "a stock BERT can express the sub-network) with the supernet's weights.")
-    x.add_argument("--run", required=True, help="run folder written by hwnas train")
-    x.add_argument("--subnet", required=True, help="JSON file with heads, ffn, keep, retention")
-    x.add_argument("--out", required=True, help="output folder")
-    x.set_defaults(func=cmd_extract)
+    for register, handler in COMMANDS:
+        register(sub).set_defaults(func=handler)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from supernet.errors import HwnasError
-
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))

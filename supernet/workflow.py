@@ -59,6 +59,15 @@ def read_spec(run_dir: str | Path) -> RunSpec:
         raise CheckpointError(f"{path} is malformed: {e}") from e
 
 
+def read_run_record(run_dir: str | Path) -> dict[str, Any]:
+    """What a run stored about itself, by file: ``run`` (its settings, run.json), ``state``
+    (finished training stages and their wall times) and ``data_summary`` (the task's splits
+    and token lengths); a file the run has not written yet is left out."""
+    paths = RunFolder(run_dir)
+    files = {"run": paths.spec, "state": paths.state, "data_summary": paths.data_summary}
+    return {name: json.loads(f.read_text()) for name, f in files.items() if f.exists()}
+
+
 def load_data(spec: RunSpec, tokenizer: Any) -> tuple[TaskData, dict[str, Encoded]]:
     task = load_task(spec.task, seed=spec.seed, max_train=spec.max_train, max_eval=spec.max_eval)
     splits = {s: encode(tokenizer, task.split(s), spec.train.max_length) for s in ("train", "dev", "test")}

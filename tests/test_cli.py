@@ -1,0 +1,179 @@
+"""The command line's own rules (registry, flag spellings) and the library functions its
+commands call: the input length, the measurement kit, the quick benchmark, a sweep's summary."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from nas.cli import COMMANDS, build_parser, main
+
+ORDER = ["run", "train", "eval", "measure", "fit", "search", "export", "compare", "bench", "extract"]
+
+
+def test_every_command_registers_its_own_options() -> None:
+    parser = build_parser()
+    (sub,) = [a for a in parser._actions if a.dest == "command"]
+    assert list(sub.choices) == ORDER
+    for (_, handler), name in zip(COMMANDS, ORDER, strict=True):
+        assert handler.__name__ == f"cmd_{name}"
+        assert sub.choices[name].get_default("func") is handler
+        with pytest.raises(SystemExit) as e:
+            main([name, "--help"])
+        assert e.value.code == 0
+
+
+# --- compare: --device NAMES, --devices TOML; the old spellings still work ---------------------
+
+HV_COLS = ["front", "n_points", "hypervolume", "best_acc", "fastest_lat"]
+
+
+@pytest.fixture
+def seen_targets(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """Replaces the fronts' computation: records the targets compare would be handed."""
+    import nas.fronts
+
+    seen: list[dict[str, Any]] = []
+
+    def fake_compare(runs, targets, methods, out, **kw):  # noqa: ANN001, ANN003, ANN202
+        seen.append(targets)
+        return pd.DataFrame(), pd.DataFrame(columns=HV_COLS)
+
+    monkeypatch.setattr(nas.fronts, "compare", fake_compare)
+    return seen
+
+
+def _devices(seen: list[dict[str, Any]]) -> dict[str, str]:
+    """{device name: profile name} of the one run compare was handed."""
+    ((_, targets),) = seen[-1].items()
+    return {name: t.profile.name for name, t in targets.items()}
+
+
+def test_compare_takes_device_names_with_device(job: Path, tmp_path: Path, capsys) -> None:
+    assert main(["compare", "--run", str(job), "--device", "cpu,cpu-1t", "--out", str(tmp_path / "cmp"),
+                 "--no-remeasure"]) == 0
+    assert "deprecated" not in capsys.readouterr().err
+    hv = pd.read_csv(tmp_path / "cmp" / "hypervolume.csv")
+    assert len(hv) == 2 and (hv["hypervolume"] >= 0).all()
+    fronts = pd.read_csv(tmp_path / "cmp" / "fronts.csv")
+    assert set(fronts["device"]) == {"cpu", "cpu-1t"}
+
+
+def test_compare_still_takes_names_with_devices(job: Path, tmp_path: Path, seen_targets, capsys) -> None:
+    assert main(["compare", "--run", str(job), "--devices", "cpu,cpu-1t", "--out", str(tmp_path)]) == 0
+    assert _devices(seen_targets) == {"cpu": "cpu", "cpu-1t": "cpu-1t"}
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "deprecated" in err and "--device cpu,cpu-1t" in err
+
+
+def test_compare_takes_a_toml_file_with_devices_or_device_file(job: Path, tmp_path: Path, seen_targets,
+                                                               capsys) -> None:
+    run = tmp_path / "run"  # a copy: the TOML's profiles are stored in the run folder
+    shutil.copytree(job, run)
+    toml = tmp_path / "profiles.toml"
+    toml.write_text("[devices.box]\nthreads = 1\n")
+    assert main(["compare", "--run", str(run), "--device", "box,cpu", "--devices", str(toml), "--out", str(tmp_path)]) == 0
+    assert _devices(seen_targets) == {"box": "box", "cpu": "cpu"}
+    assert capsys.readouterr().err == ""
+    (run / "devices.json").unlink()
+    assert main(["compare", "--run", str(run), "--device", "box", "--device-file", str(toml), "--out", str(tmp_path)]) == 0
+    assert _devices(seen_targets) == {"box": "box"}
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--device-file is deprecated" in err
+
+
+@pytest.mark.parametrize("args, why", [
+    ([], "compare needs --device NAMES"),
+    (["--devices", "missing.toml"], "compare needs --device NAMES"),  # a file name, not names
+    (["--device", "cpu", "--devices", "a.toml", "--device-file", "b.toml"], "give the TOML file once"),
+    (["--device", "phone"], "known devices: cpu, cpu-1t"),
+])
+def test_compare_rejects_missing_or_doubled_device_options(job: Path, tmp_path: Path, seen_targets,
+                                                           args: list[str], why: str, capsys) -> None:
+    assert main(["compare", "--run", str(job), "--out", str(tmp_path), *args]) == 2
+    err = capsys.readouterr().err
+    assert why in err and "Traceback" not in err
+    assert not seen_targets
+
+
+# --- the library functions behind the commands -------------------------------------------------
+
+def test_resolve_length(job: Path, capsys) -> None:
+    from latency.target import resolve_length
+    from supernet.data import length_stats
+    from supernet.errors import ConfigError
+    from supernet.workflow import open_run
+
+    run = open_run(job)
+    stats = length_stats(run.splits["dev"])
+    assert resolve_length(run, "7") == 7
+    assert resolve_length(run, "p90") == max(2, round(stats["p90"]))
+    limit = run.spec.train.max_length
+    assert resolve_length(run, str(limit)) == limit
+    with pytest.raises(ConfigError, match=r"--length 'median' must be an integer or one of \['p"):
+        resolve_length(run, "median")
+    with pytest.raises(ConfigError, match=rf"--length {limit + 1} is outside 2..{limit}"):
+        resolve_length(run, str(limit + 1))
+    with pytest.raises(ConfigError, match="outside"):
+        resolve_length(run, "1")
+    assert main(["search", "--run", str(job), "--device", "cpu", "--budget-ms", "5", "--length", "x"]) == 2
+    assert "--length 'x' must be an integer" in capsys.readouterr().err
+
+
+def test_measure_kit_from_a_run(job: Path, tmp_path: Path, capsys) -> None:
+    from latency.kit import write_run_kit
+    from latency.workflow import device_inputs, resolve_device
+    from supernet.workflow import open_run
+
+    assert main(["measure", "--run", str(job), "--device", "cpu", "--kit", str(tmp_path / "cli"), "--n", "2",
+                 "--quiet"]) == 0
+    assert "--import results.csv" in capsys.readouterr().out
+    run = open_run(job)
+    profile = resolve_device(job, "cpu")
+    manifest = write_run_kit(run, profile, tmp_path / "lib", n=2, seed=0, progress=False)
+    man = json.loads(manifest.read_text())
+    assert man == json.loads((tmp_path / "cli" / "manifest.json").read_text())  # the command calls it
+    assert man["device"] == "cpu" and len(man["models"]) == 2
+    assert set(man["inputs"]) == {str(L) for L in device_inputs(run, profile)}
+
+
+def test_quick_bench_config(job: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import nas.bench
+    from nas.bench import BenchConfig
+
+    quick = BenchConfig.quick(device="cpu-1t", seed=3, search_precision="fp32")
+    assert (quick.device, quick.seed, quick.search_precision) == ("cpu-1t", 3, "fp32")
+    assert quick.n_evaluations == 30 and quick.budget_fractions == (0.3, 0.6, 0.9) and quick.front_points == 5
+    assert quick.rounds == 1 and quick.dev_subset == 200
+    assert quick.finetune_methods == ("ours",) and quick.finetune_speedups == (2.0,)
+    assert quick.finetune_epochs == 0.5 and quick.finetune_candidates == 2
+    seen: list[BenchConfig] = []
+
+    def fake_run_bench(run, target, cfg, out, **kw):  # noqa: ANN001, ANN003, ANN202 - isolates argument parsing
+        seen.append(cfg)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(nas.bench, "run_bench", fake_run_bench)
+    with pytest.raises(SystemExit):
+        main(["bench", "--run", str(job), "--out", str(tmp_path), "--quick", "--seed", "3", "--n", "99"])
+    assert seen == [BenchConfig.quick(device="cpu", seed=3)]  # --quick overrides --n
+
+
+def test_sweep_summary() -> None:
+    from latency.measure import sweep_summary
+
+    rows = pd.DataFrame({
+        "kind": ["reference", "sample", "sample", "sample", "sample", "noise", "noise"],
+        "arch_key": ["full", "a", "a", "b", "c", "full", "full"],
+        "error": ["", "", "", "", "RuntimeError: x", "", ""],
+        "note": ["", "", "", "", "", "harness-a", "harness-b"],
+        "length": [8] * 7,
+        "lat_median_ms": [2.0, 1.0, 1.1, 0.5, None, 2.0, 2.2],
+    })
+    s = sweep_summary(rows)
+    assert s["configs"] == 2 and s["failed_rows"] == 1 and s["harness_ratio"] == pytest.approx(1.1)
