@@ -20,7 +20,8 @@ the few library functions that own a file, such as a resumable log) take their p
       devices.json          user device profiles this run has used (from a --devices TOML)
       latency/
         DEVICE.csv            measurement rows (latency/measure.py, results/README.md)
-        DEVICE.predictor.json the fitted predictor
+        DEVICE.predictor.json the fitted predictor (plain JSON)
+        DEVICE.predictor.trees.safetensors  the tree model's node arrays (latency/trees.py)
         DEVICE.fit.json/.png  its held-out quality and predicted-vs-measured plot
       search/
         accuracy.csv          cached dev / test scores of every configuration evaluated
