@@ -99,6 +99,12 @@ def features(shape: BertShape, cfg: SubnetConfig, batch: int, length: int) -> di
     return out
 
 
+def feature_names(shape: BertShape) -> list[str]:
+    """The names ``features`` produces for ``shape``, in order (what a saved predictor's
+    feature names are checked against)."""
+    return list(features(shape, SubnetConfig.full(shape.heads, shape.ffn), 1, 1))
+
+
 def require_columns(rows: pd.DataFrame, columns: Iterable[str], what: str) -> None:
     missing = [c for c in columns if c not in rows.columns]
     if missing:
@@ -139,8 +145,7 @@ def feature_frame(shape: BertShape, rows: pd.DataFrame) -> pd.DataFrame:
         records.append(features(shape, configs[key], int(batch), int(length)))
     if not records:
         # An empty frame still has the right columns, so that callers can select from it.
-        empty = features(shape, SubnetConfig.full(shape.heads, shape.ffn), 1, 1)
-        return pd.DataFrame(columns=list(empty), index=rows.index, dtype=float)
+        return pd.DataFrame(columns=feature_names(shape), index=rows.index, dtype=float)
     return pd.DataFrame.from_records(records, index=rows.index)
 
 

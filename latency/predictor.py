@@ -16,16 +16,19 @@ relative margin calibrated on residuals of models that did not see the row (cros
 for the linear model, out-of-bag rows for the tree ensemble), with the finite-sample conformal
 quantile, so its coverage holds on new configurations drawn like the measured ones.
 
-Persistence: the linear model is stored as plain JSON (coefficients). Tree ensembles have no
-practical format other than pickle (via joblib); the pickle sits next to the JSON file whose
-sha256 it must match, and it is only unpickled after the JSON checks (format, feature version,
-device) passed. Unpickling runs code: load only predictor files this tool wrote.
+Persistence holds plain data only, so loading a predictor from someone else's run folder runs
+no code. The JSON file holds the settings, the calibrated margin and, for the linear model, its
+coefficients. A tree ensemble's nodes are arrays in ``<stem>.trees.safetensors`` next to it
+(see ``latency/trees.py``), whose sha256 the JSON records; loaded trees are walked by a small
+numpy evaluator, not rebuilt as scikit-learn objects, and a fitted predictor predicts with the
+same evaluator. Every loaded value is bounded before use (finite, non-negative margins and
+costs, feature names this version produces, tree indices in range): a file that fails a check
+is refused with a message saying what was wrong, to refit the predictor.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import math
 from abc import ABC, abstractmethod
@@ -35,7 +38,14 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 import numpy as np
 import pandas as pd
 
-from latency.features import FEATURE_VERSION, PredictorError, feature_frame, require_columns
+from latency.features import (
+    FEATURE_VERSION,
+    PredictorError,
+    feature_frame,
+    feature_names,
+    require_columns,
+)
+from latency.trees import TreeEnsemble
 from supernet.errors import ConfigError
 from supernet.io import atomic_write, write_json
 from supernet.model import BertShape
@@ -61,7 +71,8 @@ COVERAGE = 0.95  # the share of measurements ``upper_ms`` is calibrated to cover
 MIN_ROWS = 20  # fewer sample rows than this cannot both train and check a predictor
 MIN_CONFIGS = 5  # ... nor fewer configurations (the held-out part needs whole ones)
 FILE_FORMAT = "hwnas-latency-predictor"
-FILE_FORMAT_VERSION = 1
+# 2: trees as arrays in a safetensors file (1 kept them in a pickle, which is no longer loaded).
+FILE_FORMAT_VERSION = 2
 
 OUTPUT_COLUMNS = ("pred_ms", "std_ms", "upper_ms", "name")
 
@@ -115,6 +126,16 @@ def _conformal_quantile(residuals: np.ndarray, coverage: float) -> float:
     return float(np.quantile(r, level, method="higher"))
 
 
+def _bounded(value: Any, what: str, *, low: float = -math.inf) -> float:
+    """``value`` as a float if it is a finite number >= ``low``; else a ``PredictorError``
+    naming ``what`` (loaded values: JSON may hold anything, null for NaN included)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not ok or not math.isfinite(value) or value < low:
+        bound = f" >= {low:g}" if low > -math.inf else ""
+        raise PredictorError(f"{what} is {value!r}; it must be a finite number{bound}")
+    return float(value)
+
+
 def _group_folds(groups: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
     """A fold number per row, whole configurations per fold, seeded."""
     unique = rng.permutation(np.unique(groups))
@@ -141,6 +162,7 @@ class BasePredictor(ABC):
     """
 
     name: ClassVar[str]
+    STORES_ARRAYS: ClassVar[bool] = False  # True: ``arrays()`` go to a tensor file next to the JSON
 
     def __init__(self, shape: BertShape, *, seed: int = 0, coverage: float = COVERAGE) -> None:
         if not 0.5 <= coverage < 1.0:
@@ -186,8 +208,9 @@ class BasePredictor(ABC):
 
     def _calibrate(self, log_residuals: np.ndarray) -> None:
         """Set the margin and spread from residuals ``log(measured) - log(predicted)`` of
-        models that did not see those rows."""
-        self.margin_log = _conformal_quantile(log_residuals, self.coverage)
+        models that did not see those rows. The margin is at least 0: ``upper_ms`` is never
+        below ``pred_ms`` (a loaded file is held to the same bound)."""
+        self.margin_log = max(0.0, _conformal_quantile(log_residuals, self.coverage))
         self.sigma_log = float(np.sqrt(np.mean(np.square(log_residuals))))
 
     @abstractmethod
@@ -197,23 +220,40 @@ class BasePredictor(ABC):
     def _predict_log(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(mean log latency, spread of log latency across the model's members) per row."""
 
-    # Persistence: JSON-able state, plus an optional object that only pickle can hold.
+    # Persistence: JSON-able state, plus named numeric arrays (a tensor file) where needed.
     def state(self) -> dict[str, Any]:
         return {"seed": self.seed, "coverage": self.coverage, "feature_names": self.feature_names,
                 "margin_log": self.margin_log, "sigma_log": self.sigma_log}
 
-    def blob(self) -> Any:
-        return None
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {}
 
-    def _set_state(self, state: dict[str, Any], blob: Any) -> None:
-        self.feature_names = list(state["feature_names"])
-        self.margin_log = float(state["margin_log"])
-        self.sigma_log = float(state["sigma_log"])
+    def _set_state(self, state: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        """Restore from loaded data, bounding every value (``PredictorError`` on the first
+        one out of bounds): the names must be features this version produces for the
+        shape, the margin and spread finite and >= 0."""
+        names = state["feature_names"]
+        known = feature_names(self.shape)
+        if not isinstance(names, list) or not names:
+            raise PredictorError("feature_names must be a non-empty list")
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise PredictorError(f"unknown feature names {unknown[:5]} (this version's features "
+                                 f"for the model shape: {known[:3]} ... {known[-3:]})")
+        if len(set(names)) != len(names):
+            raise PredictorError("feature_names lists a feature more than once")
+        self.feature_names = list(names)
+        self.margin_log = _bounded(state["margin_log"], "the safety margin margin_log", low=0.0)
+        self.sigma_log = _bounded(state["sigma_log"], "the spread sigma_log", low=0.0)
 
     @classmethod
-    def from_state(cls, shape: BertShape, state: dict[str, Any], blob: Any = None) -> BasePredictor:
-        pred = cls(shape, seed=int(state["seed"]), coverage=float(state["coverage"]))
-        pred._set_state(state, blob)
+    def from_state(cls, shape: BertShape, state: dict[str, Any],
+                   arrays: dict[str, np.ndarray] | None = None) -> BasePredictor:
+        seed = state["seed"]
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise PredictorError(f"seed must be an integer, got {seed!r}")
+        pred = cls(shape, seed=seed, coverage=_bounded(state["coverage"], "coverage"))
+        pred._set_state(state, arrays or {})
         return pred
 
 
@@ -277,9 +317,17 @@ class AnalyticPredictor(BasePredictor):
     def state(self) -> dict[str, Any]:
         return {**super().state(), "coef": self.coef}
 
-    def _set_state(self, state: dict[str, Any], blob: Any) -> None:
-        super()._set_state(state, blob)
-        self.coef = {k: float(v) for k, v in state["coef"].items()}
+    def _set_state(self, state: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        super()._set_state(state, arrays)
+        missing = [t for t in self.TERMS if t not in self.feature_names]
+        if missing:
+            raise PredictorError(f"feature_names lacks the analytic terms {missing}")
+        coef, names = state["coef"], [*self.TERMS, "const"]
+        if not isinstance(coef, dict) or sorted(coef) != sorted(names):
+            got = sorted(coef) if isinstance(coef, dict) else coef
+            raise PredictorError(f"coef must have exactly the keys {names}, got {got}")
+        # A cost per unit of work: the fit constrains it to >= 0, so must a loaded one be.
+        self.coef = {k: _bounded(coef[k], f"coefficient {k!r}", low=0.0) for k in names}
 
 
 class LearnedPredictor(BasePredictor):
@@ -294,6 +342,7 @@ class LearnedPredictor(BasePredictor):
     """
 
     name = "gbt"
+    STORES_ARRAYS = True
     MEMBERS = 5
     PARAMS: ClassVar[dict[str, Any]] = dict(
         max_iter=300, learning_rate=0.05, max_leaf_nodes=15, min_samples_leaf=10, early_stopping=False
@@ -301,7 +350,7 @@ class LearnedPredictor(BasePredictor):
 
     def __init__(self, shape: BertShape, *, seed: int = 0, coverage: float = COVERAGE) -> None:
         super().__init__(shape, seed=seed, coverage=coverage)
-        self.members: list[Any] = []
+        self.members: list[TreeEnsemble] = []
 
     def _fit(self, X: np.ndarray, y: np.ndarray, groups: np.ndarray) -> None:
         from sklearn.ensemble import HistGradientBoostingRegressor
@@ -323,23 +372,35 @@ class LearnedPredictor(BasePredictor):
                 if (~bag).any():
                     oob_sum[~bag] += model.predict(X[~bag])
             oob_count[~bag] += 1
-            self.members.append(model)
+            # Keep plain arrays, predicted by numpy: a fitted and a loaded predictor are the same.
+            self.members.append(TreeEnsemble.from_sklearn(model))
         seen = oob_count > 0
         self._calibrate(log_y[seen] - oob_sum[seen] / oob_count[seen])
 
     def _predict_log(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        with _one_thread():
-            logs = np.stack([m.predict(X) for m in self.members]) if len(X) else np.zeros((1, 0))
+        logs = np.stack([m.predict(X) for m in self.members])
         return logs.mean(axis=0), logs.std(axis=0)
 
-    def blob(self) -> Any:
-        return self.members
+    def state(self) -> dict[str, Any]:
+        return {**super().state(), "members": len(self.members)}
 
-    def _set_state(self, state: dict[str, Any], blob: Any) -> None:
-        super()._set_state(state, blob)
-        if not isinstance(blob, list) or len(blob) == 0:
-            raise PredictorError("the gbt predictor's model file holds no ensemble members; refit it")
-        self.members = blob
+    def arrays(self) -> dict[str, np.ndarray]:
+        out: dict[str, np.ndarray] = {}
+        for m, member in enumerate(self.members):
+            out.update(member.to_arrays(f"member{m}."))
+        return out
+
+    def _set_state(self, state: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        super()._set_state(state, arrays)
+        n = state["members"]
+        if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= 100:
+            raise PredictorError(f"members must be an integer in [1, 100], got {n!r}")
+        expected = {k for m in range(n) for k in TreeEnsemble.array_names(f"member{m}.")}
+        unexpected = sorted(set(arrays) - expected)
+        if unexpected:
+            raise PredictorError(f"the tree file holds unexpected arrays {unexpected[:5]}")
+        self.members = [TreeEnsemble.from_arrays(arrays, f"member{m}.", len(self.feature_names))
+                        for m in range(n)]
 
 
 PREDICTORS: dict[str, type[BasePredictor]] = {
@@ -508,14 +569,15 @@ def _jsonable(obj: Any) -> Any:
 
 
 def _model_path(path: Path) -> Path:
-    return path.with_name(path.stem + ".joblib")
+    return path.with_name(path.stem + ".trees.safetensors")
 
 
 def save_predictor(
     pred: BasePredictor, path: str | Path, *, device: str, shape: BertShape, report: dict[str, Any]
 ) -> Path:
-    """Write ``pred`` to ``path`` (JSON; tree models add ``<stem>.joblib`` next to it, whose
-    sha256 the JSON records). Written atomically, model file first, JSON last."""
+    """Write ``pred`` to ``path`` (JSON; tree models add ``<stem>.trees.safetensors`` next to
+    it, plain arrays whose sha256 the JSON records). Written atomically, arrays first, JSON
+    last."""
     path = Path(path)
     if not isinstance(pred, BasePredictor) or not pred.fitted:
         raise PredictorError("only a fitted predictor from make_predictor / fit_device can be saved")
@@ -531,21 +593,16 @@ def save_predictor(
         "state": pred.state(),
         "report": report,
     }
-    blob = pred.blob()
-    if blob is not None:
-        import joblib
-        import sklearn
+    if pred.STORES_ARRAYS:
+        from safetensors.numpy import save
 
-        buf = io.BytesIO()
-        joblib.dump(blob, buf)
-        data = buf.getvalue()
+        data = save(pred.arrays())
 
         def write(tmp: Path) -> None:
             tmp.write_bytes(data)
 
         atomic_write(_model_path(path), write)
-        meta.update(model_file=_model_path(path).name, model_sha256=hashlib.sha256(data).hexdigest(),
-                    sklearn_version=sklearn.__version__)
+        meta.update(model_file=_model_path(path).name, model_sha256=hashlib.sha256(data).hexdigest())
     # NaN is not JSON: write null (a margin is never NaN once fitted; report metrics can be).
     return write_json(path, _jsonable(meta))
 
@@ -560,41 +617,44 @@ def _read_meta(path: Path) -> dict[str, Any]:
     if not isinstance(meta, dict) or meta.get("format") != FILE_FORMAT:
         raise PredictorError(f"{path} is not a latency predictor file written by hwnas")
     if meta.get("format_version") != FILE_FORMAT_VERSION or meta.get("feature_version") != FEATURE_VERSION:
+        old = ""
+        if meta.get("format_version") == 1:
+            old = " (format 1 kept trees in a pickle, which is no longer loaded)"
         raise PredictorError(
             f"{path} was written with file format {meta.get('format_version')} / features "
             f"{meta.get('feature_version')}; this version reads {FILE_FORMAT_VERSION} / "
-            f"{FEATURE_VERSION}: refit the predictor"
+            f"{FEATURE_VERSION}{old}: refit the predictor"
         )
     return meta
 
 
-def _read_blob(path: Path, meta: dict[str, Any]) -> Any:
-    import joblib
-    import sklearn
+def _read_arrays(path: Path, meta: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The tree file next to ``path``: only under the name this version writes, only if its
+    bytes match the recorded sha256, parsed as safetensors (tensors only, no code)."""
+    from safetensors.numpy import load
 
-    model_path = path.with_name(str(meta.get("model_file", "")))
+    model_path = _model_path(path)
+    if meta.get("model_file") != model_path.name:
+        raise PredictorError(f"{path} names the tree file {meta.get('model_file')!r}, expected "
+                             f"{model_path.name!r}; refit the predictor")
     try:
         data = model_path.read_bytes()
     except OSError as e:
-        raise PredictorError(f"the model file of {path} is missing or unreadable ({e}); refit it") from e
-    # Check the bytes we are about to unpickle, not the file again (it could change between).
+        raise PredictorError(f"the tree file of {path} is missing or unreadable ({e}); refit it") from e
+    # Check the bytes we are about to parse, not the file again (it could change between).
     if hashlib.sha256(data).hexdigest() != meta.get("model_sha256"):
         raise PredictorError(f"{model_path} does not match the sha256 recorded in {path}: "
                              "corrupt or replaced; refit the predictor")
-    if meta.get("sklearn_version") != sklearn.__version__:
-        raise PredictorError(
-            f"{path} holds trees pickled by scikit-learn {meta.get('sklearn_version')}, this is "
-            f"{sklearn.__version__}: pickles do not carry across versions, refit the predictor"
-        )
     try:
-        return joblib.load(io.BytesIO(data))
-    except Exception as e:  # any unpickling failure means the file is unusable
-        raise PredictorError(f"{model_path} could not be loaded ({e}); refit the predictor") from e
+        return load(data)
+    except Exception as e:  # safetensors raises its own error types for malformed files
+        raise PredictorError(f"{model_path} is not a readable tensor file ({e}); refit the predictor") from e
 
 
 def load_predictor(path: str | Path, device: str | None = None) -> BasePredictor:
     """Load a predictor written by ``save_predictor``; with ``device``, refuse one fitted on
-    another device. Its ``device`` and ``report`` attributes are restored."""
+    another device. Every loaded value is bounded (see ``BasePredictor._set_state`` and
+    ``TreeEnsemble.check``). Its ``device`` and ``report`` attributes are restored."""
     path = Path(path)
     meta = _read_meta(path)
     fitted_on = meta.get("device")
@@ -606,12 +666,18 @@ def load_predictor(path: str | Path, device: str | None = None) -> BasePredictor
     name = meta.get("predictor")
     if name not in PREDICTORS:
         raise PredictorError(f"{path} holds an unknown predictor {name!r}; known: {sorted(PREDICTORS)}")
+    cls = PREDICTORS[name]
+    arrays = _read_arrays(path, meta) if cls.STORES_ARRAYS else {}
     try:
         shape = BertShape.from_dict(meta["shape"])
-        blob = _read_blob(path, meta) if "model_file" in meta else None
-        pred = PREDICTORS[name].from_state(shape, meta["state"], blob)
+        state = meta["state"]
+        if not isinstance(state, dict):
+            raise PredictorError(f"state must be a JSON object, got {type(state).__name__}")
+        pred = cls.from_state(shape, state, arrays)
     except (KeyError, TypeError, ValueError, ConfigError) as e:
         raise PredictorError(f"{path} is an incomplete latency predictor file ({e!r}); refit it") from e
+    except PredictorError as e:
+        raise PredictorError(f"{path} holds an invalid latency predictor: {e}; refit the predictor") from e
     pred.device = fitted_on
     pred.report = meta.get("report") or {}
     return pred

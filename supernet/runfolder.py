@@ -20,8 +20,9 @@ the few library functions that own a file, such as a resumable log) take their p
       devices.json          user device profiles this run has used (from a --devices TOML)
       latency/
         DEVICE.csv            measurement rows (latency/measure.py, results/README.md)
-        DEVICE.predictor.json the fitted predictor (p50 on real traffic); DEVICE.p90...,
+        DEVICE.predictor.json the fitted predictor, plain JSON (p50 on real traffic); DEVICE.p90...,
                               DEVICE.fixed... for other statistics and fixed-length inputs
+        DEVICE.predictor.trees.safetensors  a tree model's node arrays (latency/trees.py)
         DEVICE.fit.json/.png  its held-out quality and predicted-vs-measured plot (likewise)
       search/
         accuracy.csv          cached dev / test scores of every configuration evaluated

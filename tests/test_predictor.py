@@ -16,6 +16,7 @@ from latency.features import FEATURE_VERSION, config_rows, drop_layers, feature_
 from latency.predictor import (
     PREDICTORS,
     BasePredictor,
+    LearnedPredictor,
     Predictor,
     PredictorError,
     _holdout_split,
@@ -27,6 +28,7 @@ from latency.predictor import (
     plot_predicted_vs_measured,
     save_predictor,
 )
+from latency.trees import TreeEnsemble
 from supernet.cost import subnet_flops, subnet_params, tokens_per_layer
 from supernet.model import BertShape
 from supernet.space import SubnetConfig
@@ -269,7 +271,7 @@ def test_save_load_round_trip(name: str, fitted: dict[str, BasePredictor], minil
     path = save_predictor(pred, tmp_path / "cpu.json", device="cpu", shape=MINILM, report={"x": math.nan})
     meta = json.loads(path.read_text())  # strict JSON: NaN became null
     assert meta["device"] == "cpu" and meta["report"] == {"x": None}
-    assert (tmp_path / "cpu.joblib").exists() == (name == "gbt")  # the linear model is plain JSON
+    assert (tmp_path / "cpu.trees.safetensors").exists() == (name == "gbt")  # linear: JSON only
     loaded = load_predictor(path, device="cpu")
     assert loaded.device == "cpu" and loaded.name == name
     pd.testing.assert_frame_equal(loaded.predict(minilm_rows), pred.predict(minilm_rows), check_exact=True)
@@ -281,7 +283,7 @@ def test_corrupt_or_missing_files_raise(fitted: dict[str, BasePredictor], tmp_pa
     with pytest.raises(PredictorError, match="no saved latency predictor"):
         load_predictor(tmp_path / "missing.json")
     path = save_predictor(fitted["gbt"], tmp_path / "p.json", device="cpu", shape=MINILM, report={})
-    model = tmp_path / "p.joblib"
+    model = tmp_path / "p.trees.safetensors"
     data = bytearray(model.read_bytes())
     data[len(data) // 2] ^= 0xFF
     model.write_bytes(bytes(data))
@@ -295,6 +297,140 @@ def test_corrupt_or_missing_files_raise(fitted: dict[str, BasePredictor], tmp_pa
         load_predictor(path)
     path.write_text('{"something": "else"}')
     with pytest.raises(PredictorError, match="not a latency predictor"):
+        load_predictor(path)
+
+
+def _random_rows(n_configs: int, seed: int) -> pd.DataFrame:
+    """Rows for configurations and input shapes the predictor never saw."""
+    return measurements(MINILM, n_configs, seed=seed, input_shapes=((1, 16), (2, 96), (4, 128), (32, 64)))
+
+
+def test_tree_arrays_predict_like_sklearn() -> None:
+    """The numpy walk over the stored arrays gives scikit-learn's predictions, bit for bit,
+    NaN routing included, after a round trip through the tensor file."""
+    from safetensors.numpy import load, save
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
+    rng = np.random.default_rng(0)
+    X = feature_frame(MINILM, measurements(MINILM, 100, seed=3)).to_numpy(dtype=float)
+    y = np.log(X[:, list(feature_frame(MINILM, _random_rows(1, 0)).columns).index("flops")] + 1.0)
+    model = HistGradientBoostingRegressor(**LearnedPredictor.PARAMS, monotonic_cst=[1] * X.shape[1],
+                                          random_state=0).fit(X, y + rng.normal(0, 0.05, len(y)))
+    arrays = load(save(TreeEnsemble.from_sklearn(model).to_arrays("m.")))
+    ens = TreeEnsemble.from_arrays(arrays, "m.", X.shape[1])
+    rows = feature_frame(MINILM, _random_rows(200, seed=11)).to_numpy(dtype=float)
+    noisy = rows * rng.uniform(0.5, 1.5, rows.shape)  # between and beyond the thresholds
+    noisy[rng.random(noisy.shape) < 0.05] = np.nan
+    for Z in (rows, noisy, X):
+        np.testing.assert_array_equal(ens.predict(Z), model.predict(Z))
+    assert ens.predict(rows[:0]).shape == (0,)
+
+
+def test_loaded_gbt_predictor_equals_the_fitted_sklearn_models(
+        minilm_rows: pd.DataFrame, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """pred_ms, std_ms and upper_ms of a saved and loaded gbt predictor, against the
+    scikit-learn models it was fitted as (to 1e-12 relative; in practice equal)."""
+    models: list[object] = []
+    convert = TreeEnsemble.from_sklearn
+
+    def spy(model: object) -> TreeEnsemble:
+        models.append(model)
+        return convert(model)
+
+    monkeypatch.setattr(TreeEnsemble, "from_sklearn", staticmethod(spy))
+    pred = make_predictor("gbt", MINILM, seed=2).fit(minilm_rows)
+    assert len(models) == LearnedPredictor.MEMBERS
+    loaded = load_predictor(save_predictor(pred, tmp_path / "g.json", device="cpu", shape=MINILM, report={}))
+
+    rows = _random_rows(150, seed=12)
+    X = feature_frame(MINILM, rows).to_numpy(dtype=float)
+    logs = np.stack([m.predict(X) for m in models])  # type: ignore[attr-defined]
+    expected = np.exp(logs.mean(axis=0))
+    assert loaded.margin_log == pred.margin_log >= 0 and loaded.sigma_log == pred.sigma_log
+    out = loaded.predict(rows)
+    np.testing.assert_allclose(out["pred_ms"], expected, rtol=1e-12, atol=0)
+    np.testing.assert_allclose(out["std_ms"], expected * np.sqrt(logs.std(axis=0) ** 2 + pred.sigma_log**2),
+                               rtol=1e-12, atol=0)
+    np.testing.assert_allclose(out["upper_ms"], expected * math.exp(pred.margin_log), rtol=1e-12, atol=0)
+    assert (out["upper_ms"] >= out["pred_ms"]).all()
+
+
+def _tamper_json(path: Path, change: Callable[[dict], None]) -> None:
+    meta = json.loads(path.read_text())
+    change(meta)
+    path.write_text(json.dumps(meta))
+
+
+def _tamper_trees(path: Path, change: Callable[[dict[str, np.ndarray]], None]) -> None:
+    """Change the tree file and, as a careful tamperer would, the sha256 the JSON records."""
+    import hashlib
+
+    from safetensors.numpy import load, save
+
+    model = path.with_name(path.stem + ".trees.safetensors")
+    arrays = {k: v.copy() for k, v in load(model.read_bytes()).items()}
+    change(arrays)
+    data = save(arrays)
+    model.write_bytes(data)
+    _tamper_json(path, lambda m: m.update(model_sha256=hashlib.sha256(data).hexdigest()))
+
+
+def _set_child(arrays: dict[str, np.ndarray], value: int) -> None:
+    split = np.flatnonzero(arrays["member0.feature"] >= 0)[0]
+    arrays["member0.left"][split] = value
+
+
+TAMPERED = {
+    # The issue's case: a negative margin would put upper_ms below pred_ms (a 2.65 ms pick
+    # accepted under a 1 ms budget).
+    "negative margin": ("analytic", lambda p: _tamper_json(p, lambda m: m["state"].update(margin_log=-1.0)),
+                        r"margin_log is -1\.0; it must be a finite number >= 0"),
+    "null margin": ("gbt", lambda p: _tamper_json(p, lambda m: m["state"].update(margin_log=None)),
+                    "margin_log is None"),
+    "NaN coefficient": ("analytic",
+                        lambda p: _tamper_json(p, lambda m: m["state"]["coef"].update(flops_linear=math.nan)),
+                        "coefficient 'flops_linear' is nan"),
+    "negative coefficient": ("analytic",
+                             lambda p: _tamper_json(p, lambda m: m["state"]["coef"].update(const=-5.0)),
+                             "coefficient 'const' is -5.0"),
+    "unknown feature": ("gbt", lambda p: _tamper_json(p, lambda m: m["state"]["feature_names"].__setitem__(0, "rm -rf")),
+                        r"unknown feature names \['rm -rf'\]"),
+    "child out of range": ("gbt", lambda p: _tamper_trees(p, lambda a: _set_child(a, 10**6)),
+                           r"tree ensemble 'member0': node \d+ of tree 0 has left child 1000000; a child must come after"),
+    "child pointing back (a cycle)": ("gbt", lambda p: _tamper_trees(p, lambda a: _set_child(a, 0)),
+                                      r"has left child 0; a child must come after its parent"),
+    "feature index out of range": ("gbt", lambda p: _tamper_trees(
+        p, lambda a: a["member1.feature"].__setitem__(0, 999)), r"feature index is outside \[0, \d+\)"),
+    "arrays of different lengths": ("gbt", lambda p: _tamper_trees(
+        p, lambda a: a.update({"member0.value": a["member0.value"][:-1]})), "value has"),
+    "NaN leaf value": ("gbt", lambda p: _tamper_trees(
+        p, lambda a: a["member2.value"].__setitem__(-1, np.nan)), "leaf value is not a finite number"),
+    "missing member": ("gbt", lambda p: _tamper_json(p, lambda m: m["state"].update(members=9)),
+                       "'member5.baseline' is missing"),
+}
+
+
+@pytest.mark.parametrize("case", list(TAMPERED))
+def test_tampered_files_are_refused(case: str, fitted: dict[str, BasePredictor], tmp_path: Path) -> None:
+    name, tamper, message = TAMPERED[case]
+    path = save_predictor(fitted[name], tmp_path / "p.json", device="cpu", shape=MINILM, report={})
+    load_predictor(path)  # untouched, it loads
+    tamper(path)
+    with pytest.raises(PredictorError, match=message) as err:
+        load_predictor(path)
+    assert "refit the predictor" in str(err.value)
+
+
+def test_format_1_pickle_predictors_are_refused(fitted: dict[str, BasePredictor], tmp_path: Path) -> None:
+    path = save_predictor(fitted["gbt"], tmp_path / "p.json", device="cpu", shape=MINILM, report={})
+    _tamper_json(path, lambda m: m.update(format_version=1, model_file="p.joblib"))
+    (tmp_path / "p.joblib").write_bytes(b"\x80\x04 not to be unpickled")
+    with pytest.raises(PredictorError, match=r"format 1 .*pickle.*refit the predictor"):
+        load_predictor(path)
+    # Nor is any file other than the one this version writes next to the JSON.
+    path = save_predictor(fitted["gbt"], tmp_path / "q.json", device="cpu", shape=MINILM, report={})
+    _tamper_json(path, lambda m: m.update(model_file="p.joblib"))
+    with pytest.raises(PredictorError, match=r"names the tree file 'p.joblib'.*refit the predictor"):
         load_predictor(path)
 
 
