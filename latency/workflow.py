@@ -129,11 +129,11 @@ def measure_devices(run: LoadedRun, profiles: list[DeviceProfile], **kwargs: Any
 
 
 def fit_run_device(run_dir: str | Path, shape: BertShape, device: str, *, seed: int = 0,
-                   stats: tuple[str, ...] = STATS) -> dict[str, Any]:
+                   stats: tuple[str, ...] = STATS) -> list[dict[str, Any]]:
     """Fit a predictor for each regime the device was measured in (traffic, fixed lengths)
     and each of ``stats`` (the statistic a budget applies to); evaluate each on held-out
-    configurations; save predictors, reports and plots. Returns the primary report: traffic
-    p50 where the device was timed on traffic, else fixed-length p50 (or the first stat)."""
+    configurations; save predictors, reports and plots. Returns the reports, the primary
+    one first: p50 on real traffic where the device was timed on it, else on fixed lengths."""
     paths = RunFolder(run_dir)
     path = paths.measurements(device)
     if not path.exists():
@@ -147,7 +147,7 @@ def fit_run_device(run_dir: str | Path, shape: BertShape, device: str, *, seed: 
                 reports[regime, stat] = _fit_one(paths, shape, device, on_regime, regime, stat, seed)
     if not reports:
         raise PredictorError(f"{path} holds no measurements: run `hwnas measure --run {run_dir} --device {device}`")
-    return next(iter(reports.values()))
+    return list(reports.values())
 
 
 def _fit_one(paths: RunFolder, shape: BertShape, device: str, rows: pd.DataFrame, regime: str, stat: str,

@@ -121,8 +121,7 @@ def _search_args(q: argparse.ArgumentParser) -> None:
     """The options ``search`` and ``export`` share."""
     q.add_argument("--run", required=True, help="run folder with a trained supernet and fitted predictors")
     q.add_argument("--devices", help="TOML file with [devices.NAME] profiles")
-    q.add_argument("--length", help="input length the budget applies to: an integer or pNN of the task "
-                   "(default: the device profile's first length, the task's median)")
+    _latency_args(q)
     q.add_argument("--method", default="evolution", help="evolution (default), random, tpe, nsga2")
     q.add_argument("--n", type=int, default=150, help="accuracy evaluations (default %(default)s)")
     q.add_argument("--dev-subset", type=int, default=500,
@@ -131,15 +130,26 @@ def _search_args(q: argparse.ArgumentParser) -> None:
     q.add_argument("--seed", type=int, default=0)
 
 
-def _target(run: LoadedRun, device: str, devices_file: str | None, length: str | None) -> Target:
-    """``device`` (a built-in, stored or --devices profile) at --length, or at its first length."""
+def _latency_args(q: argparse.ArgumentParser) -> None:
+    """What a latency budget applies to (search, export, compare, bench)."""
+    q.add_argument("--budget-stat", choices=("p50", "p90", "p99", "mean"), default="p50",
+                   help="the statistic of per-call latency a budget applies to (default %(default)s; p90 / p99 for a "
+                   "tail-latency promise); `hwnas fit` fits a predictor for each")
+    q.add_argument("--length", help="fixed-length mode, for users who pad every call to one shape: time one input "
+                   "of this length (an integer or pNN of the task), repeated; the device must have been measured at "
+                   "it (a profile with lengths = [...]). Default: the device's real traffic (dev inputs at their own "
+                   "lengths, served in turn), or its first fixed length for a device measured on fixed lengths only")
+
+
+def _target(run: LoadedRun, device: str, devices_file: str | None, length: str | None, stat: str = "p50") -> Target:
+    """``device`` (a built-in, stored or --devices profile) on its real traffic, or at --length."""
     from latency.target import Target, resolve_length
     from latency.workflow import resolve_device, store_devices
 
     if devices_file is not None:
         store_devices(run.folder, devices_file)
     profile = resolve_device(run.folder, device)
-    return Target.of(run, profile, None if length is None else resolve_length(run, length))
+    return Target.of(run, profile, None if length is None else resolve_length(run, length), stat=stat)
 
 
 def _floats(text: str, flag: str, example: str = "5,8,12") -> list[float]:
@@ -366,16 +376,19 @@ def cmd_fit(a: argparse.Namespace) -> int:
     from supernet.checkpoint import load_model
 
     shape = load_model(RunFolder(a.run).supernet).shape
+    paths = RunFolder(a.run)
     for device in a.device.split(","):
-        r = fit_run_device(a.run, shape, device, seed=a.seed)
-        m = r["metrics"][r["chosen"]]
-        nf = r["noise_floor"]
-        print(f"{device}: chose {r['chosen']} on {r['n_configs']} configurations ({r['n_holdout']} held-out rows): "
-              f"MAPE {m['mape']:.2%}, within +-10% {m['within_10pct']:.1%}, Kendall tau {m['kendall_tau']:.3f}, "
-              f"upper bound covers {r['coverage_upper']:.1%} (margin {r['upper_margin']:.1%}); noise floor: "
-              f"repeats within +-10% {nf['within_10pct']:.1%}, median deviation {nf['median_abs_rel']:.2%}; "
-              f"harness ratio {r['harness_ratio']:.3f}")
-        print(f"  wrote {a.run}/latency/{device}.predictor.json, {device}.fit.json, {device}.fit.png")
+        for r in fit_run_device(a.run, shape, device, seed=a.seed):
+            m = r["metrics"][r["chosen"]]
+            nf = r["noise_floor"]
+            what = "real traffic" if r["regime"] == "traffic" else "fixed lengths"
+            print(f"{device}, {r['stat']} on {what}: chose {r['chosen']} on {r['n_configs']} configurations "
+                  f"({r['n_holdout']} held-out rows): MAPE {m['mape']:.2%}, within +-10% {m['within_10pct']:.1%}, "
+                  f"Kendall tau {m['kendall_tau']:.3f}, upper bound covers {r['coverage_upper']:.1%} (margin "
+                  f"{r['upper_margin']:.1%}); noise floor: repeats within +-10% {nf['within_10pct']:.1%}, median "
+                  f"deviation {nf['median_abs_rel']:.2%}; harness ratio {r['harness_ratio']:.3f}")
+            print(f"  wrote {paths.predictor(device, r['regime'], r['stat'])}, "
+                  f"{paths.fit_report(device, r['regime'], r['stat']).name}, {paths.fit_plot(device, r['regime'], r['stat']).name}")
     return 0
 
 
@@ -409,13 +422,13 @@ def cmd_search(a: argparse.Namespace) -> int:
                                  "storage_path": str(run.paths.ray_storage.resolve())}
     budgets: list[float | None] = [None] if a.front else list(_budgets(a.budget_ms))
     for device in a.device.split(","):
-        target = _target(run, device, a.devices, a.length)
+        target = _target(run, device, a.devices, a.length, a.budget_stat)
         for budget in budgets:
             result, wall = run_search(run, target, budget, method=method, n_evaluations=a.n, seed=a.seed,
                                       accuracy=acc, searcher_kwargs=kwargs)
             write_csv(run.paths.search_history(device, budget, method), search_history(result, target, budget, method))
             where = "whole front" if budget is None else f"budget {budget:g} ms"
-            print(f"{device} (batch {target.batch}, length {target.length}), {where}, {method}: "
+            print(f"{device} ({target.describe()}), {where}, {method}: "
                   f"{result.n_evaluations} evaluated in {wall:.0f} s")
             if budget is None:
                 print(result.front()[["acc_dev", "lat_pred_ms", "lat_upper_ms"]].to_string(index=False))
@@ -458,7 +471,7 @@ def cmd_export(a: argparse.Namespace) -> int:
     from supernet.workflow import open_run
 
     run = open_run(a.run)
-    target = _target(run, a.device, a.devices, a.length)
+    target = _target(run, a.device, a.devices, a.length, a.budget_stat)
     if a.speedup is not None and not a.speedup > 1:
         raise ConfigError(f"--speedup must be above 1 (a budget below the full model's latency), got {a.speedup:g}")
     budget: list[float | None] = [None] if a.speedup is not None else list(_budgets(a.budget_ms))
@@ -488,7 +501,8 @@ def cmd_export(a: argparse.Namespace) -> int:
         print(f"  finalist {s['arch']}: predicted {s['predicted_ms']:.2f} ms (upper {s['upper_ms']:.2f}), "
               f"measured {s['measured_ms']:.2f} ms -> {verdict}")
     speed = f"{r['speedup']:.2f}x" if r["speedup"] else "not re-measured here"
-    print(f"{r['device']} under {r['budget_ms']:g} ms: {r['arch']}\n  measured {r['measured_latency_ms']:.2f} ms vs full "
+    print(f"{r['device']} under {r['budget_ms']:g} ms ({target.describe()}): {r['arch']}\n"
+          f"  measured {r['measured_latency_ms']:.2f} ms vs full "
           f"{r['full_model_latency_ms']:.2f} ms ({speed}); test {r['metric']} {r['test_accuracy']:.4f} vs full model "
           f"{r['full_model_test_accuracy']:.4f}\n  wrote {a.out}/model.onnx, pytorch/, subnet.json, report.json")
     if r["finetuned"]:
@@ -511,7 +525,7 @@ def register_compare(sub: Subparsers) -> argparse.ArgumentParser:
                    "use --device)")
     c.add_argument("--device-file", metavar="DEVICES", help="deprecated spelling of --devices")
     c.add_argument("--methods", help="methods to compare separately, comma-separated (default: all pooled)")
-    c.add_argument("--length", help="input length (integer or pNN; default: each device's first length)")
+    _latency_args(c)
     c.add_argument("--out", help="output folder (default RUN/compare)")
     c.add_argument("--remeasure-points", type=int, default=12, help="front points re-measured per device")
     c.add_argument("--no-remeasure", action="store_true", help="predicted latency only")
@@ -546,7 +560,7 @@ def cmd_compare(a: argparse.Namespace) -> int:
         raise ConfigError("compare needs --run RUN or --runs RUN1,RUN2")
     devices, devices_file = _compare_devices(a)
     runs = [open_run(r) for r in (a.runs.split(",") if a.runs else [a.run])]
-    targets = {str(r.folder): {d: _target(r, d, devices_file, a.length) for d in devices} for r in runs}
+    targets = {str(r.folder): {d: _target(r, d, devices_file, a.length, a.budget_stat) for d in devices} for r in runs}
     methods = a.methods.split(",") if a.methods else None
     out = a.out or str(runs[0].paths.compare)
     table, hv = compare(runs, targets, methods, out, remeasure_points=0 if a.no_remeasure else a.remeasure_points,
@@ -565,6 +579,7 @@ def register_bench(sub: Subparsers) -> argparse.ArgumentParser:
                        "BENCHMARKS.md with tables and a PNG.")
     b.add_argument("--run", required=True, help="run folder (trained, measured and fitted on --device)")
     b.add_argument("--device", default="cpu", help="device to benchmark on (default %(default)s)")
+    _latency_args(b)
     b.add_argument("--n", type=int, default=150, help="accuracy evaluations per searched method")
     b.add_argument("--seed", type=int, default=0)
     _precision_arg(b)
@@ -591,7 +606,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
     from supernet.workflow import open_run
 
     run = open_run(a.run)
-    target = _target(run, a.device, None, None)
+    target = _target(run, a.device, None, a.length, a.budget_stat)
     if a.quick:
         cfg = BenchConfig.quick(device=a.device, seed=a.seed, search_precision=a.search_precision)
     else:

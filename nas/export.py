@@ -166,7 +166,9 @@ def run_search(
         fingerprint = hashlib.sha1(paths.predictor(target.profile.name).read_bytes()).hexdigest()[:8]
         scaled = "" if latency.scale == 1.0 else f"-x{latency.scale:.4g}"
         b = "front" if budget_ms is None else f"{budget_ms:g}ms"
-        kwargs.setdefault("study_name", f"{target.profile.name}-{b}-{method}-L{target.length}-s{seed}"
+        shape = f"L{target.length}" if target.regime == "fixed" else f"traffic{target.length}"
+        stat = "" if target.stat == "p50" else f"-{target.stat}"
+        kwargs.setdefault("study_name", f"{target.profile.name}-{b}{stat}-{method}-{shape}-s{seed}"
                                         f"-{accuracy.search_split}-p{fingerprint}{scaled}")
     searcher = make_searcher(method, **kwargs)
     t0 = time.time()
@@ -181,6 +183,7 @@ def search_history(result: SearchResult, target: Target, budget_ms: float | None
     frame.insert(0, "device", target.profile.name)
     frame["budget_ms"] = budget_ms
     frame["length"], frame["batch"] = target.length, target.batch
+    frame["regime"], frame["budget_stat"] = target.regime, target.stat
     return frame
 
 

@@ -72,7 +72,7 @@ def main_job(out: str | Path, spec: RunSpec, job: JobConfig, *, progress: bool =
     t0 = time.time()
     fits = {}
     for device in job.devices:
-        fits[device] = fit_run_device(out, run.supernet.shape, device, seed=spec.seed)
+        fits[device] = fit_run_device(out, run.supernet.shape, device, seed=spec.seed)[0]  # p50 on traffic
         m = fits[device]["metrics"][fits[device]["chosen"]]
         log(f"  {device}: {fits[device]['chosen']} predictor, held-out MAPE {m['mape']:.1%}, "
             f"within 10% {m['within_10pct']:.0%}, Kendall tau {m['kendall_tau']:.2f}")

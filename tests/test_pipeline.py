@@ -299,3 +299,37 @@ def test_export_budget_as_a_speedup_over_the_full_model(job: Path, tmp_path: Pat
     assert main(["export", "--run", str(job), "--device", "cpu", "--budget-ms", "30", "--n", "6",
                  "--out", str(tmp_path / "z")]) == 0
     assert json.loads((tmp_path / "z" / "report.json").read_text())["budget_from"] is None
+
+
+def test_budgets_on_a_tail_statistic_and_in_fixed_length_mode(job: Path, tmp_path: Path, capsys) -> None:
+    """`--budget-stat p90` budgets the p90 of per-call latency on real traffic; `--length` is the
+    fixed-length mode, which needs fixed-length measurements (a profile with lengths = [...])."""
+    import shutil
+
+    def export(run: Path, out: str, *extra: str) -> int:
+        return main(["export", "--run", str(run), "--budget-ms", "1000", "--n", "4", "--drift-tolerance", "-1",
+                     "--out", str(tmp_path / out), "--quiet", *extra])
+
+    assert export(job, "p90", "--device", "cpu", "--budget-stat", "p90") == 0
+    report = json.loads((tmp_path / "p90" / "report.json").read_text())
+    assert (report["regime"], report["budget_stat"], report["traffic_calls"]) == ("traffic", "p90", 32)
+    assert "(p90 per call of batch 1 on real traffic)" in capsys.readouterr().out
+    assert export(job, "fixed", "--device", "cpu", "--length", "8") == 2
+    assert "no p50 predictor for device 'cpu' on fixed-length inputs" in capsys.readouterr().err
+
+    run = tmp_path / "run"
+    shutil.copytree(job, run)
+    toml = tmp_path / "d.toml"
+    toml.write_text('[devices.padded]\nlengths = ["traffic", 8]\nthreads = 1\n')
+    assert main(["measure", "--run", str(run), "--device", "padded", "--devices", str(toml), "--n", "20",
+                 "--repeats", "5", "--warmup", "1", "--noise-rounds", "1", "--quiet"]) == 0
+    rows = pd.read_csv(run / "latency" / "padded.csv")
+    samples = rows[rows["kind"] == "sample"]
+    assert samples.groupby("regime")["arch_key"].nunique().to_dict() == {"fixed": 20, "traffic": 20}
+    assert set(samples.loc[samples["regime"] == "fixed", "length"]) == {8}
+    assert main(["fit", "--run", str(run), "--device", "padded"]) == 0
+    assert (run / "latency" / "padded.fixed.predictor.json").exists() and (run / "latency" / "padded.predictor.json").exists()
+    assert export(run, "padded8", "--device", "padded", "--length", "8") == 0
+    report = json.loads((tmp_path / "padded8" / "report.json").read_text())
+    assert (report["regime"], report["length"], report["traffic_calls"]) == ("fixed", 8, None)
+    assert "(p50 per call of batch 1 on 8 tokens repeated)" in capsys.readouterr().out
