@@ -29,7 +29,7 @@ import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -429,6 +429,16 @@ class DeviceTimer:
         merged = [_median_timing(t) for t in times]
         return Measured(ms=[t.stat(self.stat) for t in merged[1:]], full_ms=merged[0].stat(self.stat),
                         timings=tuple(merged[1:]), full=merged[0])
+
+    def compare(self, runners: Mapping[str, Runner], *, rounds: int = 3,
+                workload: Workload | None = None) -> dict[str, Timing]:
+        """Named runners (deployments other than sub-networks: stock models, quantized
+        graphs) timed in turn, ``rounds`` interleaved rounds; the median timing of each."""
+        times: dict[str, list[Timing]] = {name: [] for name in runners}
+        for _ in range(rounds):
+            for name, r in runners.items():
+                times[name].append(self.time(r, workload))
+        return {name: _median_timing(t) for name, t in times.items()}
 
     def close(self) -> None:
         shutil.rmtree(self.workdir, ignore_errors=True)

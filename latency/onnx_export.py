@@ -69,7 +69,7 @@ def _example_inputs(model: ElasticBert) -> tuple[torch.Tensor, torch.Tensor, tor
 
 
 @contextlib.contextmanager
-def _quiet() -> Iterator[None]:
+def quiet_exporter() -> Iterator[None]:
     """Silence the exporter's warnings, log records and prints (a progress bar may be running)."""
     loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._dynamo")]
     levels = [lg.level for lg in loggers]
@@ -101,7 +101,7 @@ def export_onnx(model: ElasticBert, path: str | Path, *, opset: int = 18) -> Pat
     axes[OUTPUT_NAME] = {0: "batch"}
 
     def write(tmp: Path) -> None:
-        with _quiet(), torch.no_grad():
+        with quiet_exporter(), torch.no_grad():
             torch.onnx.export(
                 wrapper,
                 _example_inputs(model),

@@ -505,6 +505,15 @@ def cmd_export(a: argparse.Namespace) -> int:
           f"  measured {r['measured_latency_ms']:.2f} ms vs full "
           f"{r['full_model_latency_ms']:.2f} ms ({speed}); test {r['metric']} {r['test_accuracy']:.4f} vs full model "
           f"{r['full_model_test_accuracy']:.4f}\n  wrote {a.out}/model.onnx, pytorch/, subnet.json, report.json")
+    if r["deployments"]:
+        stat, sp = r["budget_stat"], r["speedup_vs_stock"]
+        print(f"  against what you could deploy without hwnas ({stat} ms per call, same run, same inputs; test "
+              f"{r['metric']} by ONNX Runtime):")
+        for name, row in r["deployments"].items():
+            print(f"    {name:<11} {row[stat + '_ms']:8.3f} ms   test {row['acc_test']:.4f}")
+        print(f"  speed-up: {sp['ours_vs_fastest_stock_fp32']:.2f}x against the fastest stock fp32 "
+              f"({sp['fastest_stock_fp32']}), {sp['ours_vs_stock_int8']:.2f}x against stock INT8; quantized the same "
+              f"way, ours would be {sp['ours_int8_vs_fastest_stock_fp32']:.2f}x and {sp['ours_int8_vs_stock_int8']:.2f}x")
     if r["finetuned"]:
         ft = r["finetuned"]
         for c in r["finetune_candidates"]:

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import pandas as pd
 
-from latency.measure import Timer
+from latency.measure import DeviceTimer, Timer
 from latency.target import PredictedLatency, Target, device_drift, drift_references, open_timer
 from nas.objectives import DevAccuracy
 from nas.search import Candidate, SearchResult, depth_seeds, fastest_reachable, make_searcher
@@ -77,6 +77,7 @@ class ExportConfig:
     finetune_candidates: int = 3
     drift_tolerance: float | None = 0.10
     rounds: int = 3  # interleaved re-measurement rounds
+    baselines: bool = True  # time the stock model (fp32, ORT-optimized, INT8) beside the export
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -343,6 +344,45 @@ def write_export(run: LoadedRun, target: Target, out: Path, chosen: Candidate, m
     return {"files": {**written, "onnx": str(onnx_path)}, "onnx_max_abs_diff": check_onnx(model, onnx_path, dev_batches)}
 
 
+def compare_with_stock(run: LoadedRun, timer: DeviceTimer, onnx_path: Path, *, rounds: int = 3) -> dict[str, Any] | None:
+    """The exported sub-network (``ours``, and quantized the same way as the stock model:
+    ``ours-int8``) and the supernet's full model (``ours-full``) timed in turn with the stock
+    deployments (``latency.baselines``), on the timer's workload and statistic, with their
+    test scores. None on a device whose runtime is not ONNX Runtime."""
+    from latency.baselines import (
+        compare_deployments,
+        onnx_scores,
+        quantize_int8,
+        speedups,
+        stock_models,
+    )
+    from latency.onnx_export import export_onnx
+    from supernet.extract import extract
+
+    if timer.profile.runtime != "onnxruntime":
+        return None
+    stock = stock_models(run)
+    full = export_onnx(extract(run.supernet, run.space.largest()), timer.workdir / "ours-full.onnx")
+    int8 = quantize_int8(onnx_path, timer.workdir / "ours-int8.onnx")
+    paths = {**{n: Path(v["path"]) for n, v in stock.items()}, "ours-full": full, "ours": onnx_path, "ours-int8": int8}
+    timed = compare_deployments(timer, paths, rounds=rounds)
+    test = run.splits["test"]
+    rows: dict[str, dict[str, Any]] = {}
+    for name, path in paths.items():
+        acc = stock[name]["acc_test"] if name in stock else onnx_scores(path, test)["accuracy"]
+        rows[name] = {**timed[name], "acc_test": acc, "precision": "int8" if name.endswith("int8") else "fp32"}
+    stat = {"p50": "p50_ms", "p90": "p90_ms", "p99": "p99_ms", "mean": "mean_ms"}[timer.stat]
+    lat = {n: r[stat] for n, r in rows.items()}
+    ours, ours_int8, full_x = (speedups(lat, n) for n in ("ours", "ours-int8", "ours-full"))
+    speedup = {"stat": timer.stat, "fastest_stock_fp32": ours["fastest_stock_fp32"],
+               "ours_vs_fastest_stock_fp32": ours["vs_fastest_stock_fp32"], "ours_vs_stock_int8": ours["vs_stock_int8"],
+               "ours_int8_vs_fastest_stock_fp32": ours_int8["vs_fastest_stock_fp32"],
+               "ours_int8_vs_stock_int8": ours_int8["vs_stock_int8"],
+               # Below 1: our full-model export is slower than the stock one (its graph, not its size).
+               "ours_full_vs_fastest_stock_fp32": full_x["vs_fastest_stock_fp32"]}
+    return {"deployments": rows, "speedup": speedup}
+
+
 # --- the pipeline --------------------------------------------------------------------------------
 
 def choose_and_export(
@@ -405,10 +445,12 @@ def choose_and_export(
             (chosen, chosen_ms), small, ft_rows = pool[ft.best], ft.models[ft.best], ft.rows
             tuned = {"epochs": cfg.finetune.epochs, "lr": cfg.finetune.lr, "candidates": len(pool),
                      **{k: ft_rows[ft.best][k] for k in ("wall_s", "reused", "dev_accuracy", "test_accuracy")}}
+        written = write_export(run, target, out, chosen, small)
+        stock = (compare_with_stock(run, timer, Path(written["files"]["onnx"]), rounds=cfg.rounds)
+                 if cfg.baselines and isinstance(timer, DeviceTimer) else None)
     finally:
         if own_timer is not None:
             own_timer.close()
-    written = write_export(run, target, out, chosen, small)
     full_test = full_model_test if full_model_test is not None or teacher is None else model_score(
         teacher, run.splits["test"], run.task.metric)
     sub, largest, full_ms = chosen.config, run.space.largest(), verified.full_ms
@@ -448,6 +490,11 @@ def choose_and_export(
         "n_evaluations": result.n_evaluations,
         "search_wall_s": round(search_s, 1),
         "step_downs": verified.steps,
+        # The stock model as a user would deploy it without us, timed in the same run on the
+        # same workload and statistic: name -> latency and test accuracy (INT8 scored by
+        # running the quantized graph); the speed-ups against the fastest stock fp32 and INT8.
+        "deployments": stock["deployments"] if stock else None,
+        "speedup_vs_stock": stock["speedup"] if stock else None,
         "files": written["files"],
     }
     write_json(out / "report.json", report)

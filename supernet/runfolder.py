@@ -32,6 +32,7 @@ the few library functions that own a file, such as a resumable log) take their p
       export/DEVICE_BUDGETms/ what `hwnas run` exports (`hwnas export --out` chooses its own)
       compare/              fronts.csv, hypervolume.csv, fronts.png
       bench/                `hwnas bench`'s exports and fine-tunings (its pages go to --out)
+      baselines/            the stock model as ONNX, ORT-optimized and INT8, with test scores
       summary.csv, job.json what `hwnas run` found, and its stage times
 """
 
@@ -158,6 +159,11 @@ class RunFolder:
     @property
     def compare(self) -> Path:
         return self.root / "compare"
+
+    @property
+    def baselines(self) -> Path:
+        """The stock deployments of the run's teacher (latency/baselines.py), built once."""
+        return self.root / "baselines"
 
     @property
     def bench(self) -> Path:

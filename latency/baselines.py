@@ -1,0 +1,178 @@
+"""What a user could deploy without us, timed in the same run as what we hand over.
+
+The user's fine-tuned model (the run's teacher) as a stock Hugging Face BERT, exported to
+ONNX the standard way (``torch.onnx.export`` of ``BertForSequenceClassification``), then:
+
+* ``stock-fp32``: that graph as exported;
+* ``stock-ort``: after ONNX Runtime's transformer optimizer (attention, layer-norm and GELU
+  fusions), what ONNX Runtime recommends before serving a BERT on a CPU;
+* ``stock-int8``: dynamic INT8 quantization of the optimized graph (``quantize_dynamic``,
+  int8 weights, activations quantized per call): ONNX Runtime's recommendation for
+  transformers on x86. It gains most on CPUs with AVX-512 VNNI (this one has it); with AVX2
+  only the gain is smaller, and on old CPUs INT8 can be slower than fp32.
+
+``stock_models`` builds them once per run (``RUN/baselines/``, with their test accuracy,
+scored by running each ONNX graph); ``compare_deployments`` times them beside our models,
+interleaved call by call on the same workload and statistic as the budget
+(``latency.measure.DeviceTimer.compare``). Every speed-up is quoted against the fastest
+stock fp32 deployment (the headline) and against the stock INT8 one.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from latency.measure import DeviceTimer, Runner, Workload
+from latency.onnx_export import INPUT_NAMES, OUTPUT_NAME, ort_session, quiet_exporter
+from supernet.data import Encoded, iterate_batches
+from supernet.errors import HwnasError
+from supernet.evaluate import scores
+from supernet.io import atomic_write, write_json
+
+if TYPE_CHECKING:
+    from supernet.model import ElasticBert
+    from supernet.workflow import LoadedRun
+
+STOCK = ("stock-fp32", "stock-ort", "stock-int8")
+FP32_STOCK = ("stock-fp32", "stock-ort")
+
+
+class BaselineError(HwnasError):
+    """A stock model that cannot be built or scored."""
+
+
+def onnx_logits(path: str | Path, enc: Encoded, *, batch_size: int = 32, threads: int | None = None) -> np.ndarray:
+    """Logits (N, num_labels) of an ONNX classifier on ``enc``, in ``enc``'s order."""
+    sess = ort_session(path, threads=threads)
+    out: np.ndarray | None = None
+    for b in iterate_batches(enc, batch_size, shuffle=False, sort_by_length=True):
+        feed = {k: b[k].numpy().astype(np.int64) for k in INPUT_NAMES}
+        (logits,) = sess.run([OUTPUT_NAME], feed)
+        if out is None:
+            out = np.zeros((len(enc), logits.shape[1]), dtype=np.float32)
+        out[b["index"].numpy()] = logits
+    return out if out is not None else np.zeros((0, 0), dtype=np.float32)
+
+
+def onnx_scores(path: str | Path, enc: Encoded) -> dict[str, float]:
+    """Accuracy and macro-F1 of an ONNX classifier, run by ONNX Runtime (how INT8 is scored)."""
+    return scores(onnx_logits(path, enc), enc.labels)
+
+
+def export_stock_onnx(teacher: ElasticBert, out: Path, *, opset: int = 17) -> Path:
+    """The teacher as a stock ``BertForSequenceClassification``, exported to ONNX the standard
+    way (inputs ``input_ids``, ``attention_mask``, ``token_type_ids``, output ``logits``)."""
+    import torch
+    from transformers import BertForSequenceClassification
+
+    from supernet.extract import export_hf
+
+    hf_dir = export_hf(teacher, out.parent / "stock-hf")
+    model = BertForSequenceClassification.from_pretrained(str(hf_dir)).eval()
+
+    class Logits(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                    token_type_ids: torch.Tensor) -> torch.Tensor:
+            return self.model(input_ids=input_ids, attention_mask=attention_mask,
+                              token_type_ids=token_type_ids).logits
+
+    ids = torch.ones(2, 16, dtype=torch.long)
+    axes = {n: {0: "batch", 1: "sequence"} for n in INPUT_NAMES}
+    axes[OUTPUT_NAME] = {0: "batch"}
+
+    def write(tmp: Path) -> None:
+        with quiet_exporter(), torch.no_grad():
+            torch.onnx.export(Logits().eval(), (ids, torch.ones_like(ids), torch.zeros_like(ids)), str(tmp),
+                              dynamo=False, input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
+                              dynamic_axes=axes, opset_version=opset)
+
+    return atomic_write(out, write)
+
+
+def optimize_stock(src: Path, out: Path, *, num_heads: int, hidden_size: int) -> Path:
+    """ONNX Runtime's transformer optimizer on a BERT graph (fusions for the CPU)."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    opt = optimize_model(str(src), model_type="bert", num_heads=num_heads, hidden_size=hidden_size)
+    return atomic_write(out, lambda tmp: opt.save_model_to_file(str(tmp)))
+
+
+def quantize_int8(src: Path, out: Path) -> Path:
+    """Dynamic INT8 quantization (int8 weights; activations quantized at run time)."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    def write(tmp: Path) -> None:
+        # The optimizer's fused operators (com.microsoft domain) have no ONNX shape inference:
+        # tensors whose type is then unknown are float, which they are.
+        quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QInt8,
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+
+    return atomic_write(out, write)
+
+
+def stock_models(run: LoadedRun) -> dict[str, dict[str, Any]]:
+    """The stock deployments of the run's teacher (built once, kept in ``RUN/baselines/``):
+    name -> ``{"path", "acc_test", "f1_test", "precision"}``, test scores by ONNX Runtime."""
+    from supernet.checkpoint import load_model
+
+    folder = run.paths.baselines
+    about = folder / "stock.json"
+    if about.exists():
+        known = json.loads(about.read_text())
+        if all((folder / known[n]["file"]).exists() for n in STOCK if n in known) and set(STOCK) <= set(known):
+            return {n: {**known[n], "path": str(folder / known[n]["file"])} for n in STOCK}
+    folder.mkdir(parents=True, exist_ok=True)
+    teacher = load_model(run.paths.teacher)
+    s = teacher.shape
+    try:
+        fp32 = export_stock_onnx(teacher, folder / "stock-fp32.onnx")
+        ort = optimize_stock(fp32, folder / "stock-ort.onnx", num_heads=s.heads[0], hidden_size=s.hidden_size)
+        int8 = quantize_int8(ort, folder / "stock-int8.onnx")
+    except (RuntimeError, ValueError, OSError) as e:
+        raise BaselineError(f"could not build the stock ONNX baselines in {folder}: {e}") from e
+    out: dict[str, dict[str, Any]] = {}
+    test = run.splits["test"]
+    for name, path in zip(STOCK, (fp32, ort, int8), strict=True):
+        sc = onnx_scores(path, test)
+        out[name] = {"file": path.name, "acc_test": sc["accuracy"], "f1_test": sc["macro_f1"],
+                     "precision": "int8" if name == "stock-int8" else "fp32"}
+    write_json(about, out)
+    return {n: {**v, "path": str(folder / v["file"])} for n, v in out.items()}
+
+
+def open_onnx(timer: DeviceTimer, path: str | Path) -> Runner:
+    """A runner of an ONNX file on the timer's device (ONNX Runtime profiles only)."""
+    if timer.profile.runtime != "onnxruntime":
+        raise BaselineError(f"stock ONNX baselines run on ONNX Runtime; device {timer.profile.name!r} uses "
+                            f"{timer.profile.runtime}")
+    sess = ort_session(path, threads=timer.profile.effective_threads, providers=[timer.profile.provider])
+    return lambda feeds: sess.run([OUTPUT_NAME], feeds)
+
+
+def compare_deployments(timer: DeviceTimer, models: Mapping[str, str | Path], *, rounds: int = 3,
+                        workload: Workload | None = None) -> dict[str, dict[str, float]]:
+    """Each ONNX model of ``models`` (name -> path) timed in turn with the others, ``rounds``
+    interleaved rounds, on the timer's workload: name -> {p50_ms, p90_ms, p99_ms, mean_ms}."""
+    runners = {name: open_onnx(timer, path) for name, path in models.items()}
+    timings = timer.compare(runners, rounds=rounds, workload=workload)
+    return {n: {"p50_ms": t.median_ms, "p90_ms": t.p90_ms, "p99_ms": t.p99_ms, "mean_ms": t.mean_ms}
+            for n, t in timings.items()}
+
+
+def speedups(latency: Mapping[str, float], ours: str) -> dict[str, Any]:
+    """``ours``'s speed-up against the fastest stock fp32 deployment (the headline) and against
+    the stock INT8 one, from latencies in ms (one statistic)."""
+    fastest_fp32 = min(latency[n] for n in FP32_STOCK if n in latency)
+    return {"vs_fastest_stock_fp32": fastest_fp32 / latency[ours],
+            "fastest_stock_fp32": min((n for n in FP32_STOCK if n in latency), key=lambda n: latency[n]),
+            "vs_stock_int8": latency["stock-int8"] / latency[ours] if "stock-int8" in latency else float("nan")}

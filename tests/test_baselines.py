@@ -1,0 +1,67 @@
+"""The stock deployments a user could ship without us: built from the run's teacher, scored by
+running their ONNX graphs, timed beside our models on the same workload."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from latency.baselines import STOCK, compare_deployments, onnx_logits, speedups, stock_models
+from latency.target import Target, target_timer
+from latency.workflow import resolve_device
+from supernet.checkpoint import load_model
+from supernet.evaluate import predict
+
+
+def test_stock_models_compute_what_the_teacher_computes(job: Path) -> None:
+    from supernet.workflow import open_run
+
+    run = open_run(job)
+    stock = stock_models(run)
+    assert list(stock) == list(STOCK)
+    test = run.splits["test"]
+    teacher = predict(load_model(job / "teacher"), test)
+    for name, atol in (("stock-fp32", 1e-4), ("stock-ort", 1e-3)):  # fusions reorder float sums
+        assert np.abs(onnx_logits(stock[name]["path"], test) - teacher).max() < atol, name
+    int8 = onnx_logits(stock["stock-int8"]["path"], test)
+    assert int8.shape == teacher.shape and (int8.argmax(1) == teacher.argmax(1)).mean() > 0.8
+    assert all(0 <= stock[n]["acc_test"] <= 1 for n in STOCK) and stock["stock-int8"]["precision"] == "int8"
+    before = {n: Path(stock[n]["path"]).stat().st_mtime_ns for n in STOCK}
+    again = stock_models(run)  # built once per run
+    assert {n: Path(again[n]["path"]).stat().st_mtime_ns for n in STOCK} == before
+
+
+def test_deployments_are_timed_in_turn_on_the_budgets_workload(job: Path) -> None:
+    from supernet.workflow import open_run
+
+    run = open_run(job)
+    stock = stock_models(run)
+    with target_timer(run, Target.of(run, resolve_device(job, "cpu"))) as timer:
+        timed = compare_deployments(timer, {n: stock[n]["path"] for n in STOCK}, rounds=1)
+    assert list(timed) == list(STOCK)
+    for t in timed.values():
+        assert 0 < t["p50_ms"] <= t["p90_ms"] <= t["p99_ms"]
+
+
+def test_speedups_are_against_the_fastest_stock_fp32_and_stock_int8() -> None:
+    got = speedups({"stock-fp32": 10.0, "stock-ort": 8.0, "stock-int8": 5.0, "ours": 2.0}, "ours")
+    assert got == {"vs_fastest_stock_fp32": 4.0, "fastest_stock_fp32": "stock-ort", "vs_stock_int8": 2.5}
+    with pytest.raises(ValueError):
+        speedups({"ours": 2.0}, "ours")  # nothing to compare with
+
+
+def test_the_export_reports_the_stock_comparison(job: Path) -> None:
+    import json
+
+    (export,) = list((job / "export").iterdir())
+    report = json.loads((export / "report.json").read_text())
+    assert set(report["deployments"]) == {*STOCK, "ours-full", "ours", "ours-int8"}
+    sp, stat = report["speedup_vs_stock"], report["budget_stat"]
+    lat = {n: r[f"{stat}_ms"] for n, r in report["deployments"].items()}
+    assert sp["stat"] == stat and sp["ours_vs_fastest_stock_fp32"] == pytest.approx(
+        min(lat["stock-fp32"], lat["stock-ort"]) / lat["ours"])
+    assert sp["ours_vs_stock_int8"] == pytest.approx(lat["stock-int8"] / lat["ours"])
+    assert torch.isfinite(torch.tensor(report["deployments"]["ours-int8"]["acc_test"]))
