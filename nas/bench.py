@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from latency.baselines import FP32_STOCK, compare_deployments, stock_models
 from latency.measure import DeviceTimer
 from latency.target import PredictedLatency, Target, target_timer
 from nas.export import ExportConfig, ImpossibleBudget, choose_and_export
@@ -119,9 +120,12 @@ def _candidates(run: LoadedRun, target: Target, acc: DevAccuracy, cfg: BenchConf
     return out
 
 
-def fronts(run: LoadedRun, target: Target, acc: DevAccuracy, cfg: BenchConfig, progress: bool = True) -> pd.DataFrame:
+def fronts(run: LoadedRun, target: Target, acc: DevAccuracy, cfg: BenchConfig,
+           progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Each method's front (dev accuracy vs predicted latency), evenly thinned to
-    ``front_points``, re-measured together with the full model, scored on test."""
+    ``front_points``, re-measured together with the full model, scored on test; and the
+    stock deployments a user could ship without us (``latency.baselines``), timed in the same
+    run on the same workload and statistic (empty on a device that does not run ONNX)."""
     cands = _candidates(run, target, acc, cfg, progress)
     rows = []
     for method, cs in cands.items():
@@ -134,6 +138,7 @@ def fronts(run: LoadedRun, target: Target, acc: DevAccuracy, cfg: BenchConfig, p
     unique = {c.key(): c for c in configs}
     with target_timer(run, target) as timer:
         got = timer.measure(list(unique.values()), rounds=cfg.rounds)
+        stock = stock_deployments(run, timer, rounds=cfg.rounds)
     ms, full_ms = dict(zip(unique, got.ms, strict=True)), got.full_ms
     L = target.length
     full_flops = subnet_flops(run.supernet.shape, run.space.largest(), L)
@@ -144,9 +149,31 @@ def fronts(run: LoadedRun, target: Target, acc: DevAccuracy, cfg: BenchConfig, p
     table["flops_ratio"] = [full_flops / subnet_flops(run.supernet.shape, c, L) for c in configs]
     table["acc_dev_full"] = [acc.full_dev(c) for c in tqdm(configs, desc="bench: score fronts", disable=not progress)]
     table["acc_test"] = [acc.test(c) for c in configs]
+    if len(stock):
+        lat = stock.set_index("deployment")["lat_ms"]
+        table["speedup_vs_stock"] = float(lat[list(FP32_STOCK)].min()) / table["lat_measured_ms"]
+        table["speedup_vs_stock_int8"] = float(lat["stock-int8"]) / table["lat_measured_ms"]
     table.insert(0, "device", target.profile.name)
     table["length"] = L
-    return table
+    return table, stock
+
+
+def stock_deployments(run: LoadedRun, timer: DeviceTimer, *, rounds: int) -> pd.DataFrame:
+    """The stock deployments and our full model, timed in turn on the timer's workload: one
+    row each with its latency (the timer's statistic) and test accuracy."""
+    if timer.profile.runtime != "onnxruntime":
+        return pd.DataFrame()
+    from latency.onnx_export import export_onnx
+    from supernet.extract import extract
+
+    stock = stock_models(run)
+    paths = {**{n: v["path"] for n, v in stock.items()},
+             "ours-full": export_onnx(extract(run.supernet, run.space.largest()), timer.workdir / "ours-full.onnx")}
+    timed = compare_deployments(timer, paths, rounds=rounds)
+    stat = f"{timer.stat}_ms"
+    return pd.DataFrame([{"deployment": n, "lat_ms": t[stat], "p90_ms": t["p90_ms"], "p99_ms": t["p99_ms"],
+                          "acc_test": stock[n]["acc_test"] if n in stock else float("nan")}
+                         for n, t in timed.items()])
 
 
 def finetuned(run: LoadedRun, target: Target, table: pd.DataFrame, acc: DevAccuracy, cfg: BenchConfig, folder: Path,
@@ -323,7 +350,9 @@ def run_bench(run: LoadedRun, target: Target, cfg: BenchConfig, out_dir: str | P
     t0 = time.time()
     teacher = load_model(run.paths.teacher)
     full_test = model_score(teacher, run.splits["test"], run.task.metric)
-    table = fronts(run, target, acc, cfg, progress)
+    table, stock = fronts(run, target, acc, cfg, progress)
+    if len(stock):
+        stock.loc[stock["deployment"] == "ours-full", "acc_test"] = acc.test(run.space.largest())
     times["fronts (search + re-measure + score)"] = time.time() - t0
     hv = hypervolumes(table, full_test)
     t0 = time.time()
@@ -333,16 +362,18 @@ def run_bench(run: LoadedRun, target: Target, cfg: BenchConfig, out_dir: str | P
     t0 = time.time()
     comp = compliance(run, target, acc, cfg, run.paths.bench, full_test, progress)
     times["budget sweep (search + export + re-measure)"] = time.time() - t0
-    fits = {}
-    for f in sorted(run.paths.latency.glob("*.fit.json")):
-        r = json.loads(f.read_text())
-        fits[r["device"]] = r
+    fits = {}  # each measured device's predictor for the benchmark's regime and statistic
+    for f in sorted(run.paths.latency.glob("*.csv")):
+        report = run.paths.fit_report(f.stem, target.regime, target.stat)
+        if report.exists():
+            fits[f.stem] = json.loads(report.read_text())
     prefix = f"bench_{run.spec.task}_{target.profile.name}"
     write_csv(out / f"{prefix}_fronts.csv", table)
     write_csv(out / f"{prefix}_hypervolume.csv", hv)
     write_csv(out / f"{prefix}_speedup.csv", sp)
     write_csv(out / f"{prefix}_finetuned.csv", ft)
     write_csv(out / f"{prefix}_compliance.csv", comp)
+    write_csv(out / f"{prefix}_deployments.csv", stock)
     plot(table, full_test, out / f"{prefix}_fronts.png", ft)
     state = json.loads(run.paths.state.read_text())
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -350,7 +381,7 @@ def run_bench(run: LoadedRun, target: Target, cfg: BenchConfig, out_dir: str | P
                "predictor": {d: str(run.paths.predictor(d)) for d in fits}}
     write_json(out / f"{prefix}_summary.json", summary)
     write_text(out / f"{prefix}.md", _page(run, target, cfg, table, hv, sp, ft, comp, fits, full_test, summary, command,
-                                                 prefix))
+                                                 prefix, stock))
     assemble(out)
     return summary
 
@@ -385,7 +416,7 @@ def _ft_candidates(ft: pd.DataFrame) -> pd.DataFrame:
 
 def _page(run: LoadedRun, target: Target, cfg: BenchConfig, table: pd.DataFrame, hv: pd.DataFrame, sp: pd.DataFrame,
           ft: pd.DataFrame, comp: pd.DataFrame, fits: dict[str, Any], full_test: float, summary: dict[str, Any], command: str,
-          prefix: str) -> str:
+          prefix: str, stock: pd.DataFrame) -> str:
     import onnxruntime
     import torch
     import transformers
@@ -427,15 +458,27 @@ def _page(run: LoadedRun, target: Target, cfg: BenchConfig, table: pd.DataFrame,
     ])
     cpu = platform.processor() or platform.machine()
     now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    show = ["method", "arch", "lat_measured_ms", "speedup", "flops_ratio", "acc_dev_full", "acc_test"]
+    show = ["method", "arch", "lat_measured_ms", "speedup", *[c for c in ("speedup_vs_stock", "speedup_vs_stock_int8")
+                                                               if c in table], "flops_ratio", "acc_dev_full", "acc_test"]
+    what = "real traffic (dev inputs at their own lengths, served call by call; `length`: their median)" \
+        if target.regime == "traffic" else "one real input of that length, repeated"
+    stock_text = (f"""What a user could deploy without us, timed in the same run on the same inputs ({target.stat} ms per call):
+the fine-tuned full model as a stock BERT exported to ONNX (`stock-fp32`), after ONNX Runtime's transformer optimizer
+(`stock-ort`), and dynamically quantized to INT8 (`stock-int8`; test accuracy by running the quantized graph);
+`ours-full` is our own export of the supernet's largest sub-network. `speedup_vs_stock` below is against the fastest
+stock fp32 deployment, `speedup_vs_stock_int8` against stock INT8.
+{_md(stock)}
+""" if len(stock) else "")
     return f"""# Benchmarks: {run.spec.task} on {target.profile.name}
 
 Generated by `{command}` on {now}; host {platform.node()} ({cpu}, {__import__('os').cpu_count()} cores),
 Python {platform.python_version()}, torch {torch.__version__}, transformers {transformers.__version__},
 onnxruntime {onnxruntime.__version__}. Run folder `{run.folder}` (task {run.spec.task}, model {run.spec.model}).
-Batch {target.batch}, input length {target.length} tokens (the dev split's median). Latencies are medians of
-{cfg.rounds} interleaved rounds, each timed together with the full model in the same process; speed-ups are
-ratios to that full model. Test accuracy is reported only; every choice used dev.
+Batch {target.batch}, timed on {what}, length {target.length}; latencies are the {target.stat} per call, medians of
+{cfg.rounds} interleaved rounds, each model timed in turn with the full model in the same process; `speedup` is the
+ratio to our full model. Test accuracy is reported only; every choice used dev.
+
+{stock_text}
 
 ## Targets
 {_md(targets)}
