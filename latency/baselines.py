@@ -21,6 +21,7 @@ stock fp32 deployment (the headline) and against the stock INT8 one.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -113,9 +114,16 @@ def quantize_int8(src: Path, out: Path) -> Path:
 
     def write(tmp: Path) -> None:
         # The optimizer's fused operators (com.microsoft domain) have no ONNX shape inference:
-        # tensors whose type is then unknown are float, which they are.
-        quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QInt8,
-                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+        # tensors whose type is then unknown are float, which they are. The quantizer's advice
+        # to pre-process (for static quantization) goes to the root logger: not for users here.
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.ERROR)
+        try:
+            quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QInt8,
+                             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+        finally:
+            root.setLevel(level)
 
     return atomic_write(out, write)
 

@@ -82,3 +82,19 @@ def job(tmp_path_factory: pytest.TempPathFactory, tiny_hf_dir: Path) -> Path:
                  "--n-measure", "20", "--n-search", "10", "--quiet"])  # 20: one row per configuration on traffic
     assert code == 0
     return out
+
+
+@pytest.fixture
+def bench_configs(monkeypatch: pytest.MonkeyPatch) -> list:
+    """The ``BenchConfig`` each `hwnas bench` call builds: ``run_bench`` records it and stops
+    there (isolates argument parsing from the benchmark)."""
+    import nas.bench
+
+    seen: list = []
+
+    def record(run, target, cfg, out, **kw):  # noqa: ANN001, ANN003, ANN202
+        seen.append(cfg)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(nas.bench, "run_bench", record)
+    return seen

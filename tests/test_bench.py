@@ -116,16 +116,9 @@ def test_bench_rejects_bad_settings(job: Path, tmp_path: Path, args: list[str], 
     assert not (tmp_path / "BENCHMARKS.md").exists()
 
 
-def test_bench_settings_reach_the_config(job: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import nas.bench
+def test_bench_settings_reach_the_config(job: Path, tmp_path: Path, bench_configs: list) -> None:
 
-    seen: list[BenchConfig] = []
-
-    def fake_run_bench(run, target, cfg, out, **kw):  # noqa: ANN001, ANN003, ANN202 - isolates argument parsing
-        seen.append(cfg)
-        raise SystemExit(0)
-
-    monkeypatch.setattr(nas.bench, "run_bench", fake_run_bench)
+    seen = bench_configs
     with pytest.raises(SystemExit):
         main(["bench", "--run", str(job), "--out", str(tmp_path), "--budgets", "0.25,0.5", "--front-points", "4",
               "--dev-subset", "0", "--n", "7", "--finetune-candidates", "2"])

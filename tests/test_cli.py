@@ -144,8 +144,7 @@ def test_measure_kit_from_a_run(job: Path, tmp_path: Path, capsys) -> None:
     assert set(man["inputs"]) == {str(L) for L in device_inputs(run, replace(profile, kit=True))} == {"28"}
 
 
-def test_quick_bench_config(job: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import nas.bench
+def test_quick_bench_config(job: Path, tmp_path: Path, bench_configs: list) -> None:
     from nas.bench import BenchConfig
 
     quick = BenchConfig.quick(device="cpu-1t", seed=3, search_precision="fp32")
@@ -154,13 +153,7 @@ def test_quick_bench_config(job: Path, tmp_path: Path, monkeypatch: pytest.Monke
     assert quick.rounds == 1 and quick.dev_subset == 200
     assert quick.finetune_methods == ("ours",) and quick.finetune_speedups == (2.0,)
     assert quick.finetune_epochs == 0.5 and quick.finetune_candidates == 2
-    seen: list[BenchConfig] = []
-
-    def fake_run_bench(run, target, cfg, out, **kw):  # noqa: ANN001, ANN003, ANN202 - isolates argument parsing
-        seen.append(cfg)
-        raise SystemExit(0)
-
-    monkeypatch.setattr(nas.bench, "run_bench", fake_run_bench)
+    seen = bench_configs
     with pytest.raises(SystemExit):
         main(["bench", "--run", str(job), "--out", str(tmp_path), "--quick", "--seed", "3", "--n", "99"])
     assert seen == [BenchConfig.quick(device="cpu", seed=3)]  # --quick overrides --n
