@@ -217,7 +217,9 @@ def cmd_run(a: argparse.Namespace) -> int:
     t0 = time.time()
     summary = main_job(out, spec, job, progress=not a.quiet)
     print()
-    print(f"Summary ({spec.task}, {spec.model}); latency per call at the task's median length, measured now:")
+    print(f"Summary ({spec.task}, {spec.model}); p50 latency per call on the task's real traffic (dev sentences "
+          "served in turn), measured now; speed-ups against our own full model (the export's report.json has them "
+          "against the stock model):")
     cols = ["device", "budget_ms", "arch", "measured_ms", "full_ms", "speedup", "meets_budget", "acc_test", "full_acc_test"]
     _print_table(summary, cols)
     print(f"total {(time.time() - t0) / 60:.1f} min; wrote {out}/summary.csv, {out}/export/, {out}/compare/fronts.png")

@@ -102,7 +102,7 @@ def main_job(out: str | Path, spec: RunSpec, job: JobConfig, *, progress: bool =
             got = timer.measure([c.config for _, c in found])
         measured, full_ms = got.ms, got.full_ms
         for (budget, c), ms in zip(found, measured, strict=True):
-            rows.append({"device": device, "length": target.length, "budget_ms": budget, "arch": c.config.describe(),
+            rows.append({"device": device, "regime": target.regime, "length": target.length, "budget_ms": budget, "arch": c.config.describe(),
                          "pred_ms": c.latency_ms, "measured_ms": ms, "full_ms": full_ms, "speedup": full_ms / ms,
                          "meets_budget": ms <= budget, "acc_dev": acc.full_dev(c.config), "acc_test": acc.test(c.config),
                          "full_acc_test": acc.test(run.space.largest())})
