@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -41,8 +42,24 @@ def write_text(path: str | Path, text: str) -> Path:
     return atomic_write(path, write)
 
 
+def strict_json(obj: Any) -> Any:
+    """``obj`` as plain JSON values: numpy scalars and arrays become Python ones, and a float
+    that is not finite (NaN, infinity) becomes null, which every JSON parser reads (bare
+    ``NaN`` is not JSON)."""
+    if isinstance(obj, dict):
+        return {str(k): strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    if hasattr(obj, "tolist") and not isinstance(obj, (str, bytes)):  # numpy scalars and arrays
+        return strict_json(obj.tolist())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
 def write_json(path: str | Path, obj: Any) -> Path:
-    return write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    """Write ``obj`` as strict JSON (``strict_json``), atomically."""
+    return write_text(path, json.dumps(strict_json(obj), indent=2, sort_keys=False, allow_nan=False) + "\n")
 
 
 def write_csv(path: str | Path, frame: Any) -> Path:

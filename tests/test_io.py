@@ -74,3 +74,20 @@ def test_evaluator_scores_persist_and_are_not_recomputed(tmp_path: Path) -> None
     assert list(frame.columns) == SCORE_COLUMNS and len(frame) == len(cfgs)
     again = Evaluator(model, {"dev": enc}, log_path=path)
     assert [again(c, "dev") for c in cfgs] == scored and again.n_computed == 0
+
+
+def test_json_files_are_strict_json(tmp_path: Path) -> None:
+    """No bare NaN or Infinity in a written file (a kit device's report has no measured latency):
+    not-finite numbers become null, numpy values plain ones."""
+    import json
+
+    from supernet.io import write_json
+
+    path = write_json(tmp_path / "r.json", {"ms": float("nan"), "xs": [np.float64(1.5), float("inf"), np.int64(3)],
+                                             "a": np.array([0.25, -np.inf])})
+
+    def refuse(name: str) -> None:
+        raise AssertionError(f"{name} is not JSON")
+
+    assert json.loads(path.read_text(), parse_constant=refuse) == {"ms": None, "xs": [1.5, None, 3],
+                                                                   "a": [0.25, None]}
