@@ -144,11 +144,15 @@ class ElasticAttention(nn.Module):
         )  # (B, h, T, d) each
         p_drop = self.dropout if self.training else 0.0
         probs = None
-        if need_probs:
+        # Exported to ONNX, attention is written out as stock BERT's graph is (scaled scores,
+        # mask, softmax): the exporter's decomposition of scaled_dot_product_attention adds
+        # scalar ops per layer and ran 4-7% slower in ONNX Runtime (scripts/stock_check.py).
+        if need_probs or torch.onnx.is_in_onnx_export():
             scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim)  # (B, h, T, T)
             scores = scores.masked_fill(~mask[:, None, None, :], torch.finfo(scores.dtype).min)
-            probs = scores.softmax(-1)
-            ctx = F.dropout(probs, p_drop, self.training) @ v  # (B, h, T, d)
+            attn = scores.softmax(-1)
+            ctx = F.dropout(attn, p_drop, self.training) @ v  # (B, h, T, d)
+            probs = attn if need_probs else None
         else:
             ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :], dropout_p=p_drop)
         if self.head_gate is not None:
