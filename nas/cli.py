@@ -507,6 +507,10 @@ def cmd_export(a: argparse.Namespace) -> int:
           f"  measured {r['measured_latency_ms']:.2f} ms vs full "
           f"{r['full_model_latency_ms']:.2f} ms ({speed}); test {r['metric']} {r['test_accuracy']:.4f} vs full model "
           f"{r['full_model_test_accuracy']:.4f}\n  wrote {a.out}/model.onnx, pytorch/, subnet.json, report.json")
+    for name, v in r["vs_teacher"].items():
+        print(f"  {name} test accuracy vs the teacher on the same {v['n']} sentences: {v['diff_points']:+.2f} points "
+              f"(95% CI {v['ci95_low']:+.2f} to {v['ci95_high']:+.2f}, paired bootstrap; McNemar p {v['mcnemar_p']:.3g}; "
+              f"{v['agreement']:.1%} same predictions)")
     if r["deployments"]:
         stat, sp = r["budget_stat"], r["speedup_vs_stock"]
         print(f"  against what you could deploy without hwnas ({stat} ms per call, same run, same inputs; test "

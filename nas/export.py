@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+import numpy as np
 import pandas as pd
 
 from latency.measure import DeviceTimer, Timer
@@ -351,12 +352,13 @@ def compare_with_stock(run: LoadedRun, timer: DeviceTimer, onnx_path: Path, *, r
     test scores. None on a device whose runtime is not ONNX Runtime."""
     from latency.baselines import (
         compare_deployments,
-        onnx_scores,
+        onnx_logits,
         quantize_int8,
         speedups,
         stock_models,
     )
     from latency.onnx_export import export_onnx
+    from supernet.evaluate import scores
     from supernet.extract import extract
 
     if timer.profile.runtime != "onnxruntime":
@@ -368,8 +370,12 @@ def compare_with_stock(run: LoadedRun, timer: DeviceTimer, onnx_path: Path, *, r
     timed = compare_deployments(timer, paths, rounds=rounds)
     test = run.splits["test"]
     rows: dict[str, dict[str, Any]] = {}
+    logits: dict[str, np.ndarray] = {}  # the INT8 graphs' test predictions, for the paired statistics
     for name, path in paths.items():
-        acc = stock[name]["acc_test"] if name in stock else onnx_scores(path, test)["accuracy"]
+        if name.endswith("int8"):
+            logits[name] = onnx_logits(path, test)
+        acc = (stock[name]["acc_test"] if name in stock
+               else scores(logits[name] if name in logits else onnx_logits(path, test), test.labels)["accuracy"])
         rows[name] = {**timed[name], "acc_test": acc, "precision": "int8" if name.endswith("int8") else "fp32"}
     stat = {"p50": "p50_ms", "p90": "p90_ms", "p99": "p99_ms", "mean": "mean_ms"}[timer.stat]
     lat = {n: r[stat] for n, r in rows.items()}
@@ -380,7 +386,21 @@ def compare_with_stock(run: LoadedRun, timer: DeviceTimer, onnx_path: Path, *, r
                "ours_int8_vs_stock_int8": ours_int8["vs_stock_int8"],
                # Below 1: our full-model export is slower than the stock one (its graph, not its size).
                "ours_full_vs_fastest_stock_fp32": full_x["vs_fastest_stock_fp32"]}
-    return {"deployments": rows, "speedup": speedup}
+    return {"deployments": rows, "speedup": speedup, "logits": logits}
+
+
+def against_teacher(run: LoadedRun, teacher: ElasticBert, model: ElasticBert,
+                    other_logits: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
+    """Each model's test accuracy against the teacher's on the same sentences (per-example
+    correctness, whatever the task's headline metric): ``ours`` (the written model) and any
+    ``other_logits`` (name -> test logits, e.g. the INT8 graphs run by ONNX Runtime)."""
+    from nas.stats import compare_with
+    from supernet.evaluate import predict
+
+    test = run.splits["test"]
+    ref = predict(teacher, test)
+    return {name: compare_with(ref, logits, test.labels)
+            for name, logits in {"ours": predict(model, test), **other_logits}.items()}
 
 
 # --- the pipeline --------------------------------------------------------------------------------
@@ -453,6 +473,8 @@ def choose_and_export(
             own_timer.close()
     full_test = full_model_test if full_model_test is not None or teacher is None else model_score(
         teacher, run.splits["test"], run.task.metric)
+    vs_teacher = against_teacher(run, teacher or load_model(run.paths.teacher), small,
+                                 stock["logits"] if stock else {})
     sub, largest, full_ms = chosen.config, run.space.largest(), verified.full_ms
     report = {
         "device": device,
@@ -494,6 +516,9 @@ def choose_and_export(
         # same workload and statistic: name -> latency and test accuracy (INT8 scored by
         # running the quantized graph); the speed-ups against the fastest stock fp32 and INT8.
         "deployments": stock["deployments"] if stock else None,
+        # Test accuracy against the teacher's on the same sentences, in points: paired
+        # bootstrap 95% interval and McNemar p-value (nas/stats.py), for ours and the INT8 graphs.
+        "vs_teacher": vs_teacher,
         "speedup_vs_stock": stock["speedup"] if stock else None,
         "files": written["files"],
     }

@@ -65,3 +65,12 @@ def test_the_export_reports_the_stock_comparison(job: Path) -> None:
         min(lat["stock-fp32"], lat["stock-ort"]) / lat["ours"])
     assert sp["ours_vs_stock_int8"] == pytest.approx(lat["stock-int8"] / lat["ours"])
     assert torch.isfinite(torch.tensor(report["deployments"]["ours-int8"]["acc_test"]))
+    # Against the teacher on the same sentences, with paired statistics (rt's metric is accuracy).
+    vs = report["vs_teacher"]
+    assert set(vs) == {"ours", "ours-int8", "stock-int8"}
+    written = report["finetuned"]["test_accuracy"] if report["finetuned"] else report["test_accuracy"]
+    assert vs["ours"]["diff_points"] == pytest.approx(100 * (written - report["full_model_test_accuracy"]))
+    assert vs["stock-int8"]["diff_points"] == pytest.approx(
+        100 * (report["deployments"]["stock-int8"]["acc_test"] - report["full_model_test_accuracy"]))
+    for v in vs.values():
+        assert v["ci95_low"] <= v["diff_points"] <= v["ci95_high"] and 0 <= v["mcnemar_p"] <= 1
