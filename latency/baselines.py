@@ -36,6 +36,7 @@ from supernet.evaluate import scores
 from supernet.io import atomic_write, write_json
 
 if TYPE_CHECKING:
+    from latency.devices import DeviceProfile
     from supernet.model import ElasticBert
     from supernet.workflow import LoadedRun
 
@@ -184,3 +185,25 @@ def speedups(latency: Mapping[str, float], ours: str) -> dict[str, Any]:
     return {"vs_fastest_stock_fp32": fastest_fp32 / latency[ours],
             "fastest_stock_fp32": min((n for n in FP32_STOCK if n in latency), key=lambda n: latency[n]),
             "vs_stock_int8": latency["stock-int8"] / latency[ours] if "stock-int8" in latency else float("nan")}
+
+
+def time_stock(run: LoadedRun, profile: DeviceProfile, *, rounds: int = 3, seed: int = 0) -> dict[str, Any] | None:
+    """Once per device (``hwnas measure``): the stock deployments and our full model
+    (``ours-full``) timed in turn on the profile's first workload (its real traffic where it
+    has one), with their test scores. None off ONNX Runtime. What a sub-network's speed-up
+    should be read against."""
+    from latency.onnx_export import export_onnx
+    from latency.workflow import device_workloads
+    from supernet.extract import extract
+
+    if profile.runtime != "onnxruntime":
+        return None
+    stock = stock_models(run)
+    workload = device_workloads(run, profile, seed)[0]
+    with DeviceTimer(profile, run.supernet, [workload]) as timer:
+        ours = export_onnx(extract(run.supernet, run.space.largest()), timer.workdir / "ours-full.onnx")
+        timed = compare_deployments(timer, {**{n: v["path"] for n, v in stock.items()}, "ours-full": ours},
+                                    rounds=rounds)
+    return {"device": profile.name, "regime": workload.regime, "length": workload.length, "batch": profile.batch,
+            "deployments": {n: {**t, "acc_test": stock[n]["acc_test"] if n in stock else None}
+                            for n, t in timed.items()}}

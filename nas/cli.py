@@ -24,6 +24,7 @@ from supernet.errors import ConfigError, HwnasError  # light: no heavy imports b
 from supernet.runfolder import RunFolder  # paths only
 
 if TYPE_CHECKING:
+    from latency.devices import DeviceProfile
     from latency.target import Target
     from supernet.train import StageConfig
     from supernet.workflow import LoadedRun, RunSpec
@@ -334,6 +335,7 @@ def cmd_measure(a: argparse.Namespace) -> int:
             s = sweep_summary(rows)
             print(f"{name}: {s['configs']} configurations measured; harness ratio {s['harness_ratio']:.3f}")
         print(f"took {(time.time() - t0) / 60:.1f} min")
+        _time_stock(run, profiles, quiet=a.quiet)
         return 0
     profile = profiles[0]
     log_path = run.paths.measurements(profile.name)
@@ -359,7 +361,26 @@ def cmd_measure(a: argparse.Namespace) -> int:
     print(f"{profile.name}: {s['configs']} configurations measured ({s['failed_rows']} failed rows) in "
           f"{log_path}; harness check (same model timed twice in turn): ratio {s['harness_ratio']:.3f}; "
           f"this call took {minutes:.1f} min")
+    _time_stock(run, [profile], quiet=a.quiet)
     return 0
+
+
+def _time_stock(run: LoadedRun, profiles: list[DeviceProfile], *, quiet: bool) -> None:
+    """Time the stock deployments on each device (once per `hwnas measure`) and say so."""
+    from latency.baselines import time_stock
+    from supernet.io import write_json
+
+    for profile in profiles:
+        got = time_stock(run, profile)
+        if got is None:
+            continue
+        path = write_json(run.paths.stock_timing(profile.name), got)
+        if not quiet:
+            print(f"  {profile.name}, p50 per call ({got['regime']}), what a user could deploy without hwnas "
+                  f"(written to {path}):")
+            for name, t in got["deployments"].items():
+                acc = "" if t["acc_test"] is None else f"   test {t['acc_test']:.4f}"
+                print(f"    {name:<11} {t['p50_ms']:8.3f} ms{acc}")
 
 
 def register_fit(sub: Subparsers) -> argparse.ArgumentParser:

@@ -24,6 +24,7 @@ the few library functions that own a file, such as a resumable log) take their p
                               DEVICE.fixed... for other statistics and fixed-length inputs
         DEVICE.predictor.trees.safetensors  a tree model's node arrays (latency/trees.py)
         DEVICE.fit.json/.png  its held-out quality and predicted-vs-measured plot (likewise)
+        DEVICE.stock.json     the stock model (ONNX, ORT-optimized, INT8) timed there by `hwnas measure`
       search/
         accuracy.csv          cached dev / test scores of every configuration evaluated
         DEVICE_BUDGET_METHOD.csv  each search's history (BUDGET: "5ms" or "front")
@@ -118,6 +119,10 @@ class RunFolder:
         """``cpu`` for real traffic and p50 (the default); ``cpu.fixed``, ``cpu.p90``, ...
         otherwise."""
         return ".".join([device, *(["fixed"] if regime == "fixed" else []), *([stat] if stat != "p50" else [])])
+
+    def stock_timing(self, device: str) -> Path:
+        """The stock deployments timed on the device by `hwnas measure` (latency/baselines.py)."""
+        return self.latency / f"{device}.stock.json"
 
     def predictor(self, device: str, regime: str = "traffic", stat: str = "p50") -> Path:
         return self.latency / f"{self._fit_stem(device, regime, stat)}.predictor.json"

@@ -323,6 +323,10 @@ def test_budgets_on_a_tail_statistic_and_in_fixed_length_mode(job: Path, tmp_pat
     toml.write_text('[devices.padded]\nlengths = ["traffic", 8]\nthreads = 1\n')
     assert main(["measure", "--run", str(run), "--device", "padded", "--devices", str(toml), "--n", "20",
                  "--repeats", "5", "--warmup", "1", "--noise-rounds", "1", "--quiet"]) == 0
+    stock = json.loads((run / "latency" / "padded.stock.json").read_text())  # timed once per device
+    assert stock["regime"] == "traffic" and set(stock["deployments"]) == {"stock-fp32", "stock-ort", "stock-int8",
+                                                                          "ours-full"}
+    assert all(t["p50_ms"] > 0 for t in stock["deployments"].values())
     rows = pd.read_csv(run / "latency" / "padded.csv")
     samples = rows[rows["kind"] == "sample"]
     assert samples.groupby("regime")["arch_key"].nunique().to_dict() == {"fixed": 20, "traffic": 20}
