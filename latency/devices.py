@@ -93,19 +93,17 @@ class DeviceProfile:
 
     @property
     def traffic(self) -> bool:
-        """Whether this device is timed on real traffic (a kit times fixed lengths only: there
-        the traffic's median length stands in, as a fixed length)."""
-        return "traffic" in self.lengths and not self.kit
+        """Whether this device is timed on real traffic (a measurement kit replays it too)."""
+        return "traffic" in self.lengths
 
     def resolve_lengths(self, stats: Mapping[str, float]) -> list[int]:
         """Concrete fixed lengths from the task's token-length statistics (keys like
-        ``"p50"``); "traffic" counts as a fixed length (the median) on a kit device only."""
+        ``"p50"``); "traffic" is not a fixed length."""
         out = []
         for x in self.lengths:
             if x == "traffic":
-                if self.kit:
-                    out.append(max(2, int(round(stats["p50"]))))
-            elif isinstance(x, int):
+                continue
+            if isinstance(x, int):
                 out.append(x)
             elif x in stats:
                 out.append(max(2, int(round(stats[x]))))

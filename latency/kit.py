@@ -12,17 +12,16 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
 from latency.devices import DeviceProfile
-from latency.measure import COLUMNS, MeasurementLog, arch_columns, sample_configs
-from latency.workflow import device_inputs
+from latency.measure import COLUMNS, MeasurementLog, Workload, arch_columns, sample_configs
+from latency.workflow import device_workloads
 from supernet.errors import HwnasError
 from supernet.io import atomic_write, write_json
 from supernet.model import BertShape, ElasticBert
@@ -40,14 +39,12 @@ class KitError(HwnasError):
 
 def write_run_kit(run: LoadedRun, profile: DeviceProfile, out_dir: str | Path, *, n: int, seed: int = 0,
                   progress: bool = True) -> Path:
-    """A kit of ``n`` sampled sub-networks of ``run`` for ``profile``, with the dev split's
-    token arrays at the profile's lengths; returns the path of ``manifest.json``.
-
-    A kit times fixed lengths only (its rows are ``regime`` "fixed"): where the profile asks
-    for real traffic, the traffic's median length stands in."""
-    inputs = device_inputs(run, replace(profile, kit=True), seed)
-    configs = sample_configs(run.space, run.supernet.shape, n, seed=seed, length=min(inputs))
-    return write_kit(out_dir, profile, run.supernet, configs, inputs, progress=progress)
+    """A kit of ``n`` sampled sub-networks of ``run`` for ``profile``, with what the profile is
+    timed on (the run's real traffic sample, the same as a local measurement's, and any fixed
+    lengths); returns the path of ``manifest.json``."""
+    workloads = device_workloads(run, profile, seed)
+    configs = sample_configs(run.space, run.supernet.shape, n, seed=seed, length=min(w.length for w in workloads))
+    return write_kit(out_dir, profile, run.supernet, configs, workloads, progress=progress)
 
 
 def write_kit(
@@ -55,11 +52,13 @@ def write_kit(
     profile: DeviceProfile,
     supernet: ElasticBert,
     configs: Sequence[SubnetConfig],
-    inputs: dict[int, dict[str, np.ndarray]],
+    workloads: Sequence[Workload],
     *,
     progress: bool = True,
 ) -> Path:
-    """Write the kit folder; returns the path of ``manifest.json``."""
+    """Write the kit folder; returns the path of ``manifest.json``. Fixed-length workloads go
+    to ``inputs/len<L>.npz``; a traffic workload to ``inputs/traffic.npz`` (each call's three
+    arrays, suffixed ``_<i>``), replayed call by call by the script."""
     from latency.onnx_export import export_subnet_onnx
 
     out = Path(out_dir)
@@ -74,26 +73,31 @@ def write_kit(
             export_subnet_onnx(supernet, cfg, out / f)
         models.append({"file": f, "arch_key": cfg.key(), "arch_json": cfg.to_json()})
     files = {}
-    for L, feeds in inputs.items():
-        files[str(L)] = f"inputs/len{L}.npz"
-        _savez(out / files[str(L)], feeds)
+    traffic: dict[str, Any] | None = None
+    for w in workloads:
+        if w.regime == "traffic":
+            traffic = {"file": "inputs/traffic.npz", "calls": len(w.feeds), "length": w.length}
+            _savez(out / "inputs" / "traffic.npz", {f"{k}_{i}": feed[k] for i, feed in enumerate(w.feeds) for k in feed})
+        else:
+            files[str(w.length)] = f"inputs/len{w.length}.npz"
+            _savez(out / files[str(w.length)], w.feeds[0])
     shutil.copyfile(Path(__file__).with_name("kit_script.py"), out / "measure_kit.py")
     manifest = {
         "device": profile.name, "batch": profile.batch,
         # None: the device's own core count (this host's count says nothing about a phone).
         "threads": profile.threads,
         "warmup": profile.warmup, "repeats": profile.repeats, "reference_every": 20,
-        "inputs": files, "reference": models[0], "models": models[1:],
+        "inputs": files, "traffic": traffic, "reference": models[0], "models": models[1:],
         "shape": shape.to_dict(),
     }
     return write_json(out / "manifest.json", manifest)
 
 
-def _savez(path: Path, feeds: dict[str, np.ndarray]) -> None:
+def _savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:
-            np.savez(f, input_ids=feeds["input_ids"], attention_mask=feeds["attention_mask"],
-                     token_type_ids=feeds["token_type_ids"])
+            # numpy types **kwds as its allow_pickle flag; these are named arrays
+            np.savez(f, **arrays)  # type: ignore[arg-type]
 
     atomic_write(path, write)
 
@@ -119,22 +123,24 @@ def import_kit_csv(csv_path: str | Path, shape: BertShape, log: MeasurementLog, 
         raise KitError(f"{p} holds measurements of {sorted(devices)}, not of {device!r}: pass --device {sorted(devices)[0]}")
     kit["error"] = kit["error"].fillna("").astype(str)
     have = log.read()
-    seen = set(zip(have["kind"], have["arch_key"], have["length"].astype(int), have["timestamp"].astype(str), strict=True)) if len(have) else set()
+    seen = set(zip(have["kind"], have["arch_key"], have["regime"], have["length"].astype(int),
+                   have["timestamp"].astype(str), strict=True)) if len(have) else set()
     rows, ref = [], {}
     for r in kit.to_dict("records"):
         L = int(r["length"])
+        regime = str(r.get("regime") or "fixed")  # kits from before traffic replay timed fixed lengths
         try:
             cfg = SubnetConfig.from_dict(json.loads(r["arch_json"]))
         except (ValueError, TypeError) as e:
             raise KitError(f"{p}: a row has an unreadable arch_json ({e})") from e
         row = {c: r.get(c, "") for c in COLUMNS if c in r}
         row.update(arch_columns(shape, cfg, L))
-        row.update(provider="kit", precision="fp32", onnxruntime_version=r.get("runtime_version", ""))
+        row.update(provider="kit", precision="fp32", onnxruntime_version=r.get("runtime_version", ""), regime=regime)
         if r["kind"] == "reference" and not r["error"]:
-            ref[L] = float(r["lat_median_ms"])
-        if r["kind"] == "sample" and not r["error"] and L in ref:
-            row.update(ref_median_ms=ref[L], lat_ratio=float(r["lat_median_ms"]) / ref[L])
-        if (row["kind"], row["arch_key"], L, str(row.get("timestamp", ""))) not in seen:
+            ref[regime, L] = float(r["lat_median_ms"])
+        if r["kind"] == "sample" and not r["error"] and (regime, L) in ref:
+            row.update(ref_median_ms=ref[regime, L], lat_ratio=float(r["lat_median_ms"]) / ref[regime, L])
+        if (row["kind"], row["arch_key"], regime, L, str(row.get("timestamp", ""))) not in seen:
             rows.append(row)
     if rows:
         log.append(rows)

@@ -28,8 +28,9 @@ import numpy as np
 import onnxruntime as ort
 
 FIELDS = [
-    "device", "kind", "note", "arch_key", "arch_json", "batch", "length", "threads", "warmup", "repeats",
-    "lat_median_ms", "lat_p90_ms", "lat_mean_ms", "lat_min_ms", "lat_iqr_ms", "lat_cv", "outliers",
+    "device", "kind", "note", "arch_key", "arch_json", "batch", "regime", "length", "calls", "threads", "warmup",
+    "repeats", "lat_median_ms", "lat_p90_ms", "lat_p99_ms", "lat_mean_ms", "lat_min_ms", "lat_iqr_ms", "lat_cv",
+    "outliers",
     "runtime", "runtime_version", "host", "cpu", "timestamp", "error",
 ]
 
@@ -39,12 +40,13 @@ def now():
     return datetime.now(timezone.utc).isoformat(timespec="seconds")  # noqa: UP017
 
 
-def stats(samples):
+def stats(samples, drop_outliers=True):
     x = np.asarray(samples, dtype=float)
     q1, q3 = np.percentile(x, [25, 75])
-    k = x[x <= q3 + 3 * (q3 - q1)]
+    k = x[x <= q3 + 3 * (q3 - q1)] if drop_outliers else x
     return {
         "lat_median_ms": float(np.median(k)), "lat_p90_ms": float(np.percentile(k, 90)),
+        "lat_p99_ms": float(np.percentile(k, 99)),
         "lat_mean_ms": float(k.mean()), "lat_min_ms": float(k.min()),
         "lat_iqr_ms": float(np.subtract(*np.percentile(k, [75, 25]))),
         "lat_cv": float(k.std() / k.mean()), "outliers": int(x.size - k.size),
@@ -72,6 +74,18 @@ def time_session(sess, feeds, warmup, repeats):
     return stats(out)
 
 
+def time_traffic(sess, calls, warmup):
+    """Real traffic: each call's inputs in order, after warm-up calls; every call kept."""
+    for i in range(warmup):
+        sess.run(["logits"], calls[i % len(calls)])
+    out = []
+    for feeds in calls:
+        t0 = time.perf_counter()
+        sess.run(["logits"], feeds)
+        out.append((time.perf_counter() - t0) * 1000.0)
+    return stats(out, drop_outliers=False)
+
+
 def _cut_torn_tail(path):
     """Drop a half-written last line (a crash mid-write) so that appends stay parseable."""
     with open(path, "rb+") as f:
@@ -93,12 +107,28 @@ def main(argv=None):
     threads = a.threads or man.get("threads") or os.cpu_count() or 1
     warmup = man["warmup"] if a.warmup is None else a.warmup
     repeats = man["repeats"] if a.repeats is None else a.repeats
-    inputs = {int(L): dict(np.load(os.path.join(here, f))) for L, f in man["inputs"].items()}
+    # What each model is timed on: ("fixed", length, inputs) repeated, or ("traffic", median
+    # length, [inputs of each call]) replayed call by call.
+    workloads: list = [("fixed", int(L), dict(np.load(os.path.join(here, f)))) for L, f in sorted(man["inputs"].items())]
+    if man.get("traffic"):
+        t = man["traffic"]
+        arrays = np.load(os.path.join(here, t["file"]))
+        calls = [{k: arrays[f"{k}_{i}"] for k in ("input_ids", "attention_mask", "token_type_ids")}
+                 for i in range(t["calls"])]
+        workloads.insert(0, ("traffic", int(t["length"]), calls))
+
+    def timed(sess, workload):
+        regime, _, data = workload
+        if regime == "traffic":
+            return {**time_traffic(sess, data, warmup), "calls": len(data)}
+        return {**time_session(sess, data, warmup, repeats), "calls": repeats}
+
     done = set()
     if os.path.exists(a.out):
         _cut_torn_tail(a.out)
         with open(a.out) as f:
-            done = {(r["arch_key"], r["length"]) for r in csv.DictReader(f) if r.get("kind") == "sample"}
+            done = {(r["arch_key"], r.get("regime") or "fixed", r["length"]) for r in csv.DictReader(f)
+                    if r.get("kind") == "sample"}
     new = not os.path.exists(a.out) or os.path.getsize(a.out) == 0
     base = {"device": man["device"], "batch": man["batch"], "threads": threads, "warmup": warmup,
             "repeats": repeats, "runtime": "onnxruntime", "runtime_version": ort.__version__,
@@ -109,31 +139,31 @@ def main(argv=None):
         if new:
             w.writeheader()
 
-        def write(model, kind, result, length, error=""):
+        def write(model, kind, result, workload, error=""):
             row = {**base, **result, "kind": kind, "note": "", "arch_key": model["arch_key"],
-                   "arch_json": model["arch_json"], "length": length, "error": error,
+                   "arch_json": model["arch_json"], "regime": workload[0], "length": workload[1], "error": error,
                    "timestamp": now()}
             w.writerow(row)
             f.flush()
             os.fsync(f.fileno())
 
         def reference():
-            for L, feeds in sorted(inputs.items()):
-                write(man["reference"], "reference", time_session(ref, feeds, warmup, repeats), L)
+            for wl in workloads:
+                write(man["reference"], "reference", timed(ref, wl), wl)
 
         reference()
-        todo = [m for m in man["models"] if any((m["arch_key"], str(L)) not in done for L in inputs)]
+        todo = [m for m in man["models"] if any((m["arch_key"], wl[0], str(wl[1])) not in done for wl in workloads)]
         for j, model in enumerate(todo):
             if j and j % man.get("reference_every", 20) == 0:
                 reference()
             try:
                 sess = session(os.path.join(here, model["file"]), threads)
-                results = {L: time_session(sess, feeds, warmup, repeats) for L, feeds in sorted(inputs.items())}
-                for L, result in results.items():  # all lengths timed before any row is written
-                    write(model, "sample", result, L)
+                results = [(wl, timed(sess, wl)) for wl in workloads]
+                for wl, result in results:  # all workloads timed before any row is written
+                    write(model, "sample", result, wl)
             except Exception as e:  # a failure is a row, not the end of the run
-                for L in sorted(inputs):
-                    write(model, "sample", {}, L, error=f"{type(e).__name__}: {e}"[:300])
+                for wl in workloads:
+                    write(model, "sample", {}, wl, error=f"{type(e).__name__}: {e}"[:300])
             print(f"[{j + 1}/{len(todo)}] {model['arch_key']}", file=sys.stderr)
         reference()
     print(f"wrote {a.out}", file=sys.stderr)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -128,7 +127,8 @@ def test_resolve_length(job: Path, capsys) -> None:
 
 def test_measure_kit_from_a_run(job: Path, tmp_path: Path, capsys) -> None:
     from latency.kit import write_run_kit
-    from latency.workflow import device_inputs, resolve_device
+    from latency.target import Target
+    from latency.workflow import resolve_device
     from supernet.workflow import open_run
 
     assert main(["measure", "--run", str(job), "--device", "cpu", "--kit", str(tmp_path / "cli"), "--n", "2",
@@ -140,8 +140,9 @@ def test_measure_kit_from_a_run(job: Path, tmp_path: Path, capsys) -> None:
     man = json.loads(manifest.read_text())
     assert man == json.loads((tmp_path / "cli" / "manifest.json").read_text())  # the command calls it
     assert man["device"] == "cpu" and len(man["models"]) == 2
-    # A kit times fixed lengths: for a device timed on real traffic, the traffic's median length.
-    assert set(man["inputs"]) == {str(L) for L in device_inputs(run, replace(profile, kit=True))} == {"28"}
+    # A kit replays the same real traffic as a local measurement (the cpu profile has no fixed length).
+    assert man["inputs"] == {} and man["traffic"]["calls"] == profile.traffic_calls
+    assert man["traffic"]["length"] == Target.of(run, profile).length
 
 
 def test_quick_bench_config(job: Path, tmp_path: Path, bench_configs: list) -> None:

@@ -172,20 +172,24 @@ def test_kit_round_trip(tmp_path: Path) -> None:
     space = model.shape.search_space()
     profile = with_overrides(get_device("cpu-1t"), **FAST)
     configs = sample_configs(space, model.shape, 3, seed=2)
-    manifest = write_kit(tmp_path / "kit", profile, model, configs, _inputs(), progress=False)
+    manifest = write_kit(tmp_path / "kit", profile, model, configs, _workloads(), progress=False)
     man = json.loads(manifest.read_text())
     assert len(man["models"]) == 3 and (tmp_path / "kit" / "measure_kit.py").exists()
+    assert man["traffic"]["calls"] == 6 and set(man["inputs"]) == {"12"}  # real traffic, and one fixed length
     # The kit's script needs only onnxruntime and numpy: run it as the device would.
     out = tmp_path / "kit" / "results.csv"
     subprocess.run([sys.executable, str(tmp_path / "kit" / "measure_kit.py"), "--repeats", "3", "--warmup", "1"],
                    check=True, cwd=tmp_path, capture_output=True)
     kit_rows = pd.read_csv(out)
-    assert (kit_rows["kind"] == "sample").sum() == 3 * 2
+    assert (kit_rows["kind"] == "sample").sum() == 3 * 2  # 3 configurations x (traffic, fixed)
+    traffic = kit_rows[(kit_rows["kind"] == "sample") & (kit_rows["regime"] == "traffic")]
+    assert len(traffic) == 3 and (traffic["calls"] == 6).all() and (traffic["lat_p99_ms"] >= traffic["lat_median_ms"]).all()
     log = MeasurementLog(tmp_path / "run" / "cpu-1t.csv")
     assert import_kit_csv(out, model.shape, log, "cpu-1t") == len(kit_rows)
     assert import_kit_csv(out, model.shape, log, "cpu-1t") == 0  # importing twice adds nothing
     imported = log.read()
     assert imported[imported["kind"] == "sample"]["lat_ratio"].notna().all()
+    assert sorted(imported.loc[imported["kind"] == "sample", "regime"].unique()) == ["fixed", "traffic"]
     assert set(imported["arch_key"]) >= {c.key() for c in configs}
     with pytest.raises(KitError, match="not of 'phone'"):
         import_kit_csv(out, model.shape, log, "phone")
