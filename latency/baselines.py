@@ -187,23 +187,36 @@ def speedups(latency: Mapping[str, float], ours: str) -> dict[str, Any]:
             "vs_stock_int8": latency["stock-int8"] / latency[ours] if "stock-int8" in latency else float("nan")}
 
 
-def time_stock(run: LoadedRun, profile: DeviceProfile, *, rounds: int = 3, seed: int = 0) -> dict[str, Any] | None:
-    """Once per device (``hwnas measure``): the stock deployments and our full model
-    (``ours-full``) timed in turn on the profile's first workload (its real traffic where it
-    has one), with their test scores. None off ONNX Runtime. What a sub-network's speed-up
-    should be read against."""
+def time_beside_stock(run: LoadedRun, timer: DeviceTimer, ours: Mapping[str, str | Path] | None = None, *,
+                      rounds: int = 3) -> dict[str, dict[str, Any]] | None:
+    """The stock deployments, our full model (``ours-full``: the supernet's largest
+    sub-network, exported into the timer's folder) and ``ours`` (name -> ONNX file) timed in
+    turn on the timer's workload: name -> ``{p50_ms, p90_ms, p99_ms, mean_ms, acc_test,
+    precision}``, ``acc_test`` the stock models' (None for ours: the caller scores them).
+    None on a device whose runtime is not ONNX Runtime."""
     from latency.onnx_export import export_onnx
-    from latency.workflow import device_workloads
     from supernet.extract import extract
+
+    if timer.profile.runtime != "onnxruntime":
+        return None
+    stock = stock_models(run)
+    full = export_onnx(extract(run.supernet, run.space.largest()), timer.workdir / "ours-full.onnx")
+    paths = {**{n: v["path"] for n, v in stock.items()}, "ours-full": full, **(ours or {})}
+    timed = compare_deployments(timer, paths, rounds=rounds)
+    return {n: {**t, "acc_test": stock[n]["acc_test"] if n in stock else None,
+                "precision": "int8" if n.endswith("int8") else "fp32"} for n, t in timed.items()}
+
+
+def time_stock(run: LoadedRun, profile: DeviceProfile, *, rounds: int = 3, seed: int = 0) -> dict[str, Any] | None:
+    """Once per device (``hwnas measure``): ``time_beside_stock`` on the profile's first
+    workload (its real traffic where it has one). What a sub-network's speed-up should be read
+    against. None off ONNX Runtime."""
+    from latency.workflow import device_workloads
 
     if profile.runtime != "onnxruntime":
         return None
-    stock = stock_models(run)
     workload = device_workloads(run, profile, seed)[0]
     with DeviceTimer(profile, run.supernet, [workload]) as timer:
-        ours = export_onnx(extract(run.supernet, run.space.largest()), timer.workdir / "ours-full.onnx")
-        timed = compare_deployments(timer, {**{n: v["path"] for n, v in stock.items()}, "ours-full": ours},
-                                    rounds=rounds)
+        deployments = time_beside_stock(run, timer, rounds=rounds)
     return {"device": profile.name, "regime": workload.regime, "length": workload.length, "batch": profile.batch,
-            "deployments": {n: {**t, "acc_test": stock[n]["acc_test"] if n in stock else None}
-                            for n, t in timed.items()}}
+            "deployments": deployments}

@@ -421,20 +421,17 @@ class DeviceTimer:
                 workload: Workload | None = None) -> Measured:
         """Each configuration and the full model timed in turn, ``rounds`` interleaved rounds;
         per statistic, the median over the rounds."""
-        runners = [self.full, *(self.open(c) for c in configs)]
-        times: list[list[Timing]] = [[] for _ in runners]
-        for _ in range(rounds):
-            for i, r in enumerate(runners):
-                times[i].append(self.time(r, workload))
-        merged = [_median_timing(t) for t in times]
-        return Measured(ms=[t.stat(self.stat) for t in merged[1:]], full_ms=merged[0].stat(self.stat),
-                        timings=tuple(merged[1:]), full=merged[0])
+        runners: dict[Any, Runner] = {"full": self.full, **{i: self.open(c) for i, c in enumerate(configs)}}
+        timed = self.compare(runners, rounds=rounds, workload=workload)
+        subs = [timed[i] for i in range(len(configs))]
+        return Measured(ms=[t.stat(self.stat) for t in subs], full_ms=timed["full"].stat(self.stat),
+                        timings=tuple(subs), full=timed["full"])
 
-    def compare(self, runners: Mapping[str, Runner], *, rounds: int = 3,
-                workload: Workload | None = None) -> dict[str, Timing]:
-        """Named runners (deployments other than sub-networks: stock models, quantized
-        graphs) timed in turn, ``rounds`` interleaved rounds; the median timing of each."""
-        times: dict[str, list[Timing]] = {name: [] for name in runners}
+    def compare(self, runners: Mapping[Any, Runner], *, rounds: int = 3,
+                workload: Workload | None = None) -> dict[Any, Timing]:
+        """Named runners (sub-networks, stock models, quantized graphs) timed in turn, in the
+        order given, ``rounds`` interleaved rounds; field by field, the median of each."""
+        times: dict[Any, list[Timing]] = {name: [] for name in runners}
         for _ in range(rounds):
             for name, r in runners.items():
                 times[name].append(self.time(r, workload))

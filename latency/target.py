@@ -34,7 +34,7 @@ from latency.measure import (
     traffic_inputs,
 )
 from latency.predictor import BasePredictor
-from latency.workflow import device_inputs, device_workloads, load_device_predictor
+from latency.workflow import device_inputs, load_device_predictor
 from supernet.data import length_stats
 from supernet.errors import ConfigError
 from supernet.space import SearchSpace, SubnetConfig
@@ -66,7 +66,7 @@ class Target:
         """On the run's real traffic where the profile is timed on it and no ``length`` is
         given; else at ``length``, or at the shortest of the profile's fixed lengths."""
         if length is None and profile.traffic:
-            traffic = device_workloads(run, profile)[0]
+            traffic = traffic_inputs(run.splits["dev"], profile.batch, profile.traffic_calls)  # as measured
             return cls(profile, profile.batch, traffic.length, "traffic", stat)
         if length is None:
             lengths = sorted(device_inputs(run, profile))

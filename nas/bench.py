@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from latency.baselines import FP32_STOCK, compare_deployments, stock_models
+from latency.baselines import FP32_STOCK, time_beside_stock
 from latency.measure import DeviceTimer
 from latency.target import PredictedLatency, Target, target_timer
 from nas.export import ExportConfig, ImpossibleBudget, choose_and_export
@@ -138,7 +138,7 @@ def fronts(run: LoadedRun, target: Target, acc: DevAccuracy, cfg: BenchConfig,
     unique = {c.key(): c for c in configs}
     with target_timer(run, target) as timer:
         got = timer.measure(list(unique.values()), rounds=cfg.rounds)
-        stock = stock_deployments(run, timer, rounds=cfg.rounds)
+        stock = stock_deployments(run, timer, acc.test(run.space.largest()), rounds=cfg.rounds)
     ms, full_ms = dict(zip(unique, got.ms, strict=True)), got.full_ms
     L = target.length
     full_flops = subnet_flops(run.supernet.shape, run.space.largest(), L)
@@ -158,21 +158,16 @@ def fronts(run: LoadedRun, target: Target, acc: DevAccuracy, cfg: BenchConfig,
     return table, stock
 
 
-def stock_deployments(run: LoadedRun, timer: DeviceTimer, *, rounds: int) -> pd.DataFrame:
-    """The stock deployments and our full model, timed in turn on the timer's workload: one
-    row each with its latency (the timer's statistic) and test accuracy."""
-    if timer.profile.runtime != "onnxruntime":
+def stock_deployments(run: LoadedRun, timer: DeviceTimer, full_acc: float, *, rounds: int) -> pd.DataFrame:
+    """The stock deployments and our full model (test accuracy ``full_acc``), timed in turn on
+    the timer's workload: one row each with its latency (the timer's statistic) and test
+    accuracy; empty off ONNX Runtime."""
+    timed = time_beside_stock(run, timer, rounds=rounds)
+    if timed is None:
         return pd.DataFrame()
-    from latency.onnx_export import export_onnx
-    from supernet.extract import extract
-
-    stock = stock_models(run)
-    paths = {**{n: v["path"] for n, v in stock.items()},
-             "ours-full": export_onnx(extract(run.supernet, run.space.largest()), timer.workdir / "ours-full.onnx")}
-    timed = compare_deployments(timer, paths, rounds=rounds)
     stat = f"{timer.stat}_ms"
     return pd.DataFrame([{"deployment": n, "lat_ms": t[stat], "p90_ms": t["p90_ms"], "p99_ms": t["p99_ms"],
-                          "acc_test": stock[n]["acc_test"] if n in stock else float("nan")}
+                          "acc_test": full_acc if n == "ours-full" else t["acc_test"]}
                          for n, t in timed.items()])
 
 
@@ -351,8 +346,6 @@ def run_bench(run: LoadedRun, target: Target, cfg: BenchConfig, out_dir: str | P
     teacher = load_model(run.paths.teacher)
     full_test = model_score(teacher, run.splits["test"], run.task.metric)
     table, stock = fronts(run, target, acc, cfg, progress)
-    if len(stock):
-        stock.loc[stock["deployment"] == "ours-full", "acc_test"] = acc.test(run.space.largest())
     times["fronts (search + re-measure + score)"] = time.time() - t0
     hv = hypervolumes(table, full_test)
     t0 = time.time()

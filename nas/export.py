@@ -345,40 +345,34 @@ def write_export(run: LoadedRun, target: Target, out: Path, chosen: Candidate, m
     return {"files": {**written, "onnx": str(onnx_path)}, "onnx_max_abs_diff": check_onnx(model, onnx_path, dev_batches)}
 
 
-def compare_with_stock(run: LoadedRun, timer: DeviceTimer, onnx_path: Path, *, rounds: int = 3) -> dict[str, Any] | None:
-    """The exported sub-network (``ours``, and quantized the same way as the stock model:
-    ``ours-int8``) and the supernet's full model (``ours-full``) timed in turn with the stock
-    deployments (``latency.baselines``), on the timer's workload and statistic, with their
-    test scores. None on a device whose runtime is not ONNX Runtime."""
+def compare_with_stock(run: LoadedRun, timer: DeviceTimer, onnx_path: Path, ours_logits: np.ndarray, full_acc: float,
+                       *, rounds: int = 3) -> dict[str, Any] | None:
+    """The exported sub-network (``ours``; its test logits ``ours_logits``), it quantized the
+    same way as the stock model (``ours-int8``) and the supernet's full model (``ours-full``,
+    test accuracy ``full_acc``) timed in turn with the stock deployments
+    (``latency.baselines.time_beside_stock``), on the timer's workload and statistic, with
+    their test scores (the INT8 graphs run by ONNX Runtime, whose test logits are returned for
+    the paired statistics). None on a device whose runtime is not ONNX Runtime."""
     from latency.baselines import (
-        compare_deployments,
         onnx_logits,
         quantize_int8,
         speedups,
         stock_models,
+        time_beside_stock,
     )
-    from latency.onnx_export import export_onnx
     from supernet.evaluate import scores
-    from supernet.extract import extract
 
     if timer.profile.runtime != "onnxruntime":
         return None
-    stock = stock_models(run)
-    full = export_onnx(extract(run.supernet, run.space.largest()), timer.workdir / "ours-full.onnx")
     int8 = quantize_int8(onnx_path, timer.workdir / "ours-int8.onnx")
-    paths = {**{n: Path(v["path"]) for n, v in stock.items()}, "ours-full": full, "ours": onnx_path, "ours-int8": int8}
-    timed = compare_deployments(timer, paths, rounds=rounds)
+    rows = time_beside_stock(run, timer, {"ours": onnx_path, "ours-int8": int8}, rounds=rounds)
+    assert rows is not None
     test = run.splits["test"]
-    rows: dict[str, dict[str, Any]] = {}
-    logits: dict[str, np.ndarray] = {}  # the INT8 graphs' test predictions, for the paired statistics
-    for name, path in paths.items():
-        if name.endswith("int8"):
-            logits[name] = onnx_logits(path, test)
-        acc = (stock[name]["acc_test"] if name in stock
-               else scores(logits[name] if name in logits else onnx_logits(path, test), test.labels)["accuracy"])
-        rows[name] = {**timed[name], "acc_test": acc, "precision": "int8" if name.endswith("int8") else "fp32"}
-    stat = {"p50": "p50_ms", "p90": "p90_ms", "p99": "p99_ms", "mean": "mean_ms"}[timer.stat]
-    lat = {n: r[stat] for n, r in rows.items()}
+    logits = {"ours-int8": onnx_logits(int8, test), "stock-int8": onnx_logits(stock_models(run)["stock-int8"]["path"], test)}
+    rows["ours"]["acc_test"] = scores(ours_logits, test.labels)["accuracy"]
+    rows["ours-int8"]["acc_test"] = scores(logits["ours-int8"], test.labels)["accuracy"]
+    rows["ours-full"]["acc_test"] = full_acc
+    lat = {n: r[f"{timer.stat}_ms"] for n, r in rows.items()}
     ours, ours_int8, full_x = (speedups(lat, n) for n in ("ours", "ours-int8", "ours-full"))
     speedup = {"stat": timer.stat, "fastest_stock_fp32": ours["fastest_stock_fp32"],
                "ours_vs_fastest_stock_fp32": ours["vs_fastest_stock_fp32"], "ours_vs_stock_int8": ours["vs_stock_int8"],
@@ -389,18 +383,16 @@ def compare_with_stock(run: LoadedRun, timer: DeviceTimer, onnx_path: Path, *, r
     return {"deployments": rows, "speedup": speedup, "logits": logits}
 
 
-def against_teacher(run: LoadedRun, teacher: ElasticBert, model: ElasticBert,
-                    other_logits: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
+def against_teacher(run: LoadedRun, teacher: ElasticBert, logits: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
     """Each model's test accuracy against the teacher's on the same sentences (per-example
-    correctness, whatever the task's headline metric): ``ours`` (the written model) and any
-    ``other_logits`` (name -> test logits, e.g. the INT8 graphs run by ONNX Runtime)."""
+    correctness, whatever the task's headline metric): name -> test logits (``ours``, the
+    written model, and e.g. the INT8 graphs run by ONNX Runtime)."""
     from nas.stats import compare_with
     from supernet.evaluate import predict
 
     test = run.splits["test"]
     ref = predict(teacher, test)
-    return {name: compare_with(ref, logits, test.labels)
-            for name, logits in {"ours": predict(model, test), **other_logits}.items()}
+    return {name: compare_with(ref, out, test.labels) for name, out in logits.items()}
 
 
 # --- the pipeline --------------------------------------------------------------------------------
@@ -432,7 +424,7 @@ def choose_and_export(
     split (``teacher_logits``, called only if there is fine-tuning to do).
     """
     from supernet.checkpoint import load_model
-    from supernet.evaluate import model_score
+    from supernet.evaluate import model_score, predict
     from supernet.extract import extract
     from supernet.io import write_csv
 
@@ -466,15 +458,17 @@ def choose_and_export(
             tuned = {"epochs": cfg.finetune.epochs, "lr": cfg.finetune.lr, "candidates": len(pool),
                      **{k: ft_rows[ft.best][k] for k in ("wall_s", "reused", "dev_accuracy", "test_accuracy")}}
         written = write_export(run, target, out, chosen, small)
-        stock = (compare_with_stock(run, timer, Path(written["files"]["onnx"]), rounds=cfg.rounds)
+        ours_logits = predict(small, run.splits["test"])  # the written model's: for its score and statistics
+        stock = (compare_with_stock(run, timer, Path(written["files"]["onnx"]), ours_logits,
+                                    accuracy.test(run.space.largest()), rounds=cfg.rounds)
                  if cfg.baselines and isinstance(timer, DeviceTimer) else None)
     finally:
         if own_timer is not None:
             own_timer.close()
     full_test = full_model_test if full_model_test is not None or teacher is None else model_score(
         teacher, run.splits["test"], run.task.metric)
-    vs_teacher = against_teacher(run, teacher or load_model(run.paths.teacher), small,
-                                 stock["logits"] if stock else {})
+    vs_teacher = against_teacher(run, teacher or load_model(run.paths.teacher),
+                                 {"ours": ours_logits, **(stock["logits"] if stock else {})})
     sub, largest, full_ms = chosen.config, run.space.largest(), verified.full_ms
     report = {
         "device": device,
