@@ -152,8 +152,8 @@ def run_search(
         fastest = fastest_reachable(run.space, latency)
         if budget_ms < fastest:
             raise ImpossibleBudget(
-                f"a budget of {budget_ms:g} ms cannot be met on {target.profile.name} at batch {target.batch}, "
-                f"length {target.length}: the fastest reachable sub-network is predicted at {fastest:.2f} ms "
+                f"a budget of {budget_ms:g} ms cannot be met on {target.profile.name} ({target.describe()}): "
+                f"the fastest reachable sub-network is predicted at {fastest:.2f} ms "
                 "(upper bound with the safety margin"
                 + (f", scaled by {latency.scale:.2f} for the device's measured drift" if latency.scale != 1.0 else "")
                 + "); raise the budget to at least that"
