@@ -21,7 +21,6 @@ stock fp32 deployment (the headline) and against the stock INT8 one.
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from latency.measure import DeviceTimer, Runner, Workload
-from latency.onnx_export import INPUT_NAMES, OUTPUT_NAME, ort_session, quiet_exporter
+from latency.onnx_export import INPUT_NAMES, OUTPUT_NAME, ort_session, quantize_int8, quiet_exporter
 from supernet.data import Encoded, iterate_batches
 from supernet.errors import HwnasError
 from supernet.evaluate import scores
@@ -48,9 +47,10 @@ class BaselineError(HwnasError):
     """A stock model that cannot be built or scored."""
 
 
-def onnx_logits(path: str | Path, enc: Encoded, *, batch_size: int = 32, threads: int | None = None) -> np.ndarray:
-    """Logits (N, num_labels) of an ONNX classifier on ``enc``, in ``enc``'s order."""
-    sess = ort_session(path, threads=threads)
+def onnx_logits(path: str | Path | Any, enc: Encoded, *, batch_size: int = 32, threads: int | None = None) -> np.ndarray:
+    """Logits (N, num_labels) of an ONNX classifier (a file, or an open session) on ``enc``,
+    in ``enc``'s order."""
+    sess = path if hasattr(path, "run") else ort_session(path, threads=threads)
     out: np.ndarray | None = None
     for b in iterate_batches(enc, batch_size, shuffle=False, sort_by_length=True):
         feed = {k: b[k].numpy().astype(np.int64) for k in INPUT_NAMES}
@@ -106,27 +106,6 @@ def optimize_stock(src: Path, out: Path, *, num_heads: int, hidden_size: int) ->
 
     opt = optimize_model(str(src), model_type="bert", num_heads=num_heads, hidden_size=hidden_size)
     return atomic_write(out, lambda tmp: opt.save_model_to_file(str(tmp)))
-
-
-def quantize_int8(src: Path, out: Path) -> Path:
-    """Dynamic INT8 quantization (int8 weights; activations quantized at run time)."""
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    def write(tmp: Path) -> None:
-        # The optimizer's fused operators (com.microsoft domain) have no ONNX shape inference:
-        # tensors whose type is then unknown are float, which they are. The quantizer's advice
-        # to pre-process (for static quantization) goes to the root logger: not for users here.
-        root = logging.getLogger()
-        level = root.level
-        root.setLevel(logging.ERROR)
-        try:
-            quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QInt8,
-                             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
-        finally:
-            root.setLevel(level)
-
-    return atomic_write(out, write)
 
 
 def stock_models(run: LoadedRun) -> dict[str, dict[str, Any]]:

@@ -17,7 +17,15 @@ TOML file, one table per device::
     batch = 1
     lengths = ["traffic"]        # or ["p50", "p95"], [128], or both kinds
     precision = "fp32"
+    precisions = ["fp32", "int8"]  # what sub-networks may run at (searched; int8: ONNX Runtime only)
     description = "my laptop"
+
+``precision`` is the float type the runtime computes in (fp16 for PyTorch on CUDA);
+``precisions`` the choices the search may make per sub-network: ``"int8"`` is the sub-network's
+ONNX graph with dynamic INT8 quantization (``latency.onnx_export.quantize_int8``), measured,
+predicted and scored (its dev accuracy run by ONNX Runtime) like any other choice. INT8 gains
+most on CPUs with VNNI instructions (AVX-512 VNNI or AVX-VNNI); on a CPU without them the
+measurements show the smaller gain (or a loss) and the search then picks fp32.
 """
 
 from __future__ import annotations
@@ -33,7 +41,8 @@ from typing import Any
 from supernet.errors import ConfigError, HwnasError
 
 RUNTIMES = ("onnxruntime", "torch")
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16")  # the runtime's float type (``DeviceProfile.precision``)
+SUBNET_PRECISIONS = ("fp32", "int8")  # what a sub-network may run at (``DeviceProfile.precisions``)
 
 
 class DeviceUnavailable(HwnasError):
@@ -52,6 +61,7 @@ class DeviceProfile:
     lengths: tuple[str | int, ...] = ("traffic",)
     traffic_calls: int = 32  # calls in the traffic sample (batch inputs each)
     precision: str = "fp32"
+    precisions: tuple[str, ...] = ("fp32",)  # searched per sub-network: "fp32", "int8"
     warmup: int = 10
     repeats: int = 30
     description: str = ""
@@ -60,6 +70,8 @@ class DeviceProfile:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "lengths", tuple(self.lengths))
+        if isinstance(self.precisions, (list, tuple)):
+            object.__setattr__(self, "precisions", tuple(self.precisions))
         self.validate()
 
     def validate(self) -> DeviceProfile:
@@ -70,6 +82,14 @@ class DeviceProfile:
             raise ConfigError(f"{where}: runtime {self.runtime!r} is not one of {list(RUNTIMES)}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"{where}: precision {self.precision!r} is not one of {list(PRECISIONS)}")
+        p = self.precisions
+        if (not isinstance(p, tuple) or not all(isinstance(x, str) for x in p) or set(p) - set(SUBNET_PRECISIONS)
+                or "fp32" not in p):
+            raise ConfigError(f"{where}: precisions must be a list holding \"fp32\" and optionally \"int8\", "
+                              f"got {p!r}")
+        if "int8" in p and self.runtime != "onnxruntime":
+            raise ConfigError(f"{where}: int8 sub-networks are quantized ONNX graphs: they need runtime = "
+                              "\"onnxruntime\"")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"{where}: threads must be >= 1 (or left out for all cores), got {self.threads}")
         if self.batch < 1 or self.warmup < 0 or self.repeats < 3 or self.traffic_calls < 3:
@@ -114,13 +134,15 @@ class DeviceProfile:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["lengths"] = list(self.lengths)
+        d["precisions"] = list(self.precisions)
         return d
 
 
 BUILTIN: dict[str, DeviceProfile] = {
     p.name: p
     for p in (
-        DeviceProfile("cpu", description="ONNX Runtime, CPU provider, all cores"),
+        DeviceProfile("cpu", precisions=("fp32", "int8"),
+                      description="ONNX Runtime, CPU provider, all cores; sub-networks in fp32 or dynamic INT8"),
         DeviceProfile("cpu-1t", threads=1, description="ONNX Runtime, CPU, one thread: a stand-in for a small single-core device"),
         DeviceProfile("torch-cpu", runtime="torch", provider="cpu", description="PyTorch eager on the CPU, all cores"),
         DeviceProfile("cuda", provider="CUDAExecutionProvider", description="ONNX Runtime CUDA provider (needs an NVIDIA GPU and onnxruntime-gpu)"),

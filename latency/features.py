@@ -10,7 +10,11 @@ One row of features describes one measured (or to-be-predicted) call: a sub-netw
   the tokens (Q/K/V, output projection, FFN, pooler) and the part quadratic in them (attention
   scores and weighted values), parameters, kept layers, token-layers (how many token vectors
   pass through a layer, summed over layers: the memory traffic of the activations), the
-  number of token-dropping layers (each runs a TopK and a gather) and total heads / FFN.
+  number of token-dropping layers (each runs a TopK and a gather) and total heads / FFN;
+* **precision**: ``int8`` (1 for a sub-network run as a dynamically quantized graph), the
+  linear FLOPs split by the precision they run at (``flops_linear_fp32``,
+  ``flops_linear_int8``: integer matrix products cost less per FLOP) and the token-layers
+  whose activations are quantized per call (``token_layers_int8``).
 
 Bump ``FEATURE_VERSION`` whenever a feature changes meaning: saved predictors record the
 version they were fitted with and refuse to load under another.
@@ -28,7 +32,7 @@ from supernet.errors import ConfigError, HwnasError
 from supernet.model import BertShape
 from supernet.space import SubnetConfig
 
-FEATURE_VERSION = 1
+FEATURE_VERSION = 2  # 2: the precision features
 
 # The columns of a measurement frame that features are built from.
 INPUT_COLUMNS = ("arch_json", "batch", "length")
@@ -95,6 +99,10 @@ def features(shape: BertShape, cfg: SubnetConfig, batch: int, length: int) -> di
         drop_layers=float(len(drop_layers(cfg))),
         total_heads=float(sum(cfg.heads[i] for i in kept)),
         total_ffn=float(sum(cfg.ffn[i] for i in kept)),
+        int8=float(cfg.int8),
+        flops_linear_fp32=float(batch * linear) * (not cfg.int8),
+        flops_linear_int8=float(batch * linear) * cfg.int8,
+        token_layers_int8=float(batch * token_layers) * cfg.int8,
     )
     return out
 

@@ -43,7 +43,8 @@ def write_run_kit(run: LoadedRun, profile: DeviceProfile, out_dir: str | Path, *
     timed on (the run's real traffic sample, the same as a local measurement's, and any fixed
     lengths); returns the path of ``manifest.json``."""
     workloads = device_workloads(run, profile, seed)
-    configs = sample_configs(run.space, run.supernet.shape, n, seed=seed, length=min(w.length for w in workloads))
+    configs = sample_configs(run.space.with_precisions(profile.precisions), run.supernet.shape, n, seed=seed,
+                             length=min(w.length for w in workloads))
     return write_kit(out_dir, profile, run.supernet, configs, workloads, progress=progress)
 
 

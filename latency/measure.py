@@ -228,23 +228,25 @@ def _ort_runner(sess: Any) -> Runner:
     return lambda feeds: sess.run(["logits"], feeds)
 
 
-def open_runner(profile: DeviceProfile, model: ElasticBert, workdir: Path, *, cache_name: str | None = None) -> Runner:
-    """A callable that runs one inference of ``model`` on ``profile``'s runtime.
+def open_runner(profile: DeviceProfile, model: ElasticBert, workdir: Path, *, cache_name: str | None = None,
+                precision: str = "fp32") -> Runner:
+    """A callable that runs one inference of ``model`` on ``profile``'s runtime, at
+    ``precision`` (int8: its quantized ONNX graph, ``latency.onnx_export.export_deployed``).
 
     With ``cache_name``, the ONNX file is kept in ``workdir`` under that name and reused by
     later calls (several devices measured in one go export each configuration once).
     """
     if profile.runtime == "onnxruntime":
-        from latency.onnx_export import export_onnx, ort_session
+        from latency.onnx_export import export_deployed, ort_session
 
         if cache_name is not None:
             path = workdir / f"{cache_name}.onnx"
             if not path.exists():
-                export_onnx(model, path)
+                export_deployed(model, precision, path)
             return _ort_runner(ort_session(path, threads=profile.effective_threads, providers=[profile.provider]))
         fd, name = tempfile.mkstemp(suffix=".onnx", dir=workdir)
         os.close(fd)
-        path = export_onnx(model, name)
+        path = export_deployed(model, precision, name)
         try:
             sess = ort_session(path, threads=profile.effective_threads, providers=[profile.provider])
         finally:
@@ -253,6 +255,9 @@ def open_runner(profile: DeviceProfile, model: ElasticBert, workdir: Path, *, ca
 
     import torch
 
+    if precision != "fp32":
+        raise MeasurementError(f"device {profile.name!r} runs PyTorch eager, which this project times in fp32 "
+                               f"only; {precision} sub-networks run on ONNX Runtime devices")
     device = "cuda" if profile.provider == "cuda" else "cpu"
     torch.set_num_threads(profile.effective_threads)
     m = model.eval().to(device)
@@ -324,7 +329,8 @@ class MeasurementError(HwnasError):
 
 def sample_configs(space: SearchSpace, shape: BertShape, n: int, *, seed: int = 0, length: int = 32) -> list[SubnetConfig]:
     """``n`` distinct configurations covering the space: the largest, the smallest, a
-    DynaBERT-style uniform grid, then half uniform-random and half stratified over FLOPs
+    DynaBERT-style uniform grid (each at every precision of the space), then half
+    uniform-random and half stratified over FLOPs
     (evenly spaced FLOPs quantiles of a large random pool), so that cheap and expensive
     regions are both well represented."""
     rng = np.random.default_rng(seed)
@@ -334,11 +340,12 @@ def sample_configs(space: SearchSpace, shape: BertShape, n: int, *, seed: int = 
         if len(chosen) < n:
             chosen.setdefault(c.key(), c)
 
-    add(space.largest())
-    add(space.smallest())
-    for w in (0.25, 0.5, 0.75, 1.0):
-        for d in (0.5, 0.75, 1.0):
-            add(space.uniform(width=w, depth=d))
+    for precision in space.precision_choices:  # the anchors at every precision the device runs
+        add(space.largest().with_precision(precision))
+        add(space.smallest().with_precision(precision))
+        for w in (0.25, 0.5, 0.75, 1.0):
+            for d in (0.5, 0.75, 1.0):
+                add(space.uniform(width=w, depth=d).with_precision(precision))
     target = len(chosen) + (n - len(chosen)) // 2
     for _ in range(20 * n):  # bounded: a tiny space may not hold that many distinct ones
         if len(chosen) >= target:
@@ -406,8 +413,8 @@ class DeviceTimer:
         there under the configuration's key and reuse it)."""
         model = self.extract(self.supernet, cfg)
         if cache is not None:
-            return open_runner(self.profile, model, cache, cache_name=cfg.key())
-        return open_runner(self.profile, model, self.workdir)
+            return open_runner(self.profile, model, cache, cache_name=cfg.key(), precision=cfg.precision)
+        return open_runner(self.profile, model, self.workdir, precision=cfg.precision)
 
     def time(self, runner: Runner, workload: Workload | None = None) -> Timing:
         """The timing loop: a fixed workload is warmed up and repeated the profile's times; a
@@ -496,6 +503,7 @@ def sweep(
         def row(cfg: SubnetConfig, w: Workload, t: Timing | None, kind: str, note: str = "",
                 error: str = "") -> dict[str, Any]:
             r = {**base, **arch_columns(shape, cfg, w.length), "kind": kind, "note": note, "length": w.length,
+                 "precision": cfg.precision if cfg.int8 else profile.precision,
                  "regime": w.regime, "calls": len(w.feeds) if w.regime == "traffic" else profile.repeats,
                  "error": error, "timestamp": datetime.now(UTC).isoformat(timespec="seconds")}
             if t is not None:

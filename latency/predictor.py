@@ -261,14 +261,18 @@ class AnalyticPredictor(BasePredictor):
     """Latency as a non-negative combination of FLOPs-like terms plus a constant.
 
     Each coefficient is a cost per unit of work (ms per linear FLOP, per attention FLOP, per
-    kept layer, per token-layer, per token-dropping layer), so all are constrained to be >= 0:
+    kept layer, per token-layer, per token-dropping layer; int8 and fp32 matrix products apart),
+    so all are constrained to be >= 0:
     a fit cannot buy accuracy with a negative cost that the search would then exploit. The fit
     minimises *relative* squared error (weights 1/y^2) because a 1 ms error matters on a 2 ms
     model and not on a 200 ms one. The margin comes from grouped 5-fold cross-validation.
     """
 
     name = "analytic"
-    TERMS = ("flops_linear", "flops_attn", "kept_layers", "kept_layers_x_batch", "token_layers", "drop_layers")
+    # Linear FLOPs by precision (int8 matrix products cost less per FLOP; an fp32-only device's
+    # int8 terms are all zero and get no weight) and the per-call quantization of activations.
+    TERMS = ("flops_linear_fp32", "flops_linear_int8", "flops_attn", "kept_layers", "kept_layers_x_batch",
+             "token_layers", "token_layers_int8", "drop_layers")
     FOLDS = 5
 
     def __init__(self, shape: BertShape, *, seed: int = 0, coverage: float = COVERAGE) -> None:
@@ -337,8 +341,9 @@ class LearnedPredictor(BasePredictor):
     (mean of the members' log predictions) and its spread. Each configuration left out of a
     member's sample is scored by the members that never saw it; those out-of-bag residuals
     calibrate the upper margin (jackknife+-after-bootstrap, Kim, Xu & Barber 2020) at no extra
-    fits. Every feature counts work, so the trees are constrained to be non-decreasing in each:
-    a searcher cannot find a larger network that the predictor thinks is faster.
+    fits. Every feature but the precision flag counts work, so the trees are constrained to be
+    non-decreasing in each: a searcher cannot find a larger network that the predictor thinks
+    is faster at the same precision.
     """
 
     name = "gbt"
@@ -351,6 +356,11 @@ class LearnedPredictor(BasePredictor):
     def __init__(self, shape: BertShape, *, seed: int = 0, coverage: float = COVERAGE) -> None:
         super().__init__(shape, seed=seed, coverage=coverage)
         self.members: list[TreeEnsemble] = []
+
+    def _monotone(self) -> list[int]:
+        """Non-decreasing in every feature that counts work; free in the precision flag
+        (int8 is usually faster, but not for every size: quantizing activations costs too)."""
+        return [0 if n == "int8" else 1 for n in self.feature_names]
 
     def _fit(self, X: np.ndarray, y: np.ndarray, groups: np.ndarray) -> None:
         from sklearn.ensemble import HistGradientBoostingRegressor
@@ -365,7 +375,7 @@ class LearnedPredictor(BasePredictor):
             weight = counts[inverse].astype(float)  # a configuration drawn twice counts twice
             bag = weight > 0
             model = HistGradientBoostingRegressor(
-                **self.PARAMS, monotonic_cst=[1] * X.shape[1], random_state=self.seed * 1000 + m
+                **self.PARAMS, monotonic_cst=self._monotone(), random_state=self.seed * 1000 + m
             )
             with _one_thread():
                 model.fit(X[bag], log_y[bag], sample_weight=weight[bag])

@@ -73,6 +73,10 @@ class Target:
             length = lengths[0]
         return cls(profile, profile.batch, length, "fixed", stat)
 
+    def search_space(self, space: SearchSpace) -> SearchSpace:
+        """``space`` at the precisions the device runs sub-networks at (its profile's)."""
+        return space.with_precisions(self.profile.precisions)
+
     def describe(self) -> str:
         what = "real traffic" if self.regime == "traffic" else f"{self.length} tokens repeated"
         return f"{self.stat} per call of batch {self.batch} on {what}"

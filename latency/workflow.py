@@ -105,7 +105,7 @@ def measure_device(
     """
     check_available(profile)
     workloads = device_workloads(run, profile, seed)
-    configs = sample_configs(run.space, run.supernet.shape, n, seed=seed,
+    configs = sample_configs(run.space.with_precisions(profile.precisions), run.supernet.shape, n, seed=seed,
                              length=min(run.typical_length, *(w.length for w in workloads)))
     log = MeasurementLog(run.paths.measurements(profile.name))
     return sweep(profile, run.supernet, configs, workloads, log, reference_every=reference_every,

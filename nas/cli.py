@@ -483,6 +483,10 @@ def register_export(sub: Subparsers) -> argparse.ArgumentParser:
                    help="before searching, time three reference sub-networks; when the device runs more than this "
                    "fraction slower or faster than its predictor says, scale the predictions by the measured ratio "
                    "(default %(default)s; negative: no check)")
+    e.add_argument("--step-up-below", type=float, default=0.9,
+                   help="when the chosen sub-network measures under this share of the budget, search again with "
+                   "the predictor's margin shrunk to what was measured and measure the more accurate candidates "
+                   "(default %(default)s; 0: never)")
     _finetune_args(e, 0.0, "the chosen sub-network before it is written")
     e.add_argument("--quiet", action="store_true", help="no progress bars")
     return e
@@ -503,7 +507,8 @@ def cmd_export(a: argparse.Namespace) -> int:
     finetune = _finetune_stage(a)
     cfg = ExportConfig(budget_ms=budget[0], speedup=a.speedup, method=a.method, n_evaluations=a.n, seed=a.seed,
                        finalists=a.finalists, finetune=finetune, finetune_candidates=a.finetune_candidates,
-                       drift_tolerance=None if a.drift_tolerance < 0 else a.drift_tolerance, progress=not a.quiet)
+                       drift_tolerance=None if a.drift_tolerance < 0 else a.drift_tolerance, progress=not a.quiet,
+                       step_up_below=a.step_up_below or None)
     accuracy = DevAccuracy(run, subset_size=a.dev_subset or None, precision=a.search_precision)
     r = choose_and_export(run, target, a.out, cfg, accuracy=accuracy)
     if r["budget_from"]:
@@ -520,8 +525,11 @@ def cmd_export(a: argparse.Namespace) -> int:
             print(f"  WARNING: {r['device']} is not on this machine, so {s['arch']} was chosen by prediction only "
                   f"(predicted {s['predicted_ms']:.2f} ms, upper {s['upper_ms']:.2f}); measure it on the device")
             continue
-        verdict = "meets the budget" if s["meets_budget"] else "misses: stepping down"
-        print(f"  finalist {s['arch']}: predicted {s['predicted_ms']:.2f} ms (upper {s['upper_ms']:.2f}), "
+        if s.get("step") == "up":
+            verdict = "meets the budget: stepping up" if s["meets_budget"] else "misses"
+        else:
+            verdict = "meets the budget" if s["meets_budget"] else "misses: stepping down"
+        print(f"  {'more accurate' if s.get('step') == 'up' else 'finalist'} {s['arch']}: predicted {s['predicted_ms']:.2f} ms (upper {s['upper_ms']:.2f}), "
               f"measured {s['measured_ms']:.2f} ms -> {verdict}")
     speed = f"{r['speedup']:.2f}x" if r["speedup"] else "not re-measured here"
     print(f"{r['device']} under {r['budget_ms']:g} ms ({target.describe()}): {r['arch']}\n"
@@ -538,9 +546,15 @@ def cmd_export(a: argparse.Namespace) -> int:
               f"{r['metric']} by ONNX Runtime):")
         for name, row in r["deployments"].items():
             print(f"    {name:<11} {row[stat + '_ms']:8.3f} ms   test {row['acc_test']:.4f}")
+        other = "int8" if r["precision"] == "fp32" else "fp32"
         print(f"  speed-up: {sp['ours_vs_fastest_stock_fp32']:.2f}x against the fastest stock fp32 "
-              f"({sp['fastest_stock_fp32']}), {sp['ours_vs_stock_int8']:.2f}x against stock INT8; quantized the same "
-              f"way, ours would be {sp['ours_int8_vs_fastest_stock_fp32']:.2f}x and {sp['ours_int8_vs_stock_int8']:.2f}x")
+              f"({sp['fastest_stock_fp32']}), {sp['ours_vs_stock_int8']:.2f}x against stock INT8 (ours in "
+              f"{r['precision']}); in {other}, ours would be {sp[f'ours_{other}_vs_fastest_stock_fp32']:.2f}x and "
+              f"{sp[f'ours_{other}_vs_stock_int8']:.2f}x")
+    if r["quantization"]:
+        q = r["quantization"]
+        print(f"  INT8 cost the written model {100 * (q['written_test_accuracy_int8'] - q['written_test_accuracy_fp32']):+.2f}"
+              f" test points ({q['written_test_accuracy_fp32']:.4f} in fp32, model-fp32.onnx)")
     if r["finetuned"]:
         ft = r["finetuned"]
         for c in r["finetune_candidates"]:

@@ -16,6 +16,9 @@ model and device timer and returns a value, so each can be tested with fakes:
    the budget is passed over for the next one (a "step down"); when every finalist misses,
    the predictions are rescaled by the misses and the next most accurate candidates that
    would still fit are tried. The report lists every step.
+   ``step_up``: when the chosen one leaves more than 10% of the budget unused, the search is
+   run again with the safety margin shrunk to what was measured, and more accurate
+   candidates are measured; the first that meets the budget replaces it.
 4. ``finetune_best``: optionally, the chosen sub-network and a few others (``finetune_pool``)
    are distilled from the teacher; the best on dev is exported.
 5. ``write_export``: the standalone model, its ONNX graph and ``report.json``.
@@ -78,6 +81,9 @@ class ExportConfig:
     finetune_candidates: int = 3
     drift_tolerance: float | None = 0.10
     rounds: int = 3  # interleaved re-measurement rounds
+    # Below this share of the budget used when re-measured, search again with the predictor's
+    # margin shrunk to what was measured and try the more accurate candidates (measured).
+    step_up_below: float | None = 0.9
     baselines: bool = True  # time the stock model (fp32, ORT-optimized, INT8) beside the export
     progress: bool = True
 
@@ -88,6 +94,8 @@ class ExportConfig:
             raise ConfigError(f"a speed-up target must be positive, got {self.speedup:g}")
         if self.budget_ms is not None and not (self.budget_ms > 0 and math.isfinite(self.budget_ms)):
             raise ConfigError(f"a budget must be a positive number of ms, got {self.budget_ms:g}")
+        if self.step_up_below is not None and not 0 < self.step_up_below <= 1:
+            raise ConfigError(f"step_up_below must lie in (0, 1], got {self.step_up_below:g}")
         if self.finalists < 1 or self.finetune_candidates < 1 or self.rounds < 1:
             raise ConfigError(f"finalists, fine-tuning candidates and rounds must be >= 1, got {self.finalists}, "
                               f"{self.finetune_candidates} and {self.rounds}")
@@ -148,8 +156,9 @@ def run_search(
     history: ``search_history``). ``latency``: the device's predictor at the target's shape
     (default: loaded from the run), scaled by a measured drift where one was applied."""
     latency = latency or PredictedLatency.of(run.folder, target)
+    space = target.search_space(run.space)  # at the precisions the device runs
     if budget_ms is not None:
-        fastest = fastest_reachable(run.space, latency)
+        fastest = fastest_reachable(space, latency)
         if budget_ms < fastest:
             raise ImpossibleBudget(
                 f"a budget of {budget_ms:g} ms cannot be met on {target.profile.name} ({target.describe()}): "
@@ -174,7 +183,7 @@ def run_search(
                                         f"-{accuracy.search_split}-p{fingerprint}{scaled}")
     searcher = make_searcher(method, **kwargs)
     t0 = time.time()
-    result = searcher.search(run.space, accuracy, latency, budget_ms=budget_ms, n_evaluations=n_evaluations, seed=seed)
+    result = searcher.search(space, accuracy, latency, budget_ms=budget_ms, n_evaluations=n_evaluations, seed=seed)
     return result, time.time() - t0
 
 
@@ -244,10 +253,39 @@ def verify_on_device(ranked: list[Candidate], history: list[Candidate], budget_m
     return Verified(chosen, chosen_ms, full_ms, steps)
 
 
+def step_up(verified: Verified, budget_ms: float, relaxed_search: Callable[[float], list[Candidate]],
+            timer: Timer | None, accuracy: DevScore, *, below: float = 0.9, finalists: int = 5,
+            rounds: int = 3) -> Verified:
+    """Use the whole budget. When the chosen sub-network measured under ``below`` of the
+    budget, the predictor's safety margin kept larger ones out: ``relaxed_search(scale)``
+    searches again with every prediction multiplied by ``scale`` (the chosen's measured / upper
+    bound), and its ``finalists`` most accurate candidates that beat the chosen on the whole dev
+    split are measured, best first; the first that meets the budget replaces the chosen. Never
+    on a prediction alone: off the device (``timer`` None) nothing changes."""
+    chosen = verified.chosen
+    if timer is None or not verified.measured or verified.measured_ms >= below * budget_ms:
+        return verified
+    scale = verified.measured_ms / chosen.upper_ms
+    tried = {s["arch_key"] for s in verified.steps}
+    floor = accuracy.full_dev(chosen.config)
+    pool = sorted((c for c in relaxed_search(scale) if c.feasible and c.config.key() not in tried),
+                  key=lambda c: -c.accuracy)[: max(1, finalists)]
+    better = sorted((c for c in pool if accuracy.full_dev(c.config) > floor), key=lambda c: -accuracy.full_dev(c.config))
+    if not better:
+        return verified
+    got = timer.measure([c.config for c in better], rounds=rounds)
+    steps = list(verified.steps)
+    for cand, ms in zip(better, got.ms, strict=True):
+        steps.append({**_step(cand, ms, ms <= budget_ms, accuracy), "step": "up", "scale": scale})
+        if ms <= budget_ms:
+            return Verified(cand, ms, got.full_ms, steps)
+    return Verified(chosen, verified.measured_ms, verified.full_ms, steps)
+
+
 def _step(cand: Candidate, ms: float, ok: bool | None, accuracy: DevScore) -> dict[str, Any]:
     return {"arch_key": cand.config.key(), "arch": cand.config.describe(), "predicted_ms": cand.latency_ms,
             "upper_ms": cand.upper_ms, "measured_ms": ms, "acc_dev": accuracy.full_dev(cand.config),
-            "meets_budget": ok}
+            "meets_budget": ok, "step": "down"}
 
 
 def _step_down(cands: list[Candidate], measured: list[float], budget_ms: float, steps: list[dict[str, Any]],
@@ -309,7 +347,8 @@ def finetune_best(run: LoadedRun, teacher: ElasticBert, pool: list[tuple[Candida
                   *, progress: bool = True) -> FineTuned:
     """Distil the teacher into each of ``pool`` (resumable, in ``out``); the best fine-tuned
     dev score wins, ties to the search's pick."""
-    from supernet.evaluate import model_score
+    from nas.objectives import deployed_logits
+    from supernet.evaluate import scores
 
     models, rows = [], []
     for cand, ms in pool:
@@ -322,8 +361,10 @@ def finetune_best(run: LoadedRun, teacher: ElasticBert, pool: list[tuple[Candida
         rows.append({"arch_key": cand.config.key(), "arch": cand.config.describe(),
                      "depth": len(cand.config.kept_layers), "measured_ms": ms,
                      "dev_accuracy_before": accuracy.full_dev(cand.config), "wall_s": round(time.time() - t0, 1),
-                     "reused": not trained,
-                     **{f"{split}_accuracy": model_score(model, run.splits[split], run.task.metric)
+                     "reused": not trained, "precision": cand.config.precision,
+                     # As deployed: an int8 candidate's quantized graph, run by ONNX Runtime.
+                     **{f"{split}_accuracy": scores(deployed_logits(model, cand.config.precision, run.splits[split]),
+                                                    run.splits[split].labels)[run.task.metric]
                         for split in ("dev", "test")}})
     best = max(range(len(pool)), key=lambda i: (rows[i]["dev_accuracy"], -i))
     return FineTuned(best, models, rows)
@@ -332,52 +373,63 @@ def finetune_best(run: LoadedRun, teacher: ElasticBert, pool: list[tuple[Candida
 # --- 5. write ------------------------------------------------------------------------------------
 
 def write_export(run: LoadedRun, target: Target, out: Path, chosen: Candidate, model: ElasticBert) -> dict[str, Any]:
-    """The standalone model (``pytorch/``, ``hf/`` where expressible), ``model.onnx``, and how
-    far the ONNX graph's outputs are from PyTorch's on dev batches; returns what was written."""
-    from latency.onnx_export import check_onnx, export_onnx
+    """The standalone model (``pytorch/``, ``hf/`` where expressible, fp32 weights),
+    ``model.onnx`` (the graph to deploy: quantized for an int8 sub-network, whose fp32 graph is
+    kept beside it as ``model-fp32.onnx``), and how far the fp32 graph's outputs are from
+    PyTorch's on dev batches; returns what was written."""
+    from latency.onnx_export import check_onnx, export_onnx, quantize_subnet
     from supernet.data import iterate_batches
     from supernet.extract import export_standalone
 
     written = export_standalone(run.supernet, chosen.config, out, run.tokenizer, list(run.task.label_names),
                                 model=model)
-    onnx_path = export_onnx(model, out / "model.onnx")
+    int8 = chosen.config.int8
+    fp32_path = export_onnx(model, out / ("model-fp32.onnx" if int8 else "model.onnx"))
+    if not int8:
+        (out / "model-fp32.onnx").unlink(missing_ok=True)  # an earlier int8 export's
     dev_batches = list(iterate_batches(run.splits["dev"], 16, shuffle=False))[:4]
-    return {"files": {**written, "onnx": str(onnx_path)}, "onnx_max_abs_diff": check_onnx(model, onnx_path, dev_batches)}
+    diff = check_onnx(model, fp32_path, dev_batches)
+    files = {**written, "onnx": str(quantize_subnet(fp32_path, out / "model.onnx") if int8 else fp32_path)}
+    if int8:
+        files["onnx_fp32"] = str(fp32_path)
+    return {"files": files, "onnx_max_abs_diff": diff}
 
 
-def compare_with_stock(run: LoadedRun, timer: DeviceTimer, onnx_path: Path, ours_logits: np.ndarray, full_acc: float,
-                       *, rounds: int = 3) -> dict[str, Any] | None:
-    """The exported sub-network (``ours``; its test logits ``ours_logits``), it quantized the
-    same way as the stock model (``ours-int8``) and the supernet's full model (``ours-full``,
-    test accuracy ``full_acc``) timed in turn with the stock deployments
+def compare_with_stock(run: LoadedRun, timer: DeviceTimer, files: dict[str, str], precision: str,
+                       ours_logits: np.ndarray, full_acc: float, *, rounds: int = 3) -> dict[str, Any] | None:
+    """The exported sub-network (``ours``: ``files["onnx"]`` at ``precision``; its test logits
+    ``ours_logits``), the same sub-network at the other precision (``ours-int8``, quantized as
+    int8 sub-networks are, or ``ours-fp32``, ``files["onnx_fp32"]``) and the supernet's full
+    model (``ours-full``, test accuracy ``full_acc``) timed in turn with the stock deployments
     (``latency.baselines.time_beside_stock``), on the timer's workload and statistic, with
-    their test scores (the INT8 graphs run by ONNX Runtime, whose test logits are returned for
+    their test scores (the ONNX graphs run by ONNX Runtime, whose test logits are returned for
     the paired statistics). None on a device whose runtime is not ONNX Runtime."""
-    from latency.baselines import (
-        onnx_logits,
-        quantize_int8,
-        speedups,
-        stock_models,
-        time_beside_stock,
-    )
+    from latency.baselines import onnx_logits, speedups, stock_models, time_beside_stock
+    from latency.onnx_export import quantize_subnet
     from supernet.evaluate import scores
 
     if timer.profile.runtime != "onnxruntime":
         return None
-    int8 = quantize_int8(onnx_path, timer.workdir / "ours-int8.onnx")
-    rows = time_beside_stock(run, timer, {"ours": onnx_path, "ours-int8": int8}, rounds=rounds)
+    onnx_path = Path(files["onnx"])
+    if precision == "int8":
+        other, other_path = "ours-fp32", Path(files["onnx_fp32"])
+    else:
+        other, other_path = "ours-int8", quantize_subnet(onnx_path, timer.workdir / "ours-int8.onnx")
+    rows = time_beside_stock(run, timer, {"ours": onnx_path, other: other_path}, rounds=rounds)
     assert rows is not None
     test = run.splits["test"]
-    logits = {"ours-int8": onnx_logits(int8, test), "stock-int8": onnx_logits(stock_models(run)["stock-int8"]["path"], test)}
+    logits = {other: onnx_logits(other_path, test), "stock-int8": onnx_logits(stock_models(run)["stock-int8"]["path"], test)}
     rows["ours"]["acc_test"] = scores(ours_logits, test.labels)["accuracy"]
-    rows["ours-int8"]["acc_test"] = scores(logits["ours-int8"], test.labels)["accuracy"]
+    rows["ours"]["precision"] = precision
+    rows[other]["acc_test"] = scores(logits[other], test.labels)["accuracy"]
+    rows[other]["precision"] = other.removeprefix("ours-")
     rows["ours-full"]["acc_test"] = full_acc
     lat = {n: r[f"{timer.stat}_ms"] for n, r in rows.items()}
-    ours, ours_int8, full_x = (speedups(lat, n) for n in ("ours", "ours-int8", "ours-full"))
-    speedup = {"stat": timer.stat, "fastest_stock_fp32": ours["fastest_stock_fp32"],
+    ours, alt, full_x = (speedups(lat, n) for n in ("ours", other, "ours-full"))
+    o = other.replace("-", "_")
+    speedup = {"stat": timer.stat, "fastest_stock_fp32": ours["fastest_stock_fp32"], "precision": precision,
                "ours_vs_fastest_stock_fp32": ours["vs_fastest_stock_fp32"], "ours_vs_stock_int8": ours["vs_stock_int8"],
-               "ours_int8_vs_fastest_stock_fp32": ours_int8["vs_fastest_stock_fp32"],
-               "ours_int8_vs_stock_int8": ours_int8["vs_stock_int8"],
+               f"{o}_vs_fastest_stock_fp32": alt["vs_fastest_stock_fp32"], f"{o}_vs_stock_int8": alt["vs_stock_int8"],
                # Below 1: our full-model export is slower than the stock one (its graph, not its size).
                "ours_full_vs_fastest_stock_fp32": full_x["vs_fastest_stock_fp32"]}
     return {"deployments": rows, "speedup": speedup, "logits": logits}
@@ -423,8 +475,9 @@ def choose_and_export(
     already has it (a budget sweep); ``teacher_targets``: the teacher's logits on the train
     split (``teacher_logits``, called only if there is fine-tuning to do).
     """
+    from latency.baselines import onnx_logits
     from supernet.checkpoint import load_model
-    from supernet.evaluate import model_score, predict
+    from supernet.evaluate import model_score, predict, scores
     from supernet.extract import extract
     from supernet.io import write_csv
 
@@ -442,6 +495,15 @@ def choose_and_export(
         ranked = rank_finalists(result, accuracy, cfg.finalists)
         verified = verify_on_device(ranked, result.history, budget.ms, timer, accuracy, finalists=cfg.finalists,
                                     rounds=cfg.rounds, device=device)
+        if cfg.step_up_below is not None:
+            def relaxed(scale: float) -> list[Candidate]:
+                again, _ = run_search(run, target, budget.ms, latency=latency.scaled(budget.scale * scale),
+                                      method=cfg.method, n_evaluations=cfg.n_evaluations, seed=cfg.seed + 1,
+                                      accuracy=accuracy)
+                return again.history
+
+            verified = step_up(verified, budget.ms, relaxed, timer, accuracy, below=cfg.step_up_below,
+                               finalists=cfg.finalists, rounds=cfg.rounds)
         out = Path(out_dir)
         teacher = load_model(run.paths.teacher) if cfg.finetune is not None or full_model_test is None else None
         chosen, chosen_ms = verified.chosen, verified.measured_ms
@@ -449,7 +511,8 @@ def choose_and_export(
         tuned: dict[str, Any] | None = None
         ft_rows: list[dict[str, Any]] = []
         if cfg.finetune is not None and teacher is not None:
-            seeds = [c.key() for c in depth_seeds(run.space, latency.scaled(budget.scale), budget.ms)]
+            seeds = [c.key() for c in depth_seeds(target.search_space(run.space), latency.scaled(budget.scale),
+                                                  budget.ms)]
             extra = finetune_pool(result.history, chosen, seeds, cfg.finetune_candidates - 1)
             pool = measured_pool(verified, extra, budget.ms, timer, rounds=cfg.rounds)
             targets = teacher_targets or functools.cache(lambda: teacher_logits(teacher, run.splits["train"]))
@@ -458,8 +521,12 @@ def choose_and_export(
             tuned = {"epochs": cfg.finetune.epochs, "lr": cfg.finetune.lr, "candidates": len(pool),
                      **{k: ft_rows[ft.best][k] for k in ("wall_s", "reused", "dev_accuracy", "test_accuracy")}}
         written = write_export(run, target, out, chosen, small)
-        ours_logits = predict(small, run.splits["test"])  # the written model's: for its score and statistics
-        stock = (compare_with_stock(run, timer, Path(written["files"]["onnx"]), ours_logits,
+        precision = chosen.config.precision
+        # The written model's test logits, as deployed (int8: its quantized graph, by ONNX
+        # Runtime): for its score and the paired statistics.
+        ours_logits = (onnx_logits(written["files"]["onnx"], run.splits["test"]) if chosen.config.int8
+                       else predict(small, run.splits["test"]))
+        stock = (compare_with_stock(run, timer, written["files"], precision, ours_logits,
                                     accuracy.test(run.space.largest()), rounds=cfg.rounds)
                  if cfg.baselines and isinstance(timer, DeviceTimer) else None)
     finally:
@@ -490,8 +557,18 @@ def choose_and_export(
         "speedup": full_ms / chosen_ms if verified.measured else None,
         "remeasured": verified.measured,
         "device_drift": budget.drift,  # measured / predicted before the search; the search's scale
-        "dev_accuracy": accuracy.full_dev(sub),
+        "precision": sub.precision,  # what model.onnx runs at
+        "dev_accuracy": accuracy.full_dev(sub),  # supernet weights, as deployed (int8: the quantized graph)
         "test_accuracy": accuracy.test(sub),
+        # The same sub-network in fp32 (supernet weights) and the written model's test score
+        # before and after quantization: what INT8 cost (null for an fp32 export).
+        "quantization": None if not sub.int8 else {
+            "dev_accuracy_fp32": accuracy.full_dev(sub.with_precision("fp32")),
+            "test_accuracy_fp32": accuracy.test(sub.with_precision("fp32")),
+            "written_test_accuracy_fp32": scores(predict(small, run.splits["test"]), run.splits["test"].labels)[
+                run.task.metric],
+            "written_test_accuracy_int8": scores(ours_logits, run.splits["test"].labels)[run.task.metric],
+        },
         "full_model_test_accuracy": full_test,
         "supernet_largest_test_accuracy": accuracy.test(largest),
         "weights": "fine-tuned" if tuned else "supernet",  # what pytorch/ and model.onnx hold

@@ -105,7 +105,9 @@ def compare(
         for device, target in targets[str(run.folder)].items():
             method_list: list[str | None] = list(methods) if methods else [None]
             for method in method_list:
-                cfgs = evaluated(run, method)
+                # A device's front holds the precisions it runs (another device's search may
+                # have scored int8 sub-networks that this one cannot run).
+                cfgs = [c for c in evaluated(run, method) if c.precision in target.profile.precisions]
                 if not cfgs:
                     raise HwnasError(
                         f"{run.folder} has no search results{f' for method {method}' if method else ''}: "

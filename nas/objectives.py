@@ -3,7 +3,9 @@
 
 ``DevAccuracy`` scores a sub-network with inherited supernet weights on a fixed, seeded
 subset of the **dev** split (the whole dev split for finalists); the test split is only
-touched by ``test()`` for reporting. The search objective (the subset) runs under bfloat16
+touched by ``test()`` for reporting. An int8 sub-network is scored by running its quantized
+ONNX graph in ONNX Runtime (``QuantizedLogits``; about 3-4 s a sub-network on 2 cores, most
+of it the export), so that its score is the deployed model's. The search objective (the subset) runs under bfloat16
 autocast where the CPU has bf16 instructions (``precision="auto"``; see ``scripts/precision_check.py``), the
 whole-dev and test scores always in fp32, as the exported model runs. Scores are cached by configuration hash in memory and
 in ``RUN/search/accuracy.csv``, so a resumed or repeated search never re-evaluates.
@@ -13,6 +15,9 @@ which is how Ray Tune trials get it.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +35,57 @@ def subset(enc: Encoded, n: int | None, seed: int) -> Encoded:
         return enc
     idx = np.sort(np.random.default_rng(seed).choice(len(enc), size=n, replace=False))
     return Encoded([enc.input_ids[i] for i in idx], [enc.token_type_ids[i] for i in idx], enc.labels[idx])
+
+
+def deployed_session(model: Any, precision: str, threads: int | None = None) -> Any:
+    """An ONNX Runtime session of ``model``'s deployed graph at ``precision``
+    (``latency.onnx_export.export_deployed``), its file removed once loaded."""
+    from latency.onnx_export import export_deployed, ort_session
+
+    folder = Path(tempfile.mkdtemp(prefix="hwnas-graph-"))
+    try:
+        return ort_session(export_deployed(model, precision, folder / "model.onnx"), threads=threads)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def deployed_logits(model: Any, precision: str, enc: Encoded) -> np.ndarray:
+    """Logits of ``model`` on ``enc`` as deployed at ``precision`` (fp32: PyTorch, which its
+    ONNX graph matches to 1e-4; int8: the quantized graph run by ONNX Runtime)."""
+    from latency.baselines import onnx_logits
+    from supernet.evaluate import predict
+
+    if precision == "fp32":
+        return predict(model, enc)
+    return onnx_logits(deployed_session(model, precision), enc)
+
+
+class QuantizedLogits:
+    """Logits of a sub-network's deployed graph at its precision (``export_deployed``: the
+    quantized ONNX graph for int8), run by ONNX Runtime. The last few sessions are kept, so
+    that a finalist's dev-subset, dev and test scores export and quantize it once."""
+
+    KEEP = 3
+
+    def __init__(self, supernet: Any, *, threads: int | None = None) -> None:
+        self.supernet, self.threads = supernet, threads
+        self._sessions: OrderedDict[str, Any] = OrderedDict()
+
+    def session(self, cfg: SubnetConfig) -> Any:
+        from supernet.extract import extract
+
+        key = cfg.key()
+        if key not in self._sessions:
+            self._sessions[key] = deployed_session(extract(self.supernet, cfg).eval(), cfg.precision, self.threads)
+            while len(self._sessions) > self.KEEP:
+                self._sessions.popitem(last=False)
+        self._sessions.move_to_end(key)
+        return self._sessions[key]
+
+    def __call__(self, cfg: SubnetConfig, enc: Encoded) -> np.ndarray:
+        from latency.baselines import onnx_logits
+
+        return onnx_logits(self.session(cfg), enc)
 
 
 class DevAccuracy:
@@ -54,6 +110,7 @@ class DevAccuracy:
             self._run.supernet, splits, metric=self.metric,
             bf16_splits=[self.search_split] if self.precision == "bf16" else [],
             log_path=self.cache_path if cache else None,
+            graph_logits=QuantizedLogits(self._run.supernet),
         )
 
     @property

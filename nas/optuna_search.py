@@ -100,6 +100,8 @@ def encode(space: SearchSpace, cfg: SubnetConfig) -> dict[str, Any]:
         params[f"heads_{i}"] = space.head_choices.index(cfg.heads[i]) if cfg.keep[i] else 0
         params[f"ffn_{i}"] = space.ffn_choices.index(cfg.ffn[i]) if cfg.keep[i] else 0
         params[f"retention_{i}"] = _index(space.retention_choices, cfg.retention[i])
+    if len(space.precision_choices) > 1:
+        params["precision"] = cfg.precision
     return params
 
 
@@ -121,7 +123,8 @@ def decode(space: SearchSpace, params: dict[str, Any]) -> SubnetConfig:
     for i in range(n):
         prev = next(kept_r) if keep[i] else prev
         retention.append(prev)
-    return space.validate(SubnetConfig(heads, ffn, tuple(keep), tuple(retention)))
+    precision = params.get("precision", space.precision_choices[0])
+    return space.validate(SubnetConfig(heads, ffn, tuple(keep), tuple(retention), precision))
 
 
 def suggest_config(trial: optuna.Trial, space: SearchSpace) -> SubnetConfig:
@@ -133,6 +136,8 @@ def suggest_config(trial: optuna.Trial, space: SearchSpace) -> SubnetConfig:
         params[f"heads_{i}"] = trial.suggest_int(f"heads_{i}", 0, len(space.head_choices) - 1)
         params[f"ffn_{i}"] = trial.suggest_int(f"ffn_{i}", 0, len(space.ffn_choices) - 1)
         params[f"retention_{i}"] = trial.suggest_int(f"retention_{i}", 0, len(space.retention_choices) - 1)
+    if len(space.precision_choices) > 1:  # fp32-only studies keep the parameters they always had
+        params["precision"] = trial.suggest_categorical("precision", list(space.precision_choices))
     return decode(space, params)
 
 

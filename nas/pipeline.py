@@ -86,7 +86,7 @@ def main_job(out: str | Path, spec: RunSpec, job: JobConfig, *, progress: bool =
     for device, target in targets.items():
         lat = PredictedLatency.of(out, target)
         full_pred = lat.predict([run.space.largest()])[0][0]
-        fastest = fastest_reachable(run.space, lat)
+        fastest = fastest_reachable(target.search_space(run.space), lat)
         # Rounded up (to 0.001 ms) so that the tightest budget is never below the fastest.
         budgets[device] = [math.ceil(1000 * (fastest + f * max(0.0, full_pred - fastest))) / 1000
                            for f in job.budget_points]

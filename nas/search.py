@@ -180,9 +180,10 @@ def fastest_reachable(space: SearchSpace, latency: LatencyModel) -> float:
     """Upper latency bound of the smallest configuration: budgets below it are impossible.
 
     The smallest configuration (fewest layers, heads, neurons, tokens) is taken to be the
-    fastest; that holds for any predictor that is monotone in the architecture's size.
+    fastest at its precision; that holds for any predictor that is monotone in the
+    architecture's size. Across precisions, the fastest of them.
     """
-    return predict(latency, [space.smallest()])[0][1]
+    return min(u for _, u in predict(latency, [space.smallest().with_precision(p) for p in space.precision_choices]))
 
 
 def is_feasible(upper_ms: float, budget_ms: float | None) -> bool:
@@ -315,17 +316,19 @@ def anchors(space: SearchSpace, budget_ms: float | None, latency: LatencyModel) 
 
 
 def depth_seeds(space: SearchSpace, latency: LatencyModel, budget_ms: float) -> list[SubnetConfig]:
-    """Per depth (fewest to most layers), the widest uniform sub-network that fits the budget:
-    full retention first, else the lowest retention; depths where none fits are left out."""
+    """Per depth (fewest to most layers) and precision, the widest uniform sub-network that
+    fits the budget: full retention first, else the lowest retention; depths where none fits
+    are left out."""
     depths = range(space.min_layers, space.num_layers + 1) if space.allow_skip else [space.num_layers]
     widths = sorted({h / space.max_heads for h in space.head_choices}, reverse=True)
-    grid = [(n, r, space.uniform(width=w, depth=n / space.num_layers, retention=r))
-            for n in depths for r in (1.0, space.retention_choices[-1]) for w in widths]
-    seeds: dict[int, SubnetConfig] = {}
-    for (n, _, cfg), (_, upper) in zip(grid, predict(latency, [c for _, _, c in grid]), strict=True):
-        if n not in seeds and is_feasible(upper, budget_ms):
-            seeds[n] = cfg  # the grid runs full retention before low, widest first
-    return [seeds[n] for n in sorted(seeds) if seeds[n].key() != space.smallest().key()]
+    grid = [((n, p), space.uniform(width=w, depth=n / space.num_layers, retention=r).with_precision(p))
+            for p in space.precision_choices for n in depths
+            for r in (1.0, space.retention_choices[-1]) for w in widths]
+    seeds: dict[tuple[int, str], SubnetConfig] = {}
+    for (slot, cfg), (_, upper) in zip(grid, predict(latency, [c for _, c in grid]), strict=True):
+        if slot not in seeds and is_feasible(upper, budget_ms):
+            seeds[slot] = cfg  # the grid runs full retention before low, widest first
+    return [seeds[s] for s in sorted(seeds) if seeds[s].key() != space.smallest().key()]
 
 
 def evaluate_anchors(archive: Archive, space: SearchSpace, latency: LatencyModel) -> None:

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -86,14 +86,18 @@ class Evaluator:
     autocast. With ``log_path`` the scores also persist in an append-only CSV
     (``SCORE_COLUMNS``): the scores already there are loaded, and every new one is appended
     durably, so a resumed or repeated search never scores a configuration twice.
-    ``n_computed`` counts the scores computed (not loaded or remembered).
+    ``n_computed`` counts the scores computed (not loaded or remembered). A sub-network at a
+    precision other than fp32 is scored by ``graph_logits(subnet, examples)``: its deployed
+    graph run by its runtime (``nas.objectives.QuantizedLogits``), not by this model.
     """
 
     def __init__(
         self, model: ElasticBert, splits: dict[str, Encoded], *, metric: str = "accuracy", batch_size: int = 64,
         bf16_splits: Collection[str] = (), log_path: str | Path | None = None,
+        graph_logits: Callable[[SubnetConfig, Encoded], np.ndarray] | None = None,
     ) -> None:
         self.model, self.splits, self.metric, self.batch_size = model, splits, metric, batch_size
+        self.graph_logits = graph_logits
         self.bf16_splits = frozenset(bf16_splits)
         self.cache: dict[tuple[str, str], dict[str, float]] = {}
         self.n_computed = 0
@@ -108,7 +112,13 @@ class Evaluator:
         key = (split, subnet.key())
         if key not in self.cache:
             enc = self.splits[split]
-            logits = predict(self.model, enc, subnet, batch_size=self.batch_size, bf16=split in self.bf16_splits)
+            if subnet.precision == "fp32":
+                logits = predict(self.model, enc, subnet, batch_size=self.batch_size, bf16=split in self.bf16_splits)
+            elif self.graph_logits is not None:
+                logits = self.graph_logits(subnet, enc)
+            else:
+                raise ConfigError(f"a {subnet.precision} sub-network is scored by running its deployed graph; "
+                                  "this evaluator was given no graph_logits")
             self.cache[key] = scores(logits, enc.labels)
             self.n_computed += 1
             if self.log is not None:

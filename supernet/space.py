@@ -9,6 +9,11 @@ A ``SubnetConfig`` holds one choice per encoder layer:
   (PoWER-BERT / Length-Adaptive Transformer). Non-increasing through the layers; a skipped
   layer computes no attention and so cannot drop tokens. [CLS] is always kept.
 
+and one choice for the whole network, ``precision``: ``"fp32"`` (the default) or ``"int8"``
+(the exported ONNX graph's weight matrices quantized to int8, activations quantized per call:
+``latency.onnx_export.quantize_int8``). An int8 sub-network's accuracy is scored by running
+its quantized graph in ONNX Runtime, never by PyTorch.
+
 A ``SearchSpace`` holds the allowed choices and knows how to sample, mutate and cross over
 configurations with a seeded ``numpy.random.Generator``.
 """
@@ -19,7 +24,7 @@ import hashlib
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -47,16 +52,23 @@ def _tuple(values: Any, name: str, kind: type) -> tuple:
     return tuple(out)
 
 
+PRECISIONS = ("fp32", "int8")  # what a sub-network may run at (``SubnetConfig.precision``)
+
+
 @dataclass(frozen=True)
 class SubnetConfig:
-    """One sub-network: a choice per layer. Use ``SearchSpace.validate`` to check it."""
+    """One sub-network: a choice per layer and a precision. Use ``SearchSpace.validate`` to
+    check it."""
 
     heads: tuple[int, ...]
     ffn: tuple[int, ...]
     keep: tuple[bool, ...]
     retention: tuple[float, ...]
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {list(PRECISIONS)}, got {self.precision!r}")
         # Normalise lists to tuples so that equal configurations hash equally.
         object.__setattr__(self, "heads", _tuple(self.heads, "heads", int))
         object.__setattr__(self, "ffn", _tuple(self.ffn, "ffn", int))
@@ -103,21 +115,34 @@ class SubnetConfig:
         n = len(heads)
         return cls(tuple(heads), tuple(ffn), (True,) * n, (1.0,) * n)
 
-    def to_dict(self) -> dict[str, list]:
-        return {k: list(v) for k, v in asdict(self).items()}
+    @property
+    def int8(self) -> bool:
+        return self.precision == "int8"
+
+    def with_precision(self, precision: str) -> SubnetConfig:
+        return replace(self, precision=precision)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as lists; ``precision`` only when it is not fp32, so that an fp32
+        configuration keeps the key it had before precision existed (caches stay valid)."""
+        d: dict[str, Any] = {k: list(getattr(self, k)) for k in ("heads", "ffn", "keep", "retention")}
+        if self.precision != "fp32":
+            d["precision"] = self.precision
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> SubnetConfig:
         if not isinstance(d, Mapping):
             raise ConfigError(f"a sub-network configuration must be a mapping, got {type(d).__name__}")
         want = {"heads", "ffn", "keep", "retention"}
-        missing, extra = want - set(d), set(d) - want
+        missing, extra = want - set(d), set(d) - want - {"precision"}
         if missing or extra:
             raise ConfigError(
-                f"sub-network configuration needs exactly the fields {sorted(want)}; "
-                f"missing {sorted(missing)}, unknown {sorted(extra)}"
+                f"sub-network configuration needs exactly the fields {sorted(want)} (and optionally "
+                f"\"precision\"); missing {sorted(missing)}, unknown {sorted(extra)}"
             )
-        return cls(heads=d["heads"], ffn=d["ffn"], keep=d["keep"], retention=d["retention"])
+        return cls(heads=d["heads"], ffn=d["ffn"], keep=d["keep"], retention=d["retention"],
+                   precision=d.get("precision", "fp32"))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
@@ -133,15 +158,17 @@ class SubnetConfig:
             ffn=tuple(f if k else 0 for f, k in zip(self.ffn, self.keep, strict=True)),
             keep=self.keep,
             retention=self.retention,
+            precision=self.precision,
         )
 
     def describe(self) -> str:
-        """A short human-readable summary, e.g. ``L4 h12/9/.. f1536/.. r1.0/0.7/..``."""
+        """A short human-readable summary, e.g. ``L4 h12/9/.. f1536/.. r1.0/0.7/..`` (then
+        `` int8`` for an int8 sub-network)."""
         kept = self.kept_layers
         h = "/".join(str(self.heads[i]) for i in kept)
         f = "/".join(str(self.ffn[i]) for i in kept)
         r = "/".join(f"{self.retention[i]:.2g}" for i in kept)
-        return f"L{len(kept)} h{h} f{f} r{r}"
+        return f"L{len(kept)} h{h} f{f} r{r}" + ("" if self.precision == "fp32" else f" {self.precision}")
 
 
 def _quarters(n: int) -> tuple[int, ...]:
@@ -156,7 +183,8 @@ class SearchSpace:
     """Allowed choices per layer, shared by all layers.
 
     ``retention_choices`` are fractions of the input length; ``min_layers`` is the fewest
-    layers a sub-network may keep.
+    layers a sub-network may keep; ``precision_choices`` the precisions searched (a run's
+    space is fp32 only; ``with_precisions`` gives a device's, from its profile).
     """
 
     num_layers: int
@@ -167,6 +195,7 @@ class SearchSpace:
     retention_choices: tuple[float, ...] = DEFAULT_RETENTION
     min_layers: int = 2
     allow_skip: bool = True
+    precision_choices: tuple[str, ...] = ("fp32",)
     _ok: bool = field(default=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -176,6 +205,12 @@ class SearchSpace:
             self, "retention_choices",
             tuple(sorted(_tuple(self.retention_choices, "retention_choices", float), reverse=True)),
         )
+        p = self.precision_choices
+        if isinstance(p, str) or not isinstance(p, Sequence):
+            raise ConfigError(f"precision_choices must be a list like [\"fp32\", \"int8\"], got {p!r}")
+        object.__setattr__(self, "precision_choices", tuple(x for x in PRECISIONS if x in p))
+        if set(p) - set(PRECISIONS) or "fp32" not in p:
+            raise ConfigError(f"precision_choices must include \"fp32\" and lie in {list(PRECISIONS)}, got {list(p)}")
         self._check()
 
     def _check(self) -> None:
@@ -219,15 +254,21 @@ class SearchSpace:
             min_layers=min_layers if min_layers is not None else min(2, num_layers),
         )
 
+    def with_precisions(self, precisions: Sequence[str]) -> SearchSpace:
+        """The same space searched at ``precisions`` (a device profile's ``precisions``)."""
+        return replace(self, precision_choices=tuple(precisions))
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("_ok")
+        if d["precision_choices"] == ("fp32",):
+            d.pop("precision_choices")  # the run's own space: as written before precision existed
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> SearchSpace:
         fields = {"num_layers", "max_heads", "max_ffn", "head_choices", "ffn_choices",
-                  "retention_choices", "min_layers", "allow_skip"}
+                  "retention_choices", "min_layers", "allow_skip", "precision_choices"}
         extra = set(d) - fields
         if extra:
             raise ConfigError(f"unknown search-space fields {sorted(extra)}; known: {sorted(fields)}")
@@ -240,6 +281,8 @@ class SearchSpace:
             raise ConfigError(
                 f"configuration has {cfg.num_layers} layers but the space has {self.num_layers}"
             )
+        if cfg.precision not in self.precision_choices:
+            raise ConfigError(f"precision {cfg.precision!r} is not one of {list(self.precision_choices)}")
         kept = cfg.kept_layers
         if len(kept) < self.min_layers:
             raise ConfigError(f"keep: {len(kept)} layers kept, at least {self.min_layers} required")
@@ -333,7 +376,11 @@ class SearchSpace:
             raw = sorted((float(rng.choice(self.retention_choices)) for _ in range(n)), reverse=True)
         else:
             raw = [1.0] * n
-        return self.validate(SubnetConfig(heads, ffn, keep, _retention_for_kept(keep, raw)))
+        return self.validate(SubnetConfig(heads, ffn, keep, _retention_for_kept(keep, raw), self._draw_precision(rng)))
+
+    def _draw_precision(self, rng: np.random.Generator) -> str:
+        # Draws nothing from ``rng`` when there is one choice: fp32-only searches keep their streams.
+        return str(rng.choice(self.precision_choices)) if len(self.precision_choices) > 1 else self.precision_choices[0]
 
     def mutate(self, cfg: SubnetConfig, rng: np.random.Generator, prob: float = 0.3) -> SubnetConfig:
         """Re-draw each per-layer choice with probability ``prob``; repair to stay valid."""
@@ -355,12 +402,16 @@ class SearchSpace:
                 ret[i] = float(rng.choice(self.retention_choices))
         ret = _monotone(ret)
         keep_t = tuple(keep)
+        precision = cfg.precision
+        if len(self.precision_choices) > 1 and rng.random() < prob:
+            precision = self._draw_precision(rng)
         return self.validate(
             SubnetConfig(
                 tuple(h if k else 0 for h, k in zip(heads, keep_t, strict=True)),
                 tuple(f if k else 0 for f, k in zip(ffn, keep_t, strict=True)),
                 keep_t,
                 _retention_for_kept(keep_t, ret),
+                precision,
             )
         )
 
@@ -381,7 +432,8 @@ class SearchSpace:
         pick_r = rng.random(n) < 0.5
         ret = _monotone([a.retention[i] if pick_r[i] else b.retention[i] for i in range(n)])
         keep_t = tuple(keep)
-        return self.validate(SubnetConfig(tuple(heads), tuple(ffn), keep_t, _retention_for_kept(keep_t, ret)))
+        precision = a.precision if a.precision == b.precision or rng.random() < 0.5 else b.precision
+        return self.validate(SubnetConfig(tuple(heads), tuple(ffn), keep_t, _retention_for_kept(keep_t, ret), precision))
 
 
 def _nearest(choices: Sequence[int], target: float) -> int:

@@ -1,7 +1,8 @@
 """The export's steps on fakes: a timer in milliseconds, a latency model and dev scores from
 dictionaries. What is pinned: the budget (ms or speed-up) and the drift scale, the step-down
 on a miss, the rescale when every finalist misses, the failure when nothing fits, the kit
-branch (nothing measurable here) and the fine-tuning pool's budget check."""
+branch (nothing measurable here), the fine-tuning pool's budget check and the step up when
+the chosen sub-network leaves budget unused."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from nas.export import (
     measured_pool,
     rank_finalists,
     resolve_budget,
+    step_up,
     verify_on_device,
 )
 from nas.search import Candidate, SearchResult
@@ -171,3 +173,42 @@ def test_fine_tuning_candidates_that_miss_the_budget_are_left_out() -> None:
     assert [(c.config, ms) for c, ms in pool] == [(cfg(3), 3.5), (cfg(2, 4), 3.9)]
     unmeasured = measured_pool(Verified(FINALISTS[0], float("nan"), float("nan"), []), extra, 4.0, None)
     assert len(unmeasured) == 3  # a kit device: nothing measured, nothing left out
+
+
+def test_an_unused_budget_steps_up_to_a_more_accurate_sub_network_that_measures_under_it() -> None:
+    chosen = cand(cfg(1), 0.70, 3.0)  # upper 3.3: measured 2.0 under a 4 ms budget (50% used)
+    verified = Verified(chosen, 2.0, 10.0, [{"arch_key": cfg(1).key()}])
+    wide, wider, widest = cand(cfg(2), 0.74, 4.5), cand(cfg(3), 0.76, 5.0), cand(cfg(4, 2), 0.80, 5.5)
+    scales: list[float] = []
+
+    def relaxed(scale: float) -> list[Candidate]:
+        scales.append(scale)
+        return [chosen, wide, wider, widest]
+
+    timer = FakeTimer({cfg(2).key(): 3.6, cfg(3).key(): 4.2, cfg(4, 2).key(): 4.4})
+    dev = DevScores({cfg(1).key(): 0.70, cfg(2).key(): 0.75, cfg(3).key(): 0.77, cfg(4, 2).key(): 0.79})
+    got = step_up(verified, 4.0, relaxed, timer, dev, finalists=5)  # type: ignore[arg-type]
+    assert scales == [pytest.approx(2.0 / 3.3)]  # the margin shrunk to what was measured
+    # Most accurate on the whole dev split first; the two that miss 4 ms are passed over.
+    assert timer.calls == [[cfg(4, 2).key(), cfg(3).key(), cfg(2).key()]]
+    assert got.chosen is wide and got.measured_ms == 3.6
+    assert [s.get("step") for s in got.steps[1:]] == ["up", "up", "up"]
+    assert [s["meets_budget"] for s in got.steps[1:]] == [False, False, True]
+
+
+def test_no_step_up_when_the_budget_is_used_or_nothing_is_more_accurate_or_off_the_device() -> None:
+    chosen = cand(cfg(1), 0.70, 3.0)
+    dev = DevScores({cfg(1).key(): 0.70, cfg(2).key(): 0.69})
+
+    def relaxed(scale: float) -> list[Candidate]:
+        return [cand(cfg(2), 0.72, 3.5)]  # better on the subset, worse on the whole dev split
+
+    timer = FakeTimer({cfg(2).key(): 3.0})
+    used = Verified(chosen, 3.7, 10.0, [])  # 92.5% of 4 ms
+    assert step_up(used, 4.0, relaxed, timer, dev) is used  # type: ignore[arg-type]
+    low = Verified(chosen, 2.0, 10.0, [])
+    assert step_up(low, 4.0, relaxed, timer, dev).chosen is chosen  # type: ignore[arg-type]
+    assert step_up(low, 4.0, relaxed, None, dev) is low  # type: ignore[arg-type]
+    assert timer.calls == []  # nothing was worth timing
+    with pytest.raises(ConfigError, match="step_up_below"):
+        ExportConfig(budget_ms=1.0, step_up_below=1.5)

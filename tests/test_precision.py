@@ -1,0 +1,195 @@
+"""Precision as a searched choice: int8 sub-networks in configurations (validation, keys,
+round trips), in the search space and the Optuna encoding, in device profiles, in the latency
+features, and scored by running their quantized graphs in ONNX Runtime."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+
+from conftest import tiny_model
+from latency.devices import DeviceProfile, load_profiles
+from latency.features import features
+from latency.measure import DeviceTimer, fixed_inputs, sample_configs
+from nas.objectives import QuantizedLogits, deployed_logits
+from nas.optuna_search import decode, encode, suggest_config
+from nas.search import depth_seeds, fastest_reachable
+from supernet.data import Encoded
+from supernet.errors import ConfigError
+from supernet.evaluate import Evaluator, predict
+from supernet.space import SearchSpace, SubnetConfig
+
+SPACE = SearchSpace(num_layers=3, max_heads=4, max_ffn=64, head_choices=(1, 2, 4), ffn_choices=(16, 32, 64))
+BOTH = SPACE.with_precisions(["fp32", "int8"])
+
+
+def test_an_fp32_configuration_keeps_the_key_it_had_before_precision_existed() -> None:
+    c = SPACE.uniform(width=0.5)
+    old_json = json.dumps({k: list(getattr(c, k)) for k in ("heads", "ffn", "keep", "retention")},
+                          sort_keys=True, separators=(",", ":"))
+    assert c.to_json() == old_json and c.key() == hashlib.sha1(old_json.encode()).hexdigest()[:12]
+    q = c.with_precision("int8")
+    assert q.key() != c.key() and q.to_dict()["precision"] == "int8" and q.describe().endswith(" int8")
+    assert SubnetConfig.from_dict(json.loads(q.to_json())) == q
+    assert SubnetConfig.from_dict(c.to_dict()) == c and SubnetConfig.from_dict(c.to_dict()).precision == "fp32"
+    assert q.canonical().precision == "int8"
+
+
+@pytest.mark.parametrize("bad", ["int4", "", 8, None, "INT8"])
+def test_an_unknown_precision_is_refused_by_name(bad: object) -> None:
+    d = {**SPACE.largest().to_dict(), "precision": bad}
+    with pytest.raises(ConfigError, match="precision"):
+        SubnetConfig.from_dict(d)
+
+
+def test_the_space_admits_int8_only_where_asked() -> None:
+    q = SPACE.largest().with_precision("int8")
+    with pytest.raises(ConfigError, match="precision 'int8' is not one of"):
+        SPACE.validate(q)
+    assert BOTH.validate(q) is q
+    for bad in (["int8"], ["fp32", "bf17"], "fp32"):
+        with pytest.raises(ConfigError, match="precision_choices"):
+            SPACE.with_precisions(bad)  # type: ignore[arg-type]
+    # A run's own space is written as before; a device's round-trips with its choices.
+    assert "precision_choices" not in SPACE.to_dict()
+    assert SearchSpace.from_dict(BOTH.to_dict()) == BOTH
+
+
+def test_sampling_mutation_and_crossover_reach_both_precisions_and_stay_valid() -> None:
+    rng = np.random.default_rng(0)
+    samples = [BOTH.sample(rng) for _ in range(40)]
+    assert {c.precision for c in samples} == {"fp32", "int8"}
+    mutated = [BOTH.mutate(c, rng, prob=0.5) for c in samples]
+    assert any(m.precision != c.precision for m, c in zip(mutated, samples, strict=True))
+    children = [BOTH.crossover(a, b, rng) for a, b in zip(samples, samples[1:], strict=False)]
+    assert all(BOTH.contains(c) for c in [*mutated, *children])
+    # An fp32-only space never draws a precision: same stream with or without the choice.
+    a, b = np.random.default_rng(3), np.random.default_rng(3)
+    assert [SPACE.sample(a) for _ in range(5)] == [SPACE.with_precisions(["fp32"]).sample(b) for _ in range(5)]
+
+
+def test_the_optuna_encoding_carries_precision_only_when_searched() -> None:
+    q = BOTH.uniform(width=0.5).with_precision("int8")
+    params = encode(BOTH, q)
+    assert params["precision"] == "int8" and decode(BOTH, params) == q
+    assert "precision" not in encode(SPACE, SPACE.largest())
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = {suggest_config(study.ask(), BOTH).precision for _ in range(20)}
+    assert seen == {"fp32", "int8"}
+
+
+def test_device_profiles_say_which_precisions_they_run(tmp_path: Path) -> None:
+    assert DeviceProfile("x", precisions=["fp32", "int8"]).precisions == ("fp32", "int8")
+    for bad, why in ((["int8"], "precisions"), (["fp32", "fp16"], "precisions"), ([], "precisions")):
+        with pytest.raises(ConfigError, match=why):
+            DeviceProfile("x", precisions=bad)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="onnxruntime"):
+        DeviceProfile("x", runtime="torch", provider="cpu", precisions=("fp32", "int8"))
+    toml = tmp_path / "d.toml"
+    toml.write_text('[devices.box]\nprecisions = ["fp32", "int8"]\n')
+    assert load_profiles(toml)["box"].to_dict()["precisions"] == ["fp32", "int8"]
+
+
+def test_int8_features_split_the_linear_work_by_precision() -> None:
+    m = tiny_model()
+    c = SPACE.uniform(width=0.5)
+    f32, f8 = features(m.shape, c, 1, 20), features(m.shape, c.with_precision("int8"), 1, 20)
+    assert f32["int8"] == 0 and f8["int8"] == 1
+    assert f32["flops_linear_fp32"] == f8["flops_linear_int8"] == f32["flops_linear"] > 0
+    assert f32["flops_linear_int8"] == f8["flops_linear_fp32"] == f32["token_layers_int8"] == 0
+    assert f8["token_layers_int8"] == f8["token_layers"] > 0
+    assert {k: v for k, v in f32.items() if "int8" not in k and "fp32" not in k} == \
+        {k: v for k, v in f8.items() if "int8" not in k and "fp32" not in k}
+
+
+class HalfAsFastInFp32:
+    """Predicted latency: the configuration's heads + FFN / 16, halved in int8."""
+
+    scale = 1.0
+
+    def predict(self, configs: list[SubnetConfig]) -> list[tuple[float, float]]:
+        out = []
+        for c in configs:
+            ms = sum(h + f / 16 for h, f, k in zip(c.heads, c.ffn, c.keep, strict=True) if k) * (0.5 if c.int8 else 1)
+            out.append((ms, 1.1 * ms))
+        return out
+
+
+def test_int8_reaches_budgets_fp32_cannot_and_seeds_deeper_sub_networks() -> None:
+    lat = HalfAsFastInFp32()
+    assert fastest_reachable(BOTH, lat) == pytest.approx(fastest_reachable(SPACE, lat) / 2)
+    budget = 6.0
+    fp32_seeds, both_seeds = depth_seeds(SPACE, lat, budget), depth_seeds(BOTH, lat, budget)
+    assert all(c.precision == "fp32" for c in fp32_seeds)
+    int8_seeds = [c for c in both_seeds if c.int8]
+    assert int8_seeds and max(sum(c.heads) for c in int8_seeds) > max(sum(c.heads) for c in fp32_seeds)
+
+
+def test_measurement_samples_anchor_sub_networks_at_every_precision() -> None:
+    m = tiny_model()
+    got = sample_configs(BOTH, m.shape, 30, seed=0, length=16)
+    keys = {c.key() for c in got}
+    for anchor in (BOTH.largest(), BOTH.smallest()):
+        assert anchor.key() in keys and anchor.with_precision("int8").key() in keys
+    assert all(c.precision == "fp32" for c in sample_configs(SPACE, m.shape, 10, seed=0, length=16))
+
+
+def _examples(n: int = 24, vocab: int = 120, seed: int = 0) -> Encoded:
+    rng = np.random.default_rng(seed)
+    ids = [[101, *rng.integers(5, vocab, int(rng.integers(3, 14))).tolist(), 102 % vocab] for _ in range(n)]
+    return Encoded(ids, [[0] * len(x) for x in ids], rng.integers(0, 2, n))
+
+
+def test_an_int8_sub_network_is_scored_by_running_its_quantized_graph(monkeypatch: pytest.MonkeyPatch) -> None:
+    m = tiny_model().eval()
+    enc = _examples()
+    cfg = SPACE.uniform(width=0.5).with_precision("int8")
+    graph = QuantizedLogits(m)
+    logits = graph(cfg, enc)
+    ref = predict(m, enc, cfg.with_precision("fp32"))
+    assert logits.shape == ref.shape and not np.array_equal(logits, ref)  # quantized, not PyTorch's
+    assert np.abs(logits - ref).max() < 0.25 * np.abs(ref).max() + 0.05  # but the same function, roughly
+    # The evaluator sends int8 to the graph and never to PyTorch; fp32 still goes to PyTorch.
+    import supernet.evaluate
+
+    calls: list[str] = []
+    real_predict = supernet.evaluate.predict
+
+    def spy(model, e, subnet=None, **kw):  # noqa: ANN001, ANN003, ANN202
+        calls.append(subnet.precision if subnet is not None else "model")
+        return real_predict(model, e, subnet, **kw)
+
+    monkeypatch.setattr(supernet.evaluate, "predict", spy)
+    ev = Evaluator(m, {"dev": enc}, graph_logits=graph)
+    s8 = ev(cfg, "dev")
+    assert calls == [] and s8["accuracy"] == pytest.approx(float((logits.argmax(1) == enc.labels).mean()))
+    ev(cfg.with_precision("fp32"), "dev")
+    assert calls == ["fp32"]
+    with pytest.raises(ConfigError, match="deployed graph"):
+        Evaluator(m, {"dev": enc})(cfg, "dev")
+    # A fine-tuned (standalone) model is scored as deployed too: int8, its quantized graph.
+    from supernet.extract import extract
+
+    small = extract(m, cfg).eval()
+    assert np.allclose(deployed_logits(small, "int8", enc), logits, atol=1e-5)
+
+
+def test_the_device_timer_runs_an_int8_sub_network_as_its_quantized_graph() -> None:
+    m = tiny_model().eval()
+    enc = _examples()
+    profile = DeviceProfile("t", threads=1, warmup=1, repeats=3, precisions=("fp32", "int8"))
+    with DeviceTimer(profile, m, [fixed_inputs(enc, 1, 8)]) as timer:
+        q = SPACE.uniform(width=0.5).with_precision("int8")
+        got = timer.measure([q, q.with_precision("fp32")], rounds=1)
+        assert all(ms > 0 for ms in got.ms)
+        import onnx
+
+        timer.open(q, cache=timer.workdir)
+        graph = onnx.load(str(timer.workdir / f"{q.key()}.onnx"))
+        assert any(n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul", "DynamicQuantizeLinear")
+                   for n in graph.graph.node)
