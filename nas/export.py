@@ -39,6 +39,7 @@ from latency.measure import DeviceTimer, Timer
 from latency.target import PredictedLatency, Target, device_drift, drift_references, open_timer
 from nas.objectives import DevAccuracy
 from nas.search import Candidate, SearchResult, depth_seeds, fastest_reachable, make_searcher
+from supernet import faults
 from supernet.cost import subnet_flops, subnet_params
 from supernet.errors import ConfigError, HwnasError
 from supernet.io import write_json
@@ -340,6 +341,7 @@ def write_export(run: LoadedRun, target: Target, out: Path, chosen: Candidate, m
 
     written = export_standalone(run.supernet, chosen.config, out, run.tokenizer, list(run.task.label_names),
                                 model=model)
+    faults.hit("export.write")
     onnx_path = export_onnx(model, out / "model.onnx")
     dev_batches = list(iterate_batches(run.splits["dev"], 16, shuffle=False))[:4]
     return {"files": {**written, "onnx": str(onnx_path)}, "onnx_max_abs_diff": check_onnx(model, onnx_path, dev_batches)}
