@@ -83,12 +83,12 @@ def test_train_killed_mid_checkpoint_resumes_to_the_weights_of_an_uninterrupted_
         tiny_hf_dir: Path, tmp_path: Path) -> None:
     out, ref = tmp_path / "run", tmp_path / "ref"
     args = ["train", "--out", str(out), "--model", str(tiny_hf_dir), *TRAIN]
-    # 2 steps a stage. Hit 2: the teacher's second checkpoint, the first moved aside.
+    # 2 steps a stage, a checkpoint after each. Hit 2: the teacher's second, the first moved aside.
     killed(hwnas(*args, fault="train.checkpoint:2"))
     assert {p.name for p in (out / "teacher").iterdir()} >= {"checkpoint.old", "checkpoint.tmp"}
     assert not (out / "teacher" / "checkpoint").exists() and not (out / "state.json").exists()
-    # Resumed from the first checkpoint: hit 1 is the teacher's last step, 2 and 3 the supernet's.
-    killed(hwnas(*[a for a in args if a != "--quiet"], "--resume", "--quiet", fault="train.checkpoint:3"))
+    # Resumed from the first: hit 1 is the teacher's last step, 2 and 3 the supernet's two.
+    killed(hwnas(*args, "--resume", fault="train.checkpoint:3"))
     assert list(json.loads((out / "state.json").read_text())["done"]) == ["teacher", "rewire"]
     assert (out / "supernet" / "checkpoint.old").exists()
     ok(hwnas(*args, "--resume"))
