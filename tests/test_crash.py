@@ -241,6 +241,7 @@ def test_a_refused_first_command_leaves_no_run_folder_and_names_are_checked(tmp_
     out = tmp_path / "new"
     assert main(["train", "--out", str(out), "--task", str(tmp_path / "missing.csv")]) == 2
     assert not out.exists()
+    capsys.readouterr()
     for bad in ("cpu.x", "../../x", "a/b", ""):
         assert main(["fit", "--run", str(tmp_path), "--device", bad]) == 2
         err = capsys.readouterr().err
