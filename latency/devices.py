@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from supernet.errors import ConfigError, HwnasError
+from supernet.runfolder import check_name
 
 RUNTIMES = ("onnxruntime", "torch")
 PRECISIONS = ("fp32", "fp16")  # the runtime's float type (``DeviceProfile.precision``)
@@ -76,8 +77,7 @@ class DeviceProfile:
 
     def validate(self) -> DeviceProfile:
         where = f"device {self.name!r}"
-        if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name):
-            raise ConfigError(f"{where}: a device name may use letters, digits, '.', '_' and '-'")
+        check_name(self.name, "device")  # it names the run's files: latency/NAME.csv, ...
         if self.runtime not in RUNTIMES:
             raise ConfigError(f"{where}: runtime {self.runtime!r} is not one of {list(RUNTIMES)}")
         if self.precision not in PRECISIONS:

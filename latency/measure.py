@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import os
 import platform
-import shutil
 import socket
 import tempfile
 import time
@@ -40,10 +39,11 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from latency.devices import DeviceProfile, check_available
+from supernet import faults
 from supernet.cost import subnet_flops, subnet_params
 from supernet.data import Encoded
 from supernet.errors import HwnasError
-from supernet.io import CsvLog
+from supernet.io import CsvLog, make_temp_dir, remove_temp_dir
 from supernet.model import BertShape, ElasticBert
 from supernet.space import SearchSpace, SubnetConfig
 
@@ -405,7 +405,7 @@ class DeviceTimer:
         self.profile, self.supernet, self.workloads, self.stat = profile, supernet, list(workloads), stat
         self.extract = extract_fn or extract
         self.full_config = SubnetConfig.full(supernet.shape.heads, supernet.shape.ffn)
-        self.workdir = Path(tempfile.mkdtemp(prefix="hwnas-timer-"))
+        self.workdir = make_temp_dir("timer")  # removed by close(); after a crash, by the next run
         self.full = self.open(self.full_config)
 
     def open(self, cfg: SubnetConfig, *, cache: Path | None = None) -> Runner:
@@ -445,7 +445,7 @@ class DeviceTimer:
         return {name: _median_timing(t) for name, t in times.items()}
 
     def close(self) -> None:
-        shutil.rmtree(self.workdir, ignore_errors=True)
+        remove_temp_dir(self.workdir)
 
     def __enter__(self) -> DeviceTimer:
         return self
@@ -542,6 +542,7 @@ def sweep(
             except Exception as e:  # a failure is a row, not the end of the sweep
                 rows = [row(cfg, w, None, "sample", error=f"{type(e).__name__}: {e}"[:300]) for w in workloads]
             log.append(rows)
+            faults.hit("measure.row")
         reference()
         bar.close()
     return log.read()

@@ -36,7 +36,7 @@ from latency.predictor import (
     save_predictor,
 )
 from supernet.data import length_stats
-from supernet.io import write_json
+from supernet.io import make_temp_dir, remove_temp_dir, write_json
 from supernet.model import BertShape
 from supernet.runfolder import RunFolder
 from supernet.workflow import LoadedRun
@@ -114,16 +114,13 @@ def measure_device(
 
 def measure_devices(run: LoadedRun, profiles: list[DeviceProfile], **kwargs: Any) -> dict[str, pd.DataFrame]:
     """Measure several devices in turn, exporting each configuration's ONNX file once."""
-    import shutil
-    import tempfile
-
     for p in profiles:
         check_available(p)
-    cache = Path(tempfile.mkdtemp(prefix="hwnas-onnx-"))
+    cache = make_temp_dir("onnx")
     try:
         return {p.name: measure_device(run, p, onnx_cache=cache, **kwargs) for p in profiles}
     finally:
-        shutil.rmtree(cache, ignore_errors=True)
+        remove_temp_dir(cache)
 
 
 

@@ -397,10 +397,12 @@ def register_fit(sub: Subparsers) -> argparse.ArgumentParser:
 def cmd_fit(a: argparse.Namespace) -> int:
     from latency.workflow import fit_run_device
     from supernet.checkpoint import load_model
+    from supernet.runfolder import check_name
 
+    devices = [check_name(d) for d in a.device.split(",")]  # they name files: refused before any work
     shape = load_model(RunFolder(a.run).supernet).shape
     paths = RunFolder(a.run)
-    for device in a.device.split(","):
+    for device in devices:
         for r in fit_run_device(a.run, shape, device, seed=a.seed):
             m = r["metrics"][r["chosen"]]
             nf = r["noise_floor"]
@@ -732,10 +734,33 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def runs_written(a: argparse.Namespace) -> list[Path]:
+    """The run folders a command writes to, locked while it runs (``RunFolder.lock``); none for
+    the commands that only read a run (``extract``, ``eval --subnet``)."""
+    if a.command == "run":
+        names = [a.out or MAIN_RUN]
+    elif a.command == "train":
+        names = [a.out]
+    elif a.command == "compare":
+        names = a.runs.split(",") if a.runs else [a.run] if a.run else []
+    elif a.command in ("measure", "fit", "search", "export", "bench") or (a.command == "eval" and not a.subnet):
+        names = [a.run]
+    else:
+        names = []
+    return list(dict.fromkeys(Path(n).resolve() for n in names))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    import contextlib
+    import shlex
+
     args = build_parser().parse_args(argv)
+    command = shlex.join(["hwnas", *(sys.argv[1:] if argv is None else argv)])
     try:
-        return int(args.func(args))
+        with contextlib.ExitStack() as locks:
+            for run in runs_written(args):
+                locks.enter_context(RunFolder(run).lock(command))
+            return int(args.func(args))
     except HwnasError as e:
         print(f"hwnas {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -59,7 +59,6 @@ import math
 import os
 import socket
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -81,6 +80,7 @@ from nas.search import (
 )
 from nas.toy import TOY_SPACE, ToyLatency, toy_accuracy
 from supernet.errors import ConfigError, HwnasError
+from supernet.io import make_temp_dir, remove_temp_dir
 from supernet.space import SearchSpace, SubnetConfig
 
 __all__ = ["RayClusterError", "RayTuneSearch", "init_ray", "overhead_benchmark"]
@@ -446,8 +446,11 @@ class RayTuneSearch:
             os.makedirs(path, exist_ok=True)
             yield path
         else:
-            with tempfile.TemporaryDirectory(prefix="hwnas-ray-") as tmp:
-                yield tmp
+            tmp = make_temp_dir("ray")
+            try:
+                yield str(tmp)
+            finally:
+                remove_temp_dir(tmp)
 
     def _fit(
         self,

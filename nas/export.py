@@ -42,6 +42,7 @@ from latency.measure import DeviceTimer, Timer
 from latency.target import PredictedLatency, Target, device_drift, drift_references, open_timer
 from nas.objectives import DevAccuracy
 from nas.search import Candidate, SearchResult, depth_seeds, fastest_reachable, make_searcher
+from supernet import faults
 from supernet.cost import subnet_flops, subnet_params
 from supernet.errors import ConfigError, HwnasError
 from supernet.io import write_json
@@ -384,6 +385,7 @@ def write_export(run: LoadedRun, target: Target, out: Path, chosen: Candidate, m
     written = export_standalone(run.supernet, chosen.config, out, run.tokenizer, list(run.task.label_names),
                                 model=model)
     int8 = chosen.config.int8
+    faults.hit("export.write")
     fp32_path = export_onnx(model, out / ("model-fp32.onnx" if int8 else "model.onnx"))
     if not int8:
         (out / "model-fp32.onnx").unlink(missing_ok=True)  # an earlier int8 export's

@@ -65,6 +65,7 @@ from nas.search import (
     is_feasible,
     predict,
 )
+from supernet import faults
 from supernet.errors import ConfigError, HwnasError
 from supernet.space import SearchSpace, SubnetConfig, evenly_spaced_keep
 
@@ -276,7 +277,15 @@ class OptunaSearch:
         return study
 
     def _replay(self, study: optuna.Study, archive: Archive) -> int:
-        """Rebuild the history from finished trials; returns how many trials are finished."""
+        """Rebuild the history from finished trials; returns how many trials are finished.
+
+        A trial still RUNNING was left by a process killed mid-trial (``hwnas`` locks the run
+        folder whose study this is, so no live process owns it): it is failed, and an anchor
+        among them is queued again, so that a resumed search still evaluates every anchor."""
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+            if "fixed_params" in t.system_attrs:
+                study.enqueue_trial(t.system_attrs["fixed_params"])
         finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
         for t in sorted(finished, key=lambda ft: ft.number):
             attrs = t.user_attrs
@@ -297,6 +306,7 @@ class OptunaSearch:
         budget_ms: float | None,
     ) -> None:
         trial = study.ask()
+        faults.hit("search.trial")
         try:
             cfg = suggest_config(trial, space)
             lat, upper = predict(latency, [cfg])[0]

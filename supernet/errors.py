@@ -21,3 +21,7 @@ class DataError(HwnasError):
 
 class CheckpointError(HwnasError):
     """A missing, corrupt or mismatched checkpoint or model directory."""
+
+
+class RunLocked(HwnasError):
+    """Another process is writing to the run folder (names its pid and command)."""

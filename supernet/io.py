@@ -1,13 +1,21 @@
 """Crash-safe files: atomic writes (a crash never leaves a half-written result or checkpoint
-behind) and append-only CSV logs (a crash loses at most the row being written)."""
+behind), append-only CSV logs (a crash loses at most the row being written) and temporary
+folders that the next run removes when their owner died.
+
+Durability: an atomic write fsyncs the file before renaming it and the folder after, and an
+append fsyncs the file (and the folder when it created the file), so what a call wrote
+survives a power loss once it returns, not only a crash of the process.
+"""
 
 from __future__ import annotations
 
 import csv
+import fcntl
 import io
 import json
 import math
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -15,24 +23,52 @@ from typing import Any
 
 import pandas as pd
 
+from supernet import faults
+
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+def fsync_path(path: str | Path) -> None:
+    """Flush a file's or a folder's contents (a folder's: its entries, e.g. a rename) to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+TMP_SUFFIX = ".tmp"  # an atomic write's temporary file: ``.NAME.XXXXXXXX.tmp`` beside NAME
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp_path)`` on a temporary file next to ``path``, then rename it over."""
+    """Call ``write(tmp_path)`` on a temporary file next to ``path``, then rename it over,
+    durably. A crash before the rename leaves a stray ``.NAME.*.tmp`` (``remove_stray_tmp``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
     os.close(fd)
     try:
         write(Path(tmp))
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results should read like any file
+        fsync_path(tmp)
+        faults.hit("io.replace")
         os.replace(tmp, path)
+        fsync_path(path.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def remove_stray_tmp(folder: str | Path) -> list[Path]:
+    """Remove the temporary files of atomic writes that a killed process left under
+    ``folder``; call it only where no other process is writing there (a locked run folder)."""
+    folder = Path(folder)
+    stray = [p for p in folder.rglob(f".*{TMP_SUFFIX}") if p.is_file()] if folder.is_dir() else []
+    for p in stray:
+        p.unlink(missing_ok=True)
+    return stray
 
 
 def write_text(path: str | Path, text: str) -> Path:
@@ -97,7 +133,8 @@ class CsvLog:
         """Append ``rows`` durably (header first when the file is new)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.cut_torn_tail()
-        new = not self.path.exists() or self.path.stat().st_size == 0
+        created = not self.path.exists()
+        new = created or self.path.stat().st_size == 0
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=self.columns, extrasaction="ignore", lineterminator="\n")
         if new:
@@ -114,6 +151,8 @@ class CsvLog:
             os.fsync(fd)
         finally:
             os.close(fd)
+        if created:
+            fsync_path(self.path.parent)  # the new file's entry in its folder
 
     def cut_torn_tail(self) -> None:
         """Drop a half-written last line (a crash mid-write) so that the next append parses."""
@@ -128,3 +167,74 @@ class CsvLog:
             f.seek(0)
             data = f.read()
             f.truncate(data.rfind(b"\n") + 1)
+
+
+# --- Temporary folders ---------------------------------------------------------------------------
+# ``hwnas-KIND-PID-XXXXXXXX`` in the system's temp folder, holding ``owner.lock``, which its
+# process keeps locked (fcntl.flock) until it removes the folder. A folder whose lock can be
+# taken (or, while it has none yet, whose PID is gone) belongs to a process that died without
+# cleaning up, e.g. killed with SIGKILL: ``remove_stale_temp_dirs`` removes it, and
+# ``make_temp_dir`` calls it first, so the next run cleans up after a crashed one. The lock,
+# not the PID, decides, since PIDs are reused and differ across containers sharing /tmp.
+
+TEMP_PREFIX = "hwnas-"
+_OWNER = "owner.lock"
+_held: dict[Path, int] = {}  # this process's temp folders -> the open, locked owner.lock
+
+
+def make_temp_dir(kind: str) -> Path:
+    """A new temporary folder ``hwnas-KIND-PID-*`` owned by this process (``remove_temp_dir``)."""
+    remove_stale_temp_dirs()
+    d = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{kind}-{os.getpid()}-"))
+    fd = os.open(d / _OWNER, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    _held[d] = fd
+    return d
+
+
+def remove_temp_dir(d: str | Path) -> None:
+    """Remove a folder from ``make_temp_dir`` (and release its lock)."""
+    d = Path(d)
+    shutil.rmtree(d, ignore_errors=True)
+    fd = _held.pop(d, None)
+    if fd is not None:
+        os.close(fd)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _stale(d: Path) -> bool:
+    if d in _held:
+        return False
+    try:
+        fd = os.open(d / _OWNER, os.O_RDWR)
+    except FileNotFoundError:  # just made, not locked yet; or made by an older hwnas
+        pid = d.name[len(TEMP_PREFIX):].split("-")[-2]
+        return pid.isdigit() and not _pid_alive(int(pid))
+    except OSError:  # another user's folder
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)  # closing drops the lock we may have taken
+    return True
+
+
+def remove_stale_temp_dirs(root: str | Path | None = None) -> list[Path]:
+    """Remove the ``hwnas-*`` temporary folders (in ``root``, default the system's temp
+    folder) whose owning process has died; returns them."""
+    root = Path(root or tempfile.gettempdir())
+    stale = [d for d in root.glob(f"{TEMP_PREFIX}*-*-*") if d.is_dir() and _stale(d)]
+    for d in stale:
+        shutil.rmtree(d, ignore_errors=True)
+    return stale

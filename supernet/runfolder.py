@@ -35,17 +35,56 @@ the few library functions that own a file, such as a resumable log) take their p
       bench/                `hwnas bench`'s exports and fine-tunings (its pages go to --out)
       baselines/            the stock model as ONNX, ORT-optimized and INT8, with test scores
       summary.csv, job.json what `hwnas run` found, and its stage times
+      run.lock              who is writing to the run now (``RunFolder.lock``)
+
+Names that become file names (devices, methods) are checked here, where they do
+(``check_name``): letters, digits, '_' and '-', so that no name reaches outside the run or
+collides with another's files (``cpu.x`` would write ``cpu.x.fit.json`` beside ``cpu``'s).
+
+**Locking.** Every command that writes to a run holds its lock for as long as it runs
+(``nas/cli.py`` takes it); a second one is refused at once with ``RunLocked``, which names
+the holder's pid, command line and start time. One lock per run, not per stage: the stages
+that could overlap share files (the accuracy cache, Optuna's study) or the machine (two
+processes timing on one CPU spoil each other's measurements), and a stage is minutes long.
+Commands that only read (``extract``, ``eval --subnet``) take none. The lock is an
+``fcntl.flock`` on ``run.lock``, which the kernel releases when its process dies, however it
+dies: a crash never leaves a stale lock behind. The one who takes the lock removes the
+temporary files that a killed writer's atomic writes left (``supernet.io.remove_stray_tmp``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import json
+import math
+import os
+import re
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from supernet.errors import ConfigError, RunLocked
+
+NAME = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def check_name(name: str, what: str = "device") -> str:
+    """``name`` if it may become part of a file name in a run, else ConfigError."""
+    if not NAME.fullmatch(name):
+        raise ConfigError(f"{what} name {name!r} may use letters, digits, '_' and '-' only (e.g. cpu-1t), "
+                          "since it names files in the run folder")
+    return name
 
 
 def budget_label(budget_ms: float | None) -> str:
     """How a budget appears in file names: ``5ms``, or ``front`` for a whole-front search."""
-    return "front" if budget_ms is None else f"{budget_ms:g}ms"
+    if budget_ms is None:
+        return "front"
+    if not (math.isfinite(budget_ms) and budget_ms > 0):
+        raise ConfigError(f"a latency budget must be a positive number of ms, got {budget_ms!r}")
+    return f"{budget_ms:g}ms"
 
 
 @dataclass(frozen=True)
@@ -113,16 +152,17 @@ class RunFolder:
         return self.root / "latency"
 
     def measurements(self, device: str) -> Path:
-        return self.latency / f"{device}.csv"
+        return self.latency / f"{check_name(device)}.csv"
 
     def _fit_stem(self, device: str, regime: str, stat: str) -> str:
         """``cpu`` for real traffic and p50 (the default); ``cpu.fixed``, ``cpu.p90``, ...
         otherwise."""
-        return ".".join([device, *(["fixed"] if regime == "fixed" else []), *([stat] if stat != "p50" else [])])
+        parts = [check_name(device), *(["fixed"] if regime == "fixed" else []), *([stat] if stat != "p50" else [])]
+        return ".".join(parts)
 
     def stock_timing(self, device: str) -> Path:
         """The stock deployments timed on the device by `hwnas measure` (latency/baselines.py)."""
-        return self.latency / f"{device}.stock.json"
+        return self.latency / f"{check_name(device)}.stock.json"
 
     def predictor(self, device: str, regime: str = "traffic", stat: str = "p50") -> Path:
         return self.latency / f"{self._fit_stem(device, regime, stat)}.predictor.json"
@@ -143,7 +183,7 @@ class RunFolder:
         return self.search / "accuracy.csv"
 
     def search_history(self, device: str, budget_ms: float | None, method: str) -> Path:
-        return self.search / f"{device}_{budget_label(budget_ms)}_{method}.csv"
+        return self.search / f"{check_name(device)}_{budget_label(budget_ms)}_{check_name(method, 'method')}.csv"
 
     def search_histories(self) -> list[Path]:
         """Every search history written so far (sorted; none if nothing was searched)."""
@@ -159,7 +199,7 @@ class RunFolder:
 
     # What `hwnas run` writes
     def export(self, device: str, budget_ms: float) -> Path:
-        return self.root / "export" / f"{device}_{budget_label(budget_ms)}"
+        return self.root / "export" / f"{check_name(device)}_{budget_label(budget_ms)}"
 
     @property
     def compare(self) -> Path:
@@ -182,3 +222,64 @@ class RunFolder:
     @property
     def job(self) -> Path:
         return self.root / "job.json"
+
+    # Who writes now
+    @property
+    def lock_file(self) -> Path:
+        return self.root / "run.lock"
+
+    @contextlib.contextmanager
+    def lock(self, command: str) -> Iterator[None]:
+        """Hold the run's lock while the block runs (module doc); ``RunLocked`` if another
+        process holds it. ``command`` is recorded for that process's error message. Creates
+        the folder if needed, and removes it again if the block left nothing else in it."""
+        from supernet.io import fsync_path, remove_stray_tmp
+
+        made = not self.root.exists()
+        fd = self._acquire()
+        try:
+            holder = {"pid": os.getpid(), "command": command,
+                      "started": time.strftime("%Y-%m-%d %H:%M:%S %z"), "host": os.uname().nodename}
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
+            remove_stray_tmp(self.root)
+            yield
+        finally:
+            if made and [p.name for p in self.root.iterdir()] == [self.lock_file.name]:
+                self.lock_file.unlink()  # a refused first command leaves no half-made run
+                self.root.rmdir()
+            elif made:
+                fsync_path(self.root.parent)
+            os.close(fd)  # releases the lock
+
+    def _acquire(self) -> int:
+        """The lock file, open and locked; RunLocked if another process holds it."""
+        while True:
+            try:
+                self.root.mkdir(parents=True, exist_ok=True)
+                fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o666)
+            except OSError as e:  # a file where the folder should be, no permission, ...
+                raise ConfigError(f"cannot write to the run folder {self.root}: {e.strerror or e}; give a "
+                                  "folder this user can write to") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = self._holder(fd)
+                os.close(fd)
+                raise RunLocked(f"{self.root} is in use by {holder}; wait for it to finish, or stop it "
+                                "(a killed process releases the lock at once)") from None
+            try:
+                if os.stat(self.lock_file).st_ino == os.fstat(fd).st_ino:
+                    return fd
+            except FileNotFoundError:
+                pass
+            os.close(fd)  # we locked a lock file that its holder removed meanwhile: open it again
+
+    @staticmethod
+    def _holder(fd: int) -> str:
+        """The lock holder, as it described itself in the lock file."""
+        try:
+            h = json.loads(os.pread(fd, 4096, 0))
+            return f"pid {h['pid']} (`{h['command']}`, started {h['started']} on {h['host']})"
+        except (ValueError, KeyError, TypeError):  # the holder is writing it at this moment
+            return "another process"

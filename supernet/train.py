@@ -33,10 +33,11 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from supernet import faults
 from supernet.checkpoint import load_model, save_model
 from supernet.data import Encoded, iterate_batches, num_batches
 from supernet.errors import CheckpointError, ConfigError
-from supernet.io import atomic_write, write_json
+from supernet.io import atomic_write, fsync_path, write_json
 from supernet.model import ElasticBert
 from supernet.rewire import importance_scores, rewire
 from supernet.runfolder import RunFolder
@@ -213,18 +214,24 @@ class StageRunner:
     # ---- checkpoints ---------------------------------------------------------------------
     def _save(self, opt: Any, sched: Any, step: int) -> None:
         """Weights and trainer state land together: written to ``checkpoint.tmp`` and swapped
-        in with renames, so a crash leaves either the old or the new checkpoint whole."""
+        in with renames, so a crash leaves either the old or the new checkpoint whole.
+
+        The losses logged so far are flushed first: a crash after the flush but before the swap
+        leaves rows past the old checkpoint, which ``_restore`` trims; flushed after the swap,
+        the rows since the previous checkpoint would be lost by a crash in between."""
         ckpt, tmp, old = (self.folder / n for n in ("checkpoint", "checkpoint.tmp", "checkpoint.old"))
         shutil.rmtree(tmp, ignore_errors=True)
         save_model(self.model, tmp, {"step": step})
         state = {"step": step, "optimizer": opt.state_dict(), "scheduler": sched.state_dict()}
         atomic_write(tmp / "trainer_state.pt", lambda p: torch.save(state, p))
+        self.log.flush()
         shutil.rmtree(old, ignore_errors=True)
         if ckpt.exists():
             os.replace(ckpt, old)
+        faults.hit("train.checkpoint")
         os.replace(tmp, ckpt)
+        fsync_path(self.folder)  # the swap's renames
         shutil.rmtree(old, ignore_errors=True)
-        self.log.flush()
 
     def _restore(self, opt: Any, sched: Any) -> int:
         ckpt = self.folder / "checkpoint"

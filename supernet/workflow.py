@@ -88,7 +88,7 @@ def train_run(run_dir: str | Path, spec: RunSpec, *, resume: bool = False, progr
                 f"{run} was started with different settings ({_diff(old, spec)}); resume it with the "
                 "same settings (just --out and --resume) or choose another --out"
             )
-    elif resume and run.exists() and any(run.iterdir()):
+    elif resume and run.exists() and any(p != paths.lock_file for p in run.iterdir()):
         raise CheckpointError(f"{run} has no run.json: nothing to resume there")
     t0 = time.time()
     # Check the task and the model before anything is written: a typo leaves no half-made run.
