@@ -15,8 +15,6 @@ which is how Ray Tune trials get it.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,7 @@ import numpy as np
 
 from supernet.data import Encoded
 from supernet.evaluate import Evaluator, resolve_precision
+from supernet.io import make_temp_dir, remove_temp_dir
 from supernet.runfolder import RunFolder
 from supernet.space import SubnetConfig
 from supernet.workflow import LoadedRun, open_run
@@ -42,11 +41,11 @@ def deployed_session(model: Any, precision: str, threads: int | None = None) -> 
     (``latency.onnx_export.export_deployed``), its file removed once loaded."""
     from latency.onnx_export import export_deployed, ort_session
 
-    folder = Path(tempfile.mkdtemp(prefix="hwnas-graph-"))
+    folder = make_temp_dir("graph")
     try:
         return ort_session(export_deployed(model, precision, folder / "model.onnx"), threads=threads)
     finally:
-        shutil.rmtree(folder, ignore_errors=True)
+        remove_temp_dir(folder)
 
 
 def deployed_logits(model: Any, precision: str, enc: Encoded) -> np.ndarray:
