@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from supernet.checks import is_int
 from supernet.errors import ConfigError, HwnasError
 
 RUNTIMES = ("onnxruntime", "torch")
@@ -59,11 +60,23 @@ class DeviceProfile:
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.lengths, (list, tuple)):
+            raise ConfigError(f"device {self.name!r}: lengths must be a list (e.g. [\"traffic\"], [\"p50\", \"p95\"] or "
+                              f"[128]), got {self.lengths!r}")
         object.__setattr__(self, "lengths", tuple(self.lengths))
         self.validate()
 
     def validate(self) -> DeviceProfile:
         where = f"device {self.name!r}"
+        # Types first: a TOML or JSON file can hold a string, a float or a boolean anywhere.
+        for name in ("name", "runtime", "provider", "precision", "description"):
+            if not isinstance(getattr(self, name), str):
+                raise ConfigError(f"{where}: {name} must be a string, got {getattr(self, name)!r}")
+        for name in ("batch", "traffic_calls", "warmup", "repeats", *(("threads",) if self.threads is not None else ())):
+            if not is_int(getattr(self, name)):
+                raise ConfigError(f"{where}: {name} must be a whole number, got {getattr(self, name)!r}")
+        if not isinstance(self.kit, bool):
+            raise ConfigError(f"{where}: kit must be true or false, got {self.kit!r}")
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name):
             raise ConfigError(f"{where}: a device name may use letters, digits, '.', '_' and '-'")
         if self.runtime not in RUNTIMES:
