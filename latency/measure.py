@@ -354,7 +354,7 @@ def check_rows(frame: pd.DataFrame, where: str | Path) -> pd.DataFrame:
         check(~frame[column].isin(allowed), column, f"one of {list(allowed)}")
     for column in ("batch", "length"):
         values = pd.to_numeric(frame[column], errors="coerce")
-        check(~(values >= 1) | (values % 1 != 0), column, "a whole number >= 1")
+        check(~((values >= 1) & (values <= 10**6)) | (values % 1 != 0), column, "a whole number in 1..1000000")
         frame[column] = values.astype(int)
     timed = frame["error"] == ""
     for column in [c for c in COLUMNS if (c.startswith("lat_") or c == "ref_median_ms") and c in frame]:
