@@ -40,7 +40,7 @@ def _tuple(values: Any, name: str, kind: type) -> tuple:
         elif isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
             raise ConfigError(f"{name} must hold {'integers' if kind is int else 'numbers'}, got {v!r}")
         elif kind is int:
-            if not float(v).is_integer():
+            if not isinstance(v, (int, np.integer)) and not float(v).is_integer():
                 raise ConfigError(f"{name} must hold integers, got {v!r}")
             out.append(int(v))
         else:
