@@ -38,6 +38,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from supernet.checks import is_int
 from supernet.errors import ConfigError, HwnasError
 from supernet.runfolder import check_name
 
@@ -70,6 +71,9 @@ class DeviceProfile:
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.lengths, (list, tuple)):
+            raise ConfigError(f"device {self.name!r}: lengths must be a list (e.g. [\"traffic\"], [\"p50\", \"p95\"] or "
+                              f"[128]), got {self.lengths!r}")
         object.__setattr__(self, "lengths", tuple(self.lengths))
         if isinstance(self.precisions, (list, tuple)):
             object.__setattr__(self, "precisions", tuple(self.precisions))
@@ -77,6 +81,15 @@ class DeviceProfile:
 
     def validate(self) -> DeviceProfile:
         where = f"device {self.name!r}"
+        # Types first: a TOML or JSON file can hold a string, a float or a boolean anywhere.
+        for name in ("name", "runtime", "provider", "precision", "description"):
+            if not isinstance(getattr(self, name), str):
+                raise ConfigError(f"{where}: {name} must be a string, got {getattr(self, name)!r}")
+        for name in ("batch", "traffic_calls", "warmup", "repeats", *(("threads",) if self.threads is not None else ())):
+            if not is_int(getattr(self, name)):
+                raise ConfigError(f"{where}: {name} must be a whole number, got {getattr(self, name)!r}")
+        if not isinstance(self.kit, bool):
+            raise ConfigError(f"{where}: kit must be true or false, got {self.kit!r}")
         check_name(self.name, "device")  # it names the run's files: latency/NAME.csv, ...
         if self.runtime not in RUNTIMES:
             raise ConfigError(f"{where}: runtime {self.runtime!r} is not one of {list(RUNTIMES)}")

@@ -130,12 +130,23 @@ def _parse_config(text: object, shape: BertShape) -> SubnetConfig:
             f"arch_json must be a sub-network configuration as JSON (SubnetConfig.to_dict()), "
             f"got {str(text)[:80]!r}: {e}"
         ) from e
-    if cfg.num_layers != shape.num_layers:
-        raise PredictorError(
-            f"arch_json has {cfg.num_layers} layers but the model shape has {shape.num_layers}: "
-            "were these measurements taken on another model?"
-        )
+    why = misfit(cfg, shape)
+    if why:
+        raise PredictorError(f"arch_json {why}: were these measurements taken on another model?")
     return cfg
+
+
+def misfit(cfg: SubnetConfig, shape: BertShape) -> str:
+    """Why ``cfg`` cannot be a sub-network of a model of ``shape`` ("" when it can)."""
+    if cfg.num_layers != shape.num_layers:
+        return f"has {cfg.num_layers} layers but the model has {shape.num_layers}"
+    for i in cfg.kept_layers:
+        if not 1 <= cfg.heads[i] <= shape.heads[i] or not 1 <= cfg.ffn[i] <= shape.ffn[i]:
+            return (f"keeps {cfg.heads[i]} heads and {cfg.ffn[i]} FFN neurons in layer {i}, where the model has "
+                    f"1..{shape.heads[i]} and 1..{shape.ffn[i]}")
+    if not all(0 < r <= 1 for r in cfg.retention):
+        return f"has retention {list(cfg.retention)} outside (0, 1]"
+    return ""
 
 
 def feature_frame(shape: BertShape, rows: pd.DataFrame) -> pd.DataFrame:

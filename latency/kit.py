@@ -20,7 +20,16 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from latency.devices import DeviceProfile
-from latency.measure import COLUMNS, MeasurementLog, Workload, arch_columns, sample_configs
+from latency.features import misfit
+from latency.measure import (
+    COLUMNS,
+    MeasurementError,
+    MeasurementLog,
+    Workload,
+    arch_columns,
+    check_rows,
+    sample_configs,
+)
 from latency.workflow import device_workloads
 from supernet.errors import HwnasError
 from supernet.io import atomic_write, write_json
@@ -123,17 +132,23 @@ def import_kit_csv(csv_path: str | Path, shape: BertShape, log: MeasurementLog, 
     if devices != {device}:
         raise KitError(f"{p} holds measurements of {sorted(devices)}, not of {device!r}: pass --device {sorted(devices)[0]}")
     kit["error"] = kit["error"].fillna("").astype(str)
+    kit["regime"] = kit["regime"].fillna("fixed").astype(str) if "regime" in kit else "fixed"  # older kits
+    try:
+        kit = check_rows(kit, p)
+    except MeasurementError as e:
+        raise KitError(str(e)) from None
+    for i, text in enumerate(kit["arch_json"]):
+        why = misfit(SubnetConfig.from_dict(json.loads(text)), shape)
+        if why:
+            raise KitError(f"{p} line {i + 2}: its sub-network {why}: was this kit written for another run?")
     have = log.read()
     seen = set(zip(have["kind"], have["arch_key"], have["regime"], have["length"].astype(int),
                    have["timestamp"].astype(str), strict=True)) if len(have) else set()
     rows, ref = [], {}
     for r in kit.to_dict("records"):
         L = int(r["length"])
-        regime = str(r.get("regime") or "fixed")  # kits from before traffic replay timed fixed lengths
-        try:
-            cfg = SubnetConfig.from_dict(json.loads(r["arch_json"]))
-        except (ValueError, TypeError) as e:
-            raise KitError(f"{p}: a row has an unreadable arch_json ({e})") from e
+        regime = str(r["regime"])
+        cfg = SubnetConfig.from_dict(json.loads(r["arch_json"]))  # checked above
         row = {c: r.get(c, "") for c in COLUMNS if c in r}
         row.update(arch_columns(shape, cfg, L))
         row.update(provider="kit", precision="fp32", onnxruntime_version=r.get("runtime_version", ""), regime=regime)

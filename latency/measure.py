@@ -23,6 +23,7 @@ finished configuration twice.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import socket
@@ -300,11 +301,19 @@ class MeasurementLog:
         self._log = CsvLog(self.path, COLUMNS)
 
     def read(self) -> pd.DataFrame:
-        frame = self._log.read(keep_default_na=False, na_values=[""])
+        """Every complete row, checked (``check_rows``): MeasurementError names a bad line."""
+        try:
+            frame = self._log.read(keep_default_na=False, na_values=[""])
+        except (pd.errors.ParserError, UnicodeDecodeError) as e:
+            raise MeasurementError(f"{self.path} is not a readable measurement file ({str(e).strip()}): fix or "
+                                   "delete the malformed line") from None
+        if len(frame.columns) and "kind" not in frame.columns:
+            raise MeasurementError(f"{self.path} is not a measurement file (its columns are {list(frame.columns)[:6]}"
+                                   "...): move it away and measure again")
         frame = frame.reindex(columns=[*COLUMNS, *(c for c in frame.columns if c not in COLUMNS)])
         frame["error"] = frame["error"].fillna("").astype(str)
         frame["regime"] = frame["regime"].fillna("fixed").astype(str)  # older files: fixed lengths only
-        return frame
+        return check_rows(frame, self.path)
 
     def append(self, rows: Iterable[dict[str, Any]]) -> None:
         if self.path.exists() and self.path.stat().st_size:
@@ -325,6 +334,50 @@ class MeasurementLog:
 
 class MeasurementError(HwnasError):
     """A measurement file that cannot be appended to or read."""
+
+
+KINDS = ("sample", "reference", "noise")  # what a row times (``sweep``)
+
+
+def check_rows(frame: pd.DataFrame, where: str | Path) -> pd.DataFrame:
+    """``frame`` (measurement rows, as read from ``where``) with its numeric columns as numbers;
+    MeasurementError names the first bad line (a header is line 1): an unknown kind or
+    regime, a batch or length that is not a positive whole number, a latency that is not a
+    finite number (or missing from a row without an error), or an arch_json that is not a
+    sub-network configuration."""
+    def check(wrong: Any, column: str, want: str) -> None:
+        lines = np.flatnonzero(np.asarray(wrong, dtype=bool))
+        if len(lines):
+            i = int(lines[0])
+            value = frame.at[i, column]
+            shown = repr(value) if isinstance(value, str) else str(value)
+            raise MeasurementError(f"{where} line {i + 2}: {column} is {shown}, expected {want}; fix or delete "
+                                   "that line")
+
+    frame = frame.reset_index(drop=True)
+    for column, allowed in (("kind", KINDS), ("regime", REGIMES)):
+        check(~frame[column].isin(allowed), column, f"one of {list(allowed)}")
+    for column in ("batch", "length"):
+        values = pd.to_numeric(frame[column], errors="coerce")
+        check(~((values >= 1) & (values <= 10**6)) | (values % 1 != 0), column, "a whole number in 1..1000000")
+        frame[column] = values.astype(int)
+    timed = frame["error"] == ""
+    for column in [c for c in COLUMNS if (c.startswith("lat_") or c == "ref_median_ms") and c in frame]:
+        values = pd.to_numeric(frame[column], errors="coerce")
+        wrong = frame[column].notna() & ~(np.isfinite(values) & (values >= 0))
+        if column == "lat_median_ms":
+            wrong |= timed & ~(values > 0)  # every timed row has its median
+        check(wrong, column, "a finite number of ms" + (" above 0" if column == "lat_median_ms" else " >= 0"))
+        frame[column] = values
+    parsed = []
+    for text in frame["arch_json"]:
+        try:
+            SubnetConfig.from_dict(json.loads(str(text)))
+            parsed.append(True)
+        except (ValueError, HwnasError):  # ConfigError is a ValueError; so is a JSON error
+            parsed.append(False)
+    check(~np.array(parsed, dtype=bool), "arch_json", "a sub-network configuration as JSON")
+    return frame
 
 
 def sample_configs(space: SearchSpace, shape: BertShape, n: int, *, seed: int = 0, length: int = 32) -> list[SubnetConfig]:

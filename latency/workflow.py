@@ -7,7 +7,6 @@ TOML file's profiles to the run.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +34,10 @@ from latency.predictor import (
     plot_predicted_vs_measured,
     save_predictor,
 )
+from supernet.checkpoint import read_shape
 from supernet.data import length_stats
-from supernet.io import make_temp_dir, remove_temp_dir, write_json
+from supernet.errors import ConfigError
+from supernet.io import make_temp_dir, read_json, remove_temp_dir, write_json
 from supernet.model import BertShape
 from supernet.runfolder import RunFolder
 from supernet.workflow import LoadedRun
@@ -47,8 +48,19 @@ def stored_devices(run_dir: str | Path) -> dict[str, DeviceProfile]:
     stored = RunFolder(run_dir).devices
     if not stored.exists():
         return {}
-    return {name: DeviceProfile(**{**d, "lengths": tuple(d["lengths"])})
-            for name, d in json.loads(stored.read_text()).items()}
+    profiles = read_json(stored, "the run's device profiles")
+    if not isinstance(profiles, dict):
+        raise ConfigError(f"{stored} is malformed: expected {{NAME: profile}}; delete it and pass --devices again")
+    out = {}
+    for name, d in profiles.items():
+        try:
+            if not isinstance(d, dict) or d.get("name") != name or not isinstance(d.get("lengths"), list):
+                raise ConfigError(f"expected a profile with name {name!r} and a list of lengths")
+            out[name] = DeviceProfile(**{**d, "lengths": tuple(d["lengths"])})
+        except (ConfigError, TypeError) as e:
+            raise ConfigError(f"{stored}: device {name!r} is malformed ({e}); delete it and pass --devices "
+                              "again") from None
+    return out
 
 
 def devices_of(run_dir: str | Path, devices_file: str | Path | None = None) -> dict[str, DeviceProfile]:
@@ -189,4 +201,8 @@ def load_device_predictor(run_dir: str | Path, device: str, regime: str = "traff
         raise PredictorError(f"no {stat} predictor for device {device!r} on {what} in {run_dir}: measure it there "
                              f"(`hwnas measure --run {run_dir} --device {device}`) and fit "
                              f"(`hwnas fit --run {run_dir} --device {device}`)")
-    return load_predictor(path, device=device)
+    pred = load_predictor(path, device=device)
+    if pred.shape != read_shape(RunFolder(run_dir).supernet):
+        raise PredictorError(f"{path} was fitted for another model than this run's supernet: refit it "
+                             f"(`hwnas fit --run {run_dir} --device {device}`)")
+    return pred

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -37,6 +38,81 @@ MAIN_RUN = "runs/main"
 EVAL_COLS = ("name", "arch", "flops_ratio", "params", "acc_dev", "acc_test", "f1_test")
 
 
+# --- Checking values where they enter: argparse types ---------------------------------------
+# Each returns the parsed value or raises ArgumentTypeError, which argparse prints as one
+# line naming the option ("argument --n: must be an integer >= 1, got '0'") with exit status 2.
+
+def _int_at_least(low: int, high: int | None = None) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < low or (high is not None and value > high):
+            span = f">= {low}" if high is None else f"in {low}..{high}"
+            raise argparse.ArgumentTypeError(f"must be an integer {span}, got {text!r}")
+        return value
+
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
+def _number(low: float = -math.inf, *, above: bool = False) -> Callable[[str], float]:
+    """A finite float (NaN and infinities refused) >= ``low`` (> ``low`` with ``above``)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or value < low or (above and value == low):
+            bound = "" if low == -math.inf else f" {'>' if above else '>='} {low:g}"
+            raise argparse.ArgumentTypeError(f"must be a finite number{bound}, got {text!r}")
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
+COUNT = _int_at_least(1)  # how many of something: configurations, evaluations, workers
+COUNT0 = _int_at_least(0)  # where 0 means none (or all, where the help says so)
+SEED = _int_at_least(0, 2**32 - 1)  # numpy's and torch's generators take non-negative seeds
+EPOCHS = _number(0.0)
+RATE = _number(0.0, above=True)  # learning rates
+WEIGHT = _number(0.0)
+
+
+def _writable_folder(path: Path) -> str | None:
+    """Why a folder cannot be created or written at ``path`` (None: it can)."""
+    if path.exists() and not path.is_dir():
+        return f"{path} is a file, not a folder"
+    parent = path
+    while not parent.exists():  # the nearest existing folder is where it would be created
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"{parent} is a file: no folder can be created under it"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"{parent} is not writable"
+    return None
+
+
+def out_folder(text: str) -> str:
+    """An output folder: new, or an existing folder; one that can be written. Checked when the
+    arguments are parsed, so a long command fails before its work, not when it writes."""
+    why = _writable_folder(Path(text).expanduser())
+    if why is not None:
+        raise argparse.ArgumentTypeError(f"{why}: give a folder path that can be created or written")
+    return text
+
+
+def out_file(text: str) -> str:
+    """An output file: not a folder, in a folder that exists or can be created."""
+    p = Path(text).expanduser()
+    why = f"{p} is a folder, not a file" if p.is_dir() else _writable_folder(p.parent)
+    if why is not None:
+        raise argparse.ArgumentTypeError(f"{why}: give a file path that can be written")
+    return text
+
+
 # --- Options shared by several commands, and reading their values ----------------------------
 
 def _add_train_args(p: argparse.ArgumentParser, *, quick: bool) -> None:
@@ -45,24 +121,64 @@ def _add_train_args(p: argparse.ArgumentParser, *, quick: bool) -> None:
                    help="rt (default, bundled Rotten Tomatoes), 20ng, r8, glue:<task> (online), or a .csv/.tsv/.jsonl file")
     g.add_argument("--model", default="minilm",
                    help="pretrained BERT: 'minilm' (bundled all-MiniLM-L6-v2), a local folder, or a hub name when online")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--max-train", type=int, default=3000 if quick else None,
+    g.add_argument("--seed", type=SEED, default=0)
+    g.add_argument("--max-train", type=COUNT, default=3000 if quick else None,
                    help="use a seeded subset of the training split (default: %(default)s)")
-    g.add_argument("--max-eval", type=int, default=None, help="use a seeded subset of dev and test")
-    g.add_argument("--max-length", type=int, default=None, help="tokens per input (default: the task's)")
+    g.add_argument("--max-eval", type=COUNT, default=None, help="use a seeded subset of dev and test")
+    g.add_argument("--max-length", type=_int_at_least(2), default=None,
+                   help="tokens per input, at most the model's positions (default: the task's)")
     t = p.add_argument_group("training")
-    t.add_argument("--batch-size", type=int, default=32)
-    t.add_argument("--teacher-epochs", type=float, default=1.0 if quick else 2.0)
-    t.add_argument("--teacher-lr", type=float, default=1e-4)
-    t.add_argument("--supernet-epochs", type=float, default=1.0 if quick else 2.0)
-    t.add_argument("--supernet-lr", type=float, default=5e-5)
-    t.add_argument("--n-random", type=int, default=2, help="random sub-networks per step (sandwich rule)")
-    t.add_argument("--hidden-weight", type=float, default=0.0, help="weight of final-[CLS] hidden-state distillation")
+    t.add_argument("--batch-size", type=COUNT, default=32)
+    t.add_argument("--teacher-epochs", type=EPOCHS, default=1.0 if quick else 2.0)
+    t.add_argument("--teacher-lr", type=RATE, default=1e-4)
+    t.add_argument("--supernet-epochs", type=EPOCHS, default=1.0 if quick else 2.0)
+    t.add_argument("--supernet-lr", type=RATE, default=5e-5)
+    t.add_argument("--n-random", type=COUNT0, default=2, help="random sub-networks per step (sandwich rule)")
+    t.add_argument("--hidden-weight", type=WEIGHT, default=0.0, help="weight of final-[CLS] hidden-state distillation")
     t.add_argument("--no-length-drop", action="store_true", help="train without random token retention")
     t.add_argument("--no-bucket", action="store_true",
                    help="fully random batches (default: shuffled batches of similar lengths, less padding)")
-    t.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints")
+    t.add_argument("--checkpoint-every", type=COUNT, default=100, help="steps between checkpoints")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    # What each option would be left at, to tell which ones a command line gives (``_stored_spec``).
+    p.set_defaults(train_defaults={x.dest: x.default for x in [*g._group_actions, *t._group_actions]})
+
+
+# Where each training option lives in a run's stored settings (run.json).
+SPEC_KEYS: dict[str, tuple[str, ...]] = {
+    "task": ("task",), "model": ("model",), "seed": ("seed",), "max_train": ("max_train",),
+    "max_eval": ("max_eval",), "max_length": ("train", "max_length"), "batch_size": ("train", "batch_size"),
+    "teacher_epochs": ("train", "teacher", "epochs"), "teacher_lr": ("train", "teacher", "lr"),
+    "supernet_epochs": ("train", "supernet", "epochs"), "supernet_lr": ("train", "supernet", "lr"),
+    "n_random": ("train", "n_random"), "hidden_weight": ("train", "hidden_weight"),
+    "no_length_drop": ("train", "length_drop"), "no_bucket": ("train", "bucket_by_length"),
+    "checkpoint_every": ("train", "checkpoint_every"),
+}
+
+
+def _stored_spec(a: argparse.Namespace, out: Path) -> RunSpec:
+    """The settings stored in the run folder ``out``. A training option given on the command
+    line that differs from them is refused: a run goes on with the settings it began with."""
+    from supernet.workflow import read_spec
+
+    stored = read_spec(out)
+    given = [d for d, default in a.train_defaults.items() if getattr(a, d) != default]
+    if not given:
+        return stored
+    asked, have = _spec(a).to_dict(), stored.to_dict()
+    clashes = []
+    for dest in given:
+        new, old = asked, have
+        for k in SPEC_KEYS[dest]:
+            new, old = new[k], old[k]
+        if new != old:
+            flag = "--" + dest.replace("_", "-")
+            clashes.append(f"{flag} {'given' if isinstance(new, bool) else new} (stored: "
+                           f"{'not given' if isinstance(old, bool) else old})")
+    if clashes:
+        raise ConfigError(f"{out} holds a run trained with other settings: {'; '.join(clashes)}. A run goes on "
+                          "with its stored settings: drop those options, or choose another --out for new ones")
+    return stored
 
 
 def _spec(a: argparse.Namespace) -> RunSpec:
@@ -96,10 +212,10 @@ def _precision_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _finetune_args(p: argparse.ArgumentParser, epochs: float, what: str, candidates: int = 3) -> None:
-    p.add_argument("--finetune-epochs", type=float, default=epochs,
+    p.add_argument("--finetune-epochs", type=EPOCHS, default=epochs,
                    help=f"epochs of distillation from the teacher into {what} (0: none; default %(default)s)")
-    p.add_argument("--finetune-lr", type=float, default=2e-4, help="fine-tuning learning rate (default %(default)s)")
-    p.add_argument("--finetune-candidates", type=int, default=candidates,
+    p.add_argument("--finetune-lr", type=RATE, default=2e-4, help="fine-tuning learning rate (default %(default)s)")
+    p.add_argument("--finetune-candidates", type=COUNT, default=candidates,
                    help="sub-networks fine-tuned under the budget, the one with the best fine-tuned dev score is "
                    "exported: the search's pick, the widest uniform sub-network of the deepest depth that fits, then the "
                    "best of each of the deepest other depths, since deep, narrow sub-networks recover the most "
@@ -110,11 +226,6 @@ def _finetune_stage(a: argparse.Namespace) -> StageConfig | None:
     """The fine-tuning schedule from --finetune-epochs / --finetune-lr; None for 0 epochs."""
     from supernet.train import StageConfig
 
-    if a.finetune_epochs < 0 or a.finetune_lr <= 0:
-        raise ConfigError(f"--finetune-epochs must be >= 0 and --finetune-lr > 0, got {a.finetune_epochs:g} "
-                          f"and {a.finetune_lr:g}")
-    if a.finetune_candidates < 1:
-        raise ConfigError(f"--finetune-candidates must be >= 1, got {a.finetune_candidates}")
     return StageConfig(epochs=a.finetune_epochs, lr=a.finetune_lr) if a.finetune_epochs > 0 else None
 
 
@@ -124,11 +235,11 @@ def _search_args(q: argparse.ArgumentParser) -> None:
     q.add_argument("--devices", help="TOML file with [devices.NAME] profiles")
     _latency_args(q)
     q.add_argument("--method", default="evolution", help="evolution (default), random, tpe, nsga2")
-    q.add_argument("--n", type=int, default=150, help="accuracy evaluations (default %(default)s)")
-    q.add_argument("--dev-subset", type=int, default=500,
+    q.add_argument("--n", type=COUNT, default=150, help="accuracy evaluations (default %(default)s)")
+    q.add_argument("--dev-subset", type=COUNT0, default=500,
                    help="dev examples scored while searching (0: all); finalists use the whole dev split")
     _precision_arg(q)
-    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--seed", type=SEED, default=0)
 
 
 def _latency_args(q: argparse.ArgumentParser) -> None:
@@ -155,11 +266,11 @@ def _target(run: LoadedRun, device: str, devices_file: str | None, length: str |
 
 def _floats(text: str, flag: str, example: str = "5,8,12") -> list[float]:
     try:
-        values = [float(x) for x in text.split(",") if x.strip()]
+        values = [float(x) for x in text.split(",")]
     except ValueError as e:
         raise ConfigError(f"{flag} takes numbers separated by commas, e.g. {example}; got {text!r}") from e
-    if not values or any(v <= 0 for v in values):
-        raise ConfigError(f"{flag} takes positive numbers, e.g. {example}; got {text!r}")
+    if not all(math.isfinite(v) and v > 0 for v in values):
+        raise ConfigError(f"{flag} takes positive finite numbers, e.g. {example}; got {text!r}")
     return values
 
 
@@ -180,7 +291,7 @@ def _read_json(path: str) -> dict:
         raise ConfigError(f"{p} does not exist: give a JSON file with heads, ffn, keep, retention")
     try:
         return json.loads(p.read_text())
-    except ValueError as e:
+    except (ValueError, UnicodeDecodeError) as e:
         raise ConfigError(f"{p} is not valid JSON: {e}") from e
 
 
@@ -197,10 +308,11 @@ def register_run(sub: Subparsers) -> argparse.ArgumentParser:
                        "all-MiniLM-L6-v2), measure sub-networks on cpu and cpu-1t, fit latency predictors, search "
                        "three budgets per device, export (and fine-tune) the best sub-network for one budget, draw the fronts, and "
                        f"print a summary. Resumes an interrupted run in --out (default {MAIN_RUN}).")
-    r.add_argument("--out", default=None, help=f"run folder (default {MAIN_RUN})")
-    r.add_argument("--device", default="cpu,cpu-1t", help="devices to measure and search for (default %(default)s)")
-    r.add_argument("--n-measure", type=int, default=40, help="configurations measured per device")
-    r.add_argument("--n-search", type=int, default=50, help="accuracy evaluations per search")
+    r.add_argument("--out", type=out_folder, default=None, help=f"run folder (default {MAIN_RUN})")
+    r.add_argument("--device", default="cpu,cpu-1t",
+                   help="devices to measure and search for; the first is exported for (default %(default)s)")
+    r.add_argument("--n-measure", type=COUNT, default=40, help="configurations measured per device")
+    r.add_argument("--n-search", type=COUNT, default=50, help="accuracy evaluations per search")
     _finetune_args(r, 1.0, "the exported sub-network", candidates=2)
     _add_train_args(r, quick=True)
     return r
@@ -208,13 +320,16 @@ def register_run(sub: Subparsers) -> argparse.ArgumentParser:
 
 def cmd_run(a: argparse.Namespace) -> int:
     """The main job on the bundled defaults (resumes if the run folder exists)."""
+    from latency.devices import check_available
+    from latency.workflow import resolve_device
     from nas.pipeline import JobConfig, main_job
-    from supernet.workflow import read_spec
 
     out = Path(a.out or MAIN_RUN)
-    spec = read_spec(out) if RunFolder(out).spec.exists() else _spec(a)
+    spec = _stored_spec(a, out) if RunFolder(out).spec.exists() else _spec(a)
     job = JobConfig(devices=tuple(a.device.split(",")), n_measure=a.n_measure, n_search=a.n_search,
                     finetune=_finetune_stage(a), finetune_candidates=a.finetune_candidates)
+    for device in job.devices:  # before training: a typo or a missing GPU is found in a second
+        check_available(resolve_device(out, device))
     t0 = time.time()
     summary = main_job(out, spec, job, progress=not a.quiet)
     print()
@@ -232,18 +347,18 @@ def register_train(sub: Subparsers) -> argparse.ArgumentParser:
                        description="Fine-tune the teacher, rewire heads/neurons by importance (train split), "
                        "train the weight-shared supernet (sandwich rule, distillation, LengthDrop), and "
                        "write an evaluation table.")
-    t.add_argument("--out", required=True, help="run folder, e.g. runs/NAME")
+    t.add_argument("--out", type=out_folder, required=True, help="run folder, e.g. runs/NAME")
     t.add_argument("--resume", action="store_true", help="continue an interrupted run in --out with its stored settings")
     _add_train_args(t, quick=False)
     return t
 
 
 def cmd_train(a: argparse.Namespace) -> int:
-    from supernet.workflow import evaluation_table, open_run, read_spec, train_run, write_evaluation
+    from supernet.workflow import evaluation_table, open_run, train_run, write_evaluation
 
     out = Path(a.out)
     stored = RunFolder(out).spec.exists()
-    spec = read_spec(out) if a.resume and stored else _spec(a)
+    spec = _stored_spec(a, out) if a.resume and stored else _spec(a)
     if a.resume and stored:
         print(f"resuming {out} with its stored settings (task {spec.task}, model {spec.model})")
     times = train_run(out, spec, resume=a.resume, progress=not a.quiet)
@@ -262,7 +377,7 @@ def register_eval(sub: Subparsers) -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="score sub-networks of a trained run on dev and test")
     e.add_argument("--run", required=True, help="run folder written by hwnas train")
     e.add_argument("--subnet", nargs="*", help="JSON files of sub-network configurations (default: the standard five)")
-    e.add_argument("--save", help="also write the table to this CSV (and the run's settings and stage "
+    e.add_argument("--save", type=out_file, help="also write the table to this CSV (and the run's settings and stage "
                    "times to a JSON beside it, '_eval_' replaced by '_train_')")
     return e
 
@@ -271,10 +386,9 @@ def cmd_eval(a: argparse.Namespace) -> int:
     from supernet.space import SubnetConfig
     from supernet.workflow import evaluation_table, open_run, read_run_record, write_evaluation
 
+    asked = {Path(p).stem: SubnetConfig.from_dict(_read_json(p)) for p in a.subnet or []}  # before the run opens
     run = open_run(a.run)
-    subnets = None
-    if a.subnet:
-        subnets = {Path(p).stem: run.space.validate(SubnetConfig.from_dict(_read_json(p))) for p in a.subnet}
+    subnets = {name: run.space.validate(cfg) for name, cfg in asked.items()} or None
     table = evaluation_table(run, subnets)
     if subnets is None:
         write_evaluation(run, table)
@@ -299,14 +413,14 @@ def register_measure(sub: Subparsers) -> argparse.ArgumentParser:
     m.add_argument("--device", required=True, help="cpu, cpu-1t, torch-cpu, cuda, or a name from --devices; several "
                    "separated by commas are measured in turn, exporting each sub-network once")
     m.add_argument("--devices", help="TOML file with [devices.NAME] profiles (stored in the run)")
-    m.add_argument("--n", type=int, default=300, help="configurations to sample (default %(default)s)")
-    m.add_argument("--seed", type=int, default=0)
-    m.add_argument("--repeats", type=int, default=None, help="timed runs per measurement (default: the profile's)")
-    m.add_argument("--warmup", type=int, default=None, help="untimed runs first (default: the profile's)")
-    m.add_argument("--reference-every", type=int, default=20, help="re-measure the full model every N configurations")
-    m.add_argument("--noise-rounds", type=int, default=8, help="rounds of the harness check / noise floor")
+    m.add_argument("--n", type=COUNT, default=300, help="configurations to sample (default %(default)s)")
+    m.add_argument("--seed", type=SEED, default=0)
+    m.add_argument("--repeats", type=_int_at_least(3), default=None, help="timed runs per measurement (default: the profile's)")
+    m.add_argument("--warmup", type=COUNT0, default=None, help="untimed runs first (default: the profile's)")
+    m.add_argument("--reference-every", type=COUNT, default=20, help="re-measure the full model every N configurations")
+    m.add_argument("--noise-rounds", type=COUNT0, default=8, help="rounds of the harness check / noise floor (0: none)")
     g = m.add_mutually_exclusive_group()
-    g.add_argument("--kit", metavar="DIR", help="write a measurement kit to DIR instead of measuring here")
+    g.add_argument("--kit", metavar="DIR", type=out_folder, help="write a measurement kit to DIR instead of measuring here")
     g.add_argument("--import", dest="import_csv", metavar="CSV", help="import the CSV a kit wrote on the device")
     m.add_argument("--quiet", action="store_true", help="no progress bars")
     return m
@@ -390,7 +504,7 @@ def register_fit(sub: Subparsers) -> argparse.ArgumentParser:
                        "the better, and write the predictor, a JSON report and a predicted-vs-measured PNG.")
     f.add_argument("--run", required=True, help="run folder with measurements")
     f.add_argument("--device", required=True, help="device name, or several separated by commas")
-    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--seed", type=SEED, default=0)
     return f
 
 
@@ -429,25 +543,27 @@ def register_search(sub: Subparsers) -> argparse.ArgumentParser:
     g.add_argument("--front", action="store_true", help="search the whole accuracy/latency front")
     s.add_argument("--ray", action="store_true", help="run the search as Ray Tune trials (Optuna inside Ray Tune)")
     s.add_argument("--ray-address", help="join an existing Ray cluster (default: start a local one)")
-    s.add_argument("--workers", type=int, default=2, help="concurrent Ray Tune trials (default %(default)s)")
+    s.add_argument("--workers", type=COUNT, default=2, help="concurrent Ray Tune trials (default %(default)s)")
     return s
 
 
 def cmd_search(a: argparse.Namespace) -> int:
     from nas.export import run_search, search_history
     from nas.objectives import DevAccuracy
+    from nas.search import searcher_class
     from supernet.io import write_csv
     from supernet.workflow import open_run
 
+    budgets: list[float | None] = [None] if a.front else list(_budgets(a.budget_ms))
+    searcher_class(a.method)  # an unknown name is refused before the run opens
     run = open_run(a.run)
+    targets = {device: _target(run, device, a.devices, a.length, a.budget_stat) for device in a.device.split(",")}
     acc = DevAccuracy(run, subset_size=a.dev_subset or None, precision=a.search_precision)
     method, kwargs = a.method, {}
     if a.ray:
         method, kwargs = "ray", {"workers": a.workers, "address": a.ray_address,
                                  "storage_path": str(run.paths.ray_storage.resolve())}
-    budgets: list[float | None] = [None] if a.front else list(_budgets(a.budget_ms))
-    for device in a.device.split(","):
-        target = _target(run, device, a.devices, a.length, a.budget_stat)
+    for device, target in targets.items():
         for budget in budgets:
             result, wall = run_search(run, target, budget, method=method, n_evaluations=a.n, seed=a.seed,
                                       accuracy=acc, searcher_kwargs=kwargs)
@@ -476,12 +592,12 @@ def register_export(sub: Subparsers) -> argparse.ArgumentParser:
     e.add_argument("--device", required=True, help="device name")
     budget = e.add_mutually_exclusive_group(required=True)
     budget.add_argument("--budget-ms", help="latency budget in ms")
-    budget.add_argument("--speedup", type=float,
+    budget.add_argument("--speedup", type=_number(1.0, above=True),
                         help="budget as a speed-up over the full model: the full model is timed on the device now "
                         "and the budget is its latency divided by this (e.g. 3)")
-    e.add_argument("--out", required=True, help="output folder")
-    e.add_argument("--finalists", type=int, default=5, help="candidates to re-measure, best first (default %(default)s)")
-    e.add_argument("--drift-tolerance", type=float, default=0.10,
+    e.add_argument("--out", type=out_folder, required=True, help="output folder")
+    e.add_argument("--finalists", type=COUNT, default=5, help="candidates to re-measure, best first (default %(default)s)")
+    e.add_argument("--drift-tolerance", type=_number(), default=0.10,
                    help="before searching, time three reference sub-networks; when the device runs more than this "
                    "fraction slower or faster than its predictor says, scale the predictions by the measured ratio "
                    "(default %(default)s; negative: no check)")
@@ -497,15 +613,15 @@ def register_export(sub: Subparsers) -> argparse.ArgumentParser:
 def cmd_export(a: argparse.Namespace) -> int:
     from nas.export import ExportConfig, choose_and_export
     from nas.objectives import DevAccuracy
+    from nas.search import searcher_class
     from supernet.workflow import open_run
 
-    run = open_run(a.run)
-    target = _target(run, a.device, a.devices, a.length, a.budget_stat)
-    if a.speedup is not None and not a.speedup > 1:
-        raise ConfigError(f"--speedup must be above 1 (a budget below the full model's latency), got {a.speedup:g}")
     budget: list[float | None] = [None] if a.speedup is not None else list(_budgets(a.budget_ms))
     if len(budget) != 1:
         raise ConfigError("export takes one --budget-ms value")
+    searcher_class(a.method)  # an unknown name is refused before the run opens
+    run = open_run(a.run)
+    target = _target(run, a.device, a.devices, a.length, a.budget_stat)
     finetune = _finetune_stage(a)
     cfg = ExportConfig(budget_ms=budget[0], speedup=a.speedup, method=a.method, n_evaluations=a.n, seed=a.seed,
                        finalists=a.finalists, finetune=finetune, finetune_candidates=a.finetune_candidates,
@@ -578,10 +694,10 @@ def register_compare(sub: Subparsers) -> argparse.ArgumentParser:
     c.add_argument("--device-file", metavar="DEVICES", help="deprecated spelling of --devices")
     c.add_argument("--methods", help="methods to compare separately, comma-separated (default: all pooled)")
     _latency_args(c)
-    c.add_argument("--out", help="output folder (default RUN/compare)")
-    c.add_argument("--remeasure-points", type=int, default=12, help="front points re-measured per device")
+    c.add_argument("--out", type=out_folder, help="output folder (default RUN/compare)")
+    c.add_argument("--remeasure-points", type=COUNT0, default=12, help="front points re-measured per device")
     c.add_argument("--no-remeasure", action="store_true", help="predicted latency only")
-    c.add_argument("--dev-subset", type=int, default=500, help="the dev subset the searches used (default %(default)s)")
+    c.add_argument("--dev-subset", type=COUNT0, default=500, help="the dev subset the searches used (default %(default)s)")
     _precision_arg(c)
     return c
 
@@ -632,8 +748,8 @@ def register_bench(sub: Subparsers) -> argparse.ArgumentParser:
     b.add_argument("--run", required=True, help="run folder (trained, measured and fitted on --device)")
     b.add_argument("--device", default="cpu", help="device to benchmark on (default %(default)s)")
     _latency_args(b)
-    b.add_argument("--n", type=int, default=150, help="accuracy evaluations per searched method")
-    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--n", type=COUNT, default=150, help="accuracy evaluations per searched method")
+    b.add_argument("--seed", type=SEED, default=0)
     _precision_arg(b)
     _finetune_args(b, 3.0, "the fine-tuned points")
     b.add_argument("--finetune-at", default="3",
@@ -642,14 +758,14 @@ def register_bench(sub: Subparsers) -> argparse.ArgumentParser:
     b.add_argument("--budgets", default="0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9",
                    help="the compliance sweep's budgets as shares of the full model's latency, comma-separated "
                    "(default %(default)s)")
-    b.add_argument("--front-points", type=int, default=10,
+    b.add_argument("--front-points", type=_int_at_least(2), default=10,
                    help="points of each method's front re-measured and scored on test (default %(default)s)")
-    b.add_argument("--dev-subset", type=int, default=500,
+    b.add_argument("--dev-subset", type=COUNT0, default=500,
                    help="dev examples scored while searching (0: all); fronts, finalists and fine-tuned points are "
                    "scored on the whole dev split (default %(default)s)")
     b.add_argument("--quick", action="store_true", help="a reduced version in minutes (fewer evaluations and budgets)")
     b.add_argument("--quiet", action="store_true", help="no progress bars")
-    b.add_argument("--out", default="results", help="where BENCHMARKS.md and its files go (default %(default)s)")
+    b.add_argument("--out", type=out_folder, default="results", help="where BENCHMARKS.md and its files go (default %(default)s)")
     return b
 
 
@@ -657,20 +773,21 @@ def cmd_bench(a: argparse.Namespace) -> int:
     from nas.bench import BenchConfig, run_bench
     from supernet.workflow import open_run
 
-    run = open_run(a.run)
-    target = _target(run, a.device, None, a.length, a.budget_stat)
     if a.quick:
         cfg = BenchConfig.quick(device=a.device, seed=a.seed, search_precision=a.search_precision)
     else:
-        if a.front_points < 2 or a.dev_subset < 0 or a.n < 1:
-            raise ConfigError(f"--front-points must be >= 2, --dev-subset >= 0 and --n >= 1; got {a.front_points}, "
-                              f"{a.dev_subset} and {a.n}")
         ft = _finetune_stage(a)
+        speedups = _floats(a.finetune_at, "--finetune-at", "3")
+        if any(x <= 1 for x in speedups):
+            raise ConfigError(f"--finetune-at takes speed-ups above 1 (the full model's latency divided by each), "
+                              f"e.g. 2,3; got {a.finetune_at!r}")
         cfg = BenchConfig(device=a.device, n_evaluations=a.n, seed=a.seed, finetune_epochs=ft.epochs if ft else 0.0,
-                          finetune_lr=a.finetune_lr, finetune_speedups=tuple(_floats(a.finetune_at, "--finetune-at", "3")),
+                          finetune_lr=a.finetune_lr, finetune_speedups=tuple(speedups),
                           finetune_candidates=a.finetune_candidates, search_precision=a.search_precision,
                           budget_fractions=_fractions(a.budgets), front_points=a.front_points,
                           dev_subset=a.dev_subset or None)
+    run = open_run(a.run)
+    target = _target(run, a.device, None, a.length, a.budget_stat)
     command = "hwnas " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("hwnas") else "hwnas bench"
     summary = run_bench(run, target, cfg, a.out, command=command, progress=not a.quiet)
     print(Path(a.out, "BENCHMARKS.md").read_text())
@@ -684,7 +801,7 @@ def register_extract(sub: Subparsers) -> argparse.ArgumentParser:
                        "a stock BERT can express the sub-network) with the supernet's weights.")
     x.add_argument("--run", required=True, help="run folder written by hwnas train")
     x.add_argument("--subnet", required=True, help="JSON file with heads, ffn, keep, retention")
-    x.add_argument("--out", required=True, help="output folder")
+    x.add_argument("--out", type=out_folder, required=True, help="output folder")
     return x
 
 
@@ -693,8 +810,9 @@ def cmd_extract(a: argparse.Namespace) -> int:
     from supernet.space import SubnetConfig
     from supernet.workflow import open_run
 
+    asked = SubnetConfig.from_dict(_read_json(a.subnet))  # before the run opens
     run = open_run(a.run)
-    cfg = run.space.validate(SubnetConfig.from_dict(_read_json(a.subnet)))
+    cfg = run.space.validate(asked)
     written = export_standalone(run.supernet, cfg, a.out, run.tokenizer, list(run.task.label_names))
     for kind, path in written.items():
         print(f"{kind}: {path}")
@@ -750,11 +868,32 @@ def runs_written(a: argparse.Namespace) -> list[Path]:
     return list(dict.fromkeys(Path(n).resolve() for n in names))
 
 
+# What an interrupted command keeps, and how to go on (Ctrl-C); a command not named here
+# keeps nothing worth resuming and is simply run again.
+ON_INTERRUPT = {
+    "run": "run the same command again: it resumes the run in --out where it stopped",
+    "train": "run the same command with --resume to continue from the last checkpoint",
+    "measure": "the rows measured so far are kept: run the same command again to measure the rest",
+    "search": "the scores computed so far are cached in the run: running the same command again skips them",
+    "export": "scores computed so far are cached in the run and fine-tuning resumes in --out: run the same "
+              "command again to go on",
+    "compare": "the scores computed so far are cached in the run: running the same command again skips them",
+    "bench": "scores are cached in the run and fine-tunings resume in RUN/bench: run the same command again to go on",
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; 0 on success, 2 for an input it refuses (one error line on stderr,
+    after argparse's usage for an option), 130 when interrupted."""
     import contextlib
     import shlex
 
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # argparse has printed its error (status 2), or the help (status 0)
+        if e.code == 2:
+            return 2
+        raise
     command = shlex.join(["hwnas", *(sys.argv[1:] if argv is None else argv)])
     try:
         with contextlib.ExitStack() as locks:
@@ -765,7 +904,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"hwnas {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: run the same command with --resume (hwnas run resumes by itself)", file=sys.stderr)
+        hint = ON_INTERRUPT.get(args.command, "nothing was kept: run the command again to start over")
+        print(f"hwnas {args.command}: interrupted; {hint}", file=sys.stderr)
         return 130
 
 

@@ -20,7 +20,7 @@ import pandas as pd
 from latency.target import PredictedLatency, Target, open_timer
 from nas.objectives import DevAccuracy
 from nas.pareto import compare_fronts, pareto_front
-from supernet.errors import HwnasError
+from supernet.errors import ConfigError, HwnasError
 from supernet.io import atomic_write, write_csv
 from supernet.space import SubnetConfig
 from supernet.workflow import LoadedRun
@@ -30,15 +30,23 @@ def evaluated(run: LoadedRun, method: str | None = None, device: str | None = No
     """Configurations the run's searches evaluated (all, or those of one method/device)."""
     keys: dict[str, SubnetConfig] = {}
     for f in run.paths.search_histories():
-        frame = pd.read_csv(f)
+        try:
+            frame = pd.read_csv(f)
+        except (ValueError, UnicodeDecodeError) as e:  # pandas' ParserError is a ValueError
+            raise ConfigError(f"{f} (a search history) is unreadable ({str(e).strip()}): delete it, or search "
+                              "again to rewrite it") from None
         if not {"arch_json", "method", "device"} <= set(frame.columns):
             continue
         if method is not None:
             frame = frame[frame["method"] == method]
         if device is not None:
             frame = frame[frame["device"] == device]
-        for j in frame["arch_json"]:
-            cfg = SubnetConfig.from_dict(json.loads(j))
+        for i, j in zip(frame.index, frame["arch_json"], strict=True):
+            try:
+                cfg = run.space.validate(SubnetConfig.from_dict(json.loads(str(j))))
+            except ValueError as e:  # ConfigError is a ValueError; so is a JSON error
+                raise ConfigError(f"{f} line {i + 2}: arch_json is not a sub-network of this run ({e}): delete "
+                                  "the file, or search again to rewrite it") from None
             keys.setdefault(cfg.key(), cfg)
     return list(keys.values())
 

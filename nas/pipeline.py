@@ -23,6 +23,8 @@ from nas.export import ExportConfig, choose_and_export, run_search, search_histo
 from nas.fronts import compare
 from nas.objectives import DevAccuracy
 from nas.search import fastest_reachable
+from supernet.checks import check_int
+from supernet.errors import ConfigError
 from supernet.io import write_csv, write_json
 from supernet.runfolder import RunFolder
 from supernet.train import StageConfig
@@ -42,11 +44,28 @@ class JobConfig:
     n_search: int = 50
     dev_subset: int = 400
     search_precision: str = "auto"  # of the dev-subset scoring: bf16 where the CPU has bf16 instructions
-    export_device: str = "cpu"
+    export_device: str | None = None  # one of ``devices``; None: the first
     export_budget: int = 1  # index into budget_points
     # Distillation from the teacher into the exported sub-network (None: none).
     finetune: StageConfig | None = field(default_factory=lambda: StageConfig(epochs=1.0, lr=2e-4))
     finetune_candidates: int = 2  # the search's pick and one more (``finetune_pool``)
+
+    def __post_init__(self) -> None:
+        if not self.devices or not all(self.devices):
+            raise ConfigError(f"the main job needs device names, e.g. cpu,cpu-1t; got {list(self.devices)}")
+        if self.export_device is not None and self.export_device not in self.devices:
+            raise ConfigError(f"the export device {self.export_device!r} must be one of the devices "
+                              f"{list(self.devices)}: it is exported for on the budgets searched there")
+        for name in ("n_measure", "n_search", "repeats", "finetune_candidates"):
+            check_int(getattr(self, name), name, 1)
+        if not 0 <= self.export_budget < len(self.budget_points):
+            raise ConfigError(f"export_budget indexes budget_points, 0..{len(self.budget_points) - 1}; "
+                              f"got {self.export_budget}")
+
+    @property
+    def exported_on(self) -> str:
+        """The device the job exports for: ``export_device``, or the first of ``devices``."""
+        return self.export_device or self.devices[0]
 
 
 def main_job(out: str | Path, spec: RunSpec, job: JobConfig, *, progress: bool = True, log=print) -> pd.DataFrame:  # noqa: ANN001
@@ -109,13 +128,13 @@ def main_job(out: str | Path, spec: RunSpec, job: JobConfig, *, progress: bool =
     stage("search", t0)
 
     t0 = time.time()
-    budget = budgets[job.export_device][job.export_budget]
+    budget = budgets[job.exported_on][job.export_budget]
     export = ExportConfig(budget_ms=budget, n_evaluations=job.n_search, seed=spec.seed, progress=progress,
                           finetune=job.finetune, finetune_candidates=job.finetune_candidates,
                           # The budgets are points on this predictor's own scale, fitted
                           # minutes ago: scaling its predictions would move them.
                           drift_tolerance=None)
-    report = choose_and_export(run, targets[job.export_device], run.paths.export(job.export_device, budget), export,
+    report = choose_and_export(run, targets[job.exported_on], run.paths.export(job.exported_on, budget), export,
                                accuracy=acc)
     if report["finetuned"]:
         ft = report["finetuned"]

@@ -161,10 +161,7 @@ def load_model(directory: str | Path) -> ElasticBert:
     for f in files:
         if not f.is_file():
             raise CheckpointError(f"{f} is missing: expected a model folder written by hwnas (shape.json + model.safetensors)")
-    try:
-        shape = BertShape.from_dict(json.loads(files[0].read_text())["shape"])
-    except (ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{files[0]} is not a valid model shape file: {e}") from e
+    shape = read_shape(d)
     try:
         state = load_file(str(files[1]))
     except Exception as e:  # safetensors raises its own error types for corrupt files
@@ -175,6 +172,17 @@ def load_model(directory: str | Path) -> ElasticBert:
     except RuntimeError as e:
         raise CheckpointError(f"{files[1]} does not match {files[0]}: {str(e)[:300]}") from e
     return model.eval()
+
+
+def read_shape(directory: str | Path) -> BertShape:
+    """The ``BertShape`` of a model folder written by ``save_model``, without its weights."""
+    f = Path(directory) / "shape.json"
+    if not f.is_file():
+        raise CheckpointError(f"{f} is missing: expected a model folder written by hwnas (shape.json + model.safetensors)")
+    try:
+        return BertShape.from_dict(json.loads(f.read_text())["shape"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{f} is not a valid model shape file: {e}") from e
 
 
 def read_meta(directory: str | Path) -> dict[str, Any]:

@@ -9,11 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from sklearn.metrics import f1_score
 
 from supernet.data import Encoded, iterate_batches
-from supernet.errors import ConfigError
+from supernet.errors import CheckpointError, ConfigError
 from supernet.io import CsvLog
 from supernet.model import ElasticBert
 from supernet.space import SubnetConfig
@@ -78,6 +79,27 @@ SCORE_COLUMNS = ["arch_key", "split", "accuracy", "macro_f1", "n"]
 """Columns of an ``Evaluator``'s score log (one row per split and configuration)."""
 
 
+def _read_scores(log: CsvLog) -> Any:
+    """The cached scores, checked: a score is a number in [0, 1] (a cache that is damaged is
+    refused, not trusted; deleting it only costs the time to score again)."""
+    redo = f"delete {log.path} (cached scores; they are computed again)"
+    try:
+        frame = log.read(dtype={"arch_key": str, "split": str})
+    except (ValueError, UnicodeDecodeError) as e:  # pandas' ParserError is a ValueError
+        raise CheckpointError(f"{log.path} is unreadable ({str(e).strip()}): {redo}") from None
+    missing = [c for c in SCORE_COLUMNS[:4] if c not in frame.columns]
+    if missing:
+        raise CheckpointError(f"{log.path} lacks the columns {missing}: {redo}")
+    for column in ("accuracy", "macro_f1"):
+        values = pd.to_numeric(frame[column], errors="coerce")
+        bad = np.flatnonzero(~((values >= 0) & (values <= 1)))
+        if len(bad):
+            raise CheckpointError(f"{log.path} line {bad[0] + 2}: {column} is {frame[column].iloc[bad[0]]!r}, not a "
+                                  f"score in [0, 1]: {redo}")
+        frame[column] = values
+    return frame
+
+
 class Evaluator:
     """Scores sub-networks on named splits; remembers every (split, configuration) it saw.
 
@@ -103,7 +125,7 @@ class Evaluator:
         self.n_computed = 0
         self.log = CsvLog(log_path, SCORE_COLUMNS) if log_path is not None else None
         if self.log is not None:
-            for r in self.log.read(dtype={"arch_key": str, "split": str}).to_dict("records"):
+            for r in _read_scores(self.log).to_dict("records"):
                 self.cache[(str(r["split"]), str(r["arch_key"]))] = {k: r[k] for k in ("accuracy", "macro_f1")}
 
     def __call__(self, subnet: SubnetConfig, split: str = "dev") -> dict[str, float]:

@@ -9,6 +9,7 @@ configurations that a stock BERT can express (see its docstring).
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -95,5 +96,7 @@ def export_standalone(
         tokenizer.save_pretrained(str(out / "pytorch"))
     if hf_expressible(small) is None:
         written["hf"] = str(export_hf(small, out / "hf", tokenizer, label_names))
+    elif (out / "hf").is_dir():  # an earlier sub-network's: it would pass for this one's
+        shutil.rmtree(out / "hf")
     write_json(out / "subnet.json", cfg.to_dict())
     return written

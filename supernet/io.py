@@ -24,6 +24,7 @@ from typing import Any
 import pandas as pd
 
 from supernet import faults
+from supernet.errors import CheckpointError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -96,6 +97,15 @@ def strict_json(obj: Any) -> Any:
 def write_json(path: str | Path, obj: Any) -> Path:
     """Write ``obj`` as strict JSON (``strict_json``), atomically."""
     return write_text(path, json.dumps(strict_json(obj), indent=2, sort_keys=False, allow_nan=False) + "\n")
+
+
+def read_json(path: str | Path, what: str) -> Any:
+    """A JSON file this package wrote; ``CheckpointError`` naming the file (and ``what`` it
+    holds) if it cannot be read or parsed."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise CheckpointError(f"{path} ({what}) is unreadable or not JSON: {e}") from None
 
 
 def write_csv(path: str | Path, frame: Any) -> Path:

@@ -41,13 +41,14 @@ def _tuple(values: Any, name: str, kind: type) -> tuple:
             if not isinstance(v, (bool, np.bool_)):
                 raise ConfigError(f"{name} must hold booleans (true/false), got {v!r}")
             out.append(bool(v))
+        # Numbers only: a string such as "4" or "abc", null or a list is a malformed file.
+        elif isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
+            raise ConfigError(f"{name} must hold {'integers' if kind is int else 'numbers'}, got {v!r}")
         elif kind is int:
-            if isinstance(v, bool) or not float(v).is_integer():
+            if not isinstance(v, (int, np.integer)) and not float(v).is_integer():
                 raise ConfigError(f"{name} must hold integers, got {v!r}")
             out.append(int(v))
         else:
-            if isinstance(v, bool):
-                raise ConfigError(f"{name} must hold numbers, got {v!r}")
             out.append(float(v))
     return tuple(out)
 

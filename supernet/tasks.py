@@ -662,6 +662,19 @@ def load_task(
     )
 
 
+def require_splits(task: TaskData) -> TaskData:
+    """``task`` if none of its splits is empty (training, choosing and reporting each need
+    examples); DataError otherwise."""
+    sizes = {s: len(task.split(s)) for s in SPLITS}
+    if min(sizes.values()) == 0:
+        raise DataError(
+            f"task {task.name!r} leaves a split empty ({', '.join(f'{s} {n}' for s, n in sizes.items())} "
+            "examples): training, model choice and reporting each need examples; give more data "
+            "(a file's automatic split keeps 10% each for dev and test) or a 'split' column"
+        )
+    return task
+
+
 def task_max_length(name: str) -> int:
     """Default maximum sequence length (tokens incl. specials) for a task name.
 

@@ -35,9 +35,10 @@ from tqdm.auto import tqdm
 
 from supernet import faults
 from supernet.checkpoint import load_model, save_model
+from supernet.checks import check_int, check_number, check_type
 from supernet.data import Encoded, iterate_batches, num_batches
 from supernet.errors import CheckpointError, ConfigError
-from supernet.io import atomic_write, fsync_path, write_json
+from supernet.io import atomic_write, fsync_path, read_json, write_json
 from supernet.model import ElasticBert
 from supernet.rewire import importance_scores, rewire
 from supernet.runfolder import RunFolder
@@ -71,15 +72,26 @@ class TrainConfig:
     log_every: int = 10
 
     def validate(self) -> TrainConfig:
-        for name in ("batch_size", "max_length", "checkpoint_every", "log_every"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        """Check every field's type and range (NaN and infinities included); returns self."""
+        check_int(self.seed, "seed", 0)
+        for name in ("batch_size", "checkpoint_every", "log_every", "importance_batches"):
+            check_int(getattr(self, name), name, 1)
+        check_int(self.max_length, "max_length", 2)  # room for [CLS] and [SEP]
+        check_int(self.n_random, "n_random", 0)
         for stage in ("teacher", "supernet"):
             s = getattr(self, stage)
-            if s.epochs < 0 or s.lr <= 0:
-                raise ConfigError(f"{stage}: epochs must be >= 0 and lr > 0, got {s}")
-        if self.n_random < 0 or self.temperature <= 0:
-            raise ConfigError("n_random must be >= 0 and temperature > 0")
+            if not isinstance(s, StageConfig):
+                raise ConfigError(f"{stage} must be a table of epochs, lr, warmup and weight_decay, got {s!r}")
+            check_number(s.epochs, f"{stage} epochs", 0.0)
+            check_number(s.lr, f"{stage} lr", 0.0, above=True)
+            check_number(s.warmup, f"{stage} warmup", 0.0)
+            if s.warmup > 1:
+                raise ConfigError(f"{stage} warmup is a share of the steps in [0, 1], got {s.warmup!r}")
+            check_number(s.weight_decay, f"{stage} weight_decay", 0.0)
+        check_number(self.temperature, "temperature", 0.0, above=True)
+        check_number(self.hidden_weight, "hidden_weight", 0.0)
+        for name in ("length_drop", "bucket_by_length"):
+            check_type(getattr(self, name), name, bool, "true or false")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -95,8 +107,23 @@ class TrainConfig:
         d.setdefault("bucket_by_length", False)  # runs written before bucketing resume as they began
         for stage in ("teacher", "supernet"):
             if isinstance(d.get(stage), dict):
+                unknown = set(d[stage]) - set(StageConfig.__dataclass_fields__)
+                if unknown:
+                    raise ConfigError(f"unknown {stage} fields {sorted(unknown)}; known: "
+                                      f"{sorted(StageConfig.__dataclass_fields__)}")
                 d[stage] = StageConfig(**d[stage])
         return cls(**d).validate()
+
+
+def read_state(path: Path) -> dict[str, Any]:
+    """A run's state.json: the finished training stages (none when it is not there yet)."""
+    if not path.exists():
+        return {"done": {}}
+    state = read_json(path, "the finished training stages")
+    if not isinstance(state, dict) or not isinstance(state.get("done"), dict):
+        raise CheckpointError(f'{path} is malformed: expected {{"done": {{STAGE: {{...}}}}}}; delete it to train '
+                              "every stage again")
+    return state
 
 
 class Interrupted(Exception):
@@ -241,15 +268,23 @@ class StageRunner:
             return 0
         try:
             state = torch.load(ckpt / "trainer_state.pt", weights_only=True)  # no pickled code
+        except Exception as e:  # a torn or foreign file; torch's own advice (weights_only=False) would run its code
+            raise CheckpointError(
+                f"cannot resume from {ckpt}: trainer_state.pt is not a trainer state written by hwnas "
+                f"({type(e).__name__}). Delete that folder to restart the {self.name} stage"
+            ) from None
+        try:
+            step = check_int(state["step"], "step", 0)
             self.model.load_state_dict(load_model(ckpt).state_dict())
             opt.load_state_dict(state["optimizer"])
             sched.load_state_dict(state["scheduler"])
-        except (CheckpointError, RuntimeError, KeyError, OSError) as e:
+        except (CheckpointError, ConfigError, RuntimeError, KeyError, OSError, TypeError, ValueError,
+                IndexError) as e:
             raise CheckpointError(
-                f"cannot resume from {ckpt}: {e}. Delete that folder to restart the {self.name} stage"
+                f"cannot resume from {ckpt}: {str(e)[:200]}. Delete that folder to restart the {self.name} stage"
             ) from e
-        self.log.trim(self.name, state["step"])
-        return int(state["step"])
+        self.log.trim(self.name, step)
+        return step
 
 
 def sandwich(space: SearchSpace, step: int, cfg: TrainConfig) -> list[SubnetConfig]:
@@ -318,7 +353,7 @@ def run_training(
     paths = RunFolder(run)
     run.mkdir(parents=True, exist_ok=True)
     state_path = paths.state
-    state: dict[str, Any] = json.loads(state_path.read_text()) if state_path.exists() else {"done": {}}
+    state = read_state(state_path)
     log = MetricsLog(paths.metrics)
     space = space or model.shape.search_space()
     write_json(paths.search_space, space.to_dict())

@@ -5,7 +5,6 @@ What a run folder holds, and where, is ``supernet.runfolder.RunFolder``.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -14,16 +13,17 @@ from typing import Any
 import pandas as pd
 
 from supernet.checkpoint import load_model, load_pretrained
+from supernet.checks import check_int, check_type
 from supernet.cost import subnet_flops, subnet_params
 from supernet.data import Encoded, encode, length_stats
 from supernet.errors import CheckpointError, ConfigError
 from supernet.evaluate import Evaluator, predict, scores
-from supernet.io import write_csv, write_json
+from supernet.io import read_json, write_csv, write_json
 from supernet.model import ElasticBert
 from supernet.runfolder import RunFolder
 from supernet.space import SearchSpace, SubnetConfig
-from supernet.tasks import TaskData, load_task
-from supernet.train import TrainConfig, run_training
+from supernet.tasks import TaskData, load_task, require_splits
+from supernet.train import TrainConfig, read_state, run_training
 
 
 @dataclass(frozen=True)
@@ -43,10 +43,24 @@ class RunSpec:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> RunSpec:
-        d = dict(d)
-        d["train"] = TrainConfig.from_dict(d.get("train", {}))
-        return cls(**d)
+    def from_dict(cls, d: Any) -> RunSpec:
+        """The settings of a run.json; ConfigError names a missing, unknown or bad field."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"the run's settings must be a JSON object, got {type(d).__name__}")
+        fields = set(cls.__dataclass_fields__)
+        missing, extra = {"task", "model", "train"} - set(d), set(d) - fields
+        if missing or extra:
+            raise ConfigError(f"the run's settings need the fields {sorted(fields)}; missing {sorted(missing)}, "
+                              f"unknown {sorted(extra)}")
+        for name in ("task", "model"):
+            check_type(d[name], name, str, "a string")
+        check_int(d.get("seed", 0), "seed", 0)
+        for name in ("max_train", "max_eval"):
+            if d.get(name) is not None:
+                check_int(d[name], name, 1)
+        if not isinstance(d["train"], dict):
+            raise ConfigError(f"train must be a JSON object of training settings, got {d['train']!r}")
+        return cls(**{**d, "train": TrainConfig.from_dict(d["train"])})
 
 
 def read_spec(run_dir: str | Path) -> RunSpec:
@@ -54,9 +68,9 @@ def read_spec(run_dir: str | Path) -> RunSpec:
     if not path.is_file():
         raise CheckpointError(f"{path} is missing: is {run_dir} a folder written by `hwnas train`?")
     try:
-        return RunSpec.from_dict(json.loads(path.read_text()))
-    except (ValueError, TypeError) as e:
-        raise CheckpointError(f"{path} is malformed: {e}") from e
+        return RunSpec.from_dict(read_json(path, "the run's settings"))
+    except ConfigError as e:
+        raise CheckpointError(f"{path} is malformed: {e}") from None
 
 
 def read_run_record(run_dir: str | Path) -> dict[str, Any]:
@@ -65,7 +79,7 @@ def read_run_record(run_dir: str | Path) -> dict[str, Any]:
     and token lengths); a file the run has not written yet is left out."""
     paths = RunFolder(run_dir)
     files = {"run": paths.spec, "state": paths.state, "data_summary": paths.data_summary}
-    return {name: json.loads(f.read_text()) for name, f in files.items() if f.exists()}
+    return {name: read_json(f, name) for name, f in files.items() if f.exists()}
 
 
 def load_data(spec: RunSpec, tokenizer: Any) -> tuple[TaskData, dict[str, Encoded]]:
@@ -90,15 +104,25 @@ def train_run(run_dir: str | Path, spec: RunSpec, *, resume: bool = False, progr
             )
     elif resume and run.exists() and any(p != paths.lock_file for p in run.iterdir()):
         raise CheckpointError(f"{run} has no run.json: nothing to resume there")
+    elif run.exists() and any(run.iterdir()):
+        raise ConfigError(f"{run} is a folder with files but no run: choose a new or empty folder for --out")
     t0 = time.time()
-    # Check the task and the model before anything is written: a typo leaves no half-made run.
-    num_labels = load_task(spec.task, seed=spec.seed, max_train=spec.max_train, max_eval=spec.max_eval).num_labels
+    # Check the settings, the task, the model and the data before anything is written: a typo
+    # or a data set too small leaves no half-made run.
+    spec.train.validate()
+    num_labels = require_splits(load_task(spec.task, seed=spec.seed, max_train=spec.max_train,
+                                          max_eval=spec.max_eval)).num_labels
     model, tok = load_pretrained(spec.model, num_labels, seed=spec.seed)
+    positions = model.shape.max_position_embeddings
+    if spec.train.max_length > positions:
+        raise ConfigError(f"max_length {spec.train.max_length} is more than the model's {positions} positions: "
+                          f"give --max-length {positions} or less")
+    task, splits = load_data(spec, tok)
+    lengths = {s: length_stats(e) for s, e in splits.items()}
     run.mkdir(parents=True, exist_ok=True)
     write_json(paths.spec, spec.to_dict())
     tok.save_pretrained(str(paths.tokenizer))
-    task, splits = load_data(spec, tok)
-    write_json(paths.data_summary, {**task.summary(), "lengths": {s: length_stats(e) for s, e in splits.items()}})
+    write_json(paths.data_summary, {**task.summary(), "lengths": lengths})
     times = {"load": round(time.time() - t0, 1)}
     times.update(run_training(run, model, splits, spec.train, progress=progress, stop_after=stop_after))
     return times
@@ -139,12 +163,28 @@ def open_run(run_dir: str | Path) -> LoadedRun:
     run = Path(run_dir)
     paths = RunFolder(run)
     spec = read_spec(run)
-    state = json.loads(paths.state.read_text()) if paths.state.exists() else {"done": {}}
-    if "supernet" not in state.get("done", {}):
+    if "supernet" not in read_state(paths.state)["done"]:
         raise CheckpointError(f"{run} has no trained supernet yet: finish it with `hwnas train --out {run} --resume`")
-    tok = AutoTokenizer.from_pretrained(str(paths.tokenizer))
+    if not (paths.tokenizer / "tokenizer_config.json").is_file():
+        raise CheckpointError(f"{paths.tokenizer} is missing or incomplete: copy it from the model the run was "
+                              f"trained from ({spec.model})")
+    try:
+        tok = AutoTokenizer.from_pretrained(str(paths.tokenizer))
+    except Exception as e:  # transformers and tokenizers raise many types for a damaged folder
+        raise CheckpointError(f"{paths.tokenizer} is not a readable tokenizer ({type(e).__name__}): copy it "
+                              f"again from the model the run was trained from ({spec.model})") from None
     supernet = load_model(paths.supernet)
-    space = SearchSpace.from_dict(json.loads(paths.search_space.read_text()))
+    if spec.train.max_length > supernet.shape.max_position_embeddings:
+        raise CheckpointError(f"{paths.spec}: max_length {spec.train.max_length} is more than the supernet's "
+                              f"{supernet.shape.max_position_embeddings} positions: restore the run's settings")
+    try:
+        space = SearchSpace.from_dict(read_json(paths.search_space, "the search space"))
+    except (ConfigError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"{paths.search_space} is malformed ({e}): delete it and run "
+                              f"`hwnas train --out {run} --resume` to write it again") from None
+    if space.num_layers != supernet.shape.num_layers:
+        raise CheckpointError(f"{paths.search_space} has {space.num_layers} layers but the supernet "
+                              f"{supernet.shape.num_layers}: delete it and run `hwnas train --out {run} --resume`")
     task, splits = load_data(spec, tok)
     ev = Evaluator(supernet, {"dev": splits["dev"], "test": splits["test"]}, metric=task.metric)
     return LoadedRun(run, spec, task, tok, supernet, space, splits, ev)

@@ -104,8 +104,8 @@ def test_budget_sweep_exports_and_remeasures(job: Path, tmp_path: Path, monkeypa
 @pytest.mark.parametrize("args, why", [
     (["--budgets", "0.2,1.5"], r"\(0, 1\]"),
     (["--budgets", "0.2,x"], "numbers separated by commas"),
-    (["--front-points", "1"], "--front-points must be >= 2"),
-    (["--dev-subset", "-5"], "--dev-subset >= 0"),
+    (["--front-points", "1"], "--front-points: must be an integer >= 2"),
+    (["--dev-subset", "-5"], "--dev-subset: must be an integer >= 0"),
 ])
 def test_bench_rejects_bad_settings(job: Path, tmp_path: Path, args: list[str], why: str,
                                     capsys: pytest.CaptureFixture[str]) -> None:

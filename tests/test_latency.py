@@ -40,6 +40,7 @@ from supernet.cost import subnet_flops
 from supernet.data import Encoded
 from supernet.errors import ConfigError
 from supernet.extract import extract
+from supernet.space import SubnetConfig
 
 FAST = {"warmup": 1, "repeats": 3}
 
@@ -124,7 +125,9 @@ def test_sample_configs_cover_the_space() -> None:
 
 def test_log_tolerates_a_torn_last_line(tmp_path: Path) -> None:
     log = MeasurementLog(tmp_path / "d.csv")
-    log.append([{"device": "d", "kind": "sample", "arch_key": "a", "batch": 1, "length": 8, "error": ""}])
+    arch = SubnetConfig.full((2,), (8,)).to_json()
+    log.append([{"device": "d", "kind": "sample", "arch_key": "a", "arch_json": arch, "batch": 1, "length": 8,
+                 "lat_median_ms": 1.5, "error": ""}])
     with open(log.path, "a") as f:
         f.write("d,sample,,b,{")  # a crash in the middle of a write
     frame = log.read()
