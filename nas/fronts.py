@@ -22,13 +22,14 @@ from nas.objectives import DevAccuracy
 from nas.pareto import compare_fronts, pareto_front
 from supernet.errors import ConfigError, HwnasError
 from supernet.io import atomic_write, write_csv
-from supernet.space import SubnetConfig
+from supernet.space import PRECISIONS, SubnetConfig
 from supernet.workflow import LoadedRun
 
 
 def evaluated(run: LoadedRun, method: str | None = None, device: str | None = None) -> list[SubnetConfig]:
     """Configurations the run's searches evaluated (all, or those of one method/device)."""
     keys: dict[str, SubnetConfig] = {}
+    every_precision = run.space.with_precisions(PRECISIONS)  # a device's search may have run int8
     for f in run.paths.search_histories():
         try:
             frame = pd.read_csv(f)
@@ -43,7 +44,7 @@ def evaluated(run: LoadedRun, method: str | None = None, device: str | None = No
             frame = frame[frame["device"] == device]
         for i, j in zip(frame.index, frame["arch_json"], strict=True):
             try:
-                cfg = run.space.validate(SubnetConfig.from_dict(json.loads(str(j))))
+                cfg = every_precision.validate(SubnetConfig.from_dict(json.loads(str(j))))
             except ValueError as e:  # ConfigError is a ValueError; so is a JSON error
                 raise ConfigError(f"{f} line {i + 2}: arch_json is not a sub-network of this run ({e}): delete "
                                   "the file, or search again to rewrite it") from None

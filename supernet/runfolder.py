@@ -232,10 +232,12 @@ class RunFolder:
     def lock(self, command: str) -> Iterator[None]:
         """Hold the run's lock while the block runs (module doc); ``RunLocked`` if another
         process holds it. ``command`` is recorded for that process's error message. Creates
-        the folder if needed, and removes it again if the block left nothing else in it."""
+        the folder if needed, and removes it again if the block left nothing else in it (and
+        the lock file it made, from a folder that holds no run afterwards)."""
         from supernet.io import fsync_path, remove_stray_tmp
 
         made = not self.root.exists()
+        fresh = made or not self.lock_file.exists()
         fd = self._acquire()
         try:
             holder = {"pid": os.getpid(), "command": command,
@@ -250,6 +252,8 @@ class RunFolder:
                 self.root.rmdir()
             elif made:
                 fsync_path(self.root.parent)
+            elif fresh and not self.spec.exists():
+                self.lock_file.unlink(missing_ok=True)  # a refused command leaves a user's folder as it was
             os.close(fd)  # releases the lock
 
     def _acquire(self) -> int:

@@ -104,7 +104,7 @@ def train_run(run_dir: str | Path, spec: RunSpec, *, resume: bool = False, progr
             )
     elif resume and run.exists() and any(p != paths.lock_file for p in run.iterdir()):
         raise CheckpointError(f"{run} has no run.json: nothing to resume there")
-    elif run.exists() and any(run.iterdir()):
+    elif run.exists() and any(p != paths.lock_file for p in run.iterdir()):  # the lock is this command's
         raise ConfigError(f"{run} is a folder with files but no run: choose a new or empty folder for --out")
     t0 = time.time()
     # Check the settings, the task, the model and the data before anything is written: a typo
