@@ -499,9 +499,10 @@ def choose_and_export(
                                     rounds=cfg.rounds, device=device)
         if cfg.step_up_below is not None:
             def relaxed(scale: float) -> list[Candidate]:
+                # Half the evaluations: it starts from the same anchors and only looks above the pick.
                 again, _ = run_search(run, target, budget.ms, latency=latency.scaled(budget.scale * scale),
-                                      method=cfg.method, n_evaluations=cfg.n_evaluations, seed=cfg.seed + 1,
-                                      accuracy=accuracy)
+                                      method=cfg.method, n_evaluations=max(1, cfg.n_evaluations // 2),
+                                      seed=cfg.seed + 1, accuracy=accuracy)
                 return again.history
 
             verified = step_up(verified, budget.ms, relaxed, timer, accuracy, below=cfg.step_up_below,
