@@ -259,7 +259,7 @@ def test_export_scales_stale_predictions_by_the_measured_drift(job: Path, tmp_pa
     printed = capsys.readouterr().out
     assert "WARNING: cpu runs" in printed and "scaled every prediction by" in printed
     drift = report["device_drift"]
-    assert 2.5 < drift["ratio"] / base["ratio"] < 6.5  # about 4, within timing noise
+    assert 2.0 < drift["ratio"] / base["ratio"] < 8.0  # about 4, within the timing noise of a tiny model
     assert drift["scale_applied"] == drift["ratio"]
     # The search's predictions are the quartered ones times the measured drift.
     run = open_run(job)
