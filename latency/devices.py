@@ -7,7 +7,8 @@ sample in turn: what a server meets. ``"p50"`` / ``"p95"`` (any ``"pNN"``, from 
 dev-split length distribution) or an integer time one input of that length, repeated: for
 users who pad every call to one shape.
 
-Built-in profiles: ``cpu``, ``cpu-1t``, ``torch-cpu``, ``cuda``. User profiles come from a
+Built-in profiles: ``cpu``, ``cpu-int8`` (the same, searching INT8 too), ``cpu-1t``,
+``torch-cpu``, ``cuda``. User profiles come from a
 TOML file, one table per device::
 
     [devices.laptop]
@@ -154,8 +155,9 @@ class DeviceProfile:
 BUILTIN: dict[str, DeviceProfile] = {
     p.name: p
     for p in (
-        DeviceProfile("cpu", precisions=("fp32", "int8"),
-                      description="ONNX Runtime, CPU provider, all cores; sub-networks in fp32 or dynamic INT8"),
+        DeviceProfile("cpu", description="ONNX Runtime, CPU provider, all cores"),
+        DeviceProfile("cpu-int8", precisions=("fp32", "int8"),
+                      description="ONNX Runtime, CPU provider, all cores; each sub-network in fp32 or dynamic INT8"),
         DeviceProfile("cpu-1t", threads=1, description="ONNX Runtime, CPU, one thread: a stand-in for a small single-core device"),
         DeviceProfile("torch-cpu", runtime="torch", provider="cpu", description="PyTorch eager on the CPU, all cores"),
         DeviceProfile("cuda", provider="CUDAExecutionProvider", description="ONNX Runtime CUDA provider (needs an NVIDIA GPU and onnxruntime-gpu)"),

@@ -193,3 +193,38 @@ def test_the_device_timer_runs_an_int8_sub_network_as_its_quantized_graph() -> N
         graph = onnx.load(str(timer.workdir / f"{q.key()}.onnx"))
         assert any(n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul", "DynamicQuantizeLinear")
                    for n in graph.graph.node)
+
+
+@pytest.mark.slow
+def test_an_int8_export_writes_the_quantized_graph_and_compares_both_precisions(job: Path, tmp_path: Path) -> None:
+    from latency.baselines import onnx_logits
+    from latency.devices import get_device
+    from latency.target import Target, target_timer
+    from nas.export import compare_with_stock, write_export
+    from nas.search import Candidate
+    from supernet.extract import extract
+    from supernet.workflow import open_run
+
+    run = open_run(job)
+    cfg = run.space.uniform(width=0.5).with_precision("int8")
+    model = extract(run.supernet, cfg).eval()
+    target = Target.of(run, get_device("cpu-int8"))
+    written = write_export(run, target, tmp_path, Candidate(cfg, 0.5, 1.0, 1.1, True), model)
+    files = written["files"]
+    assert Path(files["onnx"]).name == "model.onnx" and Path(files["onnx_fp32"]).name == "model-fp32.onnx"
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(files["onnx"]).graph.node}
+    assert ops & {"MatMulInteger", "DynamicQuantizeLinear"} and not {"MatMulInteger"} & {
+        n.op_type for n in onnx.load(files["onnx_fp32"]).graph.node}
+    test = run.splits["test"]
+    ours = onnx_logits(files["onnx"], test)  # the deployed (quantized) graph's logits
+    assert np.allclose(ours, QuantizedLogits(run.supernet)(cfg, test), atol=1e-5)
+    with target_timer(run, target) as timer:
+        got = compare_with_stock(run, timer, files, "int8", ours, 0.5, rounds=1)
+    assert got is not None
+    rows = got["deployments"]
+    assert rows["ours"]["precision"] == "int8" and rows["ours-fp32"]["precision"] == "fp32"
+    assert "ours-int8" not in rows and set(got["logits"]) == {"ours-fp32", "stock-int8"}
+    sp = got["speedup"]
+    assert sp["precision"] == "int8" and "ours_fp32_vs_stock_int8" in sp and "ours_int8_vs_stock_int8" not in sp
