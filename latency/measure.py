@@ -489,12 +489,17 @@ class DeviceTimer:
 
     def compare(self, runners: Mapping[Any, Runner], *, rounds: int = 3,
                 workload: Workload | None = None) -> dict[Any, Timing]:
-        """Named runners (sub-networks, stock models, quantized graphs) timed in turn, in the
-        order given, ``rounds`` interleaved rounds; field by field, the median of each."""
+        """Named runners (sub-networks, stock models, quantized graphs) timed in turn,
+        ``rounds`` interleaved rounds: the first in the order given, later ones in a seeded
+        shuffled order, so that no model is always timed right after the same one (a small
+        model timed after large ones can meet a warmer or cooler machine); field by field, the
+        median of each."""
         times: dict[Any, list[Timing]] = {name: [] for name in runners}
-        for _ in range(rounds):
-            for name, r in runners.items():
-                times[name].append(self.time(r, workload))
+        names = list(runners)
+        rng = np.random.default_rng(0)
+        for r in range(rounds):
+            for i in (range(len(names)) if r == 0 else rng.permutation(len(names))):
+                times[names[i]].append(self.time(runners[names[i]], workload))
         return {name: _median_timing(t) for name, t in times.items()}
 
     def close(self) -> None:

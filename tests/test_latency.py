@@ -239,3 +239,29 @@ def test_device_timer_reports_the_statistic_it_is_asked_for() -> None:
         assert got.ms == [got.timings[0].p90_ms] and got.timings[0].p90_ms >= got.timings[0].median_ms
         work = timer.workdir
     assert not work.exists()  # the timer removes its temp folder
+
+
+def test_compare_times_later_rounds_in_a_shuffled_order() -> None:
+    """The first round in the order given; later rounds shuffled (seeded), so that no model is
+    always timed right after the same one."""
+    from latency.devices import DeviceProfile
+    from latency.measure import DeviceTimer, fixed_inputs
+
+    ids = [[101, *range(5, 15), 102]] * 4
+    enc = Encoded(ids, [[0] * len(x) for x in ids], np.zeros(4, dtype=np.int64))
+    profile = DeviceProfile("t", threads=1, warmup=1, repeats=3)
+    calls: list[str] = []
+
+    def recorder(name: str):  # noqa: ANN202
+        return lambda feed: calls.append(name)
+
+    names = [f"m{i}" for i in range(6)]
+    with DeviceTimer(profile, tiny_model(), [fixed_inputs(enc, 1, 8)]) as timer:
+        got = timer.compare({n: recorder(n) for n in names}, rounds=5)
+    assert list(got) == names and all(t.n == 5 * 3 for t in got.values())  # every round's repeats
+    per_call = 1 + 3  # warm-up and repeats, all of one model before the next
+    order = calls[::per_call]
+    rounds = [order[i:i + len(names)] for i in range(0, len(order), len(names))]
+    assert len(rounds) == 5 and rounds[0] == names, rounds
+    assert all(sorted(r) == names for r in rounds), rounds
+    assert len({tuple(r) for r in rounds}) > 1
