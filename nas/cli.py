@@ -410,7 +410,7 @@ def register_measure(sub: Subparsers) -> argparse.ArgumentParser:
                        "RUN/latency/DEVICE.csv; an interrupted measurement resumes. With --kit, write a folder to "
                        "run on a device that cannot run this package; with --import, bring its CSV back.")
     m.add_argument("--run", required=True, help="run folder written by hwnas train")
-    m.add_argument("--device", required=True, help="cpu, cpu-1t, torch-cpu, cuda, or a name from --devices; several "
+    m.add_argument("--device", required=True, help="cpu, cpu-int8, cpu-1t, torch-cpu, cuda, or a name from --devices; several "
                    "separated by commas are measured in turn, exporting each sub-network once")
     m.add_argument("--devices", help="TOML file with [devices.NAME] profiles (stored in the run)")
     m.add_argument("--n", type=COUNT, default=300, help="configurations to sample (default %(default)s)")
