@@ -359,13 +359,14 @@ def finetune_best(run: LoadedRun, teacher: ElasticBert, pool: list[tuple[Candida
                                          targets=targets, progress=progress)
         model.eval()
         models.append(model)
+        deployed = deployed_logits(model, cand.config.precision)  # an int8 graph: exported once for both splits
         rows.append({"arch_key": cand.config.key(), "arch": cand.config.describe(),
                      "depth": len(cand.config.kept_layers), "measured_ms": ms,
                      "dev_accuracy_before": accuracy.full_dev(cand.config), "wall_s": round(time.time() - t0, 1),
                      "reused": not trained, "precision": cand.config.precision,
                      # As deployed: an int8 candidate's quantized graph, run by ONNX Runtime.
-                     **{f"{split}_accuracy": scores(deployed_logits(model, cand.config.precision, run.splits[split]),
-                                                    run.splits[split].labels)[run.task.metric]
+                     **{f"{split}_accuracy": scores(deployed(run.splits[split]), run.splits[split].labels)[
+                         run.task.metric]
                         for split in ("dev", "test")}})
     best = max(range(len(pool)), key=lambda i: (rows[i]["dev_accuracy"], -i))
     return FineTuned(best, models, rows)

@@ -16,6 +16,7 @@ which is how Ray Tune trials get it.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,15 +49,17 @@ def deployed_session(model: Any, precision: str, threads: int | None = None) -> 
         remove_temp_dir(folder)
 
 
-def deployed_logits(model: Any, precision: str, enc: Encoded) -> np.ndarray:
-    """Logits of ``model`` on ``enc`` as deployed at ``precision`` (fp32: PyTorch, which its
-    ONNX graph matches to 1e-4; int8: the quantized graph run by ONNX Runtime)."""
+def deployed_logits(model: Any, precision: str) -> Callable[[Encoded], np.ndarray]:
+    """A function from examples to the logits of ``model`` as deployed at ``precision`` (fp32:
+    PyTorch, which its ONNX graph matches to 1e-4; int8: the quantized graph run by ONNX
+    Runtime, exported and quantized once here for every split it then scores)."""
     from latency.baselines import onnx_logits
     from supernet.evaluate import predict
 
     if precision == "fp32":
-        return predict(model, enc)
-    return onnx_logits(deployed_session(model, precision), enc)
+        return lambda enc: predict(model, enc)
+    session = deployed_session(model, precision)
+    return lambda enc: onnx_logits(session, enc)
 
 
 class QuantizedLogits:

@@ -176,7 +176,7 @@ def test_an_int8_sub_network_is_scored_by_running_its_quantized_graph(monkeypatc
     from supernet.extract import extract
 
     small = extract(m, cfg).eval()
-    assert np.allclose(deployed_logits(small, "int8", enc), logits, atol=1e-5)
+    assert np.allclose(deployed_logits(small, "int8")(enc), logits, atol=1e-5)
 
 
 def test_the_device_timer_runs_an_int8_sub_network_as_its_quantized_graph() -> None:
