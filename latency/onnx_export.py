@@ -159,7 +159,8 @@ def quantize_int8(src: str | Path, out: str | Path, *, per_channel: bool = False
     ``per_channel``: one scale per output column of each weight instead of one per matrix.
     The stock baseline uses ONNX Runtime's default (per matrix); our sub-networks use per
     channel, which changed about half as many dev predictions on ``rt`` (22, 29, 7 of 500
-    against 40, 51, 14: ``scripts/int8_check.py``) at the same speed (within the noise).
+    against 40, 51, 14: ``scripts/int8_check.py``); one timing by hand showed no consistent
+    speed difference.
     """
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
