@@ -4,8 +4,8 @@
 ``DevAccuracy`` scores a sub-network with inherited supernet weights on a fixed, seeded
 subset of the **dev** split (the whole dev split for finalists); the test split is only
 touched by ``test()`` for reporting. An int8 sub-network is scored by running its quantized
-ONNX graph in ONNX Runtime (``QuantizedLogits``; about 3-4 s a sub-network on 2 cores, most
-of it the export), so that its score is the deployed model's. The search objective (the subset) runs under bfloat16
+ONNX graph in ONNX Runtime (``QuantizedLogits``; seconds a sub-network on 2 cores, most of
+it the export and the quantizer), so that its score is the deployed model's. The search objective (the subset) runs under bfloat16
 autocast where the CPU has bf16 instructions (``precision="auto"``; see ``scripts/precision_check.py``), the
 whole-dev and test scores always in fp32, as the exported model runs. Scores are cached by configuration hash in memory and
 in ``RUN/search/accuracy.csv``, so a resumed or repeated search never re-evaluates.
