@@ -135,6 +135,12 @@ def _add_train_args(p: argparse.ArgumentParser, *, quick: bool) -> None:
     t.add_argument("--supernet-lr", type=RATE, default=5e-5)
     t.add_argument("--n-random", type=COUNT0, default=2, help="random sub-networks per step (sandwich rule)")
     t.add_argument("--hidden-weight", type=WEIGHT, default=0.0, help="weight of final-[CLS] hidden-state distillation")
+    t.add_argument("--layer-weight", type=WEIGHT, default=0.0,
+                   help="weight of layer-wise hidden-state distillation (each kept layer learns the teacher layer it "
+                   "came from, DynaBERT style; default 0: off)")
+    t.add_argument("--distill-from", choices=("teacher", "largest"), default="teacher",
+                   help="what the smaller sub-networks distil from: the teacher (default) or the largest sub-network "
+                   "of the same step (in-place distillation)")
     t.add_argument("--no-length-drop", action="store_true", help="train without random token retention")
     t.add_argument("--no-bucket", action="store_true",
                    help="fully random batches (default: shuffled batches of similar lengths, less padding)")
@@ -151,6 +157,7 @@ SPEC_KEYS: dict[str, tuple[str, ...]] = {
     "teacher_epochs": ("train", "teacher", "epochs"), "teacher_lr": ("train", "teacher", "lr"),
     "supernet_epochs": ("train", "supernet", "epochs"), "supernet_lr": ("train", "supernet", "lr"),
     "n_random": ("train", "n_random"), "hidden_weight": ("train", "hidden_weight"),
+    "layer_weight": ("train", "layer_weight"), "distill_from": ("train", "distill_from"),
     "no_length_drop": ("train", "length_drop"), "no_bucket": ("train", "bucket_by_length"),
     "checkpoint_every": ("train", "checkpoint_every"),
 }
@@ -197,6 +204,8 @@ def _spec(a: argparse.Namespace) -> RunSpec:
         supernet=StageConfig(epochs=a.supernet_epochs, lr=a.supernet_lr),
         n_random=a.n_random,
         hidden_weight=a.hidden_weight,
+        layer_weight=a.layer_weight,
+        distill_from=a.distill_from,
         length_drop=not a.no_length_drop,
         bucket_by_length=not a.no_bucket,
         checkpoint_every=a.checkpoint_every,

@@ -93,10 +93,21 @@ class BertShape:
 
 
 @dataclass
+class LayerState:
+    """What one layer handed on, for layer-wise distillation (``forward(..., states=True)``)."""
+
+    layer: int  # the source layer in the original model (-1: the embeddings)
+    hidden: torch.Tensor  # (B, T', H)
+    positions: torch.Tensor  # (B, T') each slot's position in the input (token dropping gathers)
+    mask: torch.Tensor  # (B, T') True where a token is alive
+
+
+@dataclass
 class EncoderOutput:
     logits: torch.Tensor  # (B, num_labels)
     hidden: torch.Tensor  # (B, T', H) last hidden states of the tokens still alive
     mask: torch.Tensor  # (B, T') True where a token is alive
+    states: list[LayerState] = field(default_factory=list)  # filled when asked for
 
 
 class Embeddings(nn.Module):
@@ -235,8 +246,11 @@ class EncoderLayer(nn.Module):
         ffn: int,
         keep: torch.Tensor | None,  # (B,) tokens to keep per example, None = keep all
         new_length: torch.Tensor | None = None,  # () T' >= max(keep), None = max(keep)
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Return the new states (B, T', H), their alive mask (B, T') and, when tokens were
+        dropped, the positions they were gathered from (B, T'; None otherwise)."""
         ctx, probs = self.attn(x, mask, heads, need_probs=keep is not None)  # (B, T, h*d)
+        idx = None
         if keep is not None:
             assert probs is not None
             idx, mask = select_tokens(probs, mask, keep, new_length)  # (B, T')
@@ -244,7 +258,7 @@ class EncoderLayer(nn.Module):
             x = _gather(x, idx)  # (B, T', H)
         x = self.attn_norm(x + self.dropout(self.attn.project(ctx)))
         x = self.ffn_norm(x + self.dropout(self.ffn(x, ffn)))
-        return x, mask
+        return x, mask, idx
 
     def extract(self, heads: int, ffn: int) -> EncoderLayer:
         """A physically smaller copy with the first ``heads`` heads and ``ffn`` neurons:
@@ -364,6 +378,7 @@ class ElasticBert(nn.Module):
         attention_mask: torch.Tensor | None = None,  # (B, T) 1 = token, 0 = padding
         token_type_ids: torch.Tensor | None = None,  # (B, T)
         subnet: SubnetConfig | None = None,
+        states: bool = False,  # also return every layer's output (layer-wise distillation)
     ) -> EncoderOutput:
         cfg = self.own_config() if subnet is None else subnet
         if subnet is not None:
@@ -376,6 +391,10 @@ class ElasticBert(nn.Module):
         lengths = mask.sum(1)  # (B,) real tokens per example, fixed at the input
         T = lengths.new_full((), input_ids.shape[1])  # () the padded length, as a tensor (see below)
         x = self.embeddings(input_ids, token_type_ids)  # (B, T, H)
+        trace: list[LayerState] = []
+        if states:
+            pos = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)  # (B, T)
+            trace.append(LayerState(-1, x, pos, mask))
 
         layers = self.encoder_layers
         drops = cfg.drops  # layer -> the retention it drops to
@@ -388,8 +407,11 @@ class ElasticBert(nn.Module):
                 # with tensor ops, not from the data, so that a traced (ONNX) graph keeps T
                 # dynamic. (Padded beyond the longest example, the extra slots stay dead.)
                 t_new = tokens_kept(T, drops[i])  # ()
-            x, mask = layers[i](x, mask, cfg.heads[i], cfg.ffn[i], keep, t_new)  # (B, T', H)
+            x, mask, idx = layers[i](x, mask, cfg.heads[i], cfg.ffn[i], keep, t_new)  # (B, T', H)
+            if states:
+                pos = pos if idx is None else pos.gather(1, idx)  # (B, T')
+                trace.append(LayerState(self.shape.source_layers[i], x, pos, mask))
 
         pooled = torch.tanh(self.pooler(x[:, 0]))  # (B, H) from [CLS], always alive at 0
         logits = self.classifier(self.dropout(pooled))  # (B, num_labels)
-        return EncoderOutput(logits=logits, hidden=x, mask=mask)
+        return EncoderOutput(logits=logits, hidden=x, mask=mask, states=trace)

@@ -6,8 +6,12 @@ Stages of one run folder (each resumable; a finished stage is skipped on ``resum
 2. ``rewire``   importance of heads and FFN neurons on the **train** split; reorder weights.
 3. ``supernet`` sandwich rule: each step trains the largest, the smallest and
    ``n_random`` random sub-networks. Every sub-network is distilled from the teacher
-   (soft logits at ``temperature``; optionally the final [CLS] hidden state); the largest
-   also sees the labels. Random sub-networks draw a random token retention (LengthDrop).
+   (soft logits at ``temperature``; optionally the final [CLS] hidden state, and with
+   ``layer_weight`` every kept layer's output, DynaBERT style); the largest also sees the
+   labels. With ``distill_from="largest"`` the other sub-networks distil from the largest
+   sub-network's logits of the same step instead (in-place distillation, as in Once-for-All
+   and the Length-Adaptive Transformer). Random sub-networks draw a random token retention
+   (LengthDrop).
 
 Determinism: the batch order of epoch e is a permutation seeded by (seed, e), the
 sub-networks of step s are drawn from a generator seeded by (seed, s), and dropout is
@@ -39,10 +43,12 @@ from supernet.checks import check_int, check_number, check_type
 from supernet.data import Encoded, iterate_batches, num_batches
 from supernet.errors import CheckpointError, ConfigError
 from supernet.io import atomic_write, fsync_path, read_json, write_json
-from supernet.model import ElasticBert
+from supernet.model import ElasticBert, EncoderOutput
 from supernet.rewire import importance_scores, rewire
 from supernet.runfolder import RunFolder
 from supernet.space import SearchSpace, SubnetConfig
+
+DISTILL_SOURCES = ("teacher", "largest")
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,8 @@ class TrainConfig:
     n_random: int = 2  # random sub-networks per step besides the largest and the smallest
     temperature: float = 1.0
     hidden_weight: float = 0.0  # weight of the final-[CLS]-hidden distillation loss
+    layer_weight: float = 0.0  # weight of the layer-wise hidden-state distillation (layer_loss)
+    distill_from: str = "teacher"  # or "largest": in-place distillation (see the module doc)
     length_drop: bool = True  # random token retention for the sampled sub-networks
     bucket_by_length: bool = True  # shuffled batches of similar lengths: less padding, faster steps
     importance_batches: int = 32
@@ -90,6 +98,9 @@ class TrainConfig:
             check_number(s.weight_decay, f"{stage} weight_decay", 0.0)
         check_number(self.temperature, "temperature", 0.0, above=True)
         check_number(self.hidden_weight, "hidden_weight", 0.0)
+        check_number(self.layer_weight, "layer_weight", 0.0)
+        if self.distill_from not in DISTILL_SOURCES:
+            raise ConfigError(f"distill_from must be one of {list(DISTILL_SOURCES)}, got {self.distill_from!r}")
         for name in ("length_drop", "bucket_by_length"):
             check_type(getattr(self, name), name, bool, "true or false")
         return self
@@ -179,6 +190,32 @@ def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) ->
     return F.kl_div(
         (student / t).log_softmax(-1), (teacher / t).softmax(-1), reduction="batchmean"
     ) * (t * t)
+
+
+def layer_loss(student: EncoderOutput, teacher: EncoderOutput) -> torch.Tensor:
+    """Layer-wise hidden-state distillation (TinyBERT / DynaBERT): the mean, over the
+    student's layer states (its embeddings and every layer it runs), of the mean squared error
+    to the teacher's output of the same source layer, on the tokens the student still has.
+
+    Kept layers map to the teacher layer they came from (``LayerState.layer``): a student that
+    skips layers 1 and 3 learns layers 0, 2, 4, 5 from the teacher's 0, 2, 4, 5 (DynaBERT's
+    depth mapping). After token dropping the student's slots are gathered from the teacher's
+    states by their input position. Both come from ``forward(..., states=True)``; the teacher
+    must keep every token and layer the student has."""
+    by_layer = {s.layer: s for s in teacher.states}
+    losses = []
+    for s in student.states:
+        t = by_layer.get(s.layer)
+        if t is None:
+            raise ConfigError(f"layer_loss: the teacher has no state for source layer {s.layer}")
+        # The teacher keeps every token, so its slot j is input position j.
+        target = t.hidden.gather(1, s.positions[:, :, None].expand(-1, -1, t.hidden.shape[-1]))  # (B, T', H)
+        err = (s.hidden - target).pow(2).mean(-1)  # (B, T')
+        alive = s.mask.to(err.dtype)
+        losses.append((err * alive).sum() / alive.sum().clamp(min=1.0))
+    if not losses:
+        raise ConfigError("layer_loss: the student returned no layer states (forward(..., states=True))")
+    return torch.stack(losses).mean()
 
 
 class StageRunner:
@@ -309,21 +346,28 @@ def train_supernet(model: ElasticBert, teacher: ElasticBert, space: SearchSpace,
     cfg = runner.cfg
     teacher.eval()
 
+    layers = cfg.layer_weight > 0
+
     def step_fn(batch: dict[str, torch.Tensor], step: int) -> dict[str, float]:
         args = (batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
         with torch.no_grad():
-            t_out = teacher(*args)
+            t_out = teacher(*args, states=layers)
         configs = sandwich(space, step, cfg)
         parts: dict[str, float] = {}
         total = 0.0
+        soft = t_out.logits  # what the sub-networks after the largest distil from
         for j, sub in enumerate(configs):
-            out = model(*args, subnet=sub)
-            loss = kd_loss(out.logits, t_out.logits, cfg.temperature)
+            out = model(*args, subnet=sub, states=layers)
+            loss = kd_loss(out.logits, t_out.logits if j == 0 else soft, cfg.temperature)
             if j == 0:  # the largest also learns from the labels
                 ce = F.cross_entropy(out.logits, batch["labels"])
                 loss = loss + ce
+                if cfg.distill_from == "largest":
+                    soft = out.logits.detach()
             if cfg.hidden_weight > 0:
                 loss = loss + cfg.hidden_weight * F.mse_loss(out.hidden[:, 0], t_out.hidden[:, 0])
+            if layers:
+                loss = loss + cfg.layer_weight * layer_loss(out, t_out)
             (loss / len(configs)).backward()
             total += loss.item() / len(configs)
             parts[["loss_largest", "loss_smallest"][j] if j < 2 else f"loss_random{j - 1}"] = loss.item()
@@ -439,6 +483,7 @@ def finetune_subnet(
     stage: StageConfig,
     *,
     targets: Callable[[], torch.Tensor] | None = None,
+    layer_weight: float = 0.0,
     progress: bool = True,
     stop_after: int | None = None,
 ) -> tuple[ElasticBert, bool]:
@@ -451,7 +496,9 @@ def finetune_subnet(
     ``folder/finetune.json``; checkpoints go to ``folder/checkpoint`` and an interrupted run
     resumes; a folder holding other settings is an error. ``targets``: a function giving the
     teacher's logits for ``train`` (``teacher_logits``), so several fine-tunings can share
-    them; called only when there is training to do.
+    them; called only when there is training to do. ``layer_weight`` > 0 adds layer-wise
+    hidden-state distillation (``layer_loss``: each kept layer learns the teacher layer it
+    came from), at the cost of a teacher forward per step.
     """
     from supernet.checkpoint import read_meta
     from supernet.extract import extract
@@ -464,6 +511,9 @@ def finetune_subnet(
         "stage": "finetune", "subnet": cfg.to_dict(), "epochs": stage.epochs, "lr": stage.lr,
         "train_examples": len(train), "train": train_cfg.to_dict(), "start_weights": weights_sha1(model),
         "teacher": weights_sha1(teacher)}))
+    check_number(layer_weight, "layer_weight", 0.0)
+    if layer_weight > 0:  # recorded only when used: folders written before it stay valid
+        settings["layer_weight"] = layer_weight
     plan = out / "finetune.json"
     if plan.exists() and json.loads(plan.read_text()) != settings:
         raise CheckpointError(f"{out} holds a fine-tuning with other settings ({plan}); delete it or use another folder")
@@ -478,12 +528,23 @@ def finetune_subnet(
     log = MetricsLog(out / "metrics.csv")
     runner = StageRunner("finetune", out, model, train, stage, train_cfg, log, progress=progress, stop_after=stop_after)
 
+    layers = layer_weight > 0
+    teacher.eval()
+
     def step_fn(batch: dict[str, torch.Tensor], step: int) -> dict[str, float]:
-        out_logits = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]).logits
-        loss = kd_loss(out_logits, logits[batch["index"]], train_cfg.temperature)
-        loss = loss + F.cross_entropy(out_logits, batch["labels"])
+        args = (batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+        out = model(*args, states=layers)
+        loss = kd_loss(out.logits, logits[batch["index"]], train_cfg.temperature)
+        loss = loss + F.cross_entropy(out.logits, batch["labels"])
+        parts = {}
+        if layers:
+            with torch.no_grad():
+                t_out = teacher(*args, states=True)
+            hidden = layer_loss(out, t_out)
+            loss = loss + layer_weight * hidden
+            parts["loss_layers"] = hidden.item()
         loss.backward()
-        return {"loss": loss.item()}
+        return {"loss": loss.item(), **parts}
 
     runner.run(step_fn)
     save_model(model.eval(), out, settings)
