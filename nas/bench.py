@@ -185,12 +185,18 @@ def finetuned(run: LoadedRun, target: Target, table: pd.DataFrame, acc: DevAccur
     measured speed-up of at least s. Finished fine-tunings under ``folder`` are reused."""
     from supernet.checkpoint import load_model
     from supernet.evaluate import model_score
-    from supernet.train import StageConfig, finetune_folder, finetune_subnet, teacher_logits
+    from supernet.train import (
+        StageConfig,
+        distill_split,
+        finetune_folder,
+        finetune_subnet,
+        teacher_logits,
+    )
 
     if cfg.finetune_epochs <= 0:
         return pd.DataFrame(columns=[*table.columns, "acc_test_before"])
     stage = StageConfig(epochs=cfg.finetune_epochs, lr=cfg.finetune_lr)
-    train = run.splits["train"]
+    train = distill_split(run.splits)  # the train split, and the run's unlabeled texts if it has them
     teacher = load_model(run.paths.teacher)
     targets = functools.cache(lambda: teacher_logits(teacher, train))  # one pass for every fine-tuning, only if needed
     rows: list[dict[str, Any]] = []

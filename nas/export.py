@@ -47,7 +47,13 @@ from supernet.cost import subnet_flops, subnet_params
 from supernet.errors import ConfigError, HwnasError
 from supernet.io import write_json
 from supernet.space import SubnetConfig
-from supernet.train import StageConfig, finetune_folder, finetune_subnet, teacher_logits
+from supernet.train import (
+    StageConfig,
+    distill_split,
+    finetune_folder,
+    finetune_subnet,
+    teacher_logits,
+)
 from supernet.workflow import LoadedRun
 
 if TYPE_CHECKING:
@@ -354,7 +360,7 @@ def finetune_best(run: LoadedRun, teacher: ElasticBert, pool: list[tuple[Candida
     models, rows = [], []
     for cand, ms in pool:
         t0 = time.time()
-        model, trained = finetune_subnet(run.supernet, teacher, cand.config, run.splits["train"],
+        model, trained = finetune_subnet(run.supernet, teacher, cand.config, distill_split(run.splits),
                                          finetune_folder(out, cand.config, stage), run.spec.train, stage,
                                          targets=targets, progress=progress)
         model.eval()
@@ -519,7 +525,7 @@ def choose_and_export(
                                                   budget.ms)]
             extra = finetune_pool(result.history, chosen, seeds, cfg.finetune_candidates - 1)
             pool = measured_pool(verified, extra, budget.ms, timer, rounds=cfg.rounds)
-            targets = teacher_targets or functools.cache(lambda: teacher_logits(teacher, run.splits["train"]))
+            targets = teacher_targets or functools.cache(lambda: teacher_logits(teacher, distill_split(run.splits)))
             ft = finetune_best(run, teacher, pool, cfg.finetune, out, accuracy, targets, progress=cfg.progress)
             (chosen, chosen_ms), small, ft_rows = pool[ft.best], ft.models[ft.best], ft.rows
             tuned = {"epochs": cfg.finetune.epochs, "lr": cfg.finetune.lr, "candidates": len(pool),

@@ -10,6 +10,10 @@ sentences is far tighter, since most sentences are answered alike. Two views of 
 * ``mcnemar``: the exact McNemar test on the discordant pairs (one model right, the other
   wrong): the p-value of "both models are equally accurate".
 
+And one for rankings: ``kendall_tau`` (tau-b) says how well one score orders sub-networks the
+way another does (the supernet's weights as a proxy for fine-tuned accuracy, issue 15), and
+``spread`` summarizes a figure over seeds (mean, standard deviation, min, max).
+
 Pure numpy, seeded.
 """
 
@@ -64,3 +68,29 @@ def compare_with(reference: Any, other: Any, labels: Any, *, seed: int = 0) -> d
     diff, lo, hi = paired_bootstrap(pa == y, pb == y, seed=seed)
     return {"diff_points": 100 * diff, "ci95_low": 100 * lo, "ci95_high": 100 * hi,
             "mcnemar_p": mcnemar(pa == y, pb == y), "agreement": float((pa == pb).mean()), "n": int(y.size)}
+
+
+def kendall_tau(x: Any, y: Any) -> float:
+    """Kendall's tau-b between two scorings of the same items: +1 when they order every pair
+    alike, -1 when they order every pair oppositely; ties (in either scoring) count as
+    neither and shrink the denominator (tau-b). NaN when either scoring is constant."""
+    a, b = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if a.shape != b.shape or a.ndim != 1 or a.size < 2:
+        raise ValueError(f"need two equally long 1-d arrays of at least 2 scores, got {a.shape} and {b.shape}")
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        raise ValueError("kendall_tau: scores must be finite")
+    i, j = np.triu_indices(a.size, k=1)  # every pair once
+    da, db = np.sign(a[i] - a[j]), np.sign(b[i] - b[j])
+    n_a, n_b = np.count_nonzero(da), np.count_nonzero(db)  # pairs not tied in a, in b
+    if n_a == 0 or n_b == 0:
+        return float("nan")
+    return float((da * db).sum() / math.sqrt(n_a * n_b))
+
+
+def spread(values: Any) -> dict[str, float]:
+    """Mean, sample standard deviation, min and max of a figure measured over seeds."""
+    v = np.asarray(values, dtype=float)
+    if v.ndim != 1 or v.size == 0:
+        raise ValueError(f"need a non-empty 1-d array, got shape {v.shape}")
+    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if v.size > 1 else 0.0,
+            "min": float(v.min()), "max": float(v.max()), "n": int(v.size)}

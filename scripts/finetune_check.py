@@ -22,7 +22,13 @@ from pathlib import Path
 from supernet.checkpoint import load_model
 from supernet.evaluate import model_score
 from supernet.space import SubnetConfig
-from supernet.train import StageConfig, finetune_folder, finetune_subnet, teacher_logits
+from supernet.train import (
+    StageConfig,
+    distill_split,
+    finetune_folder,
+    finetune_subnet,
+    teacher_logits,
+)
 from supernet.workflow import LoadedRun, open_run
 
 
@@ -43,7 +49,7 @@ def main() -> None:
     run = open_run(a.run)
     out = Path(a.out or run.folder / "finetune_check")
     teacher = load_model(run.folder / "teacher")
-    targets = functools.cache(lambda: teacher_logits(teacher, run.splits["train"]))
+    targets = functools.cache(lambda: teacher_logits(teacher, distill_split(run.splits)))
     metric = run.task.metric
     print(f"{a.run}: teacher test {metric} {model_score(teacher, run.splits['test'], metric):.4f}")
     for spec in a.subnet or ["uniform:0.25,1.0"]:
@@ -54,7 +60,7 @@ def main() -> None:
             epochs, lr = (float(x) for x in recipe.split(":"))
             stage = StageConfig(epochs=epochs, lr=lr)
             t0 = time.time()
-            model, trained = finetune_subnet(run.supernet, teacher, cfg, run.splits["train"],
+            model, trained = finetune_subnet(run.supernet, teacher, cfg, distill_split(run.splits),
                                              finetune_folder(out, cfg, stage), run.spec.train, stage,
                                              targets=targets, progress=False)
             dev, test = (model_score(model, run.splits[s], metric) for s in ("dev", "test"))

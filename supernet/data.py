@@ -42,6 +42,21 @@ class Encoded:
         return np.fromiter((len(ids) for ids in self.input_ids), dtype=np.int64, count=len(self))
 
 
+UNLABELED = -100  # the label of a distillation-only example (cross-entropy ignores it)
+
+
+def concat(a: Encoded, b: Encoded) -> Encoded:
+    """``a``'s examples, then ``b``'s (positions in ``b`` shift by ``len(a)``)."""
+    return Encoded(a.input_ids + b.input_ids, a.token_type_ids + b.token_type_ids,
+                   np.concatenate([a.labels, b.labels]).astype(np.int64))
+
+
+def encode_unlabeled(tokenizer: Any, texts: list[str], max_length: int) -> Encoded:
+    """Texts without labels, for distillation only: every label is ``UNLABELED``."""
+    frame = pd.DataFrame({"text_a": texts, "text_b": [None] * len(texts), "label": [UNLABELED] * len(texts)})
+    return encode(tokenizer, frame, max_length)
+
+
 def encode(tokenizer: Any, frame: pd.DataFrame, max_length: int) -> Encoded:
     """Tokenise ``text_a`` (and ``text_b`` when set) with truncation to ``max_length``, no padding.
 

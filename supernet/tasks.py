@@ -38,6 +38,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,6 +126,10 @@ class TaskData:
     test: pd.DataFrame
     label_names: tuple[str, ...]
     metric: str
+    # In-domain text without labels, never from dev or test (for rt: the plot synopses of the
+    # movies outside dev and test, one sentence each). Distillation needs no labels, so it
+    # can carry the teacher's soft predictions to small sub-networks (TrainConfig.unlabeled).
+    unlabeled: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.metric not in METRICS:
@@ -183,6 +188,7 @@ class TaskData:
             "is_pair": self.is_pair,
             "sizes": sizes,
             "total": sum(sizes.values()),
+            "unlabeled": len(self.unlabeled),
             "label_counts": counts,
         }
 
@@ -343,6 +349,26 @@ def _package_file(module: str, relpath: str, pip_line: str, what: str) -> Path:
 # ----------------------------------------------------------------------------------------------
 
 
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'(])|\n+")
+
+
+def split_sentences(text: str, min_words: int = 4) -> list[str]:
+    """A paragraph cut into sentences at ``.``, ``!`` or ``?`` before a capital, and at line
+    breaks; pieces of fewer than ``min_words`` words are dropped."""
+    pieces = (p.strip() for p in _SENTENCE_END.split(text))
+    return [p for p in pieces if len(p.split()) >= min_words]
+
+
+@functools.lru_cache(maxsize=8)
+def _read_rt_plots(path: str) -> pd.DataFrame:
+    """The 'plot' rows of the Rotten Tomatoes file (synopses, no sentiment label)."""
+    raw = pd.read_csv(path, dtype=str, keep_default_na=False)
+    if not {"category", "text", "movie_name"} <= set(raw.columns):
+        return pd.DataFrame({"text": [], "movie_name": []})
+    plots = raw[(raw["category"] == "plot") & (raw["text"].str.strip() != "")]
+    return plots[["text", "movie_name"]].reset_index(drop=True)
+
+
 @functools.lru_cache(maxsize=8)
 def _read_rt_raw(path: str) -> pd.DataFrame:
     try:
@@ -459,7 +485,14 @@ def _load_rt(seed: int) -> TaskData:
         cum += int(counts.iloc[i])
     split_of = np.array([assign[str(m)] for m in movies])
     parts = [frame[split_of == s].reset_index(drop=True) for s in SPLITS]
-    return TaskData("rt", parts[0], parts[1], parts[2], ("rotten", "fresh"), "accuracy")
+    # Unlabeled text: the plot synopses of every movie that is not in dev or test (a dev or
+    # test movie's synopsis would leak its reviews' topic into training): the train movies'
+    # and those of the movies without reviews (most of them), cut into sentences, deduplicated.
+    plots = _read_rt_plots(str(path))
+    held_out = {m for m, s in assign.items() if s != "train"}
+    sentences = [t for text in plots.loc[~plots["movie_name"].isin(held_out), "text"] for t in split_sentences(text)]
+    unlabeled = tuple(dict.fromkeys(sentences))
+    return TaskData("rt", parts[0], parts[1], parts[2], ("rotten", "fresh"), "accuracy", unlabeled)
 
 
 def _load_orange(name: str, seed: int) -> TaskData:
@@ -659,6 +692,7 @@ def load_task(
         _subset(task.test, max_eval, seed, 3),
         task.label_names,
         task.metric,
+        task.unlabeled,
     )
 
 

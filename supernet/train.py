@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 from supernet import faults
 from supernet.checkpoint import load_model, save_model
 from supernet.checks import check_int, check_number, check_type
-from supernet.data import Encoded, iterate_batches, num_batches
+from supernet.data import UNLABELED, Encoded, iterate_batches, num_batches
 from supernet.errors import CheckpointError, ConfigError
 from supernet.io import atomic_write, fsync_path, read_json, write_json
 from supernet.model import ElasticBert, EncoderOutput
@@ -73,6 +73,10 @@ class TrainConfig:
     hidden_weight: float = 0.0  # weight of the final-[CLS]-hidden distillation loss
     layer_weight: float = 0.0  # weight of the layer-wise hidden-state distillation (layer_loss)
     distill_from: str = "teacher"  # or "largest": in-place distillation (see the module doc)
+    # In-domain texts without labels (TaskData.unlabeled, seeded subset of at most this many)
+    # added to the supernet stage's and the fine-tunings' data: they learn the teacher's
+    # logits only. 0: none.
+    unlabeled: int = 0
     length_drop: bool = True  # random token retention for the sampled sub-networks
     bucket_by_length: bool = True  # shuffled batches of similar lengths: less padding, faster steps
     importance_batches: int = 32
@@ -86,6 +90,7 @@ class TrainConfig:
             check_int(getattr(self, name), name, 1)
         check_int(self.max_length, "max_length", 2)  # room for [CLS] and [SEP]
         check_int(self.n_random, "n_random", 0)
+        check_int(self.unlabeled, "unlabeled", 0)
         for stage in ("teacher", "supernet"):
             s = getattr(self, stage)
             if not isinstance(s, StageConfig):
@@ -183,6 +188,15 @@ def _optimizer(model: torch.nn.Module, stage: StageConfig, total: int) -> tuple[
     )
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(total, stage.warmup))
     return opt, sched
+
+
+def labeled_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over the labeled examples of a batch (``UNLABELED`` rows learn only by
+    distillation); 0 for a batch without labels."""
+    labeled = labels != UNLABELED
+    if not bool(labeled.any()):
+        return logits.sum() * 0.0  # keeps the graph (and the dtype) without a NaN mean
+    return F.cross_entropy(logits[labeled], labels[labeled])
 
 
 def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -360,8 +374,7 @@ def train_supernet(model: ElasticBert, teacher: ElasticBert, space: SearchSpace,
             out = model(*args, subnet=sub, states=layers)
             loss = kd_loss(out.logits, t_out.logits if j == 0 else soft, cfg.temperature)
             if j == 0:  # the largest also learns from the labels
-                ce = F.cross_entropy(out.logits, batch["labels"])
-                loss = loss + ce
+                loss = loss + labeled_ce(out.logits, batch["labels"])
                 if cfg.distill_from == "largest":
                     soft = out.logits.detach()
             if cfg.hidden_weight > 0:
@@ -436,13 +449,19 @@ def run_training(
     if "supernet" not in state["done"]:
         t0 = time.time()
         student = load_model(paths.rewired)
-        runner = StageRunner("supernet", paths.supernet, student, splits["train"], cfg.supernet, cfg, log,
+        runner = StageRunner("supernet", paths.supernet, student, distill_split(splits), cfg.supernet, cfg, log,
                              progress=progress, stop_after=interrupt("supernet"))
         train_supernet(student, teacher, space, runner)
         save_model(student.eval(), paths.supernet, {"stage": "supernet", "space": space.to_dict()})
         finish("supernet", time.time() - t0)
         shutil.rmtree(paths.supernet / "checkpoint", ignore_errors=True)
     return {k: v["wall_s"] for k, v in state["done"].items()}
+
+
+def distill_split(splits: dict[str, Encoded]) -> Encoded:
+    """What the supernet stage and fine-tunings train on: the train split, plus the
+    unlabeled texts when the run has them (``splits["distill"]``, ``TrainConfig.unlabeled``)."""
+    return splits.get("distill", splits["train"])
 
 
 def teacher_logits(teacher: ElasticBert, train: Encoded, batch_size: int = 64) -> torch.Tensor:
@@ -535,7 +554,7 @@ def finetune_subnet(
         args = (batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
         out = model(*args, states=layers)
         loss = kd_loss(out.logits, logits[batch["index"]], train_cfg.temperature)
-        loss = loss + F.cross_entropy(out.logits, batch["labels"])
+        loss = loss + labeled_ce(out.logits, batch["labels"])
         parts = {}
         if layers:
             with torch.no_grad():

@@ -10,12 +10,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from supernet.checkpoint import load_model, load_pretrained
 from supernet.checks import check_int, check_type
 from supernet.cost import subnet_flops, subnet_params
-from supernet.data import Encoded, encode, length_stats
+from supernet.data import Encoded, concat, encode, encode_unlabeled, length_stats
 from supernet.errors import CheckpointError, ConfigError
 from supernet.evaluate import Evaluator, predict, scores
 from supernet.io import read_json, write_csv, write_json
@@ -85,6 +86,11 @@ def read_run_record(run_dir: str | Path) -> dict[str, Any]:
 def load_data(spec: RunSpec, tokenizer: Any) -> tuple[TaskData, dict[str, Encoded]]:
     task = load_task(spec.task, seed=spec.seed, max_train=spec.max_train, max_eval=spec.max_eval)
     splits = {s: encode(tokenizer, task.split(s), spec.train.max_length) for s in ("train", "dev", "test")}
+    n = min(spec.train.unlabeled, len(task.unlabeled))
+    if n > 0:  # a seeded subset of the task's unlabeled texts, after the train split
+        pick = np.sort(np.random.default_rng([spec.seed, 17]).permutation(len(task.unlabeled))[:n])
+        extra = encode_unlabeled(tokenizer, [task.unlabeled[i] for i in pick], spec.train.max_length)
+        splits["distill"] = concat(splits["train"], extra)
     return task, splits
 
 

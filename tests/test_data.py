@@ -407,3 +407,45 @@ def test_encode_without_token_type_ids() -> None:
     assert list(enc.lengths()) == [3, 6]
     empty = Encoded([], [], np.zeros(0, dtype=np.int64))
     assert list(iterate_batches(empty, 8, shuffle=True)) == [] and num_batches(empty, 8) == 0
+
+
+# ------------------------------------------------------------------------- unlabeled text
+
+
+def test_split_sentences_by_hand() -> None:
+    text = 'A man (Tom Hanks) is lost. He finds a ball! Is it really "Wilson"? Yes.\nLater he sails away on a raft.'
+    assert D.split_sentences(text) == ["A man (Tom Hanks) is lost.", "He finds a ball!", 'Is it really "Wilson"?',
+                                       "Later he sails away on a raft."]  # "Yes." is under 4 words
+    assert D.split_sentences("Dr. no. a b c d") == ["Dr. no. a b c d"]  # no capital after the stop
+
+
+@slow
+def test_rt_unlabeled_text_never_comes_from_dev_or_test_movies(rt: TaskData, rt_raw: pd.DataFrame) -> None:
+    reviews = rt_raw[rt_raw["category"] != "plot"].drop_duplicates("text", keep="first")
+    movie_of = dict(zip(reviews["text"], reviews["movie_name"], strict=True))
+    held_out = {movie_of[t] for s in ("dev", "test") for t in rt.split(s)["text_a"]}
+    plots = rt_raw[rt_raw["category"] == "plot"].fillna("")
+    held_out_sentences = {x for t in plots.loc[plots["movie_name"].isin(held_out), "text"] for x in D.split_sentences(t)}
+    free = {x for t in plots.loc[~plots["movie_name"].isin(held_out), "text"] for x in D.split_sentences(t)}
+    unlabeled = set(rt.unlabeled)
+    assert len(unlabeled) == len(rt.unlabeled) > 1000  # deduplicated, and thousands of them
+    assert not unlabeled & (held_out_sentences - free)
+    assert unlabeled <= free
+    assert load_task("rt", seed=0, max_train=50).unlabeled == rt.unlabeled  # subsetting keeps them
+    assert rt.summary()["unlabeled"] == len(rt.unlabeled)
+
+
+def test_unlabeled_examples_learn_by_distillation_only() -> None:
+    from supernet.data import UNLABELED, concat
+    from supernet.train import labeled_ce
+
+    logits = torch.tensor([[2.0, 0.0], [0.0, 3.0], [1.0, 1.0]], requires_grad=True)
+    labels = torch.tensor([0, UNLABELED, 1])
+    expected = torch.nn.functional.cross_entropy(logits[[0, 2]], torch.tensor([0, 1]))
+    torch.testing.assert_close(labeled_ce(logits, labels), expected)
+    none = labeled_ce(logits, torch.full((3,), UNLABELED))
+    assert none.item() == 0.0 and none.requires_grad  # a batch of unlabeled texts: no NaN
+    a = Encoded([[1, 2]], [[0, 0]], np.array([1]))
+    b = Encoded([[3], [4, 5]], [[0], [0, 0]], np.array([UNLABELED, UNLABELED]))
+    both = concat(a, b)
+    assert both.input_ids == [[1, 2], [3], [4, 5]] and both.labels.tolist() == [1, UNLABELED, UNLABELED]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -43,3 +45,31 @@ def test_compare_with_takes_logits_or_class_ids() -> None:
     assert got["diff_points"] == pytest.approx(-20.0) and got["n"] == 5
     assert got["ci95_low"] <= -20.0 <= got["ci95_high"] and got["agreement"] == pytest.approx(0.8)
     assert got["mcnemar_p"] == pytest.approx(1.0)  # one discordant pair
+
+
+def test_kendall_tau_by_hand_and_against_scipy() -> None:
+    from nas.stats import kendall_tau
+
+    assert kendall_tau([1, 2, 3, 4], [10, 20, 30, 40]) == 1.0
+    assert kendall_tau([1, 2, 3, 4], [4, 3, 2, 1]) == -1.0
+    # 4 items, 6 pairs: (1,2),(1,3),(1,4),(2,3),(2,4),(3,4); y swaps the last two -> 5 agree, 1 disagrees
+    assert kendall_tau([1, 2, 3, 4], [1, 2, 4, 3]) == pytest.approx((5 - 1) / 6)
+    # a tie in x: pair (1,2) counts for neither; tau-b = (4 - 1) / sqrt(5 * 6)
+    assert kendall_tau([1, 1, 3, 4], [1, 2, 4, 3]) == pytest.approx(3 / math.sqrt(30))
+    assert math.isnan(kendall_tau([1, 1, 1], [1, 2, 3]))
+    scipy_stats = pytest.importorskip("scipy.stats")
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        x, y = rng.integers(0, 6, 30), rng.normal(size=30)
+        assert kendall_tau(x, y) == pytest.approx(scipy_stats.kendalltau(x, y).statistic)
+    with pytest.raises(ValueError, match="equally long"):
+        kendall_tau([1, 2], [1, 2, 3])
+
+
+def test_spread_over_seeds() -> None:
+    from nas.stats import spread
+
+    s = spread([0.5, 0.7, 0.6])
+    assert s["mean"] == pytest.approx(0.6) and s["std"] == pytest.approx(0.1)
+    assert (s["min"], s["max"], s["n"]) == (0.5, 0.7, 3)
+    assert spread([0.4])["std"] == 0.0

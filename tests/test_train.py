@@ -108,3 +108,24 @@ def test_cli_reports_bad_input_without_traceback(tmp_path: Path, capsys) -> None
     assert not (tmp_path / "r").exists()  # nothing half-made is left behind
     assert main(["eval", "--run", str(tmp_path / "missing")]) == 2
     assert "run.json" in capsys.readouterr().err
+
+
+def test_supernet_stage_trains_on_unlabeled_text_too(tmp_path: Path, tiny_hf_dir) -> None:
+    """With unlabeled=N the supernet stage runs over the train split plus N unlabeled texts
+    (more steps per epoch), the teacher over the train split only."""
+    from supernet.data import UNLABELED
+    from supernet.workflow import load_data, open_run
+
+    spec = _spec(tiny_hf_dir, unlabeled=24)
+    train_run(tmp_path / "r", spec, progress=False)
+    run = open_run(tmp_path / "r")
+    assert len(run.splits["distill"]) == len(run.splits["train"]) + 24
+    assert (run.splits["distill"].labels[len(run.splits["train"]):] == UNLABELED).all()
+    metrics = pd.read_csv(tmp_path / "r" / "metrics.csv")
+    steps = metrics.groupby("stage")["step"].max()
+    assert steps["supernet"] == -(-(64 + 24) // 8) and steps["teacher"] == 64 // 8
+    assert metrics["loss"].notna().all()
+    # the same seed picks the same texts; without the option there is no distill split
+    again = load_data(spec, run.tokenizer)[1]["distill"]
+    assert again.input_ids == run.splits["distill"].input_ids
+    assert "distill" not in load_data(_spec(tiny_hf_dir), run.tokenizer)[1]
