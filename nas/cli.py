@@ -27,6 +27,7 @@ from supernet.runfolder import RunFolder  # paths only
 if TYPE_CHECKING:
     from latency.devices import DeviceProfile
     from latency.target import Target
+    from supernet.space import SubnetConfig
     from supernet.train import StageConfig
     from supernet.workflow import LoadedRun, RunSpec
 
@@ -71,6 +72,14 @@ def _number(low: float = -math.inf, *, above: bool = False) -> Callable[[str], f
 
     parse.__name__ = "number"
     return parse
+
+
+def _share(text: str) -> float:
+    """A finite number in [0, 1]."""
+    value = _number(0.0)(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"must be a share of the budget in [0, 1], got {text!r}")
+    return value
 
 
 COUNT = _int_at_least(1)  # how many of something: configurations, evaluations, workers
@@ -397,11 +406,23 @@ def register_eval(sub: Subparsers) -> argparse.ArgumentParser:
     return e
 
 
-def cmd_eval(a: argparse.Namespace) -> int:
+def _fp32_subnet(path: str, what: str) -> SubnetConfig:
+    """A sub-network JSON for the commands that run PyTorch weights: fp32 only, and a file
+    written for a quantized export says how to use it."""
     from supernet.space import SubnetConfig
+
+    cfg = SubnetConfig.from_dict(_read_json(path))
+    if cfg.precision != "fp32":
+        raise ConfigError(f"{path} holds a sub-network at {cfg.precision}; {what} the fp32 PyTorch sub-network only: "
+                          f"remove its \"precision\" key to use the same shape in fp32 (the {cfg.precision} "
+                          "graph itself is the model.onnx that `hwnas export` wrote)")
+    return cfg
+
+
+def cmd_eval(a: argparse.Namespace) -> int:
     from supernet.workflow import evaluation_table, open_run, read_run_record, write_evaluation
 
-    asked = {Path(p).stem: SubnetConfig.from_dict(_read_json(p)) for p in a.subnet or []}  # before the run opens
+    asked = {Path(p).stem: _fp32_subnet(p, "eval scores") for p in a.subnet or []}  # before the run opens
     run = open_run(a.run)
     subnets = {name: run.space.validate(cfg) for name, cfg in asked.items()} or None
     table = evaluation_table(run, subnets)
@@ -616,7 +637,7 @@ def register_export(sub: Subparsers) -> argparse.ArgumentParser:
                    help="before searching, time three reference sub-networks; when the device runs more than this "
                    "fraction slower or faster than its predictor says, scale the predictions by the measured ratio "
                    "(default %(default)s; negative: no check)")
-    e.add_argument("--step-up-below", type=float, default=0.9,
+    e.add_argument("--step-up-below", type=_share, default=0.9,
                    help="when the chosen sub-network measures under this share of the budget, search again with "
                    "the predictor's margin shrunk to what was measured and measure the more accurate candidates "
                    "(default %(default)s; 0: never)")
@@ -822,10 +843,9 @@ def register_extract(sub: Subparsers) -> argparse.ArgumentParser:
 
 def cmd_extract(a: argparse.Namespace) -> int:
     from supernet.extract import export_standalone
-    from supernet.space import SubnetConfig
     from supernet.workflow import open_run
 
-    asked = SubnetConfig.from_dict(_read_json(a.subnet))  # before the run opens
+    asked = _fp32_subnet(a.subnet, "extract writes")  # before the run opens
     run = open_run(a.run)
     cfg = run.space.validate(asked)
     written = export_standalone(run.supernet, cfg, a.out, run.tokenizer, list(run.task.label_names))

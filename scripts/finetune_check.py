@@ -43,7 +43,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("run")
     p.add_argument("--subnet", action="append", help="subnet.json or uniform:WIDTH,DEPTH (repeatable)")
-    p.add_argument("--recipe", action="append", help="EPOCHS:LR (repeatable; default 2:5e-5 and 3:2e-4)")
+    p.add_argument("--recipe", action="append",
+                   help="EPOCHS:LR or EPOCHS:LR:LAYER_WEIGHT (layer-wise distillation; repeatable; default 2:5e-5 and 3:2e-4)")
     p.add_argument("--out", default=None, help="where the fine-tunings go (default RUN/finetune_check)")
     a = p.parse_args()
     run = open_run(a.run)
@@ -57,15 +58,15 @@ def main() -> None:
         before = {s: run.evaluator(cfg, s)[metric] for s in ("dev", "test")}
         print(f"{cfg.describe()}: supernet weights dev {before['dev']:.4f} test {before['test']:.4f}")
         for recipe in a.recipe or ["2:5e-5", "3:2e-4"]:
-            epochs, lr = (float(x) for x in recipe.split(":"))
+            epochs, lr, layer_weight = (float(x) for x in (recipe + ":0").split(":")[:3])
             stage = StageConfig(epochs=epochs, lr=lr)
             t0 = time.time()
             model, trained = finetune_subnet(run.supernet, teacher, cfg, distill_split(run.splits),
-                                             finetune_folder(out, cfg, stage), run.spec.train, stage,
-                                             targets=targets, progress=False)
+                                             finetune_folder(out, cfg, stage, layer_weight), run.spec.train, stage,
+                                             targets=targets, layer_weight=layer_weight, progress=False)
             dev, test = (model_score(model, run.splits[s], metric) for s in ("dev", "test"))
             how = f"{time.time() - t0:.0f} s" if trained else "reused"
-            print(f"  {epochs:g} epochs, lr {lr:g}: dev {dev:.4f} test {test:.4f} ({how})", flush=True)
+            print(f"  {epochs:g} epochs, lr {lr:g}, layer weight {layer_weight:g}: dev {dev:.4f} test {test:.4f} ({how})", flush=True)
 
 
 if __name__ == "__main__":

@@ -112,7 +112,7 @@ def main() -> None:
     for k, i in enumerate(chosen):
         cfg = configs[i]
         t0 = time.time()
-        model, _ = finetune_subnet(supernet, teacher, cfg, distill_split(run.splits), finetune_folder(out / sub, cfg, stage),
+        model, _ = finetune_subnet(supernet, teacher, cfg, distill_split(run.splits), finetune_folder(out / sub, cfg, stage, a.layer_weight),
                                    run.spec.train, stage, targets=targets, layer_weight=a.layer_weight, progress=False)
         rows.append({"arch_key": cfg.key(), "subnet": cfg.describe(), "pred_ms": lat[i],
                      "supernet_dev": dev[i], "supernet_test": ev.score(cfg, "test"),

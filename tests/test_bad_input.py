@@ -141,6 +141,11 @@ OPTIONS = [
     (["export", "--run", NOWHERE, "--device", "cpu", "--out", "O", "--budget-ms", "5", "--finetune-lr", "inf"],
      "--finetune-lr"),
     (["export", "--run", NOWHERE, "--device", "cpu", "--out", "O", "--budget-ms", "5,8"], "one --budget-ms"),
+    (["export", "--run", NOWHERE, "--device", "cpu", "--out", "O", "--budget-ms", "5", "--step-up-below", "2"],
+     "--step-up-below"),
+    (["train", "--out", "O", "--layer-weight", "-1"], "--layer-weight"),
+    (["train", "--out", "O", "--unlabeled", "-5"], "--unlabeled"),
+    (["train", "--out", "O", "--distill-from", "student"], "--distill-from"),
     (["export", "--run", NOWHERE, "--device", "cpu", "--out", "O", "--budget-ms", "-2"], "--budget-ms"),
     (["export", "--run", NOWHERE, "--device", "cpu", "--out", "O", "--budget-ms", "5", "--method", "x"], "unknown"),
     (["compare", "--run", NOWHERE, "--device", "cpu", "--remeasure-points", "-1"], "--remeasure-points"),
@@ -263,6 +268,7 @@ SUBNETS: dict[str, Any] = {
     "a list": [1, 2, 3],
     "an unknown field": {**FULL, "depth": 3},
     "a missing field": {k: v for k, v in FULL.items() if k != "keep"},
+    "an int8 sub-network": {**FULL, "precision": "int8"},  # eval and extract run fp32 PyTorch weights
 }
 
 
