@@ -151,6 +151,10 @@ def _add_train_args(p: argparse.ArgumentParser, *, quick: bool) -> None:
                    help="add up to N in-domain texts without labels to the supernet's and the fine-tunings' "
                    "distillation data (rt: sentences of the plot synopses of movies outside dev and test, 5,533 at "
                    "seed 0; default 0: none)")
+    t.add_argument("--schedule", choices=("sandwich", "progressive"), default="sandwich",
+                   help="sandwich (default): sample the whole space from the first step; progressive: Once-for-All's "
+                   "progressive shrinking (depth only for the first third of the steps, then width too, then token "
+                   "retention)")
     t.add_argument("--distill-from", choices=("teacher", "largest"), default="teacher",
                    help="what the smaller sub-networks distil from: the teacher (default) or the largest sub-network "
                    "of the same step (in-place distillation)")
@@ -171,7 +175,7 @@ SPEC_KEYS: dict[str, tuple[str, ...]] = {
     "supernet_epochs": ("train", "supernet", "epochs"), "supernet_lr": ("train", "supernet", "lr"),
     "n_random": ("train", "n_random"), "hidden_weight": ("train", "hidden_weight"),
     "layer_weight": ("train", "layer_weight"), "distill_from": ("train", "distill_from"),
-    "unlabeled": ("train", "unlabeled"),
+    "unlabeled": ("train", "unlabeled"), "schedule": ("train", "schedule"),
     "no_length_drop": ("train", "length_drop"), "no_bucket": ("train", "bucket_by_length"),
     "checkpoint_every": ("train", "checkpoint_every"),
 }
@@ -221,6 +225,7 @@ def _spec(a: argparse.Namespace) -> RunSpec:
         layer_weight=a.layer_weight,
         distill_from=a.distill_from,
         unlabeled=a.unlabeled,
+        schedule=a.schedule,
         length_drop=not a.no_length_drop,
         bucket_by_length=not a.no_bucket,
         checkpoint_every=a.checkpoint_every,

@@ -50,7 +50,7 @@ from supernet.space import SearchSpace, SubnetConfig
 from supernet.train import MetricsLog, StageRunner, TrainConfig, distill_split, train_supernet
 from supernet.workflow import LoadedRun, load_data, open_run
 
-TRAIN_KEYS = {"unlabeled": int, "layer_weight": float, "distill_from": str, "n_random": int, "hidden_weight": float,
+TRAIN_KEYS = {"schedule": str, "unlabeled": int, "layer_weight": float, "distill_from": str, "n_random": int, "hidden_weight": float,
               "temperature": float, "length_drop": lambda v: v.lower() in ("1", "true", "yes")}
 STAGE_KEYS = {"epochs": float, "lr": float}
 

@@ -20,6 +20,7 @@ re-seeded every step, so a resumed run continues exactly where the interrupted o
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -49,6 +50,7 @@ from supernet.runfolder import RunFolder
 from supernet.space import SearchSpace, SubnetConfig
 
 DISTILL_SOURCES = ("teacher", "largest")
+SCHEDULES = ("sandwich", "progressive")
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,10 @@ class TrainConfig:
     # added to the supernet stage's and the fine-tunings' data: they learn the teacher's
     # logits only. 0: none.
     unlabeled: int = 0
+    # "progressive": Once-for-All's progressive shrinking: the first third of the supernet
+    # stage samples only depth, the second depth and width, the last third the whole space
+    # (token retention too). "sandwich": the whole space from the first step.
+    schedule: str = "sandwich"
     length_drop: bool = True  # random token retention for the sampled sub-networks
     bucket_by_length: bool = True  # shuffled batches of similar lengths: less padding, faster steps
     importance_batches: int = 32
@@ -104,6 +110,8 @@ class TrainConfig:
         check_number(self.temperature, "temperature", 0.0, above=True)
         check_number(self.hidden_weight, "hidden_weight", 0.0)
         check_number(self.layer_weight, "layer_weight", 0.0)
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"schedule must be one of {list(SCHEDULES)}, got {self.schedule!r}")
         if self.distill_from not in DISTILL_SOURCES:
             raise ConfigError(f"distill_from must be one of {list(DISTILL_SOURCES)}, got {self.distill_from!r}")
         for name in ("length_drop", "bucket_by_length"):
@@ -338,8 +346,25 @@ class StageRunner:
         return step
 
 
-def sandwich(space: SearchSpace, step: int, cfg: TrainConfig) -> list[SubnetConfig]:
-    """Sub-networks trained at ``step``: largest, smallest and ``n_random`` random ones."""
+def phase_space(space: SearchSpace, progress: float) -> SearchSpace:
+    """The part of ``space`` that progressive shrinking samples at ``progress`` (the share of
+    the stage's steps done, in [0, 1]): depth only, then depth and width, then everything."""
+    if progress >= 2 / 3:
+        return space
+    narrow = dataclasses.replace(space, retention_choices=(1.0,))
+    if progress >= 1 / 3:
+        return narrow
+    return dataclasses.replace(narrow, head_choices=(space.max_heads,), ffn_choices=(space.max_ffn,))
+
+
+def sandwich(space: SearchSpace, step: int, cfg: TrainConfig, total: int | None = None) -> list[SubnetConfig]:
+    """Sub-networks trained at ``step`` (of ``total``): largest, smallest and ``n_random``
+    random ones, from the whole space, or from the phase's part of it with
+    ``schedule="progressive"`` (``phase_space``)."""
+    if cfg.schedule == "progressive":
+        if total is None:
+            raise ConfigError("the progressive schedule needs the stage's total number of steps")
+        space = phase_space(space, step / max(1, total))
     rng = np.random.default_rng([cfg.seed, step])
     configs = [space.largest(), space.smallest()]
     configs += [space.sample(rng, retention=cfg.length_drop) for _ in range(cfg.n_random)]
@@ -366,7 +391,7 @@ def train_supernet(model: ElasticBert, teacher: ElasticBert, space: SearchSpace,
         args = (batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
         with torch.no_grad():
             t_out = teacher(*args, states=layers)
-        configs = sandwich(space, step, cfg)
+        configs = sandwich(space, step, cfg, runner.total)
         parts: dict[str, float] = {}
         total = 0.0
         soft = t_out.logits  # what the sub-networks after the largest distil from

@@ -118,7 +118,7 @@ def test_in_place_distillation_targets_the_largest_sub_network(monkeypatch: pyte
 
     class Runner:
         def __init__(self, cfg: TrainConfig) -> None:
-            self.cfg = cfg
+            self.cfg, self.total = cfg, 1
 
         def run(self, step_fn) -> None:  # one step, as StageRunner would call it
             step_fn(batch, 0)
@@ -145,3 +145,27 @@ def test_training_config_checks_the_new_fields() -> None:
     with pytest.raises(ConfigError, match="layer_weight"):
         TrainConfig(layer_weight=-1.0).validate()
     assert TrainConfig.from_dict({}).layer_weight == 0.0  # runs written before these fields load unchanged
+
+
+def test_progressive_shrinking_opens_depth_then_width_then_retention() -> None:
+    from supernet.train import sandwich
+
+    space = tiny_model(layers=4).shape.search_space()
+    cfg = TrainConfig(n_random=3, schedule="progressive")
+    total = 90
+    phases: dict[str, list[SubnetConfig]] = {"depth": [], "width": [], "all": []}
+    for step in range(total):
+        phases[["depth", "width", "all"][3 * step // total]] += sandwich(space, step, cfg, total)[1:]
+    full_width = {(space.max_heads, space.max_ffn)}
+    for name, configs in phases.items():
+        widths = {(c.heads[i], c.ffn[i]) for c in configs for i in c.kept_layers}
+        depths = {len(c.kept_layers) for c in configs}
+        retentions = {r for c in configs for r in c.retention}
+        assert len(depths) > 1  # depth is elastic from the first step
+        assert (widths == full_width) == (name == "depth")
+        assert (retentions == {1.0}) == (name != "all")
+    assert sandwich(space, 0, cfg, total)[1] == sandwich(space, 0, cfg, total)[1]  # seeded by step
+    with pytest.raises(ConfigError, match="total"):
+        sandwich(space, 0, cfg)
+    whole = sandwich(space, 0, TrainConfig(n_random=3), total)
+    assert {r for c in whole for r in c.retention} != {1.0}  # the default samples everything at once
