@@ -804,6 +804,9 @@ def register_bench(sub: Subparsers) -> argparse.ArgumentParser:
     b.add_argument("--dev-subset", type=COUNT0, default=500,
                    help="dev examples scored while searching (0: all); fronts, finalists and fine-tuned points are "
                    "scored on the whole dev split (default %(default)s)")
+    b.add_argument("--seeds", type=COUNT, default=3,
+                   help="search seeds per searched method for the spread of the hypervolume (default %(default)s; "
+                   "--quick: 1)")
     b.add_argument("--quick", action="store_true", help="a reduced version in minutes (fewer evaluations and budgets)")
     b.add_argument("--quiet", action="store_true", help="no progress bars")
     b.add_argument("--out", type=out_folder, default="results", help="where BENCHMARKS.md and its files go (default %(default)s)")
@@ -826,7 +829,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
                           finetune_lr=a.finetune_lr, finetune_speedups=tuple(speedups),
                           finetune_candidates=a.finetune_candidates, search_precision=a.search_precision,
                           budget_fractions=_fractions(a.budgets), front_points=a.front_points,
-                          dev_subset=a.dev_subset or None)
+                          dev_subset=a.dev_subset or None, seeds=a.seeds)
     run = open_run(a.run)
     target = _target(run, a.device, None, a.length, a.budget_stat)
     command = "hwnas " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("hwnas") else "hwnas bench"

@@ -23,6 +23,19 @@ def test_baseline_spaces() -> None:
     assert set(r.smallest().heads) == {12} and all(r.smallest().keep)
 
 
+def test_spread_verdicts_by_hand() -> None:
+    from nas.bench import spread_verdicts
+
+    table = pd.DataFrame({"method": ["ours"] * 3 + ["random"] * 3 + ["dynabert"],
+                          "seed": [0, 1, 2, 0, 1, 2, 0],
+                          "hypervolume_test": [0.30, 0.32, 0.34, 0.20, 0.22, 0.24, 0.31]})
+    v = spread_verdicts(table).set_index("method")
+    assert v.loc["ours", "hv_mean"] == pytest.approx(0.32) and v.loc["ours", "hv_std"] == pytest.approx(0.02)
+    # random: 0.10 below, beyond 0.02 + 0.02; dynabert (one seed, std 0): 0.01 below, within ours' 0.02
+    assert v.loc["random", "ours_minus_this"] == pytest.approx(0.10) and v.loc["random", "ours_beats"]
+    assert v.loc["dynabert", "ours_minus_this"] == pytest.approx(0.01) and not v.loc["dynabert", "ours_beats"]
+
+
 def test_quick_bench_writes_the_page(job: Path, tmp_path: Path) -> None:
     assert main(["bench", "--run", str(job), "--quick", "--out", str(tmp_path)]) == 0
     page = (tmp_path / "BENCHMARKS.md").read_text()
@@ -98,6 +111,12 @@ def test_budget_sweep_exports_and_remeasures(job: Path, tmp_path: Path, monkeypa
     comp = pd.read_csv(tmp_path / "bench_rt_cpu_compliance.csv").fillna({"error": ""})
     assert len(comp) == 2 and (comp["error"] == "").all()
     assert list(comp["budget_ms"]) == [20.0 * 50.0, 40.0 * 50.0]
+    # The hypervolume over search seeds: every searched method three times, the grid once.
+    seeds = pd.read_csv(tmp_path / "bench_rt_cpu_hypervolume_seeds.csv")
+    counts = seeds.groupby("method")["seed"].apply(sorted).to_dict()
+    assert counts == {"ours": [0, 1, 2], "retention": [0, 1, 2], "random": [0, 1, 2], "dynabert": [0]}
+    assert seeds["hypervolume_test"].between(0, 1).all() and (seeds["points"] >= 1).all()
+    assert "ours beats a method only when" in (tmp_path / "bench_rt_cpu.md").read_text()
     assert (comp["fresh_measured_ms"] > 0).all() and (comp["realized_over_ideal"] > 0).all()
 
 
