@@ -28,7 +28,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from latency.measure import DeviceTimer, Runner, Workload
-from latency.onnx_export import INPUT_NAMES, OUTPUT_NAME, ort_session, quantize_int8, quiet_exporter
+from latency.onnx_export import (
+    INPUT_NAMES,
+    OUTPUT_NAME,
+    ort_session,
+    quantize_int8,
+    quiet_exporter,
+    session_feed,
+)
 from supernet.data import Encoded, iterate_batches
 from supernet.errors import HwnasError
 from supernet.evaluate import scores
@@ -51,10 +58,11 @@ def onnx_logits(path: str | Path | Any, enc: Encoded, *, batch_size: int = 32, t
     """Logits (N, num_labels) of an ONNX classifier (a file, or an open session) on ``enc``,
     in ``enc``'s order."""
     sess = path if hasattr(path, "run") else ort_session(path, threads=threads)
+    take = session_feed(sess)
     out: np.ndarray | None = None
     for b in iterate_batches(enc, batch_size, shuffle=False, sort_by_length=True):
         feed = {k: b[k].numpy().astype(np.int64) for k in INPUT_NAMES}
-        (logits,) = sess.run([OUTPUT_NAME], feed)
+        (logits,) = sess.run([OUTPUT_NAME], take(feed))
         if out is None:
             out = np.zeros((len(enc), logits.shape[1]), dtype=np.float32)
         out[b["index"].numpy()] = logits
@@ -67,34 +75,36 @@ def onnx_scores(path: str | Path, enc: Encoded) -> dict[str, float]:
 
 
 def export_stock_onnx(teacher: ElasticBert, out: Path, *, opset: int = 17) -> Path:
-    """The teacher as a stock ``BertForSequenceClassification``, exported to ONNX the standard
-    way (inputs ``input_ids``, ``attention_mask``, ``token_type_ids``, output ``logits``)."""
+    """The teacher as a stock model of its family (``BertForSequenceClassification``,
+    ``RobertaForSequenceClassification``, ...), exported to ONNX the standard way (inputs
+    ``input_ids``, ``attention_mask``, ``token_type_ids`` where the family has token types,
+    output ``logits``)."""
     import torch
-    from transformers import BertForSequenceClassification
+    from transformers import AutoModelForSequenceClassification
 
+    from latency.onnx_export import input_names
     from supernet.extract import export_hf
 
     hf_dir = export_hf(teacher, out.parent / "stock-hf")
-    model = BertForSequenceClassification.from_pretrained(str(hf_dir)).eval()
+    model = AutoModelForSequenceClassification.from_pretrained(str(hf_dir)).eval()
+    names = input_names(teacher)
 
     class Logits(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.model = model
 
-        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                    token_type_ids: torch.Tensor) -> torch.Tensor:
-            return self.model(input_ids=input_ids, attention_mask=attention_mask,
-                              token_type_ids=token_type_ids).logits
+        def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+            return self.model(**dict(zip(names, inputs, strict=True))).logits
 
-    ids = torch.ones(2, 16, dtype=torch.long)
-    axes = {n: {0: "batch", 1: "sequence"} for n in INPUT_NAMES}
+    ids = torch.full((2, 16), 5, dtype=torch.long)  # not the padding id (RoBERTa's is 1)
+    axes = {n: {0: "batch", 1: "sequence"} for n in names}
     axes[OUTPUT_NAME] = {0: "batch"}
 
     def write(tmp: Path) -> None:
         with quiet_exporter(), torch.no_grad():
-            torch.onnx.export(Logits().eval(), (ids, torch.ones_like(ids), torch.zeros_like(ids)), str(tmp),
-                              dynamo=False, input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
+            torch.onnx.export(Logits().eval(), (ids, torch.ones_like(ids), torch.zeros_like(ids))[:len(names)],
+                              str(tmp), dynamo=False, input_names=list(names), output_names=[OUTPUT_NAME],
                               dynamic_axes=axes, opset_version=opset)
 
     return atomic_write(out, write)
@@ -144,7 +154,8 @@ def open_onnx(timer: DeviceTimer, path: str | Path) -> Runner:
         raise BaselineError(f"stock ONNX baselines run on ONNX Runtime; device {timer.profile.name!r} uses "
                             f"{timer.profile.runtime}")
     sess = ort_session(path, threads=timer.profile.effective_threads, providers=[timer.profile.provider])
-    return lambda feeds: sess.run([OUTPUT_NAME], feeds)
+    take = session_feed(sess)
+    return lambda feeds: sess.run([OUTPUT_NAME], take(feeds))
 
 
 def compare_deployments(timer: DeviceTimer, models: Mapping[str, str | Path], *, rounds: int = 3,

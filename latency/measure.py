@@ -226,7 +226,10 @@ Runner = Callable[[dict[str, np.ndarray]], Any]
 
 
 def _ort_runner(sess: Any) -> Runner:
-    return lambda feeds: sess.run(["logits"], feeds)
+    from latency.onnx_export import session_feed
+
+    take = session_feed(sess)
+    return lambda feeds: sess.run(["logits"], take(feeds))
 
 
 def open_runner(profile: DeviceProfile, model: ElasticBert, workdir: Path, *, cache_name: str | None = None,

@@ -41,6 +41,19 @@ INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 OUTPUT_NAME = "logits"
 
 
+def input_names(model: ElasticBert) -> tuple[str, ...]:
+    """The inputs of ``model``'s ONNX graph: ``INPUT_NAMES``, less ``token_type_ids`` for a
+    family without token types (DistilBERT), as the family's stock export has them."""
+    return INPUT_NAMES if model.shape.type_vocab_size else INPUT_NAMES[:2]
+
+
+def session_feed(session: Any) -> Any:
+    """``feed -> the part of it that the ONNX Runtime ``session`` takes`` (our feeds always
+    carry all of ``INPUT_NAMES``; a DistilBERT graph has no ``token_type_ids``)."""
+    names = [i.name for i in session.get_inputs()]
+    return lambda feed: {k: feed[k] for k in names}
+
+
 class ExportError(HwnasError):
     """An ONNX file that is missing, corrupt, or does not compute what the PyTorch model does."""
 
@@ -53,19 +66,20 @@ class _Logits(nn.Module):
         self.model = model
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None
     ) -> torch.Tensor:
         return self.model(input_ids, attention_mask, token_type_ids).logits  # (B, num_labels)
 
 
-def _example_inputs(model: ElasticBert) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A small padded batch to trace with: two examples of different lengths."""
+def _example_inputs(model: ElasticBert) -> tuple[torch.Tensor, ...]:
+    """A small padded batch to trace with: two examples of different lengths (and the
+    token types where the model has them)."""
     s = model.shape
-    T = min(8, s.max_position_embeddings)
+    T = min(8, s.max_length)
     ids = torch.arange(2 * T, dtype=torch.long).reshape(2, T) % s.vocab_size
     mask = torch.ones(2, T, dtype=torch.long)
     mask[1, T // 2 + 1 :] = 0  # the second example is padded: the traced path handles padding
-    return ids * mask, mask, torch.zeros_like(ids)
+    return (ids * mask, mask, torch.zeros_like(ids))[: len(input_names(model))]
 
 
 @contextlib.contextmanager
@@ -88,8 +102,8 @@ def quiet_exporter() -> Iterator[None]:
 def export_onnx(model: ElasticBert, path: str | Path, *, opset: int = 18) -> Path:
     """Write ``model`` (a standalone sub-network, with its own ``shape.retention``) to ONNX.
 
-    Inputs ``input_ids``, ``attention_mask``, ``token_type_ids``: int64 (batch, sequence), both
-    axes dynamic; output ``logits``: (batch, num_labels). The file is written atomically (a
+    Inputs ``input_ids``, ``attention_mask``, ``token_type_ids`` (not for a family without token
+    types: ``input_names``): int64 (batch, sequence), both axes dynamic; output ``logits``: (batch, num_labels). The file is written atomically (a
     temporary file in the same folder, checked with ``onnx.checker``, then renamed over
     ``path``). The model is traced in eval mode and left in the mode it came in.
     """
@@ -97,7 +111,8 @@ def export_onnx(model: ElasticBert, path: str | Path, *, opset: int = 18) -> Pat
 
     was_training = model.training
     wrapper = _Logits(model).eval()
-    axes = {name: {0: "batch", 1: "sequence"} for name in INPUT_NAMES}
+    names = input_names(model)
+    axes = {name: {0: "batch", 1: "sequence"} for name in names}
     axes[OUTPUT_NAME] = {0: "batch"}
 
     def write(tmp: Path) -> None:
@@ -107,7 +122,7 @@ def export_onnx(model: ElasticBert, path: str | Path, *, opset: int = 18) -> Pat
                 _example_inputs(model),
                 str(tmp),
                 dynamo=False,  # see the module docstring: the tracer keeps T dynamic
-                input_names=list(INPUT_NAMES),
+                input_names=list(names),
                 output_names=[OUTPUT_NAME],
                 dynamic_axes=axes,
                 opset_version=opset,
@@ -233,6 +248,7 @@ def check_onnx(
     if not batches:
         raise ExportError("check_onnx needs at least one batch to compare on")
     session = ort_session(path)
+    take = session_feed(session)
     was_training = model.training
     model.eval()
     worst = 0.0
@@ -241,7 +257,7 @@ def check_onnx(
             feed = onnx_feed(batch)
             with torch.no_grad():
                 ref = model(*(torch.from_numpy(feed[n]) for n in INPUT_NAMES)).logits.numpy()
-            (got,) = session.run([OUTPUT_NAME], feed)
+            (got,) = session.run([OUTPUT_NAME], take(feed))
             if got.shape != ref.shape:
                 raise ExportError(
                     f"{path}: batch {i} gives logits of shape {got.shape}, PyTorch {ref.shape}"
