@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from latency.measure import DeviceTimer, Runner, Workload
+from latency.measure import DeviceTimer, Runner, Workload, open_onnx_runner
 from latency.onnx_export import (
     INPUT_NAMES,
     OUTPUT_NAME,
@@ -47,6 +47,9 @@ if TYPE_CHECKING:
     from supernet.workflow import LoadedRun
 
 STOCK = ("stock-fp32", "stock-ort", "stock-int8")
+# Runtimes that run the stock ONNX graphs. OpenVINO reads all three (the optimizer's fused
+# operators and the dynamic INT8 ones included); their test scores are ONNX Runtime's.
+ONNX_RUNTIMES = ("onnxruntime", "openvino")
 FP32_STOCK = ("stock-fp32", "stock-ort")
 
 
@@ -149,13 +152,11 @@ def stock_models(run: LoadedRun) -> dict[str, dict[str, Any]]:
 
 
 def open_onnx(timer: DeviceTimer, path: str | Path) -> Runner:
-    """A runner of an ONNX file on the timer's device (ONNX Runtime profiles only)."""
-    if timer.profile.runtime != "onnxruntime":
-        raise BaselineError(f"stock ONNX baselines run on ONNX Runtime; device {timer.profile.name!r} uses "
-                            f"{timer.profile.runtime}")
-    sess = ort_session(path, threads=timer.profile.effective_threads, providers=[timer.profile.provider])
-    take = session_feed(sess)
-    return lambda feeds: sess.run([OUTPUT_NAME], take(feeds))
+    """A runner of an ONNX file on the timer's device (ONNX Runtime and OpenVINO profiles)."""
+    if timer.profile.runtime not in ONNX_RUNTIMES:
+        raise BaselineError(f"stock ONNX baselines run on ONNX Runtime or OpenVINO; device {timer.profile.name!r} "
+                            f"uses {timer.profile.runtime}")
+    return open_onnx_runner(timer.profile, path)
 
 
 def compare_deployments(timer: DeviceTimer, models: Mapping[str, str | Path], *, rounds: int = 3,
@@ -183,11 +184,11 @@ def time_beside_stock(run: LoadedRun, timer: DeviceTimer, ours: Mapping[str, str
     sub-network, exported into the timer's folder) and ``ours`` (name -> ONNX file) timed in
     turn on the timer's workload: name -> ``{p50_ms, p90_ms, p99_ms, mean_ms, acc_test,
     precision}``, ``acc_test`` the stock models' (None for ours: the caller scores them).
-    None on a device whose runtime is not ONNX Runtime."""
+    None on a device whose runtime runs no ONNX graph (PyTorch eager)."""
     from latency.onnx_export import export_onnx
     from supernet.extract import extract
 
-    if timer.profile.runtime != "onnxruntime":
+    if timer.profile.runtime not in ONNX_RUNTIMES:
         return None
     stock = stock_models(run)
     full = export_onnx(extract(run.supernet, run.space.largest()), timer.workdir / "ours-full.onnx")
@@ -200,10 +201,10 @@ def time_beside_stock(run: LoadedRun, timer: DeviceTimer, ours: Mapping[str, str
 def time_stock(run: LoadedRun, profile: DeviceProfile, *, rounds: int = 3, seed: int = 0) -> dict[str, Any] | None:
     """Once per device (``hwnas measure``): ``time_beside_stock`` on the profile's first
     workload (its real traffic where it has one). What a sub-network's speed-up should be read
-    against. None off ONNX Runtime."""
+    against. None on a PyTorch eager device."""
     from latency.workflow import device_workloads
 
-    if profile.runtime != "onnxruntime":
+    if profile.runtime not in ONNX_RUNTIMES:
         return None
     workload = device_workloads(run, profile, seed)[0]
     with DeviceTimer(profile, run.supernet, [workload]) as timer:

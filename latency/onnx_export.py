@@ -6,6 +6,8 @@ and sequence both dynamic) and one output ``logits`` (batch, num_labels). The mo
 token retention is part of the graph: attention received, TopK, a sort back into the original
 order and a gather into a shorter tensor, so that later layers of the ONNX model really run on
 fewer tokens. ``check_onnx`` compares ONNX Runtime with PyTorch on real batches.
+``ort_session`` and ``ov_compiled`` open a graph for timing in ONNX Runtime and in OpenVINO,
+which reads the same ONNX file.
 
 Exporter: the TorchScript one (``dynamo=False``), on purpose. The number of tokens a layer
 keeps is ``ceil(r * T)`` for the input's padded length ``T``. ``torch.export`` (the default
@@ -224,6 +226,46 @@ def ort_session(
             f"ONNX file {path} cannot be loaded (corrupt or not an ONNX model? re-export it): "
             f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
         ) from e
+
+
+def ov_compiled(path: str | Path, threads: int | None = None, device: str = "CPU") -> Any:
+    """An OpenVINO compiled model of the ONNX file ``path``, set up for timing as
+    ``ort_session`` is: ``threads`` inference threads (None: OpenVINO's default, one per
+    core), the latency hint (one stream), and fp32 arithmetic. OpenVINO's CPU plugin would
+    otherwise compute in bf16 on CPUs that have it (this one does) and quantize activations
+    on the fly: a different model, not a different runtime.
+    """
+    import openvino as ov
+
+    path = Path(path)
+    if not path.is_file():
+        raise ExportError(f"ONNX file {path} does not exist; write one with export_onnx() first")
+    config = {
+        "PERFORMANCE_HINT": "LATENCY",
+        "INFERENCE_PRECISION_HINT": "f32",
+        "DYNAMIC_QUANTIZATION_GROUP_SIZE": "0",
+        **({"INFERENCE_NUM_THREADS": str(int(threads))} if threads else {}),
+    }
+    core = ov.Core()
+    try:
+        return core.compile_model(core.read_model(str(path)), device, config)
+    except Exception as e:  # OpenVINO's errors share no useful base class either
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ExportError(f"OpenVINO cannot compile {path} for {device}: {type(e).__name__}: {first}") from e
+
+
+def ov_runner(compiled: Any) -> Any:
+    """``feed -> [logits]`` on one infer request of an OpenVINO compiled model (what
+    ``session.run(["logits"], feed)`` returns in ONNX Runtime); the feed is cut to the graph's
+    inputs and handed over without a copy."""
+    request = compiled.create_infer_request()
+    names = [port.get_any_name() for port in compiled.inputs]
+    out = compiled.output(0)
+
+    def run(feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return [request.infer({k: feed[k] for k in names}, share_inputs=True)[out]]
+
+    return run
 
 
 def onnx_feed(batch: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
