@@ -96,3 +96,27 @@ def test_a_missing_openvino_is_named_with_the_install_command(monkeypatch: pytes
     monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino -> ImportError
     with pytest.raises(DeviceUnavailable, match="pip install openvino"):
         check_available(get_device("cpu-openvino"))
+
+
+@needs_openvino
+def test_a_kit_for_an_openvino_device_is_timed_with_openvino(tmp_path: Path) -> None:
+    import subprocess
+
+    import openvino
+    import pandas as pd
+
+    from latency.kit import import_kit_csv, write_kit
+
+    model = tiny_model()
+    profile = with_overrides(get_device("cpu-openvino"), kit=True, **FAST)
+    configs = [model.shape.search_space().smallest()]
+    man = write_kit(tmp_path / "kit", profile, model, configs, [traffic_inputs(_encoded(), 1, 4)], progress=False)
+    assert '"runtime": "openvino"' in man.read_text()
+    subprocess.run([sys.executable, str(tmp_path / "kit" / "measure_kit.py"), "--repeats", "3", "--warmup", "1"],
+                   check=True, cwd=tmp_path, capture_output=True)
+    rows = pd.read_csv(tmp_path / "kit" / "results.csv")
+    assert (rows["runtime"] == "openvino").all() and (rows["runtime_version"] == openvino.__version__).all()
+    assert (rows["kind"] == "sample").sum() == 1 and (rows["lat_median_ms"] > 0).all()
+    log = MeasurementLog(tmp_path / "cpu-openvino.csv")
+    assert import_kit_csv(tmp_path / "kit" / "results.csv", model.shape, log, "cpu-openvino") == len(rows)
+    assert (log.read()["runtime"] == "openvino").all()
