@@ -228,12 +228,18 @@ def ort_session(
         ) from e
 
 
-def ov_compiled(path: str | Path, threads: int | None = None, device: str = "CPU") -> Any:
+def ov_compiled(path: str | Path, threads: int | None = None, device: str = "CPU", *,
+                pin_threads: bool = False) -> Any:
     """An OpenVINO compiled model of the ONNX file ``path``, set up for timing as
     ``ort_session`` is: ``threads`` inference threads (None: OpenVINO's default, one per
     core), the latency hint (one stream), and fp32 arithmetic. OpenVINO's CPU plugin would
     otherwise compute in bf16 on CPUs that have it (this one does) and quantize activations
     on the fly: a different model, not a different runtime.
+
+    Its threads are not pinned to cores unless ``pin_threads`` (OpenVINO pins by default;
+    ONNX Runtime does not): a pinned thread waits for its own core while another process
+    holds it, which made calls several times slower on this shared machine
+    (``scripts/openvino_check.py --pinned`` times both).
     """
     import openvino as ov
 
@@ -244,6 +250,7 @@ def ov_compiled(path: str | Path, threads: int | None = None, device: str = "CPU
         "PERFORMANCE_HINT": "LATENCY",
         "INFERENCE_PRECISION_HINT": "f32",
         "DYNAMIC_QUANTIZATION_GROUP_SIZE": "0",
+        "ENABLE_CPU_PINNING": "YES" if pin_threads else "NO",
         **({"INFERENCE_NUM_THREADS": str(int(threads))} if threads else {}),
     }
     core = ov.Core()

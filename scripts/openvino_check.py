@@ -7,9 +7,10 @@ by ONNX Runtime (the ``cpu`` profile) and by OpenVINO (``cpu-openvino``: its CPU
 fp32), both with all cores, serving the same real traffic (rt dev sentences at their own
 lengths, batch 1), timed call by call in interleaved rounds (``DeviceTimer.compare``).
 Prints each runner's p50 / p90 per call, OpenVINO's speed-up over ONNX Runtime per graph,
-and the largest logit difference between the two runtimes on the traffic.
+and the largest logit difference between the two runtimes on the traffic. ``--pinned`` also
+times OpenVINO with its threads pinned to cores (its own default; the profile does not pin).
 
-    .venv/bin/python scripts/openvino_check.py [--calls 64] [--rounds 5]
+    .venv/bin/python scripts/openvino_check.py [--calls 64] [--rounds 5] [--pinned]
 
 On a shared machine the figures are rough: say so where you quote them.
 """
@@ -29,6 +30,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--calls", type=int, default=64, help="traffic calls (dev sentences, batch 1)")
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds")
+    p.add_argument("--pinned", action="store_true", help="also time OpenVINO with its threads pinned to cores")
     a = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     logging.getLogger().setLevel(logging.ERROR)
@@ -36,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     from latency.baselines import export_stock_onnx
     from latency.devices import get_device
     from latency.measure import DeviceTimer, open_onnx_runner, runtime_version, traffic_inputs
-    from latency.onnx_export import export_onnx
+    from latency.onnx_export import export_onnx, ov_compiled, ov_runner
     from supernet.checkpoint import load_pretrained
     from supernet.data import encode
     from supernet.tasks import load_task
@@ -50,6 +52,9 @@ def main(argv: list[str] | None = None) -> None:
         graphs = {"stock-fp32": export_stock_onnx(model, Path(tmp) / "stock-fp32.onnx"),
                   "ours-full": export_onnx(model, Path(tmp) / "ours-full.onnx")}
         runners = {(g, prof.runtime): open_onnx_runner(prof, path) for g, path in graphs.items() for prof in (ort, ov)}
+        if a.pinned:
+            for g, path in graphs.items():
+                runners[(g, "openvino-pinned")] = ov_runner(ov_compiled(path, ov.effective_threads, pin_threads=True))
         worst = {g: max(float(np.abs(runners[(g, "openvino")](f)[0] - runners[(g, "onnxruntime")](f)[0]).max())
                         for f in work.feeds) for g in graphs}
         with DeviceTimer(ort, model, [work]) as timer:
@@ -57,9 +62,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"all-MiniLM-L6-v2, rt dev traffic: {a.calls} calls, batch 1, median length {work.length} tokens; "
           f"{a.rounds} interleaved rounds; {os.cpu_count()} cores; onnxruntime {runtime_version('onnxruntime')}, "
           f"openvino {runtime_version('openvino')}")
-    print(f"{'graph':<11} {'runtime':<12} {'p50 ms':>8} {'p90 ms':>8}")
+    print(f"{'graph':<11} {'runtime':<16} {'p50 ms':>8} {'p90 ms':>8}")
     for (g, rt), t in timed.items():
-        print(f"{g:<11} {rt:<12} {t.median_ms:8.3f} {t.p90_ms:8.3f}")
+        print(f"{g:<11} {rt:<16} {t.median_ms:8.3f} {t.p90_ms:8.3f}")
     for g in graphs:
         x = timed[(g, "onnxruntime")].median_ms / timed[(g, "openvino")].median_ms
         print(f"{g}: OpenVINO {x:.2f}x ONNX Runtime's speed (p50); logits differ by at most {worst[g]:.2g}")
