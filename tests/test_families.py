@@ -108,10 +108,11 @@ def test_a_shallower_subnet_round_trips_through_the_familys_stock_folder(family_
     assert torch.allclose(ours, _hf_logits(hf, batch), atol=1e-5)
 
 
-@pytest.mark.parametrize("family", ["roberta", "distilbert"])
+@pytest.mark.parametrize("family", ["roberta", "distilbert", "electra"])
 def test_onnx_export_with_token_dropping_matches_pytorch(family: str, tmp_path: Path, bundled_tokenizer) -> None:
-    """RoBERTa's positions (a cumulative sum in the graph) and DistilBERT's graph without
-    ``token_type_ids`` survive the export, token dropping included."""
+    """RoBERTa's positions (a cumulative sum in the graph), DistilBERT's graph without
+    ``token_type_ids`` and ELECTRA's embedding projection survive the export, token dropping
+    included."""
     from transformers import AutoModelForSequenceClassification
 
     from latency.onnx_export import check_onnx, export_subnet_onnx, ort_session
