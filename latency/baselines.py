@@ -27,8 +27,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from latency.measure import DeviceTimer, Runner, Workload
-from latency.onnx_export import INPUT_NAMES, OUTPUT_NAME, ort_session, quantize_int8, quiet_exporter
+from latency.measure import DeviceTimer, Runner, Workload, open_onnx_runner
+from latency.onnx_export import (
+    INPUT_NAMES,
+    OUTPUT_NAME,
+    ort_session,
+    quantize_int8,
+    quiet_exporter,
+    session_feed,
+)
 from supernet.data import Encoded, iterate_batches
 from supernet.errors import HwnasError
 from supernet.evaluate import scores
@@ -40,6 +47,9 @@ if TYPE_CHECKING:
     from supernet.workflow import LoadedRun
 
 STOCK = ("stock-fp32", "stock-ort", "stock-int8")
+# Runtimes that run the stock ONNX graphs. OpenVINO reads all three (the optimizer's fused
+# operators and the dynamic INT8 ones included); their test scores are ONNX Runtime's.
+ONNX_RUNTIMES = ("onnxruntime", "openvino")
 FP32_STOCK = ("stock-fp32", "stock-ort")
 
 
@@ -51,10 +61,11 @@ def onnx_logits(path: str | Path | Any, enc: Encoded, *, batch_size: int = 32, t
     """Logits (N, num_labels) of an ONNX classifier (a file, or an open session) on ``enc``,
     in ``enc``'s order."""
     sess = path if hasattr(path, "run") else ort_session(path, threads=threads)
+    take = session_feed(sess)
     out: np.ndarray | None = None
     for b in iterate_batches(enc, batch_size, shuffle=False, sort_by_length=True):
         feed = {k: b[k].numpy().astype(np.int64) for k in INPUT_NAMES}
-        (logits,) = sess.run([OUTPUT_NAME], feed)
+        (logits,) = sess.run([OUTPUT_NAME], take(feed))
         if out is None:
             out = np.zeros((len(enc), logits.shape[1]), dtype=np.float32)
         out[b["index"].numpy()] = logits
@@ -67,34 +78,36 @@ def onnx_scores(path: str | Path, enc: Encoded) -> dict[str, float]:
 
 
 def export_stock_onnx(teacher: ElasticBert, out: Path, *, opset: int = 17) -> Path:
-    """The teacher as a stock ``BertForSequenceClassification``, exported to ONNX the standard
-    way (inputs ``input_ids``, ``attention_mask``, ``token_type_ids``, output ``logits``)."""
+    """The teacher as a stock model of its family (``BertForSequenceClassification``,
+    ``RobertaForSequenceClassification``, ...), exported to ONNX the standard way (inputs
+    ``input_ids``, ``attention_mask``, ``token_type_ids`` where the family has token types,
+    output ``logits``)."""
     import torch
-    from transformers import BertForSequenceClassification
+    from transformers import AutoModelForSequenceClassification
 
+    from latency.onnx_export import input_names
     from supernet.extract import export_hf
 
     hf_dir = export_hf(teacher, out.parent / "stock-hf")
-    model = BertForSequenceClassification.from_pretrained(str(hf_dir)).eval()
+    model = AutoModelForSequenceClassification.from_pretrained(str(hf_dir)).eval()
+    names = input_names(teacher)
 
     class Logits(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.model = model
 
-        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                    token_type_ids: torch.Tensor) -> torch.Tensor:
-            return self.model(input_ids=input_ids, attention_mask=attention_mask,
-                              token_type_ids=token_type_ids).logits
+        def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+            return self.model(**dict(zip(names, inputs, strict=True))).logits
 
-    ids = torch.ones(2, 16, dtype=torch.long)
-    axes = {n: {0: "batch", 1: "sequence"} for n in INPUT_NAMES}
+    ids = torch.full((2, 16), 5, dtype=torch.long)  # not the padding id (RoBERTa's is 1)
+    axes = {n: {0: "batch", 1: "sequence"} for n in names}
     axes[OUTPUT_NAME] = {0: "batch"}
 
     def write(tmp: Path) -> None:
         with quiet_exporter(), torch.no_grad():
-            torch.onnx.export(Logits().eval(), (ids, torch.ones_like(ids), torch.zeros_like(ids)), str(tmp),
-                              dynamo=False, input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
+            torch.onnx.export(Logits().eval(), (ids, torch.ones_like(ids), torch.zeros_like(ids))[:len(names)],
+                              str(tmp), dynamo=False, input_names=list(names), output_names=[OUTPUT_NAME],
                               dynamic_axes=axes, opset_version=opset)
 
     return atomic_write(out, write)
@@ -139,12 +152,11 @@ def stock_models(run: LoadedRun) -> dict[str, dict[str, Any]]:
 
 
 def open_onnx(timer: DeviceTimer, path: str | Path) -> Runner:
-    """A runner of an ONNX file on the timer's device (ONNX Runtime profiles only)."""
-    if timer.profile.runtime != "onnxruntime":
-        raise BaselineError(f"stock ONNX baselines run on ONNX Runtime; device {timer.profile.name!r} uses "
-                            f"{timer.profile.runtime}")
-    sess = ort_session(path, threads=timer.profile.effective_threads, providers=[timer.profile.provider])
-    return lambda feeds: sess.run([OUTPUT_NAME], feeds)
+    """A runner of an ONNX file on the timer's device (ONNX Runtime and OpenVINO profiles)."""
+    if timer.profile.runtime not in ONNX_RUNTIMES:
+        raise BaselineError(f"stock ONNX baselines run on ONNX Runtime or OpenVINO; device {timer.profile.name!r} "
+                            f"uses {timer.profile.runtime}")
+    return open_onnx_runner(timer.profile, path)
 
 
 def compare_deployments(timer: DeviceTimer, models: Mapping[str, str | Path], *, rounds: int = 3,
@@ -172,11 +184,11 @@ def time_beside_stock(run: LoadedRun, timer: DeviceTimer, ours: Mapping[str, str
     sub-network, exported into the timer's folder) and ``ours`` (name -> ONNX file) timed in
     turn on the timer's workload: name -> ``{p50_ms, p90_ms, p99_ms, mean_ms, acc_test,
     precision}``, ``acc_test`` the stock models' (None for ours: the caller scores them).
-    None on a device whose runtime is not ONNX Runtime."""
+    None on a device whose runtime runs no ONNX graph (PyTorch eager)."""
     from latency.onnx_export import export_onnx
     from supernet.extract import extract
 
-    if timer.profile.runtime != "onnxruntime":
+    if timer.profile.runtime not in ONNX_RUNTIMES:
         return None
     stock = stock_models(run)
     full = export_onnx(extract(run.supernet, run.space.largest()), timer.workdir / "ours-full.onnx")
@@ -189,10 +201,10 @@ def time_beside_stock(run: LoadedRun, timer: DeviceTimer, ours: Mapping[str, str
 def time_stock(run: LoadedRun, profile: DeviceProfile, *, rounds: int = 3, seed: int = 0) -> dict[str, Any] | None:
     """Once per device (``hwnas measure``): ``time_beside_stock`` on the profile's first
     workload (its real traffic where it has one). What a sub-network's speed-up should be read
-    against. None off ONNX Runtime."""
+    against. None on a PyTorch eager device."""
     from latency.workflow import device_workloads
 
-    if profile.runtime != "onnxruntime":
+    if profile.runtime not in ONNX_RUNTIMES:
         return None
     workload = device_workloads(run, profile, seed)[0]
     with DeviceTimer(profile, run.supernet, [workload]) as timer:

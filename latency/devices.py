@@ -1,6 +1,6 @@
 """Device profiles: where and how a sub-network is timed.
 
-A profile names the runtime (ONNX Runtime or PyTorch eager), its execution provider,
+A profile names the runtime (ONNX Runtime, OpenVINO or PyTorch eager), its execution provider,
 threads, batch size and what the device is timed on. ``"traffic"`` (the default) replays a
 fixed, seeded sample of real dev inputs at their own lengths, each model serving the whole
 sample in turn: what a server meets. ``"p50"`` / ``"p95"`` (any ``"pNN"``, from the task's
@@ -8,11 +8,11 @@ dev-split length distribution) or an integer time one input of that length, repe
 users who pad every call to one shape.
 
 Built-in profiles: ``cpu``, ``cpu-int8`` (the same, searching INT8 too), ``cpu-1t``,
-``torch-cpu``, ``cuda``. User profiles come from a
+``cpu-openvino``, ``torch-cpu``, ``cuda``. User profiles come from a
 TOML file, one table per device::
 
     [devices.laptop]
-    runtime = "onnxruntime"      # or "torch"
+    runtime = "onnxruntime"      # or "openvino" (with provider = "CPU"), or "torch"
     provider = "CPUExecutionProvider"
     threads = 4
     batch = 1
@@ -27,6 +27,11 @@ ONNX graph with dynamic INT8 quantization (``latency.onnx_export.quantize_int8``
 predicted and scored (its dev accuracy run by ONNX Runtime) like any other choice. INT8 gains
 most on CPUs with VNNI instructions (AVX-512 VNNI or AVX-VNNI); on a CPU without them the
 measurements show the smaller gain (or a loss) and the search then picks fp32.
+
+``runtime = "openvino"`` times the same ONNX graph (token dropping included) in OpenVINO's CPU
+plugin, in fp32 (``latency.onnx_export.ov_compiled``), with the same workloads and
+interleaved rounds as ONNX Runtime; it needs the ``openvino`` package
+(``pip install 'hwnas[openvino]'``).
 """
 
 from __future__ import annotations
@@ -43,7 +48,8 @@ from supernet.checks import is_int
 from supernet.errors import ConfigError, HwnasError
 from supernet.runfolder import check_name
 
-RUNTIMES = ("onnxruntime", "torch")
+RUNTIMES = ("onnxruntime", "openvino", "torch")
+OPENVINO_DEVICES = ("CPU",)  # the OpenVINO plugins this project times (``provider``)
 PRECISIONS = ("fp32", "fp16")  # the runtime's float type (``DeviceProfile.precision``)
 SUBNET_PRECISIONS = ("fp32", "int8")  # what a sub-network may run at (``DeviceProfile.precisions``)
 
@@ -56,7 +62,7 @@ class DeviceUnavailable(HwnasError):
 class DeviceProfile:
     name: str
     runtime: str = "onnxruntime"
-    provider: str = "CPUExecutionProvider"  # ONNX Runtime provider; for torch: "cpu" or "cuda"
+    provider: str = "CPUExecutionProvider"  # ONNX Runtime provider; OpenVINO: "CPU"; torch: "cpu" or "cuda"
     threads: int | None = None  # None: all cores
     batch: int = 1
     # "traffic": a seeded sample of real dev inputs at their own lengths (the default);
@@ -94,6 +100,9 @@ class DeviceProfile:
         check_name(self.name, "device")  # it names the run's files: latency/NAME.csv, ...
         if self.runtime not in RUNTIMES:
             raise ConfigError(f"{where}: runtime {self.runtime!r} is not one of {list(RUNTIMES)}")
+        if self.runtime == "openvino" and self.provider not in OPENVINO_DEVICES:
+            raise ConfigError(f"{where}: provider {self.provider!r} is not an OpenVINO device this project times; "
+                              "use provider = \"CPU\" with runtime = \"openvino\"")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"{where}: precision {self.precision!r} is not one of {list(PRECISIONS)}")
         p = self.precisions
@@ -159,6 +168,8 @@ BUILTIN: dict[str, DeviceProfile] = {
         DeviceProfile("cpu-int8", precisions=("fp32", "int8"),
                       description="ONNX Runtime, CPU provider, all cores; each sub-network in fp32 or dynamic INT8"),
         DeviceProfile("cpu-1t", threads=1, description="ONNX Runtime, CPU, one thread: a stand-in for a small single-core device"),
+        DeviceProfile("cpu-openvino", runtime="openvino", provider="CPU",
+                      description="OpenVINO CPU plugin, fp32, all cores (needs the openvino package)"),
         DeviceProfile("torch-cpu", runtime="torch", provider="cpu", description="PyTorch eager on the CPU, all cores"),
         DeviceProfile("cuda", provider="CUDAExecutionProvider", description="ONNX Runtime CUDA provider (needs an NVIDIA GPU and onnxruntime-gpu)"),
     )
@@ -221,6 +232,18 @@ def check_available(profile: DeviceProfile) -> None:
                 f"device {profile.name!r} needs ONNX Runtime's {profile.provider}, but this machine has "
                 f"only {have}{hint}"
             )
+    elif profile.runtime == "openvino":
+        try:
+            import openvino as ov
+        except ImportError:
+            raise DeviceUnavailable(
+                f"device {profile.name!r} runs OpenVINO, which is not installed: pip install openvino "
+                "(or pip install 'hwnas[openvino]')"
+            ) from None
+        have = ov.Core().available_devices
+        if profile.provider not in have:
+            raise DeviceUnavailable(f"device {profile.name!r} needs OpenVINO's {profile.provider} plugin; this "
+                                    f"machine has only {have}")
     else:
         import torch
 

@@ -2,8 +2,8 @@
 
 ``write_run_kit`` samples N sub-networks of a trained run and hands them, with real dev-split
 inputs at the profile's lengths, to ``write_kit``, which puts their ONNX models, the input
-token arrays, ``manifest.json`` and one standalone script (``measure_kit.py``: onnxruntime +
-numpy only) into a folder. The user copies the folder to the device and runs the script; it
+token arrays, ``manifest.json`` and one standalone script (``measure_kit.py``: numpy and the
+profile's runtime, onnxruntime or openvino, only) into a folder. The user copies the folder to the device and runs the script; it
 writes a CSV that ``import_kit_csv`` turns into ordinary measurement rows of that device.
 """
 
@@ -94,6 +94,9 @@ def write_kit(
     shutil.copyfile(Path(__file__).with_name("kit_script.py"), out / "measure_kit.py")
     manifest = {
         "device": profile.name, "batch": profile.batch,
+        # What the script times the ONNX graphs with: OpenVINO for an OpenVINO device, else
+        # ONNX Runtime (a kit device has no PyTorch).
+        "runtime": "openvino" if profile.runtime == "openvino" else "onnxruntime",
         # None: the device's own core count (this host's count says nothing about a phone).
         "threads": profile.threads,
         "warmup": profile.warmup, "repeats": profile.repeats, "reference_every": 20,
@@ -151,7 +154,9 @@ def import_kit_csv(csv_path: str | Path, shape: BertShape, log: MeasurementLog, 
         cfg = SubnetConfig.from_dict(json.loads(r["arch_json"]))  # checked above
         row = {c: r.get(c, "") for c in COLUMNS if c in r}
         row.update(arch_columns(shape, cfg, L))
-        row.update(provider="kit", precision="fp32", onnxruntime_version=r.get("runtime_version", ""), regime=regime)
+        row.update(provider="kit", precision="fp32", regime=regime)
+        if r.get("runtime", "onnxruntime") == "onnxruntime":
+            row["onnxruntime_version"] = r.get("runtime_version", "")
         if r["kind"] == "reference" and not r["error"]:
             ref[regime, L] = float(r["lat_median_ms"])
         if r["kind"] == "sample" and not r["error"] and (regime, L) in ref:

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """hwnas measurement kit: times the ONNX models of this folder on the device it runs on.
 
-Needs only Python 3.8+, numpy and onnxruntime. Run it on the target device from the kit
-folder (the one with manifest.json):
+Needs only Python 3.8+, numpy and the kit's runtime: onnxruntime, or openvino for a kit
+written for an OpenVINO device (its CPU plugin, in fp32). Run it on the target device from
+the kit folder (the one with manifest.json):
 
     python3 measure_kit.py                 # writes results.csv next to it
     python3 measure_kit.py --out my.csv --threads 4
@@ -25,7 +26,6 @@ import time
 from datetime import datetime, timezone
 
 import numpy as np
-import onnxruntime as ort
 
 FIELDS = [
     "device", "kind", "note", "arch_key", "arch_json", "batch", "regime", "length", "calls", "threads", "warmup",
@@ -53,7 +53,43 @@ def stats(samples, drop_outliers=True):
     }
 
 
-def session(path, threads):
+class OpenVinoSession:
+    """What this script uses of an onnxruntime session (``run``, ``get_inputs``), on OpenVINO's
+    CPU plugin: fp32 (not bf16 where the CPU has it), the latency hint, ``threads`` threads,
+    not pinned to cores (as ONNX Runtime's are not)."""
+
+    def __init__(self, path, threads):
+        import openvino as ov
+
+        core = ov.Core()
+        config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32",
+                  "DYNAMIC_QUANTIZATION_GROUP_SIZE": "0", "ENABLE_CPU_PINNING": "NO",
+                  "INFERENCE_NUM_THREADS": str(threads)}
+        self.compiled = core.compile_model(core.read_model(path), "CPU", config)
+        self.request = self.compiled.create_infer_request()
+        self.output = self.compiled.output(0)
+
+    def get_inputs(self):
+        return [argparse.Namespace(name=p.get_any_name()) for p in self.compiled.inputs]
+
+    def run(self, outputs, feeds):
+        return [self.request.infer(feeds, share_inputs=True)[self.output]]
+
+
+def runtime_module(runtime):
+    if runtime not in ("onnxruntime", "openvino"):
+        raise SystemExit(f"this kit's runtime {runtime!r} is not onnxruntime or openvino")
+    try:
+        return __import__(runtime)
+    except ImportError:
+        raise SystemExit(f"this kit is timed with {runtime}: pip install {runtime}") from None
+
+
+def session(path, threads, runtime="onnxruntime"):
+    if runtime == "openvino":
+        return OpenVinoSession(path, threads)
+    import onnxruntime as ort
+
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
@@ -61,6 +97,15 @@ def session(path, threads):
     # Spinning intra-op threads slow down the next session timed on the same device.
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+
+
+def inputs_of(sess, workload):
+    """The workload's feeds cut to the inputs this graph takes (DistilBERT: no token types)."""
+    names = [i.name for i in sess.get_inputs()]
+    regime, length, data = workload
+    if regime == "traffic":
+        return regime, length, [{k: f[k] for k in names} for f in data]
+    return regime, length, {k: data[k] for k in names}
 
 
 def time_session(sess, feeds, warmup, repeats):
@@ -107,6 +152,8 @@ def main(argv=None):
     threads = a.threads or man.get("threads") or os.cpu_count() or 1
     warmup = man["warmup"] if a.warmup is None else a.warmup
     repeats = man["repeats"] if a.repeats is None else a.repeats
+    runtime = man.get("runtime", "onnxruntime")  # kits written before OpenVINO: onnxruntime
+    runtime_module(runtime)  # a missing runtime is one line, before any row is written
     # What each model is timed on: ("fixed", length, inputs) repeated, or ("traffic", median
     # length, [inputs of each call]) replayed call by call.
     workloads: list = [("fixed", int(L), dict(np.load(os.path.join(here, f)))) for L, f in sorted(man["inputs"].items())]
@@ -118,7 +165,7 @@ def main(argv=None):
         workloads.insert(0, ("traffic", int(t["length"]), calls))
 
     def timed(sess, workload):
-        regime, _, data = workload
+        regime, _, data = inputs_of(sess, workload)
         if regime == "traffic":
             return {**time_traffic(sess, data, warmup), "calls": len(data)}
         return {**time_session(sess, data, warmup, repeats), "calls": repeats}
@@ -131,9 +178,9 @@ def main(argv=None):
                     if r.get("kind") == "sample"}
     new = not os.path.exists(a.out) or os.path.getsize(a.out) == 0
     base = {"device": man["device"], "batch": man["batch"], "threads": threads, "warmup": warmup,
-            "repeats": repeats, "runtime": "onnxruntime", "runtime_version": ort.__version__,
+            "repeats": repeats, "runtime": runtime, "runtime_version": runtime_module(runtime).__version__,
             "host": socket.gethostname(), "cpu": platform.processor() or platform.machine()}
-    ref = session(os.path.join(here, man["reference"]["file"]), threads)
+    ref = session(os.path.join(here, man["reference"]["file"]), threads, runtime)
     with open(a.out, "a", newline="") as f:
         w = csv.DictWriter(f, fieldnames=FIELDS, lineterminator="\n")
         if new:
@@ -157,7 +204,7 @@ def main(argv=None):
             if j and j % man.get("reference_every", 20) == 0:
                 reference()
             try:
-                sess = session(os.path.join(here, model["file"]), threads)
+                sess = session(os.path.join(here, model["file"]), threads, runtime)
                 results = [(wl, timed(sess, wl)) for wl in workloads]
                 for wl, result in results:  # all workloads timed before any row is written
                     write(model, "sample", result, wl)

@@ -226,7 +226,29 @@ Runner = Callable[[dict[str, np.ndarray]], Any]
 
 
 def _ort_runner(sess: Any) -> Runner:
-    return lambda feeds: sess.run(["logits"], feeds)
+    from latency.onnx_export import session_feed
+
+    take = session_feed(sess)
+    return lambda feeds: sess.run(["logits"], take(feeds))
+
+
+def open_onnx_runner(profile: DeviceProfile, path: str | Path) -> Runner:
+    """A runner of the ONNX file ``path`` on ``profile``'s runtime: an ONNX Runtime session or
+    an OpenVINO compiled model (``latency.onnx_export``), with the profile's threads."""
+    from latency.onnx_export import ort_session, ov_compiled, ov_runner
+
+    if profile.runtime == "openvino":
+        return ov_runner(ov_compiled(path, threads=profile.effective_threads, device=profile.provider))
+    if profile.runtime != "onnxruntime":
+        raise MeasurementError(f"device {profile.name!r} runs {profile.runtime}, which does not run ONNX files")
+    return _ort_runner(ort_session(path, threads=profile.effective_threads, providers=[profile.provider]))
+
+
+def runtime_version(runtime: str) -> str:
+    """The installed version of a runtime of ``latency.devices.RUNTIMES``."""
+    import importlib
+
+    return str(importlib.import_module(runtime).__version__)
 
 
 def open_runner(profile: DeviceProfile, model: ElasticBert, workdir: Path, *, cache_name: str | None = None,
@@ -237,22 +259,21 @@ def open_runner(profile: DeviceProfile, model: ElasticBert, workdir: Path, *, ca
     With ``cache_name``, the ONNX file is kept in ``workdir`` under that name and reused by
     later calls (several devices measured in one go export each configuration once).
     """
-    if profile.runtime == "onnxruntime":
-        from latency.onnx_export import export_deployed, ort_session
+    if profile.runtime in ("onnxruntime", "openvino"):  # both read the exported ONNX graph
+        from latency.onnx_export import export_deployed
 
         if cache_name is not None:
             path = workdir / f"{cache_name}.onnx"
             if not path.exists():
                 export_deployed(model, precision, path)
-            return _ort_runner(ort_session(path, threads=profile.effective_threads, providers=[profile.provider]))
+            return open_onnx_runner(profile, path)
         fd, name = tempfile.mkstemp(suffix=".onnx", dir=workdir)
         os.close(fd)
         path = export_deployed(model, precision, name)
         try:
-            sess = ort_session(path, threads=profile.effective_threads, providers=[profile.provider])
+            return open_onnx_runner(profile, path)
         finally:
             Path(path).unlink(missing_ok=True)  # the session holds the graph in memory
-        return _ort_runner(sess)
 
     import torch
 
@@ -546,7 +567,7 @@ def sweep(
         "threads": profile.effective_threads, "precision": profile.precision, "warmup": profile.warmup,
         "repeats": profile.repeats, "batch": batch, **_versions(),
     }
-    base["runtime_version"] = base["onnxruntime_version"] if profile.runtime == "onnxruntime" else base["torch_version"]
+    base["runtime_version"] = runtime_version(profile.runtime)
     done = log.done()
     # A configuration counts as done once all its workloads are (a failed one is not retried:
     # delete its rows to try again).

@@ -6,6 +6,8 @@ and sequence both dynamic) and one output ``logits`` (batch, num_labels). The mo
 token retention is part of the graph: attention received, TopK, a sort back into the original
 order and a gather into a shorter tensor, so that later layers of the ONNX model really run on
 fewer tokens. ``check_onnx`` compares ONNX Runtime with PyTorch on real batches.
+``ort_session`` and ``ov_compiled`` open a graph for timing in ONNX Runtime and in OpenVINO,
+which reads the same ONNX file.
 
 Exporter: the TorchScript one (``dynamo=False``), on purpose. The number of tokens a layer
 keeps is ``ceil(r * T)`` for the input's padded length ``T``. ``torch.export`` (the default
@@ -41,6 +43,19 @@ INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 OUTPUT_NAME = "logits"
 
 
+def input_names(model: ElasticBert) -> tuple[str, ...]:
+    """The inputs of ``model``'s ONNX graph: ``INPUT_NAMES``, less ``token_type_ids`` for a
+    family without token types (DistilBERT), as the family's stock export has them."""
+    return INPUT_NAMES if model.shape.type_vocab_size else INPUT_NAMES[:2]
+
+
+def session_feed(session: Any) -> Any:
+    """``feed -> the part of it that the ONNX Runtime ``session`` takes`` (our feeds always
+    carry all of ``INPUT_NAMES``; a DistilBERT graph has no ``token_type_ids``)."""
+    names = [i.name for i in session.get_inputs()]
+    return lambda feed: {k: feed[k] for k in names}
+
+
 class ExportError(HwnasError):
     """An ONNX file that is missing, corrupt, or does not compute what the PyTorch model does."""
 
@@ -53,19 +68,20 @@ class _Logits(nn.Module):
         self.model = model
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None
     ) -> torch.Tensor:
         return self.model(input_ids, attention_mask, token_type_ids).logits  # (B, num_labels)
 
 
-def _example_inputs(model: ElasticBert) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A small padded batch to trace with: two examples of different lengths."""
+def _example_inputs(model: ElasticBert) -> tuple[torch.Tensor, ...]:
+    """A small padded batch to trace with: two examples of different lengths (and the
+    token types where the model has them)."""
     s = model.shape
-    T = min(8, s.max_position_embeddings)
+    T = min(8, s.max_length)
     ids = torch.arange(2 * T, dtype=torch.long).reshape(2, T) % s.vocab_size
     mask = torch.ones(2, T, dtype=torch.long)
     mask[1, T // 2 + 1 :] = 0  # the second example is padded: the traced path handles padding
-    return ids * mask, mask, torch.zeros_like(ids)
+    return (ids * mask, mask, torch.zeros_like(ids))[: len(input_names(model))]
 
 
 @contextlib.contextmanager
@@ -88,8 +104,8 @@ def quiet_exporter() -> Iterator[None]:
 def export_onnx(model: ElasticBert, path: str | Path, *, opset: int = 18) -> Path:
     """Write ``model`` (a standalone sub-network, with its own ``shape.retention``) to ONNX.
 
-    Inputs ``input_ids``, ``attention_mask``, ``token_type_ids``: int64 (batch, sequence), both
-    axes dynamic; output ``logits``: (batch, num_labels). The file is written atomically (a
+    Inputs ``input_ids``, ``attention_mask``, ``token_type_ids`` (not for a family without token
+    types: ``input_names``): int64 (batch, sequence), both axes dynamic; output ``logits``: (batch, num_labels). The file is written atomically (a
     temporary file in the same folder, checked with ``onnx.checker``, then renamed over
     ``path``). The model is traced in eval mode and left in the mode it came in.
     """
@@ -97,7 +113,8 @@ def export_onnx(model: ElasticBert, path: str | Path, *, opset: int = 18) -> Pat
 
     was_training = model.training
     wrapper = _Logits(model).eval()
-    axes = {name: {0: "batch", 1: "sequence"} for name in INPUT_NAMES}
+    names = input_names(model)
+    axes = {name: {0: "batch", 1: "sequence"} for name in names}
     axes[OUTPUT_NAME] = {0: "batch"}
 
     def write(tmp: Path) -> None:
@@ -107,7 +124,7 @@ def export_onnx(model: ElasticBert, path: str | Path, *, opset: int = 18) -> Pat
                 _example_inputs(model),
                 str(tmp),
                 dynamo=False,  # see the module docstring: the tracer keeps T dynamic
-                input_names=list(INPUT_NAMES),
+                input_names=list(names),
                 output_names=[OUTPUT_NAME],
                 dynamic_axes=axes,
                 opset_version=opset,
@@ -211,6 +228,53 @@ def ort_session(
         ) from e
 
 
+def ov_compiled(path: str | Path, threads: int | None = None, device: str = "CPU", *,
+                pin_threads: bool = False) -> Any:
+    """An OpenVINO compiled model of the ONNX file ``path``, set up for timing as
+    ``ort_session`` is: ``threads`` inference threads (None: OpenVINO's default, one per
+    core), the latency hint (one stream), and fp32 arithmetic. OpenVINO's CPU plugin would
+    otherwise compute in bf16 on CPUs that have it (this one does) and quantize activations
+    on the fly: a different model, not a different runtime.
+
+    Its threads are not pinned to cores unless ``pin_threads`` (OpenVINO pins by default;
+    ONNX Runtime does not): a pinned thread waits for its own core while another process
+    holds it, which made calls several times slower on this shared machine
+    (``scripts/openvino_check.py --pinned`` times both).
+    """
+    import openvino as ov
+
+    path = Path(path)
+    if not path.is_file():
+        raise ExportError(f"ONNX file {path} does not exist; write one with export_onnx() first")
+    config = {
+        "PERFORMANCE_HINT": "LATENCY",
+        "INFERENCE_PRECISION_HINT": "f32",
+        "DYNAMIC_QUANTIZATION_GROUP_SIZE": "0",
+        "ENABLE_CPU_PINNING": "YES" if pin_threads else "NO",
+        **({"INFERENCE_NUM_THREADS": str(int(threads))} if threads else {}),
+    }
+    core = ov.Core()
+    try:
+        return core.compile_model(core.read_model(str(path)), device, config)
+    except Exception as e:  # OpenVINO's errors share no useful base class either
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ExportError(f"OpenVINO cannot compile {path} for {device}: {type(e).__name__}: {first}") from e
+
+
+def ov_runner(compiled: Any) -> Any:
+    """``feed -> [logits]`` on one infer request of an OpenVINO compiled model (what
+    ``session.run(["logits"], feed)`` returns in ONNX Runtime); the feed is cut to the graph's
+    inputs and handed over without a copy."""
+    request = compiled.create_infer_request()
+    names = [port.get_any_name() for port in compiled.inputs]
+    out = compiled.output(0)
+
+    def run(feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return [request.infer({k: feed[k] for k in names}, share_inputs=True)[out]]
+
+    return run
+
+
 def onnx_feed(batch: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
     """The ONNX inputs of a padded batch (other keys such as labels are left out)."""
     ids = batch["input_ids"]
@@ -233,6 +297,7 @@ def check_onnx(
     if not batches:
         raise ExportError("check_onnx needs at least one batch to compare on")
     session = ort_session(path)
+    take = session_feed(session)
     was_training = model.training
     model.eval()
     worst = 0.0
@@ -241,7 +306,7 @@ def check_onnx(
             feed = onnx_feed(batch)
             with torch.no_grad():
                 ref = model(*(torch.from_numpy(feed[n]) for n in INPUT_NAMES)).logits.numpy()
-            (got,) = session.run([OUTPUT_NAME], feed)
+            (got,) = session.run([OUTPUT_NAME], take(feed))
             if got.shape != ref.shape:
                 raise ExportError(
                     f"{path}: batch {i} gives logits of shape {got.shape}, PyTorch {ref.shape}"

@@ -129,7 +129,8 @@ def _add_train_args(p: argparse.ArgumentParser, *, quick: bool) -> None:
     g.add_argument("--task", default="rt",
                    help="rt (default, bundled Rotten Tomatoes), 20ng, r8, glue:<task> (online), or a .csv/.tsv/.jsonl file")
     g.add_argument("--model", default="minilm",
-                   help="pretrained BERT: 'minilm' (bundled all-MiniLM-L6-v2), a local folder, or a hub name when online")
+                   help="pretrained encoder (BERT, RoBERTa, XLM-R, DistilBERT or ELECTRA): 'minilm' (bundled "
+                   "all-MiniLM-L6-v2), a local folder, or a hub name when online")
     g.add_argument("--seed", type=SEED, default=0)
     g.add_argument("--max-train", type=COUNT, default=3000 if quick else None,
                    help="use a seeded subset of the training split (default: %(default)s)")
@@ -451,7 +452,7 @@ def register_measure(sub: Subparsers) -> argparse.ArgumentParser:
                        "RUN/latency/DEVICE.csv; an interrupted measurement resumes. With --kit, write a folder to "
                        "run on a device that cannot run this package; with --import, bring its CSV back.")
     m.add_argument("--run", required=True, help="run folder written by hwnas train")
-    m.add_argument("--device", required=True, help="cpu, cpu-int8, cpu-1t, torch-cpu, cuda, or a name from --devices; several "
+    m.add_argument("--device", required=True, help="cpu, cpu-int8, cpu-1t, cpu-openvino, torch-cpu, cuda, or a name from --devices; several "
                    "separated by commas are measured in turn, exporting each sub-network once")
     m.add_argument("--devices", help="TOML file with [devices.NAME] profiles (stored in the run)")
     m.add_argument("--n", type=COUNT, default=300, help="configurations to sample (default %(default)s)")

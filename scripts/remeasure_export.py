@@ -22,8 +22,7 @@ import numpy as np
 
 from latency.baselines import FP32_STOCK, STOCK, stock_models
 from latency.devices import get_device
-from latency.measure import summarize, time_calls, traffic_inputs
-from latency.onnx_export import OUTPUT_NAME, ort_session
+from latency.measure import open_onnx_runner, summarize, time_calls, traffic_inputs
 from supernet.workflow import open_run
 
 
@@ -40,15 +39,13 @@ def main(argv: list[str] | None = None) -> int:
     profile = get_device(report["device"])
     stat = report["budget_stat"]
     paths = {**{n: v["path"] for n, v in stock_models(run).items()}, "ours": str(export / "model.onnx")}
-    sessions = {n: ort_session(path, threads=profile.effective_threads, providers=[profile.provider])
-                for n, path in paths.items()}
+    sessions = {n: open_onnx_runner(profile, path) for n, path in paths.items()}  # ONNX Runtime or OpenVINO
     work = traffic_inputs(run.splits["test"], report["batch"], a.calls, seed=a.seed)
     rng = np.random.default_rng(a.seed)
     per: dict[str, list[float]] = {n: [] for n in sessions}
     for _ in range(a.rounds):
         for name in rng.permutation(list(sessions)):
-            sess = sessions[str(name)]
-            t = time_calls(lambda feed, s=sess: s.run([OUTPUT_NAME], feed), work.feeds, profile.warmup)
+            t = time_calls(sessions[str(name)], work.feeds, profile.warmup)
             per[str(name)].append(t.stat(stat))
     ms = {n: float(np.median(v)) for n, v in per.items()}
     spread = {n: summarize(v, drop_outliers=False) for n, v in per.items()}

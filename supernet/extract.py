@@ -3,8 +3,9 @@
 ``extract(supernet, cfg)`` returns an ``ElasticBert`` whose layers own only the kept heads
 and neurons of the kept layers and which applies ``cfg``'s token retention by itself; it
 gives the supernet's logits for ``cfg`` (up to float rounding). ``export_hf`` writes a Hugging
-Face folder that plain ``AutoModelForSequenceClassification.from_pretrained`` loads, for
-configurations that a stock BERT can express (see its docstring).
+Face folder of the model's family (BERT, RoBERTa, ...) that plain
+``AutoModelForSequenceClassification.from_pretrained`` loads, for configurations that the
+stock model can express (see its docstring).
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from supernet.checkpoint import save_model, to_hf_key
+from supernet.checkpoint import FAMILIES, save_model, to_hf_key
 from supernet.errors import ConfigError
 from supernet.io import write_json
-from supernet.model import ElasticBert
+from supernet.model import BertShape, ElasticBert
 from supernet.space import SubnetConfig
 
 
@@ -40,8 +41,34 @@ def hf_expressible(model: ElasticBert) -> str | None:
     return None
 
 
+def hf_config(s: BertShape) -> dict[str, Any]:
+    """The transformers ``config.json`` entries of a stock model of ``s.family`` with shape ``s``
+    (every layer alike: see ``hf_expressible``), without labels."""
+    family = FAMILIES[s.family]
+    config: dict[str, Any] = {
+        "architectures": [family.architecture], "model_type": family.model_type,
+        "vocab_size": s.vocab_size, "max_position_embeddings": s.max_position_embeddings,
+        "pad_token_id": s.pad_token_id,
+    }
+    if s.family == "distilbert":  # its own names
+        return {**config, "dim": s.hidden_size, "n_layers": s.num_layers, "n_heads": s.heads[0],
+                "hidden_dim": s.ffn[0], "activation": "gelu", "dropout": s.hidden_dropout,
+                "attention_dropout": s.attention_dropout,
+                "seq_classif_dropout": s.hidden_dropout if s.classifier_dropout is None else s.classifier_dropout}
+    config.update({
+        "hidden_size": s.hidden_size, "num_hidden_layers": s.num_layers, "num_attention_heads": s.heads[0],
+        "intermediate_size": s.ffn[0], "hidden_act": "gelu", "hidden_dropout_prob": s.hidden_dropout,
+        "attention_probs_dropout_prob": s.attention_dropout, "type_vocab_size": s.type_vocab_size,
+        "layer_norm_eps": s.layer_norm_eps, "classifier_dropout": s.classifier_dropout,
+    })
+    if s.family == "electra":
+        config["embedding_size"] = s.embedding_dim
+    return config
+
+
 def export_hf(model: ElasticBert, out_dir: str | Path, tokenizer: Any = None, label_names: list[str] | None = None) -> Path:
-    """Write a Hugging Face ``BertForSequenceClassification`` folder for a standalone model.
+    """Write a Hugging Face folder of the model's family (``BertForSequenceClassification``,
+    ``RobertaForSequenceClassification``, ...) for a standalone model.
 
     Only possible when ``hf_expressible(model)`` is None: every layer keeps all heads and the
     same FFN size, with no token retention (layers may be dropped).
@@ -56,25 +83,12 @@ def export_hf(model: ElasticBert, out_dir: str | Path, tokenizer: Any = None, la
     out.mkdir(parents=True, exist_ok=True)
     labels = label_names or [f"LABEL_{i}" for i in range(s.num_labels)]
     config = {
-        "architectures": ["BertForSequenceClassification"],
-        "model_type": "bert",
-        "vocab_size": s.vocab_size,
-        "hidden_size": s.hidden_size,
-        "num_hidden_layers": s.num_layers,
-        "num_attention_heads": s.heads[0],
-        "intermediate_size": s.ffn[0],
-        "hidden_act": "gelu",
-        "hidden_dropout_prob": s.hidden_dropout,
-        "attention_probs_dropout_prob": s.attention_dropout,
-        "max_position_embeddings": s.max_position_embeddings,
-        "type_vocab_size": s.type_vocab_size,
-        "layer_norm_eps": s.layer_norm_eps,
-        "pad_token_id": s.pad_token_id,
+        **hf_config(s),
         "id2label": {str(i): n for i, n in enumerate(labels)},
         "label2id": {n: i for i, n in enumerate(labels)},
         "hwnas_source_layers": list(s.source_layers),
     }
-    state = {to_hf_key(k): v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    state = {to_hf_key(k, s.family): v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     write_json(out / "config.json", config)
     save_file(state, str(out / "model.safetensors"))
     if tokenizer is not None:

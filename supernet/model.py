@@ -8,7 +8,14 @@ shared weights: the first ``heads[i]`` heads and the first ``ffn[i]`` neurons of
 skipped layers do no work, and after each layer's attention the least attended tokens are
 dropped *and gathered out* so that later layers compute on a shorter tensor.
 
-Shapes in comments: B batch, T tokens alive, H hidden size, h heads, d head size, F FFN size.
+Encoder families (``BertShape.family``): BERT, RoBERTa, XLM-R, DistilBERT and ELECTRA share
+this forward; what differs is data in the shape (``supernet/checkpoint.py`` maps each
+family's checkpoint): RoBERTa and XLM-R number positions after the padding index, DistilBERT
+has no token types, ELECTRA's narrower embeddings are projected up to the hidden size, and
+the head's activation is BERT's and RoBERTa's tanh, DistilBERT's ReLU or ELECTRA's GELU.
+
+Shapes in comments: B batch, T tokens alive, H hidden size, E embedding size (= H except
+ELECTRA-small-style checkpoints), h heads, d head size, F FFN size.
 """
 
 from __future__ import annotations
@@ -23,6 +30,9 @@ from torch import nn
 
 from supernet.errors import ConfigError
 from supernet.space import SearchSpace, SubnetConfig
+
+FAMILIES = ("bert", "roberta", "xlm-roberta", "distilbert", "electra")
+HEAD_ACTIVATIONS: dict[str, Any] = {"tanh": torch.tanh, "relu": F.relu, "gelu": F.gelu}
 
 # Subtracting a little before ceil() keeps 0.3 * 20 = 6.0000001 from becoming 7 tokens.
 _CEIL_EPS = 1e-4
@@ -58,6 +68,12 @@ class BertShape:
     hidden_dropout: float = 0.1
     attention_dropout: float = 0.1
     pad_token_id: int = 0
+    # The encoder family and what sets it apart from BERT (the defaults are BERT's):
+    family: str = "bert"
+    embedding_size: int | None = None  # ELECTRA: E < H, projected up after the embeddings
+    positions_after_padding: bool = False  # RoBERTa / XLM-R: real tokens at pad+1, pad+2, ...
+    head_activation: str = "tanh"  # after the head's first dense layer: tanh, relu or gelu
+    classifier_dropout: float | None = None  # None: hidden_dropout
     # For an extracted sub-network: which supernet layers its layers came from.
     source_layers: tuple[int, ...] = field(default=())
 
@@ -69,10 +85,28 @@ class BertShape:
         n = len(self.heads)
         if not (len(self.ffn) == len(self.retention) == len(self.source_layers) == n):
             raise ConfigError("BertShape: heads, ffn, retention and source_layers need one entry per layer")
+        if self.family not in FAMILIES:
+            raise ConfigError(f"BertShape: family {self.family!r} is not one of {list(FAMILIES)}")
+        if self.head_activation not in HEAD_ACTIVATIONS:
+            raise ConfigError(f"BertShape: head_activation {self.head_activation!r} is not one of "
+                              f"{list(HEAD_ACTIVATIONS)}")
 
     @property
     def num_layers(self) -> int:
         return len(self.heads)
+
+    @property
+    def embedding_dim(self) -> int:
+        """E: the width of the token, position and type embeddings."""
+        return self.embedding_size or self.hidden_size
+
+    @property
+    def max_length(self) -> int:
+        """The longest input the position table holds (RoBERTa's first pad + 1 rows are not
+        positions of real tokens)."""
+        if self.positions_after_padding:
+            return self.max_position_embeddings - self.pad_token_id - 1
+        return self.max_position_embeddings
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -113,20 +147,29 @@ class EncoderOutput:
 class Embeddings(nn.Module):
     def __init__(self, s: BertShape) -> None:
         super().__init__()
-        self.word_embeddings = nn.Embedding(s.vocab_size, s.hidden_size, padding_idx=s.pad_token_id)
-        self.position_embeddings = nn.Embedding(s.max_position_embeddings, s.hidden_size)
-        self.token_type_embeddings = nn.Embedding(s.type_vocab_size, s.hidden_size)
-        self.LayerNorm = nn.LayerNorm(s.hidden_size, eps=s.layer_norm_eps)
+        E = s.embedding_dim
+        self.word_embeddings = nn.Embedding(s.vocab_size, E, padding_idx=s.pad_token_id)
+        self.position_embeddings = nn.Embedding(s.max_position_embeddings, E)
+        # DistilBERT has no token types (type_vocab_size 0).
+        self.token_type_embeddings = nn.Embedding(s.type_vocab_size, E) if s.type_vocab_size else None
+        self.LayerNorm = nn.LayerNorm(E, eps=s.layer_norm_eps)
         self.dropout = nn.Dropout(s.hidden_dropout)
+        self.project = nn.Linear(E, s.hidden_size) if s.hidden_size != E else None  # ELECTRA
+        self.positions_after_padding, self.pad_token_id = s.positions_after_padding, s.pad_token_id
 
-    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
-        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-        x = (
-            self.word_embeddings(input_ids)
-            + self.position_embeddings(positions)[None]
-            + self.token_type_embeddings(token_type_ids)
-        )  # (B, T, H)
-        return self.dropout(self.LayerNorm(x))
+    def forward(self, input_ids: torch.Tensor, mask: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
+        if self.positions_after_padding:
+            # RoBERTa / XLM-R (fairseq's numbering): real tokens at pad+1, pad+2, ..., padding at
+            # pad. Counted on the attention mask, which is the tokenizer's padding.
+            alive = mask.long()  # (B, T)
+            positions = torch.cumsum(alive, dim=1) * alive + self.pad_token_id  # (B, T)
+        else:
+            positions = torch.arange(input_ids.shape[1], device=input_ids.device)[None]  # (1, T)
+        x = self.word_embeddings(input_ids) + self.position_embeddings(positions)  # (B, T, E)
+        if self.token_type_embeddings is not None:
+            x = x + self.token_type_embeddings(token_type_ids)
+        x = self.dropout(self.LayerNorm(x))  # (B, T, E)
+        return x if self.project is None else self.project(x)  # (B, T, H)
 
 
 class ElasticAttention(nn.Module):
@@ -309,16 +352,24 @@ def _gather(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 
 
 class ElasticBert(nn.Module):
-    """A BERT encoder with a sequence-classification head; elastic per ``BertShape``."""
+    """A BERT-family encoder with a sequence-classification head; elastic per ``BertShape``.
+
+    The head is one shape for every family: a dense layer on the first token, an activation
+    (BERT's pooler: tanh; RoBERTa's / XLM-R's head: tanh; DistilBERT's pre-classifier: ReLU;
+    ELECTRA's head: GELU), dropout and the output layer. (RoBERTa's and ELECTRA's heads also
+    drop out the first token's vector before the dense layer; in training only, so left out.)
+    """
 
     def __init__(self, shape: BertShape) -> None:
         super().__init__()
         self.shape = shape
         self.embeddings = Embeddings(shape)
         self.layers = nn.ModuleList(EncoderLayer.for_shape(shape, i) for i in range(shape.num_layers))
-        self.pooler = nn.Linear(shape.hidden_size, shape.hidden_size)
+        self.pooler = nn.Linear(shape.hidden_size, shape.hidden_size)  # the head's first dense layer
         self.classifier = nn.Linear(shape.hidden_size, shape.num_labels)
-        self.dropout = nn.Dropout(shape.hidden_dropout)
+        p = shape.hidden_dropout if shape.classifier_dropout is None else shape.classifier_dropout
+        self.dropout = nn.Dropout(p)
+        self.head_activation = HEAD_ACTIVATIONS[shape.head_activation]
 
     @property
     def encoder_layers(self) -> list[EncoderLayer]:
@@ -390,7 +441,7 @@ class ElasticBert(nn.Module):
         mask = attention_mask.bool()  # (B, T)
         lengths = mask.sum(1)  # (B,) real tokens per example, fixed at the input
         T = lengths.new_full((), input_ids.shape[1])  # () the padded length, as a tensor (see below)
-        x = self.embeddings(input_ids, token_type_ids)  # (B, T, H)
+        x = self.embeddings(input_ids, mask, token_type_ids)  # (B, T, H)
         trace: list[LayerState] = []
         if states:
             pos = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)  # (B, T)
@@ -412,6 +463,6 @@ class ElasticBert(nn.Module):
                 pos = pos if idx is None else pos.gather(1, idx)  # (B, T')
                 trace.append(LayerState(self.shape.source_layers[i], x, pos, mask))
 
-        pooled = torch.tanh(self.pooler(x[:, 0]))  # (B, H) from [CLS], always alive at 0
+        pooled = self.head_activation(self.pooler(x[:, 0]))  # (B, H) from [CLS], always alive at 0
         logits = self.classifier(self.dropout(pooled))  # (B, num_labels)
         return EncoderOutput(logits=logits, hidden=x, mask=mask, states=trace)

@@ -119,7 +119,7 @@ def train_run(run_dir: str | Path, spec: RunSpec, *, resume: bool = False, progr
     num_labels = require_splits(load_task(spec.task, seed=spec.seed, max_train=spec.max_train,
                                           max_eval=spec.max_eval)).num_labels
     model, tok = load_pretrained(spec.model, num_labels, seed=spec.seed)
-    positions = model.shape.max_position_embeddings
+    positions = model.shape.max_length  # RoBERTa's first pad + 1 position rows are not for tokens
     if spec.train.max_length > positions:
         raise ConfigError(f"max_length {spec.train.max_length} is more than the model's {positions} positions: "
                           f"give --max-length {positions} or less")
@@ -180,9 +180,9 @@ def open_run(run_dir: str | Path) -> LoadedRun:
         raise CheckpointError(f"{paths.tokenizer} is not a readable tokenizer ({type(e).__name__}): copy it "
                               f"again from the model the run was trained from ({spec.model})") from None
     supernet = load_model(paths.supernet)
-    if spec.train.max_length > supernet.shape.max_position_embeddings:
+    if spec.train.max_length > supernet.shape.max_length:
         raise CheckpointError(f"{paths.spec}: max_length {spec.train.max_length} is more than the supernet's "
-                              f"{supernet.shape.max_position_embeddings} positions: restore the run's settings")
+                              f"{supernet.shape.max_length} positions: restore the run's settings")
     try:
         space = SearchSpace.from_dict(read_json(paths.search_space, "the search space"))
     except (ConfigError, TypeError, AttributeError) as e:

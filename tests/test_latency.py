@@ -70,7 +70,7 @@ def _inputs(lengths=(8, 12), batch=1) -> dict[int, dict[str, np.ndarray]]:
 def test_builtin_and_unknown_devices() -> None:
     assert {"cpu", "cpu-1t", "torch-cpu", "cuda"} <= set(BUILTIN)
     assert get_device("cpu-1t").threads == 1
-    with pytest.raises(ConfigError, match="known devices: cpu, cpu-1t, cpu-int8, cuda, torch-cpu"):
+    with pytest.raises(ConfigError, match="known devices: cpu, cpu-1t, cpu-int8, cpu-openvino, cuda, torch-cpu"):
         get_device("raspberry")
 
 

@@ -98,7 +98,7 @@ def test_search_front_and_compare_methods(job: Path, tmp_path: Path) -> None:
 
 def test_bad_device_and_missing_measurements(job: Path, capsys) -> None:
     assert main(["measure", "--run", str(job), "--device", "phone"]) == 2
-    assert "known devices: cpu, cpu-1t, cpu-int8, cuda, torch-cpu" in capsys.readouterr().err
+    assert "known devices: cpu, cpu-1t, cpu-int8, cpu-openvino, cuda, torch-cpu" in capsys.readouterr().err
     assert main(["fit", "--run", str(job), "--device", "torch-cpu"]) == 2
     assert "hwnas measure" in capsys.readouterr().err
     assert main(["search", "--run", str(job), "--device", "cpu", "--budget-ms", "abc"]) == 2
