@@ -567,6 +567,9 @@ def cmd_search(a: argparse.Namespace) -> int:
     if a.ray:
         method, kwargs = "ray", {"workers": a.workers, "address": a.ray_address,
                                  "storage_path": str(run.paths.ray_storage.resolve())}
+    if method in ("tpe", "nsga2"):
+        print(f"the Optuna studies are in {run.paths.search / 'optuna.db'}: browse them with "
+              f"`optuna-dashboard {run.paths.optuna_storage}` (pip install optuna-dashboard)")
     for device, target in targets.items():
         for budget in budgets:
             result, wall = run_search(run, target, budget, method=method, n_evaluations=a.n, seed=a.seed,
@@ -840,7 +843,8 @@ def register_predict(sub: Subparsers) -> argparse.ArgumentParser:
     p.add_argument("texts", nargs="*", metavar="TEXT", help="texts to classify")
     p.add_argument("--file", help="a UTF-8 file with one text per line (blank lines skipped; - for stdin)")
     p.add_argument("--format", choices=("jsonl", "table"), default="jsonl", help="output format (default %(default)s)")
-    p.add_argument("--batch-size", type=COUNT, default=32, help="texts per ONNX Runtime call (default %(default)s)")
+    p.add_argument("--batch-size", type=COUNT, default=32, help="texts per ONNX Runtime call (default %(default)s; an int8 export runs one "
+                   "per call: its dynamic quantization makes a text's logits depend on its batch)")
     return p
 
 

@@ -98,6 +98,10 @@ class ExportedModel:
     tokenizer: Any
     labels: list[str]
     max_length: int
+    # An int8 export's graph quantizes its activations dynamically, with one scale per tensor:
+    # a text's logits then depend on the other texts (and padding) in its batch, so it is run
+    # one text per call, as it was measured (batch 1) and as a server would run it.
+    one_per_call: bool = False
 
     @classmethod
     def open(cls, folder: str | Path, *, threads: int | None = None) -> ExportedModel:
@@ -127,11 +131,14 @@ class ExportedModel:
         config = d / "config.json" if (d / "config.json").is_file() else d / "hf" / "config.json"
         if config.is_file():
             positions = int(json.loads(config.read_text()).get("max_position_embeddings", positions))
-        return cls(d, session, tokenizer, _labels(d, n_labels), min(positions, tokenizer.model_max_length))
+        return cls(d, session, tokenizer, _labels(d, n_labels), min(positions, tokenizer.model_max_length),
+                   one_per_call=(d / "model-fp32.onnx").is_file())
 
     def logits(self, texts: Sequence[str], *, batch_size: int = 32) -> np.ndarray:
-        """(N, labels) logits, ``batch_size`` texts per call (each padded to its longest)."""
+        """(N, labels) logits, ``batch_size`` texts per call (each padded to its longest; one
+        per call for an int8 export, ``one_per_call``)."""
         names = {i.name for i in self.session.get_inputs()}
+        batch_size = 1 if self.one_per_call else batch_size
         out = []
         for start in range(0, len(texts), batch_size):
             enc = self.tokenizer(list(texts[start:start + batch_size]), padding=True, truncation=True,

@@ -41,8 +41,16 @@ with torch.no_grad():
     ref = hf(**enc).logits.numpy()
 diff = float(np.abs(got - ref).max())
 labels = json.loads((folder / "config.json").read_text())["id2label"]
+against = f"max |logit difference| against hf/ in PyTorch: {diff:.2e}"
+if (folder / "model-fp32.onnx").is_file():  # an int8 export: model.onnx is quantized, hf/ is not
+    import onnxruntime as ort
+
+    feed = {k: v.numpy() for k, v in enc.items()}
+    direct = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+    against = (f"int8 graph: max |logit difference| against model.onnx run by ONNX Runtime directly: "
+               f"{float(np.abs(got - direct).max()):.2e} (against hf/'s fp32 weights in PyTorch: {diff:.2e})")
+    diff = float(np.abs(got - direct).max())
 print(f"transformers {transformers.__version__}: Optimum's ORTModelForSequenceClassification opened {folder} "
-      f"(trust_remote_code={remote}); max |logit difference| against hf/ in PyTorch: {diff:.2e}; "
-      f"labels {[labels[str(i)] for i in got.argmax(1)]}")
+      f"(trust_remote_code={remote}); {against}; labels {[labels[str(i)] for i in got.argmax(1)]}")
 sys.exit(0 if diff < 1e-4 else 1)
 EOF

@@ -211,3 +211,26 @@ def test_a_model_field_the_modeling_code_does_not_know_is_refused(tmp_path: Path
     assert "max_position_embeddings" in (ex.hf_expressible(model) or "")
     with pytest.raises(ConfigError, match="max_position_embeddings"):
         ex.write_hf(model, tmp_path / "hf")
+
+
+def test_an_int8_export_predicts_each_text_independently_of_its_batch(job: Path, tmp_path: Path) -> None:
+    """Dynamic INT8 quantizes activations with one scale per tensor, so batched texts would
+    change each other's logits; predict runs an int8 export one text per call."""
+    from latency.devices import get_device
+    from latency.target import Target
+    from nas.export import write_export
+    from nas.predict import ExportedModel
+    from nas.search import Candidate
+    from supernet.extract import extract
+    from supernet.workflow import open_run
+
+    run = open_run(job)
+    cfg = run.space.uniform(width=0.5).with_precision("int8")
+    write_export(run, Target.of(run, get_device("cpu-int8")), tmp_path, Candidate(cfg, 0.5, 1.0, 1.1, True),
+                 extract(run.supernet, cfg).eval())
+    model = ExportedModel.open(tmp_path)
+    assert model.one_per_call
+    alone = np.concatenate([model.logits([t]) for t in SENTENCES])
+    assert np.array_equal(model.logits(SENTENCES, batch_size=4), alone)
+    model.one_per_call = False  # what batching would have given: other logits
+    assert not np.array_equal(model.logits(SENTENCES, batch_size=4), alone)
