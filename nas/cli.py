@@ -361,14 +361,18 @@ def cmd_run(a: argparse.Namespace) -> int:
     for device in job.devices:  # before training: a typo or a missing GPU is found in a second
         check_available(resolve_device(out, device))
     t0 = time.time()
-    summary = main_job(out, spec, job, progress=not a.quiet)
+    summary = main_job(out, spec, job, progress=not a.quiet, command=a.command_line)
     print()
     print(f"Summary ({spec.task}, {spec.model}); p50 latency per call on the task's real traffic (dev sentences "
           "served in turn), measured now; speed-ups against our own full model (the export's report.json has them "
-          "against the stock model):")
-    cols = ["device", "budget_ms", "arch", "measured_ms", "full_ms", "speedup", "meets_budget", "acc_test", "full_acc_test"]
+          "against the stock model). 'search': each search's pick; 'export': the sub-network written to the export "
+          "folder (its own search, step up and fine-tuning; acc_test of the written model):")
+    cols = ["picked_by", "device", "budget_ms", "arch", "measured_ms", "full_ms", "speedup", "meets_budget", "acc_test",
+            "full_acc_test"]
     _print_table(summary, cols)
-    print(f"total {(time.time() - t0) / 60:.1f} min; wrote {out}/summary.csv, {out}/export/, {out}/compare/fronts.png")
+    export_dir = RunFolder(out).export(job.exported_on, float(summary["budget_ms"].iloc[-1]))
+    print(f"total {(time.time() - t0) / 60:.1f} min; wrote {out}/summary.csv, {export_dir}/ (model card: README.md; "
+          f"try `hwnas predict --model {export_dir} \"a fine film\"`), {out}/compare/fronts.png")
     return 0
 
 
@@ -605,6 +609,9 @@ def cmd_search(a: argparse.Namespace) -> int:
     if a.ray:
         method, kwargs = "ray", {"workers": a.workers, "address": a.ray_address,
                                  "storage_path": str(run.paths.ray_storage.resolve())}
+    if method in ("tpe", "nsga2"):
+        print(f"the Optuna studies are in {run.paths.search / 'optuna.db'}: browse them with "
+              f"`optuna-dashboard {run.paths.optuna_storage}` (pip install optuna-dashboard)")
     for device, target in targets.items():
         for budget in budgets:
             result, wall = run_search(run, target, budget, method=method, n_evaluations=a.n, seed=a.seed,
@@ -670,7 +677,7 @@ def cmd_export(a: argparse.Namespace) -> int:
                        drift_tolerance=None if a.drift_tolerance < 0 else a.drift_tolerance, progress=not a.quiet,
                        step_up_below=a.step_up_below or None)
     accuracy = DevAccuracy(run, subset_size=a.dev_subset or None, precision=a.search_precision)
-    r = choose_and_export(run, target, a.out, cfg, accuracy=accuracy)
+    r = choose_and_export(run, target, a.out, cfg, accuracy=accuracy, command=a.command_line)
     if r["budget_from"]:
         b = r["budget_from"]
         print(f"  the full model measured {b['full_model_ms']:.3f} ms on {r['device']} before the search: budget "
@@ -695,7 +702,8 @@ def cmd_export(a: argparse.Namespace) -> int:
     print(f"{r['device']} under {r['budget_ms']:g} ms ({target.describe()}): {r['arch']}\n"
           f"  measured {r['measured_latency_ms']:.2f} ms vs full "
           f"{r['full_model_latency_ms']:.2f} ms ({speed}); test {r['metric']} {r['test_accuracy']:.4f} vs full model "
-          f"{r['full_model_test_accuracy']:.4f}\n  wrote {a.out}/model.onnx, pytorch/, subnet.json, report.json")
+          f"{r['full_model_test_accuracy']:.4f}\n  wrote {a.out}/model.onnx (config.json and tokenizer beside it), "
+          f"hf/{' (remote code)' if r['hf_remote_code'] else ''}, pytorch/, subnet.json, report.json, README.md")
     for name, v in r["vs_teacher"].items():
         print(f"  {name} test accuracy vs the teacher on the same {v['n']} sentences: {v['diff_points']:+.2f} points "
               f"(95% CI {v['ci95_low']:+.2f} to {v['ci95_high']:+.2f}, paired bootstrap; McNemar p {v['mcnemar_p']:.3g}; "
@@ -842,8 +850,9 @@ def cmd_bench(a: argparse.Namespace) -> int:
 
 def register_extract(sub: Subparsers) -> argparse.ArgumentParser:
     x = sub.add_parser("extract", help="write one sub-network as a standalone model",
-                       description="Write a physically smaller PyTorch model (and a Hugging Face folder when "
-                       "a stock BERT can express the sub-network) with the supernet's weights.")
+                       description="Write a physically smaller PyTorch model and a Hugging Face folder (stock BERT "
+                       "where one can hold the sub-network, else with the elastic BERT's code, loaded with "
+                       "trust_remote_code=True) with the supernet's weights.")
     x.add_argument("--run", required=True, help="run folder written by hwnas train")
     x.add_argument("--subnet", required=True, help="JSON file with heads, ffn, keep, retention")
     x.add_argument("--out", type=out_folder, required=True, help="output folder")
@@ -860,10 +869,42 @@ def cmd_extract(a: argparse.Namespace) -> int:
     written = export_standalone(run.supernet, cfg, a.out, run.tokenizer, list(run.task.label_names))
     for kind, path in written.items():
         print(f"{kind}: {path}")
-    if "hf" not in written:
-        from supernet.extract import extract, hf_expressible
+    from supernet.extract import extract, hf_expressible, needs_remote_code
 
-        print(f"no Hugging Face folder: {hf_expressible(extract(run.supernet, cfg))}")
+    if needs_remote_code(written["hf"]):
+        print(f"hf/ holds the elastic BERT's code (load it with trust_remote_code=True): a stock BERT cannot hold "
+              f"this sub-network: {hf_expressible(extract(run.supernet, cfg))}")
+    return 0
+
+
+def register_predict(sub: Subparsers) -> argparse.ArgumentParser:
+    p = sub.add_parser("predict", help="classify texts with an export folder (its model.onnx, in ONNX Runtime)",
+                       description="Classify texts with an export folder written by `hwnas export` or `hwnas run`: "
+                       "its model.onnx (token dropping and, for an int8 export, quantization included) in ONNX "
+                       "Runtime, with the tokenizer and labels beside it. One JSON line per text (text, label, "
+                       "score, scores), or a table with --format table.")
+    p.add_argument("--model", required=True, metavar="EXPORT_DIR", help="export folder (with model.onnx)")
+    p.add_argument("texts", nargs="*", metavar="TEXT", help="texts to classify")
+    p.add_argument("--file", help="a UTF-8 file with one text per line (blank lines skipped; - for stdin)")
+    p.add_argument("--format", choices=("jsonl", "table"), default="jsonl", help="output format (default %(default)s)")
+    p.add_argument("--batch-size", type=COUNT, default=32, help="texts per ONNX Runtime call (default %(default)s; an int8 export runs one "
+                   "per call: its dynamic quantization makes a text's logits depend on its batch)")
+    return p
+
+
+def cmd_predict(a: argparse.Namespace) -> int:
+    from nas.predict import ExportedModel, read_texts
+
+    texts = read_texts(a.texts, a.file)  # before the model opens
+    rows = ExportedModel.open(a.model).predict(texts, batch_size=a.batch_size)
+    if a.format == "jsonl":
+        for r in rows:
+            print(json.dumps(r, ensure_ascii=False))
+    else:
+        import pandas as pd
+
+        frame = pd.DataFrame([{"label": r["label"], "score": r["score"], "text": r["text"][:80]} for r in rows])
+        _print_table(frame, ["label", "score", "text"])
     return 0
 
 
@@ -881,6 +922,7 @@ COMMANDS: tuple[tuple[Register, Handler], ...] = (
     (register_compare, cmd_compare),
     (register_bench, cmd_bench),
     (register_extract, cmd_extract),
+    (register_predict, cmd_predict),
 )
 
 
@@ -939,6 +981,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         raise
     command = shlex.join(["hwnas", *(sys.argv[1:] if argv is None else argv)])
+    args.command_line = command  # named in what a command writes (an export's model card)
     try:
         with contextlib.ExitStack() as locks:
             for run in runs_written(args):

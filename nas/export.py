@@ -21,7 +21,8 @@ model and device timer and returns a value, so each can be tested with fakes:
    candidates are measured; the first that meets the budget replaces it.
 4. ``finetune_best``: optionally, the chosen sub-network and a few others (``finetune_pool``)
    are distilled from the teacher; the best on dev is exported.
-5. ``write_export``: the standalone model, its ONNX graph and ``report.json``.
+5. ``write_export``: the standalone model (PyTorch, Hugging Face), its ONNX graph with the
+   config and tokenizer beside it, ``report.json`` and the model card (``README.md``).
 """
 
 from __future__ import annotations
@@ -40,12 +41,14 @@ import pandas as pd
 
 from latency.measure import DeviceTimer, Timer
 from latency.target import PredictedLatency, Target, device_drift, drift_references, open_timer
+from nas.card import CARD_NAME, model_card
 from nas.objectives import DevAccuracy
 from nas.search import Candidate, SearchResult, depth_seeds, fastest_reachable, make_searcher
 from supernet import faults
 from supernet.cost import subnet_flops, subnet_params
 from supernet.errors import ConfigError, HwnasError
-from supernet.io import write_json
+from supernet.extract import needs_remote_code
+from supernet.io import write_json, write_text
 from supernet.space import SubnetConfig
 from supernet.train import (
     StageConfig,
@@ -188,6 +191,9 @@ def run_search(
         stat = "" if target.stat == "p50" else f"-{target.stat}"
         kwargs.setdefault("study_name", f"{target.profile.name}-{b}{stat}-{method}-{shape}-s{seed}"
                                         f"-{accuracy.search_split}-p{fingerprint}{scaled}")
+        kwargs.setdefault("study_attrs", {"run": str(run.folder), "device": target.profile.name, "budget_ms": budget_ms,
+                                          "latency": target.describe(), "metric": accuracy.metric,
+                                          "accuracy_on": accuracy.search_split})
     searcher = make_searcher(method, **kwargs)
     t0 = time.time()
     result = searcher.search(space, accuracy, latency, budget_ms=budget_ms, n_evaluations=n_evaluations, seed=seed)
@@ -381,13 +387,14 @@ def finetune_best(run: LoadedRun, teacher: ElasticBert, pool: list[tuple[Candida
 # --- 5. write ------------------------------------------------------------------------------------
 
 def write_export(run: LoadedRun, target: Target, out: Path, chosen: Candidate, model: ElasticBert) -> dict[str, Any]:
-    """The standalone model (``pytorch/``, ``hf/`` where expressible, fp32 weights),
-    ``model.onnx`` (the graph to deploy: quantized for an int8 sub-network, whose fp32 graph is
-    kept beside it as ``model-fp32.onnx``), and how far the fp32 graph's outputs are from
-    PyTorch's on dev batches; returns what was written."""
+    """The standalone model (``pytorch/``; ``hf/``, stock BERT or the elastic BERT's code;
+    fp32 weights), ``model.onnx`` (the graph to deploy: quantized for an int8 sub-network,
+    whose fp32 graph is kept beside it as ``model-fp32.onnx``) with ``hf/``'s config, code
+    and tokenizer files beside it (what Optimum and a plain ONNX Runtime user read), and how
+    far the fp32 graph's outputs are from PyTorch's on dev batches; returns what was written."""
     from latency.onnx_export import check_onnx, export_onnx, quantize_subnet
     from supernet.data import iterate_batches
-    from supernet.extract import export_standalone
+    from supernet.extract import copy_runtime_files, export_standalone
 
     written = export_standalone(run.supernet, chosen.config, out, run.tokenizer, list(run.task.label_names),
                                 model=model)
@@ -401,6 +408,8 @@ def write_export(run: LoadedRun, target: Target, out: Path, chosen: Candidate, m
     files = {**written, "onnx": str(quantize_subnet(fp32_path, out / "model.onnx") if int8 else fp32_path)}
     if int8:
         files["onnx_fp32"] = str(fp32_path)
+    copy_runtime_files(written["hf"], out)
+    files["config"] = str(out / "config.json")
     return {"files": files, "onnx_max_abs_diff": diff}
 
 
@@ -469,9 +478,11 @@ def choose_and_export(
     timer: Timer | None = None,
     full_model_test: float | None = None,
     teacher_targets: Callable[[], torch.Tensor] | None = None,
+    command: str | None = None,
 ) -> dict[str, Any]:
     """Search, re-rank the finalists on the full dev split, re-measure, fine-tune, export;
-    writes the search history and the export, and returns the report (``report.json``).
+    writes the search history and the export, and returns the report (``report.json``); the
+    model card (``README.md``, ``nas.card``) names ``command``, the command line that asked.
 
     ``latency`` and ``timer`` default to the run's predictor for the target and a timer on
     this machine (none for a kit device). With ``cfg.finetune``, up to
@@ -603,6 +614,8 @@ def choose_and_export(
         "vs_teacher": vs_teacher,
         "speedup_vs_stock": stock["speedup"] if stock else None,
         "files": written["files"],
+        "hf_remote_code": needs_remote_code(written["files"]["hf"]),  # hf/ loads with trust_remote_code=True
     }
     write_json(out / "report.json", report)
+    write_text(out / CARD_NAME, model_card(report, command, remote_code=report["hf_remote_code"]))
     return report

@@ -32,8 +32,12 @@ n_evaluations`` trials in all, so a tight budget cannot make the search loop for
 A trial that decodes to a configuration already evaluated reuses its accuracy (told to
 Optuna so the sampler learns, but not evaluated or counted again).
 
-Every trial stores its configuration (``arch_json``), ``lat_pred_ms``, ``lat_upper_ms``,
-``acc_dev`` and a ``status`` (``evaluated``, ``duplicate`` or ``rejected``) as user attributes.
+Every trial stores its configuration (``arch_json``, and ``arch``, the one-line description),
+``lat_pred_ms``, ``lat_upper_ms``, ``acc_dev`` and a ``status`` (``evaluated``, ``duplicate``
+or ``rejected``) as user attributes. The study names its objectives (``acc_dev``, and
+``lat_pred_ms`` for NSGA-II) and holds ``study_attrs`` (``nas.export.run_search``: the device,
+budget, what latency means, the metric) as user attributes, so that optuna-dashboard
+(``optuna-dashboard sqlite:///RUN/search/optuna.db``) shows a run's studies readably.
 
 Resuming: with ``storage`` (e.g. ``sqlite:///runs/NAME/optuna.db``) and ``study_name`` the
 study is opened with ``load_if_exists=True``; the finished trials' stored configurations and
@@ -46,6 +50,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -209,10 +214,15 @@ class OptunaSearch:
     trials_per_evaluation: int = 5
     infeasible_value: float = 0.0
     anchor: bool = True
+    # Shown with the study (optuna-dashboard): what it searched for; not part of its meaning.
+    study_attrs: dict[str, Any] | None = None
 
     def sampler(self, seed: int, n_evaluations: int) -> optuna.samplers.BaseSampler:
         """The seeded sampler of a search of ``n_evaluations`` evaluations."""
         raise NotImplementedError
+
+    def _metric_names(self) -> list[str]:
+        return ["acc_dev", "lat_pred_ms"] if self.multi_objective else ["acc_dev"]
 
     def _directions(self) -> list[StudyDirection]:
         if self.multi_objective:
@@ -274,6 +284,13 @@ class OptunaSearch:
                 f"study {study.study_name!r} in {self.storage} was created for {stored}, not {meaning}; "
                 "use a new study name (or storage) for a different search"
             )
+        if study.metric_names is None:
+            with warnings.catch_warnings():  # experimental since Optuna 3.2, still in 5.0
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study.set_metric_names(self._metric_names())
+        for key, value in (self.study_attrs or {}).items():
+            if study.user_attrs.get(key) != value:
+                study.set_user_attr(key, value)
         return study
 
     def _replay(self, study: optuna.Study, archive: Archive) -> int:
@@ -311,6 +328,7 @@ class OptunaSearch:
             cfg = suggest_config(trial, space)
             lat, upper = predict(latency, [cfg])[0]
             trial.set_user_attr("arch_json", cfg.to_json())
+            trial.set_user_attr("arch", cfg.describe())
             trial.set_user_attr("lat_pred_ms", lat)
             trial.set_user_attr("lat_upper_ms", upper)
             if budget_ms is not None:

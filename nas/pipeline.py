@@ -19,6 +19,7 @@ import pandas as pd
 from latency.devices import with_overrides
 from latency.target import PredictedLatency, Target, target_timer
 from latency.workflow import fit_run_device, measure_devices, resolve_device
+from nas.card import written_test_score
 from nas.export import ExportConfig, choose_and_export, run_search, search_history
 from nas.fronts import compare
 from nas.objectives import DevAccuracy
@@ -68,7 +69,12 @@ class JobConfig:
         return self.export_device or self.devices[0]
 
 
-def main_job(out: str | Path, spec: RunSpec, job: JobConfig, *, progress: bool = True, log=print) -> pd.DataFrame:  # noqa: ANN001
+def main_job(out: str | Path, spec: RunSpec, job: JobConfig, *, progress: bool = True, log=print,  # noqa: ANN001
+             command: str | None = None) -> pd.DataFrame:
+    """Every stage on ``spec`` into the run folder ``out``; returns the summary: each search's
+    pick per device and budget (``picked_by`` "search"), then what was exported (``picked_by``
+    "export": the export's own pick, fine-tuned where ``job.finetune`` asks, and its
+    measurement). ``command``: the command line, named in the export's model card."""
     out = Path(out)
     times: dict[str, float] = {}
 
@@ -121,7 +127,7 @@ def main_job(out: str | Path, spec: RunSpec, job: JobConfig, *, progress: bool =
             got = timer.measure([c.config for _, c in found])
         measured, full_ms = got.ms, got.full_ms
         for (budget, c), ms in zip(found, measured, strict=True):
-            rows.append({"device": device, "regime": target.regime, "length": target.length, "budget_ms": budget, "arch": c.config.describe(),
+            rows.append({"picked_by": "search", "device": device, "regime": target.regime, "length": target.length, "budget_ms": budget, "arch": c.config.describe(),
                          "pred_ms": c.latency_ms, "measured_ms": ms, "full_ms": full_ms, "speedup": full_ms / ms,
                          "meets_budget": ms <= budget, "acc_dev": acc.full_dev(c.config), "acc_test": acc.test(c.config),
                          "full_acc_test": acc.test(run.space.largest())})
@@ -134,10 +140,18 @@ def main_job(out: str | Path, spec: RunSpec, job: JobConfig, *, progress: bool =
                           # The budgets are points on this predictor's own scale, fitted
                           # minutes ago: scaling its predictions would move them.
                           drift_tolerance=None)
-    report = choose_and_export(run, targets[job.exported_on], run.paths.export(job.exported_on, budget), export,
-                               accuracy=acc)
-    if report["finetuned"]:
-        ft = report["finetuned"]
+    export_dir = run.paths.export(job.exported_on, budget)
+    report = choose_and_export(run, targets[job.exported_on], export_dir, export, accuracy=acc, command=command)
+    ft = report["finetuned"]
+    rows.append({"picked_by": "export", "device": job.exported_on, "regime": report["regime"],
+                 "length": report["length"], "budget_ms": budget, "arch": report["arch"],
+                 "pred_ms": report["predicted_latency_ms"], "measured_ms": report["measured_latency_ms"],
+                 "full_ms": report["full_model_latency_ms"], "speedup": report["speedup"],
+                 "meets_budget": report["measured_latency_ms"] <= budget,
+                 # The written model's scores: fine-tuned where it was.
+                 "acc_dev": ft["dev_accuracy"] if ft else report["dev_accuracy"], "acc_test": written_test_score(report),
+                 "full_acc_test": acc.test(run.space.largest())})
+    if ft:
         log(f"exported {report['arch']} (best fine-tuned dev score of {ft['candidates']} candidates): test "
             f"{report['metric']} {report['test_accuracy']:.4f} with the supernet's weights, {ft['test_accuracy']:.4f} "
             f"after {ft['epochs']:g} epochs of fine-tuning")

@@ -706,6 +706,33 @@ def test_a_corrupt_trainer_state_is_one_clear_error_on_resume(state: str, copy_r
     assert "cannot resume" in line and "Delete that folder" in line and "weights_only" not in line
 
 
+@pytest.mark.parametrize("case, says", [
+    ("no folder", "does not exist"), ("a file", "is a file"), ("no model.onnx", "has no model.onnx"),
+    ("no text", "no text to classify"), ("an empty text", "text 1 is empty"), ("a blank file", "no text to classify"),
+    ("no such file", "does not exist"), ("a corrupt graph", "cannot be opened by ONNX Runtime"),
+])
+def test_predict_refuses_what_it_cannot_classify(case: str, says: str, tmp_path: Path) -> None:
+    folder, texts = tmp_path / "export", ["a fine film"]
+    folder.mkdir()
+    (folder / "model.onnx").write_bytes(b"not an onnx graph")
+    extra: list[str] = []
+    if case == "no folder":
+        folder = tmp_path / "none"
+    elif case == "a file":
+        folder = folder / "model.onnx"
+    elif case == "no model.onnx":
+        (folder / "model.onnx").unlink()
+    elif case == "no text":
+        texts = []
+    elif case == "an empty text":
+        texts = ["  "]
+    elif case in ("a blank file", "no such file"):
+        texts, extra = [], ["--file", str(tmp_path / "texts.txt")]
+        if case == "a blank file":
+            (tmp_path / "texts.txt").write_text("\n  \n")
+    assert says in refused(["predict", "--model", str(folder), *texts, *extra])
+
+
 # --- Not refusals, but part of the same promise -------------------------------------------------
 
 def test_the_main_job_exports_for_its_first_device() -> None:

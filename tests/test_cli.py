@@ -13,7 +13,7 @@ import pytest
 
 from nas.cli import COMMANDS, build_parser, main
 
-ORDER = ["run", "train", "eval", "measure", "fit", "search", "export", "compare", "bench", "extract"]
+ORDER = ["run", "train", "eval", "measure", "fit", "search", "export", "compare", "bench", "extract", "predict"]
 
 
 def test_every_command_registers_its_own_options() -> None:

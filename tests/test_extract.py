@@ -10,7 +10,13 @@ import torch
 from conftest import tiny_batch, tiny_model
 from supernet.checkpoint import load_model, load_pretrained, save_model
 from supernet.errors import CheckpointError, ConfigError
-from supernet.extract import export_hf, export_standalone, extract, hf_expressible
+from supernet.extract import (
+    export_hf,
+    export_standalone,
+    extract,
+    hf_expressible,
+    needs_remote_code,
+)
 from supernet.space import SubnetConfig
 
 
@@ -41,7 +47,7 @@ def test_hf_folder_loads_with_plain_transformers(tmp_path: Path, tiny_hf_dir, bu
     assert torch.allclose(_logits(load_model(written["pytorch"]), dict(enc)), ref, atol=1e-5)
 
 
-def test_hf_folder_refused_when_stock_bert_cannot_express_it(tmp_path: Path) -> None:
+def test_stock_hf_folder_refused_when_stock_bert_cannot_express_it(tmp_path: Path) -> None:
     model = tiny_model()
     for cfg, why in [
         (SubnetConfig((2, 2, 2), (64,) * 3, (True,) * 3, (1.0,) * 3), "heads"),
@@ -52,8 +58,9 @@ def test_hf_folder_refused_when_stock_bert_cannot_express_it(tmp_path: Path) -> 
         assert why in (hf_expressible(small) or "")
         with pytest.raises(ConfigError, match=why):
             export_hf(small, tmp_path / "hf")
+        # hf/ is still written, with the elastic BERT's code (tests/test_using_export.py loads it).
         written = export_standalone(model, cfg, tmp_path / cfg.key())
-        assert "hf" not in written and (tmp_path / cfg.key() / "subnet.json").exists()
+        assert needs_remote_code(written["hf"]) and (tmp_path / cfg.key() / "subnet.json").exists()
 
 
 def test_save_load_round_trip_with_retention(tmp_path: Path) -> None:

@@ -3,7 +3,8 @@
 Each family's tiny random checkpoint (hidden 32, 2 layers, built offline from a config) is
 loaded into the elastic model; its largest sub-network must give the transformers model's
 logits (padding included: RoBERTa numbers positions after the padding index), a smaller one
-must survive the trip to the family's stock folder and to ONNX.
+must survive the trip to the family's stock folder and to ONNX, and an elastic one (per-layer
+widths, token dropping) the trip to a remote-code folder (modeling_hwnas_bert.py).
 """
 
 from __future__ import annotations
@@ -106,6 +107,30 @@ def test_a_shallower_subnet_round_trips_through_the_familys_stock_folder(family_
     with torch.no_grad():
         ours = small(**batch).logits
     assert torch.allclose(ours, _hf_logits(hf, batch), atol=1e-5)
+
+
+def test_an_elastic_subnet_loads_with_remote_code_and_gives_our_logits(family_dir: Path, tmp_path: Path) -> None:
+    """Per-layer heads and FFN widths with token dropping: no stock model holds it, so ``hf/``
+    carries modeling_hwnas_bert.py, which must know the family (RoBERTa's positions counted
+    on the mask, DistilBERT's missing token types and ReLU head, ELECTRA's projection)."""
+    from transformers import AutoModelForSequenceClassification
+
+    from supernet.extract import needs_remote_code, write_hf
+
+    model, tokenizer = load_pretrained(str(family_dir), num_labels=3)
+    cfg = SubnetConfig((4, 2), (64, 32), (True, True), (0.7, 0.5))
+    small = model.extract(cfg).eval()
+    hf_dir, remote = write_hf(small, tmp_path / "hf", tokenizer)
+    assert remote and needs_remote_code(hf_dir)
+    hf = AutoModelForSequenceClassification.from_pretrained(str(hf_dir), trust_remote_code=True).eval()
+    assert type(hf).__name__ == "HwnasBertForSequenceClassification"
+    assert hf.config.family == model.shape.family and hf.config.layer_heads == [4, 2]
+    batch = _batch(model.shape.pad_token_id)
+    with torch.no_grad():
+        ours = small(**batch).logits
+    ref = _hf_logits(hf, batch)
+    assert ref.abs().max() > 0.1
+    assert torch.allclose(ours, ref, atol=1e-5), (ours - ref).abs().max()
 
 
 @pytest.mark.parametrize("family", ["roberta", "distilbert", "electra"])
