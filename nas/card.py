@@ -11,6 +11,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from supernet.checkpoint import FAMILIES
+
 CARD_NAME = "README.md"
 
 
@@ -35,8 +37,13 @@ def written_test_score(r: dict[str, Any]) -> float:
 
 def model_card(r: dict[str, Any], command: str | None, *, remote_code: bool) -> str:
     """The card's Markdown for report ``r``; ``remote_code``: ``hf/`` holds the elastic BERT's
-    code (a stock BERT cannot hold the sub-network)."""
+    code (no stock model of its family can hold the sub-network)."""
     metric = r["metric"]
+    family = FAMILIES[r.get("family", "bert")]  # reports before the encoder families: BERT
+    inputs = r.get("onnx_inputs", ["input_ids", "attention_mask", "token_type_ids"])
+    # The tokenizers.Encoding field that feeds each graph input.
+    encoding = {"input_ids": "ids", "attention_mask": "attention_mask", "token_type_ids": "type_ids"}
+    feed = ", ".join(f"\"{name}\": np.array([e.{encoding[name]}])" for name in inputs)
     lines = [
         f"# hwnas export: {r['arch']}",
         "",
@@ -83,14 +90,14 @@ def model_card(r: dict[str, Any], command: str | None, *, remote_code: bool) -> 
         "",
         "## Files",
         "",
-        "- `model.onnx`: the graph to deploy (token dropping inside the graph), inputs `input_ids`, "
-        "`attention_mask`, `token_type_ids` (int64), output `logits`"
+        "- `model.onnx`: the graph to deploy (token dropping inside the graph), inputs "
+        + ", ".join(f"`{name}`" for name in inputs) + " (int64), output `logits`"
         + ("; quantized to INT8, its fp32 graph is `model-fp32.onnx`" if r["precision"] == "int8" else "")
         + "; `config.json` (labels) and the tokenizer files beside it.",
         "- `hf/`: " + ("the model with its own modeling code (`modeling_hwnas_bert.py`: per-layer heads, FFN "
                        "widths and token retention; it needs only torch and transformers), loaded with "
                        "`trust_remote_code=True`" if remote_code else
-                       "a stock `BertForSequenceClassification` folder (no remote code needed)") + ".",
+                       f"a stock `{family.architecture}` folder (no remote code needed)") + ".",
         "- `pytorch/`: hwnas's own format (`hwnas` installed); `subnet.json`, `report.json`.",
         "",
         "## Use",
@@ -101,8 +108,7 @@ def model_card(r: dict[str, Any], command: str | None, *, remote_code: bool) -> 
         "```python",
         "import numpy as np, onnxruntime as ort, tokenizers",
         "tok, sess = tokenizers.Tokenizer.from_file(\"tokenizer.json\"), ort.InferenceSession(\"model.onnx\")",
-        "e = tok.encode(\"a fine film\"); logits = sess.run(None, {\"input_ids\": np.array([e.ids]), "
-        "\"attention_mask\": np.array([e.attention_mask]), \"token_type_ids\": np.array([e.type_ids])})[0]",
+        f"e = tok.encode(\"a fine film\"); logits = sess.run(None, {{{feed}}})[0]",
         "```",
         "",
         "transformers (PyTorch):",

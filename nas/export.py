@@ -387,12 +387,12 @@ def finetune_best(run: LoadedRun, teacher: ElasticBert, pool: list[tuple[Candida
 # --- 5. write ------------------------------------------------------------------------------------
 
 def write_export(run: LoadedRun, target: Target, out: Path, chosen: Candidate, model: ElasticBert) -> dict[str, Any]:
-    """The standalone model (``pytorch/``; ``hf/``, stock BERT or the elastic BERT's code;
+    """The standalone model (``pytorch/``; ``hf/``, the family's stock model or the elastic BERT's code;
     fp32 weights), ``model.onnx`` (the graph to deploy: quantized for an int8 sub-network,
     whose fp32 graph is kept beside it as ``model-fp32.onnx``) with ``hf/``'s config, code
     and tokenizer files beside it (what Optimum and a plain ONNX Runtime user read), and how
     far the fp32 graph's outputs are from PyTorch's on dev batches; returns what was written."""
-    from latency.onnx_export import check_onnx, export_onnx, quantize_subnet
+    from latency.onnx_export import check_onnx, export_onnx, input_names, quantize_subnet
     from supernet.data import iterate_batches
     from supernet.extract import copy_runtime_files, export_standalone
 
@@ -410,7 +410,7 @@ def write_export(run: LoadedRun, target: Target, out: Path, chosen: Candidate, m
         files["onnx_fp32"] = str(fp32_path)
     copy_runtime_files(written["hf"], out)
     files["config"] = str(out / "config.json")
-    return {"files": files, "onnx_max_abs_diff": diff}
+    return {"files": files, "onnx_max_abs_diff": diff, "onnx_inputs": list(input_names(model))}
 
 
 def compare_with_stock(run: LoadedRun, timer: DeviceTimer, files: dict[str, str], precision: str,
@@ -615,6 +615,8 @@ def choose_and_export(
         "speedup_vs_stock": stock["speedup"] if stock else None,
         "files": written["files"],
         "hf_remote_code": needs_remote_code(written["files"]["hf"]),  # hf/ loads with trust_remote_code=True
+        "family": run.supernet.shape.family,  # the encoder family: hf/'s stock class, the tokenizer's
+        "onnx_inputs": written["onnx_inputs"],  # model.onnx's inputs (DistilBERT's has no token_type_ids)
     }
     write_json(out / "report.json", report)
     write_text(out / CARD_NAME, model_card(report, command, remote_code=report["hf_remote_code"]))

@@ -132,6 +132,19 @@ def test_the_export_folder_runs_with_the_cards_onnx_runtime_snippet(export_dir: 
         assert np.allclose(scope["logits"], _written_logits(export_dir, [text]), atol=1e-4)
 
 
+def test_the_card_names_the_familys_stock_class_and_the_graphs_inputs(export_dir: Path) -> None:
+    """A DistilBERT export's graph has no ``token_type_ids``: its card's snippet must not feed one
+    (ONNX Runtime refuses an unknown input), and its stock folder is a DistilBERT one."""
+    from nas.card import model_card
+
+    report = json.loads((export_dir / "report.json").read_text())
+    assert report["family"] == "bert" and report["onnx_inputs"] == ["input_ids", "attention_mask", "token_type_ids"]
+    card = model_card({**report, "family": "distilbert", "onnx_inputs": ["input_ids", "attention_mask"]}, None,
+                      remote_code=False)
+    assert "`DistilBertForSequenceClassification`" in card and "token_type_ids" not in card
+    assert '"attention_mask": np.array([e.attention_mask])})[0]' in card
+
+
 def test_the_export_folders_hf_model_matches_the_written_model(export_dir: Path) -> None:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
