@@ -14,6 +14,7 @@ Shapes in comments: B batch, T tokens alive, H hidden size, h heads, d head size
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, overload
 
@@ -365,6 +366,19 @@ class ElasticBert(nn.Module):
         token_type_ids: torch.Tensor | None = None,  # (B, T)
         subnet: SubnetConfig | None = None,
     ) -> EncoderOutput:
+        *_, (_, x, mask) = self.layer_states(input_ids, attention_mask, token_type_ids, subnet)  # the last layer's
+        return EncoderOutput(logits=self.classify(x), hidden=x, mask=mask)
+
+    def layer_states(
+        self,
+        input_ids: torch.Tensor,  # (B, T)
+        attention_mask: torch.Tensor | None = None,  # (B, T) 1 = token, 0 = padding
+        token_type_ids: torch.Tensor | None = None,  # (B, T)
+        subnet: SubnetConfig | None = None,
+    ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+        """The encoder, one kept layer at a time: yields ``(i, hidden, mask)`` after layer ``i``
+        (hidden (B, T', H) of the tokens still alive, mask (B, T')). ``forward`` classifies the
+        last state; the early exits (``supernet/exits.py``) read every one."""
         cfg = self.own_config() if subnet is None else subnet
         if subnet is not None:
             self.check(subnet)
@@ -377,19 +391,32 @@ class ElasticBert(nn.Module):
         T = lengths.new_full((), input_ids.shape[1])  # () the padded length, as a tensor (see below)
         x = self.embeddings(input_ids, token_type_ids)  # (B, T, H)
 
-        layers = self.encoder_layers
-        drops = cfg.drops  # layer -> the retention it drops to
         for i in cfg.kept_layers:
-            keep = t_new = None
-            if i in drops:
-                keep = tokens_kept(lengths, drops[i])  # (B,)
-                # The new padded length T' = max(keep). Padding is dynamic (T = the longest
-                # example), so it is the same rounding of T: taken from the input's *shape*
-                # with tensor ops, not from the data, so that a traced (ONNX) graph keeps T
-                # dynamic. (Padded beyond the longest example, the extra slots stay dead.)
-                t_new = tokens_kept(T, drops[i])  # ()
-            x, mask = layers[i](x, mask, cfg.heads[i], cfg.ffn[i], keep, t_new)  # (B, T', H)
+            x, mask = self.layer_step(cfg, i, x, mask, lengths, T)  # (B, T', H)
+            yield i, x, mask
 
+    def layer_step(
+        self,
+        cfg: SubnetConfig,
+        i: int,
+        x: torch.Tensor,  # (B, T, H)
+        mask: torch.Tensor,  # (B, T) bool
+        lengths: torch.Tensor,  # (B,) real tokens per example at the input
+        T: torch.Tensor,  # () the input's padded length
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer ``i`` of ``cfg`` (kept), with its token drop: (B, T', H) and the new mask."""
+        keep = t_new = None
+        drops = cfg.drops  # layer -> the retention it drops to
+        if i in drops:
+            keep = tokens_kept(lengths, drops[i])  # (B,)
+            # The new padded length T' = max(keep). Padding is dynamic (T = the longest
+            # example), so it is the same rounding of T: taken from the input's *shape*
+            # with tensor ops, not from the data, so that a traced (ONNX) graph keeps T
+            # dynamic. (Padded beyond the longest example, the extra slots stay dead.)
+            t_new = tokens_kept(T, drops[i])  # ()
+        return self.encoder_layers[i](x, mask, cfg.heads[i], cfg.ffn[i], keep, t_new)
+
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        """The final classifier on the last hidden states (B, T', H) -> logits (B, num_labels)."""
         pooled = torch.tanh(self.pooler(x[:, 0]))  # (B, H) from [CLS], always alive at 0
-        logits = self.classifier(self.dropout(pooled))  # (B, num_labels)
-        return EncoderOutput(logits=logits, hidden=x, mask=mask)
+        return self.classifier(self.dropout(pooled))  # (B, num_labels)
