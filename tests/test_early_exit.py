@@ -228,3 +228,32 @@ def test_segment_costs_cover_every_layer_and_the_runner_stands_alone(tmp_path) -
     source = RUNNER.read_text()
     assert "import supernet" not in source and "from supernet" not in source and "from latency" not in source
     assert (tmp_path / RUNNER.name).read_text() == source
+
+
+def test_commands_train_exits_and_export_a_runner_that_runs_alone(job, tmp_path, capsys) -> None:
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    from nas.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(job, run, ignore=shutil.ignore_patterns("run.lock"))
+    out = tmp_path / "ee"
+    ee = ["early-exit", "--run", str(run), "--out", str(out), "--n-cost", "8", "--n-time", "12", "--rounds", "1"]
+    assert main(ee) == 2  # no exit heads yet: one line that says how to train them
+    assert "hwnas exits" in capsys.readouterr().err
+    assert main(["exits", "--run", str(run), "--epochs", "0.5", "--quiet"]) == 0
+    assert (run / "exits" / "mean" / "exits.safetensors").is_file()
+    assert main(ee) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["policy"]["criterion"] in ("entropy", "patience")
+    assert report["early_exit"]["runner_exits_same_as_pytorch"] >= 0.99
+    assert abs(sum(report["early_exit"]["test_exit_histogram"]) - 1) < 1e-6
+    assert report["early_exit"]["measured_test"]["p50_ms"] > 0
+    # The exported folder runs with numpy, onnxruntime and the tokenizer alone, from the command line.
+    done = subprocess.run([sys.executable, str(out / "runner" / "exit_runner.py"), str(out / "runner"),
+                           "a gripping, funny film", "dull"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert [line.split()[0] for line in done.stdout.splitlines()] == ["label", "label"]
