@@ -13,7 +13,7 @@ from latency.early_exit import (
     estimate_latency,
     export_early_exit,
     load_runner,
-    segment_costs,
+    segment_times,
     single_inputs,
 )
 from supernet.data import Encoded
@@ -127,6 +127,10 @@ def test_latency_estimate_on_a_fake_cost_table() -> None:
     assert est["p50_ms"] == pytest.approx(2.0)
     assert est["p90_ms"] == pytest.approx(3 + 0.7 * 3)
     assert estimate_latency(segment_ms, np.full(5, 2))["p50_ms"] == pytest.approx(6.0)
+    # Each input's own segment times: input 0 leaves after 1 segment, input 1 after 3.
+    own = np.array([[1.0, 9.0, 9.0], [2.0, 2.0, 2.0]])
+    est = estimate_latency(own, np.array([0, 2]))  # costs 1 and 6
+    assert (est["mean_ms"], est["p50_ms"]) == (pytest.approx(3.5), pytest.approx(3.5))
 
 
 def test_training_freezes_the_backbone_teaches_the_exits_and_resumes(tmp_path) -> None:
@@ -221,8 +225,8 @@ def test_segment_costs_cover_every_layer_and_the_runner_stands_alone(tmp_path) -
                       criterion="entropy", threshold=2.0)
     runner = load_runner(tmp_path, threads=1)
     inputs = single_inputs(_encoded(8), 8)
-    costs = segment_costs(runner, inputs, warmup=2)
-    assert costs.shape == (3,) and (costs > 0).all()
+    costs = segment_times(runner, inputs, warmup=2)
+    assert costs.shape == (8, 3) and (costs > 0).all()
     assert (runner.criterion, runner.threshold) == ("entropy", 2.0)  # restored
     assert all(int(runner.run(*x)[1][0]) == 0 for x in inputs)  # threshold 2: the first exit
     source = RUNNER.read_text()
