@@ -228,6 +228,8 @@ def layer_loss(student: EncoderOutput, teacher: EncoderOutput) -> torch.Tensor:
     losses = []
     for s in student.states:
         t = by_layer.get(s.layer)
+        if s.positions is None:
+            raise ConfigError("layer_loss: the student's states carry no positions (forward(..., states=True))")
         if t is None:
             raise ConfigError(f"layer_loss: the teacher has no state for source layer {s.layer}")
         # The teacher keeps every token, so its slot j is input position j.
@@ -247,7 +249,7 @@ class StageRunner:
         self,
         name: str,
         folder: Path,
-        model: ElasticBert,
+        model: torch.nn.Module,
         train: Encoded,
         stage: StageConfig,
         cfg: TrainConfig,
@@ -307,7 +309,7 @@ class StageRunner:
         the rows since the previous checkpoint would be lost by a crash in between."""
         ckpt, tmp, old = (self.folder / n for n in ("checkpoint", "checkpoint.tmp", "checkpoint.old"))
         shutil.rmtree(tmp, ignore_errors=True)
-        save_model(self.model, tmp, {"step": step})
+        self.write_weights(tmp, step)
         state = {"step": step, "optimizer": opt.state_dict(), "scheduler": sched.state_dict()}
         atomic_write(tmp / "trainer_state.pt", lambda p: torch.save(state, p))
         self.log.flush()
@@ -318,6 +320,16 @@ class StageRunner:
         os.replace(tmp, ckpt)
         fsync_path(self.folder)  # the swap's renames
         shutil.rmtree(old, ignore_errors=True)
+
+    def write_weights(self, folder: Path, step: int) -> None:
+        """The trained module's weights into a checkpoint folder (overridden by stages that
+        train something other than an ``ElasticBert``: the early exits)."""
+        assert isinstance(self.model, ElasticBert)
+        save_model(self.model, folder, {"step": step})
+
+    def read_weights(self, folder: Path) -> None:
+        """Load what ``write_weights`` wrote into the trained module."""
+        self.model.load_state_dict(load_model(folder).state_dict())
 
     def _restore(self, opt: Any, sched: Any) -> int:
         ckpt = self.folder / "checkpoint"
@@ -334,7 +346,7 @@ class StageRunner:
             ) from None
         try:
             step = check_int(state["step"], "step", 0)
-            self.model.load_state_dict(load_model(ckpt).state_dict())
+            self.read_weights(ckpt)
             opt.load_state_dict(state["optimizer"])
             sched.load_state_dict(state["scheduler"])
         except (CheckpointError, ConfigError, RuntimeError, KeyError, OSError, TypeError, ValueError,
