@@ -459,6 +459,9 @@ def register_measure(sub: Subparsers) -> argparse.ArgumentParser:
     g = m.add_mutually_exclusive_group()
     g.add_argument("--kit", metavar="DIR", type=out_folder, help="write a measurement kit to DIR instead of measuring here")
     g.add_argument("--import", dest="import_csv", metavar="CSV", help="import the CSV a kit wrote on the device")
+    g.add_argument("--ray-address", metavar="HOST:PORT",
+                   help="measure each device on a node of this Ray cluster that advertises the resource "
+                   "device:NAME (`ray start ... --resources '{\"device:NAME\": 1}'`); rows come back here (README)")
     m.add_argument("--quiet", action="store_true", help="no progress bars")
     return m
 
@@ -474,6 +477,19 @@ def cmd_measure(a: argparse.Namespace) -> int:
         store_devices(a.run, a.devices)
     profiles = [with_overrides(resolve_device(a.run, d), repeats=a.repeats, warmup=a.warmup)
                 for d in a.device.split(",")]
+    if a.ray_address:
+        from nas.distributed import measure_on_cluster
+
+        t0 = time.time()
+        tables = measure_on_cluster(run, profiles, address=a.ray_address, n=a.n, seed=a.seed,
+                                    reference_every=a.reference_every, noise_rounds=a.noise_rounds,
+                                    progress=not a.quiet)
+        for name, rows in tables.items():
+            s = sweep_summary(rows)
+            print(f"{name}: {s['configs']} configurations measured on the cluster ({s['failed_rows']} failed rows) "
+                  f"in {run.paths.measurements(name)}; harness ratio {s['harness_ratio']:.3f}")
+        print(f"took {(time.time() - t0) / 60:.1f} min (the stock deployments are timed by a local `hwnas measure`)")
+        return 0
     if len(profiles) > 1:
         if a.kit or a.import_csv:
             raise ConfigError("--kit and --import take one --device")
