@@ -665,6 +665,7 @@ def measure_on_cluster(
             task = remote.options(resources={device_resource(profile.name): 1}, num_cpus=1)
             rows_stream: Any = task.remote(  # a generator task: an ObjectRefGenerator
                 profile, supernet, configs, workloads, before, reference_every, noise_rounds)
+            streams.append(rows_stream)
             bar = tqdm(desc=f"{profile.name} on the cluster (rows)", position=position, disable=not progress)
             try:
                 for ref in rows_stream:
@@ -681,9 +682,19 @@ def measure_on_cluster(
                 bar.close()
             return log.read()
 
-        with ThreadPoolExecutor(max_workers=len(profiles)) as pool:
+        streams: list[Any] = []
+        pool = ThreadPoolExecutor(max_workers=len(profiles))
+        try:
             futures = {p.name: pool.submit(one, p, i) for i, p in enumerate(profiles)}
             return {name: f.result() for name, f in futures.items()}
+        except BaseException:
+            # One device failed, or Ctrl-C: stop the other sweeps too (their rows so far are kept).
+            for stream in streams:
+                with contextlib.suppress(Exception):
+                    ray.cancel(stream, force=True)
+            raise
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
     finally:
         if started:
             ray.shutdown()
