@@ -106,7 +106,7 @@ def head() -> Iterator[Head]:
     finally:
         if _group_alive(pgid):
             os.killpg(pgid, signal.SIGTERM)
-            deadline = time.time() + 15
+            deadline = time.time() + 5  # Ray's daemons can take longer to stop on SIGTERM
             while _group_alive(pgid) and time.time() < deadline:
                 time.sleep(0.2)
             if _group_alive(pgid):
