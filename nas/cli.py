@@ -379,19 +379,56 @@ def register_train(sub: Subparsers) -> argparse.ArgumentParser:
                        "write an evaluation table.")
     t.add_argument("--out", type=out_folder, required=True, help="run folder, e.g. runs/NAME")
     t.add_argument("--resume", action="store_true", help="continue an interrupted run in --out with its stored settings")
+    t.add_argument("--nproc", type=COUNT, default=1,
+                   help="data-parallel processes on this machine, each taking a share of every batch (default "
+                   "%(default)s); for several machines launch `torchrun ... -m nas.cli train` instead (README)")
     _add_train_args(t, quick=False)
     return t
 
 
+def _without_option(argv: Sequence[str], option: str) -> list[str]:
+    """``argv`` less ``option`` and its value (``--opt V`` or ``--opt=V``)."""
+    out: list[str] = []
+    skip = False
+    for x in argv:
+        if skip:
+            skip = False
+        elif x == option:
+            skip = True
+        elif not x.startswith(option + "="):
+            out.append(x)
+    return out
+
+
 def cmd_train(a: argparse.Namespace) -> int:
+    from supernet import parallel
     from supernet.workflow import evaluation_table, open_run, train_run, write_evaluation
 
+    launched = parallel.INIT_ENV in os.environ or "WORLD_SIZE" in os.environ  # a rank of hwnas or torchrun
+    if a.nproc > 1 and not launched:
+        from supernet.io import make_temp_dir, remove_temp_dir
+
+        rendezvous = make_temp_dir("dist")
+        try:
+            return parallel.launch(_without_option(a.argv, "--nproc"), a.nproc, str(rendezvous))
+        finally:
+            remove_temp_dir(rendezvous)
+    if a.nproc > 1 and parallel.INIT_ENV not in os.environ:
+        raise ConfigError("--nproc starts its own processes: leave it out under torchrun (--nproc-per-node sets them)")
     out = Path(a.out)
     stored = RunFolder(out).spec.exists()
     spec = _stored_spec(a, out) if a.resume and stored else _spec(a)
-    if a.resume and stored:
-        print(f"resuming {out} with its stored settings (task {spec.task}, model {spec.model})")
-    times = train_run(out, spec, resume=a.resume, progress=not a.quiet)
+    ranks = parallel.join()
+    try:
+        if a.resume and stored and ranks.main:
+            print(f"resuming {out} with its stored settings (task {spec.task}, model {spec.model})")
+        times = train_run(out, spec, resume=a.resume, progress=not a.quiet, ranks=ranks)
+    finally:
+        parallel.leave(ranks)
+    if not ranks.main:
+        return 0  # rank 0 evaluates and reports
+    if ranks.world > 1:
+        print(f"trained with {ranks.world} processes")
     t0 = time.time()
     run = open_run(out)
     table = evaluation_table(run)
@@ -544,6 +581,9 @@ def register_measure(sub: Subparsers) -> argparse.ArgumentParser:
     g = m.add_mutually_exclusive_group()
     g.add_argument("--kit", metavar="DIR", type=out_folder, help="write a measurement kit to DIR instead of measuring here")
     g.add_argument("--import", dest="import_csv", metavar="CSV", help="import the CSV a kit wrote on the device")
+    g.add_argument("--ray-address", metavar="HOST:PORT",
+                   help="measure each device on a node of this Ray cluster that advertises the resource "
+                   "device:NAME (`ray start ... --resources '{\"device:NAME\": 1}'`); rows come back here (README)")
     m.add_argument("--quiet", action="store_true", help="no progress bars")
     return m
 
@@ -559,6 +599,19 @@ def cmd_measure(a: argparse.Namespace) -> int:
         store_devices(a.run, a.devices)
     profiles = [with_overrides(resolve_device(a.run, d), repeats=a.repeats, warmup=a.warmup)
                 for d in a.device.split(",")]
+    if a.ray_address:
+        from nas.distributed import measure_on_cluster
+
+        t0 = time.time()
+        tables = measure_on_cluster(run, profiles, address=a.ray_address, n=a.n, seed=a.seed,
+                                    reference_every=a.reference_every, noise_rounds=a.noise_rounds,
+                                    progress=not a.quiet)
+        for name, rows in tables.items():
+            s = sweep_summary(rows)
+            print(f"{name}: {s['configs']} configurations measured on the cluster ({s['failed_rows']} failed rows) "
+                  f"in {run.paths.measurements(name)}; harness ratio {s['harness_ratio']:.3f}")
+        print(f"took {(time.time() - t0) / 60:.1f} min (the stock deployments are timed by a local `hwnas measure`)")
+        return 0
     if len(profiles) > 1:
         if a.kit or a.import_csv:
             raise ConfigError("--kit and --import take one --device")
@@ -1021,14 +1074,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         if e.code == 2:
             return 2
         raise
-    command = shlex.join(["hwnas", *(sys.argv[1:] if argv is None else argv)])
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    command = shlex.join(["hwnas", *args.argv])
+    # A rank of a data-parallel run (supernet.parallel) works under the lock of the process
+    # that started it (``--nproc``) or of rank 0 (torchrun), and leaves errors to rank 0.
+    from supernet.parallel import holds_parent_lock, launched_rank
+
+    rank = launched_rank()
     try:
         with contextlib.ExitStack() as locks:
-            for run in runs_written(args):
+            for run in [] if holds_parent_lock() else runs_written(args):
                 locks.enter_context(RunFolder(run).lock(command))
             return int(args.func(args))
     except HwnasError as e:
-        print(f"hwnas {args.command}: error: {e}", file=sys.stderr)
+        if rank == 0:  # every rank checks the same input; one line is enough
+            print(f"hwnas {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         hint = ON_INTERRUPT.get(args.command, "nothing was kept: run the command again to start over")
