@@ -56,7 +56,7 @@ class _Segment(nn.Module):
             mask = attention_mask.bool()
             lengths = mask.sum(1)  # (B,)
             total = lengths.new_full((), input_ids.shape[1])  # () from the shape: T stays dynamic
-            x = m.embeddings(input_ids, token_type_ids)  # (B, T, H)
+            x = m.embeddings(input_ids, mask, token_type_ids)  # (B, T, H)
         else:
             x, mask, lengths, total1 = inputs  # (B, T, H), (B, T), (B,), (1,)
             total = total1[0]
