@@ -315,11 +315,13 @@ class MeasurementLog:
     (``supernet.io.CsvLog``: a crash mid-write loses only the row being written).
 
     Files written before the ``regime`` column existed read as fixed-length rows; appending
-    to one is refused (its header lacks today's columns)."""
+    to one is refused (its header lacks today's columns). ``on_append`` is called with every
+    batch of rows once it is stored (a measurement on a cluster node sends them back)."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, on_append: Callable[[list[dict[str, Any]]], None] | None = None) -> None:
         self.path = Path(path)
         self._log = CsvLog(self.path, COLUMNS)
+        self.on_append = on_append
 
     def read(self) -> pd.DataFrame:
         """Every complete row, checked (``check_rows``): MeasurementError names a bad line."""
@@ -344,7 +346,10 @@ class MeasurementLog:
                 raise MeasurementError(
                     f"{self.path} was written by an older hwnas (its columns differ from today's): move it "
                     "away and measure again, or import it into a new file")
+        rows = list(rows)
         self._log.append(rows)
+        if self.on_append is not None:
+            self.on_append(rows)
 
     def done(self) -> set[tuple[str, int, str, int]]:
         """(arch_key, batch, regime, length) of finished sample rows (errors count as finished)."""

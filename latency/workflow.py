@@ -40,6 +40,7 @@ from supernet.errors import ConfigError
 from supernet.io import make_temp_dir, read_json, remove_temp_dir, write_json
 from supernet.model import BertShape
 from supernet.runfolder import RunFolder
+from supernet.space import SubnetConfig
 from supernet.workflow import LoadedRun
 
 
@@ -99,6 +100,16 @@ def device_workloads(run: LoadedRun, profile: DeviceProfile, seed: int = 0) -> l
     return out + [Workload("fixed", L, (feed,)) for L, feed in device_inputs(run, profile, seed).items()]
 
 
+def measurement_plan(run: LoadedRun, profile: DeviceProfile, *, n: int,
+                     seed: int = 0) -> tuple[list[SubnetConfig], list[Workload]]:
+    """The ``n`` configurations and the workloads that ``profile`` is measured on in this run
+    (they depend only on the run, ``n`` and ``seed``: the same wherever the device is)."""
+    workloads = device_workloads(run, profile, seed)
+    configs = sample_configs(run.space.with_precisions(profile.precisions), run.supernet.shape, n, seed=seed,
+                             length=min(run.typical_length, *(w.length for w in workloads)))
+    return configs, workloads
+
+
 def measure_device(
     run: LoadedRun,
     profile: DeviceProfile,
@@ -116,9 +127,7 @@ def measure_device(
     measured with the same settings see the same sub-networks (and can share ``onnx_cache``).
     """
     check_available(profile)
-    workloads = device_workloads(run, profile, seed)
-    configs = sample_configs(run.space.with_precisions(profile.precisions), run.supernet.shape, n, seed=seed,
-                             length=min(run.typical_length, *(w.length for w in workloads)))
+    configs, workloads = measurement_plan(run, profile, n=n, seed=seed)
     log = MeasurementLog(run.paths.measurements(profile.name))
     return sweep(profile, run.supernet, configs, workloads, log, reference_every=reference_every,
                  noise_rounds=noise_rounds, progress=progress, onnx_cache=onnx_cache)

@@ -383,19 +383,56 @@ def register_train(sub: Subparsers) -> argparse.ArgumentParser:
                        "write an evaluation table.")
     t.add_argument("--out", type=out_folder, required=True, help="run folder, e.g. runs/NAME")
     t.add_argument("--resume", action="store_true", help="continue an interrupted run in --out with its stored settings")
+    t.add_argument("--nproc", type=COUNT, default=1,
+                   help="data-parallel processes on this machine, each taking a share of every batch (default "
+                   "%(default)s); for several machines launch `torchrun ... -m nas.cli train` instead (README)")
     _add_train_args(t, quick=False)
     return t
 
 
+def _without_option(argv: Sequence[str], option: str) -> list[str]:
+    """``argv`` less ``option`` and its value (``--opt V`` or ``--opt=V``)."""
+    out: list[str] = []
+    skip = False
+    for x in argv:
+        if skip:
+            skip = False
+        elif x == option:
+            skip = True
+        elif not x.startswith(option + "="):
+            out.append(x)
+    return out
+
+
 def cmd_train(a: argparse.Namespace) -> int:
+    from supernet import parallel
     from supernet.workflow import evaluation_table, open_run, train_run, write_evaluation
 
+    launched = parallel.INIT_ENV in os.environ or "WORLD_SIZE" in os.environ  # a rank of hwnas or torchrun
+    if a.nproc > 1 and not launched:
+        from supernet.io import make_temp_dir, remove_temp_dir
+
+        rendezvous = make_temp_dir("dist")
+        try:
+            return parallel.launch(_without_option(a.argv, "--nproc"), a.nproc, str(rendezvous))
+        finally:
+            remove_temp_dir(rendezvous)
+    if a.nproc > 1 and parallel.INIT_ENV not in os.environ:
+        raise ConfigError("--nproc starts its own processes: leave it out under torchrun (--nproc-per-node sets them)")
     out = Path(a.out)
     stored = RunFolder(out).spec.exists()
     spec = _stored_spec(a, out) if a.resume and stored else _spec(a)
-    if a.resume and stored:
-        print(f"resuming {out} with its stored settings (task {spec.task}, model {spec.model})")
-    times = train_run(out, spec, resume=a.resume, progress=not a.quiet)
+    ranks = parallel.join()
+    try:
+        if a.resume and stored and ranks.main:
+            print(f"resuming {out} with its stored settings (task {spec.task}, model {spec.model})")
+        times = train_run(out, spec, resume=a.resume, progress=not a.quiet, ranks=ranks)
+    finally:
+        parallel.leave(ranks)
+    if not ranks.main:
+        return 0  # rank 0 evaluates and reports
+    if ranks.world > 1:
+        print(f"trained with {ranks.world} processes")
     t0 = time.time()
     run = open_run(out)
     table = evaluation_table(run)
@@ -449,6 +486,86 @@ def cmd_eval(a: argparse.Namespace) -> int:
     return 0
 
 
+def register_exits(sub: Subparsers) -> argparse.ArgumentParser:
+    x = sub.add_parser("exits", help="train early-exit heads on a trained run's frozen supernet",
+                       description="Train one small classifier per layer (FastBERT / PABEE early exits) on the "
+                       "frozen supernet, by self-distillation from the final classifier of random sub-networks "
+                       "(sandwich rule), into RUN/exits/KIND/. The supernet is not changed. Resumable: run the "
+                       "same command again after an interruption. Prints each exit's dev accuracy for the largest "
+                       "and the smallest sub-network.")
+    x.add_argument("--run", required=True, help="run folder written by hwnas train")
+    x.add_argument("--kind", choices=("mean", "attn", "cls"), default="mean",
+                   help="mean: mean of the alive tokens + linear (default); attn: FastBERT's small attention "
+                   "classifier; cls: [CLS] + linear")
+    x.add_argument("--epochs", type=_number(0.0, above=True), default=2.0, help="default: %(default)s")
+    x.add_argument("--lr", type=RATE, default=1e-3, help="default: %(default)s")
+    x.add_argument("--n-random", type=COUNT0, default=2, help="random sub-networks per step besides the largest "
+                   "and the smallest (default: %(default)s)")
+    x.add_argument("--quiet", action="store_true", help="no progress bar")
+    return x
+
+
+def cmd_exits(a: argparse.Namespace) -> int:
+    from supernet.exits import ExitConfig, exit_table, train_exits
+    from supernet.workflow import open_run
+
+    run = open_run(a.run)
+    cfg = ExitConfig(kind=a.kind, epochs=a.epochs, lr=a.lr, n_random=a.n_random, seed=run.spec.seed)
+    t0 = time.time()
+    heads, trained = train_exits(run.supernet, run.space, run.splits["train"], run.paths.exits(a.kind), cfg,
+                                 batch_size=run.spec.train.batch_size,
+                                 bucket_by_length=run.spec.train.bucket_by_length, progress=not a.quiet)
+    print(f"{'trained' if trained else 'loaded'} {a.kind} exit heads in {run.paths.exits(a.kind)} "
+          f"({time.time() - t0:.0f} s)")
+    subnets = {"largest": run.space.largest(), "smallest": run.space.smallest()}
+    table = exit_table(run.supernet, heads, run.splits["dev"], subnets)
+    _print_table(table, list(table.columns))
+    return 0
+
+
+def register_early_exit(sub: Subparsers) -> argparse.ArgumentParser:
+    x = sub.add_parser("early-exit", help="a sub-network's accuracy / latency trade-off with early exits, exported "
+                       "and measured", description="For one sub-network of a run with trained exit heads (hwnas "
+                       "exits): every exit's logits on dev and test in one pass; each policy (entropy threshold, "
+                       "patience) scored without re-running; the sub-network exported as ONNX segments with a runner "
+                       "that stops early (numpy + onnxruntime); its per-layer cost measured on dev inputs one by "
+                       "one; each policy's latency estimated from that cost and its exits; the policy chosen on "
+                       "dev (the fastest estimated within --max-loss points of the static sub-network), then "
+                       "measured on test inputs one by one beside the static sub-network as one graph. Writes "
+                       "policies.csv and report.json to --out.")
+    x.add_argument("--run", required=True, help="run folder with exit heads (hwnas exits)")
+    x.add_argument("--kind", choices=("mean", "attn", "cls"), default="mean", help="which exit heads (default: mean)")
+    x.add_argument("--subnet", help="JSON file of the sub-network (default: the largest)")
+    x.add_argument("--out", required=True, type=out_folder, help="folder for the export, policies.csv, report.json")
+    x.add_argument("--max-loss", type=_number(0.0), default=1.0,
+                   help="points of dev accuracy the chosen policy may lose against the static sub-network "
+                   "(default: %(default)s)")
+    x.add_argument("--threads", type=COUNT, default=None, help="ONNX Runtime threads (default: one per core)")
+    x.add_argument("--n-cost", type=COUNT, default=300, help="dev inputs timed for the per-layer cost (default: "
+                   "%(default)s)")
+    x.add_argument("--n-time", type=COUNT, default=None, help="test inputs timed (default: all)")
+    x.add_argument("--rounds", type=COUNT, default=3, help="timing rounds, static and early exit in turn; "
+                   "medians are reported (default: %(default)s)")
+    return x
+
+
+def cmd_early_exit(a: argparse.Namespace) -> int:
+    from nas.early_exit import EarlyExitStudy
+    from supernet.space import SubnetConfig
+    from supernet.workflow import open_run
+
+    asked = SubnetConfig.from_dict(_read_json(a.subnet)) if a.subnet else None
+    run = open_run(a.run)
+    cfg = run.space.validate(asked) if asked is not None else run.space.largest()
+    study = EarlyExitStudy(run, a.kind, cfg, Path(a.out), threads=a.threads)
+    table, report = study.run_all(max_loss=a.max_loss, n_cost=a.n_cost, n_time=a.n_time, rounds=a.rounds)
+    _print_table(table, ["criterion", "threshold", f"{run.task.metric}_dev", f"{run.task.metric}_test", "layers_dev",
+                         "hist_test", "est_mean_ms_dev", "est_p50_ms_dev"])
+    print(json.dumps({k: v for k, v in report.items() if k != "policies"}, indent=1))
+    print(f"wrote {a.out}/policies.csv, {a.out}/report.json and the runner in {a.out}")
+    return 0
+
+
 def register_measure(sub: Subparsers) -> argparse.ArgumentParser:
     m = sub.add_parser("measure", help="time sampled sub-networks on a device (or write / import a kit)",
                        description="Measure sub-networks of a trained run on a device profile: warm-up, repeats, "
@@ -468,6 +585,9 @@ def register_measure(sub: Subparsers) -> argparse.ArgumentParser:
     g = m.add_mutually_exclusive_group()
     g.add_argument("--kit", metavar="DIR", type=out_folder, help="write a measurement kit to DIR instead of measuring here")
     g.add_argument("--import", dest="import_csv", metavar="CSV", help="import the CSV a kit wrote on the device")
+    g.add_argument("--ray-address", metavar="HOST:PORT",
+                   help="measure each device on a node of this Ray cluster that advertises the resource "
+                   "device:NAME (`ray start ... --resources '{\"device:NAME\": 1}'`); rows come back here (README)")
     m.add_argument("--quiet", action="store_true", help="no progress bars")
     return m
 
@@ -483,6 +603,19 @@ def cmd_measure(a: argparse.Namespace) -> int:
         store_devices(a.run, a.devices)
     profiles = [with_overrides(resolve_device(a.run, d), repeats=a.repeats, warmup=a.warmup)
                 for d in a.device.split(",")]
+    if a.ray_address:
+        from nas.distributed import measure_on_cluster
+
+        t0 = time.time()
+        tables = measure_on_cluster(run, profiles, address=a.ray_address, n=a.n, seed=a.seed,
+                                    reference_every=a.reference_every, noise_rounds=a.noise_rounds,
+                                    progress=not a.quiet)
+        for name, rows in tables.items():
+            s = sweep_summary(rows)
+            print(f"{name}: {s['configs']} configurations measured on the cluster ({s['failed_rows']} failed rows) "
+                  f"in {run.paths.measurements(name)}; harness ratio {s['harness_ratio']:.3f}")
+        print(f"took {(time.time() - t0) / 60:.1f} min (the stock deployments are timed by a local `hwnas measure`)")
+        return 0
     if len(profiles) > 1:
         if a.kit or a.import_csv:
             raise ConfigError("--kit and --import take one --device")
@@ -915,6 +1048,8 @@ COMMANDS: tuple[tuple[Register, Handler], ...] = (
     (register_run, cmd_run),
     (register_train, cmd_train),
     (register_eval, cmd_eval),
+    (register_exits, cmd_exits),
+    (register_early_exit, cmd_early_exit),
     (register_measure, cmd_measure),
     (register_fit, cmd_fit),
     (register_search, cmd_search),
@@ -947,7 +1082,7 @@ def runs_written(a: argparse.Namespace) -> list[Path]:
         names = [a.out]
     elif a.command == "compare":
         names = a.runs.split(",") if a.runs else [a.run] if a.run else []
-    elif a.command in ("measure", "fit", "search", "export", "bench") or (a.command == "eval" and not a.subnet):
+    elif a.command in ("measure", "fit", "search", "export", "bench", "exits") or (a.command == "eval" and not a.subnet):
         names = [a.run]
     else:
         names = []
@@ -959,6 +1094,7 @@ def runs_written(a: argparse.Namespace) -> list[Path]:
 ON_INTERRUPT = {
     "run": "run the same command again: it resumes the run in --out where it stopped",
     "train": "run the same command with --resume to continue from the last checkpoint",
+    "exits": "run the same command again to continue from the last checkpoint",
     "measure": "the rows measured so far are kept: run the same command again to measure the rest",
     "search": "the scores computed so far are cached in the run: running the same command again skips them",
     "export": "scores computed so far are cached in the run and fine-tuning resumes in --out: run the same "
@@ -980,15 +1116,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         if e.code == 2:
             return 2
         raise
-    command = shlex.join(["hwnas", *(sys.argv[1:] if argv is None else argv)])
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    command = shlex.join(["hwnas", *args.argv])
     args.command_line = command  # named in what a command writes (an export's model card)
+    # A rank of a data-parallel run (supernet.parallel) works under the lock of the process
+    # that started it (``--nproc``) or of rank 0 (torchrun), and leaves errors to rank 0.
+    from supernet.parallel import holds_parent_lock, launched_rank
+
+    rank = launched_rank()
     try:
         with contextlib.ExitStack() as locks:
-            for run in runs_written(args):
+            for run in [] if holds_parent_lock() else runs_written(args):
                 locks.enter_context(RunFolder(run).lock(command))
             return int(args.func(args))
     except HwnasError as e:
-        print(f"hwnas {args.command}: error: {e}", file=sys.stderr)
+        if rank == 0:  # every rank checks the same input; one line is enough
+            print(f"hwnas {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         hint = ON_INTERRUPT.get(args.command, "nothing was kept: run the command again to start over")

@@ -1,6 +1,21 @@
-"""The Optuna search run as Ray Tune trials: the only module of the project that imports ray.
+"""Ray: the Optuna search as Ray Tune trials, joining a cluster, and measuring on a cluster's
+devices. The only module of the project that imports ray.
 
-``RayTuneSearch`` is a searcher like the others (``search(space, accuracy, latency, *,
+**Joining a cluster** (``init_ray``, ``check_cluster``): before ``ray.init`` (which retries
+a failing address for a long while and then names no cause), a ``host:port`` is checked for
+the three causes met in practice, each with its own message: nothing listens there; Ray
+would dial another address (it replaces 127.0.0.1 by the machine's address unless
+``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, so a head bound to loopback is missed); the cluster
+uses token authentication and refuses this process (no token sent, or the wrong one). Ray
+sends a token only with ``RAY_AUTH_MODE=token``, from ``RAY_AUTH_TOKEN`` or the file named by
+``RAY_AUTH_TOKEN_PATH`` (default ``~/.ray/auth_token``); for an address given explicitly it
+never turns that on by itself.
+
+**Measuring on the cluster** (``measure_on_cluster``): a node says it can time a device by
+the custom resource ``device:NAME``; each device's ``sweep`` runs there as a generator task
+that yields its rows as they are taken, and the driver appends them to the run's file.
+
+**The search**: ``RayTuneSearch`` is a searcher like the others (``search(space, accuracy, latency, *,
 budget_ms, n_evaluations, seed) -> SearchResult``), but each configuration is evaluated in
 a Ray Tune trial, ``workers`` at a time, on a local Ray or on a cluster that it joins.
 
@@ -62,8 +77,9 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -83,7 +99,17 @@ from supernet.errors import ConfigError, HwnasError
 from supernet.io import make_temp_dir, remove_temp_dir
 from supernet.space import SearchSpace, SubnetConfig
 
-__all__ = ["RayClusterError", "RayTuneSearch", "init_ray", "overhead_benchmark"]
+if TYPE_CHECKING:  # light at import: torch, pandas and the run come with the calls that need them
+    import pandas as pd
+
+    from latency.devices import DeviceProfile
+    from latency.measure import Workload
+    from supernet.model import ElasticBert
+    from supernet.workflow import LoadedRun
+
+__all__ = ["RayClusterError", "RayTuneSearch", "check_cluster", "device_resource", "init_ray", "measure_on_cluster",
+           "overhead_benchmark"]
+
 
 class RayClusterError(HwnasError):
     """A Ray cluster that cannot be reached, or a Ray search whose trials failed."""
@@ -128,9 +154,11 @@ def init_ray(address: str | None = None, *, num_cpus: int = 2, connect_timeout_s
 
     Returns ``True`` when this call initialised Ray (the caller then owns the session and
     should ``ray.shutdown()`` it), ``False`` when Ray was already initialised in this process.
-    A ``host:port`` address is first probed with a plain TCP connect (``connect_timeout_s``),
-    because ``ray.init`` retries an unreachable address for minutes; an unreachable one
-    raises ``RayClusterError``.
+    A ``host:port`` address is checked before ``ray.init`` (which retries a failing address
+    for a long while and then names no cause), and ``RayClusterError`` says what is wrong:
+    nothing listens there (``connect_timeout_s``); Ray would dial another address (it
+    replaces a loopback address by the machine's own); or the cluster refuses this process
+    for want of its authentication token (``check_cluster``).
     """
     import ray
     from ray.job_config import JobConfig
@@ -145,22 +173,70 @@ def init_ray(address: str | None = None, *, num_cpus: int = 2, connect_timeout_s
     if address is None:
         _init_or_clean_up(num_cpus=num_cpus, **common)
         return True
-    hint = (
-        f"could not reach a Ray cluster at {address!r}: start one with `ray start --head` "
-        "(and pass the address it prints), or omit --ray-address to run on a local Ray"
-    )
-    hp = _host_port(address)
-    if hp is not None:
-        try:
-            with socket.create_connection(hp, timeout=connect_timeout_s):
-                pass
-        except OSError as e:
-            raise RayClusterError(f"{hint} ({e})") from None
+    check_cluster(address, connect_timeout_s=connect_timeout_s)
     try:
         _init_or_clean_up(address=address, **common)
     except (ConnectionError, TimeoutError, RuntimeError, ValueError) as e:
-        raise RayClusterError(f"{hint} ({e})") from None
+        raise RayClusterError(f"a Ray cluster answers at {address!r}, but joining it failed ({e}); Ray's own "
+                              "messages above say why") from None
     return True
+
+
+TOKEN_HELP = ("Ray reads the token from RAY_AUTH_TOKEN, or from the file named by RAY_AUTH_TOKEN_PATH (default "
+              "~/.ray/auth_token), and sends it only with RAY_AUTH_MODE=token; `ray get-auth-token` on the head "
+              "prints the cluster's token")
+
+
+def check_cluster(address: str, *, connect_timeout_s: float = 5.0) -> None:
+    """Raise ``RayClusterError`` naming the cause if this process cannot join the Ray cluster at
+    ``address`` (``host:port``; other forms are left to ``ray.init``): nothing listens there,
+    Ray would dial an address where nothing listens, or the cluster refuses this process's
+    authentication token (missing or wrong)."""
+    hp = _host_port(address)
+    if hp is None:
+        return
+    unreachable = (f"could not reach a Ray cluster at {address!r}: start one with `ray start --head` (and pass the "
+                   "address it prints), or omit --ray-address to run on a local Ray")
+    _probe(hp, connect_timeout_s, unreachable)
+    if address.startswith("ray://"):
+        return  # Ray Client: its server handles the rest
+    try:
+        from ray._private.services import canonicalize_bootstrap_address
+
+        dialed = canonicalize_bootstrap_address(address) or address
+    except Exception:  # Ray's internals moved: ray.init will report on its own
+        return
+    dialed_hp = _host_port(dialed)
+    if dialed_hp is not None and dialed_hp[0] != hp[0]:
+        _probe(dialed_hp, connect_timeout_s,
+               f"Ray dials {dialed} for {address!r} (it replaces a loopback address by this machine's), and nothing "
+               f"listens there: the head listens on loopback only. Set RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 for hwnas "
+               "too (as for `ray start`), or start the head on this machine's address")
+    try:
+        from ray._raylet import GcsClient  # type: ignore[attr-defined]  # compiled; no stub names it
+        from ray.exceptions import AuthenticationError
+    except ImportError:
+        return
+    try:
+        GcsClient(address=dialed)  # asks the cluster for its id: refused at once without the token
+    except AuthenticationError as e:
+        said = getattr(e, "message", str(e))
+        if os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
+            raise RayClusterError(f"the Ray cluster at {address!r} uses token authentication and refused this "
+                                  f"process, which sent no token (Ray: {said}). Set RAY_AUTH_MODE=token and give the "
+                                  f"cluster's token: {TOKEN_HELP}") from None
+        raise RayClusterError(f"the Ray cluster at {address!r} refused this process's authentication token (Ray: "
+                              f"{said}): give the cluster's token. {TOKEN_HELP}") from None
+    except Exception:  # anything else: ray.init reports it
+        return
+
+
+def _probe(hp: tuple[str, int], timeout_s: float, message: str) -> None:
+    try:
+        with socket.create_connection(hp, timeout=timeout_s):
+            pass
+    except OSError as e:
+        raise RayClusterError(f"{message} ({e})") from None
 
 
 # ---- shipping the models to the trials once ---------------------------------------------------
@@ -532,6 +608,132 @@ class RayTuneSearch:
                 archive.record(SubnetConfig.from_dict(json.loads(e["arch_json"])), e["acc"], e["lat"], e["upper"])
         archive.n_rejected = sum(int(m["n_rejected"]) for m in rows)
         return archive.result(method)
+
+
+# ---- measuring on the nodes that have a device ------------------------------------------------------
+def device_resource(device: str) -> str:
+    """The Ray custom resource by which a node says it can time ``device`` (one at a time):
+    ``ray start ... --resources '{"device:pi4": 1}'``."""
+    return f"device:{device}"
+
+
+def measure_on_cluster(
+    run: LoadedRun,
+    profiles: list[DeviceProfile],
+    *,
+    address: str,
+    n: int,
+    seed: int = 0,
+    reference_every: int = 20,
+    noise_rounds: int = 8,
+    progress: bool = True,
+    connect_timeout_s: float = 5.0,
+) -> dict[str, pd.DataFrame]:
+    """Measure each profile on a node of the cluster at ``address`` that advertises its
+    resource (``device_resource``); every device's sweep at once, each on its own node.
+
+    The node runs the same ``latency.measure.sweep`` as ``hwnas measure`` does here, on the
+    same configurations and inputs (``measurement_plan``), starting from the rows already in
+    this run's file for the device; each measurement's rows come back as soon as they are
+    taken and are appended here. So the file holds the rows a local measurement would write,
+    and an interrupted measurement resumes where it stopped. Returns each device's table.
+    """
+    import ray
+
+    from latency.measure import MeasurementLog
+    from latency.workflow import measurement_plan
+
+    started = init_ray(address, connect_timeout_s=connect_timeout_s)
+    try:
+        have = ray.cluster_resources()
+        missing = [p.name for p in profiles if have.get(device_resource(p.name), 0) < 1]
+        if missing:
+            example = json.dumps({device_resource(missing[0]): 1})
+            raise RayClusterError(
+                f"no node of the Ray cluster at {address!r} can time {', '.join(missing)}: start such a node with "
+                f"`ray start --address HEAD:PORT --resources '{example}'` (the cluster offers "
+                f"{sorted(k for k in have if k.startswith('device:')) or 'no devices'})")
+        remote = ray.remote(_sweep_on_node)
+        supernet = ray.put(run.supernet)  # once, however many devices
+
+        def one(profile: DeviceProfile, position: int) -> pd.DataFrame:
+            from tqdm.auto import tqdm
+
+            log = MeasurementLog(run.paths.measurements(profile.name))
+            configs, workloads = measurement_plan(run, profile, n=n, seed=seed)
+            before = log.path.read_text() if log.path.exists() else ""
+            task = remote.options(resources={device_resource(profile.name): 1}, num_cpus=1)
+            rows_stream: Any = task.remote(  # a generator task: an ObjectRefGenerator
+                profile, supernet, configs, workloads, before, reference_every, noise_rounds)
+            streams.append(rows_stream)
+            bar = tqdm(desc=f"{profile.name} on the cluster (rows)", position=position, disable=not progress)
+            try:
+                for ref in rows_stream:
+                    rows = ray.get(ref)
+                    log.append(rows)
+                    bar.update(len(rows))
+            except ray.exceptions.RayTaskError as e:
+                cause = e.cause
+                if isinstance(cause, HwnasError):
+                    raise cause from None
+                raise RayClusterError(f"measuring {profile.name} on the cluster failed: {type(cause).__name__}: "
+                                      f"{cause}") from None
+            finally:
+                bar.close()
+            return log.read()
+
+        streams: list[Any] = []
+        pool = ThreadPoolExecutor(max_workers=len(profiles))
+        try:
+            futures = {p.name: pool.submit(one, p, i) for i, p in enumerate(profiles)}
+            return {name: f.result() for name, f in futures.items()}
+        except BaseException:
+            # One device failed, or Ctrl-C: stop the other sweeps too (their rows so far are kept).
+            for stream in streams:
+                with contextlib.suppress(Exception):
+                    ray.cancel(stream, force=True)
+            raise
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _sweep_on_node(profile: DeviceProfile, supernet: ElasticBert, configs: list[SubnetConfig],
+                   workloads: list[Workload], rows_so_far: str, reference_every: int,
+                   noise_rounds: int) -> Iterator[list[dict[str, Any]]]:
+    """On the device's node (a Ray generator task): ``sweep`` from the rows so far, yielding
+    each batch of rows it appends (so the caller stores them as they come)."""
+    import queue
+    import threading
+
+    from latency.measure import MeasurementLog, sweep
+
+    folder = make_temp_dir("cluster-measure")
+    path = folder / "rows.csv"
+    if rows_so_far:
+        path.write_text(rows_so_far)
+    out: queue.Queue[list[dict[str, Any]] | BaseException | None] = queue.Queue()
+
+    def work() -> None:
+        try:
+            sweep(profile, supernet, configs, workloads, MeasurementLog(path, on_append=out.put),
+                  reference_every=reference_every, noise_rounds=noise_rounds, progress=False)
+            out.put(None)
+        except BaseException as e:  # handed to the generator, which raises it in the task
+            out.put(e)
+
+    worker = threading.Thread(target=work, daemon=True)
+    worker.start()
+    try:
+        while (item := out.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        worker.join(timeout=1.0)
+        remove_temp_dir(folder)
 
 
 # ---- how much Ray costs (on nas/toy.py's problem) ----------------------------------------------------------------------------------

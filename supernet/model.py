@@ -21,6 +21,7 @@ ELECTRA-small-style checkpoints), h heads, d head size, F FFN size.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, overload
 
@@ -132,7 +133,7 @@ class LayerState:
 
     layer: int  # the source layer in the original model (-1: the embeddings)
     hidden: torch.Tensor  # (B, T', H)
-    positions: torch.Tensor  # (B, T') each slot's position in the input (token dropping gathers)
+    positions: torch.Tensor | None  # (B, T') each slot's position in the input (None: not tracked)
     mask: torch.Tensor  # (B, T') True where a token is alive
 
 
@@ -431,6 +432,35 @@ class ElasticBert(nn.Module):
         subnet: SubnetConfig | None = None,
         states: bool = False,  # also return every layer's output (layer-wise distillation)
     ) -> EncoderOutput:
+        trace = list(self.layer_trace(input_ids, attention_mask, token_type_ids, subnet, positions=states))
+        x, mask = trace[-1].hidden, trace[-1].mask  # the last layer's (B, T', H), (B, T')
+        return EncoderOutput(logits=self.classify(x), hidden=x, mask=mask, states=trace if states else [])
+
+    def layer_states(
+        self,
+        input_ids: torch.Tensor,  # (B, T)
+        attention_mask: torch.Tensor | None = None,  # (B, T) 1 = token, 0 = padding
+        token_type_ids: torch.Tensor | None = None,  # (B, T)
+        subnet: SubnetConfig | None = None,
+    ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+        """The encoder, one kept layer at a time: yields ``(i, hidden, mask)`` after layer ``i``
+        (hidden (B, T', H) of the tokens still alive, mask (B, T')). ``forward`` classifies the
+        last state; the early exits (``supernet/exits.py``) read every one."""
+        cfg = self.own_config() if subnet is None else subnet
+        states = self.layer_trace(input_ids, attention_mask, token_type_ids, subnet)
+        next(states)  # the embeddings
+        for i, state in zip(cfg.kept_layers, states, strict=True):
+            yield i, state.hidden, state.mask
+
+    def layer_trace(
+        self,
+        input_ids: torch.Tensor,  # (B, T)
+        attention_mask: torch.Tensor | None = None,  # (B, T) 1 = token, 0 = padding
+        token_type_ids: torch.Tensor | None = None,  # (B, T)
+        subnet: SubnetConfig | None = None,
+        positions: bool = False,  # track each slot's input position (layer-wise distillation)
+    ) -> Iterator[LayerState]:
+        """The embeddings' output (layer -1), then each kept layer's, as ``LayerState``s."""
         cfg = self.own_config() if subnet is None else subnet
         if subnet is not None:
             self.check(subnet)
@@ -442,27 +472,37 @@ class ElasticBert(nn.Module):
         lengths = mask.sum(1)  # (B,) real tokens per example, fixed at the input
         T = lengths.new_full((), input_ids.shape[1])  # () the padded length, as a tensor (see below)
         x = self.embeddings(input_ids, mask, token_type_ids)  # (B, T, H)
-        trace: list[LayerState] = []
-        if states:
-            pos = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)  # (B, T)
-            trace.append(LayerState(-1, x, pos, mask))
-
-        layers = self.encoder_layers
-        drops = cfg.drops  # layer -> the retention it drops to
+        pos = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids) if positions else None
+        yield LayerState(-1, x, pos, mask)
         for i in cfg.kept_layers:
-            keep = t_new = None
-            if i in drops:
-                keep = tokens_kept(lengths, drops[i])  # (B,)
-                # The new padded length T' = max(keep). Padding is dynamic (T = the longest
-                # example), so it is the same rounding of T: taken from the input's *shape*
-                # with tensor ops, not from the data, so that a traced (ONNX) graph keeps T
-                # dynamic. (Padded beyond the longest example, the extra slots stay dead.)
-                t_new = tokens_kept(T, drops[i])  # ()
-            x, mask, idx = layers[i](x, mask, cfg.heads[i], cfg.ffn[i], keep, t_new)  # (B, T', H)
-            if states:
-                pos = pos if idx is None else pos.gather(1, idx)  # (B, T')
-                trace.append(LayerState(self.shape.source_layers[i], x, pos, mask))
+            x, mask, idx = self.layer_step(cfg, i, x, mask, lengths, T)  # (B, T', H)
+            if pos is not None and idx is not None:
+                pos = pos.gather(1, idx)  # (B, T') where each slot came from
+            yield LayerState(self.shape.source_layers[i], x, pos, mask)
 
+    def layer_step(
+        self,
+        cfg: SubnetConfig,
+        i: int,
+        x: torch.Tensor,  # (B, T, H)
+        mask: torch.Tensor,  # (B, T) bool
+        lengths: torch.Tensor,  # (B,) real tokens per example at the input
+        T: torch.Tensor,  # () the input's padded length
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Layer ``i`` of ``cfg`` (kept), with its token drop: (B, T', H), the new mask and,
+        when tokens were dropped, the positions gathered (B, T'; ``EncoderLayer.forward``)."""
+        keep = t_new = None
+        drops = cfg.drops  # layer -> the retention it drops to
+        if i in drops:
+            keep = tokens_kept(lengths, drops[i])  # (B,)
+            # The new padded length T' = max(keep). Padding is dynamic (T = the longest
+            # example), so it is the same rounding of T: taken from the input's *shape*
+            # with tensor ops, not from the data, so that a traced (ONNX) graph keeps T
+            # dynamic. (Padded beyond the longest example, the extra slots stay dead.)
+            t_new = tokens_kept(T, drops[i])  # ()
+        return self.encoder_layers[i](x, mask, cfg.heads[i], cfg.ffn[i], keep, t_new)
+
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        """The final classifier on the last hidden states (B, T', H) -> logits (B, num_labels)."""
         pooled = self.head_activation(self.pooler(x[:, 0]))  # (B, H) from [CLS], always alive at 0
-        logits = self.classifier(self.dropout(pooled))  # (B, num_labels)
-        return EncoderOutput(logits=logits, hidden=x, mask=mask, states=trace)
+        return self.classifier(self.dropout(pooled))  # (B, num_labels)

@@ -16,6 +16,8 @@ the few library functions that own a file, such as a resumable log) take their p
       supernet/             the trained weight-shared supernet
       importance.json       head / neuron importance scores (train split)
       search_space.json     the search space
+      exits/KIND/           early-exit heads trained on the frozen supernet (`hwnas exits`):
+                            exits.safetensors + exits.json (absent in runs that have none)
       eval.csv              accuracy, FLOPs and parameters of a few sub-networks
       devices.json          user device profiles this run has used (from a --devices TOML)
       latency/
@@ -137,6 +139,10 @@ class RunFolder:
     @property
     def search_space(self) -> Path:
         return self.root / "search_space.json"
+
+    def exits(self, kind: str) -> Path:
+        """Early-exit heads of ``kind`` (supernet/exits.py), trained by `hwnas exits`."""
+        return self.root / "exits" / check_name(kind, "exit kind")
 
     @property
     def evaluation(self) -> Path:

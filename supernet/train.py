@@ -45,6 +45,7 @@ from supernet.data import UNLABELED, Encoded, iterate_batches, num_batches
 from supernet.errors import CheckpointError, ConfigError
 from supernet.io import atomic_write, fsync_path, read_json, write_json
 from supernet.model import ElasticBert, EncoderOutput
+from supernet.parallel import SINGLE, Ranks
 from supernet.rewire import importance_scores, rewire
 from supernet.runfolder import RunFolder
 from supernet.space import SearchSpace, SubnetConfig
@@ -228,6 +229,8 @@ def layer_loss(student: EncoderOutput, teacher: EncoderOutput) -> torch.Tensor:
     losses = []
     for s in student.states:
         t = by_layer.get(s.layer)
+        if s.positions is None:
+            raise ConfigError("layer_loss: the student's states carry no positions (forward(..., states=True))")
         if t is None:
             raise ConfigError(f"layer_loss: the teacher has no state for source layer {s.layer}")
         # The teacher keeps every token, so its slot j is input position j.
@@ -240,14 +243,26 @@ def layer_loss(student: EncoderOutput, teacher: EncoderOutput) -> torch.Tensor:
     return torch.stack(losses).mean()
 
 
+def check_shareable(n_examples: int, batch_size: int, world: int) -> None:
+    """ConfigError unless every batch of an epoch gives each of ``world`` processes an example."""
+    smallest = n_examples % batch_size or min(batch_size, n_examples)
+    if smallest < world:
+        raise ConfigError(f"{world} processes cannot share the last batch of an epoch: it holds {smallest} "
+                          f"example(s) ({n_examples} examples, batch size {batch_size}); use fewer processes, "
+                          "or a --batch-size / --max-train that leaves at least one example each")
+
+
 class StageRunner:
-    """Runs one training stage with checkpoints under ``folder`` and resume support."""
+    """Runs one training stage with checkpoints under ``folder`` and resume support.
+
+    With ``ranks`` of several processes (``supernet.parallel``), each step's batch is split
+    among them and their gradients summed; only rank 0 writes checkpoints and metrics."""
 
     def __init__(
         self,
         name: str,
         folder: Path,
-        model: ElasticBert,
+        model: torch.nn.Module,
         train: Encoded,
         stage: StageConfig,
         cfg: TrainConfig,
@@ -255,18 +270,23 @@ class StageRunner:
         *,
         progress: bool = True,
         stop_after: int | None = None,
+        ranks: Ranks = SINGLE,
     ) -> None:
         self.name, self.folder, self.model, self.train_enc = name, folder, model, train
         self.stage, self.cfg, self.log, self.progress, self.stop_after = stage, cfg, log, progress, stop_after
+        self.ranks = ranks
         self.steps_per_epoch = num_batches(train, cfg.batch_size)
         self.total = max(1, math.ceil(stage.epochs * self.steps_per_epoch))
+        check_shareable(len(train), cfg.batch_size, ranks.world)
 
     def run(self, step_fn: Callable[[dict[str, torch.Tensor], int], dict[str, float]]) -> None:
         opt, sched = _optimizer(self.model, self.stage, self.total)
         step = self._restore(opt, sched)
         self.model.train()
         t0 = time.time()
-        bar = tqdm(total=self.total, initial=step, desc=self.name, disable=not self.progress, dynamic_ncols=True)
+        ranks = self.ranks
+        bar = tqdm(total=self.total, initial=step, desc=self.name, disable=not (self.progress and ranks.main),
+                   dynamic_ncols=True)
         while step < self.total:
             epoch, skip = divmod(step, self.steps_per_epoch)
             batches = iterate_batches(
@@ -278,8 +298,13 @@ class StageRunner:
                     continue
                 if step >= self.total:
                     break
-                torch.manual_seed(self.cfg.seed * 1_000_003 + step)  # dropout, reproducible
-                losses = step_fn(batch, step)
+                # Dropout, reproducible (and different on each rank, which sees other examples).
+                torch.manual_seed(self.cfg.seed * 1_000_003 + step + ranks.rank * 1_000_000_007)
+                shard = ranks.shard(batch)
+                weight = len(shard["labels"]) / len(batch["labels"])  # this rank's share of the batch
+                losses = step_fn(shard, step)
+                ranks.reduce_gradients(self.model, weight)
+                losses = ranks.mean(losses, weight)
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
                 opt.step()
                 sched.step()
@@ -305,9 +330,12 @@ class StageRunner:
         The losses logged so far are flushed first: a crash after the flush but before the swap
         leaves rows past the old checkpoint, which ``_restore`` trims; flushed after the swap,
         the rows since the previous checkpoint would be lost by a crash in between."""
+        if not self.ranks.main:
+            self.ranks.barrier()  # the others go on once rank 0 has written it
+            return
         ckpt, tmp, old = (self.folder / n for n in ("checkpoint", "checkpoint.tmp", "checkpoint.old"))
         shutil.rmtree(tmp, ignore_errors=True)
-        save_model(self.model, tmp, {"step": step})
+        self.write_weights(tmp, step)
         state = {"step": step, "optimizer": opt.state_dict(), "scheduler": sched.state_dict()}
         atomic_write(tmp / "trainer_state.pt", lambda p: torch.save(state, p))
         self.log.flush()
@@ -318,6 +346,17 @@ class StageRunner:
         os.replace(tmp, ckpt)
         fsync_path(self.folder)  # the swap's renames
         shutil.rmtree(old, ignore_errors=True)
+        self.ranks.barrier()
+
+    def write_weights(self, folder: Path, step: int) -> None:
+        """The trained module's weights into a checkpoint folder (overridden by stages that
+        train something other than an ``ElasticBert``: the early exits)."""
+        assert isinstance(self.model, ElasticBert)
+        save_model(self.model, folder, {"step": step})
+
+    def read_weights(self, folder: Path) -> None:
+        """Load what ``write_weights`` wrote into the trained module."""
+        self.model.load_state_dict(load_model(folder).state_dict())
 
     def _restore(self, opt: Any, sched: Any) -> int:
         ckpt = self.folder / "checkpoint"
@@ -334,7 +373,7 @@ class StageRunner:
             ) from None
         try:
             step = check_int(state["step"], "step", 0)
-            self.model.load_state_dict(load_model(ckpt).state_dict())
+            self.read_weights(ckpt)
             opt.load_state_dict(state["optimizer"])
             sched.load_state_dict(state["scheduler"])
         except (CheckpointError, ConfigError, RuntimeError, KeyError, OSError, TypeError, ValueError,
@@ -423,12 +462,15 @@ def run_training(
     space: SearchSpace | None = None,
     progress: bool = True,
     stop_after: tuple[str, int] | None = None,
+    ranks: Ranks = SINGLE,
 ) -> dict[str, Any]:
     """Run (or resume) all stages in ``run_dir``; return the stage wall times.
 
     ``model`` is the pretrained starting point; the trained teacher lands in
     ``run_dir/teacher`` and the supernet in ``run_dir/supernet``. ``stop_after=(stage, step)``
-    interrupts that stage after ``step`` steps (used by tests to simulate a crash).
+    interrupts that stage after ``step`` steps (used by tests to simulate a crash). ``ranks``:
+    this process's place in a data-parallel run (``supernet.parallel``); every rank calls this
+    with the same arguments, rank 0 writes the files and the others wait for them.
     """
     cfg.validate()
     run = Path(run_dir)
@@ -438,12 +480,16 @@ def run_training(
     state = read_state(state_path)
     log = MetricsLog(paths.metrics)
     space = space or model.shape.search_space()
-    write_json(paths.search_space, space.to_dict())
+    main = ranks.main
+    if main:
+        write_json(paths.search_space, space.to_dict())
 
     def finish(stage: str, seconds: float, **extra: Any) -> None:
         state["done"][stage] = {"wall_s": round(seconds, 1), **extra}
-        log.flush()
-        write_json(state_path, state)
+        if main:
+            log.flush()
+            write_json(state_path, state)
+        ranks.barrier()  # the others read what rank 0 has just written
 
     def interrupt(stage: str) -> int | None:
         return stop_after[1] if stop_after and stop_after[0] == stage else None
@@ -452,15 +498,17 @@ def run_training(
     if "teacher" not in state["done"]:
         t0 = time.time()
         runner = StageRunner("teacher", paths.teacher, model, splits["train"], cfg.teacher, cfg, log,
-                             progress=progress, stop_after=interrupt("teacher"))
+                             progress=progress, stop_after=interrupt("teacher"), ranks=ranks)
         train_teacher(model, runner)
-        save_model(model.eval(), paths.teacher, {"stage": "teacher"})
+        if main:
+            save_model(model.eval(), paths.teacher, {"stage": "teacher"})
         finish("teacher", time.time() - t0)  # first: a crash now must not retrain the stage
-        shutil.rmtree(paths.teacher / "checkpoint", ignore_errors=True)
+        if main:
+            shutil.rmtree(paths.teacher / "checkpoint", ignore_errors=True)
     teacher = load_model(paths.teacher)
 
     # 2. rewire (on train only)
-    if "rewire" not in state["done"]:
+    if "rewire" not in state["done"] and main:
         t0 = time.time()
         student = load_model(paths.teacher)
         batches = list(iterate_batches(splits["train"], cfg.batch_size, shuffle=True, seed=cfg.seed))
@@ -469,17 +517,21 @@ def run_training(
         save_model(student, paths.rewired, {"stage": "rewired"})
         write_json(paths.importance, {"heads": [h.tolist() for h in heads], "ffn": [f.tolist() for f in ffn]})
         finish("rewire", time.time() - t0)
+    elif "rewire" not in state["done"]:
+        finish("rewire", 0.0)  # rank 0 rewires alone; the others wait for its files
 
     # 3. supernet
     if "supernet" not in state["done"]:
         t0 = time.time()
         student = load_model(paths.rewired)
         runner = StageRunner("supernet", paths.supernet, student, distill_split(splits), cfg.supernet, cfg, log,
-                             progress=progress, stop_after=interrupt("supernet"))
+                             progress=progress, stop_after=interrupt("supernet"), ranks=ranks)
         train_supernet(student, teacher, space, runner)
-        save_model(student.eval(), paths.supernet, {"stage": "supernet", "space": space.to_dict()})
+        if main:
+            save_model(student.eval(), paths.supernet, {"stage": "supernet", "space": space.to_dict()})
         finish("supernet", time.time() - t0)
-        shutil.rmtree(paths.supernet / "checkpoint", ignore_errors=True)
+        if main:
+            shutil.rmtree(paths.supernet / "checkpoint", ignore_errors=True)
     return {k: v["wall_s"] for k, v in state["done"].items()}
 
 

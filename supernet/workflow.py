@@ -21,10 +21,11 @@ from supernet.errors import CheckpointError, ConfigError
 from supernet.evaluate import Evaluator, predict, scores
 from supernet.io import read_json, write_csv, write_json
 from supernet.model import ElasticBert
+from supernet.parallel import SINGLE, Ranks
 from supernet.runfolder import RunFolder
 from supernet.space import SearchSpace, SubnetConfig
 from supernet.tasks import TaskData, load_task, require_splits
-from supernet.train import TrainConfig, read_state, run_training
+from supernet.train import TrainConfig, check_shareable, read_state, run_training
 
 
 @dataclass(frozen=True)
@@ -95,8 +96,9 @@ def load_data(spec: RunSpec, tokenizer: Any) -> tuple[TaskData, dict[str, Encode
 
 
 def train_run(run_dir: str | Path, spec: RunSpec, *, resume: bool = False, progress: bool = True,
-              stop_after: tuple[str, int] | None = None) -> dict[str, Any]:
-    """Train (or resume) a run; return the stage wall times."""
+              stop_after: tuple[str, int] | None = None, ranks: Ranks = SINGLE) -> dict[str, Any]:
+    """Train (or resume) a run; return the stage wall times. With ``ranks`` of several
+    processes, every rank calls this alike and rank 0 writes the run (``supernet.parallel``)."""
     run = Path(run_dir)
     paths = RunFolder(run)
     if paths.spec.exists():
@@ -124,13 +126,20 @@ def train_run(run_dir: str | Path, spec: RunSpec, *, resume: bool = False, progr
         raise ConfigError(f"max_length {spec.train.max_length} is more than the model's {positions} positions: "
                           f"give --max-length {positions} or less")
     task, splits = load_data(spec, tok)
+    for name in ("train", "distill"):  # the teacher trains on the first, the supernet on the second
+        if name in splits:
+            check_shareable(len(splits[name]), spec.train.batch_size, ranks.world)
     lengths = {s: length_stats(e) for s, e in splits.items()}
-    run.mkdir(parents=True, exist_ok=True)
-    write_json(paths.spec, spec.to_dict())
-    tok.save_pretrained(str(paths.tokenizer))
-    write_json(paths.data_summary, {**task.summary(), "lengths": lengths})
+    ranks.barrier()  # every rank has checked the folder before rank 0 writes to it
+    if ranks.main:
+        run.mkdir(parents=True, exist_ok=True)
+        write_json(paths.spec, spec.to_dict())
+        tok.save_pretrained(str(paths.tokenizer))
+        write_json(paths.data_summary, {**task.summary(), "lengths": lengths})
+    ranks.barrier()
     times = {"load": round(time.time() - t0, 1)}
-    times.update(run_training(run, model, splits, spec.train, progress=progress, stop_after=stop_after))
+    times.update(run_training(run, model, splits, spec.train, progress=progress, stop_after=stop_after,
+                              ranks=ranks))
     return times
 
 

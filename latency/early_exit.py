@@ -1,0 +1,264 @@
+"""Early exit on a device: the exported runtime that stops early, its per-layer cost, and the
+latency a policy is predicted to have.
+
+- ``export_early_exit``: a standalone sub-network and its exit heads as ONNX *segments*, one per
+  layer (segment 0 also holds the embeddings; each segment ends with its exit's logits, the
+  last with the final classifier), with ``manifest.json``, the tokenizer and the runner
+  ``exit_runner.py`` (numpy + onnxruntime only) beside them. Segments rather than one graph
+  with control flow: the runner can drop the rows that are done between layers.
+- ``segment_times``: each segment's time on real inputs served one by one, all layers run
+  (never exiting); its mean over the inputs is the per-layer cost table.
+- ``estimate_latency``: a policy's latency from that table (or from each input's own segment
+  times) and the exits its inputs take on dev: each input costs the segments up to its exit;
+  mean / p50 / p90 over the inputs.
+- ``time_early_exit``: the runner serving real inputs one by one, timed per call.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from latency.onnx_export import quiet_exporter
+from supernet.data import Encoded
+from supernet.exits import ExitHeads, check_heads_fit, exit_histogram, exit_layers, exit_predictions
+from supernet.io import write_json
+from supernet.model import ElasticBert
+
+RUNNER = Path(__file__).with_name("exit_runner.py")
+FIRST_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+NEXT_INPUTS = ("hidden_in", "mask_in", "lengths", "total")
+OUTPUTS = ("hidden", "mask", "logits")
+
+
+class _Segment(nn.Module):
+    """Layer ``j`` of a standalone model and its exit (the final classifier for the last layer);
+    segment 0 starts from the token ids."""
+
+    def __init__(self, model: ElasticBert, heads: ExitHeads, j: int) -> None:
+        super().__init__()
+        self.model, self.heads, self.j = model, heads, j
+        self.last = j == model.shape.num_layers - 1
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        m = self.model
+        if self.j == 0:
+            input_ids, attention_mask, token_type_ids = inputs  # (B, T) each
+            mask = attention_mask.bool()
+            lengths = mask.sum(1)  # (B,)
+            total = lengths.new_full((), input_ids.shape[1])  # () from the shape: T stays dynamic
+            x = m.embeddings(input_ids, mask, token_type_ids)  # (B, T, H)
+        else:
+            x, mask, lengths, total1 = inputs  # (B, T, H), (B, T), (B,), (1,)
+            total = total1[0]
+        x, mask, _ = m.layer_step(m.own_config(), self.j, x, mask, lengths, total)  # (B, T', H)
+        if self.last:
+            logits = m.classify(x)
+        else:
+            logits = self.heads.head(m.shape.source_layers[self.j])(x, mask)  # (B, C)
+        return x, mask, logits
+
+
+def _segment_inputs(model: ElasticBert) -> tuple[tuple[torch.Tensor, ...], list[tuple[torch.Tensor, ...]]]:
+    """Example inputs to trace every segment with: a padded batch of two, run through the
+    model's layers (so each segment sees the shapes it will)."""
+    from latency.onnx_export import _example_inputs
+
+    ids, mask, tt = _example_inputs(model)
+    first: tuple[torch.Tensor, ...] = (ids, mask, tt)
+    lengths = mask.bool().sum(1)
+    total = torch.tensor([ids.shape[1]])
+    nexts: list[tuple[torch.Tensor, ...]] = []
+    with torch.no_grad():
+        for _, x, m in model.layer_states(ids, mask, tt):
+            nexts.append((x, m, lengths, total))
+    return first, nexts
+
+
+def export_early_exit(
+    model: ElasticBert,
+    heads: ExitHeads,
+    folder: str | Path,
+    *,
+    criterion: str,
+    threshold: float,
+    tokenizer: Any = None,
+    max_length: int = 512,
+    opset: int = 18,
+) -> Path:
+    """Write ``model`` (a standalone sub-network, ``supernet.extract.extract``) with its exits
+    as ONNX segments plus manifest, runner and tokenizer (module doc) into ``folder``."""
+    import onnx
+
+    check_heads_fit(model, heads)
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    model, heads = model.eval(), heads.eval()
+    first, nexts = _segment_inputs(model)
+    names = []
+    for j in range(model.shape.num_layers):
+        name = f"segment_{j:02d}.onnx"
+        args, in_names = (first, FIRST_INPUTS) if j == 0 else (nexts[j - 1], NEXT_INPUTS)
+        # The layer may drop tokens: its outputs' length is its own axis, not the input's.
+        axes: dict[str, dict[int, str]] = {n: {0: "batch", 1: "sequence"} for n in (*FIRST_INPUTS, "hidden_in", "mask_in")}
+        axes.update({"hidden": {0: "batch", 1: "kept"}, "mask": {0: "batch", 1: "kept"},
+                     "lengths": {0: "batch"}, "logits": {0: "batch"}})
+        axes = {k: v for k, v in axes.items() if k in (*in_names, *OUTPUTS)}
+        path = out / name
+        with quiet_exporter(), torch.no_grad():
+            torch.onnx.export(_Segment(model, heads, j), args, str(path), dynamo=False, input_names=list(in_names),
+                              output_names=list(OUTPUTS), dynamic_axes=axes, opset_version=opset)
+        onnx.checker.check_model(str(path))
+        names.append(name)
+    shutil.copy(RUNNER, out / RUNNER.name)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(out / "tokenizer"))
+    write_json(out / "manifest.json", {
+        "segments": names, "num_labels": model.shape.num_labels, "criterion": criterion,
+        "threshold": threshold, "max_length": max_length, "exit_kind": heads.kind,
+        "source_layers": list(model.shape.source_layers)})
+    return out
+
+
+def load_runner(folder: str | Path, *, threads: int | None = None, criterion: str | None = None,
+                threshold: float | None = None) -> Any:
+    """The exported runner (``exit_runner.EarlyExitModel``), loaded from hwnas's copy of it."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("hwnas_exit_runner", RUNNER)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.EarlyExitModel(folder, threads=threads, criterion=criterion, threshold=threshold)
+
+
+def single_inputs(enc: Encoded, n: int | None = None) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The first ``n`` inputs of ``enc`` one by one, unpadded, as int64 (1, T) arrays."""
+    rows = enc.input_ids[: n if n is not None else len(enc)]
+    out = []
+    for r in rows:
+        ids = np.asarray(r, dtype=np.int64)[None]
+        out.append((ids, np.ones_like(ids), np.zeros_like(ids)))
+    return out
+
+
+def segment_times(runner: Any, inputs: Sequence[tuple[np.ndarray, ...]], *, warmup: int = 10) -> np.ndarray:
+    """Each segment's time in ms for each of ``inputs`` served one by one, every layer run
+    (the runner's threshold is set so that nothing exits early, then restored): (N, exits).
+    Its mean over the inputs is the per-layer cost table."""
+    saved = runner.criterion, runner.threshold
+    runner.criterion, runner.threshold = "entropy", 0.0  # never below 0: all layers run
+    try:
+        for feed in inputs[:warmup]:
+            runner.run(*feed)
+        per = np.zeros((len(inputs), runner.num_exits))
+        for k, feed in enumerate(inputs):
+            ms: list[float] = []
+            runner.run(*feed, segment_ms=ms)
+            per[k] = ms
+    finally:
+        runner.criterion, runner.threshold = saved
+    return per
+
+
+def estimate_latency(segment_ms: np.ndarray, layers: np.ndarray) -> dict[str, float]:
+    """A policy's latency: input k costs the segments up to its exit ``layers[k]`` (0-based);
+    mean, p50 and p90 over the inputs, in ms. ``segment_ms``: a per-layer cost table (exits,),
+    the same for every input, or each input's own segment times (N, exits), measured with
+    every layer run (``segment_times``), which carries its length and the timing's spread."""
+    table = np.asarray(segment_ms, dtype=float)
+    layers = np.asarray(layers)
+    if table.ndim == 1:
+        cost = np.cumsum(table)[layers]
+    else:
+        cost = np.cumsum(table, axis=1)[np.arange(len(layers)), layers]
+    return {"mean_ms": float(cost.mean()), "p50_ms": float(np.percentile(cost, 50)),
+            "p90_ms": float(np.percentile(cost, 90))}
+
+
+def time_early_exit(runner: Any, inputs: Sequence[tuple[np.ndarray, ...]], *, warmup: int = 10) -> dict[str, Any]:
+    """The runner serving ``inputs`` one by one (batch 1) at its own policy: per-call ms
+    (mean, p50, p90) and the exit each input took."""
+    for feed in inputs[:warmup]:
+        runner.run(*feed)
+    ms, exits = [], []
+    for feed in inputs:
+        t0 = time.perf_counter()
+        _, e = runner.run(*feed)
+        ms.append((time.perf_counter() - t0) * 1e3)
+        exits.append(int(e[0]))
+    x = np.asarray(ms)
+    return {"mean_ms": float(x.mean()), "p50_ms": float(np.percentile(x, 50)), "p90_ms": float(np.percentile(x, 90)),
+            "exits": np.asarray(exits)}
+
+
+def write_manifest_policy(folder: str | Path, criterion: str, threshold: float) -> None:
+    """Set the policy an exported runner uses by default."""
+    path = Path(folder) / "manifest.json"
+    manifest = json.loads(path.read_text())
+    write_json(path, {**manifest, "criterion": criterion, "threshold": threshold})
+
+
+def policy_table(
+    logits: dict[str, np.ndarray],
+    labels: dict[str, np.ndarray],
+    segment_ms: np.ndarray,
+    policies: Sequence[tuple[str, float]],
+    metric: str = "accuracy",
+) -> pd.DataFrame:
+    """Every policy (criterion, threshold) scored from one pass per split, without running
+    the model again: per split its metric (in points), the mean number of layers run, the
+    exit histogram, and the latency estimated from the per-layer costs. ``logits``: every
+    exit's logits per split (exits, N, C); ``labels`` per split."""
+    from supernet.evaluate import scores
+
+    rows = []
+    n_exits = len(segment_ms)
+    for criterion, threshold in policies:
+        row: dict[str, Any] = {"criterion": criterion, "threshold": threshold}
+        for split, lg in logits.items():
+            layers = exit_layers(lg, criterion, threshold)
+            row[f"{metric}_{split}"] = 100 * scores(exit_predictions(lg, layers), labels[split])[metric]
+            row[f"layers_{split}"] = float(layers.mean() + 1)
+            row[f"hist_{split}"] = "/".join(f"{h:.2f}" for h in exit_histogram(layers, n_exits))
+            est = estimate_latency(segment_ms, layers)
+            row.update({f"est_{k}_{split}": v for k, v in est.items()})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def default_policies(n_exits: int) -> list[tuple[str, float]]:
+    """Entropy thresholds from 0 (never early) to 0.9 and every useful patience."""
+    # Fine near 1: heads distilled from soft final logits are rarely very sure (two classes:
+    # a normalized entropy of 0.9 is still p = 0.68 for the top class).
+    entropy = [0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.92, 0.94, 0.95, 0.96, 0.97,
+               0.98, 0.985, 0.99, 0.995, 1.0]
+    return [("entropy", t) for t in entropy] + [("patience", float(p)) for p in range(n_exits - 1, 0, -1)]
+
+
+def static_graph_timing(model: ElasticBert, inputs: Sequence[tuple[np.ndarray, ...]], workdir: Path, *,
+                        threads: int | None = None, warmup: int = 10) -> dict[str, float]:
+    """The static sub-network as one ONNX graph (what it is deployed as without exits),
+    serving ``inputs`` one by one: mean / p50 / p90 per call in ms."""
+    from latency.onnx_export import export_onnx, ort_session
+
+    path = export_onnx(model, workdir / "static.onnx")
+    session = ort_session(path, threads=threads)
+    for feed in inputs[:warmup]:
+        session.run(None, dict(zip(FIRST_INPUTS, feed, strict=True)))
+    ms = []
+    for feed in inputs:
+        t0 = time.perf_counter()
+        session.run(None, dict(zip(FIRST_INPUTS, feed, strict=True)))
+        ms.append((time.perf_counter() - t0) * 1e3)
+    x = np.asarray(ms)
+    return {"mean_ms": float(x.mean()), "p50_ms": float(np.percentile(x, 50)), "p90_ms": float(np.percentile(x, 90))}

@@ -1,0 +1,176 @@
+"""Early exit for one sub-network of a run: the trade-off over policies, the choice on dev, the
+export, and its latency measured against its prediction (`hwnas early-exit`).
+
+The steps, each a method of ``EarlyExitStudy`` returning values (the command writes them):
+
+1. ``exit_logits``: every exit's logits on dev and test, one pass each (supernet/exits.py);
+2. ``export``: the sub-network and its exits as ONNX segments with the runner
+   (latency/early_exit.py), into ``out/runner``;
+3. ``segment_times``: the runner's per-layer cost, measured on dev inputs served one by one;
+4. ``policy_table``: every policy's dev and test accuracy, exits and estimated latency;
+5. ``choose``: on dev only, the policy with the lowest estimated mean latency whose dev score
+   is within ``max_loss`` points of the static sub-network's (threshold 0, never early);
+6. ``measure``: the runner at the chosen policy and the static sub-network as one ONNX graph,
+   serving test inputs one by one, in turn for a few rounds (medians of the rounds); the
+   prediction is made in each round from the dev inputs' own segment times (all layers run)
+   and the exits the policy takes on dev, so that prediction and measurement meet the same
+   load on a shared machine.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from latency.early_exit import (
+    default_policies,
+    estimate_latency,
+    export_early_exit,
+    load_runner,
+    policy_table,
+    segment_times,
+    single_inputs,
+    static_graph_timing,
+    time_early_exit,
+    write_manifest_policy,
+)
+from supernet.errors import ConfigError
+from supernet.exits import exit_histogram, exit_layers, load_exits, predict_exits
+from supernet.extract import extract
+from supernet.io import atomic_write, write_csv, write_json
+from supernet.space import SubnetConfig
+from supernet.train import weights_sha1
+from supernet.workflow import LoadedRun
+
+
+@dataclass
+class EarlyExitStudy:
+    run: LoadedRun
+    kind: str
+    subnet: SubnetConfig
+    out: Path
+    threads: int | None = None
+    logits: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.subnet.precision != "fp32":
+            raise ConfigError("early exit runs fp32 sub-networks; give one without \"precision\": \"int8\"")
+        self.heads = load_exits(self.run.paths.exits(self.kind))
+        self.heads_sha = weights_sha1(self.heads)
+        self.model = extract(self.run.supernet, self.subnet).eval()
+
+    @property
+    def labels(self) -> dict[str, np.ndarray]:
+        return {s: self.run.splits[s].labels for s in ("dev", "test")}
+
+    def exit_logits(self) -> dict[str, np.ndarray]:
+        """Every exit's logits on dev and test; kept in ``out/exit_logits.npz`` (plain arrays)
+        and reused by the next call for the same sub-network and heads."""
+        cache = self.out / "exit_logits.npz"
+        key = np.array(f"{self.subnet.key()}-{self.kind}-{self.heads_sha}")
+        if cache.exists():
+            with np.load(cache, allow_pickle=False) as z:
+                if str(z["key"]) == str(key):
+                    self.logits = {s: z[s] for s in ("dev", "test")}
+                    return self.logits
+        self.logits = {s: predict_exits(self.run.supernet, self.heads, self.run.splits[s], self.subnet)
+                       for s in ("dev", "test")}
+        self.out.mkdir(parents=True, exist_ok=True)
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as f:  # a file object: np.savez would add ".npz" to a path
+                np.savez(f, key=key, dev=self.logits["dev"], test=self.logits["test"])
+
+        atomic_write(cache, write)
+        return self.logits
+
+    def export(self) -> Path:
+        return export_early_exit(self.model, self.heads, self.out / "runner", criterion="entropy", threshold=0.0,
+                                 tokenizer=self.run.tokenizer, max_length=self.run.spec.train.max_length)
+
+    def segment_times(self, n: int) -> np.ndarray:
+        """Each of the first ``n`` dev inputs' segment times (n, exits), all layers run."""
+        runner = load_runner(self.out / "runner", threads=self.threads)
+        return segment_times(runner, single_inputs(self.run.splits["dev"], n))
+
+    def policy_table(self, segment_ms: np.ndarray) -> pd.DataFrame:
+        return policy_table(self.logits, self.labels, segment_ms, default_policies(len(segment_ms)),
+                            self.run.task.metric)
+
+    def choose(self, table: pd.DataFrame, max_loss: float) -> pd.Series:
+        col = f"{self.run.task.metric}_dev"
+        static = table[(table.criterion == "entropy") & (table.threshold == 0.0)].iloc[0]
+        ok = table[table[col] >= static[col] - max_loss]
+        return ok.sort_values(["est_mean_ms_dev", col], ascending=[True, False]).iloc[0]
+
+    def measure(self, policy: pd.Series, n_cost: int, n_time: int | None, rounds: int) -> dict[str, Any]:
+        """``rounds`` rounds, each: the static graph on test, the segment times on dev (the
+        prediction's input, taken beside the measurement so that both meet the same load on a
+        shared machine) and the runner at ``policy`` on test. Medians over the rounds."""
+        inputs = single_inputs(self.run.splits["test"], n_time)
+        dev_inputs = single_inputs(self.run.splits["dev"], n_cost)
+        runner = load_runner(self.out / "runner", threads=self.threads, criterion=str(policy.criterion),
+                             threshold=float(policy.threshold))
+        dev_layers = exit_layers(self.logits["dev"][:, :n_cost], str(policy.criterion), float(policy.threshold))
+        static, early, predicted, table = [], [], [], []
+        for _ in range(rounds):
+            static.append(static_graph_timing(self.model, inputs, self.out, threads=self.threads))
+            per_input = segment_times(runner, dev_inputs)
+            table.append(estimate_latency(per_input.mean(0), dev_layers))
+            predicted.append(estimate_latency(per_input, dev_layers))
+            early.append(time_early_exit(runner, inputs))
+        med = {name: {k: float(np.median([r[k] for r in rs])) for k in ("mean_ms", "p50_ms", "p90_ms")}
+               for name, rs in (("static", static), ("early_exit", early), ("predicted", predicted),
+                                ("predicted_table", table))}
+        med["early_exit_exits"] = early[-1]["exits"]
+        return med
+
+    def run_all(self, *, max_loss: float, n_cost: int, n_time: int | None, rounds: int) -> tuple[pd.DataFrame, dict]:
+        """Every step; returns the policy table and the report (both also written to ``out``)."""
+        t0 = time.time()
+        self.exit_logits()
+        self.export()
+        seg = self.segment_times(n_cost).mean(0)  # the per-layer cost table
+        table = self.policy_table(seg)
+        policy = self.choose(table, max_loss)
+        write_manifest_policy(self.out / "runner", str(policy.criterion), float(policy.threshold))
+        timed = self.measure(policy, n_cost, n_time, rounds)
+        metric = self.run.task.metric
+        n_test = n_time or len(self.run.splits["test"])
+        test_exits = exit_layers(self.logits["test"][:, :n_test], str(policy.criterion), float(policy.threshold))
+        predicted = timed["predicted"]
+        static_row = table[(table.criterion == "entropy") & (table.threshold == 0.0)].iloc[0]
+        measured = timed["early_exit"]
+        report = {
+            "subnet": self.subnet.to_dict(), "exit_kind": self.kind, "max_loss": max_loss,
+            "policy": {"criterion": str(policy.criterion), "threshold": float(policy.threshold)},
+            "static": {f"{metric}_dev": float(static_row[f"{metric}_dev"]),
+                       f"{metric}_test": float(static_row[f"{metric}_test"]),
+                       "measured_test": timed["static"]},
+            "early_exit": {f"{metric}_dev": float(policy[f"{metric}_dev"]), f"{metric}_test": float(policy[f"{metric}_test"]),
+                           "test_exit_histogram": exit_histogram(test_exits, len(seg)).round(4).tolist(),
+                           "runner_exits_same_as_pytorch": float((timed["early_exit_exits"] == test_exits).mean()),
+                           "predicted_from_dev": predicted, "predicted_from_dev_table": timed["predicted_table"],
+                           "measured_test": measured},
+            "test_loss_points": float(static_row[f"{metric}_test"] - policy[f"{metric}_test"]),
+            "speedup_mean_measured": timed["static"]["mean_ms"] / measured["mean_ms"],
+            "speedup_p50_measured": timed["static"]["p50_ms"] / measured["p50_ms"],
+            "layers_saved_mean_test": len(seg) / float(test_exits.mean() + 1),
+            "p50_measured_over_predicted": measured["p50_ms"] / predicted["p50_ms"],
+            "mean_measured_over_predicted": measured["mean_ms"] / predicted["mean_ms"],
+            "segment_ms_dev": seg.round(4).tolist(),
+            "timing": {"rounds": rounds, "test_inputs": n_test, "dev_inputs_for_cost": n_cost,
+                       "threads": self.threads, "loadavg_at_end": list(os.getloadavg()),
+                       "note": "batch 1, inputs one by one; this machine is shared (label figures as measured "
+                               "under contention)"},
+            "wall_s": round(time.time() - t0, 1),
+        }
+        write_csv(self.out / "policies.csv", table)
+        write_json(self.out / "report.json", report)
+        return table, report

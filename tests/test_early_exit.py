@@ -1,0 +1,263 @@
+"""Early exits: heads, frozen-backbone training, the numpy policy, the latency estimate, and the
+exported runner that stops early (supernet/exits.py, latency/early_exit.py, latency/exit_runner.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import tiny_batch, tiny_model
+from latency.early_exit import (
+    RUNNER,
+    estimate_latency,
+    export_early_exit,
+    load_runner,
+    segment_times,
+    single_inputs,
+)
+from supernet.data import Encoded
+from supernet.errors import CheckpointError
+from supernet.exits import (
+    EXIT_KINDS,
+    ExitConfig,
+    ExitHeads,
+    exit_histogram,
+    exit_layers,
+    exit_logits,
+    exit_predictions,
+    load_exits,
+    normalized_entropy,
+    predict_exits,
+    save_exits,
+    train_exits,
+)
+from supernet.extract import extract
+from supernet.space import SubnetConfig
+from supernet.train import Interrupted, weights_sha1
+
+ARGS = ("input_ids", "attention_mask", "token_type_ids")
+# 4 layers, the second skipped, tokens dropped twice: every path of the segments is exercised.
+SUBNET = SubnetConfig((4, 2, 4, 3), (64, 32, 64, 48), (True, False, True, True), (1.0, 0.8, 0.6, 0.5))
+
+
+def _heads(model, kind: str = "mean", seed: int = 1) -> ExitHeads:
+    torch.manual_seed(seed)
+    heads = ExitHeads.for_model(model, kind).eval()
+    with torch.no_grad():  # larger weights than the default init: confident, varied exits
+        for p in heads.parameters():
+            if p.ndim == 2:
+                p.normal_(0, 1.0)
+    return heads
+
+
+def _encoded(n: int = 48, seed: int = 0) -> Encoded:
+    rng = np.random.default_rng(seed)
+    ids = [[2, *rng.integers(5, 120, size=int(k)).tolist()] for k in rng.integers(3, 14, size=n)]
+    # A learnable label: whether token 7 appears.
+    labels = np.array([int(7 in x) for x in ids], dtype=np.int64)
+    return Encoded(ids, [[0] * len(x) for x in ids], labels)
+
+
+@pytest.mark.parametrize("kind", EXIT_KINDS)
+def test_last_exit_is_the_static_subnetwork(kind: str) -> None:
+    model, batch = tiny_model(layers=4), tiny_batch()
+    heads = _heads(model, kind)
+    with torch.no_grad():
+        logits = exit_logits(model, heads, *(batch[k] for k in ARGS), subnet=SUBNET)
+        static = model(*(batch[k] for k in ARGS), subnet=SUBNET).logits
+    assert len(logits) == len(SUBNET.kept_layers) == 3
+    torch.testing.assert_close(logits[-1], static, rtol=0, atol=0)
+    # The extracted model's exits read the same heads (through source_layers).
+    with torch.no_grad():
+        small = exit_logits(extract(model, SUBNET).eval(), heads, *(batch[k] for k in ARGS))
+    for a, b in zip(logits, small, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_policy_extremes_and_the_answers_there() -> None:
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(4, 50, 3)).astype(np.float32)
+    ent = normalized_entropy(logits)
+    assert ent.min() >= 0 and ent.max() <= 1 + 1e-6
+    assert np.allclose(normalized_entropy(np.zeros((1, 3))), 1.0)
+    # FastBERT's speed: 0 never exits early (the static answer); above 1 always the first exit.
+    never = exit_layers(logits, "entropy", 0.0)
+    assert (never == 3).all()
+    np.testing.assert_array_equal(exit_predictions(logits, never), logits[-1])
+    first = exit_layers(logits, "entropy", 1.01)
+    assert (first == 0).all()
+    np.testing.assert_array_equal(exit_predictions(logits, first), logits[0])
+    # PABEE: patience 0 leaves at once, patience >= the exits never early.
+    assert (exit_layers(logits, "patience", 0) == 0).all()
+    assert (exit_layers(logits, "patience", 4) == 3).all()
+    # In between: monotone in the threshold (a higher speed never exits later).
+    prev = never
+    for t in np.linspace(0, 1.01, 12):
+        now = exit_layers(logits, "entropy", float(t))
+        assert (now <= prev).all()
+        prev = now
+    np.testing.assert_allclose(exit_histogram(first, 4), [1, 0, 0, 0])
+
+
+def test_entropy_and_patience_by_hand() -> None:
+    sure, unsure = [4.0, 0.0], [0.1, 0.0]
+    # exits x inputs x classes
+    logits = np.array([[sure, unsure, [0, 3.0]],
+                       [sure, sure, [3.0, 0]],
+                       [unsure, sure, [3.0, 0]],
+                       [unsure, unsure, [3.0, 0]]], dtype=np.float64)
+    ent_sure = float(normalized_entropy(np.array(sure)))
+    # Input 2's margin (3) is below "sure"'s (4): it never gets sure enough, and answers last.
+    np.testing.assert_array_equal(exit_layers(logits, "entropy", ent_sure + 1e-3), [0, 1, 3])
+    np.testing.assert_array_equal(exit_layers(logits, "entropy", ent_sure - 1e-3), [3, 3, 3])
+    # Predictions: input 0 says 0,0,0,0; input 1 0,0,0,0; input 2 1,0,0,0.
+    np.testing.assert_array_equal(exit_layers(logits, "patience", 1), [1, 1, 2])
+    np.testing.assert_array_equal(exit_layers(logits, "patience", 2), [2, 2, 3])
+    with pytest.raises(Exception, match="whole number"):
+        exit_layers(logits, "patience", 1.5)
+    with pytest.raises(Exception, match="entropy, patience"):
+        exit_layers(logits, "speed", 0.5)
+
+
+def test_latency_estimate_on_a_fake_cost_table() -> None:
+    segment_ms = np.array([1.0, 2.0, 3.0])  # cumulative: 1, 3, 6
+    est = estimate_latency(segment_ms, np.array([0, 0, 1, 2]))  # costs 1, 1, 3, 6
+    assert est["mean_ms"] == pytest.approx(11 / 4)
+    assert est["p50_ms"] == pytest.approx(2.0)
+    assert est["p90_ms"] == pytest.approx(3 + 0.7 * 3)
+    assert estimate_latency(segment_ms, np.full(5, 2))["p50_ms"] == pytest.approx(6.0)
+    # Each input's own segment times: input 0 leaves after 1 segment, input 1 after 3.
+    own = np.array([[1.0, 9.0, 9.0], [2.0, 2.0, 2.0]])
+    est = estimate_latency(own, np.array([0, 2]))  # costs 1 and 6
+    assert (est["mean_ms"], est["p50_ms"]) == (pytest.approx(3.5), pytest.approx(3.5))
+
+
+def test_training_freezes_the_backbone_teaches_the_exits_and_resumes(tmp_path) -> None:
+    model = tiny_model(layers=3)
+    space = model.shape.search_space(min_layers=2)
+    train = dev = _encoded(48, 0)  # what is asked: that the heads learn to follow the final classifier
+    before_w = weights_sha1(model)
+    untrained = predict_exits(model, ExitHeads.for_model(model, "mean"), dev, space.largest())
+    cfg = ExitConfig(kind="mean", epochs=5, lr=3e-2, n_random=1)
+    heads, trained = train_exits(model, space, train, tmp_path / "a", cfg, batch_size=16, progress=False)
+    assert trained
+    assert weights_sha1(model) == before_w  # the backbone did not move
+    after = predict_exits(model, heads, dev, space.largest())
+    np.testing.assert_array_equal(after[-1], untrained[-1])  # so the final classifier's answers are the same
+
+    def kl_to_final(logits: np.ndarray) -> float:
+        p = torch.tensor(logits[-1]).softmax(-1)
+        return sum(float(torch.nn.functional.kl_div(torch.tensor(e).log_softmax(-1), p, reduction="batchmean"))
+                   for e in logits[:-1])
+
+    assert kl_to_final(after) < 0.7 * kl_to_final(untrained)
+    # Loaded again: finished heads with the same settings are not trained twice.
+    again, trained = train_exits(model, space, train, tmp_path / "a", cfg, batch_size=16, progress=False)
+    assert not trained
+    for a, b in zip(again.state_dict().values(), heads.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    # Interrupted after 4 steps and resumed: the same heads as the uninterrupted run.
+    folder = tmp_path / "b"
+    with pytest.raises(Interrupted):
+        train_exits(model, space, train, folder, cfg, batch_size=16, progress=False, stop_after=4)
+    resumed, _ = train_exits(model, space, train, folder, cfg, batch_size=16, progress=False)
+    for a, b in zip(resumed.state_dict().values(), heads.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    with pytest.raises(CheckpointError, match="other settings"):
+        train_exits(model, space, train, folder, ExitConfig(kind="mean", epochs=1), batch_size=16, progress=False)
+
+
+def test_heads_round_trip_and_a_run_without_exits(tmp_path) -> None:
+    model = tiny_model(layers=3)
+    heads = _heads(model, "attn")
+    save_exits(heads, tmp_path / "attn", {"note": "x"})
+    loaded = load_exits(tmp_path / "attn")
+    assert loaded.kind == "attn"
+    for a, b in zip(loaded.state_dict().values(), heads.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    with pytest.raises(CheckpointError, match="hwnas exits"):
+        load_exits(tmp_path / "none")  # a run folder from before early exits
+    (tmp_path / "attn" / "exits.safetensors").write_bytes(b"not tensors")
+    with pytest.raises(CheckpointError, match="cannot be loaded"):
+        load_exits(tmp_path / "attn")
+
+
+def _midpoints(ent: np.ndarray) -> list[float]:
+    """Thresholds half-way between the entropies seen (no input sits on a threshold)."""
+    v = np.unique(np.round(ent.ravel(), 5))
+    mids = (v[1:] + v[:-1]) / 2
+    return [0.0, *mids[:: max(1, len(mids) // 5)].tolist(), 1.01]
+
+
+@pytest.mark.parametrize("kind", ["mean", "attn"])
+def test_exported_runner_matches_pytorch_per_input_and_exit(tmp_path, kind: str) -> None:
+    model = tiny_model(layers=4)
+    heads = _heads(model, kind)
+    small = extract(model, SUBNET).eval()
+    batch = tiny_batch(lengths=(12, 7, 3, 10, 5, 12))
+    args = [batch[k].numpy() for k in ARGS]
+    with torch.no_grad():
+        ref = torch.stack(exit_logits(model, heads, *(batch[k] for k in ARGS), subnet=SUBNET)).numpy()
+    export_early_exit(small, heads, tmp_path, criterion="entropy", threshold=0.5)
+    runner = load_runner(tmp_path, threads=1)
+    assert runner.num_exits == 3
+    seen = set()
+    for criterion, thresholds in (("entropy", _midpoints(normalized_entropy(ref))), ("patience", [0, 1, 2, 3])):
+        for t in thresholds:
+            runner.criterion, runner.threshold = criterion, t
+            want = exit_layers(ref, criterion, t)
+            logits, exits = runner.run(*args)  # the whole batch; finished rows leave it
+            np.testing.assert_array_equal(exits, want)
+            np.testing.assert_allclose(logits, exit_predictions(ref, want), rtol=1e-4, atol=1e-5)
+            for b in range(len(exits)):  # each input alone, unpadded: the same exit and answer
+                n = int(args[1][b].sum())
+                one_logits, one_exit = runner.run(*(a[b:b + 1, :n] for a in args))
+                assert one_exit[0] == exits[b]
+                np.testing.assert_allclose(one_logits[0], logits[b], rtol=1e-4, atol=1e-5)
+            seen.add(tuple(exits))
+    assert len(seen) >= 3  # the thresholds really moved the exits, rows leaving at different layers
+
+
+def test_segment_costs_cover_every_layer_and_the_runner_stands_alone(tmp_path) -> None:
+    model = tiny_model(layers=3)
+    export_early_exit(extract(model, model.shape.search_space().largest()).eval(), _heads(model), tmp_path,
+                      criterion="entropy", threshold=2.0)
+    runner = load_runner(tmp_path, threads=1)
+    inputs = single_inputs(_encoded(8), 8)
+    costs = segment_times(runner, inputs, warmup=2)
+    assert costs.shape == (8, 3) and (costs > 0).all()
+    assert (runner.criterion, runner.threshold) == ("entropy", 2.0)  # restored
+    assert all(int(runner.run(*x)[1][0]) == 0 for x in inputs)  # threshold 2: the first exit
+    source = RUNNER.read_text()
+    assert "import supernet" not in source and "from supernet" not in source and "from latency" not in source
+    assert (tmp_path / RUNNER.name).read_text() == source
+
+
+def test_commands_train_exits_and_export_a_runner_that_runs_alone(job, tmp_path, capsys) -> None:
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    from nas.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(job, run, ignore=shutil.ignore_patterns("run.lock"))
+    out = tmp_path / "ee"
+    ee = ["early-exit", "--run", str(run), "--out", str(out), "--n-cost", "8", "--n-time", "12", "--rounds", "1"]
+    assert main(ee) == 2  # no exit heads yet: one line that says how to train them
+    assert "hwnas exits" in capsys.readouterr().err
+    assert main(["exits", "--run", str(run), "--epochs", "0.5", "--quiet"]) == 0
+    assert (run / "exits" / "mean" / "exits.safetensors").is_file()
+    assert main(ee) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["policy"]["criterion"] in ("entropy", "patience")
+    assert report["early_exit"]["runner_exits_same_as_pytorch"] >= 0.99
+    assert abs(sum(report["early_exit"]["test_exit_histogram"]) - 1) < 1e-6
+    assert report["early_exit"]["measured_test"]["p50_ms"] > 0
+    # The exported folder runs with numpy, onnxruntime and the tokenizer alone, from the command line.
+    done = subprocess.run([sys.executable, str(out / "runner" / "exit_runner.py"), str(out / "runner"),
+                           "a gripping, funny film", "dull"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert [line.split()[0] for line in done.stdout.splitlines()] == ["label", "label"]

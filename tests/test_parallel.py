@@ -1,0 +1,121 @@
+"""Data-parallel training (supernet/parallel.py): 2 gloo processes against 1, and a resume
+with another number of processes.
+
+The model is the tiny BERT without dropout (dropout masks depend on which rank sees an
+example, so with it the runs would differ by design). Everything else is deterministic, so
+the 2-process run must take the 1-process run's optimizer steps up to float rounding: each
+rank sums its slice's gradients in another order and the slices are padded to their own
+widths after token dropping. Tolerance: 1e-4 on every weight (observed: ~5e-6), 1e-4
+relative on the logged losses, with one exception: the attention's key biases. Their
+gradient is zero in exact arithmetic (a bias added to every key shifts all of a query's
+scores alike, which softmax ignores), so what they receive is rounding noise, which AdamW
+scales up to steps of about the learning rate whatever its size: any change in the order of
+float operations (another thread count too) moves them by ~lr. They do not change the
+model's outputs.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from nas.cli import _without_option, main
+from supernet.checkpoint import load_model
+from supernet.errors import ConfigError
+from supernet.parallel import Ranks
+from supernet.train import TrainConfig
+from supernet.workflow import RunSpec, train_run
+
+ROOT = Path(__file__).resolve().parents[1]
+# 19 examples in batches of 8: the last batch (3) splits unevenly, 1 and 2, which the
+# gradient weighting must get right. A checkpoint every step: the resume point is exact.
+TRAIN = ["--max-train", "19", "--max-eval", "8", "--batch-size", "8", "--teacher-epochs", "1",
+         "--supernet-epochs", "1", "--teacher-lr", "1e-3", "--supernet-lr", "1e-3", "--n-random", "1",
+         "--checkpoint-every", "1", "--quiet"]
+ATOL = 1e-4
+NOISE_ONLY = ".attn.key.bias"  # zero gradient in exact arithmetic (module doc)
+
+
+@pytest.fixture(scope="module")
+def no_dropout_bert(tmp_path_factory: pytest.TempPathFactory, bundled_tokenizer) -> Path:
+    from transformers import BertConfig, BertForSequenceClassification
+
+    d = tmp_path_factory.mktemp("tiny_bert_no_dropout")
+    cfg = BertConfig(vocab_size=bundled_tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
+                     num_attention_heads=4, intermediate_size=64, max_position_embeddings=128,
+                     initializer_range=0.2, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    torch.manual_seed(0)
+    BertForSequenceClassification(cfg).save_pretrained(str(d))
+    bundled_tokenizer.save_pretrained(str(d))
+    return d
+
+
+def hwnas(*args: str, fault: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env.pop("HWNAS_FAULT", None)
+    if fault:
+        env["HWNAS_FAULT"] = fault
+    return subprocess.run([sys.executable, "-m", "nas.cli", *args], env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+def close_weights(a: Path, b: Path) -> float:
+    """The largest difference between two saved models' weights (same names asserted), the
+    key biases aside (module doc)."""
+    sa, sb = load_model(a).state_dict(), load_model(b).state_dict()
+    assert sa.keys() == sb.keys()
+    return max(float((sa[k] - sb[k]).abs().max()) for k in sa if not k.endswith(NOISE_ONLY))
+
+
+def test_two_processes_train_as_one_and_resume_with_one(no_dropout_bert: Path, tmp_path: Path) -> None:
+    ref, par = tmp_path / "one", tmp_path / "two"
+    assert main(["train", "--out", str(ref), "--model", str(no_dropout_bert), *TRAIN]) == 0
+
+    # 2 processes: the teacher (3 steps) whole, then killed at the supernet's 2nd checkpoint
+    # (the 5th: rank 0 alone writes them), mid-swap; the launcher then stops rank 1.
+    p = hwnas("train", "--out", str(par), "--model", str(no_dropout_bert), "--nproc", "2", *TRAIN,
+              fault="train.checkpoint:5")
+    assert p.returncode == 128 + 9, p.stderr[-3000:]
+    assert (par / "supernet" / "checkpoint.old").exists()
+    assert close_weights(ref / "teacher", par / "teacher") < ATOL
+
+    # Resumed by 1 process from the 2-process checkpoint: the same supernet.
+    assert main(["train", "--out", str(par), "--resume"]) == 0
+    for part in ("teacher", "rewired", "supernet"):
+        assert close_weights(ref / part, par / part) < ATOL, part
+    one, two = (pd.read_csv(r / "metrics.csv") for r in (ref, par))
+    assert list(one["step"]) == list(two["step"]) and list(one["stage"]) == list(two["stage"])
+    for col in [c for c in one.columns if c.startswith("loss")]:
+        assert (two[col] - one[col]).abs().max() <= 1e-4 * one[col].abs().max(), col
+    # The 2-process figures are the batch's, not one rank's: rank 1's slice alone would differ.
+    assert one.loc[one["stage"] == "teacher", "loss"].iloc[0] == pytest.approx(
+        two.loc[two["stage"] == "teacher", "loss"].iloc[0], rel=1e-4)
+
+
+def test_a_batch_too_small_to_share_is_refused_before_anything_is_written(no_dropout_bert: Path,
+                                                                          tmp_path: Path) -> None:
+    spec = RunSpec(task="rt", model=str(no_dropout_bert), max_train=17, max_eval=8,
+                   train=TrainConfig(batch_size=8, max_length=32))  # last batch: 1 example
+    with pytest.raises(ConfigError, match="2 processes cannot share the last batch"):
+        train_run(tmp_path / "r", spec, progress=False, ranks=Ranks(0, 2))  # no process group needed
+    assert not (tmp_path / "r").exists()
+
+
+def test_shards_cover_the_batch_in_order() -> None:
+    batch = {"labels": torch.arange(7), "input_ids": torch.arange(14).view(7, 2)}
+    parts = [Ranks(r, 3).shard(batch) for r in range(3)]
+    assert [len(p["labels"]) for p in parts] == [2, 2, 3]
+    assert torch.equal(torch.cat([p["labels"] for p in parts]), batch["labels"])
+    assert torch.equal(torch.cat([p["input_ids"] for p in parts]), batch["input_ids"])
+    assert Ranks().shard(batch) is batch
+
+
+def test_nproc_is_taken_out_of_the_ranks_command_line() -> None:
+    assert _without_option(["train", "--nproc", "2", "--out", "x"], "--nproc") == ["train", "--out", "x"]
+    assert _without_option(["train", "--nproc=2", "--quiet"], "--nproc") == ["train", "--quiet"]
