@@ -14,6 +14,7 @@ grid point; default `uniform:0.25,1.0`, 6 layers of 3 heads and FFN 384 on MiniL
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import time
@@ -29,7 +30,7 @@ from supernet.train import (
     finetune_subnet,
     teacher_logits,
 )
-from supernet.workflow import LoadedRun, open_run
+from supernet.workflow import LoadedRun, load_data, open_run
 
 
 def subnet(run: LoadedRun, spec: str) -> SubnetConfig:
@@ -45,9 +46,15 @@ def main() -> None:
     p.add_argument("--subnet", action="append", help="subnet.json or uniform:WIDTH,DEPTH (repeatable)")
     p.add_argument("--recipe", action="append",
                    help="EPOCHS:LR or EPOCHS:LR:LAYER_WEIGHT (layer-wise distillation; repeatable; default 2:5e-5 and 3:2e-4)")
+    p.add_argument("--unlabeled", type=int, default=None,
+                   help="distil on the train split plus this many of the task's unlabeled texts (default: as the run)")
     p.add_argument("--out", default=None, help="where the fine-tunings go (default RUN/finetune_check)")
     a = p.parse_args()
     run = open_run(a.run)
+    if a.unlabeled is not None and a.unlabeled != run.spec.train.unlabeled:
+        spec = dataclasses.replace(run.spec, train=dataclasses.replace(run.spec.train, unlabeled=a.unlabeled))
+        run = dataclasses.replace(run, spec=spec, splits=load_data(spec, run.tokenizer)[1])
+    print(f"distilling on {len(distill_split(run.splits))} texts ({len(run.splits['train'])} labeled)")
     out = Path(a.out or run.folder / "finetune_check")
     teacher = load_model(run.folder / "teacher")
     targets = functools.cache(lambda: teacher_logits(teacher, distill_split(run.splits)))
