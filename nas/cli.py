@@ -1095,6 +1095,7 @@ ON_INTERRUPT = {
     "run": "run the same command again: it resumes the run in --out where it stopped",
     "train": "run the same command with --resume to continue from the last checkpoint",
     "exits": "run the same command again to continue from the last checkpoint",
+    "early-exit": "the exit logits are kept in --out: run the same command again to reuse them",
     "measure": "the rows measured so far are kept: run the same command again to measure the rest",
     "search": "the scores computed so far are cached in the run: running the same command again skips them",
     "export": "scores computed so far are cached in the run and fine-tuning resumes in --out: run the same "

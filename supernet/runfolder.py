@@ -18,6 +18,7 @@ the few library functions that own a file, such as a resumable log) take their p
       search_space.json     the search space
       exits/KIND/           early-exit heads trained on the frozen supernet (`hwnas exits`):
                             exits.safetensors + exits.json (absent in runs that have none)
+      early_exit/           where scripts/early_exit_figures.sh puts `hwnas early-exit`'s studies
       eval.csv              accuracy, FLOPs and parameters of a few sub-networks
       devices.json          user device profiles this run has used (from a --devices TOML)
       latency/

@@ -45,9 +45,9 @@ def refused(argv: list[str]) -> str:
     assert code == 2, f"hwnas {' '.join(argv)} -> {code}\n{text[-3000:]}"
     assert "Traceback" not in text
     if lines and lines[0].startswith("usage:"):  # argparse: the usage block, then one error line
-        assert re.match(r"hwnas( \w+)?: error: ", lines[-1]), lines
+        assert re.match(r"hwnas( [\w-]+)?: error: ", lines[-1]), lines  # [\w-]: hwnas early-exit
     else:
-        assert len(lines) == 1 and re.match(r"hwnas \w+: error: ", lines[0]), lines
+        assert len(lines) == 1 and re.match(r"hwnas [\w-]+: error: ", lines[0]), lines
     return lines[-1]
 
 
@@ -161,6 +161,14 @@ OPTIONS = [
     (["bench", "--run", NOWHERE, "--finetune-at", "nan"], "--finetune-at"),
     (["bench", "--run", NOWHERE, "--finetune-at", "0.5"], "--finetune-at"),
     (["extract", "--run", NOWHERE, "--out", "O"], "--subnet"),
+    (["exits", "--run", NOWHERE, "--epochs", "0"], "--epochs"),
+    (["exits", "--run", NOWHERE, "--lr", "nan"], "--lr"),
+    (["exits", "--run", NOWHERE, "--kind", "big"], "invalid choice"),
+    (["exits", "--run", NOWHERE], "run.json is missing"),
+    (["early-exit", "--run", NOWHERE, "--out", "O", "--max-loss", "-1"], "--max-loss"),
+    (["early-exit", "--run", NOWHERE, "--out", "O", "--rounds", "0"], "--rounds"),
+    (["early-exit", "--run", NOWHERE], "--out"),
+    (["early-exit", "--run", NOWHERE, "--out", "O"], "run.json is missing"),
     (["frobnicate"], "invalid choice"),
     ([], "required"),
     (["fit", "--run", NOWHERE, "--device", "cpu", "--bogus"], "unrecognized"),

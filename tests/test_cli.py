@@ -13,7 +13,8 @@ import pytest
 
 from nas.cli import COMMANDS, build_parser, main
 
-ORDER = ["run", "train", "eval", "measure", "fit", "search", "export", "compare", "bench", "extract", "predict"]
+ORDER = ["run", "train", "eval", "exits", "early-exit", "measure", "fit", "search", "export", "compare", "bench", "extract",
+         "predict"]
 
 
 def test_every_command_registers_its_own_options() -> None:
@@ -21,7 +22,7 @@ def test_every_command_registers_its_own_options() -> None:
     (sub,) = [a for a in parser._actions if a.dest == "command"]
     assert list(sub.choices) == ORDER
     for (_, handler), name in zip(COMMANDS, ORDER, strict=True):
-        assert handler.__name__ == f"cmd_{name}"
+        assert handler.__name__ == f"cmd_{name.replace('-', '_')}"
         assert sub.choices[name].get_default("func") is handler
         with pytest.raises(SystemExit) as e:
             main([name, "--help"])
