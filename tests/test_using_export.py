@@ -195,7 +195,8 @@ def test_the_python_api_searches_and_predicts(job: Path, export_dir: Path, tmp_p
     from nas import api
 
     run_dir = tmp_path / "run"
-    shutil.copytree(job, run_dir, ignore=shutil.ignore_patterns("export", "compare", "bench"))
+    # without the shared job's own searches: other tests' studies would share its optuna.db
+    shutil.copytree(job, run_dir, ignore=shutil.ignore_patterns("export", "compare", "bench", "search"))
     run = api.load(run_dir)
     result = api.search(run, "cpu", budget_ms=10.0, method="tpe", n_evaluations=4)
     assert result.best is not None and result.best.upper_ms <= 10.0
