@@ -124,6 +124,14 @@ def _candidates(run: LoadedRun, target: Target, acc: DevAccuracy, cfg: BenchConf
     return out
 
 
+def thinned_front(cands: list[Candidate], method: str, points: int) -> pd.DataFrame:
+    """A method's front on dev accuracy and predicted latency, thinned evenly to ``points``."""
+    frame = pd.DataFrame([{**c.to_row(), "method": method} for c in cands])
+    front = pareto_front(frame, acc_col="acc_dev", lat_col="lat_pred_ms").reset_index(drop=True)
+    idx = np.unique(np.linspace(0, len(front) - 1, min(len(front), points)).round().astype(int))
+    return front.iloc[idx]
+
+
 SEARCHED = ("ours", "retention", "random")  # the methods whose front depends on a seed
 
 
@@ -142,10 +150,7 @@ def seed_spread(run: LoadedRun, target: Target, acc: DevAccuracy, cfg: BenchConf
     rows = []
     for seed, cands in by_seed.items():
         for method, cs in cands.items():
-            frame = pd.DataFrame([c.to_row() for c in cs])
-            front = pareto_front(frame, acc_col="acc_dev", lat_col="lat_pred_ms").reset_index(drop=True)
-            idx = np.unique(np.linspace(0, len(front) - 1, min(len(front), cfg.front_points)).round().astype(int))
-            for r in front.iloc[idx].to_dict("records"):
+            for r in thinned_front(cs, method, cfg.front_points).to_dict("records"):
                 c = SubnetConfig.from_dict(json.loads(r["arch_json"]))
                 rows.append({"method": method, "seed": seed, "lat_rel": r["lat_pred_ms"] / lat_full,
                              "acc_test": acc.test(c)})
@@ -188,13 +193,8 @@ def fronts(run: LoadedRun, target: Target, acc: DevAccuracy, cfg: BenchConfig,
 
 def _fronts(run: LoadedRun, target: Target, acc: DevAccuracy, cfg: BenchConfig, cands: dict[str, list[Candidate]],
             progress: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
-    rows = []
-    for method, cs in cands.items():
-        frame = pd.DataFrame([{**c.to_row(), "method": method} for c in cs])
-        front = pareto_front(frame, acc_col="acc_dev", lat_col="lat_pred_ms").reset_index(drop=True)
-        idx = np.unique(np.linspace(0, len(front) - 1, min(len(front), cfg.front_points)).round().astype(int))
-        rows.append(front.iloc[idx])
-    table = pd.concat(rows, ignore_index=True)
+    table = pd.concat([thinned_front(cs, method, cfg.front_points) for method, cs in cands.items()],
+                      ignore_index=True)
     configs = [SubnetConfig.from_dict(json.loads(j)) for j in table["arch_json"]]
     unique = {c.key(): c for c in configs}
     with target_timer(run, target) as timer:

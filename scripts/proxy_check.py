@@ -48,16 +48,14 @@ from supernet.train import (
 )
 from supernet.workflow import open_run
 
+sys.path.insert(0, str(Path(__file__).parent))  # the sibling script, run as `python scripts/...`
+from recipe_ablation import candidates  # noqa: E402
+
 
 def pool(space: SearchSpace, n_random: int, seed: int = 0) -> list[SubnetConfig]:
-    """A uniform grid (width x depth x retention) and ``n_random`` seeded samples, deduplicated."""
-    grid = [space.uniform(width=w, depth=d, retention=r)
-            for w in (0.25, 0.5, 0.75, 1.0) for d in (0.34, 0.5, 0.67, 0.84, 1.0) for r in (1.0, 0.6)]
-    rng = np.random.default_rng(seed)
-    out: dict[str, SubnetConfig] = {}
-    for c in [*grid, *(space.sample(rng) for _ in range(n_random))]:
-        out.setdefault(c.key(), c)
-    return list(out.values())
+    """A wider uniform grid than the recipe ablation's (width x depth x retention) and
+    ``n_random`` seeded samples, deduplicated (``recipe_ablation.candidates``)."""
+    return candidates(space, n_random, seed, widths=(0.25, 0.5, 0.75, 1.0), depths=(0.34, 0.5, 0.67, 0.84, 1.0))
 
 
 def spread_along_front(acc: np.ndarray, lat: np.ndarray, n: int) -> list[int]:

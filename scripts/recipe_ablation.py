@@ -46,7 +46,7 @@ from latency.workflow import resolve_device
 from nas.pareto import normalized_hypervolume
 from nas.stats import compare_with
 from supernet.checkpoint import load_model, save_model
-from supernet.evaluate import Evaluator, predict
+from supernet.evaluate import Evaluator, predict, scores
 from supernet.io import write_json
 from supernet.space import SearchSpace, SubnetConfig
 from supernet.train import MetricsLog, StageRunner, TrainConfig, distill_split, train_supernet
@@ -74,10 +74,11 @@ def parse_recipe(text: str, base: TrainConfig) -> tuple[str, TrainConfig]:
     return name, cfg.validate()
 
 
-def candidates(space: SearchSpace, n_random: int, seed: int = 0) -> list[SubnetConfig]:
+def candidates(space: SearchSpace, n_random: int, seed: int = 0, *, widths: tuple[float, ...] = (0.25, 0.5, 1.0),
+               depths: tuple[float, ...] = (0.5, 0.67, 1.0), retentions: tuple[float, ...] = (1.0, 0.6)
+               ) -> list[SubnetConfig]:
     """A uniform grid (width x depth x retention) and ``n_random`` seeded samples, deduplicated."""
-    grid = [space.uniform(width=w, depth=d, retention=r)
-            for w in (0.25, 0.5, 1.0) for d in (0.5, 0.67, 1.0) for r in (1.0, 0.6)]
+    grid = [space.uniform(width=w, depth=d, retention=r) for w in widths for d in depths for r in retentions]
     rng = np.random.default_rng(seed)
     out: dict[str, SubnetConfig] = {}
     for c in [*grid, *(space.sample(rng) for _ in range(n_random))]:
@@ -130,7 +131,7 @@ def main() -> None:
     teacher = load_model(run.paths.teacher)
     splits = {s: run.splits[s] for s in ("dev", "test")}
     t_logits = {s: predict(teacher, splits[s]) for s in splits}
-    t_score = {s: Evaluator(teacher, splits, metric=metric).score(teacher.own_config(), s) for s in splits}
+    t_score = {s: scores(t_logits[s], splits[s].labels)[metric] for s in splits}
     print(f"teacher dev {t_score['dev']:.4f} test {t_score['test']:.4f}; {len(subnets)} sub-networks, "
           f"predicted {a.device} p50 {lat.min():.2f}-{lat.max():.2f} ms", flush=True)
     rows, per_subnet = [], []

