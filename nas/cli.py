@@ -788,6 +788,10 @@ def register_export(sub: Subparsers) -> argparse.ArgumentParser:
                    "the predictor's margin shrunk to what was measured and measure the more accurate candidates "
                    "(default %(default)s; 0: never)")
     _finetune_args(e, 0.0, "the chosen sub-network before it is written")
+    e.add_argument("--finetune-unlabeled", type=COUNT0, default=None,
+                   help="distil on the train split plus this many of the task's unlabeled texts when fine-tuning "
+                   "(a seeded subset; for rt the plot synopses of movies outside dev and test, 5,533 sentences; "
+                   "default: as the run was trained, hwnas train --unlabeled)")
     e.add_argument("--quiet", action="store_true", help="no progress bars")
     return e
 
@@ -807,6 +811,7 @@ def cmd_export(a: argparse.Namespace) -> int:
     finetune = _finetune_stage(a)
     cfg = ExportConfig(budget_ms=budget[0], speedup=a.speedup, method=a.method, n_evaluations=a.n, seed=a.seed,
                        finalists=a.finalists, finetune=finetune, finetune_candidates=a.finetune_candidates,
+                       finetune_unlabeled=a.finetune_unlabeled,
                        drift_tolerance=None if a.drift_tolerance < 0 else a.drift_tolerance, progress=not a.quiet,
                        step_up_below=a.step_up_below or None)
     accuracy = DevAccuracy(run, subset_size=a.dev_subset or None, precision=a.search_precision)
@@ -861,7 +866,8 @@ def cmd_export(a: argparse.Namespace) -> int:
         for c in r["finetune_candidates"]:
             how = "reused the earlier fine-tuning in --out" if c["reused"] else f"in {c['wall_s']:.0f} s"
             mark = "<- exported" if c["arch_key"] == r["arch_key"] else ""
-            print(f"  fine-tuned {ft['epochs']:g} epochs {c['arch']} ({how}): dev {r['metric']} "
+            on = f" on {ft['texts']} texts" if "texts" in ft else ""
+            print(f"  fine-tuned {ft['epochs']:g} epochs{on} {c['arch']} ({how}): dev {r['metric']} "
                   f"{c['dev_accuracy_before']:.4f} -> {c['dev_accuracy']:.4f}, test {c['test_accuracy']:.4f} {mark}")
         print("  the written model and model.onnx hold the exported sub-network's fine-tuned weights")
     return 0

@@ -57,7 +57,7 @@ from supernet.train import (
     finetune_subnet,
     teacher_logits,
 )
-from supernet.workflow import LoadedRun
+from supernet.workflow import LoadedRun, with_unlabeled
 
 if TYPE_CHECKING:
     import torch
@@ -89,6 +89,9 @@ class ExportConfig:
     seed: int = 0
     finetune: StageConfig | None = None
     finetune_candidates: int = 3
+    # Distil on the train split plus this many of the task's unlabeled texts when fine-tuning
+    # (None: as the run was trained, ``TrainConfig.unlabeled``).
+    finetune_unlabeled: int | None = None
     drift_tolerance: float | None = 0.10
     rounds: int = 3  # interleaved re-measurement rounds
     # Below this share of the budget used when re-measured, search again with the predictor's
@@ -106,6 +109,8 @@ class ExportConfig:
             raise ConfigError(f"a budget must be a positive number of ms, got {self.budget_ms:g}")
         if self.step_up_below is not None and not 0 < self.step_up_below <= 1:
             raise ConfigError(f"step_up_below must lie in (0, 1], got {self.step_up_below:g}")
+        if self.finetune_unlabeled is not None and self.finetune_unlabeled < 0:
+            raise ConfigError(f"finetune_unlabeled must be >= 0 texts, got {self.finetune_unlabeled}")
         if self.finalists < 1 or self.finetune_candidates < 1 or self.rounds < 1:
             raise ConfigError(f"finalists, fine-tuning candidates and rounds must be >= 1, got {self.finalists}, "
                               f"{self.finetune_candidates} and {self.rounds}")
@@ -367,7 +372,8 @@ def finetune_best(run: LoadedRun, teacher: ElasticBert, pool: list[tuple[Candida
     for cand, ms in pool:
         t0 = time.time()
         model, trained = finetune_subnet(run.supernet, teacher, cand.config, distill_split(run.splits),
-                                         finetune_folder(out, cand.config, stage), run.spec.train, stage,
+                                         finetune_folder(out, cand.config, stage, unlabeled=run.spec.train.unlabeled),
+                                         run.spec.train, stage,
                                          targets=targets, progress=progress)
         model.eval()
         models.append(model)
@@ -536,10 +542,14 @@ def choose_and_export(
                                                   budget.ms)]
             extra = finetune_pool(result.history, chosen, seeds, cfg.finetune_candidates - 1)
             pool = measured_pool(verified, extra, budget.ms, timer, rounds=cfg.rounds)
-            targets = teacher_targets or functools.cache(lambda: teacher_logits(teacher, distill_split(run.splits)))
-            ft = finetune_best(run, teacher, pool, cfg.finetune, out, accuracy, targets, progress=cfg.progress)
+            ft_run = with_unlabeled(run, cfg.finetune_unlabeled)
+            distill = distill_split(ft_run.splits)
+            targets = (teacher_targets if ft_run is run else None) or functools.cache(
+                lambda: teacher_logits(teacher, distill))
+            ft = finetune_best(ft_run, teacher, pool, cfg.finetune, out, accuracy, targets, progress=cfg.progress)
             (chosen, chosen_ms), small, ft_rows = pool[ft.best], ft.models[ft.best], ft.rows
             tuned = {"epochs": cfg.finetune.epochs, "lr": cfg.finetune.lr, "candidates": len(pool),
+                     "texts": len(distill), "unlabeled": ft_run.spec.train.unlabeled,
                      **{k: ft_rows[ft.best][k] for k in ("wall_s", "reused", "dev_accuracy", "test_accuracy")}}
         written = write_export(run, target, out, chosen, small)
         precision = chosen.config.precision

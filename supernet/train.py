@@ -555,10 +555,13 @@ def teacher_logits(teacher: ElasticBert, train: Encoded, batch_size: int = 64) -
     return out
 
 
-def finetune_folder(base: str | Path, cfg: SubnetConfig, stage: StageConfig, layer_weight: float = 0.0) -> Path:
-    """Where the fine-tuning of ``cfg`` with ``stage``'s settings lives under ``base``."""
+def finetune_folder(base: str | Path, cfg: SubnetConfig, stage: StageConfig, layer_weight: float = 0.0,
+                    unlabeled: int = 0) -> Path:
+    """Where the fine-tuning of ``cfg`` with ``stage``'s settings (and ``unlabeled`` texts
+    besides the train split) lives under ``base``."""
     lw = f"_lw{layer_weight:g}" if layer_weight > 0 else ""
-    return Path(base) / f"finetune_{cfg.key()}_e{stage.epochs:g}_lr{stage.lr:g}{lw}"
+    un = f"_u{unlabeled}" if unlabeled > 0 else ""
+    return Path(base) / f"finetune_{cfg.key()}_e{stage.epochs:g}_lr{stage.lr:g}{lw}{un}"
 
 
 def weights_sha1(model: torch.nn.Module) -> str:

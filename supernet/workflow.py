@@ -5,6 +5,7 @@ What a run folder holds, and where, is ``supernet.runfolder.RunFolder``.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -93,6 +94,17 @@ def load_data(spec: RunSpec, tokenizer: Any) -> tuple[TaskData, dict[str, Encode
         extra = encode_unlabeled(tokenizer, [task.unlabeled[i] for i in pick], spec.train.max_length)
         splits["distill"] = concat(splits["train"], extra)
     return task, splits
+
+
+def with_unlabeled(run: LoadedRun, n: int | None) -> LoadedRun:
+    """``run`` with its distillation texts set to the train split plus ``n`` of the task's
+    unlabeled texts (the seeded subset ``load_data`` picks), for a fine-tuning that distils on
+    more text than the supernet did; ``run`` itself when ``n`` is None or what it already has."""
+    if n is None or n == run.spec.train.unlabeled:
+        return run
+    check_int(n, "unlabeled texts", 0)
+    spec = dataclasses.replace(run.spec, train=dataclasses.replace(run.spec.train, unlabeled=n))
+    return dataclasses.replace(run, spec=spec, splits=load_data(spec, run.tokenizer)[1])
 
 
 def train_run(run_dir: str | Path, spec: RunSpec, *, resume: bool = False, progress: bool = True,

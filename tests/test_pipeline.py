@@ -149,6 +149,35 @@ def test_export_with_finetuning(job: Path, tmp_path: Path, capsys) -> None:
     assert "--finetune-lr: must be a finite number > 0" in capsys.readouterr().err
 
 
+def test_export_finetunes_on_unlabeled_text_too(job: Path, tmp_path: Path, capsys) -> None:
+    """`--finetune-unlabeled N` distils on the train split plus N of the task's unlabeled texts
+    (the run itself was trained without them): more texts, another fine-tuning folder, the
+    same seeded texts as `hwnas train --unlabeled N` would use."""
+    from supernet.space import SubnetConfig
+    from supernet.train import StageConfig, finetune_folder
+    from supernet.workflow import load_data, open_run, with_unlabeled
+
+    run = open_run(job)
+    assert run.spec.train.unlabeled == 0 and with_unlabeled(run, 0) is run and with_unlabeled(run, None) is run
+    more = with_unlabeled(run, 20)
+    assert len(more.splits["distill"]) == len(run.splits["train"]) + 20
+    assert more.splits["distill"].input_ids == load_data(more.spec, run.tokenizer)[1]["distill"].input_ids
+    out = tmp_path / "ftu"
+    assert main(["export", "--run", str(job), "--device", "cpu", "--budget-ms", "1000", "--out", str(out), "--n", "5",
+                 "--finetune-epochs", "1", "--finetune-lr", "1e-3", "--finetune-candidates", "1",
+                 "--finetune-unlabeled", "20", "--quiet"]) == 0
+    assert f"on {len(run.splits['train']) + 20} texts" in capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    assert report["finetuned"]["texts"] == len(run.splits["train"]) + 20 and report["finetuned"]["unlabeled"] == 20
+    cfg = SubnetConfig.from_dict(report["subnet"])
+    folder = finetune_folder(out, cfg, StageConfig(epochs=1, lr=1e-3), unlabeled=20)
+    assert folder.name.endswith("_u20") and json.loads((folder / "finetune.json").read_text())["train_examples"] == \
+        len(run.splits["train"]) + 20
+    assert main(["export", "--run", str(job), "--device", "cpu", "--budget-ms", "1000", "--out", str(out / "bad"),
+                 "--finetune-epochs", "1", "--finetune-unlabeled", "-3"]) == 2
+    assert "--finetune-unlabeled" in capsys.readouterr().err and not (out / "bad").exists()
+
+
 def test_finetuning_lowers_its_objective_and_resumes(job: Path, tmp_path: Path) -> None:
     import dataclasses
 
