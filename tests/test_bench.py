@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -118,6 +119,9 @@ def test_budget_sweep_exports_and_remeasures(job: Path, tmp_path: Path, monkeypa
     assert seeds["hypervolume_test"].between(0, 1).all() and (seeds["points"] >= 1).all()
     assert "ours beats a method only when" in (tmp_path / "bench_rt_cpu.md").read_text()
     assert (comp["fresh_measured_ms"] > 0).all() and (comp["realized_over_ideal"] > 0).all()
+    assert np.allclose(comp["budget_use"], comp["fresh_measured_ms"] / comp["budget_ms"])
+    assert (comp["step_ups"] >= 0).all() and (comp["step_downs"] >= 0).all()
+    assert "budget use >= 0.9" in (tmp_path / "bench_rt_cpu.md").read_text()
 
 
 @pytest.mark.parametrize("args, why", [
