@@ -278,3 +278,82 @@ def test_static_int8_refuses_an_unknown_method_or_no_calibration(tmp_path: Path)
     with pytest.raises(ValueError, match="at least one calibration input"):
         quantize_static_int8(fp32, tmp_path / "x.onnx", [])
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_int8_modes_are_validated_where_they_enter(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from latency.onnx_export import INT8_MODES, int8_quantizer, quantize_subnet
+    from nas.cli import build_parser
+    from nas.export import ExportConfig, int8_calibration
+
+    assert ExportConfig(budget_ms=4).int8_mode == "dynamic" and int8_quantizer("dynamic") is quantize_subnet
+    with pytest.raises(ConfigError, match=r"int8_mode must be one of \['dynamic', 'static'\], got 'fast'"):
+        ExportConfig(budget_ms=4, int8_mode="fast")
+    with pytest.raises(ConfigError, match="calibration_inputs"):
+        ExportConfig(budget_ms=4, int8_mode="static", calibration_inputs=0)
+    with pytest.raises(ValueError, match="int8 mode must be one of"):
+        int8_quantizer("fast")
+    with pytest.raises(ValueError, match="calibration inputs"):
+        int8_quantizer("static")
+    # The command line takes each of the library's modes (a bad one: tests/test_bad_input.py).
+    argv = ["export", "--run", "R", "--device", "cpu", "--out", str(tmp_path / "o"), "--budget-ms", "4"]
+    assert build_parser().parse_args(argv).int8_mode == "dynamic"
+    assert [build_parser().parse_args([*argv, "--int8-mode", m]).int8_mode for m in INT8_MODES] == list(INT8_MODES)
+    # Calibration draws the same train inputs for the same seed (one a call, at their own lengths).
+    run = SimpleNamespace(splits={"train": _examples(40)})
+    a, b, c = (int8_calibration(run, 8, s) for s in (0, 0, 1))  # type: ignore[arg-type]
+    assert len(a) == 8 and all(f["input_ids"].shape[0] == 1 for f in a)
+    assert all(np.array_equal(x["input_ids"], y["input_ids"]) for x, y in zip(a, b, strict=True))
+    assert {f["input_ids"].shape[1] for f in a} != {1} and any(
+        not np.array_equal(x["input_ids"], y["input_ids"]) for x, y in zip(a, c, strict=True))
+
+
+@pytest.mark.slow
+def test_a_static_int8_export_is_calibrated_and_scored_by_onnx_runtime(job: Path, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import onnx
+
+    import supernet.evaluate
+    from latency.baselines import onnx_logits
+    from latency.devices import get_device
+    from latency.onnx_export import int8_quantizer
+    from latency.target import Target, target_timer
+    from nas.export import (
+        ExportConfig,
+        compare_with_stock,
+        int8_calibration,
+        int8_scores,
+        write_export,
+    )
+    from nas.search import Candidate
+    from supernet.evaluate import scores
+    from supernet.extract import extract
+    from supernet.workflow import open_run
+
+    run = open_run(job)
+    cfg = ExportConfig(budget_ms=4, int8_mode="static", calibration_inputs=16)
+    quantize = int8_quantizer("static", int8_calibration(run, cfg.calibration_inputs, cfg.seed))
+    q = run.space.uniform(width=0.5).with_precision("int8")
+    target = Target.of(run, get_device("cpu-int8"))
+    written = write_export(run, target, tmp_path / "q", Candidate(q, 0.5, 1.0, 1.1, True),
+                           extract(run.supernet, q).eval(), quantize=quantize)
+    ops = {n.op_type for n in onnx.load(written["files"]["onnx"]).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops and not ops & {"DynamicQuantizeLinear", "MatMulInteger"}
+    # Its dev score is the quantized graph's, run by ONNX Runtime: PyTorch is never asked.
+    dev = run.splits["dev"]
+    expect = scores(onnx_logits(written["files"]["onnx"], dev), dev.labels)[run.task.metric]
+    monkeypatch.setattr(supernet.evaluate, "predict", lambda *a, **k: pytest.fail("scored by PyTorch"))
+    got = int8_scores(run, cfg, "model.onnx", written["files"]["onnx"])
+    assert got["dev_accuracy"] == expect and got["mode"] == "static"
+    assert got["calibration"] == {"split": "train", "inputs": 16, "seed": 0, "batch": 1, "method": "minmax"}
+    monkeypatch.undo()
+    # An fp32 pick compares the same sub-network's static INT8 graph beside it.
+    f = run.space.uniform(width=0.5)
+    small = extract(run.supernet, f).eval()
+    files = write_export(run, target, tmp_path / "f", Candidate(f, 0.5, 1.0, 1.1, True), small)["files"]
+    with target_timer(run, Target.of(run, get_device("cpu"))) as timer:
+        stock = compare_with_stock(run, timer, files, "fp32", onnx_logits(files["onnx"], run.splits["test"]), 0.5,
+                                   rounds=1, quantize=quantize)
+        assert stock is not None and Path(stock["int8_path"]).name == "ours-int8.onnx"
+        assert "QuantizeLinear" in {n.op_type for n in onnx.load(stock["int8_path"]).graph.node}
