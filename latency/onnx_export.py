@@ -25,7 +25,7 @@ import contextlib
 import io
 import logging
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -199,24 +199,6 @@ def quantize_int8(src: str | Path, out: str | Path, *, per_channel: bool = False
 
 
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
-# How an int8 graph quantizes its activations: per call (dynamic, the default and what the
-# search measures and scores) or with scales calibrated beforehand on real inputs (static).
-INT8_MODES = ("dynamic", "static")
-
-
-def int8_quantizer(mode: str, calibration: Sequence[dict[str, np.ndarray]] | None = None) -> Callable[[Path, Path], Path]:
-    """``(fp32 graph, out) -> int8 graph`` in ``mode`` (one of ``INT8_MODES``): ``quantize_subnet``
-    (dynamic), or ``quantize_static_int8`` with min/max ranges from ``calibration`` (static;
-    min/max kept the dev accuracy of three ``rt`` exports closest to fp32 among the three
-    methods: ``scripts/int8_check.py --export``)."""
-    if mode == "dynamic":
-        return quantize_subnet
-    if mode != "static":
-        raise ValueError(f"int8 mode must be one of {list(INT8_MODES)}, got {mode!r}")
-    if not calibration:
-        raise ValueError("static INT8 needs calibration inputs")
-    feeds = list(calibration)
-    return lambda src, out: quantize_static_int8(src, out, feeds, method="minmax")
 
 
 def weight_products(graph: Any) -> list[str]:

@@ -788,11 +788,6 @@ def register_export(sub: Subparsers) -> argparse.ArgumentParser:
                    "the predictor's margin shrunk to what was measured and measure the more accurate candidates "
                    "(default %(default)s; 0: never)")
     _finetune_args(e, 0.0, "the chosen sub-network before it is written")
-    e.add_argument("--int8-mode", choices=("dynamic", "static"), default="dynamic",
-                   help="how the int8 graph (model.onnx of an int8 pick, or the ours-int8 compared beside an fp32 one) "
-                   "quantizes activations: per call (dynamic, the default, as the search measured and scored int8 "
-                   "candidates) or with scales calibrated beforehand on 256 seeded train inputs (static, QDQ); "
-                   "report.json's int8 block has its dev and test scores by ONNX Runtime")
     e.add_argument("--quiet", action="store_true", help="no progress bars")
     return e
 
@@ -813,7 +808,7 @@ def cmd_export(a: argparse.Namespace) -> int:
     cfg = ExportConfig(budget_ms=budget[0], speedup=a.speedup, method=a.method, n_evaluations=a.n, seed=a.seed,
                        finalists=a.finalists, finetune=finetune, finetune_candidates=a.finetune_candidates,
                        drift_tolerance=None if a.drift_tolerance < 0 else a.drift_tolerance, progress=not a.quiet,
-                       step_up_below=a.step_up_below or None, int8_mode=a.int8_mode)
+                       step_up_below=a.step_up_below or None)
     accuracy = DevAccuracy(run, subset_size=a.dev_subset or None, precision=a.search_precision)
     r = choose_and_export(run, target, a.out, cfg, accuracy=accuracy, command=a.command_line)
     if r["budget_from"]:
@@ -861,12 +856,6 @@ def cmd_export(a: argparse.Namespace) -> int:
         q = r["quantization"]
         print(f"  INT8 cost the written model {100 * (q['written_test_accuracy_int8'] - q['written_test_accuracy_fp32']):+.2f}"
               f" test points ({q['written_test_accuracy_fp32']:.4f} in fp32, model-fp32.onnx)")
-    if r.get("int8"):
-        q8 = r["int8"]
-        how = ("static INT8, calibrated on {inputs} {split} inputs (seed {seed})".format(**q8["calibration"])
-               if q8["calibration"] else "dynamic INT8")
-        print(f"  {q8['graph']} in {how}: dev {r['metric']} {q8['dev_accuracy']:.4f}, test {q8['test_accuracy']:.4f} "
-              "(ONNX Runtime)")
     if r["finetuned"]:
         ft = r["finetuned"]
         for c in r["finetune_candidates"]:

@@ -39,8 +39,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 import pandas as pd
 
-from latency.measure import DeviceTimer, Timer, traffic_inputs
-from latency.onnx_export import INT8_MODES, int8_quantizer
+from latency.measure import DeviceTimer, Timer
 from latency.target import PredictedLatency, Target, device_drift, drift_references, open_timer
 from nas.card import CARD_NAME, model_card
 from nas.objectives import DevAccuracy
@@ -96,11 +95,6 @@ class ExportConfig:
     # margin shrunk to what was measured and try the more accurate candidates (measured).
     step_up_below: float | None = 0.9
     baselines: bool = True  # time the stock model (fp32, ORT-optimized, INT8) beside the export
-    # How the written (or compared) int8 graph quantizes activations: "dynamic" (per call, as
-    # the search measured and scored int8 candidates) or "static" (scales calibrated on
-    # ``calibration_inputs`` seeded train inputs: ``int8_calibration``).
-    int8_mode: str = "dynamic"
-    calibration_inputs: int = 256
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -112,10 +106,6 @@ class ExportConfig:
             raise ConfigError(f"a budget must be a positive number of ms, got {self.budget_ms:g}")
         if self.step_up_below is not None and not 0 < self.step_up_below <= 1:
             raise ConfigError(f"step_up_below must lie in (0, 1], got {self.step_up_below:g}")
-        if self.int8_mode not in INT8_MODES:
-            raise ConfigError(f"int8_mode must be one of {list(INT8_MODES)}, got {self.int8_mode!r}")
-        if self.calibration_inputs < 1:
-            raise ConfigError(f"calibration_inputs must be >= 1, got {self.calibration_inputs}")
         if self.finalists < 1 or self.finetune_candidates < 1 or self.rounds < 1:
             raise ConfigError(f"finalists, fine-tuning candidates and rounds must be >= 1, got {self.finalists}, "
                               f"{self.finetune_candidates} and {self.rounds}")
@@ -396,14 +386,12 @@ def finetune_best(run: LoadedRun, teacher: ElasticBert, pool: list[tuple[Candida
 
 # --- 5. write ------------------------------------------------------------------------------------
 
-def write_export(run: LoadedRun, target: Target, out: Path, chosen: Candidate, model: ElasticBert, *,
-                 quantize: Callable[[Path, Path], Path] | None = None) -> dict[str, Any]:
+def write_export(run: LoadedRun, target: Target, out: Path, chosen: Candidate, model: ElasticBert) -> dict[str, Any]:
     """The standalone model (``pytorch/``; ``hf/``, the family's stock model or the elastic BERT's code;
     fp32 weights), ``model.onnx`` (the graph to deploy: quantized for an int8 sub-network,
     whose fp32 graph is kept beside it as ``model-fp32.onnx``) with ``hf/``'s config, code
     and tokenizer files beside it (what Optimum and a plain ONNX Runtime user read), and how
-    far the fp32 graph's outputs are from PyTorch's on dev batches; returns what was written.
-    ``quantize``: ``(fp32 graph, out) -> int8 graph`` (default: dynamic, ``quantize_subnet``)."""
+    far the fp32 graph's outputs are from PyTorch's on dev batches; returns what was written."""
     from latency.onnx_export import check_onnx, export_onnx, input_names, quantize_subnet
     from supernet.data import iterate_batches
     from supernet.extract import copy_runtime_files, export_standalone
@@ -417,7 +405,7 @@ def write_export(run: LoadedRun, target: Target, out: Path, chosen: Candidate, m
         (out / "model-fp32.onnx").unlink(missing_ok=True)  # an earlier int8 export's
     dev_batches = list(iterate_batches(run.splits["dev"], 16, shuffle=False))[:4]
     diff = check_onnx(model, fp32_path, dev_batches)
-    files = {**written, "onnx": str((quantize or quantize_subnet)(fp32_path, out / "model.onnx") if int8 else fp32_path)}
+    files = {**written, "onnx": str(quantize_subnet(fp32_path, out / "model.onnx") if int8 else fp32_path)}
     if int8:
         files["onnx_fp32"] = str(fp32_path)
     copy_runtime_files(written["hf"], out)
@@ -426,16 +414,14 @@ def write_export(run: LoadedRun, target: Target, out: Path, chosen: Candidate, m
 
 
 def compare_with_stock(run: LoadedRun, timer: DeviceTimer, files: dict[str, str], precision: str,
-                       ours_logits: np.ndarray, full_acc: float, *, rounds: int = 3,
-                       quantize: Callable[[Path, Path], Path] | None = None) -> dict[str, Any] | None:
+                       ours_logits: np.ndarray, full_acc: float, *, rounds: int = 3) -> dict[str, Any] | None:
     """The exported sub-network (``ours``: ``files["onnx"]`` at ``precision``; its test logits
     ``ours_logits``), the same sub-network at the other precision (``ours-int8``, quantized as
     int8 sub-networks are, or ``ours-fp32``, ``files["onnx_fp32"]``) and the supernet's full
     model (``ours-full``, test accuracy ``full_acc``) timed in turn with the stock deployments
     (``latency.baselines.time_beside_stock``), on the timer's workload and statistic, with
     their test scores (the ONNX graphs run by ONNX Runtime, whose test logits are returned for
-    the paired statistics) and the int8 graph's path (``int8_path``: ``ours`` or ``ours-int8``,
-    quantized by ``quantize``, default dynamic). None on a device whose runtime is not ONNX Runtime."""
+    the paired statistics). None on a device whose runtime is not ONNX Runtime."""
     from latency.baselines import onnx_logits, speedups, stock_models, time_beside_stock
     from latency.onnx_export import quantize_subnet
     from supernet.evaluate import scores
@@ -446,7 +432,7 @@ def compare_with_stock(run: LoadedRun, timer: DeviceTimer, files: dict[str, str]
     if precision == "int8":
         other, other_path = "ours-fp32", Path(files["onnx_fp32"])
     else:
-        other, other_path = "ours-int8", (quantize or quantize_subnet)(onnx_path, timer.workdir / "ours-int8.onnx")
+        other, other_path = "ours-int8", quantize_subnet(onnx_path, timer.workdir / "ours-int8.onnx")
     rows = time_beside_stock(run, timer, {"ours": onnx_path, other: other_path}, rounds=rounds)
     assert rows is not None
     test = run.splits["test"]
@@ -464,31 +450,7 @@ def compare_with_stock(run: LoadedRun, timer: DeviceTimer, files: dict[str, str]
                f"{o}_vs_fastest_stock_fp32": alt["vs_fastest_stock_fp32"], f"{o}_vs_stock_int8": alt["vs_stock_int8"],
                # Below 1: our full-model export is slower than the stock one (its graph, not its size).
                "ours_full_vs_fastest_stock_fp32": full_x["vs_fastest_stock_fp32"]}
-    return {"deployments": rows, "speedup": speedup, "logits": logits,
-            "int8_path": str(onnx_path if precision == "int8" else other_path)}
-
-
-def int8_calibration(run: LoadedRun, n: int, seed: int) -> list[dict[str, np.ndarray]]:
-    """Static INT8's calibration inputs: ``n`` train inputs drawn with ``seed``, one a call at
-    its own length (batch 1, as an export is served); the same for the same run and seed."""
-    return list(traffic_inputs(run.splits["train"], 1, n, seed).feeds)
-
-
-def int8_scores(run: LoadedRun, cfg: ExportConfig, graph: str, path: str | Path,
-                test_logits: np.ndarray | None = None) -> dict[str, Any]:
-    """What the export says about its int8 graph (``graph``: ``model.onnx`` or the compared
-    ``ours-int8``, at ``path``): the mode, the calibration, and its dev and test scores by
-    running it in ONNX Runtime (``test_logits``: its test logits when already computed)."""
-    from latency.baselines import onnx_logits
-    from supernet.evaluate import scores
-
-    metric, dev, test = run.task.metric, run.splits["dev"], run.splits["test"]
-    test_logits = onnx_logits(path, test) if test_logits is None else test_logits
-    calibration = None if cfg.int8_mode == "dynamic" else {
-        "split": "train", "inputs": cfg.calibration_inputs, "seed": cfg.seed, "batch": 1, "method": "minmax"}
-    return {"mode": cfg.int8_mode, "graph": graph, "calibration": calibration,
-            "dev_accuracy": scores(onnx_logits(path, dev), dev.labels)[metric],
-            "test_accuracy": scores(test_logits, test.labels)[metric]}
+    return {"deployments": rows, "speedup": speedup, "logits": logits}
 
 
 def against_teacher(run: LoadedRun, teacher: ElasticBert, logits: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
@@ -564,8 +526,6 @@ def choose_and_export(
             verified = step_up(verified, budget.ms, relaxed, timer, accuracy, below=cfg.step_up_below,
                                finalists=cfg.finalists, rounds=cfg.rounds)
         out = Path(out_dir)
-        quantize = int8_quantizer(cfg.int8_mode, int8_calibration(run, cfg.calibration_inputs, cfg.seed)
-                                  if cfg.int8_mode == "static" else None)
         teacher = load_model(run.paths.teacher) if cfg.finetune is not None or full_model_test is None else None
         chosen, chosen_ms = verified.chosen, verified.measured_ms
         small = extract(run.supernet, chosen.config).eval()
@@ -581,7 +541,7 @@ def choose_and_export(
             (chosen, chosen_ms), small, ft_rows = pool[ft.best], ft.models[ft.best], ft.rows
             tuned = {"epochs": cfg.finetune.epochs, "lr": cfg.finetune.lr, "candidates": len(pool),
                      **{k: ft_rows[ft.best][k] for k in ("wall_s", "reused", "dev_accuracy", "test_accuracy")}}
-        written = write_export(run, target, out, chosen, small, quantize=quantize)
+        written = write_export(run, target, out, chosen, small)
         precision = chosen.config.precision
         # The written model's test logits, as deployed (int8: its quantized graph, by ONNX
         # Runtime): for its score and the paired statistics.
@@ -589,12 +549,8 @@ def choose_and_export(
                        else predict(small, run.splits["test"]))
         # At least 5 rounds: the headline speed-ups come from this one comparison (about 1 s a round).
         stock = (compare_with_stock(run, timer, written["files"], precision, ours_logits,
-                                    accuracy.test(run.space.largest()), rounds=max(5, cfg.rounds), quantize=quantize)
+                                    accuracy.test(run.space.largest()), rounds=max(5, cfg.rounds))
                  if cfg.baselines and isinstance(timer, DeviceTimer) else None)
-        # The int8 graph written (an int8 pick) or compared (ours-int8, in the timer's folder).
-        int8 = (int8_scores(run, cfg, "model.onnx", written["files"]["onnx"], ours_logits) if chosen.config.int8
-                else int8_scores(run, cfg, "ours-int8", stock["int8_path"], stock["logits"]["ours-int8"])
-                if stock else None)
     finally:
         if own_timer is not None:
             own_timer.close()
@@ -635,10 +591,6 @@ def choose_and_export(
                 run.task.metric],
             "written_test_accuracy_int8": scores(ours_logits, run.splits["test"].labels)[run.task.metric],
         },
-        # The int8 graph (written, or compared as ours-int8): how it quantizes activations
-        # ("dynamic", or "static" with its calibration) and its dev and test scores by ONNX
-        # Runtime. The search's int8 scores and step-down timings are dynamic INT8's.
-        "int8": int8,
         "full_model_test_accuracy": full_test,
         "supernet_largest_test_accuracy": accuracy.test(largest),
         "weights": "fine-tuned" if tuned else "supernet",  # what pytorch/ and model.onnx hold

@@ -136,8 +136,6 @@ OPTIONS = [
     (["export", "--run", NOWHERE, "--device", "cpu", "--out", "O", "--speedup", "inf"], "--speedup"),
     (["export", "--run", NOWHERE, "--device", "cpu", "--out", "O", "--speedup", "1"], "--speedup"),
     (["export", "--run", NOWHERE, "--device", "cpu", "--out", "O", "--budget-ms", "5", "--finalists", "0"], "--finalists"),
-    (["export", "--run", NOWHERE, "--device", "cpu", "--out", "O", "--budget-ms", "5", "--int8-mode", "Static"],
-     "--int8-mode: invalid choice"),
     (["export", "--run", NOWHERE, "--device", "cpu", "--out", "O", "--budget-ms", "5", "--drift-tolerance", "nan"],
      "--drift-tolerance"),
     (["export", "--run", NOWHERE, "--device", "cpu", "--out", "O", "--budget-ms", "5", "--finetune-lr", "inf"],
