@@ -12,6 +12,10 @@ latency a policy is predicted to have.
   times) and the exits its inputs take on dev: each input costs the segments up to its exit;
   mean / p50 / p90 over the inputs.
 - ``time_early_exit``: the runner serving real inputs one by one, timed per call.
+- ``predicted_segment_ms``: a per-layer cost table without timing the sub-network (for the
+  search over sub-networks, nas/exit_search.py): the device's latency predictor applied to
+  the sub-network's depth-k prefixes (``prefix``), plus the exit head's cost timed once on the
+  device (``head_cost_ms``).
 """
 
 from __future__ import annotations
