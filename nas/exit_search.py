@@ -204,7 +204,7 @@ def plot_histogram(hist: dict[str, Sequence[float]], title: str, path: Path) -> 
         ax.bar(x, h, width=width, label=split)
     ax.set_xlabel("exit (layer of the sub-network)")
     ax.set_ylabel("share of inputs")
-    ax.set_title(title, fontsize=9)
+    ax.set_title(title, fontsize=7)
     ax.legend(fontsize=8)
     fig.tight_layout()
     atomic_write(path, lambda p: fig.savefig(p, dpi=120, format="png"))
@@ -313,5 +313,5 @@ class ExitSearch:
         }
         write_json(self.out / "report.json", report)
         hist = {"dev": report["search"]["dev_exit_histogram"], "test": report["early_exit"]["test_exit_histogram"]}
-        plot_histogram(hist, f"{cfg.describe()}  {policy[0]} {policy[1]:g}", self.out / "exit_histogram.png")
+        plot_histogram(hist, f"{cfg.describe()}\n{policy[0]} {policy[1]:g}", self.out / "exit_histogram.png")
         return report
