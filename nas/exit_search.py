@@ -74,9 +74,13 @@ def front_pool(run: LoadedRun, target: Target, latency: LatencyModel, limit: int
         for j, acc in zip(frame.loc[frame["device"] == device, "arch_json"],
                           frame.loc[frame["device"] == device, "acc_dev"], strict=True):
             try:
-                cfg = run.space.validate(SubnetConfig.from_dict(json.loads(str(j))))
-            except ValueError as e:  # an int8 row on an fp32 space, or a file from another run
-                raise ConfigError(f"{f}: arch_json {j} is not an fp32 sub-network of this run ({e})") from None
+                cfg = SubnetConfig.from_dict(json.loads(str(j)))
+                if cfg.int8:  # early exit runs fp32 sub-networks
+                    continue
+                run.space.validate(cfg)
+            except ValueError as e:  # ConfigError is a ValueError; so is a JSON error
+                raise ConfigError(f"{f}: arch_json {j} is not a sub-network of this run ({e}): delete the file, "
+                                  "or search again to rewrite it") from None
             if np.isfinite(acc):
                 seen.setdefault(cfg.key(), (cfg, float(acc)))
     if not seen:
