@@ -528,7 +528,7 @@ def register_early_exit(sub: Subparsers) -> argparse.ArgumentParser:
                        "exit policy) under a latency budget; exported and measured",
                        description="Needs a run with trained exit heads (hwnas exits). Two modes. "
                        "With --budget-ms B --device D (the search): the sub-networks on the run's static front for D "
-                       "(its searches' dev scores and D's predicted latency, thinned to --candidates); every exit's "
+                       "(its searches' dev scores and D's predicted latency, thinned to --candidates) and the largest; every exit's "
                        "logits on dev and test in one pass each (cached in --out/logits); every (sub-network, policy) "
                        "scored on dev and its latency statistic (--budget-stat) estimated from D's predictor applied to "
                        "the sub-network's depth-k prefixes plus the exit head's timed cost; the most accurate on dev "
@@ -554,7 +554,7 @@ def register_early_exit(sub: Subparsers) -> argparse.ArgumentParser:
     x.add_argument("--budget-stat", choices=("p50", "p90", "mean"), default="p50",
                    help="search: the statistic of per-input latency the budget applies to (default %(default)s)")
     x.add_argument("--candidates", type=COUNT, default=12,
-                   help="search: sub-networks taken from the static front (default: %(default)s)")
+                   help="search: sub-networks taken from the static front (default: %(default)s); the largest is added")
     x.add_argument("--threads", type=COUNT, default=None, help="one sub-network: ONNX Runtime threads (default: one "
                    "per core; the search uses its device's)")
     x.add_argument("--n-cost", type=COUNT, default=300, help="dev inputs timed for the per-layer cost (default: "
