@@ -9,7 +9,8 @@ The steps, each a method of ``EarlyExitStudy`` returning values (the command wri
 3. ``segment_times``: the runner's per-layer cost, measured on dev inputs served one by one;
 4. ``policy_table``: every policy's dev and test accuracy, exits and estimated latency;
 5. ``choose``: on dev only, the policy with the lowest estimated mean latency whose dev score
-   is within ``max_loss`` points of the static sub-network's (threshold 0, never early);
+   is within ``max_loss`` points of the static sub-network's (threshold 0, never early); or
+   the policy a search chose (nas/exit_search.py);
 6. ``measure``: the runner at the chosen policy and the static sub-network as one ONNX graph,
    serving test inputs one by one, in turn for a few rounds (medians of the rounds); the
    prediction is made in each round from the dev inputs' own segment times (all layers run)
@@ -160,7 +161,7 @@ class EarlyExitStudy:
         static_row = table[(table.criterion == "entropy") & (table.threshold == 0.0)].iloc[0]
         measured = timed["early_exit"]
         report = {
-            "subnet": self.subnet.to_dict(), "exit_kind": self.kind, "max_loss": max_loss,
+            "subnet": self.subnet.to_dict(), "exit_kind": self.kind, "max_loss": max_loss if policy is None else None,
             "policy": {"criterion": str(chosen.criterion), "threshold": float(chosen.threshold)},
             "static": {f"{metric}_dev": float(static_row[f"{metric}_dev"]),
                        f"{metric}_test": float(static_row[f"{metric}_test"]),
