@@ -524,9 +524,17 @@ def cmd_exits(a: argparse.Namespace) -> int:
 
 
 def register_early_exit(sub: Subparsers) -> argparse.ArgumentParser:
-    x = sub.add_parser("early-exit", help="a sub-network's accuracy / latency trade-off with early exits, exported "
-                       "and measured", description="For one sub-network of a run with trained exit heads (hwnas "
-                       "exits): every exit's logits on dev and test in one pass; each policy (entropy threshold, "
+    x = sub.add_parser("early-exit", help="early exit: one sub-network's trade-off, or the most accurate (sub-network, "
+                       "exit policy) under a latency budget; exported and measured",
+                       description="Needs a run with trained exit heads (hwnas exits). Two modes. "
+                       "With --budget-ms B --device D (the search): the sub-networks on the run's static front for D "
+                       "(its searches' dev scores and D's predicted latency, thinned to --candidates) and the largest; every exit's "
+                       "logits on dev and test in one pass each (cached in --out/logits); every (sub-network, policy) "
+                       "scored on dev and its latency statistic (--budget-stat) estimated from D's predictor applied to "
+                       "the sub-network's depth-k prefixes plus the exit head's timed cost; the most accurate on dev "
+                       "whose estimate meets B is exported and measured on test. Writes candidates.csv, front.csv "
+                       "(static vs static+exit), front.png, exit_histogram.png, report.json, runner/. "
+                       "Otherwise (one sub-network, --subnet or the largest): each policy (entropy threshold, "
                        "patience) scored without re-running; the sub-network exported as ONNX segments with a runner "
                        "that stops early (numpy + onnxruntime); its per-layer cost measured on dev inputs one by "
                        "one; each policy's latency estimated from that cost and its exits; the policy chosen on "
@@ -535,17 +543,26 @@ def register_early_exit(sub: Subparsers) -> argparse.ArgumentParser:
                        "policies.csv and report.json to --out.")
     x.add_argument("--run", required=True, help="run folder with exit heads (hwnas exits)")
     x.add_argument("--kind", choices=("mean", "attn", "cls"), default="mean", help="which exit heads (default: mean)")
-    x.add_argument("--subnet", help="JSON file of the sub-network (default: the largest)")
-    x.add_argument("--out", required=True, type=out_folder, help="folder for the export, policies.csv, report.json")
+    x.add_argument("--out", required=True, type=out_folder, help="folder for the export and the result files")
+    x.add_argument("--subnet", help="JSON file of the sub-network (default: the largest); not with --budget-ms")
     x.add_argument("--max-loss", type=_number(0.0), default=1.0,
-                   help="points of dev accuracy the chosen policy may lose against the static sub-network "
-                   "(default: %(default)s)")
-    x.add_argument("--threads", type=COUNT, default=None, help="ONNX Runtime threads (default: one per core)")
+                   help="one sub-network: points of dev accuracy the chosen policy may lose against the static "
+                   "sub-network (default: %(default)s)")
+    x.add_argument("--budget-ms", type=_number(0.0, above=True), help="search: the latency budget in ms")
+    x.add_argument("--device", help="search: the device the budget applies to (measured and fitted in the run; it "
+                   "must be on this machine, which times the export); its profile's threads are used")
+    x.add_argument("--budget-stat", choices=("p50", "p90", "mean"), default="p50",
+                   help="search: the statistic of per-input latency the budget applies to (default %(default)s)")
+    x.add_argument("--candidates", type=COUNT, default=12,
+                   help="search: sub-networks taken from the static front (default: %(default)s); the largest is added")
+    x.add_argument("--threads", type=COUNT, default=None, help="one sub-network: ONNX Runtime threads (default: one "
+                   "per core; the search uses its device's)")
     x.add_argument("--n-cost", type=COUNT, default=300, help="dev inputs timed for the per-layer cost (default: "
                    "%(default)s)")
     x.add_argument("--n-time", type=COUNT, default=None, help="test inputs timed (default: all)")
     x.add_argument("--rounds", type=COUNT, default=3, help="timing rounds, static and early exit in turn; "
                    "medians are reported (default: %(default)s)")
+    x.add_argument("--quiet", action="store_true", help="search: no progress lines")
     return x
 
 
@@ -554,6 +571,11 @@ def cmd_early_exit(a: argparse.Namespace) -> int:
     from supernet.space import SubnetConfig
     from supernet.workflow import open_run
 
+    if a.budget_ms is not None:
+        return _exit_search(a)
+    for flag, value in (("--device", a.device), ("--budget-stat", a.budget_stat != "p50" or None)):
+        if value:
+            raise ConfigError(f"{flag} is for the search: give --budget-ms too, or leave it out")
     asked = SubnetConfig.from_dict(_read_json(a.subnet)) if a.subnet else None
     run = open_run(a.run)
     cfg = run.space.validate(asked) if asked is not None else run.space.largest()
@@ -563,6 +585,28 @@ def cmd_early_exit(a: argparse.Namespace) -> int:
                          "hist_test", "est_mean_ms_dev", "est_p50_ms_dev"])
     print(json.dumps({k: v for k, v in report.items() if k != "policies"}, indent=1))
     print(f"wrote {a.out}/policies.csv, {a.out}/report.json and the runner in {a.out}")
+    return 0
+
+
+def _exit_search(a: argparse.Namespace) -> int:
+    """``hwnas early-exit --budget-ms``: the search over (sub-network, exit policy)."""
+    from latency.devices import check_available
+    from nas.exit_search import ExitSearch
+    from supernet.workflow import open_run
+
+    if a.subnet:
+        raise ConfigError("--subnet and --budget-ms are two modes: give one sub-network, or a budget to search under")
+    if a.device is None:
+        raise ConfigError("--budget-ms needs --device (the device the budget applies to, e.g. cpu)")
+    if a.threads is not None:
+        raise ConfigError("the search times with its device's threads: leave --threads out (cpu-1t is one thread)")
+    run = open_run(a.run)
+    target = _target(run, a.device, None, None, a.budget_stat)
+    check_available(target.profile)
+    search = ExitSearch(run, target, a.kind, Path(a.out), candidates=a.candidates)
+    r = search.run_all(a.budget_ms, n_cost=a.n_cost, n_time=a.n_time, rounds=a.rounds, progress=not a.quiet)
+    print(json.dumps(r["search"], indent=1))
+    print(f"wrote {a.out}/candidates.csv, front.csv, front.png, exit_histogram.png, report.json and the runner")
     return 0
 
 
