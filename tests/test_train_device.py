@@ -38,6 +38,7 @@ def test_auto_is_cuda_only_where_torch_sees_a_gpu(monkeypatch: pytest.MonkeyPatc
 def test_cuda_without_a_gpu_is_refused_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "r"
     for argv in (["train", "--out", str(out), "--quiet"], ["train", "--out", str(out), "--nproc", "2", "--quiet"],
+                 ["run", "--out", str(out), "--quiet"],
                  ["export", "--run", str(tmp_path / "no-run"), "--device", "cpu", "--budget-ms", "3", "--out",
                   str(tmp_path / "x")]):
         assert main([*argv, "--train-device", "cuda"]) == 2, argv
