@@ -957,6 +957,7 @@ def register_bench(sub: Subparsers) -> argparse.ArgumentParser:
     b.add_argument("--seed", type=SEED, default=0)
     _precision_arg(b)
     _finetune_args(b, 3.0, "the fine-tuned points")
+    _train_device_arg(b, "the fine-tunings run")
     b.add_argument("--finetune-at", default="3",
                    help="speed-ups at which ours and the DynaBERT grid are fine-tuned, comma-separated (default %(default)s; "
                    "--quick: 2, ours only, 0.5 epochs, 2 candidates)")
@@ -979,10 +980,13 @@ def register_bench(sub: Subparsers) -> argparse.ArgumentParser:
 
 def cmd_bench(a: argparse.Namespace) -> int:
     from nas.bench import BenchConfig, run_bench
+    from supernet.parallel import resolve_train_device
     from supernet.workflow import open_run
 
+    train_device = resolve_train_device(a.train_device)
     if a.quick:
-        cfg = BenchConfig.quick(device=a.device, seed=a.seed, search_precision=a.search_precision)
+        cfg = BenchConfig.quick(device=a.device, seed=a.seed, search_precision=a.search_precision,
+                                train_device=train_device)
     else:
         ft = _finetune_stage(a)
         speedups = _floats(a.finetune_at, "--finetune-at", "3")
@@ -993,7 +997,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
                           finetune_lr=a.finetune_lr, finetune_speedups=tuple(speedups),
                           finetune_candidates=a.finetune_candidates, search_precision=a.search_precision,
                           budget_fractions=_fractions(a.budgets), front_points=a.front_points,
-                          dev_subset=a.dev_subset or None, seeds=a.seeds)
+                          dev_subset=a.dev_subset or None, seeds=a.seeds, train_device=train_device)
     run = open_run(a.run)
     target = _target(run, a.device, None, a.length, a.budget_stat)
     command = "hwnas " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("hwnas") else "hwnas bench"

@@ -167,7 +167,7 @@ def join(device: str = "cpu") -> Ranks:
         return Ranks(device=device)
     import torch.distributed as dist
 
-    backend = "gloo"
+    backend, gpu = "gloo", None
     if device == "cuda":
         import torch
 
@@ -175,10 +175,12 @@ def join(device: str = "cpu") -> Ranks:
         if max(local + 1, local_world) > gpus:  # checked by every rank alike, so rank 0 says it
             raise ConfigError(f"{local_world} processes on this machine need as many GPUs (each trains on "
                               f"cuda:LOCAL_RANK), but it has {gpus}: start at most one process per GPU")
-        device, backend = f"cuda:{local}", "nccl"
-        torch.cuda.set_device(device)  # NCCL's collectives and barriers use the current device
+        device, backend, gpu = f"cuda:{local}", "nccl", torch.device("cuda", local)
+        torch.cuda.set_device(gpu)
     if not dist.is_initialized():
-        dist.init_process_group(backend, init_method=os.environ.get(INIT_ENV, "env://"), rank=rank, world_size=world)
+        # device_id binds NCCL's communicator (and its barriers) to this rank's GPU.
+        dist.init_process_group(backend, init_method=os.environ.get(INIT_ENV, "env://"), rank=rank, world_size=world,
+                                device_id=gpu)
     return Ranks(rank, world, device)
 
 
