@@ -241,6 +241,12 @@ def _precision_arg(p: argparse.ArgumentParser) -> None:
                    "scores are always fp32")
 
 
+def _train_device_arg(p: argparse.ArgumentParser, what: str, note: str = "") -> None:
+    p.add_argument("--train-device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help=f"where {what}: auto (default) is cuda when torch sees a GPU (torch.cuda.is_available()), "
+                   f"else cpu; cuda on a machine without one is refused{note}")
+
+
 def _finetune_args(p: argparse.ArgumentParser, epochs: float, what: str, candidates: int = 3) -> None:
     p.add_argument("--finetune-epochs", type=EPOCHS, default=epochs,
                    help=f"epochs of distillation from the teacher into {what} (0: none; default %(default)s)")
@@ -344,6 +350,7 @@ def register_run(sub: Subparsers) -> argparse.ArgumentParser:
     r.add_argument("--n-measure", type=COUNT, default=40, help="configurations measured per device")
     r.add_argument("--n-search", type=COUNT, default=50, help="accuracy evaluations per search")
     _finetune_args(r, 1.0, "the exported sub-network", candidates=2)
+    _train_device_arg(r, "the teacher, the supernet and the export's fine-tuning train")
     _add_train_args(r, quick=True)
     return r
 
@@ -353,11 +360,13 @@ def cmd_run(a: argparse.Namespace) -> int:
     from latency.devices import check_available
     from latency.workflow import resolve_device
     from nas.pipeline import JobConfig, main_job
+    from supernet.parallel import resolve_train_device
 
     out = Path(a.out or MAIN_RUN)
     spec = _stored_spec(a, out) if RunFolder(out).spec.exists() else _spec(a)
     job = JobConfig(devices=tuple(a.device.split(",")), n_measure=a.n_measure, n_search=a.n_search,
-                    finetune=_finetune_stage(a), finetune_candidates=a.finetune_candidates)
+                    finetune=_finetune_stage(a), finetune_candidates=a.finetune_candidates,
+                    train_device=resolve_train_device(a.train_device))
     for device in job.devices:  # before training: a typo or a missing GPU is found in a second
         check_available(resolve_device(out, device))
     t0 = time.time()
@@ -386,6 +395,9 @@ def register_train(sub: Subparsers) -> argparse.ArgumentParser:
     t.add_argument("--nproc", type=COUNT, default=1,
                    help="data-parallel processes on this machine, each taking a share of every batch (default "
                    "%(default)s); for several machines launch `torchrun ... -m nas.cli train` instead (README)")
+    _train_device_arg(t, "the teacher and the supernet train",
+                      ". With several processes (--nproc, torchrun) on cuda, each trains on its own GPU "
+                      "(cuda:LOCAL_RANK) and they talk over NCCL; on cpu, over gloo")
     _add_train_args(t, quick=False)
     return t
 
@@ -409,6 +421,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     from supernet.workflow import evaluation_table, open_run, train_run, write_evaluation
 
     launched = parallel.INIT_ENV in os.environ or "WORLD_SIZE" in os.environ  # a rank of hwnas or torchrun
+    device = parallel.resolve_train_device(a.train_device)  # a GPU asked for and missing: refused before launching
     if a.nproc > 1 and not launched:
         from supernet.io import make_temp_dir, remove_temp_dir
 
@@ -422,7 +435,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     out = Path(a.out)
     stored = RunFolder(out).spec.exists()
     spec = _stored_spec(a, out) if a.resume and stored else _spec(a)
-    ranks = parallel.join()
+    ranks = parallel.join(device)
     try:
         if a.resume and stored and ranks.main:
             print(f"resuming {out} with its stored settings (task {spec.task}, model {spec.model})")
@@ -431,10 +444,10 @@ def cmd_train(a: argparse.Namespace) -> int:
         parallel.leave(ranks)
     if not ranks.main:
         return 0  # rank 0 evaluates and reports
-    if ranks.world > 1:
-        print(f"trained with {ranks.world} processes")
+    if ranks.world > 1 or device != "cpu":
+        print(f"trained with {ranks.world} process{'es' if ranks.world > 1 else ''} on {device}")
     t0 = time.time()
-    run = open_run(out)
+    run = open_run(out, device=ranks.device)
     table = evaluation_table(run)
     write_evaluation(run, table)
     times["evaluate"] = round(time.time() - t0, 1)
@@ -836,6 +849,7 @@ def register_export(sub: Subparsers) -> argparse.ArgumentParser:
                    help="distil on the train split plus this many of the task's unlabeled texts when fine-tuning "
                    "(a seeded subset; for rt the plot synopses of movies outside dev and test, 5,533 sentences; "
                    "default: as the run was trained, hwnas train --unlabeled)")
+    _train_device_arg(e, "the fine-tuning (--finetune-epochs) runs")
     e.add_argument("--quiet", action="store_true", help="no progress bars")
     return e
 
@@ -844,12 +858,14 @@ def cmd_export(a: argparse.Namespace) -> int:
     from nas.export import ExportConfig, choose_and_export
     from nas.objectives import DevAccuracy
     from nas.search import searcher_class
+    from supernet.parallel import resolve_train_device
     from supernet.workflow import open_run
 
     budget: list[float | None] = [None] if a.speedup is not None else list(_budgets(a.budget_ms))
     if len(budget) != 1:
         raise ConfigError("export takes one --budget-ms value")
     searcher_class(a.method)  # an unknown name is refused before the run opens
+    train_device = resolve_train_device(a.train_device)
     run = open_run(a.run)
     target = _target(run, a.device, a.devices, a.length, a.budget_stat)
     finetune = _finetune_stage(a)
@@ -857,7 +873,7 @@ def cmd_export(a: argparse.Namespace) -> int:
                        finalists=a.finalists, finetune=finetune, finetune_candidates=a.finetune_candidates,
                        finetune_unlabeled=a.finetune_unlabeled,
                        drift_tolerance=None if a.drift_tolerance < 0 else a.drift_tolerance, progress=not a.quiet,
-                       step_up_below=a.step_up_below or None)
+                       step_up_below=a.step_up_below or None, train_device=train_device)
     accuracy = DevAccuracy(run, subset_size=a.dev_subset or None, precision=a.search_precision)
     r = choose_and_export(run, target, a.out, cfg, accuracy=accuracy, command=a.command_line)
     if r["budget_from"]:
@@ -985,6 +1001,7 @@ def register_bench(sub: Subparsers) -> argparse.ArgumentParser:
     b.add_argument("--seed", type=SEED, default=0)
     _precision_arg(b)
     _finetune_args(b, 3.0, "the fine-tuned points")
+    _train_device_arg(b, "the fine-tunings run")
     b.add_argument("--finetune-at", default="3",
                    help="speed-ups at which ours and the DynaBERT grid are fine-tuned, comma-separated (default %(default)s; "
                    "--quick: 2, ours only, 0.5 epochs, 2 candidates)")
@@ -1007,10 +1024,13 @@ def register_bench(sub: Subparsers) -> argparse.ArgumentParser:
 
 def cmd_bench(a: argparse.Namespace) -> int:
     from nas.bench import BenchConfig, run_bench
+    from supernet.parallel import resolve_train_device
     from supernet.workflow import open_run
 
+    train_device = resolve_train_device(a.train_device)
     if a.quick:
-        cfg = BenchConfig.quick(device=a.device, seed=a.seed, search_precision=a.search_precision)
+        cfg = BenchConfig.quick(device=a.device, seed=a.seed, search_precision=a.search_precision,
+                                train_device=train_device)
     else:
         ft = _finetune_stage(a)
         speedups = _floats(a.finetune_at, "--finetune-at", "3")
@@ -1021,7 +1041,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
                           finetune_lr=a.finetune_lr, finetune_speedups=tuple(speedups),
                           finetune_candidates=a.finetune_candidates, search_precision=a.search_precision,
                           budget_fractions=_fractions(a.budgets), front_points=a.front_points,
-                          dev_subset=a.dev_subset or None, seeds=a.seeds)
+                          dev_subset=a.dev_subset or None, seeds=a.seeds, train_device=train_device)
     run = open_run(a.run)
     target = _target(run, a.device, None, a.length, a.budget_stat)
     command = "hwnas " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("hwnas") else "hwnas bench"

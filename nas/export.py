@@ -99,6 +99,7 @@ class ExportConfig:
     step_up_below: float | None = 0.9
     baselines: bool = True  # time the stock model (fp32, ORT-optimized, INT8) beside the export
     progress: bool = True
+    train_device: str = "cpu"  # where the fine-tuning runs: cpu or cuda (``resolve_train_device``)
 
     def __post_init__(self) -> None:
         if (self.budget_ms is None) == (self.speedup is None):
@@ -362,9 +363,9 @@ class FineTuned:
 
 def finetune_best(run: LoadedRun, teacher: ElasticBert, pool: list[tuple[Candidate, float]], stage: StageConfig,
                   out: Path, accuracy: DevAccuracy, targets: Callable[[], torch.Tensor],
-                  *, progress: bool = True) -> FineTuned:
-    """Distil the teacher into each of ``pool`` (resumable, in ``out``); the best fine-tuned
-    dev score wins, ties to the search's pick."""
+                  *, progress: bool = True, device: str = "cpu") -> FineTuned:
+    """Distil the teacher into each of ``pool`` (resumable, in ``out``, trained on ``device``);
+    the best fine-tuned dev score wins, ties to the search's pick."""
     from nas.objectives import deployed_logits
     from supernet.evaluate import scores
 
@@ -374,7 +375,7 @@ def finetune_best(run: LoadedRun, teacher: ElasticBert, pool: list[tuple[Candida
         model, trained = finetune_subnet(run.supernet, teacher, cand.config, distill_split(run.splits),
                                          finetune_folder(out, cand.config, stage, unlabeled=run.spec.train.unlabeled),
                                          run.spec.train, stage,
-                                         targets=targets, progress=progress)
+                                         targets=targets, progress=progress, device=device)
         model.eval()
         models.append(model)
         deployed = deployed_logits(model, cand.config.precision)  # an int8 graph: exported once for both splits
@@ -532,7 +533,8 @@ def choose_and_export(
             verified = step_up(verified, budget.ms, relaxed, timer, accuracy, below=cfg.step_up_below,
                                finalists=cfg.finalists, rounds=cfg.rounds)
         out = Path(out_dir)
-        teacher = load_model(run.paths.teacher) if cfg.finetune is not None or full_model_test is None else None
+        teacher = (load_model(run.paths.teacher).to(cfg.train_device)  # its logits: the fine-tunings' targets
+                   if cfg.finetune is not None or full_model_test is None else None)
         chosen, chosen_ms = verified.chosen, verified.measured_ms
         small = extract(run.supernet, chosen.config).eval()
         tuned: dict[str, Any] | None = None
@@ -546,7 +548,8 @@ def choose_and_export(
             distill = distill_split(ft_run.splits)
             targets = (teacher_targets if ft_run is run else None) or functools.cache(
                 lambda: teacher_logits(teacher, distill))
-            ft = finetune_best(ft_run, teacher, pool, cfg.finetune, out, accuracy, targets, progress=cfg.progress)
+            ft = finetune_best(ft_run, teacher, pool, cfg.finetune, out, accuracy, targets, progress=cfg.progress,
+                               device=cfg.train_device)
             (chosen, chosen_ms), small, ft_rows = pool[ft.best], ft.models[ft.best], ft.rows
             tuned = {"epochs": cfg.finetune.epochs, "lr": cfg.finetune.lr, "candidates": len(pool),
                      "texts": len(distill), "unlabeled": ft_run.spec.train.unlabeled,

@@ -146,6 +146,8 @@ OPTIONS = [
     (["train", "--out", "O", "--layer-weight", "-1"], "--layer-weight"),
     (["train", "--out", "O", "--unlabeled", "-5"], "--unlabeled"),
     (["train", "--out", "O", "--distill-from", "student"], "--distill-from"),
+    (["train", "--out", "O", "--train-device", "gpu"], "--train-device"),
+    (["run", "--train-device", "tpu"], "--train-device"),
     (["export", "--run", NOWHERE, "--device", "cpu", "--out", "O", "--budget-ms", "-2"], "--budget-ms"),
     (["export", "--run", NOWHERE, "--device", "cpu", "--out", "O", "--budget-ms", "5", "--method", "x"], "unknown"),
     (["compare", "--run", NOWHERE, "--device", "cpu", "--remeasure-points", "-1"], "--remeasure-points"),
