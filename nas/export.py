@@ -164,7 +164,10 @@ def run_search(
 ) -> tuple[SearchResult, float]:
     """One search on the run; returns the result and its wall time (the caller writes the
     history: ``search_history``). ``latency``: the device's predictor at the target's shape
-    (default: loaded from the run), scaled by a measured drift where one was applied."""
+    (default: loaded from the run), scaled by a measured drift where one was applied. Every
+    method's search is also a named Optuna study in the run (``search_study``): tpe / nsga2
+    keep theirs as they go (and resume from it); the others' evaluated candidates are written
+    into one when they end (``nas.optuna_search.record_result``), for optuna-dashboard."""
     latency = latency or PredictedLatency.of(run.folder, target)
     space = target.search_space(run.space)  # at the precisions the device runs
     if budget_ms is not None:
@@ -179,25 +182,41 @@ def run_search(
             )
     accuracy = accuracy or DevAccuracy(run)
     kwargs = dict(searcher_kwargs or {})
-    if method in ("tpe", "nsga2"):
-        paths = run.paths
-        paths.search.mkdir(parents=True, exist_ok=True)  # the study's own storage
-        kwargs.setdefault("storage", paths.optuna_storage)
-        # The study's stored values are only valid for this predictor and this dev subset.
-        fingerprint = hashlib.sha1(paths.predictor(target.profile.name).read_bytes()).hexdigest()[:8]
-        scaled = "" if latency.scale == 1.0 else f"-x{latency.scale:.4g}"
-        b = "front" if budget_ms is None else f"{budget_ms:g}ms"
-        shape = f"L{target.length}" if target.regime == "fixed" else f"traffic{target.length}"
-        stat = "" if target.stat == "p50" else f"-{target.stat}"
-        kwargs.setdefault("study_name", f"{target.profile.name}-{b}{stat}-{method}-{shape}-s{seed}"
-                                        f"-{accuracy.search_split}-p{fingerprint}{scaled}")
-        kwargs.setdefault("study_attrs", {"run": str(run.folder), "device": target.profile.name, "budget_ms": budget_ms,
-                                          "latency": target.describe(), "metric": accuracy.metric,
-                                          "accuracy_on": accuracy.search_split})
+    storage, name, attrs = search_study(run, target, budget_ms, latency, method, seed, accuracy)
+    optuna_native = method in ("tpe", "nsga2")  # the study is their state: they write it as they go
+    if optuna_native:
+        kwargs.setdefault("storage", storage)
+        kwargs.setdefault("study_name", name)
+        kwargs.setdefault("study_attrs", attrs)
     searcher = make_searcher(method, **kwargs)
     t0 = time.time()
     result = searcher.search(space, accuracy, latency, budget_ms=budget_ms, n_evaluations=n_evaluations, seed=seed)
-    return result, time.time() - t0
+    wall = time.time() - t0
+    if not optuna_native:
+        from nas.optuna_search import record_result
+
+        record_result(result, space, storage=storage, study_name=name, study_attrs=attrs)
+    return result, wall
+
+
+def search_study(run: LoadedRun, target: Target, budget_ms: float | None, latency: PredictedLatency, method: str,
+                 seed: int, accuracy: DevAccuracy) -> tuple[str, str, dict[str, Any]]:
+    """Where a search's Optuna study lives, its name and its user attributes (every method's:
+    optuna-dashboard shows them all). The name holds all that the stored values depend on:
+    device, budget, method, latency target, seed, dev subset, predictor, drift scale."""
+    paths = run.paths
+    paths.search.mkdir(parents=True, exist_ok=True)  # the study's own storage
+    # The study's stored values are only valid for this predictor and this dev subset.
+    predictor = paths.predictor(target.profile.name)
+    fingerprint = hashlib.sha1(predictor.read_bytes()).hexdigest()[:8] if predictor.exists() else "none"
+    scaled = "" if latency.scale == 1.0 else f"-x{latency.scale:.4g}"
+    b = "front" if budget_ms is None else f"{budget_ms:g}ms"
+    shape = f"L{target.length}" if target.regime == "fixed" else f"traffic{target.length}"
+    stat = "" if target.stat == "p50" else f"-{target.stat}"
+    name = f"{target.profile.name}-{b}{stat}-{method}-{shape}-s{seed}-{accuracy.search_split}-p{fingerprint}{scaled}"
+    attrs = {"run": str(run.folder), "device": target.profile.name, "budget_ms": budget_ms,
+             "latency": target.describe(), "metric": accuracy.metric, "accuracy_on": accuracy.search_split}
+    return paths.optuna_storage, name, attrs
 
 
 def search_history(result: SearchResult, target: Target, budget_ms: float | None, method: str) -> pd.DataFrame:

@@ -213,6 +213,29 @@ def test_the_python_api_searches_and_predicts(job: Path, export_dir: Path, tmp_p
     assert rows[0]["text"] == SENTENCES[0] and 0.5 <= rows[0]["score"] <= 1.0
 
 
+def test_an_evolution_search_is_a_named_study_and_is_not_doubled_when_run_again(job: Path, tmp_path: Path) -> None:
+    """The main job's searches (evolution) are browsable in optuna-dashboard like tpe's."""
+    import optuna
+
+    from nas import api
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(job, run_dir, ignore=shutil.ignore_patterns("export", "compare", "bench", "search"))
+    storage = f"sqlite:///{run_dir / 'search' / 'optuna.db'}"
+    result = api.search(run_dir, "cpu", budget_ms=10.0, method="evolution", n_evaluations=4)
+    (summary,) = optuna.get_all_study_summaries(storage)
+    assert summary.study_name.startswith("cpu-10ms-evolution-") and summary.n_trials == 4
+    study = optuna.load_study(study_name=summary.study_name, storage=storage)
+    assert study.metric_names == ["acc_dev"] and study.user_attrs["device"] == "cpu"
+    assert study.user_attrs["budget_ms"] == 10.0 and study.user_attrs["hwnas"]["method"] == "evolution"
+    assert [json.loads(t.user_attrs["arch_json"]) for t in study.trials] == [
+        c.config.to_dict() for c in result.history]
+    assert [t.values[0] for t in study.trials] == [c.accuracy for c in result.history]
+    # Run again (as a resumed `hwnas run` does): the same trials, none added twice.
+    api.search(run_dir, "cpu", budget_ms=10.0, method="evolution", n_evaluations=4)
+    assert [s.n_trials for s in optuna.get_all_study_summaries(storage)] == [4]
+
+
 def test_a_model_field_the_modeling_code_does_not_know_is_refused(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
     """A BertShape field added for another encoder family must reach modeling_hwnas_bert.py
     before such a model is written: a folder that loads and computes other logits is refused."""
