@@ -14,6 +14,7 @@ from typing import Any
 from supernet.checkpoint import FAMILIES
 
 CARD_NAME = "README.md"
+RUNTIME_NAMES = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO", "torch": "PyTorch"}
 
 
 def _ms(v: float | None) -> str:
@@ -55,7 +56,8 @@ def model_card(r: dict[str, Any], command: str | None, *, remote_code: bool) -> 
         "",
         "| | |",
         "| --- | --- |",
-        f"| device | `{r['device']}` |",
+        f"| device | `{r['device']}`" + (f", timed with {RUNTIME_NAMES.get(r['runtime'], r['runtime'])}"
+                                         if r.get("runtime") else "") + " |",
         f"| budget | {r['budget_ms']:g} ms ({r['budget_stat']}) |",
         f"| measured latency | {_ms(r['measured_latency_ms'])} (full model {_ms(r['full_model_latency_ms'])}"
         + (f", {r['speedup']:.2f}x" if r.get("speedup") else "") + ") |",
@@ -78,7 +80,9 @@ def model_card(r: dict[str, Any], command: str | None, *, remote_code: bool) -> 
                      f"{vs['ci95_low']:+.2f} to {vs['ci95_high']:+.2f}, paired bootstrap over {vs['n']} sentences) |")
     sp = r.get("speedup_vs_stock")
     if sp:
-        lines.append(f"| against the stock model, same run | {sp['ours_vs_fastest_stock_fp32']:.2f}x the fastest stock "
+        same = f"same run, both timed with {RUNTIME_NAMES.get(sp['runtime'], sp['runtime'])}" if sp.get("runtime") \
+            else "same run"
+        lines.append(f"| against the stock model, {same} | {sp['ours_vs_fastest_stock_fp32']:.2f}x the fastest stock "
                      f"fp32 deployment ({sp['fastest_stock_fp32']}), {sp['ours_vs_stock_int8']:.2f}x stock INT8 |")
     lines += [
         "",

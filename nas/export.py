@@ -440,12 +440,20 @@ def compare_with_stock(run: LoadedRun, timer: DeviceTimer, files: dict[str, str]
     model (``ours-full``, test accuracy ``full_acc``) timed in turn with the stock deployments
     (``latency.baselines.time_beside_stock``), on the timer's workload and statistic, with
     their test scores (the ONNX graphs run by ONNX Runtime, whose test logits are returned for
-    the paired statistics). None on a device whose runtime is not ONNX Runtime."""
-    from latency.baselines import onnx_logits, speedups, stock_models, time_beside_stock
+    the paired statistics). Every graph is timed with the device's own runtime (ONNX Runtime or
+    OpenVINO, which reads the same files: ``latency.baselines.ONNX_RUNTIMES``), so a speed-up
+    never mixes runtimes; the speed-ups name it. None on a PyTorch eager device."""
+    from latency.baselines import (
+        ONNX_RUNTIMES,
+        onnx_logits,
+        speedups,
+        stock_models,
+        time_beside_stock,
+    )
     from latency.onnx_export import quantize_subnet
     from supernet.evaluate import scores
 
-    if timer.profile.runtime != "onnxruntime":
+    if timer.profile.runtime not in ONNX_RUNTIMES:
         return None
     onnx_path = Path(files["onnx"])
     if precision == "int8":
@@ -464,7 +472,8 @@ def compare_with_stock(run: LoadedRun, timer: DeviceTimer, files: dict[str, str]
     lat = {n: r[f"{timer.stat}_ms"] for n, r in rows.items()}
     ours, alt, full_x = (speedups(lat, n) for n in ("ours", other, "ours-full"))
     o = other.replace("-", "_")
-    speedup = {"stat": timer.stat, "fastest_stock_fp32": ours["fastest_stock_fp32"], "precision": precision,
+    speedup = {"stat": timer.stat, "runtime": timer.profile.runtime, "fastest_stock_fp32": ours["fastest_stock_fp32"],
+               "precision": precision,
                "ours_vs_fastest_stock_fp32": ours["vs_fastest_stock_fp32"], "ours_vs_stock_int8": ours["vs_stock_int8"],
                f"{o}_vs_fastest_stock_fp32": alt["vs_fastest_stock_fp32"], f"{o}_vs_stock_int8": alt["vs_stock_int8"],
                # Below 1: our full-model export is slower than the stock one (its graph, not its size).
@@ -580,6 +589,7 @@ def choose_and_export(
     sub, largest, full_ms = chosen.config, run.space.largest(), verified.full_ms
     report = {
         "device": device,
+        "runtime": target.profile.runtime,  # what every latency here was timed with
         "budget_ms": budget.ms,
         "budget_from": budget.source,  # a speed-up target: the full model's latency it divided
         "batch": target.batch,
