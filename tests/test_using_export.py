@@ -155,14 +155,16 @@ def test_the_export_folders_hf_model_matches_the_written_model(export_dir: Path)
 
 
 def test_optimum_opens_the_onnx_folder(export_dir: Path) -> None:
-    """Optimum's ONNX Runtime package (optimum-onnx 0.1.0) needs transformers < 4.58, so it is
-    not in the dev extra; this runs where it is installed (scripts/optimum_check.sh does)."""
+    """Optimum's ONNX Runtime package: the dev extra installs optimum-onnx-naf (the official
+    optimum-onnx 0.1.0 needs transformers < 4.58; see pyproject.toml), so CI runs this; skipped
+    only where no Optimum is installed."""
     ort_models = pytest.importorskip("optimum.onnxruntime")
     from transformers import AutoTokenizer
 
     remote = needs_remote_code(export_dir / "hf")
     model = ort_models.ORTModelForSequenceClassification.from_pretrained(export_dir, trust_remote_code=remote)
-    enc = AutoTokenizer.from_pretrained(export_dir)(SENTENCES, padding=True, return_tensors="pt")
+    enc = AutoTokenizer.from_pretrained(export_dir, trust_remote_code=remote)(SENTENCES, padding=True,
+                                                                               return_tensors="pt")
     assert np.allclose(model(**enc).logits.numpy(), _written_logits(export_dir), atol=1e-4)
 
 
