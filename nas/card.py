@@ -45,6 +45,7 @@ def model_card(r: dict[str, Any], command: str | None, *, remote_code: bool) -> 
     # The tokenizers.Encoding field that feeds each graph input.
     encoding = {"input_ids": "ids", "attention_mask": "attention_mask", "token_type_ids": "type_ids"}
     feed = ", ".join(f"\"{name}\": np.array([e.{encoding[name]}])" for name in inputs)
+    trust = ", trust_remote_code=True" if remote_code else ""
     lines = [
         f"# hwnas export: {r['arch']}",
         "",
@@ -115,16 +116,20 @@ def model_card(r: dict[str, Any], command: str | None, *, remote_code: bool) -> 
         f"e = tok.encode(\"a fine film\"); logits = sess.run(None, {{{feed}}})[0]",
         "```",
         "",
-        "transformers (PyTorch):",
+        "transformers (PyTorch" + ("; `trust_remote_code=True` for the tokenizer too, or transformers asks before "
+                                   "it reads the config, whose `auto_map` names the modeling code):" if remote_code
+                                   else "):"),
         "",
         "```python",
-        "from transformers import pipeline",
-        "clf = pipeline(\"text-classification\", model=\"hf\"" + (", trust_remote_code=True" if remote_code else "") + ")",
+        "from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline",
+        f"clf = pipeline(\"text-classification\", model=\"hf\"{trust})",
         "print(clf(\"a fine film\"))",
+        f"model = AutoModelForSequenceClassification.from_pretrained(\"hf\"{trust}).eval()",
+        f"tok = AutoTokenizer.from_pretrained(\"hf\"{trust})",
+        "logits = model(**tok([\"a fine film\"], return_tensors=\"pt\")).logits",
         "```",
         "",
-        "Optimum (`ORTModelForSequenceClassification.from_pretrained(\".\""
-        + (", trust_remote_code=True" if remote_code else "") + ")`) reads `config.json` beside `model.onnx`; "
+        f"Optimum (`ORTModelForSequenceClassification.from_pretrained(\".\"{trust})`) reads `config.json` beside `model.onnx`; "
         "with hwnas installed: `hwnas predict --model . \"a fine film\"`.",
         "",
     ]

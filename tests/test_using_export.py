@@ -132,6 +132,25 @@ def test_the_export_folder_runs_with_the_cards_onnx_runtime_snippet(export_dir: 
         assert np.allclose(scope["logits"], _written_logits(export_dir, [text]), atol=1e-4)
 
 
+def test_the_cards_transformers_snippet_runs_and_matches(export_dir: Path, monkeypatch) -> None:  # noqa: ANN001
+    """The card's transformers lines (pipeline, AutoModelForSequenceClassification, AutoTokenizer),
+    run as written in the export folder, give the written model's logits and label."""
+    card = (export_dir / "README.md").read_text()
+    snippet = re.search(r"transformers \(PyTorch.*?```python\n(.*?)```", card, re.S)
+    assert snippet is not None and "pipeline(" in snippet[1] and "AutoModelForSequenceClassification" in snippet[1]
+    assert ("trust_remote_code=True" in snippet[1]) == needs_remote_code(export_dir / "hf")
+    monkeypatch.chdir(export_dir)
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))  # a prompt for remote code is printed, not waited on
+    scope: dict = {}
+    with redirect_stdout(io.StringIO()) as printed:
+        exec(snippet[1], scope)
+    ref = _written_logits(export_dir, ["a fine film"])
+    assert np.allclose(scope["logits"].detach().numpy(), ref, atol=1e-5)
+    labels = json.loads((export_dir / "config.json").read_text())["id2label"]
+    assert f"'label': '{labels[str(int(ref.argmax()))]}'" in printed.getvalue()
+    assert "Do you wish to run the custom code" not in printed.getvalue()  # every load says trust_remote_code
+
+
 def test_the_card_names_the_familys_stock_class_and_the_graphs_inputs(export_dir: Path) -> None:
     """A DistilBERT export's graph has no ``token_type_ids``: its card's snippet must not feed one
     (ONNX Runtime refuses an unknown input), and its stock folder is a DistilBERT one."""
