@@ -381,7 +381,8 @@ def cmd_run(a: argparse.Namespace) -> int:
     _print_table(summary, cols)
     export_dir = RunFolder(out).export(job.exported_on, float(summary["budget_ms"].iloc[-1]))
     print(f"total {(time.time() - t0) / 60:.1f} min; wrote {out}/summary.csv, {export_dir}/ (model card: README.md; "
-          f"try `hwnas predict --model {export_dir} \"a fine film\"`), {out}/compare/fronts.png")
+          f"try `hwnas predict --model {export_dir} \"a fine film\"`), {out}/compare/fronts.png; the searches "
+          f"as Optuna studies: `optuna-dashboard {RunFolder(out).optuna_storage}`")
     return 0
 
 
@@ -799,9 +800,8 @@ def cmd_search(a: argparse.Namespace) -> int:
     if a.ray:
         method, kwargs = "ray", {"workers": a.workers, "address": a.ray_address,
                                  "storage_path": str(run.paths.ray_storage.resolve())}
-    if method in ("tpe", "nsga2"):
-        print(f"the Optuna studies are in {run.paths.search / 'optuna.db'}: browse them with "
-              f"`optuna-dashboard {run.paths.optuna_storage}` (pip install optuna-dashboard)")
+    print(f"the searches are Optuna studies in {run.paths.search / 'optuna.db'}: browse them with "
+          f"`optuna-dashboard {run.paths.optuna_storage}` (pip install optuna-dashboard)")
     for device, target in targets.items():
         for budget in budgets:
             result, wall = run_search(run, target, budget, method=method, n_evaluations=a.n, seed=a.seed,
