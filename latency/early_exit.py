@@ -12,6 +12,10 @@ latency a policy is predicted to have.
   times) and the exits its inputs take on dev: each input costs the segments up to its exit;
   mean / p50 / p90 over the inputs.
 - ``time_early_exit``: the runner serving real inputs one by one, timed per call.
+- ``predicted_segment_ms``: a per-layer cost table without timing the sub-network (for the
+  search over sub-networks, nas/exit_search.py): the device's latency predictor applied to
+  the sub-network's depth-k prefixes (``prefix``), plus the exit head's cost timed once on the
+  device (``head_cost_ms``).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -33,6 +37,7 @@ from supernet.data import Encoded
 from supernet.exits import ExitHeads, check_heads_fit, exit_histogram, exit_layers, exit_predictions
 from supernet.io import write_json
 from supernet.model import ElasticBert
+from supernet.space import SubnetConfig
 
 RUNNER = Path(__file__).with_name("exit_runner.py")
 FIRST_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -262,3 +267,73 @@ def static_graph_timing(model: ElasticBert, inputs: Sequence[tuple[np.ndarray, .
         ms.append((time.perf_counter() - t0) * 1e3)
     x = np.asarray(ms)
     return {"mean_ms": float(x.mean()), "p50_ms": float(np.percentile(x, 50)), "p90_ms": float(np.percentile(x, 90))}
+
+
+# ---- per-layer cost without timing every sub-network ----------------------------------------
+
+def prefix(cfg: SubnetConfig, k: int) -> SubnetConfig:
+    """The sub-network that stops after ``cfg``'s first ``k`` kept layers (the rest skipped):
+    what an input that leaves at exit ``k`` has run, as a static model."""
+    kept = cfg.kept_layers
+    if not 1 <= k <= len(kept):
+        raise ValueError(f"a prefix keeps 1..{len(kept)} layers, got {k}")
+    last = kept[k - 1]
+    keep = tuple(i <= last and cfg.keep[i] for i in range(cfg.num_layers))
+    # A skipped layer drops no tokens: after the prefix, retention stays where it was.
+    retention = tuple(cfg.retention[i] if i <= last else cfg.retention[last] for i in range(cfg.num_layers))
+    return SubnetConfig(tuple(h if k_ else 0 for h, k_ in zip(cfg.heads, keep, strict=True)),
+                        tuple(f if k_ else 0 for f, k_ in zip(cfg.ffn, keep, strict=True)),
+                        keep, retention, cfg.precision)
+
+
+class LatencyModel(Protocol):
+    """What the prefix estimate needs of a device's latency model (``PredictedLatency``)."""
+
+    def predict(self, configs: list[SubnetConfig]) -> list[tuple[float, float]]: ...
+
+
+def predicted_segment_ms(latency: LatencyModel, cfg: SubnetConfig, head_ms: float) -> np.ndarray:
+    """A per-layer cost table (exits,) for ``cfg`` on a device, from its latency predictor
+    rather than from timing: the cost of leaving at exit ``k`` (1-based) is the predicted
+    latency of the depth-``k`` prefix (embeddings, ``k`` layers, a classifier) plus ``k - 1``
+    exit heads (``head_ms`` each: a head and one more runtime call, ``head_cost_ms``); the
+    table holds the differences, so that ``estimate_latency`` sums them back. A predictor
+    that calls a longer prefix cheaper is held level (costs never fall with depth)."""
+    n = len(cfg.kept_layers)
+    pred = np.array([p for p, _ in latency.predict([prefix(cfg, k) for k in range(1, n + 1)])], dtype=float)
+    cum = np.maximum.accumulate(pred) + head_ms * np.arange(n)
+    return np.diff(cum, prepend=0.0)
+
+
+def head_cost_ms(heads: ExitHeads, lengths: Sequence[int], *, threads: int | None = None, warmup: int = 10,
+                 workdir: Path | None = None) -> float:
+    """The median time in ms of one exit head run as its own ONNX Runtime call on hidden
+    states of each of ``lengths`` tokens (batch 1): what a segment adds to its layer. One head
+    stands for all (every head of a kind has the same shape; the hidden size is shared)."""
+    import tempfile
+
+    from latency.onnx_export import ort_session
+
+    head = heads.head(0).eval()
+    hidden = heads.hidden
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        path = Path(tmp) / "head.onnx"
+        x, m = torch.zeros(2, 5, hidden), torch.ones(2, 5, dtype=torch.bool)
+        with quiet_exporter(), torch.no_grad():
+            torch.onnx.export(head, (x, m), str(path), dynamo=False, input_names=["hidden", "mask"],
+                              output_names=["logits"], dynamic_axes={"hidden": {0: "batch", 1: "sequence"},
+                                                                    "mask": {0: "batch", 1: "sequence"},
+                                                                    "logits": {0: "batch"}}, opset_version=18)
+        session = ort_session(path, threads=threads)
+        rng = np.random.default_rng(0)
+        feeds = [{k: v for k, v in (("hidden", rng.normal(size=(1, t, hidden)).astype(np.float32)),
+                                    ("mask", np.ones((1, t), dtype=bool)))
+                  if k in {i.name for i in session.get_inputs()}} for t in lengths]
+        for feed in feeds[:warmup]:
+            session.run(None, feed)
+        ms = []
+        for feed in feeds:
+            t0 = time.perf_counter()
+            session.run(None, feed)
+            ms.append((time.perf_counter() - t0) * 1e3)
+    return float(np.median(ms))

@@ -102,8 +102,8 @@ def search(run: LoadedRun | str | Path, device: str, *, budget_ms: float | None 
            n_evaluations: int = 150, seed: int = 0, dev_subset: int | None = 500, length: int | None = None,
            budget_stat: str = "p50") -> SearchResult:
     """``hwnas search``: the most accurate sub-networks under ``budget_ms`` (None: the whole
-    front) by the device's predictor; writes the history as the command does (and, for tpe /
-    nsga2, the Optuna study in the run's ``search/optuna.db``)."""
+    front) by the device's predictor; writes the history as the command does, and the search
+    as a named Optuna study in the run's ``search/optuna.db`` (every method)."""
     from nas.export import run_search, search_history
     from nas.objectives import DevAccuracy
     from supernet.io import write_csv

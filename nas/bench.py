@@ -73,14 +73,16 @@ class BenchConfig:
     finetune_lr: float = 2e-4
     finetune_candidates: int = 3  # ours: sub-networks fine-tuned per export (``choose_and_export``)
     seeds: int = 3  # search seeds per method for the hypervolume spread (``seed_spread``)
+    train_device: str = "cpu"  # where the fine-tunings run: cpu or cuda (``resolve_train_device``)
 
     @classmethod
-    def quick(cls, *, device: str = "cpu", seed: int = 0, search_precision: str = "auto") -> BenchConfig:
+    def quick(cls, *, device: str = "cpu", seed: int = 0, search_precision: str = "auto",
+              train_device: str = "cpu") -> BenchConfig:
         """A reduced benchmark that runs in minutes (``hwnas bench --quick``): fewer evaluations,
         budgets and front points, one re-measurement round, and only ours fine-tuned, at 2x."""
         return cls(device=device, n_evaluations=30, budget_fractions=(0.3, 0.6, 0.9), front_points=5, rounds=1,
                    dev_subset=200, seed=seed, finetune_speedups=(2.0,), finetune_epochs=0.5, finetune_methods=("ours",),
-                   finetune_candidates=2, search_precision=search_precision, seeds=1)
+                   finetune_candidates=2, search_precision=search_precision, seeds=1, train_device=train_device)
 
 
 def retention_only_space(space: SearchSpace) -> SearchSpace:
@@ -258,7 +260,7 @@ def finetuned(run: LoadedRun, target: Target, table: pd.DataFrame, acc: DevAccur
         return pd.DataFrame(columns=[*table.columns, "acc_test_before"])
     stage = StageConfig(epochs=cfg.finetune_epochs, lr=cfg.finetune_lr)
     train = distill_split(run.splits)  # the train split, and the run's unlabeled texts if it has them
-    teacher = load_model(run.paths.teacher)
+    teacher = load_model(run.paths.teacher).to(cfg.train_device)
     targets = functools.cache(lambda: teacher_logits(teacher, train))  # one pass for every fine-tuning, only if needed
     rows: list[dict[str, Any]] = []
     picks: list[pd.Series] = []
@@ -270,7 +272,8 @@ def finetuned(run: LoadedRun, target: Target, table: pd.DataFrame, acc: DevAccur
                 # drifting machine a stale full-model latency turns a 3x target into 4x.
                 try:
                     export = ExportConfig(speedup=s, n_evaluations=cfg.n_evaluations, seed=cfg.seed, finetune=stage,
-                                          finetune_candidates=cfg.finetune_candidates, progress=progress)
+                                          finetune_candidates=cfg.finetune_candidates, progress=progress,
+                                          train_device=cfg.train_device)
                     r = choose_and_export(run, target, folder / f"export_{s:g}x_ft", export, accuracy=acc,
                                           full_model_test=full_test, teacher_targets=targets)
                 except ImpossibleBudget:
@@ -297,7 +300,8 @@ def finetuned(run: LoadedRun, target: Target, table: pd.DataFrame, acc: DevAccur
         for row in tqdm(picks, desc="bench: fine-tune grid points", disable=not progress):
             sub = SubnetConfig.from_dict(json.loads(row["arch_json"]))
             model, _ = finetune_subnet(run.supernet, teacher, sub, train, finetune_folder(folder, sub, stage),
-                                       run.spec.train, stage, targets=targets, progress=progress)
+                                       run.spec.train, stage, targets=targets, progress=progress,
+                                       device=cfg.train_device)
             before = {k: v for k, v in row.to_dict().items() if k != "acc_dev"}  # acc_dev: the supernet's, on the subset
             rows.append({**before, "method": f"{row['method']}+ft", "acc_test_before": row["acc_test"],
                          "acc_dev_full": model_score(model, run.splits["dev"], run.task.metric),

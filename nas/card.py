@@ -14,6 +14,7 @@ from typing import Any
 from supernet.checkpoint import FAMILIES
 
 CARD_NAME = "README.md"
+RUNTIME_NAMES = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO", "torch": "PyTorch"}
 
 
 def _ms(v: float | None) -> str:
@@ -44,6 +45,7 @@ def model_card(r: dict[str, Any], command: str | None, *, remote_code: bool) -> 
     # The tokenizers.Encoding field that feeds each graph input.
     encoding = {"input_ids": "ids", "attention_mask": "attention_mask", "token_type_ids": "type_ids"}
     feed = ", ".join(f"\"{name}\": np.array([e.{encoding[name]}])" for name in inputs)
+    trust = ", trust_remote_code=True" if remote_code else ""
     lines = [
         f"# hwnas export: {r['arch']}",
         "",
@@ -55,7 +57,8 @@ def model_card(r: dict[str, Any], command: str | None, *, remote_code: bool) -> 
         "",
         "| | |",
         "| --- | --- |",
-        f"| device | `{r['device']}` |",
+        f"| device | `{r['device']}`" + (f", timed with {RUNTIME_NAMES.get(r['runtime'], r['runtime'])}"
+                                         if r.get("runtime") else "") + " |",
         f"| budget | {r['budget_ms']:g} ms ({r['budget_stat']}) |",
         f"| measured latency | {_ms(r['measured_latency_ms'])} (full model {_ms(r['full_model_latency_ms'])}"
         + (f", {r['speedup']:.2f}x" if r.get("speedup") else "") + ") |",
@@ -78,7 +81,9 @@ def model_card(r: dict[str, Any], command: str | None, *, remote_code: bool) -> 
                      f"{vs['ci95_low']:+.2f} to {vs['ci95_high']:+.2f}, paired bootstrap over {vs['n']} sentences) |")
     sp = r.get("speedup_vs_stock")
     if sp:
-        lines.append(f"| against the stock model, same run | {sp['ours_vs_fastest_stock_fp32']:.2f}x the fastest stock "
+        same = f"same run, both timed with {RUNTIME_NAMES.get(sp['runtime'], sp['runtime'])}" if sp.get("runtime") \
+            else "same run"
+        lines.append(f"| against the stock model, {same} | {sp['ours_vs_fastest_stock_fp32']:.2f}x the fastest stock "
                      f"fp32 deployment ({sp['fastest_stock_fp32']}), {sp['ours_vs_stock_int8']:.2f}x stock INT8 |")
     lines += [
         "",
@@ -111,16 +116,20 @@ def model_card(r: dict[str, Any], command: str | None, *, remote_code: bool) -> 
         f"e = tok.encode(\"a fine film\"); logits = sess.run(None, {{{feed}}})[0]",
         "```",
         "",
-        "transformers (PyTorch):",
+        "transformers (PyTorch" + ("; `trust_remote_code=True` for the tokenizer too, or transformers asks before "
+                                   "it reads the config, whose `auto_map` names the modeling code):" if remote_code
+                                   else "):"),
         "",
         "```python",
-        "from transformers import pipeline",
-        "clf = pipeline(\"text-classification\", model=\"hf\"" + (", trust_remote_code=True" if remote_code else "") + ")",
+        "from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline",
+        f"clf = pipeline(\"text-classification\", model=\"hf\"{trust})",
         "print(clf(\"a fine film\"))",
+        f"model = AutoModelForSequenceClassification.from_pretrained(\"hf\"{trust}).eval()",
+        f"tok = AutoTokenizer.from_pretrained(\"hf\"{trust})",
+        "logits = model(**tok([\"a fine film\"], return_tensors=\"pt\")).logits",
         "```",
         "",
-        "Optimum (`ORTModelForSequenceClassification.from_pretrained(\".\""
-        + (", trust_remote_code=True" if remote_code else "") + ")`) reads `config.json` beside `model.onnx`; "
+        f"Optimum (`ORTModelForSequenceClassification.from_pretrained(\".\"{trust})`) reads `config.json` beside `model.onnx`; "
         "with hwnas installed: `hwnas predict --model . \"a fine film\"`.",
         "",
     ]

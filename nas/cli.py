@@ -241,6 +241,12 @@ def _precision_arg(p: argparse.ArgumentParser) -> None:
                    "scores are always fp32")
 
 
+def _train_device_arg(p: argparse.ArgumentParser, what: str, note: str = "") -> None:
+    p.add_argument("--train-device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help=f"where {what}: auto (default) is cuda when torch sees a GPU (torch.cuda.is_available()), "
+                   f"else cpu; cuda on a machine without one is refused{note}")
+
+
 def _finetune_args(p: argparse.ArgumentParser, epochs: float, what: str, candidates: int = 3) -> None:
     p.add_argument("--finetune-epochs", type=EPOCHS, default=epochs,
                    help=f"epochs of distillation from the teacher into {what} (0: none; default %(default)s)")
@@ -344,6 +350,7 @@ def register_run(sub: Subparsers) -> argparse.ArgumentParser:
     r.add_argument("--n-measure", type=COUNT, default=40, help="configurations measured per device")
     r.add_argument("--n-search", type=COUNT, default=50, help="accuracy evaluations per search")
     _finetune_args(r, 1.0, "the exported sub-network", candidates=2)
+    _train_device_arg(r, "the teacher, the supernet and the export's fine-tuning train")
     _add_train_args(r, quick=True)
     return r
 
@@ -353,11 +360,13 @@ def cmd_run(a: argparse.Namespace) -> int:
     from latency.devices import check_available
     from latency.workflow import resolve_device
     from nas.pipeline import JobConfig, main_job
+    from supernet.parallel import resolve_train_device
 
     out = Path(a.out or MAIN_RUN)
     spec = _stored_spec(a, out) if RunFolder(out).spec.exists() else _spec(a)
     job = JobConfig(devices=tuple(a.device.split(",")), n_measure=a.n_measure, n_search=a.n_search,
-                    finetune=_finetune_stage(a), finetune_candidates=a.finetune_candidates)
+                    finetune=_finetune_stage(a), finetune_candidates=a.finetune_candidates,
+                    train_device=resolve_train_device(a.train_device))
     for device in job.devices:  # before training: a typo or a missing GPU is found in a second
         check_available(resolve_device(out, device))
     t0 = time.time()
@@ -372,7 +381,8 @@ def cmd_run(a: argparse.Namespace) -> int:
     _print_table(summary, cols)
     export_dir = RunFolder(out).export(job.exported_on, float(summary["budget_ms"].iloc[-1]))
     print(f"total {(time.time() - t0) / 60:.1f} min; wrote {out}/summary.csv, {export_dir}/ (model card: README.md; "
-          f"try `hwnas predict --model {export_dir} \"a fine film\"`), {out}/compare/fronts.png")
+          f"try `hwnas predict --model {export_dir} \"a fine film\"`), {out}/compare/fronts.png; the searches "
+          f"as Optuna studies: `optuna-dashboard {RunFolder(out).optuna_storage}`")
     return 0
 
 
@@ -386,6 +396,9 @@ def register_train(sub: Subparsers) -> argparse.ArgumentParser:
     t.add_argument("--nproc", type=COUNT, default=1,
                    help="data-parallel processes on this machine, each taking a share of every batch (default "
                    "%(default)s); for several machines launch `torchrun ... -m nas.cli train` instead (README)")
+    _train_device_arg(t, "the teacher and the supernet train",
+                      ". With several processes (--nproc, torchrun) on cuda, each trains on its own GPU "
+                      "(cuda:LOCAL_RANK) and they talk over NCCL; on cpu, over gloo")
     _add_train_args(t, quick=False)
     return t
 
@@ -409,6 +422,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     from supernet.workflow import evaluation_table, open_run, train_run, write_evaluation
 
     launched = parallel.INIT_ENV in os.environ or "WORLD_SIZE" in os.environ  # a rank of hwnas or torchrun
+    device = parallel.resolve_train_device(a.train_device)  # a GPU asked for and missing: refused before launching
     if a.nproc > 1 and not launched:
         from supernet.io import make_temp_dir, remove_temp_dir
 
@@ -422,7 +436,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     out = Path(a.out)
     stored = RunFolder(out).spec.exists()
     spec = _stored_spec(a, out) if a.resume and stored else _spec(a)
-    ranks = parallel.join()
+    ranks = parallel.join(device)
     try:
         if a.resume and stored and ranks.main:
             print(f"resuming {out} with its stored settings (task {spec.task}, model {spec.model})")
@@ -431,10 +445,10 @@ def cmd_train(a: argparse.Namespace) -> int:
         parallel.leave(ranks)
     if not ranks.main:
         return 0  # rank 0 evaluates and reports
-    if ranks.world > 1:
-        print(f"trained with {ranks.world} processes")
+    if ranks.world > 1 or device != "cpu":
+        print(f"trained with {ranks.world} process{'es' if ranks.world > 1 else ''} on {device}")
     t0 = time.time()
-    run = open_run(out)
+    run = open_run(out, device=ranks.device)
     table = evaluation_table(run)
     write_evaluation(run, table)
     times["evaluate"] = round(time.time() - t0, 1)
@@ -524,9 +538,17 @@ def cmd_exits(a: argparse.Namespace) -> int:
 
 
 def register_early_exit(sub: Subparsers) -> argparse.ArgumentParser:
-    x = sub.add_parser("early-exit", help="a sub-network's accuracy / latency trade-off with early exits, exported "
-                       "and measured", description="For one sub-network of a run with trained exit heads (hwnas "
-                       "exits): every exit's logits on dev and test in one pass; each policy (entropy threshold, "
+    x = sub.add_parser("early-exit", help="early exit: one sub-network's trade-off, or the most accurate (sub-network, "
+                       "exit policy) under a latency budget; exported and measured",
+                       description="Needs a run with trained exit heads (hwnas exits). Two modes. "
+                       "With --budget-ms B --device D (the search): the sub-networks on the run's static front for D "
+                       "(its searches' dev scores and D's predicted latency, thinned to --candidates) and the largest; every exit's "
+                       "logits on dev and test in one pass each (cached in --out/logits); every (sub-network, policy) "
+                       "scored on dev and its latency statistic (--budget-stat) estimated from D's predictor applied to "
+                       "the sub-network's depth-k prefixes plus the exit head's timed cost; the most accurate on dev "
+                       "whose estimate meets B is exported and measured on test. Writes candidates.csv, front.csv "
+                       "(static vs static+exit), front.png, exit_histogram.png, report.json, runner/. "
+                       "Otherwise (one sub-network, --subnet or the largest): each policy (entropy threshold, "
                        "patience) scored without re-running; the sub-network exported as ONNX segments with a runner "
                        "that stops early (numpy + onnxruntime); its per-layer cost measured on dev inputs one by "
                        "one; each policy's latency estimated from that cost and its exits; the policy chosen on "
@@ -535,17 +557,26 @@ def register_early_exit(sub: Subparsers) -> argparse.ArgumentParser:
                        "policies.csv and report.json to --out.")
     x.add_argument("--run", required=True, help="run folder with exit heads (hwnas exits)")
     x.add_argument("--kind", choices=("mean", "attn", "cls"), default="mean", help="which exit heads (default: mean)")
-    x.add_argument("--subnet", help="JSON file of the sub-network (default: the largest)")
-    x.add_argument("--out", required=True, type=out_folder, help="folder for the export, policies.csv, report.json")
+    x.add_argument("--out", required=True, type=out_folder, help="folder for the export and the result files")
+    x.add_argument("--subnet", help="JSON file of the sub-network (default: the largest); not with --budget-ms")
     x.add_argument("--max-loss", type=_number(0.0), default=1.0,
-                   help="points of dev accuracy the chosen policy may lose against the static sub-network "
-                   "(default: %(default)s)")
-    x.add_argument("--threads", type=COUNT, default=None, help="ONNX Runtime threads (default: one per core)")
+                   help="one sub-network: points of dev accuracy the chosen policy may lose against the static "
+                   "sub-network (default: %(default)s)")
+    x.add_argument("--budget-ms", type=_number(0.0, above=True), help="search: the latency budget in ms")
+    x.add_argument("--device", help="search: the device the budget applies to (measured and fitted in the run; it "
+                   "must be on this machine, which times the export); its profile's threads are used")
+    x.add_argument("--budget-stat", choices=("p50", "p90", "mean"), default="p50",
+                   help="search: the statistic of per-input latency the budget applies to (default %(default)s)")
+    x.add_argument("--candidates", type=COUNT, default=12,
+                   help="search: sub-networks taken from the static front (default: %(default)s); the largest is added")
+    x.add_argument("--threads", type=COUNT, default=None, help="one sub-network: ONNX Runtime threads (default: one "
+                   "per core; the search uses its device's)")
     x.add_argument("--n-cost", type=COUNT, default=300, help="dev inputs timed for the per-layer cost (default: "
                    "%(default)s)")
     x.add_argument("--n-time", type=COUNT, default=None, help="test inputs timed (default: all)")
     x.add_argument("--rounds", type=COUNT, default=3, help="timing rounds, static and early exit in turn; "
                    "medians are reported (default: %(default)s)")
+    x.add_argument("--quiet", action="store_true", help="search: no progress lines")
     return x
 
 
@@ -554,6 +585,11 @@ def cmd_early_exit(a: argparse.Namespace) -> int:
     from supernet.space import SubnetConfig
     from supernet.workflow import open_run
 
+    if a.budget_ms is not None:
+        return _exit_search(a)
+    for flag, value in (("--device", a.device), ("--budget-stat", a.budget_stat != "p50" or None)):
+        if value:
+            raise ConfigError(f"{flag} is for the search: give --budget-ms too, or leave it out")
     asked = SubnetConfig.from_dict(_read_json(a.subnet)) if a.subnet else None
     run = open_run(a.run)
     cfg = run.space.validate(asked) if asked is not None else run.space.largest()
@@ -563,6 +599,28 @@ def cmd_early_exit(a: argparse.Namespace) -> int:
                          "hist_test", "est_mean_ms_dev", "est_p50_ms_dev"])
     print(json.dumps({k: v for k, v in report.items() if k != "policies"}, indent=1))
     print(f"wrote {a.out}/policies.csv, {a.out}/report.json and the runner in {a.out}")
+    return 0
+
+
+def _exit_search(a: argparse.Namespace) -> int:
+    """``hwnas early-exit --budget-ms``: the search over (sub-network, exit policy)."""
+    from latency.devices import check_available
+    from nas.exit_search import ExitSearch
+    from supernet.workflow import open_run
+
+    if a.subnet:
+        raise ConfigError("--subnet and --budget-ms are two modes: give one sub-network, or a budget to search under")
+    if a.device is None:
+        raise ConfigError("--budget-ms needs --device (the device the budget applies to, e.g. cpu)")
+    if a.threads is not None:
+        raise ConfigError("the search times with its device's threads: leave --threads out (cpu-1t is one thread)")
+    run = open_run(a.run)
+    target = _target(run, a.device, None, None, a.budget_stat)
+    check_available(target.profile)
+    search = ExitSearch(run, target, a.kind, Path(a.out), candidates=a.candidates)
+    r = search.run_all(a.budget_ms, n_cost=a.n_cost, n_time=a.n_time, rounds=a.rounds, progress=not a.quiet)
+    print(json.dumps(r["search"], indent=1))
+    print(f"wrote {a.out}/candidates.csv, front.csv, front.png, exit_histogram.png, report.json and the runner")
     return 0
 
 
@@ -742,9 +800,8 @@ def cmd_search(a: argparse.Namespace) -> int:
     if a.ray:
         method, kwargs = "ray", {"workers": a.workers, "address": a.ray_address,
                                  "storage_path": str(run.paths.ray_storage.resolve())}
-    if method in ("tpe", "nsga2"):
-        print(f"the Optuna studies are in {run.paths.search / 'optuna.db'}: browse them with "
-              f"`optuna-dashboard {run.paths.optuna_storage}` (pip install optuna-dashboard)")
+    print(f"the searches are Optuna studies in {run.paths.search / 'optuna.db'}: browse them with "
+          f"`optuna-dashboard {run.paths.optuna_storage}` (pip install optuna-dashboard)")
     for device, target in targets.items():
         for budget in budgets:
             result, wall = run_search(run, target, budget, method=method, n_evaluations=a.n, seed=a.seed,
@@ -792,6 +849,7 @@ def register_export(sub: Subparsers) -> argparse.ArgumentParser:
                    help="distil on the train split plus this many of the task's unlabeled texts when fine-tuning "
                    "(a seeded subset; for rt the plot synopses of movies outside dev and test, 5,533 sentences; "
                    "default: as the run was trained, hwnas train --unlabeled)")
+    _train_device_arg(e, "the fine-tuning (--finetune-epochs) runs")
     e.add_argument("--quiet", action="store_true", help="no progress bars")
     return e
 
@@ -800,12 +858,14 @@ def cmd_export(a: argparse.Namespace) -> int:
     from nas.export import ExportConfig, choose_and_export
     from nas.objectives import DevAccuracy
     from nas.search import searcher_class
+    from supernet.parallel import resolve_train_device
     from supernet.workflow import open_run
 
     budget: list[float | None] = [None] if a.speedup is not None else list(_budgets(a.budget_ms))
     if len(budget) != 1:
         raise ConfigError("export takes one --budget-ms value")
     searcher_class(a.method)  # an unknown name is refused before the run opens
+    train_device = resolve_train_device(a.train_device)
     run = open_run(a.run)
     target = _target(run, a.device, a.devices, a.length, a.budget_stat)
     finetune = _finetune_stage(a)
@@ -813,7 +873,7 @@ def cmd_export(a: argparse.Namespace) -> int:
                        finalists=a.finalists, finetune=finetune, finetune_candidates=a.finetune_candidates,
                        finetune_unlabeled=a.finetune_unlabeled,
                        drift_tolerance=None if a.drift_tolerance < 0 else a.drift_tolerance, progress=not a.quiet,
-                       step_up_below=a.step_up_below or None)
+                       step_up_below=a.step_up_below or None, train_device=train_device)
     accuracy = DevAccuracy(run, subset_size=a.dev_subset or None, precision=a.search_precision)
     r = choose_and_export(run, target, a.out, cfg, accuracy=accuracy, command=a.command_line)
     if r["budget_from"]:
@@ -941,6 +1001,7 @@ def register_bench(sub: Subparsers) -> argparse.ArgumentParser:
     b.add_argument("--seed", type=SEED, default=0)
     _precision_arg(b)
     _finetune_args(b, 3.0, "the fine-tuned points")
+    _train_device_arg(b, "the fine-tunings run")
     b.add_argument("--finetune-at", default="3",
                    help="speed-ups at which ours and the DynaBERT grid are fine-tuned, comma-separated (default %(default)s; "
                    "--quick: 2, ours only, 0.5 epochs, 2 candidates)")
@@ -963,10 +1024,13 @@ def register_bench(sub: Subparsers) -> argparse.ArgumentParser:
 
 def cmd_bench(a: argparse.Namespace) -> int:
     from nas.bench import BenchConfig, run_bench
+    from supernet.parallel import resolve_train_device
     from supernet.workflow import open_run
 
+    train_device = resolve_train_device(a.train_device)
     if a.quick:
-        cfg = BenchConfig.quick(device=a.device, seed=a.seed, search_precision=a.search_precision)
+        cfg = BenchConfig.quick(device=a.device, seed=a.seed, search_precision=a.search_precision,
+                                train_device=train_device)
     else:
         ft = _finetune_stage(a)
         speedups = _floats(a.finetune_at, "--finetune-at", "3")
@@ -977,7 +1041,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
                           finetune_lr=a.finetune_lr, finetune_speedups=tuple(speedups),
                           finetune_candidates=a.finetune_candidates, search_precision=a.search_precision,
                           budget_fractions=_fractions(a.budgets), front_points=a.front_points,
-                          dev_subset=a.dev_subset or None, seeds=a.seeds)
+                          dev_subset=a.dev_subset or None, seeds=a.seeds, train_device=train_device)
     run = open_run(a.run)
     target = _target(run, a.device, None, a.length, a.budget_stat)
     command = "hwnas " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("hwnas") else "hwnas bench"

@@ -9,7 +9,8 @@ The steps, each a method of ``EarlyExitStudy`` returning values (the command wri
 3. ``segment_times``: the runner's per-layer cost, measured on dev inputs served one by one;
 4. ``policy_table``: every policy's dev and test accuracy, exits and estimated latency;
 5. ``choose``: on dev only, the policy with the lowest estimated mean latency whose dev score
-   is within ``max_loss`` points of the static sub-network's (threshold 0, never early);
+   is within ``max_loss`` points of the static sub-network's (threshold 0, never early); or
+   the policy a search chose (nas/exit_search.py);
 6. ``measure``: the runner at the chosen policy and the static sub-network as one ONNX graph,
    serving test inputs one by one, in turn for a few rounds (medians of the rounds); the
    prediction is made in each round from the dev inputs' own segment times (all layers run)
@@ -57,6 +58,7 @@ class EarlyExitStudy:
     out: Path
     threads: int | None = None
     logits: dict[str, np.ndarray] = field(default_factory=dict)
+    dev_segments: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
 
     def __post_init__(self) -> None:
         if self.subnet.precision != "fp32":
@@ -131,34 +133,45 @@ class EarlyExitStudy:
         med["early_exit_exits"] = early[-1]["exits"]
         return med
 
-    def run_all(self, *, max_loss: float, n_cost: int, n_time: int | None, rounds: int) -> tuple[pd.DataFrame, dict]:
-        """Every step; returns the policy table and the report (both also written to ``out``)."""
+    def run_all(self, *, max_loss: float, n_cost: int, n_time: int | None, rounds: int,
+                policy: tuple[str, float] | None = None) -> tuple[pd.DataFrame, dict]:
+        """Every step; returns the policy table and the report (both also written to ``out``).
+        ``policy``: export and measure this one (one of ``default_policies``) instead of
+        choosing within ``max_loss``; exit logits already in ``self.logits`` are used."""
         t0 = time.time()
-        self.exit_logits()
+        if not self.logits:
+            self.exit_logits()
         self.export()
-        seg = self.segment_times(n_cost).mean(0)  # the per-layer cost table
+        self.dev_segments = self.segment_times(n_cost)  # (n_cost, exits)
+        seg = self.dev_segments.mean(0)  # the per-layer cost table
         table = self.policy_table(seg)
-        policy = self.choose(table, max_loss)
-        write_manifest_policy(self.out / "runner", str(policy.criterion), float(policy.threshold))
-        timed = self.measure(policy, n_cost, n_time, rounds)
+        if policy is None:
+            chosen = self.choose(table, max_loss)
+        else:
+            match = table[(table.criterion == policy[0]) & np.isclose(table.threshold, policy[1])]
+            if match.empty:
+                raise ConfigError(f"policy {policy} is not one of the scored policies")
+            chosen = match.iloc[0]
+        write_manifest_policy(self.out / "runner", str(chosen.criterion), float(chosen.threshold))
+        timed = self.measure(chosen, n_cost, n_time, rounds)
         metric = self.run.task.metric
         n_test = n_time or len(self.run.splits["test"])
-        test_exits = exit_layers(self.logits["test"][:, :n_test], str(policy.criterion), float(policy.threshold))
+        test_exits = exit_layers(self.logits["test"][:, :n_test], str(chosen.criterion), float(chosen.threshold))
         predicted = timed["predicted"]
         static_row = table[(table.criterion == "entropy") & (table.threshold == 0.0)].iloc[0]
         measured = timed["early_exit"]
         report = {
-            "subnet": self.subnet.to_dict(), "exit_kind": self.kind, "max_loss": max_loss,
-            "policy": {"criterion": str(policy.criterion), "threshold": float(policy.threshold)},
+            "subnet": self.subnet.to_dict(), "exit_kind": self.kind, "max_loss": max_loss if policy is None else None,
+            "policy": {"criterion": str(chosen.criterion), "threshold": float(chosen.threshold)},
             "static": {f"{metric}_dev": float(static_row[f"{metric}_dev"]),
                        f"{metric}_test": float(static_row[f"{metric}_test"]),
                        "measured_test": timed["static"]},
-            "early_exit": {f"{metric}_dev": float(policy[f"{metric}_dev"]), f"{metric}_test": float(policy[f"{metric}_test"]),
+            "early_exit": {f"{metric}_dev": float(chosen[f"{metric}_dev"]), f"{metric}_test": float(chosen[f"{metric}_test"]),
                            "test_exit_histogram": exit_histogram(test_exits, len(seg)).round(4).tolist(),
                            "runner_exits_same_as_pytorch": float((timed["early_exit_exits"] == test_exits).mean()),
                            "predicted_from_dev": predicted, "predicted_from_dev_table": timed["predicted_table"],
                            "measured_test": measured},
-            "test_loss_points": float(static_row[f"{metric}_test"] - policy[f"{metric}_test"]),
+            "test_loss_points": float(static_row[f"{metric}_test"] - chosen[f"{metric}_test"]),
             "speedup_mean_measured": timed["static"]["mean_ms"] / measured["mean_ms"],
             "speedup_p50_measured": timed["static"]["p50_ms"] / measured["p50_ms"],
             "layers_saved_mean_test": len(seg) / float(test_exits.mean() + 1),

@@ -99,6 +99,7 @@ class ExportConfig:
     step_up_below: float | None = 0.9
     baselines: bool = True  # time the stock model (fp32, ORT-optimized, INT8) beside the export
     progress: bool = True
+    train_device: str = "cpu"  # where the fine-tuning runs: cpu or cuda (``resolve_train_device``)
 
     def __post_init__(self) -> None:
         if (self.budget_ms is None) == (self.speedup is None):
@@ -169,7 +170,10 @@ def run_search(
 ) -> tuple[SearchResult, float]:
     """One search on the run; returns the result and its wall time (the caller writes the
     history: ``search_history``). ``latency``: the device's predictor at the target's shape
-    (default: loaded from the run), scaled by a measured drift where one was applied."""
+    (default: loaded from the run), scaled by a measured drift where one was applied. Every
+    method's search is also a named Optuna study in the run (``search_study``): tpe / nsga2
+    keep theirs as they go (and resume from it); the others' evaluated candidates are written
+    into one when they end (``nas.optuna_search.record_result``), for optuna-dashboard."""
     latency = latency or PredictedLatency.of(run.folder, target)
     space = target.search_space(run.space)  # at the precisions the device runs
     if budget_ms is not None:
@@ -184,25 +188,41 @@ def run_search(
             )
     accuracy = accuracy or DevAccuracy(run)
     kwargs = dict(searcher_kwargs or {})
-    if method in ("tpe", "nsga2"):
-        paths = run.paths
-        paths.search.mkdir(parents=True, exist_ok=True)  # the study's own storage
-        kwargs.setdefault("storage", paths.optuna_storage)
-        # The study's stored values are only valid for this predictor and this dev subset.
-        fingerprint = hashlib.sha1(paths.predictor(target.profile.name).read_bytes()).hexdigest()[:8]
-        scaled = "" if latency.scale == 1.0 else f"-x{latency.scale:.4g}"
-        b = "front" if budget_ms is None else f"{budget_ms:g}ms"
-        shape = f"L{target.length}" if target.regime == "fixed" else f"traffic{target.length}"
-        stat = "" if target.stat == "p50" else f"-{target.stat}"
-        kwargs.setdefault("study_name", f"{target.profile.name}-{b}{stat}-{method}-{shape}-s{seed}"
-                                        f"-{accuracy.search_split}-p{fingerprint}{scaled}")
-        kwargs.setdefault("study_attrs", {"run": str(run.folder), "device": target.profile.name, "budget_ms": budget_ms,
-                                          "latency": target.describe(), "metric": accuracy.metric,
-                                          "accuracy_on": accuracy.search_split})
+    storage, name, attrs = search_study(run, target, budget_ms, latency, method, seed, accuracy)
+    optuna_native = method in ("tpe", "nsga2")  # the study is their state: they write it as they go
+    if optuna_native:
+        kwargs.setdefault("storage", storage)
+        kwargs.setdefault("study_name", name)
+        kwargs.setdefault("study_attrs", attrs)
     searcher = make_searcher(method, **kwargs)
     t0 = time.time()
     result = searcher.search(space, accuracy, latency, budget_ms=budget_ms, n_evaluations=n_evaluations, seed=seed)
-    return result, time.time() - t0
+    wall = time.time() - t0
+    if not optuna_native:
+        from nas.optuna_search import record_result
+
+        record_result(result, space, storage=storage, study_name=name, study_attrs=attrs)
+    return result, wall
+
+
+def search_study(run: LoadedRun, target: Target, budget_ms: float | None, latency: PredictedLatency, method: str,
+                 seed: int, accuracy: DevAccuracy) -> tuple[str, str, dict[str, Any]]:
+    """Where a search's Optuna study lives, its name and its user attributes (every method's:
+    optuna-dashboard shows them all). The name holds all that the stored values depend on:
+    device, budget, method, latency target, seed, dev subset, predictor, drift scale."""
+    paths = run.paths
+    paths.search.mkdir(parents=True, exist_ok=True)  # the study's own storage
+    # The study's stored values are only valid for this predictor and this dev subset.
+    predictor = paths.predictor(target.profile.name)
+    fingerprint = hashlib.sha1(predictor.read_bytes()).hexdigest()[:8] if predictor.exists() else "none"
+    scaled = "" if latency.scale == 1.0 else f"-x{latency.scale:.4g}"
+    b = "front" if budget_ms is None else f"{budget_ms:g}ms"
+    shape = f"L{target.length}" if target.regime == "fixed" else f"traffic{target.length}"
+    stat = "" if target.stat == "p50" else f"-{target.stat}"
+    name = f"{target.profile.name}-{b}{stat}-{method}-{shape}-s{seed}-{accuracy.search_split}-p{fingerprint}{scaled}"
+    attrs = {"run": str(run.folder), "device": target.profile.name, "budget_ms": budget_ms,
+             "latency": target.describe(), "metric": accuracy.metric, "accuracy_on": accuracy.search_split}
+    return paths.optuna_storage, name, attrs
 
 
 def search_history(result: SearchResult, target: Target, budget_ms: float | None, method: str) -> pd.DataFrame:
@@ -362,9 +382,9 @@ class FineTuned:
 
 def finetune_best(run: LoadedRun, teacher: ElasticBert, pool: list[tuple[Candidate, float]], stage: StageConfig,
                   out: Path, accuracy: DevAccuracy, targets: Callable[[], torch.Tensor],
-                  *, progress: bool = True) -> FineTuned:
-    """Distil the teacher into each of ``pool`` (resumable, in ``out``); the best fine-tuned
-    dev score wins, ties to the search's pick."""
+                  *, progress: bool = True, device: str = "cpu") -> FineTuned:
+    """Distil the teacher into each of ``pool`` (resumable, in ``out``, trained on ``device``);
+    the best fine-tuned dev score wins, ties to the search's pick."""
     from nas.objectives import deployed_logits
     from supernet.evaluate import scores
 
@@ -374,7 +394,7 @@ def finetune_best(run: LoadedRun, teacher: ElasticBert, pool: list[tuple[Candida
         model, trained = finetune_subnet(run.supernet, teacher, cand.config, distill_split(run.splits),
                                          finetune_folder(out, cand.config, stage, unlabeled=run.spec.train.unlabeled),
                                          run.spec.train, stage,
-                                         targets=targets, progress=progress)
+                                         targets=targets, progress=progress, device=device)
         model.eval()
         models.append(model)
         deployed = deployed_logits(model, cand.config.precision)  # an int8 graph: exported once for both splits
@@ -427,12 +447,20 @@ def compare_with_stock(run: LoadedRun, timer: DeviceTimer, files: dict[str, str]
     model (``ours-full``, test accuracy ``full_acc``) timed in turn with the stock deployments
     (``latency.baselines.time_beside_stock``), on the timer's workload and statistic, with
     their test scores (the ONNX graphs run by ONNX Runtime, whose test logits are returned for
-    the paired statistics). None on a device whose runtime is not ONNX Runtime."""
-    from latency.baselines import onnx_logits, speedups, stock_models, time_beside_stock
+    the paired statistics). Every graph is timed with the device's own runtime (ONNX Runtime or
+    OpenVINO, which reads the same files: ``latency.baselines.ONNX_RUNTIMES``), so a speed-up
+    never mixes runtimes; the speed-ups name it. None on a PyTorch eager device."""
+    from latency.baselines import (
+        ONNX_RUNTIMES,
+        onnx_logits,
+        speedups,
+        stock_models,
+        time_beside_stock,
+    )
     from latency.onnx_export import quantize_subnet
     from supernet.evaluate import scores
 
-    if timer.profile.runtime != "onnxruntime":
+    if timer.profile.runtime not in ONNX_RUNTIMES:
         return None
     onnx_path = Path(files["onnx"])
     if precision == "int8":
@@ -451,7 +479,8 @@ def compare_with_stock(run: LoadedRun, timer: DeviceTimer, files: dict[str, str]
     lat = {n: r[f"{timer.stat}_ms"] for n, r in rows.items()}
     ours, alt, full_x = (speedups(lat, n) for n in ("ours", other, "ours-full"))
     o = other.replace("-", "_")
-    speedup = {"stat": timer.stat, "fastest_stock_fp32": ours["fastest_stock_fp32"], "precision": precision,
+    speedup = {"stat": timer.stat, "runtime": timer.profile.runtime, "fastest_stock_fp32": ours["fastest_stock_fp32"],
+               "precision": precision,
                "ours_vs_fastest_stock_fp32": ours["vs_fastest_stock_fp32"], "ours_vs_stock_int8": ours["vs_stock_int8"],
                f"{o}_vs_fastest_stock_fp32": alt["vs_fastest_stock_fp32"], f"{o}_vs_stock_int8": alt["vs_stock_int8"],
                # Below 1: our full-model export is slower than the stock one (its graph, not its size).
@@ -532,7 +561,8 @@ def choose_and_export(
             verified = step_up(verified, budget.ms, relaxed, timer, accuracy, below=cfg.step_up_below,
                                finalists=cfg.finalists, rounds=cfg.rounds)
         out = Path(out_dir)
-        teacher = load_model(run.paths.teacher) if cfg.finetune is not None or full_model_test is None else None
+        teacher = (load_model(run.paths.teacher).to(cfg.train_device)  # its logits: the fine-tunings' targets
+                   if cfg.finetune is not None or full_model_test is None else None)
         chosen, chosen_ms = verified.chosen, verified.measured_ms
         small = extract(run.supernet, chosen.config).eval()
         tuned: dict[str, Any] | None = None
@@ -546,7 +576,8 @@ def choose_and_export(
             distill = distill_split(ft_run.splits)
             targets = (teacher_targets if ft_run is run else None) or functools.cache(
                 lambda: teacher_logits(teacher, distill))
-            ft = finetune_best(ft_run, teacher, pool, cfg.finetune, out, accuracy, targets, progress=cfg.progress)
+            ft = finetune_best(ft_run, teacher, pool, cfg.finetune, out, accuracy, targets, progress=cfg.progress,
+                               device=cfg.train_device)
             (chosen, chosen_ms), small, ft_rows = pool[ft.best], ft.models[ft.best], ft.rows
             tuned = {"epochs": cfg.finetune.epochs, "lr": cfg.finetune.lr, "candidates": len(pool),
                      "texts": len(distill), "unlabeled": ft_run.spec.train.unlabeled,
@@ -571,6 +602,7 @@ def choose_and_export(
     sub, largest, full_ms = chosen.config, run.space.largest(), verified.full_ms
     report = {
         "device": device,
+        "runtime": target.profile.runtime,  # what every latency here was timed with
         "budget_ms": budget.ms,
         "budget_from": budget.source,  # a speed-up target: the full model's latency it divided
         "batch": target.batch,

@@ -37,7 +37,9 @@ Every trial stores its configuration (``arch_json``, and ``arch``, the one-line 
 or ``rejected``) as user attributes. The study names its objectives (``acc_dev``, and
 ``lat_pred_ms`` for NSGA-II) and holds ``study_attrs`` (``nas.export.run_search``: the device,
 budget, what latency means, the metric) as user attributes, so that optuna-dashboard
-(``optuna-dashboard sqlite:///RUN/search/optuna.db``) shows a run's studies readably.
+(``optuna-dashboard sqlite:///RUN/search/optuna.db``) shows a run's studies readably. The
+searchers that do not run on Optuna (evolution, random, Ray Tune) have their evaluated
+candidates written into a study of the same format when they end (``record_result``).
 
 Resuming: with ``storage`` (e.g. ``sqlite:///runs/NAME/optuna.db``) and ``study_name`` the
 study is opened with ``load_if_exists=True``; the finished trials' stored configurations and
@@ -56,12 +58,14 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution, IntDistribution
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
 from nas.search import (
     AccuracyModel,
     Archive,
+    Candidate,
     LatencyModel,
     SearchResult,
     anchors,
@@ -79,11 +83,15 @@ __all__ = [
     "NSGA2Search",
     "OptunaSearch",
     "TPESearch",
+    "arch_attrs",
     "constraint_value",
     "decode",
+    "distributions",
     "encode",
     "nsga2_sampler",
+    "open_study",
     "quiet_optuna",
+    "record_result",
     "suggest_config",
     "tpe_sampler",
 ]
@@ -133,18 +141,37 @@ def decode(space: SearchSpace, params: dict[str, Any]) -> SubnetConfig:
     return space.validate(SubnetConfig(heads, ffn, tuple(keep), tuple(retention), precision))
 
 
-def suggest_config(trial: optuna.Trial, space: SearchSpace) -> SubnetConfig:
-    """Suggest every parameter of the encoding on ``trial`` and decode them."""
-    params: dict[str, Any] = {}
+def distributions(space: SearchSpace) -> dict[str, BaseDistribution]:
+    """Every parameter of the encoding with its Optuna distribution, in the order trials
+    suggest them: the same for the Optuna searchers' trials and the trials ``record_result``
+    writes for the other searchers, so that one study format serves every method."""
+    dists: dict[str, BaseDistribution] = {}
     for i in range(space.num_layers):
         if space.allow_skip:
-            params[f"keep_{i}"] = trial.suggest_categorical(f"keep_{i}", [True, False])
-        params[f"heads_{i}"] = trial.suggest_int(f"heads_{i}", 0, len(space.head_choices) - 1)
-        params[f"ffn_{i}"] = trial.suggest_int(f"ffn_{i}", 0, len(space.ffn_choices) - 1)
-        params[f"retention_{i}"] = trial.suggest_int(f"retention_{i}", 0, len(space.retention_choices) - 1)
+            dists[f"keep_{i}"] = CategoricalDistribution([True, False])
+        dists[f"heads_{i}"] = IntDistribution(0, len(space.head_choices) - 1)
+        dists[f"ffn_{i}"] = IntDistribution(0, len(space.ffn_choices) - 1)
+        dists[f"retention_{i}"] = IntDistribution(0, len(space.retention_choices) - 1)
     if len(space.precision_choices) > 1:  # fp32-only studies keep the parameters they always had
-        params["precision"] = trial.suggest_categorical("precision", list(space.precision_choices))
+        dists["precision"] = CategoricalDistribution(list(space.precision_choices))
+    return dists
+
+
+def suggest_config(trial: optuna.Trial, space: SearchSpace) -> SubnetConfig:
+    """Suggest every parameter of the encoding (``distributions``) on ``trial`` and decode them."""
+    params: dict[str, Any] = {}
+    for key, dist in distributions(space).items():
+        if isinstance(dist, CategoricalDistribution):
+            params[key] = trial.suggest_categorical(key, list(dist.choices))
+        else:
+            assert isinstance(dist, IntDistribution)
+            params[key] = trial.suggest_int(key, dist.low, dist.high)
     return decode(space, params)
+
+
+def arch_attrs(cfg: SubnetConfig, lat: float, upper: float) -> dict[str, Any]:
+    """A trial's user attributes for its sub-network and predicted latency."""
+    return {"arch_json": cfg.to_json(), "arch": cfg.describe(), "lat_pred_ms": lat, "lat_upper_ms": upper}
 
 
 # ---- what every Optuna-backed search shares (also nas.distributed) -------------------------------
@@ -188,6 +215,89 @@ def nsga2_sampler(seed: int, n_evaluations: int, *, population_size: int | None 
     return optuna.samplers.NSGAIISampler(seed=seed, population_size=pop)
 
 
+def open_study(
+    storage: str | None,
+    study_name: str | None,
+    *,
+    method: str,
+    budget_ms: float | None,
+    space: SearchSpace,
+    multi_objective: bool,
+    sampler: optuna.samplers.BaseSampler | None = None,
+    study_attrs: dict[str, Any] | None = None,
+) -> optuna.Study:
+    """Create or open the named study of a search: objectives named (``acc_dev``, and
+    ``lat_pred_ms`` when ``multi_objective``), ``study_attrs`` as user attributes, and what
+    its trials mean (method, budget, space) stored once; a study created for another search
+    is refused (``ConfigError``)."""
+    directions = [StudyDirection.MAXIMIZE, StudyDirection.MINIMIZE] if multi_objective else [StudyDirection.MAXIMIZE]
+    study = optuna.create_study(storage=storage, study_name=study_name, sampler=sampler, directions=directions,
+                                load_if_exists=True)
+    # What the stored trials mean: resuming under another space, budget or method would
+    # mix incomparable accuracies and constraints, so it is refused instead.
+    meaning = {"method": method, "budget_ms": budget_ms, "space": space.to_dict()}
+    stored = study.user_attrs.get("hwnas")
+    if stored is None:
+        study.set_user_attr("hwnas", meaning)
+    elif stored != json.loads(json.dumps(meaning)):
+        raise ConfigError(
+            f"study {study.study_name!r} in {storage} was created for {stored}, not {meaning}; "
+            "use a new study name (or storage) for a different search"
+        )
+    if study.metric_names is None:
+        with warnings.catch_warnings():  # experimental since Optuna 3.2, still in 5.0
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(["acc_dev", "lat_pred_ms"] if multi_objective else ["acc_dev"])
+    for key, value in (study_attrs or {}).items():
+        if study.user_attrs.get(key) != value:
+            study.set_user_attr(key, value)
+    return study
+
+
+def record_result(
+    result: SearchResult,
+    space: SearchSpace,
+    *,
+    storage: str,
+    study_name: str,
+    study_attrs: dict[str, Any] | None = None,
+) -> optuna.Study:
+    """Write a search that does not run on Optuna (evolution, random, Ray Tune) into a named
+    study, so that optuna-dashboard shows every method's searches alike.
+
+    Each evaluated candidate becomes one completed trial, in evaluation order, with the
+    encoding's parameters and distributions, its values (``acc_dev``; with ``lat_pred_ms`` for
+    a whole-front search), the budget's constraint and the user attributes an Optuna
+    searcher's trial has (status ``evaluated``). Candidates already in the study (a search run
+    again, which the accuracy cache makes cheap) are not added twice; the study's
+    ``n_rejected`` is the last search's count of candidates the budget turned away unevaluated.
+    """
+    budget_ms = result.budget_ms
+    with quiet_optuna():
+        study = open_study(storage, study_name, method=result.method, budget_ms=budget_ms, space=space,
+                           multi_objective=budget_ms is None, study_attrs=study_attrs)
+        stored = {SubnetConfig.from_dict(json.loads(t.user_attrs["arch_json"])).key()
+                  for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                  if t.user_attrs.get("status") == "evaluated"}
+        dists = distributions(space)
+        study.add_trials([_completed_trial(c, space, dists, budget_ms)
+                          for c in result.history if c.config.key() not in stored])
+        study.set_user_attr("n_rejected", result.n_rejected)
+    return study
+
+
+def _completed_trial(cand: Candidate, space: SearchSpace, dists: dict[str, BaseDistribution],
+                     budget_ms: float | None) -> optuna.trial.FrozenTrial:
+    return optuna.trial.create_trial(
+        params=encode(space, cand.config),
+        distributions=dists,
+        values=[cand.accuracy] if budget_ms is not None else [cand.accuracy, cand.latency_ms],
+        user_attrs={**arch_attrs(cand.config, cand.latency_ms, cand.upper_ms), "acc_dev": cand.accuracy,
+                    "status": "evaluated"},
+        constraints=None if budget_ms is None else {CONSTRAINT_KEY: constraint_value(cand.upper_ms, budget_ms)},
+    )
+
+
 @dataclass
 class OptunaSearch:
     """The search loop around an Optuna sampler: study, anchors, ask / tell, resuming.
@@ -220,14 +330,6 @@ class OptunaSearch:
     def sampler(self, seed: int, n_evaluations: int) -> optuna.samplers.BaseSampler:
         """The seeded sampler of a search of ``n_evaluations`` evaluations."""
         raise NotImplementedError
-
-    def _metric_names(self) -> list[str]:
-        return ["acc_dev", "lat_pred_ms"] if self.multi_objective else ["acc_dev"]
-
-    def _directions(self) -> list[StudyDirection]:
-        if self.multi_objective:
-            return [StudyDirection.MAXIMIZE, StudyDirection.MINIMIZE]
-        return [StudyDirection.MAXIMIZE]
 
     def _values(self, acc: float, lat: float) -> list[float]:
         return [acc, lat] if self.multi_objective else [acc]
@@ -266,32 +368,9 @@ class OptunaSearch:
     def _open_study(
         self, space: SearchSpace, budget_ms: float | None, seed: int, n_evaluations: int
     ) -> optuna.Study:
-        study = optuna.create_study(
-            storage=self.storage,
-            study_name=self.study_name,
-            sampler=self.sampler(seed, n_evaluations),
-            directions=self._directions(),
-            load_if_exists=True,
-        )
-        # What the stored trials mean: resuming under another space, budget or method would
-        # mix incomparable accuracies and constraints, so it is refused instead.
-        meaning = {"method": self.name, "budget_ms": budget_ms, "space": space.to_dict()}
-        stored = study.user_attrs.get("hwnas")
-        if stored is None:
-            study.set_user_attr("hwnas", meaning)
-        elif stored != json.loads(json.dumps(meaning)):
-            raise ConfigError(
-                f"study {study.study_name!r} in {self.storage} was created for {stored}, not {meaning}; "
-                "use a new study name (or storage) for a different search"
-            )
-        if study.metric_names is None:
-            with warnings.catch_warnings():  # experimental since Optuna 3.2, still in 5.0
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                study.set_metric_names(self._metric_names())
-        for key, value in (self.study_attrs or {}).items():
-            if study.user_attrs.get(key) != value:
-                study.set_user_attr(key, value)
-        return study
+        return open_study(self.storage, self.study_name, method=self.name, budget_ms=budget_ms, space=space,
+                          multi_objective=self.multi_objective, sampler=self.sampler(seed, n_evaluations),
+                          study_attrs=self.study_attrs)
 
     def _replay(self, study: optuna.Study, archive: Archive) -> int:
         """Rebuild the history from finished trials; returns how many trials are finished.
@@ -327,10 +406,8 @@ class OptunaSearch:
         try:
             cfg = suggest_config(trial, space)
             lat, upper = predict(latency, [cfg])[0]
-            trial.set_user_attr("arch_json", cfg.to_json())
-            trial.set_user_attr("arch", cfg.describe())
-            trial.set_user_attr("lat_pred_ms", lat)
-            trial.set_user_attr("lat_upper_ms", upper)
+            for key, value in arch_attrs(cfg, lat, upper).items():
+                trial.set_user_attr(key, value)
             if budget_ms is not None:
                 trial.set_constraint(CONSTRAINT_KEY, constraint_value(upper, budget_ms))
             if not is_feasible(upper, budget_ms):

@@ -27,6 +27,7 @@ from nas.search import fastest_reachable
 from supernet.checks import check_int
 from supernet.errors import ConfigError
 from supernet.io import write_csv, write_json
+from supernet.parallel import Ranks
 from supernet.runfolder import RunFolder
 from supernet.train import StageConfig
 from supernet.workflow import RunSpec, evaluation_table, open_run, train_run, write_evaluation
@@ -50,6 +51,7 @@ class JobConfig:
     # Distillation from the teacher into the exported sub-network (None: none).
     finetune: StageConfig | None = field(default_factory=lambda: StageConfig(epochs=1.0, lr=2e-4))
     finetune_candidates: int = 2  # the search's pick and one more (``finetune_pool``)
+    train_device: str = "cpu"  # where the training and the fine-tuning run: cpu or cuda (``resolve_train_device``)
 
     def __post_init__(self) -> None:
         if not self.devices or not all(self.devices):
@@ -83,7 +85,7 @@ def main_job(out: str | Path, spec: RunSpec, job: JobConfig, *, progress: bool =
         log(f"[{name}] done in {times[name]:.0f} s")
 
     t0 = time.time()
-    train_run(out, spec, resume=RunFolder(out).spec.exists(), progress=progress)
+    train_run(out, spec, resume=RunFolder(out).spec.exists(), progress=progress, ranks=Ranks(device=job.train_device))
     run = open_run(out)
     table = evaluation_table(run)
     write_evaluation(run, table)
@@ -139,7 +141,7 @@ def main_job(out: str | Path, spec: RunSpec, job: JobConfig, *, progress: bool =
                           finetune=job.finetune, finetune_candidates=job.finetune_candidates,
                           # The budgets are points on this predictor's own scale, fitted
                           # minutes ago: scaling its predictions would move them.
-                          drift_tolerance=None)
+                          drift_tolerance=None, train_device=job.train_device)
     export_dir = run.paths.export(job.exported_on, budget)
     report = choose_and_export(run, targets[job.exported_on], export_dir, export, accuracy=acc, command=command)
     ft = report["finetuned"]

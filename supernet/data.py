@@ -167,6 +167,11 @@ def _padded_batches(
         }
 
 
+def to_device(batch: dict[str, torch.Tensor], device: torch.device | str) -> dict[str, torch.Tensor]:
+    """``batch`` with every tensor on ``device`` (the same tensors where they are there already)."""
+    return {k: v.to(device) for k, v in batch.items()}
+
+
 def length_stats(enc: Encoded) -> dict[str, float]:
     """Token-length statistics (special tokens included): count, mean, p50, p90, p95, max."""
     if len(enc) == 0:

@@ -47,16 +47,18 @@ def predict(
     model: ElasticBert, enc: Encoded, subnet: SubnetConfig | None = None, *, batch_size: int = 64,
     bf16: bool = False,
 ) -> np.ndarray:
-    """Logits (N, num_labels) in the order of ``enc``; ``bf16`` runs the forward under
-    bfloat16 autocast (weights stay fp32)."""
+    """Logits (N, num_labels) in the order of ``enc``, computed on the model's device;
+    ``bf16`` runs the forward under bfloat16 autocast (weights stay fp32)."""
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     out = np.zeros((len(enc), model.shape.num_labels), dtype=np.float32)
     try:
         for b in iterate_batches(enc, batch_size, shuffle=False, sort_by_length=True):
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                logits = model(b["input_ids"], b["attention_mask"], b["token_type_ids"], subnet=subnet).logits
-            out[b["index"].numpy()] = logits.float().numpy()
+            ids, mask, types = (b[k].to(device) for k in ("input_ids", "attention_mask", "token_type_ids"))
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                logits = model(ids, mask, types, subnet=subnet).logits
+            out[b["index"].numpy()] = logits.float().cpu().numpy()
     finally:
         model.train(was_training)
     return out

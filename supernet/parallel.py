@@ -20,8 +20,10 @@ former, but would decay the weights of the latter).
 
 Two ways to start the processes (``join``): ``hwnas train --nproc N`` on one machine (a file
 rendezvous and loopback sockets, ``launch``), or ``torchrun`` for several machines, which
-sets ``RANK``, ``WORLD_SIZE`` and ``MASTER_ADDR``/``MASTER_PORT``. The backend is gloo: the
-trainer runs on the CPU (NCCL needs the models and batches on the GPU, which it does not do).
+sets ``RANK``, ``WORLD_SIZE`` and ``MASTER_ADDR``/``MASTER_PORT``. Where the ranks train
+(``Ranks.device``, from ``--train-device``, ``resolve_train_device``): on the CPU they talk
+over gloo; on GPUs each rank takes ``cuda:LOCAL_RANK`` and they talk over NCCL, the
+gradients and losses summed as GPU tensors.
 """
 
 from __future__ import annotations
@@ -39,6 +41,9 @@ from supernet.errors import ConfigError
 if TYPE_CHECKING:  # torch is imported where it is used: the command line reads this module before --help
     import torch
 
+# What ``--train-device`` accepts; ``auto`` is cuda where torch sees a GPU, else cpu.
+TRAIN_DEVICES = ("auto", "cpu", "cuda")
+
 # Set by ``launch`` for the processes it starts: the rendezvous (``file://...``). Its presence
 # also tells a command that its parent holds the run folder's lock.
 INIT_ENV = "HWNAS_DIST_INIT"
@@ -46,10 +51,13 @@ INIT_ENV = "HWNAS_DIST_INIT"
 
 @dataclass(frozen=True)
 class Ranks:
-    """This process's place among the ranks of a data-parallel run (``world == 1``: alone)."""
+    """This process's place among the ranks of a data-parallel run (``world == 1``: alone),
+    and the device it trains on (``cpu``, ``cuda`` or ``cuda:N``): the models, the batches and
+    the tensors of the collectives live there."""
 
     rank: int = 0
     world: int = 1
+    device: str = "cpu"
 
     @property
     def main(self) -> bool:
@@ -77,7 +85,7 @@ class Ranks:
         import torch.distributed as dist
 
         params = list(model.parameters())
-        has = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=_device(params))
+        has = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=self.device)
         dist.all_reduce(has)
         used = [p for p, h in zip(params, has.tolist(), strict=True) if h > 0]
         if not used:
@@ -90,7 +98,7 @@ class Ranks:
             p.grad = flat[offset: offset + n].view_as(p).clone()
             offset += n
 
-    def mean(self, values: dict[str, float], weight: float, device: torch.device | None = None) -> dict[str, float]:
+    def mean(self, values: dict[str, float], weight: float) -> dict[str, float]:
         """Batch means of per-rank means (``weight``: this rank's share of the batch)."""
         if self.world == 1:
             return values
@@ -98,7 +106,7 @@ class Ranks:
         import torch.distributed as dist
 
         keys = sorted(values)
-        t = torch.tensor([values[k] * weight for k in keys], dtype=torch.float64, device=device)
+        t = torch.tensor([values[k] * weight for k in keys], dtype=torch.float64, device=self.device)
         dist.all_reduce(t)
         return dict(zip(keys, t.tolist(), strict=True))
 
@@ -113,8 +121,20 @@ class Ranks:
 SINGLE = Ranks()
 
 
-def _device(params: Sequence[torch.nn.Parameter]) -> torch.device | None:
-    return params[0].device if params else None
+def resolve_train_device(name: str) -> str:
+    """``--train-device`` as the device to train on: ``cpu`` or ``cuda`` (``auto``: cuda where
+    torch sees a GPU, else cpu); ConfigError for ``cuda`` without one."""
+    if name not in TRAIN_DEVICES:
+        raise ConfigError(f"the training device must be one of {', '.join(TRAIN_DEVICES)}, got {name!r}")
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--train-device cuda, but torch {torch.__version__} sees no GPU (torch.cuda.is_available() "
+                          "is False): train with --train-device cpu (or auto), or install a CUDA build of torch on a "
+                          "machine with an NVIDIA GPU")
+    return name
 
 
 def launched_rank() -> int:
@@ -131,23 +151,37 @@ def holds_parent_lock() -> bool:
     return INIT_ENV in os.environ or launched_rank() != 0
 
 
-def join() -> Ranks:
-    """Join the process group described by the environment (``launch`` or ``torchrun``), or
-    return ``SINGLE`` when there is none (no ``WORLD_SIZE``, or 1)."""
+def join(device: str = "cpu") -> Ranks:
+    """Join the process group described by the environment (``launch`` or ``torchrun``) to
+    train on ``device`` (``resolve_train_device``), or train alone there when there is none
+    (no ``WORLD_SIZE``, or 1). On cuda, each rank takes the GPU ``LOCAL_RANK`` and the ranks
+    talk over NCCL; on the CPU, over gloo."""
     try:
         world = int(os.environ.get("WORLD_SIZE", "1"))
         rank = int(os.environ.get("RANK", "0"))
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(local + 1)))
     except ValueError as e:
-        raise ConfigError(f"WORLD_SIZE and RANK must be whole numbers ({e})") from None
+        raise ConfigError(f"WORLD_SIZE, RANK, LOCAL_RANK and LOCAL_WORLD_SIZE must be whole numbers ({e})") from None
     if world <= 1:
-        return SINGLE
+        return Ranks(device=device)
     import torch.distributed as dist
 
+    backend, gpu = "gloo", None
+    if device == "cuda":
+        import torch
+
+        gpus = torch.cuda.device_count()
+        if max(local + 1, local_world) > gpus:  # checked by every rank alike, so rank 0 says it
+            raise ConfigError(f"{local_world} processes on this machine need as many GPUs (each trains on "
+                              f"cuda:LOCAL_RANK), but it has {gpus}: start at most one process per GPU")
+        device, backend, gpu = f"cuda:{local}", "nccl", torch.device("cuda", local)
+        torch.cuda.set_device(gpu)
     if not dist.is_initialized():
-        # gloo: training runs on the CPU (the models and batches stay there). NCCL becomes the
-        # backend to pick once the trainer moves them to ``cuda:LOCAL_RANK``.
-        dist.init_process_group("gloo", init_method=os.environ.get(INIT_ENV, "env://"), rank=rank, world_size=world)
-    return Ranks(rank, world)
+        # device_id binds NCCL's communicator (and its barriers) to this rank's GPU.
+        dist.init_process_group(backend, init_method=os.environ.get(INIT_ENV, "env://"), rank=rank, world_size=world,
+                                device_id=gpu)
+    return Ranks(rank, world, device)
 
 
 def leave(ranks: Ranks) -> None:
@@ -163,7 +197,8 @@ def launch(argv: Sequence[str], nproc: int, rendezvous_dir: str) -> int:
     """Run ``python -m nas.cli *argv`` as ``nproc`` ranks on this machine; the exit of the first rank that failed (the others are then stopped), else 0.
 
     The ranks meet through a file in ``rendezvous_dir`` and talk over loopback (gloo's
-    ``GLOO_SOCKET_IFNAME=lo`` unless set); each gets ``cores / nproc`` threads unless
+    ``GLOO_SOCKET_IFNAME=lo``, and NCCL's ``NCCL_SOCKET_IFNAME=lo`` for its bootstrap, unless
+    set); each gets ``cores / nproc`` threads unless
     ``OMP_NUM_THREADS`` is set."""
     init = os.path.join(os.path.abspath(rendezvous_dir), f"rendezvous-{os.getpid()}-{time.time_ns()}")
     threads = str(max(1, (os.cpu_count() or 1) // nproc))
@@ -172,6 +207,7 @@ def launch(argv: Sequence[str], nproc: int, rendezvous_dir: str) -> int:
         env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(nproc),
                "LOCAL_WORLD_SIZE": str(nproc), INIT_ENV: f"file://{init}"}
         env.setdefault("GLOO_SOCKET_IFNAME", "lo")
+        env.setdefault("NCCL_SOCKET_IFNAME", "lo")
         env.setdefault("OMP_NUM_THREADS", threads)
         procs.append(subprocess.Popen([sys.executable, "-m", "nas.cli", *argv], env=env))
     done: set[int] = set()

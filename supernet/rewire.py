@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from supernet.data import to_device
 from supernet.model import ElasticAttention, ElasticBert, ElasticFFN
 
 
@@ -25,19 +26,22 @@ def importance_scores(
     teacher_logits: bool = False,
     progress: bool = True,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Per-layer head scores (heads,) and neuron scores (ffn,) of the full model.
+    """Per-layer head scores (heads,) and neuron scores (ffn,) of the full model, on the CPU.
+    The batches run on the model's device.
 
     With ``teacher_logits`` the loss is the KL to the model's own predictions (no labels
     needed); otherwise cross-entropy with the batch labels.
     """
     was_training = model.training
     model.eval()
-    gates_h = [torch.ones(layer.attn.num_heads, requires_grad=True) for layer in model.encoder_layers]
-    gates_f = [torch.ones(layer.ffn.size, requires_grad=True) for layer in model.encoder_layers]
+    device = next(model.parameters()).device
+    gates_h = [torch.ones(layer.attn.num_heads, requires_grad=True, device=device) for layer in model.encoder_layers]
+    gates_f = [torch.ones(layer.ffn.size, requires_grad=True, device=device) for layer in model.encoder_layers]
     for layer, gh, gf in zip(model.encoder_layers, gates_h, gates_f, strict=True):
         layer.attn.head_gate, layer.ffn.neuron_gate = gh, gf
     try:
         for batch in tqdm(batches, desc="importance", disable=not progress, leave=False):
+            batch = to_device(batch, device)
             out = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
             if teacher_logits:
                 target = out.logits.detach().softmax(-1)
@@ -52,8 +56,8 @@ def importance_scores(
         model.train(was_training)
     zero_h = [torch.zeros_like(g) for g in gates_h]
     zero_f = [torch.zeros_like(g) for g in gates_f]
-    heads = [(g.grad if g.grad is not None else z).abs() for g, z in zip(gates_h, zero_h, strict=True)]
-    ffn = [(g.grad if g.grad is not None else z).abs() for g, z in zip(gates_f, zero_f, strict=True)]
+    heads = [(g.grad if g.grad is not None else z).abs().cpu() for g, z in zip(gates_h, zero_h, strict=True)]
+    ffn = [(g.grad if g.grad is not None else z).abs().cpu() for g, z in zip(gates_f, zero_f, strict=True)]
     return heads, ffn
 
 

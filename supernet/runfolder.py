@@ -31,7 +31,7 @@ the few library functions that own a file, such as a resumable log) take their p
       search/
         accuracy.csv          cached dev / test scores of every configuration evaluated
         DEVICE_BUDGET_METHOD.csv  each search's history (BUDGET: "5ms" or "front")
-        optuna.db             Optuna studies (tpe / nsga2), resumable
+        optuna.db             Optuna studies, one per search (tpe / nsga2: resumable)
         ray/                  Ray Tune's trial storage
       export/DEVICE_BUDGETms/ what `hwnas run` exports (`hwnas export --out` chooses its own)
       compare/              fronts.csv, hypervolume.csv, fronts.png

@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 from supernet import faults
 from supernet.checkpoint import load_model, save_model
 from supernet.checks import check_int, check_number, check_type
-from supernet.data import UNLABELED, Encoded, iterate_batches, num_batches
+from supernet.data import UNLABELED, Encoded, iterate_batches, num_batches, to_device
 from supernet.errors import CheckpointError, ConfigError
 from supernet.io import atomic_write, fsync_path, read_json, write_json
 from supernet.model import ElasticBert, EncoderOutput
@@ -199,6 +199,17 @@ def _optimizer(model: torch.nn.Module, stage: StageConfig, total: int) -> tuple[
     return opt, sched
 
 
+def _on_cpu(state: Any) -> Any:
+    """``state`` (tensors in nested dicts, lists and tuples) with every tensor on the CPU."""
+    if isinstance(state, torch.Tensor):
+        return state.cpu()
+    if isinstance(state, dict):
+        return {k: _on_cpu(v) for k, v in state.items()}
+    if isinstance(state, list | tuple):
+        return type(state)(_on_cpu(v) for v in state)
+    return state
+
+
 def labeled_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Cross-entropy over the labeled examples of a batch (``UNLABELED`` rows learn only by
     distillation); 0 for a batch without labels."""
@@ -255,6 +266,7 @@ def check_shareable(n_examples: int, batch_size: int, world: int) -> None:
 class StageRunner:
     """Runs one training stage with checkpoints under ``folder`` and resume support.
 
+    The batches go to the device of ``model``'s parameters (the caller places the model).
     With ``ranks`` of several processes (``supernet.parallel``), each step's batch is split
     among them and their gradients summed; only rank 0 writes checkpoints and metrics."""
 
@@ -285,6 +297,7 @@ class StageRunner:
         self.model.train()
         t0 = time.time()
         ranks = self.ranks
+        device = next(self.model.parameters()).device
         bar = tqdm(total=self.total, initial=step, desc=self.name, disable=not (self.progress and ranks.main),
                    dynamic_ncols=True)
         while step < self.total:
@@ -300,7 +313,7 @@ class StageRunner:
                     break
                 # Dropout, reproducible (and different on each rank, which sees other examples).
                 torch.manual_seed(self.cfg.seed * 1_000_003 + step + ranks.rank * 1_000_000_007)
-                shard = ranks.shard(batch)
+                shard = to_device(ranks.shard(batch), device)
                 weight = len(shard["labels"]) / len(batch["labels"])  # this rank's share of the batch
                 losses = step_fn(shard, step)
                 ranks.reduce_gradients(self.model, weight)
@@ -336,7 +349,8 @@ class StageRunner:
         ckpt, tmp, old = (self.folder / n for n in ("checkpoint", "checkpoint.tmp", "checkpoint.old"))
         shutil.rmtree(tmp, ignore_errors=True)
         self.write_weights(tmp, step)
-        state = {"step": step, "optimizer": opt.state_dict(), "scheduler": sched.state_dict()}
+        # On the CPU, so that a run trained on a GPU resumes anywhere (``_restore``).
+        state = {"step": step, "optimizer": _on_cpu(opt.state_dict()), "scheduler": sched.state_dict()}
         atomic_write(tmp / "trainer_state.pt", lambda p: torch.save(state, p))
         self.log.flush()
         shutil.rmtree(old, ignore_errors=True)
@@ -365,7 +379,7 @@ class StageRunner:
         if not (ckpt / "trainer_state.pt").exists():
             return 0
         try:
-            state = torch.load(ckpt / "trainer_state.pt", weights_only=True)  # no pickled code
+            state = torch.load(ckpt / "trainer_state.pt", weights_only=True, map_location="cpu")  # no pickled code
         except Exception as e:  # a torn or foreign file; torch's own advice (weights_only=False) would run its code
             raise CheckpointError(
                 f"cannot resume from {ckpt}: trainer_state.pt is not a trainer state written by hwnas "
@@ -469,8 +483,10 @@ def run_training(
     ``model`` is the pretrained starting point; the trained teacher lands in
     ``run_dir/teacher`` and the supernet in ``run_dir/supernet``. ``stop_after=(stage, step)``
     interrupts that stage after ``step`` steps (used by tests to simulate a crash). ``ranks``:
-    this process's place in a data-parallel run (``supernet.parallel``); every rank calls this
-    with the same arguments, rank 0 writes the files and the others wait for them.
+    this process's place in a data-parallel run (``supernet.parallel``) and the device it
+    trains on (``Ranks.device``: the models and batches go there, the checkpoints are written
+    from the CPU); every rank calls this with the same arguments, rank 0 writes the files and
+    the others wait for them.
     """
     cfg.validate()
     run = Path(run_dir)
@@ -481,6 +497,7 @@ def run_training(
     log = MetricsLog(paths.metrics)
     space = space or model.shape.search_space()
     main = ranks.main
+    device = torch.device(ranks.device)
     if main:
         write_json(paths.search_space, space.to_dict())
 
@@ -497,7 +514,7 @@ def run_training(
     # 1. teacher
     if "teacher" not in state["done"]:
         t0 = time.time()
-        runner = StageRunner("teacher", paths.teacher, model, splits["train"], cfg.teacher, cfg, log,
+        runner = StageRunner("teacher", paths.teacher, model.to(device), splits["train"], cfg.teacher, cfg, log,
                              progress=progress, stop_after=interrupt("teacher"), ranks=ranks)
         train_teacher(model, runner)
         if main:
@@ -505,15 +522,15 @@ def run_training(
         finish("teacher", time.time() - t0)  # first: a crash now must not retrain the stage
         if main:
             shutil.rmtree(paths.teacher / "checkpoint", ignore_errors=True)
-    teacher = load_model(paths.teacher)
+    teacher = load_model(paths.teacher).to(device)
 
     # 2. rewire (on train only)
     if "rewire" not in state["done"] and main:
         t0 = time.time()
         student = load_model(paths.teacher)
         batches = list(iterate_batches(splits["train"], cfg.batch_size, shuffle=True, seed=cfg.seed))
-        heads, ffn = importance_scores(student, batches[: cfg.importance_batches], progress=progress)
-        rewire(student, heads, ffn)
+        heads, ffn = importance_scores(student.to(device), batches[: cfg.importance_batches], progress=progress)
+        rewire(student.cpu(), heads, ffn)
         save_model(student, paths.rewired, {"stage": "rewired"})
         write_json(paths.importance, {"heads": [h.tolist() for h in heads], "ffn": [f.tolist() for f in ffn]})
         finish("rewire", time.time() - t0)
@@ -523,7 +540,7 @@ def run_training(
     # 3. supernet
     if "supernet" not in state["done"]:
         t0 = time.time()
-        student = load_model(paths.rewired)
+        student = load_model(paths.rewired).to(device)
         runner = StageRunner("supernet", paths.supernet, student, distill_split(splits), cfg.supernet, cfg, log,
                              progress=progress, stop_after=interrupt("supernet"), ranks=ranks)
         train_supernet(student, teacher, space, runner)
@@ -542,15 +559,18 @@ def distill_split(splits: dict[str, Encoded]) -> Encoded:
 
 
 def teacher_logits(teacher: ElasticBert, train: Encoded, batch_size: int = 64) -> torch.Tensor:
-    """The teacher's logits for every training example (N, C), in ``train``'s order.
+    """The teacher's logits for every training example (N, C), in ``train``'s order, on the
+    teacher's device.
 
     The teacher runs in eval mode, so its logits do not change between steps: computing them
     once lets several fine-tunings share them.
     """
-    out = torch.empty(len(train), teacher.shape.num_labels)
+    device = next(teacher.parameters()).device
+    out = torch.empty(len(train), teacher.shape.num_labels, device=device)
     teacher.eval()
     with torch.no_grad():
         for b in iterate_batches(train, batch_size, shuffle=False, sort_by_length=True):
+            b = to_device(b, device)
             out[b["index"]] = teacher(b["input_ids"], b["attention_mask"], b["token_type_ids"]).logits
     return out
 
@@ -586,6 +606,7 @@ def finetune_subnet(
     layer_weight: float = 0.0,
     progress: bool = True,
     stop_after: int | None = None,
+    device: str | torch.device = "cpu",
 ) -> tuple[ElasticBert, bool]:
     """Distil ``teacher`` into the extracted sub-network ``cfg`` (HAT's retraining step).
 
@@ -598,7 +619,9 @@ def finetune_subnet(
     teacher's logits for ``train`` (``teacher_logits``), so several fine-tunings can share
     them; called only when there is training to do. ``layer_weight`` > 0 adds layer-wise
     hidden-state distillation (``layer_loss``: each kept layer learns the teacher layer it
-    came from), at the cost of a teacher forward per step.
+    came from), at the cost of a teacher forward per step. ``device``: where it trains (the
+    sub-network, the batches, the teacher's logits, and for ``layer_weight`` the teacher,
+    moved there in place); the model comes back on the CPU, as a finished one is loaded.
     """
     from supernet.checkpoint import read_meta
     from supernet.extract import extract
@@ -621,14 +644,16 @@ def finetune_subnet(
     if (out / "shape.json").exists() and read_meta(out) == settings:
         return load_model(out), False
     write_json(plan, settings)
-    logits = targets() if targets is not None else teacher_logits(teacher, train)
+    layers = layer_weight > 0
+    if layers:  # a teacher forward every step: the teacher trains beside the model
+        teacher.to(device)
+    logits = (targets() if targets is not None else teacher_logits(teacher, train)).to(device)
     if logits.shape[0] != len(train):
         raise ConfigError(f"teacher logits cover {logits.shape[0]} examples, the training split has {len(train)}")
-    model.train()
+    model.to(device).train()
     log = MetricsLog(out / "metrics.csv")
     runner = StageRunner("finetune", out, model, train, stage, train_cfg, log, progress=progress, stop_after=stop_after)
 
-    layers = layer_weight > 0
     teacher.eval()
 
     def step_fn(batch: dict[str, torch.Tensor], step: int) -> dict[str, float]:
@@ -647,6 +672,6 @@ def finetune_subnet(
         return {"loss": loss.item(), **parts}
 
     runner.run(step_fn)
-    save_model(model.eval(), out, settings)
+    save_model(model.cpu().eval(), out, settings)
     shutil.rmtree(out / "checkpoint", ignore_errors=True)
     return model, True

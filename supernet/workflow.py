@@ -184,7 +184,8 @@ class LoadedRun:
         return int(round(length_stats(self.splits["dev"])["p50"]))
 
 
-def open_run(run_dir: str | Path) -> LoadedRun:
+def open_run(run_dir: str | Path, *, device: str = "cpu") -> LoadedRun:
+    """A trained run, its supernet on ``device`` (where its evaluator scores sub-networks)."""
     from transformers import AutoTokenizer
 
     run = Path(run_dir)
@@ -200,7 +201,7 @@ def open_run(run_dir: str | Path) -> LoadedRun:
     except Exception as e:  # transformers and tokenizers raise many types for a damaged folder
         raise CheckpointError(f"{paths.tokenizer} is not a readable tokenizer ({type(e).__name__}): copy it "
                               f"again from the model the run was trained from ({spec.model})") from None
-    supernet = load_model(paths.supernet)
+    supernet = load_model(paths.supernet).to(device)
     if spec.train.max_length > supernet.shape.max_length:
         raise CheckpointError(f"{paths.spec}: max_length {spec.train.max_length} is more than the supernet's "
                               f"{supernet.shape.max_length} positions: restore the run's settings")
@@ -233,7 +234,7 @@ def evaluation_table(run: LoadedRun, subnets: dict[str, SubnetConfig] | None = N
     subnets = subnets or named_subnets(run.space)
     length = run.typical_length
     rows = []
-    teacher = load_model(run.paths.teacher)
+    teacher = load_model(run.paths.teacher).to(next(run.supernet.parameters()).device)  # where the run scores
     full = run.space.largest()
     t_scores = {s: scores(predict(teacher, run.splits[s]), run.splits[s].labels) for s in ("dev", "test")}
     rows.append(_row("teacher", full, run, t_scores["dev"], t_scores["test"], length))

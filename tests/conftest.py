@@ -73,6 +73,22 @@ def tiny_hf_dir(tmp_path_factory: pytest.TempPathFactory, bundled_tokenizer) -> 
 
 
 @pytest.fixture(scope="session")
+def no_dropout_bert(tmp_path_factory: pytest.TempPathFactory, bundled_tokenizer) -> Path:
+    """A tiny random BERT (2 layers) without dropout: runs that split or place the work
+    differently (processes, devices) can then be compared weight for weight."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    d = tmp_path_factory.mktemp("tiny_bert_no_dropout")
+    cfg = BertConfig(vocab_size=bundled_tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
+                     num_attention_heads=4, intermediate_size=64, max_position_embeddings=128,
+                     initializer_range=0.2, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    torch.manual_seed(0)
+    BertForSequenceClassification(cfg).save_pretrained(str(d))
+    bundled_tokenizer.save_pretrained(str(d))
+    return d
+
+
+@pytest.fixture(scope="session")
 def job(tmp_path_factory: pytest.TempPathFactory, tiny_hf_dir: Path) -> Path:
     """The main job (`hwnas run`) on the tiny BERT: a trained, measured, fitted, searched run."""
     from nas.cli import main

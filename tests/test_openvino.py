@@ -120,3 +120,50 @@ def test_a_kit_for_an_openvino_device_is_timed_with_openvino(tmp_path: Path) -> 
     log = MeasurementLog(tmp_path / "cpu-openvino.csv")
     assert import_kit_csv(tmp_path / "kit" / "results.csv", model.shape, log, "cpu-openvino") == len(rows)
     assert (log.read()["runtime"] == "openvino").all()
+
+
+@needs_openvino
+def test_an_openvino_export_is_compared_with_the_stock_model_timed_by_openvino(
+    job: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every graph of an OpenVINO device's stock comparison (stock fp32 / ORT-optimized / INT8,
+    our full model, the export, its int8 twin) is opened with OpenVINO, and the report and the
+    model card name the runtime, so that a speed-up never mixes runtimes."""
+    import json
+
+    import latency.baselines as baselines
+    from latency.target import Target, target_timer
+    from nas.card import model_card
+    from nas.export import compare_with_stock, write_export
+    from nas.search import Candidate
+    from supernet.extract import extract
+    from supernet.workflow import open_run
+
+    opened: dict[str, str] = {}
+    real_open = baselines.open_onnx_runner
+
+    def spy(profile: DeviceProfile, path, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        opened[Path(path).name] = profile.runtime
+        return real_open(profile, path, *args, **kwargs)
+
+    monkeypatch.setattr(baselines, "open_onnx_runner", spy)
+    run = open_run(job)
+    cfg = run.space.uniform(width=0.5)
+    model = extract(run.supernet, cfg).eval()
+    target = Target.of(run, with_overrides(get_device("cpu-openvino"), **FAST))
+    written = write_export(run, target, tmp_path, Candidate(cfg, 0.5, 1.0, 1.1, True), model)
+    ours = baselines.onnx_logits(written["files"]["onnx"], run.splits["test"])
+    with target_timer(run, target) as timer:
+        got = compare_with_stock(run, timer, written["files"], "fp32", ours, 0.5, rounds=1)
+    assert got is not None
+    assert set(got["deployments"]) == {"stock-fp32", "stock-ort", "stock-int8", "ours-full", "ours", "ours-int8"}
+    assert all(r["p50_ms"] > 0 for r in got["deployments"].values())
+    assert set(opened.values()) == {"openvino"} and len(opened) == 6 and "model.onnx" in opened
+    assert got["speedup"]["runtime"] == "openvino"
+    # The card says what the comparison was timed with.
+    (export,) = list((job / "export").iterdir())
+    report = {**json.loads((export / "report.json").read_text()), "device": "cpu-openvino", "runtime": "openvino",
+              "speedup_vs_stock": got["speedup"]}
+    card = model_card(report, "hwnas export ...", remote_code=True)
+    assert "| device | `cpu-openvino`, timed with OpenVINO |" in card
+    assert "| against the stock model, same run, both timed with OpenVINO |" in card

@@ -42,20 +42,6 @@ ATOL = 1e-4
 NOISE_ONLY = ".attn.key.bias"  # zero gradient in exact arithmetic (module doc)
 
 
-@pytest.fixture(scope="module")
-def no_dropout_bert(tmp_path_factory: pytest.TempPathFactory, bundled_tokenizer) -> Path:
-    from transformers import BertConfig, BertForSequenceClassification
-
-    d = tmp_path_factory.mktemp("tiny_bert_no_dropout")
-    cfg = BertConfig(vocab_size=bundled_tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
-                     num_attention_heads=4, intermediate_size=64, max_position_embeddings=128,
-                     initializer_range=0.2, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    torch.manual_seed(0)
-    BertForSequenceClassification(cfg).save_pretrained(str(d))
-    bundled_tokenizer.save_pretrained(str(d))
-    return d
-
-
 def hwnas(*args: str, fault: str | None = None) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     env.pop("HWNAS_FAULT", None)

@@ -228,3 +228,53 @@ def test_an_int8_export_writes_the_quantized_graph_and_compares_both_precisions(
     assert "ours-int8" not in rows and set(got["logits"]) == {"ours-fp32", "stock-int8"}
     sp = got["speedup"]
     assert sp["precision"] == "int8" and "ours_fp32_vs_stock_int8" in sp and "ours_int8_vs_stock_int8" not in sp
+
+
+def _static_setup(tmp_path: Path) -> tuple[Path, list[dict[str, np.ndarray]], Encoded]:
+    from latency.measure import traffic_inputs
+    from latency.onnx_export import export_onnx
+    from supernet.extract import extract
+
+    small = extract(tiny_model(), SPACE.uniform(width=0.5)).eval()
+    enc = _examples(48)
+    return export_onnx(small, tmp_path / "fp32.onnx"), list(traffic_inputs(enc, 1, 16, seed=0).feeds), enc
+
+
+def test_static_int8_quantizes_the_weight_products_from_seeded_calibration(tmp_path: Path) -> None:
+    import onnx
+
+    from latency.baselines import onnx_logits
+    from latency.onnx_export import quantize_static_int8, weight_products
+
+    fp32, calib, enc = _static_setup(tmp_path)
+    a = quantize_static_int8(fp32, tmp_path / "a.onnx", calib)
+    graph = onnx.load(str(a)).graph
+    # QDQ around exactly the weight products (MatMul with a constant weight, Gemm); the
+    # attention products and everything else stay fp32.
+    dq_out = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+    products = [n for n in graph.node if n.op_type in ("MatMul", "Gemm")]
+    quantized = {n.name for n in products if n.input[0] in dq_out and n.input[1] in dq_out}
+    assert quantized == set(weight_products(onnx.load(str(fp32)).graph)) and len(quantized) < len(products)
+    # Scored by ONNX Runtime: close to fp32 but not it; the same inputs give the same scales.
+    ref, got = onnx_logits(fp32, enc), onnx_logits(a, enc)
+    assert not np.array_equal(got, ref) and np.abs(got - ref).max() < 0.25 * np.abs(ref).max() + 0.05
+    b = quantize_static_int8(fp32, tmp_path / "b.onnx", list(calib))
+    assert a.read_bytes() == b.read_bytes()
+    # A text's logits do not depend on what else is in its batch (fixed scales): batch 1 and
+    # batches of 8 agree; the graph keeps a node out by name when asked.
+    assert np.allclose(onnx_logits(a, enc, batch_size=1), onnx_logits(a, enc, batch_size=8), atol=1e-5)
+    head = [n for n in quantized if "classifier" in n]
+    c = quantize_static_int8(fp32, tmp_path / "c.onnx", calib, exclude=head, method="percentile")
+    kept = {n.name for n in onnx.load(str(c)).graph.node if n.op_type == "Gemm"}
+    assert set(head) <= kept
+
+
+def test_static_int8_refuses_an_unknown_method_or_no_calibration(tmp_path: Path) -> None:
+    from latency.onnx_export import quantize_static_int8
+
+    fp32, calib, _ = _static_setup(tmp_path)
+    with pytest.raises(ValueError, match=r"calibration method must be one of \['minmax'"):
+        quantize_static_int8(fp32, tmp_path / "x.onnx", calib, method="max")
+    with pytest.raises(ValueError, match="at least one calibration input"):
+        quantize_static_int8(fp32, tmp_path / "x.onnx", [])
+    assert not (tmp_path / "x.onnx").exists()

@@ -16,7 +16,14 @@ import optuna
 import pytest
 
 from nas.evolution import EvolutionSearch, select_parents
-from nas.optuna_search import OptunaSearch, decode, encode
+from nas.optuna_search import (
+    CONSTRAINT_KEY,
+    OptunaSearch,
+    decode,
+    distributions,
+    encode,
+    record_result,
+)
 from nas.search import (
     SEARCHERS,
     Candidate,
@@ -169,6 +176,52 @@ def test_optuna_search_resumes_from_sqlite(tmp_path) -> None:
     # A different budget under the same study name is refused, not mixed in.
     with pytest.raises(ConfigError, match="new study name"):
         searcher.search(SPACE, acc, ToyLatency(), budget_ms=3.0, n_evaluations=20, seed=0)
+
+
+def test_an_evolution_search_is_written_as_a_study_like_the_optuna_searchers(tmp_path) -> None:
+    """optuna-dashboard shows every method's searches alike: the evolution's evaluated
+    candidates become completed trials with TPE's parameters, distributions and attributes;
+    written again (a search run again), nothing is added twice."""
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    result, _ = run("evolution", budget_ms=BUDGET, n=12)
+    record_result(result, SPACE, storage=storage, study_name="evo", study_attrs={"device": "toy"})
+    study = optuna.load_study(study_name="evo", storage=storage)
+    assert study.metric_names == ["acc_dev"] and study.user_attrs["device"] == "toy"
+    assert study.user_attrs["hwnas"]["method"] == "evolution" and study.user_attrs["n_rejected"] == result.n_rejected
+    trials = study.trials
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * len(result.history) and len(trials) == 12
+    for t, c in zip(trials, result.history, strict=True):  # in evaluation order
+        assert decode(SPACE, t.params) == c.config and t.values == [c.accuracy]
+        assert t.user_attrs == {"arch_json": c.config.to_json(), "arch": c.config.describe(), "acc_dev": c.accuracy,
+                                "lat_pred_ms": c.latency_ms, "lat_upper_ms": c.upper_ms, "status": "evaluated"}
+        assert t.system_attrs[f"constraints:{CONSTRAINT_KEY}"] == pytest.approx(c.upper_ms - BUDGET)
+    assert study.best_trial.values == [result.best.accuracy]
+    # The same distributions as a TPE trial's, so that both kinds of study read alike.
+    tpe = make_searcher("tpe", storage=storage, study_name="tpe")
+    tpe.search(SPACE, toy_accuracy, ToyLatency(), budget_ms=BUDGET, n_evaluations=2, seed=0)
+    assert optuna.load_study(study_name="tpe", storage=storage).trials[0].distributions == distributions(SPACE)
+    assert trials[0].distributions == distributions(SPACE)
+    # Run again (the accuracy cache makes it cheap), then for more evaluations: only new trials.
+    record_result(result, SPACE, storage=storage, study_name="evo")
+    assert len(optuna.load_study(study_name="evo", storage=storage).trials) == 12
+    longer, _ = run("evolution", budget_ms=BUDGET, n=20)
+    record_result(longer, SPACE, storage=storage, study_name="evo")
+    keys = [decode(SPACE, t.params).key() for t in optuna.load_study(study_name="evo", storage=storage).trials]
+    assert len(keys) == len(set(keys)) == len({c.config.key() for c in result.history + longer.history})
+    # Another search under the same name is refused, not mixed in.
+    other, _ = run("random", budget_ms=BUDGET, n=4)
+    with pytest.raises(ConfigError, match="new study name"):
+        record_result(other, SPACE, storage=storage, study_name="evo")
+
+
+def test_a_whole_front_search_is_written_with_both_objectives(tmp_path) -> None:
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    result, _ = run("random", budget_ms=None, n=8)
+    study = record_result(result, SPACE, storage=storage, study_name="front")
+    assert study.metric_names == ["acc_dev", "lat_pred_ms"]
+    assert [t.values for t in study.trials] == [[c.accuracy, c.latency_ms] for c in result.history]
+    front = {decode(SPACE, t.params).key() for t in study.best_trials}
+    assert front == set(result.front()["arch_key"])
 
 
 @dataclass

@@ -1,0 +1,321 @@
+"""Early exit as a searched dimension: the most accurate (sub-network, exit policy) under a
+latency budget on a device (`hwnas early-exit --budget-ms B --device D`).
+
+A candidate is a sub-network and an exit policy (criterion and threshold, or ``static``: no
+exit heads, one graph). The steps, each a function returning values (``ExitSearch`` writes
+them):
+
+1. ``front_pool``: the sub-networks of the run's static search on the device (its search
+   histories' dev scores and the device's predicted latency), on their Pareto front, thinned
+   evenly to a few, and the largest sub-network (a budgeted search seldom reaches it, and its
+   exits are the most accurate ones);
+2. ``cached_exit_logits``: every exit's logits on dev and test for each of them, one pass per
+   split, kept in ``out/logits/`` by sub-network and heads, so a second call scores nothing;
+3. ``candidate_table``: every policy of every sub-network scored from those logits (dev for
+   the choice, test for the report) and its latency statistic estimated without timing the
+   sub-network: a per-layer cost table from the device's predictor applied to the depth-k
+   prefixes of the sub-network plus the exit head's measured cost
+   (``latency.early_exit.predicted_segment_ms``), summed to each dev input's exit; the static
+   rows are the predictor's own figure for the whole sub-network;
+4. ``choose``: on dev only, the most accurate candidate whose estimated statistic meets the
+   budget (the faster of equals);
+5. ``exit_fronts``: the Pareto front of the static rows and of all rows (static + exit);
+6. the chosen one exported and measured by ``nas.early_exit.EarlyExitStudy`` at its policy,
+   and the search's prediction set beside the measurement in ``report.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from latency.early_exit import (
+    LatencyModel,
+    default_policies,
+    head_cost_ms,
+    policy_table,
+    predicted_segment_ms,
+)
+from latency.target import PredictedLatency, Target
+from nas.export import ImpossibleBudget
+from nas.pareto import pareto_front
+from supernet.errors import ConfigError
+from supernet.exits import ExitHeads, exit_histogram, exit_layers, load_exits, predict_exits
+from supernet.io import atomic_write, write_csv, write_json
+from supernet.space import SubnetConfig
+from supernet.train import weights_sha1
+from supernet.workflow import LoadedRun
+
+STATS = ("p50", "p90", "mean")
+STATIC = "static"  # the criterion of a candidate without exits (one graph, no heads)
+
+
+def front_pool(run: LoadedRun, target: Target, latency: LatencyModel, limit: int, *,
+               include_largest: bool = True) -> list[SubnetConfig]:
+    """The fp32 sub-networks the run's searches on ``target``'s device scored (their dev
+    score as the search had it), on the front of dev score vs ``latency``'s prediction,
+    thinned evenly to at most ``limit``, fastest first; then the largest sub-network."""
+    device = target.profile.name
+    seen: dict[str, tuple[SubnetConfig, float]] = {}
+    for f in run.paths.search_histories():
+        try:
+            frame = pd.read_csv(f)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{f} (a search history) is unreadable ({str(e).strip()}): delete it, or search "
+                              "again to rewrite it") from None
+        if not {"arch_json", "acc_dev", "device"} <= set(frame.columns):
+            continue
+        for j, acc in zip(frame.loc[frame["device"] == device, "arch_json"],
+                          frame.loc[frame["device"] == device, "acc_dev"], strict=True):
+            try:
+                cfg = SubnetConfig.from_dict(json.loads(str(j)))
+                if cfg.int8:  # early exit runs fp32 sub-networks
+                    continue
+                run.space.validate(cfg)
+            except ValueError as e:  # ConfigError is a ValueError; so is a JSON error
+                raise ConfigError(f"{f}: arch_json {j} is not a sub-network of this run ({e}): delete the file, "
+                                  "or search again to rewrite it") from None
+            if np.isfinite(acc):
+                seen.setdefault(cfg.key(), (cfg, float(acc)))
+    if not seen:
+        raise ConfigError(f"no search of {run.folder} on device {device!r} to take candidates from: search first "
+                          f"(`hwnas search --run {run.folder} --device {device} --budget-ms B`)")
+    cfgs = [c for c, _ in seen.values()]
+    frame = pd.DataFrame({"i": range(len(cfgs)), "acc_dev": [a for _, a in seen.values()],
+                          "lat_ms": [p for p, _ in latency.predict(cfgs)]})
+    front = pareto_front(frame, acc_col="acc_dev", lat_col="lat_ms").reset_index(drop=True)
+    idx = np.unique(np.linspace(0, len(front) - 1, min(len(front), limit)).round().astype(int))
+    pool = [cfgs[int(i)] for i in front["i"].iloc[idx]]
+    largest = run.space.largest()
+    if include_largest and largest.key() not in {c.key() for c in pool}:
+        pool.append(largest)  # the static front's far end, and the exits' best reach (a budgeted search rarely has it)
+    return pool
+
+
+def cached_exit_logits(run: LoadedRun, heads: ExitHeads, cfg: SubnetConfig, folder: Path) -> dict[str, np.ndarray]:
+    """Every exit's logits of ``cfg`` on dev and test (exits, N, C), kept in
+    ``folder/KEY-KIND-HEADS.npz`` (plain arrays) and read from there when present."""
+    path = folder / f"{cfg.key()}-{heads.kind}-{weights_sha1(heads)[:12]}.npz"
+    if path.exists():
+        with np.load(path, allow_pickle=False) as z:
+            return {s: z[s] for s in ("dev", "test")}
+    logits = {s: predict_exits(run.supernet, heads, run.splits[s], cfg) for s in ("dev", "test")}
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.savez would add ".npz" to a path
+            np.savez(f, dev=logits["dev"], test=logits["test"])
+
+    atomic_write(path, write)
+    return logits
+
+
+def candidate_table(
+    cfg: SubnetConfig,
+    logits: dict[str, np.ndarray],
+    labels: dict[str, np.ndarray],
+    segment_ms: np.ndarray,
+    static_ms: float,
+    *,
+    stat: str = "p50",
+    metric: str = "accuracy",
+    policies: Sequence[tuple[str, float]] | None = None,
+) -> pd.DataFrame:
+    """One sub-network's candidates: its static row (latency ``static_ms``, the predictor's
+    figure for the whole sub-network as one graph) and a row per exit policy (latency: the
+    ``stat`` over the dev inputs of the cost up to each one's exit, from the per-layer cost
+    table ``segment_ms``). ``lat_ms`` is the column a budget applies to; scores in points."""
+    if stat not in STATS:
+        raise ConfigError(f"--budget-stat must be one of {', '.join(STATS)}, got {stat!r}")
+    n = len(segment_ms)
+    table = policy_table(logits, labels, segment_ms, policies or default_policies(n), metric)
+    table["lat_ms"] = table[f"est_{stat}_ms_dev"]
+    never = table[(table.criterion == "entropy") & (table.threshold == 0.0)]
+    static: dict[str, Any] = {"criterion": STATIC, "threshold": np.nan, "lat_ms": static_ms}
+    for split in logits:
+        static[f"{metric}_{split}"] = float(never[f"{metric}_{split}"].iloc[0]) if len(never) else np.nan
+        static[f"layers_{split}"] = float(n)
+    table = pd.concat([pd.DataFrame([static]), table], ignore_index=True)
+    table.insert(0, "arch_key", cfg.key())
+    table.insert(1, "arch", cfg.describe())
+    table["arch_json"] = cfg.to_json()
+    return table
+
+
+def choose(table: pd.DataFrame, budget_ms: float, metric: str = "accuracy") -> pd.Series:
+    """The most accurate candidate on dev whose ``lat_ms`` meets ``budget_ms``; among equals,
+    the fastest. ``ImpossibleBudget`` when none does."""
+    ok = table[table["lat_ms"] <= budget_ms]
+    if ok.empty:
+        raise ImpossibleBudget(f"no candidate meets {budget_ms:g} ms (the fastest is estimated at "
+                               f"{table['lat_ms'].min():.3g} ms): give a larger --budget-ms")
+    return ok.sort_values([f"{metric}_dev", "lat_ms"], ascending=[False, True], kind="mergesort").iloc[0]
+
+
+def exit_fronts(table: pd.DataFrame, metric: str = "accuracy") -> pd.DataFrame:
+    """The dev-accuracy / estimated-latency fronts: ``static`` (static rows only) and
+    ``static+exit`` (every row), stacked with a ``front`` column, fastest first."""
+    static = table[table.criterion == STATIC]
+    parts = [pareto_front(static, acc_col=f"{metric}_dev", lat_col="lat_ms").assign(front="static"),
+             pareto_front(table, acc_col=f"{metric}_dev", lat_col="lat_ms").assign(front="static+exit")]
+    return pd.concat(parts, ignore_index=True)
+
+
+def plot_front(fronts: pd.DataFrame, chosen: pd.Series, budget_ms: float, stat: str, path: Path,
+               metric: str = "accuracy") -> Path:
+    """Both fronts on one pair of axes: dev score (filled, steps) and test score (hollow) vs
+    the estimated latency statistic; the budget dotted, the choice starred."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.2, 4.4))
+    for name, g in fronts.groupby("front", sort=False):
+        line = ax.plot(g["lat_ms"], g[f"{metric}_dev"], marker="o", ms=4, drawstyle="steps-post", label=f"{name} (dev)")
+        ax.scatter(g["lat_ms"], g[f"{metric}_test"], facecolors="none", edgecolors=line[0].get_color(), s=24,
+                   label=f"{name} (test)")
+    ax.scatter([chosen["lat_ms"]], [chosen[f"{metric}_dev"]], marker="*", s=160, color="black", zorder=5,
+               label="chosen (dev)")
+    ax.axvline(budget_ms, color="grey", ls=":", lw=1)
+    ax.set_xlabel(f"{stat} latency per input, ms (estimated from the predictor; dotted: budget)")
+    ax.set_ylabel(f"{metric} (points)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    atomic_write(path, lambda p: fig.savefig(p, dpi=120, format="png"))
+    plt.close(fig)
+    return path
+
+
+def plot_histogram(hist: dict[str, Sequence[float]], title: str, path: Path) -> Path:
+    """Share of inputs leaving at each exit, one bar group per split."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.0, 3.4))
+    width = 0.8 / max(1, len(hist))
+    for k, (split, h) in enumerate(hist.items()):
+        x = np.arange(1, len(h) + 1) + (k - (len(hist) - 1) / 2) * width
+        ax.bar(x, h, width=width, label=split)
+    ax.set_xlabel("exit (layer of the sub-network)")
+    ax.set_ylabel("share of inputs")
+    ax.set_title(title, fontsize=7)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    atomic_write(path, lambda p: fig.savefig(p, dpi=120, format="png"))
+    plt.close(fig)
+    return path
+
+
+@dataclass
+class ExitSearch:
+    """``hwnas early-exit --budget-ms``: the steps of the module doc on one run, device and
+    kind of exit heads, writing into ``out``."""
+
+    run: LoadedRun
+    target: Target
+    kind: str
+    out: Path
+    candidates: int = 12
+
+    def __post_init__(self) -> None:
+        if self.target.stat not in STATS:
+            raise ConfigError(f"--budget-stat must be one of {', '.join(STATS)} for early exit, got {self.target.stat!r}")
+        self.heads = load_exits(self.run.paths.exits(self.kind))
+        self.latency = PredictedLatency.of(self.run.folder, self.target)
+
+    @property
+    def labels(self) -> dict[str, np.ndarray]:
+        return {s: self.run.splits[s].labels for s in ("dev", "test")}
+
+    def head_ms(self, n: int = 200) -> float:
+        """The exit head's cost on the device, timed on the first ``n`` dev inputs' lengths."""
+        lengths = [len(x) for x in self.run.splits["dev"].input_ids[:n]]
+        return head_cost_ms(self.heads, lengths, threads=self.target.profile.threads)
+
+    def table(self, pool: Sequence[SubnetConfig], head_ms: float, progress: bool = True) -> pd.DataFrame:
+        """Every candidate of every sub-network in ``pool`` (``candidate_table``), stacked."""
+        parts = []
+        static = [p for p, _ in self.latency.predict(list(pool))]
+        for k, (cfg, static_ms) in enumerate(zip(pool, static, strict=True)):
+            if progress:
+                print(f"  [{k + 1}/{len(pool)}] {cfg.describe()}: exit logits on dev and test", flush=True)
+            logits = cached_exit_logits(self.run, self.heads, cfg, self.out / "logits")
+            seg = predicted_segment_ms(self.latency, cfg, head_ms)
+            t = candidate_table(cfg, logits, self.labels, seg, static_ms, stat=self.target.stat,
+                                metric=self.run.task.metric)
+            t["segment_ms_pred"] = "/".join(f"{x:.4f}" for x in seg)
+            parts.append(t)
+        return pd.concat(parts, ignore_index=True)
+
+    def run_all(self, budget_ms: float, *, n_cost: int, n_time: int | None, rounds: int,
+                progress: bool = True) -> dict[str, Any]:
+        """Every step; the chosen candidate exported and measured in ``out`` (``runner/``,
+        ``report.json``), ``candidates.csv``, ``front.csv``, ``front.png``,
+        ``exit_histogram.png``. Returns the report."""
+        from nas.early_exit import EarlyExitStudy
+
+        metric, stat = self.run.task.metric, self.target.stat
+        pool = front_pool(self.run, self.target, self.latency, self.candidates)
+        head_ms = self.head_ms()
+        table = self.table(pool, head_ms, progress)
+        chosen = choose(table, budget_ms, metric)
+        static_rows = table[table.criterion == STATIC]
+        best_static = choose(static_rows, budget_ms, metric) if (static_rows.lat_ms <= budget_ms).any() else None
+        fronts = exit_fronts(table, metric)
+        self.out.mkdir(parents=True, exist_ok=True)
+        write_csv(self.out / "candidates.csv", table)
+        write_csv(self.out / "front.csv", fronts)
+        plot_front(fronts, chosen, budget_ms, stat, self.out / "front.png", metric)
+
+        cfg = SubnetConfig.from_dict(json.loads(str(chosen.arch_json)))
+        policy = ("entropy", 0.0) if chosen.criterion == STATIC else (str(chosen.criterion), float(chosen.threshold))
+        study = EarlyExitStudy(self.run, self.kind, cfg, self.out, threads=self.target.profile.threads)
+        study.logits = cached_exit_logits(self.run, self.heads, cfg, self.out / "logits")
+        _, report = study.run_all(max_loss=0.0, n_cost=n_cost, n_time=n_time, rounds=rounds, policy=policy)
+
+        seg_pred = np.array([float(x) for x in str(chosen.segment_ms_pred).split("/")])
+        dev_layers = exit_layers(study.logits["dev"], *policy)
+        measured_cum = np.cumsum(study.dev_segments, axis=1)  # (N, exits): each dev input, all layers run
+        measured_table = measured_cum.mean(0) if stat == "mean" else np.percentile(measured_cum, int(stat[1:]), axis=0)
+        measured = report["early_exit"]["measured_test"] if chosen.criterion != STATIC else report["static"]["measured_test"]
+        static_pred = float(self.latency.predict([cfg])[0][0])
+        drift = report["static"]["measured_test"][f"{stat}_ms"] / static_pred
+        report["search"] = {
+            "device": self.target.profile.name, "target": self.target.describe(), "budget_ms": budget_ms,
+            "budget_stat": stat, "exit_kind": self.kind, "candidates": len(table), "subnetworks": len(pool),
+            "chosen": {"arch": cfg.describe(), "criterion": str(chosen.criterion),
+                       "threshold": None if chosen.criterion == STATIC else float(chosen.threshold),
+                       f"{metric}_dev": float(chosen[f"{metric}_dev"]), f"{metric}_test": float(chosen[f"{metric}_test"]),
+                       "layers_dev": float(chosen.layers_dev), f"predicted_{stat}_ms": float(chosen.lat_ms),
+                       f"measured_{stat}_ms_test": measured[f"{stat}_ms"],
+                       "measured_over_predicted": measured[f"{stat}_ms"] / float(chosen.lat_ms),
+                       "measured_over_predicted_drift_corrected": measured[f"{stat}_ms"] / (float(chosen.lat_ms) * drift)},
+            "best_static_under_budget": None if best_static is None else {
+                "arch": str(best_static.arch), f"{metric}_dev": float(best_static[f"{metric}_dev"]),
+                f"{metric}_test": float(best_static[f"{metric}_test"]), f"predicted_{stat}_ms": float(best_static.lat_ms)},
+            "head_ms": head_ms,
+            "device_drift": {"static_measured_over_predicted": drift, "note": "the chosen sub-network as one graph, "
+                             "measured on test now / the device predictor's figure; > 1: the device runs slower today"},
+            "per_layer_cost": {
+                "note": f"cumulative cost of leaving at each exit (ms): predicted from the predictor's depth-k prefixes "
+                        f"+ exit heads, vs the {stat} over {len(measured_cum)} dev inputs of the exported runner's "
+                        "segment times (every layer run)",
+                "predicted_cumulative_ms": np.cumsum(seg_pred).round(4).tolist(),
+                "measured_cumulative_ms": measured_table.round(4).tolist(),
+                "measured_over_predicted": (measured_table / np.cumsum(seg_pred)).round(3).tolist()},
+            "dev_exit_histogram": exit_histogram(dev_layers, len(seg_pred)).round(4).tolist(),
+        }
+        write_json(self.out / "report.json", report)
+        hist = {"dev": report["search"]["dev_exit_histogram"], "test": report["early_exit"]["test_exit_histogram"]}
+        plot_histogram(hist, f"{cfg.describe()}\n{policy[0]} {policy[1]:g}", self.out / "exit_histogram.png")
+        return report

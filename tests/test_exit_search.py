@@ -1,0 +1,182 @@
+"""Early exit as a searched dimension (nas/exit_search.py): the per-layer cost from a device's
+predictor on the sub-network's prefixes, the choice under a budget, the fronts, and the command."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conftest import tiny_model
+from latency.early_exit import estimate_latency, predicted_segment_ms, prefix
+from nas.exit_search import STATIC, candidate_table, choose, exit_fronts
+from nas.export import ImpossibleBudget
+from supernet.data import Encoded
+from supernet.exits import ExitHeads, exit_layers, predict_exits
+from supernet.space import SubnetConfig
+
+# 4 layers, the second skipped, tokens dropped three times.
+SUBNET = SubnetConfig((4, 0, 4, 3), (64, 0, 64, 48), (True, False, True, True), (0.8, 0.8, 0.6, 0.5))
+
+
+class FakeLatency:
+    """A device whose latency is 1 ms (embeddings) + 0.5 ms per head + 0.01 ms per neuron of
+    each kept layer; records what it was asked."""
+
+    def __init__(self) -> None:
+        self.asked: list[SubnetConfig] = []
+
+    def predict(self, configs: list[SubnetConfig]) -> list[tuple[float, float]]:
+        self.asked += configs
+        out = []
+        for c in configs:
+            ms = 1.0 + sum(0.5 * c.heads[i] + 0.01 * c.ffn[i] for i in c.kept_layers)
+            out.append((ms, 1.2 * ms))
+        return out
+
+
+def test_prefixes_are_the_layers_an_early_input_runs() -> None:
+    space = tiny_model(layers=4).shape.search_space(min_layers=1)
+    p1, p2, p3 = (prefix(SUBNET, k) for k in (1, 2, 3))
+    assert p1.kept_layers == [0] and p2.kept_layers == [0, 2] and p3 == SUBNET
+    for p in (p1, p2, p3):
+        space.validate(p)  # a skipped tail carries the last retention: no drop is invented
+    assert p1.drops == {0: 0.8} and p2.drops == {0: 0.8, 2: 0.6}
+    with pytest.raises(ValueError, match="1..3"):
+        prefix(SUBNET, 4)
+
+
+def test_latency_estimate_from_prefix_predictions_on_a_fake_cost_table() -> None:
+    lat = FakeLatency()
+    head = 0.25
+    seg = predicted_segment_ms(lat, SUBNET, head)
+    # Prefix costs: 1 + 2.64 = 3.64; + 2.64 = 6.28; + 1.98 = 8.26; each later exit adds a head.
+    np.testing.assert_allclose(np.cumsum(seg), [3.64, 6.28 + head, 8.26 + 2 * head])
+    assert [c.kept_layers for c in lat.asked] == [[0], [0, 2], [0, 2, 3]]
+    # Inputs leaving at exits 1, 1, 2, 3: costs 3.64, 3.64, 6.53, 8.76.
+    est = estimate_latency(seg, np.array([0, 0, 1, 2]))
+    assert est["mean_ms"] == pytest.approx((3.64 * 2 + 6.53 + 8.76) / 4)
+    assert est["p50_ms"] == pytest.approx((3.64 + 6.53) / 2)
+    # Never exiting costs the whole sub-network and every head but the last (its final classifier).
+    assert estimate_latency(seg, np.array([2]))["p50_ms"] == pytest.approx(lat.predict([SUBNET])[0][0] + 2 * head)
+
+
+def test_a_predictor_that_calls_a_longer_prefix_cheaper_is_held_level() -> None:
+    class Dipping:
+        def predict(self, configs: list[SubnetConfig]) -> list[tuple[float, float]]:
+            return [(float(x), float(x)) for x in (3.0, 2.0, 4.0)[: len(configs)]]
+
+    seg = predicted_segment_ms(Dipping(), SUBNET, 0.0)
+    np.testing.assert_allclose(np.cumsum(seg), [3.0, 3.0, 4.0])
+    assert (seg >= 0).all()
+
+
+def _data(n: int, seed: int) -> Encoded:
+    rng = np.random.default_rng(seed)
+    ids = [[2, *rng.integers(5, 120, size=int(k)).tolist()] for k in rng.integers(3, 14, size=n)]
+    return Encoded(ids, [[0] * len(x) for x in ids], np.array([int(7 in x) for x in ids], dtype=np.int64))
+
+
+def _tiny_candidates() -> tuple[pd.DataFrame, dict[str, dict[str, np.ndarray]], dict[str, np.ndarray]]:
+    """Three sub-networks of a tiny model with confident random heads, every policy scored,
+    the latency from FakeLatency's prefixes."""
+    model = tiny_model(layers=4)
+    torch.manual_seed(1)
+    heads = ExitHeads.for_model(model, "mean").eval()
+    with torch.no_grad():
+        for p in heads.parameters():
+            if p.ndim == 2:
+                p.normal_(0, 1.0)
+    splits = {"dev": _data(60, 0), "test": _data(40, 1)}
+    labels = {s: e.labels for s, e in splits.items()}
+    space = model.shape.search_space(min_layers=2)
+    lat = FakeLatency()
+    parts, logits_of, segs = [], {}, {}
+    for cfg in (space.largest(), SUBNET, space.smallest()):
+        logits = {s: predict_exits(model, heads, e, cfg) for s, e in splits.items()}
+        logits_of[cfg.key()] = logits
+        seg = segs[cfg.key()] = predicted_segment_ms(lat, cfg, 0.25)
+        parts.append(candidate_table(cfg, logits, labels, seg, lat.predict([cfg])[0][0]))
+    return pd.concat(parts, ignore_index=True), logits_of, segs
+
+
+def test_the_search_picks_the_most_accurate_candidate_under_the_budget() -> None:
+    table, logits_of, segs = _tiny_candidates()
+    assert set(table.criterion) == {STATIC, "entropy", "patience"}
+    # The static row answers with the final classifier on every input, at the predictor's figure.
+    for key, logits in logits_of.items():
+        row = table[(table.arch_key == key) & (table.criterion == STATIC)].iloc[0]
+        final = logits["dev"][-1].argmax(-1)
+        assert row.accuracy_dev == pytest.approx(100 * float((final == _data(60, 0).labels).mean()))
+    lo, hi = table.lat_ms.min(), table.lat_ms.max()
+    for budget in np.linspace(lo, hi, 7):
+        got = choose(table, float(budget))
+        ok = table[table.lat_ms <= budget]
+        assert got.lat_ms <= budget
+        assert got.accuracy_dev == ok.accuracy_dev.max()
+        assert got.lat_ms == ok[ok.accuracy_dev == ok.accuracy_dev.max()].lat_ms.min()
+        # Its estimate is what its policy's exits on dev cost.
+        if got.criterion != STATIC:
+            layers = exit_layers(logits_of[got.arch_key]["dev"], got.criterion, float(got.threshold))
+            assert got.layers_dev == pytest.approx(float(layers.mean() + 1))
+            assert got.lat_ms == pytest.approx(estimate_latency(segs[got.arch_key], layers)["p50_ms"])
+    with pytest.raises(ImpossibleBudget, match="larger --budget-ms"):
+        choose(table, float(lo) * 0.99)
+
+
+def test_choice_by_hand_and_the_fronts() -> None:
+    table = pd.DataFrame({
+        "arch_key": ["a", "a", "b", "b", "c"],
+        "criterion": [STATIC, "entropy", STATIC, "entropy", STATIC],
+        "threshold": [np.nan, 0.5, np.nan, 0.9, np.nan],
+        "accuracy_dev": [80.0, 79.0, 70.0, 79.0, 60.0],
+        "accuracy_test": [79.0, 78.0, 71.0, 77.0, 61.0],
+        "lat_ms": [10.0, 4.0, 5.0, 3.0, 1.0],
+    })
+    assert choose(table, 10).arch_key == "a" and choose(table, 10).criterion == STATIC
+    pick = choose(table, 4.5)  # 79 at 4 ms and 79 at 3 ms: the faster
+    assert (pick.arch_key, pick.criterion, pick.lat_ms) == ("b", "entropy", 3.0)
+    assert choose(table, 2).arch_key == "c"
+    fronts = exit_fronts(table)
+    static = fronts[fronts.front == "static"]
+    both = fronts[fronts.front == "static+exit"]
+    assert list(static.lat_ms) == [1.0, 5.0, 10.0]
+    assert list(both.lat_ms) == [1.0, 3.0, 10.0]
+
+
+def test_command_searches_exports_and_reports(job, tmp_path, capsys) -> None:
+    import json
+    import shutil
+
+    from nas.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(job, run, ignore=shutil.ignore_patterns("run.lock"))
+    out = tmp_path / "ees"
+    base = ["early-exit", "--run", str(run), "--out", str(out)]
+    # Bad combinations: one line each, status 2, nothing written.
+    for extra, said in ((["--budget-ms", "5"], "--device"), (["--budget-ms", "5", "--device", "cpu", "--subnet", "x.json"],
+                        "two modes"), (["--device", "cpu"], "--budget-ms too"),
+                        (["--budget-ms", "5", "--device", "cpu", "--threads", "1"], "--threads")):
+        assert main([*base, *extra]) == 2
+        assert said in capsys.readouterr().err
+    assert not out.exists()
+    assert main(["exits", "--run", str(run), "--epochs", "0.5", "--quiet"]) == 0
+    small = ["--n-cost", "8", "--n-time", "12", "--rounds", "1", "--candidates", "2", "--quiet"]
+    assert main([*base, "--budget-ms", "0.0001", "--device", "cpu", *small]) == 2
+    assert "larger --budget-ms" in capsys.readouterr().err
+    assert main([*base, "--budget-ms", "1000", "--device", "cpu", *small]) == 0
+    table = pd.read_csv(out / "candidates.csv")
+    report = json.loads((out / "report.json").read_text())
+    s = report["search"]
+    assert s["chosen"]["accuracy_dev"] == table.accuracy_dev.max()  # everything fits 1000 ms
+    assert s["chosen"]["predicted_p50_ms"] <= 1000 and s["chosen"]["measured_p50_ms_test"] > 0
+    assert len(s["per_layer_cost"]["predicted_cumulative_ms"]) == len(s["per_layer_cost"]["measured_cumulative_ms"])
+    assert abs(sum(report["early_exit"]["test_exit_histogram"]) - 1) < 1e-6
+    fronts = pd.read_csv(out / "front.csv")
+    assert set(fronts.front) == {"static", "static+exit"}
+    for name in ("front.png", "exit_histogram.png", "runner/manifest.json", "runner/exit_runner.py"):
+        assert (out / name).is_file()
+    n_cached = len(list((out / "logits").glob("*.npz")))
+    assert n_cached == table.arch_key.nunique()
