@@ -167,6 +167,19 @@ def quantize_subnet(src: str | Path, out: str | Path) -> Path:
     return quantize_int8(src, out, per_channel=True)
 
 
+@contextlib.contextmanager
+def _quiet_quantizer() -> Iterator[None]:
+    """ONNX Runtime's quantizers log their advice (pre-process the graph first, for static
+    quantization) to the root logger: not for users here. Errors still show."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
 def quantize_int8(src: str | Path, out: str | Path, *, per_channel: bool = False, exclude: Sequence[str] = ()) -> Path:
     """Dynamic INT8 quantization of an ONNX graph (ONNX Runtime's ``quantize_dynamic``): int8
     weight matrices, activations quantized to uint8 per call. It gains most on CPUs with
@@ -184,16 +197,10 @@ def quantize_int8(src: str | Path, out: str | Path, *, per_channel: bool = False
 
     def write(tmp: Path) -> None:
         # The optimizer's fused operators (com.microsoft domain) have no ONNX shape inference:
-        # tensors whose type is then unknown are float, which they are. The quantizer's advice
-        # to pre-process (for static quantization) goes to the root logger: not for users here.
-        root = logging.getLogger()
-        level = root.level
-        root.setLevel(logging.ERROR)
-        try:
+        # tensors whose type is then unknown are float, which they are.
+        with _quiet_quantizer():
             quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QInt8, per_channel=per_channel,
                              nodes_to_exclude=list(exclude), extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
-        finally:
-            root.setLevel(level)
 
     return atomic_write(out, write)
 
@@ -262,25 +269,20 @@ def quantize_static_int8(
             return next(self.left, None)
 
     def write(tmp: Path) -> None:
-        root = logging.getLogger()
-        level = root.level
-        root.setLevel(logging.ERROR)  # the quantizer's advice to pre-process: see quantize_int8
-        try:
-            with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print progress
-                quantize_static(
-                    str(src), str(tmp), Reader(), quant_format=QuantFormat.QDQ, nodes_to_quantize=nodes,
-                    op_types_to_quantize=["MatMul", "Gemm"],  # also what is calibrated: no masks' -inf
-                    per_channel=per_channel, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    calibrate_method=calibrate,
-                    extra_options={
-                        "DefaultTensorType": onnx.TensorProto.FLOAT,
-                        "OpTypesToExcludeOutputQuantization": ["MatMul", "Gemm"],
-                        # One input at a time: the histogram methods stack a call's outputs,
-                        # which inputs of their own lengths cannot be; ranges merge across calls.
-                        "CalibStridedMinMax": 1,
-                    })
-        finally:
-            root.setLevel(level)
+        # The histogram calibrators print their progress to stdout.
+        with _quiet_quantizer(), contextlib.redirect_stdout(io.StringIO()):
+            quantize_static(
+                str(src), str(tmp), Reader(), quant_format=QuantFormat.QDQ, nodes_to_quantize=nodes,
+                op_types_to_quantize=["MatMul", "Gemm"],  # also what is calibrated: no masks' -inf
+                per_channel=per_channel, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                calibrate_method=calibrate,
+                extra_options={
+                    "DefaultTensorType": onnx.TensorProto.FLOAT,
+                    "OpTypesToExcludeOutputQuantization": ["MatMul", "Gemm"],
+                    # One input at a time: the histogram methods stack a call's outputs,
+                    # which inputs of their own lengths cannot be; ranges merge across calls.
+                    "CalibStridedMinMax": 1,
+                })
 
     return atomic_write(out, write)
 

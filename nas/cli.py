@@ -242,7 +242,9 @@ def _precision_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _train_device_arg(p: argparse.ArgumentParser, what: str, note: str = "") -> None:
-    p.add_argument("--train-device", choices=("auto", "cpu", "cuda"), default="auto",
+    from supernet.parallel import TRAIN_DEVICES  # light: torch is imported where it is used
+
+    p.add_argument("--train-device", choices=TRAIN_DEVICES, default="auto",
                    help=f"where {what}: auto (default) is cuda when torch sees a GPU (torch.cuda.is_available()), "
                    f"else cpu; cuda on a machine without one is refused{note}")
 

@@ -14,7 +14,6 @@ grid point; default `uniform:0.25,1.0`, 6 layers of 3 heads and FFN 384 on MiniL
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import functools
 import json
 import time
@@ -30,7 +29,7 @@ from supernet.train import (
     finetune_subnet,
     teacher_logits,
 )
-from supernet.workflow import LoadedRun, load_data, open_run
+from supernet.workflow import LoadedRun, open_run, with_unlabeled
 
 
 def subnet(run: LoadedRun, spec: str) -> SubnetConfig:
@@ -51,9 +50,7 @@ def main() -> None:
     p.add_argument("--out", default=None, help="where the fine-tunings go (default RUN/finetune_check)")
     a = p.parse_args()
     run = open_run(a.run)
-    if a.unlabeled is not None and a.unlabeled != run.spec.train.unlabeled:
-        spec = dataclasses.replace(run.spec, train=dataclasses.replace(run.spec.train, unlabeled=a.unlabeled))
-        run = dataclasses.replace(run, spec=spec, splits=load_data(spec, run.tokenizer)[1])
+    run = with_unlabeled(run, a.unlabeled)
     print(f"distilling on {len(distill_split(run.splits))} texts ({len(run.splits['train'])} labeled)")
     out = Path(a.out or run.folder / "finetune_check")
     teacher = load_model(run.folder / "teacher")

@@ -5,9 +5,8 @@ What a run folder holds, and where, is ``supernet.runfolder.RunFolder``.
 
 from __future__ import annotations
 
-import dataclasses
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -103,8 +102,8 @@ def with_unlabeled(run: LoadedRun, n: int | None) -> LoadedRun:
     if n is None or n == run.spec.train.unlabeled:
         return run
     check_int(n, "unlabeled texts", 0)
-    spec = dataclasses.replace(run.spec, train=dataclasses.replace(run.spec.train, unlabeled=n))
-    return dataclasses.replace(run, spec=spec, splits=load_data(spec, run.tokenizer)[1])
+    spec = replace(run.spec, train=replace(run.spec.train, unlabeled=n))
+    return replace(run, spec=spec, splits=load_data(spec, run.tokenizer)[1])
 
 
 def train_run(run_dir: str | Path, spec: RunSpec, *, resume: bool = False, progress: bool = True,
