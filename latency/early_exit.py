@@ -16,6 +16,11 @@ latency a policy is predicted to have.
   search over sub-networks, nas/exit_search.py): the device's latency predictor applied to
   the sub-network's depth-k prefixes (``prefix``), plus the exit head's cost timed once on the
   device (``head_cost_ms``).
+- ``LengthSpread``: the per-input spread that such a table lacks. One reference runner's segment
+  times on dev say how an input's cost at each exit grows with its length; a predicted table
+  (one figure per exit, the statistic over the device's traffic) becomes each input's own
+  costs (``spread_table``), so that a policy's p50 / p90 / mean is taken over inputs that differ
+  in length as real ones do, not over copies of one typical input.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import json
 import shutil
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -216,18 +222,20 @@ def write_manifest_policy(folder: str | Path, criterion: str, threshold: float) 
 def policy_table(
     logits: dict[str, np.ndarray],
     labels: dict[str, np.ndarray],
-    segment_ms: np.ndarray,
+    segment_ms: np.ndarray | dict[str, np.ndarray],
     policies: Sequence[tuple[str, float]],
     metric: str = "accuracy",
 ) -> pd.DataFrame:
     """Every policy (criterion, threshold) scored from one pass per split, without running
     the model again: per split its metric (in points), the mean number of layers run, the
     exit histogram, and the latency estimated from the per-layer costs. ``logits``: every
-    exit's logits per split (exits, N, C); ``labels`` per split."""
+    exit's logits per split (exits, N, C); ``labels`` per split; ``segment_ms``: one per-layer
+    cost table (exits,) for every split, or per split each input's own costs (N, exits)."""
     from supernet.evaluate import scores
 
     rows = []
-    n_exits = len(segment_ms)
+    tables = segment_ms if isinstance(segment_ms, dict) else {split: segment_ms for split in logits}
+    n_exits = next(iter(logits.values())).shape[0]
     for criterion, threshold in policies:
         row: dict[str, Any] = {"criterion": criterion, "threshold": threshold}
         for split, lg in logits.items():
@@ -235,7 +243,7 @@ def policy_table(
             row[f"{metric}_{split}"] = 100 * scores(exit_predictions(lg, layers), labels[split])[metric]
             row[f"layers_{split}"] = float(layers.mean() + 1)
             row[f"hist_{split}"] = "/".join(f"{h:.2f}" for h in exit_histogram(layers, n_exits))
-            est = estimate_latency(segment_ms, layers)
+            est = estimate_latency(tables[split], layers)
             row.update({f"est_{k}_{split}": v for k, v in est.items()})
         rows.append(row)
     return pd.DataFrame(rows)
@@ -337,3 +345,77 @@ def head_cost_ms(heads: ExitHeads, lengths: Sequence[int], *, threads: int | Non
             session.run(None, feed)
             ms.append((time.perf_counter() - t0) * 1e3)
     return float(np.median(ms))
+
+
+STAT_FUNCS = {"p50": lambda x: np.percentile(x, 50, axis=0), "p90": lambda x: np.percentile(x, 90, axis=0),
+              "mean": lambda x: np.mean(x, axis=0)}
+
+
+@dataclass(frozen=True)
+class LengthSpread:
+    """How one input's cost of leaving at each exit depends on its length, relative to the
+    statistic of that cost over the reference inputs: a straight line in the length per exit,
+    fitted to a reference runner's cumulative segment times (all layers run) on dev inputs.
+    A predicted table times ``factors`` gives each input its own cost; the statistic over the
+    reference inputs of those costs equals the table again (the factors' statistic is 1)."""
+
+    intercept: np.ndarray  # (exits,) ms
+    slope: np.ndarray  # (exits,) ms per token
+    norm: np.ndarray  # (exits,) the statistic of the fitted costs over the reference inputs
+    stat: str
+
+    @classmethod
+    def fit(cls, segment_ms: np.ndarray, lengths: Sequence[int], stat: str = "p50") -> LengthSpread:
+        """From ``segment_times`` (N, exits) of the reference inputs and their ``lengths``."""
+        if stat not in STAT_FUNCS:
+            raise ValueError(f"stat must be one of {', '.join(STAT_FUNCS)}, got {stat!r}")
+        cum = np.cumsum(np.asarray(segment_ms, dtype=float), axis=1)
+        x = np.asarray(lengths, dtype=float)
+        if cum.shape[0] != len(x) or len(x) < 2:
+            raise ValueError(f"need the segment times and lengths of at least 2 inputs, got {cum.shape[0]} and {len(x)}")
+        design = np.stack([np.ones_like(x), x], axis=1)
+        (intercept, slope), *_ = np.linalg.lstsq(design, cum, rcond=None)
+        if (slope < 0).any():  # longer inputs never cost less (noise can tilt a flat fit): level it
+            slope = np.maximum(slope, 0.0)
+            intercept = (cum - slope[None] * x[:, None]).mean(0)
+        fitted = np.maximum(intercept[None] + slope[None] * x[:, None], 1e-9)
+        return cls(intercept, slope, STAT_FUNCS[stat](fitted), stat)
+
+    def factors(self, lengths: Sequence[int], n_exits: int) -> np.ndarray:
+        """(N, n_exits): each input's cost at exit k over the statistic's; a sub-network with more
+        exits than the reference has uses the reference's last exit's line for the deeper ones."""
+        k = np.minimum(np.arange(n_exits), len(self.norm) - 1)
+        x = np.asarray(lengths, dtype=float)[:, None]
+        return np.maximum(self.intercept[k][None] + self.slope[k][None] * x, 1e-9) / self.norm[k][None]
+
+
+def spread_table(segment_ms: np.ndarray, spread: LengthSpread, lengths: Sequence[int]) -> np.ndarray:
+    """A per-layer cost table (exits,) made per input (N, exits) by ``spread``: input i's
+    cumulative cost at exit k is the table's cumulative cost times its length factor (kept
+    from falling with depth), returned as differences for ``estimate_latency``."""
+    cum = np.cumsum(np.asarray(segment_ms, dtype=float))[None] * spread.factors(lengths, len(segment_ms))
+    return np.diff(np.maximum.accumulate(cum, axis=1), axis=1, prepend=0.0)
+
+
+def runner_extra_ms(measured_cum: np.ndarray, static_measured: np.ndarray, static_predicted: float,
+                    predicted_cum: np.ndarray) -> np.ndarray:
+    """What the exported runner costs at each exit beyond its predicted prefix, in the
+    predictor's units (ms, today's drift divided out): per round, the runner's measured
+    cumulative statistic at each exit (``measured_cum``: rounds, exits) over that round's
+    drift (the same sub-network as one graph, ``static_measured``: rounds, over
+    ``static_predicted``), minus the predicted cumulative cost (``predicted_cum``: exits);
+    the median over the rounds. It holds what a prefix prediction leaves out: the segment
+    calls, the heads inside them, and a one-layer prefix below the depths the predictor saw."""
+    drift = np.asarray(static_measured, dtype=float) / float(static_predicted)  # (rounds,)
+    extra = np.asarray(measured_cum, dtype=float) / drift[:, None] - np.asarray(predicted_cum, dtype=float)[None]
+    return np.median(extra, axis=0)
+
+
+def with_extra(segment_ms: np.ndarray, extra_ms: np.ndarray) -> np.ndarray:
+    """A predicted per-layer table with ``runner_extra_ms`` added to its cumulative costs (a
+    deeper sub-network than the reference takes the reference's last figure for its extra
+    exits), kept from falling with depth and from going below zero."""
+    seg = np.asarray(segment_ms, dtype=float)
+    k = np.minimum(np.arange(len(seg)), len(extra_ms) - 1)
+    cum = np.maximum.accumulate(np.maximum(np.cumsum(seg) + np.asarray(extra_ms, dtype=float)[k], 0.0))
+    return np.diff(cum, prepend=0.0)

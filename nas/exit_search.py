@@ -15,8 +15,11 @@ them):
    the choice, test for the report) and its latency statistic estimated without timing the
    sub-network: a per-layer cost table from the device's predictor applied to the depth-k
    prefixes of the sub-network plus the exit head's measured cost
-   (``latency.early_exit.predicted_segment_ms``), summed to each dev input's exit; the static
-   rows are the predictor's own figure for the whole sub-network;
+   (``latency.early_exit.predicted_segment_ms``); then, from a reference (the largest
+   sub-network's runner timed on dev inputs beside its one-graph form, ``ExitSearch.reference``),
+   the runner's extra cost at each exit added (``runner_extra_ms``) and the table made per
+   input by the reference's length spread (``LengthSpread``), summed to each input's exit;
+   the static rows are the predictor's own figure for the whole sub-network;
 4. ``choose``: on dev only, the most accurate candidate whose estimated statistic meets the
    budget (the faster of equals);
 5. ``exit_fronts``: the Pareto front of the static rows and of all rows (static + exit);
@@ -27,7 +30,7 @@ them):
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,11 +39,21 @@ import numpy as np
 import pandas as pd
 
 from latency.early_exit import (
+    STAT_FUNCS,
     LatencyModel,
+    LengthSpread,
     default_policies,
+    estimate_latency,
     head_cost_ms,
+    load_runner,
     policy_table,
     predicted_segment_ms,
+    runner_extra_ms,
+    segment_times,
+    single_inputs,
+    spread_table,
+    static_graph_timing,
+    with_extra,
 )
 from latency.target import PredictedLatency, Target
 from nas.export import ImpossibleBudget
@@ -53,6 +66,20 @@ from supernet.train import weights_sha1
 from supernet.workflow import LoadedRun
 
 STATS = ("p50", "p90", "mean")
+
+
+@dataclass(frozen=True)
+class Reference:
+    """What timing the largest sub-network's runner says about every candidate's table
+    (``ExitSearch.reference``): its length spread, its extra cost at each exit over the
+    predicted prefixes (ms, in the predictor's units), and for the report the drift of each
+    round and its cumulative costs, measured (median over rounds) and predicted."""
+
+    spread: LengthSpread
+    extra_ms: np.ndarray
+    drift: np.ndarray
+    measured_cum: np.ndarray
+    predicted_cum: np.ndarray
 STATIC = "static"  # the criterion of a candidate without exits (one graph, no heads)
 
 
@@ -126,15 +153,23 @@ def candidate_table(
     stat: str = "p50",
     metric: str = "accuracy",
     policies: Sequence[tuple[str, float]] | None = None,
+    spread: LengthSpread | None = None,
+    lengths: Mapping[str, Sequence[int]] | None = None,
 ) -> pd.DataFrame:
     """One sub-network's candidates: its static row (latency ``static_ms``, the predictor's
     figure for the whole sub-network as one graph) and a row per exit policy (latency: the
     ``stat`` over the dev inputs of the cost up to each one's exit, from the per-layer cost
-    table ``segment_ms``). ``lat_ms`` is the column a budget applies to; scores in points."""
+    table ``segment_ms``, made per input by ``spread`` and the inputs' ``lengths`` per split
+    when given). ``lat_ms`` is the column a budget applies to; scores in points."""
     if stat not in STATS:
         raise ConfigError(f"--budget-stat must be one of {', '.join(STATS)}, got {stat!r}")
     n = len(segment_ms)
-    table = policy_table(logits, labels, segment_ms, policies or default_policies(n), metric)
+    tables: np.ndarray | dict[str, np.ndarray] = segment_ms
+    if spread is not None:
+        if lengths is None:
+            raise ValueError("a spread needs the inputs' lengths per split")
+        tables = {split: spread_table(segment_ms, spread, lengths[split]) for split in logits}
+    table = policy_table(logits, labels, tables, policies or default_policies(n), metric)
     table["lat_ms"] = table[f"est_{stat}_ms_dev"]
     never = table[(table.criterion == "entropy") & (table.threshold == 0.0)]
     static: dict[str, Any] = {"criterion": STATIC, "threshold": np.nan, "lat_ms": static_ms}
@@ -242,17 +277,51 @@ class ExitSearch:
         lengths = [len(x) for x in self.run.splits["dev"].input_ids[:n]]
         return head_cost_ms(self.heads, lengths, threads=self.target.profile.threads)
 
-    def table(self, pool: Sequence[SubnetConfig], head_ms: float, progress: bool = True) -> pd.DataFrame:
-        """Every candidate of every sub-network in ``pool`` (``candidate_table``), stacked."""
+    def lengths(self, split: str) -> list[int]:
+        return [len(x) for x in self.run.splits[split].input_ids]
+
+    def reference(self, n: int, rounds: int, head_ms: float) -> Reference:
+        """The largest sub-network's runner, exported to ``out/reference/`` and timed on the
+        first ``n`` dev inputs (all layers run) in ``rounds`` rounds, each beside the same
+        sub-network as one graph: its length spread (``LengthSpread``, on the per-input
+        medians over the rounds) and the runner's extra cost at each exit over the predicted
+        prefixes (``runner_extra_ms``)."""
+        from nas.early_exit import EarlyExitStudy
+
+        stat, threads = self.target.stat, self.target.profile.threads
+        largest = self.run.space.largest()
+        study = EarlyExitStudy(self.run, self.kind, largest, self.out / "reference", threads=threads)
+        runner = load_runner(study.export(), threads=threads)
+        inputs = single_inputs(self.run.splits["dev"], n)
+        static, times = [], []
+        for _ in range(rounds):
+            static.append(static_graph_timing(study.model, inputs, self.out / "reference", threads=threads)[f"{stat}_ms"])
+            times.append(segment_times(runner, inputs))
+        spread = LengthSpread.fit(np.median(times, axis=0), self.lengths("dev")[:len(inputs)], stat)
+        measured_cum = np.array([STAT_FUNCS[stat](np.cumsum(t, axis=1)) for t in times])  # (rounds, exits)
+        predicted_cum = np.cumsum(predicted_segment_ms(self.latency, largest, head_ms))
+        static_pred = float(self.latency.predict([largest])[0][0])
+        extra = runner_extra_ms(measured_cum, np.array(static), static_pred, predicted_cum)
+        return Reference(spread, extra, np.array(static) / static_pred, np.median(measured_cum, axis=0), predicted_cum)
+
+    def table(self, pool: Sequence[SubnetConfig], head_ms: float, progress: bool = True,
+              reference: Reference | None = None) -> pd.DataFrame:
+        """Every candidate of every sub-network in ``pool`` (``candidate_table``), stacked;
+        with a ``reference``, exit rows carry its runner's extra cost and are made per input
+        by its length spread."""
         parts = []
+        spread = reference.spread if reference is not None else None
+        lengths = {s: self.lengths(s) for s in ("dev", "test")} if reference is not None else None
         static = [p for p, _ in self.latency.predict(list(pool))]
         for k, (cfg, static_ms) in enumerate(zip(pool, static, strict=True)):
             if progress:
                 print(f"  [{k + 1}/{len(pool)}] {cfg.describe()}: exit logits on dev and test", flush=True)
             logits = cached_exit_logits(self.run, self.heads, cfg, self.out / "logits")
             seg = predicted_segment_ms(self.latency, cfg, head_ms)
+            if reference is not None:
+                seg = with_extra(seg, reference.extra_ms)
             t = candidate_table(cfg, logits, self.labels, seg, static_ms, stat=self.target.stat,
-                                metric=self.run.task.metric)
+                                metric=self.run.task.metric, spread=spread, lengths=lengths)
             t["segment_ms_pred"] = "/".join(f"{x:.4f}" for x in seg)
             parts.append(t)
         return pd.concat(parts, ignore_index=True)
@@ -267,7 +336,11 @@ class ExitSearch:
         metric, stat = self.run.task.metric, self.target.stat
         pool = front_pool(self.run, self.target, self.latency, self.candidates)
         head_ms = self.head_ms()
-        table = self.table(pool, head_ms, progress)
+        if progress:
+            print(f"  reference: the largest sub-network's runner and graph timed on {n_cost} dev inputs, "
+                  f"{rounds} rounds", flush=True)
+        ref = self.reference(n_cost, rounds, head_ms)
+        table = self.table(pool, head_ms, progress, ref)
         chosen = choose(table, budget_ms, metric)
         static_rows = table[table.criterion == STATIC]
         best_static = choose(static_rows, budget_ms, metric) if (static_rows.lat_ms <= budget_ms).any() else None
@@ -299,11 +372,27 @@ class ExitSearch:
                        "layers_dev": float(chosen.layers_dev), f"predicted_{stat}_ms": float(chosen.lat_ms),
                        f"measured_{stat}_ms_test": measured[f"{stat}_ms"],
                        "measured_over_predicted": measured[f"{stat}_ms"] / float(chosen.lat_ms),
-                       "measured_over_predicted_drift_corrected": measured[f"{stat}_ms"] / (float(chosen.lat_ms) * drift)},
+                       "measured_over_predicted_drift_corrected": measured[f"{stat}_ms"] / (float(chosen.lat_ms) * drift),
+                       f"predicted_{stat}_ms_prefixes_only": (
+                           float(chosen.lat_ms) if chosen.criterion == STATIC else estimate_latency(
+                               predicted_segment_ms(self.latency, cfg, head_ms), dev_layers)[f"{stat}_ms"])},
             "best_static_under_budget": None if best_static is None else {
                 "arch": str(best_static.arch), f"{metric}_dev": float(best_static[f"{metric}_dev"]),
                 f"{metric}_test": float(best_static[f"{metric}_test"]), f"predicted_{stat}_ms": float(best_static.lat_ms)},
             "head_ms": head_ms,
+            "reference": {
+                "arch": self.run.space.largest().describe(), "dev_inputs": n_cost, "rounds": rounds,
+                "length_spread": {"intercept_ms": ref.spread.intercept.round(4).tolist(),
+                                  "ms_per_token": ref.spread.slope.round(5).tolist()},
+                "predicted_cumulative_ms": ref.predicted_cum.round(4).tolist(),
+                "measured_cumulative_ms": ref.measured_cum.round(4).tolist(),
+                "extra_ms": ref.extra_ms.round(4).tolist(),
+                "drift": ref.drift.round(3).tolist(),
+                "note": f"the largest sub-network's runner timed on dev beside its one-graph form: each exit's "
+                        f"cumulative cost as a line in the input's length over its {stat} (what makes the "
+                        "per-layer table per input), and the runner's extra cost at each exit over the "
+                        "predicted prefix, today's drift (graph measured / predicted) divided out (added to "
+                        "every candidate's table)"},
             "device_drift": {"static_measured_over_predicted": drift, "note": "the chosen sub-network as one graph, "
                              "measured on test now / the device predictor's figure; > 1: the device runs slower today"},
             "per_layer_cost": {

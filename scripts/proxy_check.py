@@ -11,7 +11,10 @@ distillation) and scored on the whole dev and test splits. Printed:
   proxy's quality; the issue's target is >= 0.7);
 * the same tau between the fine-tuned dev and the fine-tuned test accuracy: how well a
   perfect proxy could rank at all, given the noise of splits of this size (a ceiling);
-* the proxy's tau on test, and the tau of a proxy that only knows the predicted latency.
+* the proxy's tau on test, and the tau of a proxy that only knows the predicted latency;
+* with ``--short-epochs E``: the tau of a cheaper proxy than the full fine-tuning, each
+  sub-network fine-tuned for only ``E`` epochs (what fine-tuning a search's finalists briefly
+  would rank by), against the full fine-tuning's dev accuracy.
 
     .venv/bin/python scripts/proxy_check.py runs/main --out runs/proxy --n 16
 
@@ -86,9 +89,13 @@ def main() -> None:
     p.add_argument("--epochs", type=float, default=1.0)
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--layer-weight", type=float, default=0.0)
+    p.add_argument("--short-epochs", type=float, default=0.0,
+                   help="also fine-tune each for this many epochs, a cheaper proxy (0: no)")
     a = p.parse_args()
     if a.n < 3:
         raise SystemExit("--n must be at least 3 for a rank correlation")
+    if not 0 <= a.short_epochs < a.epochs:
+        raise SystemExit(f"--short-epochs must be at least 0 and below --epochs ({a.epochs:g}), got {a.short_epochs:g}")
     run = open_run(a.run)
     out = Path(a.out)
     supernet = load_model(a.supernet) if a.supernet else run.supernet
@@ -105,6 +112,7 @@ def main() -> None:
     teacher = load_model(run.paths.teacher)
     targets = functools.cache(lambda: teacher_logits(teacher, distill_split(run.splits)))
     stage = StageConfig(epochs=a.epochs, lr=a.lr)
+    short = StageConfig(epochs=a.short_epochs, lr=a.lr)
     sub = f"lw{a.layer_weight:g}" if a.layer_weight > 0 else "plain"
     rows = []
     for k, i in enumerate(chosen):
@@ -116,6 +124,11 @@ def main() -> None:
                      "supernet_dev": dev[i], "supernet_test": ev.score(cfg, "test"),
                      "finetuned_dev": model_score(model, splits["dev"], metric),
                      "finetuned_test": model_score(model, splits["test"], metric)})
+        if a.short_epochs > 0:
+            brief, _ = finetune_subnet(supernet, teacher, cfg, distill_split(run.splits),
+                                       finetune_folder(out / sub, cfg, short, a.layer_weight), run.spec.train, short,
+                                       targets=targets, layer_weight=a.layer_weight, progress=False)
+            rows[-1]["short_dev"] = model_score(brief, splits["dev"], metric)
         print(f"[{k + 1}/{len(chosen)}] {json.dumps(rows[-1])} ({time.time() - t0:.0f} s)", flush=True)
     table = pd.DataFrame(rows)
     out.mkdir(parents=True, exist_ok=True)
@@ -126,6 +139,8 @@ def main() -> None:
         "ceiling_dev_vs_test": kendall_tau(table.finetuned_dev, table.finetuned_test),
         "latency_only_dev": kendall_tau(table.pred_ms, table.finetuned_dev),
     }
+    if a.short_epochs > 0:
+        taus[f"short_{a.short_epochs:g}ep_dev"] = kendall_tau(table.short_dev, table.finetuned_dev)
     print(json.dumps({"n": len(table), **{k: round(v, 3) for k, v in taus.items()}}))
     print(f"written {out / f'proxy_{sub}.csv'}", file=sys.stderr)
 

@@ -9,7 +9,15 @@ import pytest
 import torch
 
 from conftest import tiny_model
-from latency.early_exit import estimate_latency, predicted_segment_ms, prefix
+from latency.early_exit import (
+    LengthSpread,
+    estimate_latency,
+    predicted_segment_ms,
+    prefix,
+    runner_extra_ms,
+    spread_table,
+    with_extra,
+)
 from nas.exit_search import STATIC, candidate_table, choose, exit_fronts
 from nas.export import ImpossibleBudget
 from supernet.data import Encoded
@@ -70,6 +78,62 @@ def test_a_predictor_that_calls_a_longer_prefix_cheaper_is_held_level() -> None:
     seg = predicted_segment_ms(Dipping(), SUBNET, 0.0)
     np.testing.assert_allclose(np.cumsum(seg), [3.0, 3.0, 4.0])
     assert (seg >= 0).all()
+
+
+def test_length_spread_by_hand() -> None:
+    # A reference whose cost of leaving at exit k is k * (0.5 + 0.05 * length) ms: inputs of
+    # 10 tokens cost 1.0 ms per layer, inputs of 40 tokens 2.5 ms.
+    lengths = [10, 10, 10, 40, 40]
+    times = np.array([[0.5 + 0.05 * n] * 3 for n in lengths])
+    spread = LengthSpread.fit(times, lengths, "p50")
+    np.testing.assert_allclose(spread.intercept, [0.5, 1.0, 1.5], atol=1e-9)
+    np.testing.assert_allclose(spread.slope, [0.05, 0.10, 0.15], atol=1e-9)
+    factors = spread.factors(lengths, 3)
+    np.testing.assert_allclose(np.median(factors, axis=0), 1.0)  # the statistic of the table is kept
+    np.testing.assert_allclose(factors[:, 0], [1, 1, 1, 2.5, 2.5])
+    # A predicted table of 2 ms per layer (cumulative 2 / 4 / 6) made per input: the short
+    # inputs keep it, the long ones cost 2.5 times as much.
+    table = spread_table(np.array([2.0, 2.0, 2.0]), spread, lengths)
+    np.testing.assert_allclose(np.cumsum(table, axis=1)[[0, 3]], [[2, 4, 6], [5, 10, 15]])
+    # The short inputs leave at exit 1, the long ones run all three layers: 2, 2, 2, 15, 15 ms;
+    # as one table for everyone, 2, 2, 2, 6, 6.
+    layers = np.array([0, 0, 0, 2, 2])
+    est = estimate_latency(table, layers)
+    assert est["mean_ms"] == pytest.approx(7.2) and est["p90_ms"] == pytest.approx(15.0)
+    assert estimate_latency(np.array([2.0, 2.0, 2.0]), layers)["mean_ms"] == pytest.approx(3.6)
+    # A deeper sub-network than the reference uses the reference's last line for its extra exits.
+    assert spread.factors([40], 5)[0, 4] == pytest.approx(2.5)
+    # Fitted on the p90 instead, the long inputs set the scale.
+    assert LengthSpread.fit(times, lengths, "p90").factors([40], 1)[0, 0] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="at least 2"):
+        LengthSpread.fit(times[:1], lengths[:1])
+
+
+def test_a_spread_that_does_not_depend_on_length_changes_no_estimate() -> None:
+    lengths = [5, 9, 14, 30]
+    flat = LengthSpread.fit(np.array([[1.0, 1.0]] * 4), lengths, "mean")
+    assert (flat.slope == 0).all()
+    seg = np.array([1.5, 0.7, 0.9])
+    per_input = spread_table(seg, flat, lengths)
+    np.testing.assert_allclose(per_input, np.tile(seg, (4, 1)))
+    layers = np.array([0, 2, 1, 1])
+    assert estimate_latency(per_input, layers) == pytest.approx(estimate_latency(seg, layers))
+
+
+def test_the_runners_extra_cost_by_hand() -> None:
+    # Predicted prefixes 2 / 4 / 6 ms, the whole sub-network as one graph predicted at 6 ms.
+    # Round 1 ran at the predicted speed (graph 6 ms) and measured the runner at 3 / 5.5 / 8;
+    # round 2 ran twice as slow (graph 12 ms) and measured 6 / 11 / 16: the same extra cost,
+    # 1 / 1.5 / 2 ms, once the drift is divided out; a third round is noisier.
+    measured = np.array([[3.0, 5.5, 8.0], [6.0, 11.0, 16.0], [3.3, 5.7, 8.6]])
+    extra = runner_extra_ms(measured, np.array([6.0, 12.0, 6.0]), 6.0, np.array([2.0, 4.0, 6.0]))
+    np.testing.assert_allclose(extra, [1.0, 1.5, 2.0])  # the median round
+    # Added to another sub-network's table (cumulative 1 / 2 / 3 / 4: one exit deeper than the
+    # reference, which takes the reference's last extra) ...
+    seg = with_extra(np.array([1.0, 1.0, 1.0, 1.0]), extra)
+    np.testing.assert_allclose(np.cumsum(seg), [2.0, 3.5, 5.0, 6.0])
+    # ... and a negative extra never makes a cost fall below zero or with depth.
+    np.testing.assert_allclose(np.cumsum(with_extra(np.array([1.0, 1.0]), np.array([-3.0, -0.5]))), [0.0, 1.5])
 
 
 def _data(n: int, seed: int) -> Encoded:
@@ -173,6 +237,14 @@ def test_command_searches_exports_and_reports(job, tmp_path, capsys) -> None:
     assert s["chosen"]["accuracy_dev"] == table.accuracy_dev.max()  # everything fits 1000 ms
     assert s["chosen"]["predicted_p50_ms"] <= 1000 and s["chosen"]["measured_p50_ms_test"] > 0
     assert len(s["per_layer_cost"]["predicted_cumulative_ms"]) == len(s["per_layer_cost"]["measured_cumulative_ms"])
+    # The estimate was made per input, with the runner's extra cost, from the largest
+    # sub-network's runner timed on dev.
+    ref = s["reference"]
+    n_exits = len(ref["extra_ms"])
+    assert len(ref["length_spread"]["ms_per_token"]) == len(ref["measured_cumulative_ms"]) == n_exits > 0
+    assert min(ref["length_spread"]["ms_per_token"]) >= 0 and len(ref["drift"]) == 1
+    assert s["chosen"]["predicted_p50_ms_prefixes_only"] > 0
+    assert (out / "reference" / "runner" / "manifest.json").is_file()
     assert abs(sum(report["early_exit"]["test_exit_histogram"]) - 1) < 1e-6
     fronts = pd.read_csv(out / "front.csv")
     assert set(fronts.front) == {"static", "static+exit"}
