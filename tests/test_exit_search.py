@@ -252,3 +252,20 @@ def test_command_searches_exports_and_reports(job, tmp_path, capsys) -> None:
         assert (out / name).is_file()
     n_cached = len(list((out / "logits").glob("*.npz")))
     assert n_cached == table.arch_key.nunique()
+    # The benchmark page of such folders (scripts/early_exit_page.py), inside BENCHMARKS.md.
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "early_exit_page.py"
+    res = tmp_path / "results"
+    done = subprocess.run([sys.executable, str(script), str(out), "--task", "tiny", "--out", str(res)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    page = (res / "bench_tiny_early_exit.md").read_text()
+    assert page.startswith("# Benchmarks: tiny early exit") and s["chosen"]["arch"] in page
+    assert "## Benchmarks: tiny early exit" in (res / "BENCHMARKS.md").read_text()
+    assert (res / "bench_tiny_early_exit_cpu_1000ms_front.png").is_file()
+    bad = subprocess.run([sys.executable, str(script), str(run), "--task", "tiny", "--out", str(tmp_path / "r2")],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "not the report" in bad.stderr and not (tmp_path / "r2").exists()

@@ -1,0 +1,112 @@
+"""A benchmark page for early exit searched under a budget (issue 17), beside the `hwnas bench` pages.
+
+Reads the folders written by ``hwnas early-exit --budget-ms B --device D --out DIR`` (their
+``report.json``, ``front.png``, ``exit_histogram.png``) and writes
+``OUT/bench_<task>_early_exit.md`` with one table row per folder (the best static sub-network
+under the same budget, the chosen sub-network and exit policy, accuracies on dev and test,
+layers run, the estimated and measured latency statistic, speed-ups measured against the
+chosen sub-network as one graph) and the folders' front and exit-histogram figures copied
+beside it; then re-assembles ``OUT/BENCHMARKS.md`` (``nas.bench.assemble``) so the page is in it.
+
+    .venv/bin/python scripts/early_exit_page.py runs/main/early_exit/search_cpu-1t_3ms \
+        runs/main/early_exit/search_cpu_3ms --task rt --out results
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as `python scripts/...`
+from nas.bench import assemble  # noqa: E402
+from supernet.io import write_text  # noqa: E402
+
+
+def row(folder: Path, report: dict[str, Any]) -> dict[str, str]:
+    """One table row (formatted cells) from a search folder's report."""
+    s = report["search"]
+    stat, ch, best = s["budget_stat"], s["chosen"], s["best_static_under_budget"]
+    metric = next(k.removesuffix("_dev") for k in ch if k.endswith("_dev") and k != "layers_dev")
+    static = report["static"]["measured_test"]
+    ee = report["early_exit"]["measured_test"]
+    hist = "/".join(f"{x:.2f}" for x in report["early_exit"]["test_exit_histogram"])
+    return {
+        "folder": f"`{folder}`",
+        "device, budget": f"{s['device']}, {stat} <= {s['budget_ms']:g} ms",
+        "best static (dev / test, est.)": ("none fits" if best is None else
+                                           f"{best['arch']}: {best[f'{metric}_dev']:.1f} / {best[f'{metric}_test']:.1f}, "
+                                           f"{best[f'predicted_{stat}_ms']:.2f} ms"),
+        "chosen": f"{ch['arch']}, {ch['criterion']} {'' if ch['threshold'] is None else format(ch['threshold'], 'g')}",
+        "dev / test": f"{ch[f'{metric}_dev']:.1f} / {ch[f'{metric}_test']:.1f} (static {report['static'][f'{metric}_test']:.1f})",
+        "layers (dev mean); test exits": f"{ch['layers_dev']:.2f}; {hist}",
+        f"{stat} est. / measured": (f"{ch[f'predicted_{stat}_ms']:.2f} / {ch[f'measured_{stat}_ms_test']:.2f} ms: "
+                                    f"{ch['measured_over_predicted']:.2f} (drift-corrected "
+                                    f"{ch['measured_over_predicted_drift_corrected']:.2f})"),
+        "speed-up vs static graph, p50 / mean": (f"{static['p50_ms'] / ee['p50_ms']:.2f}x / "
+                                                 f"{static['mean_ms'] / ee['mean_ms']:.2f}x"),
+        "load average at end": f"{report['timing']['loadavg_at_end'][0]:.1f}",
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("folders", nargs="+", help="`hwnas early-exit --budget-ms` output folders")
+    p.add_argument("--task", required=True, help="the task's name, for the page's name (e.g. rt)")
+    p.add_argument("--out", default="results")
+    a = p.parse_args(argv)
+    out = Path(a.out)
+    reports = []
+    for f in map(Path, a.folders):
+        path = f / "report.json"
+        try:
+            report = json.loads(path.read_text())
+            report["search"]["chosen"]  # noqa: B018 (a search folder, not a one-sub-network one)
+        except (OSError, ValueError, KeyError) as e:
+            print(f"{path}: not the report of `hwnas early-exit --budget-ms` ({type(e).__name__}: {e}); "
+                  "give folders that command wrote", file=sys.stderr)
+            return 2
+        reports.append((f, report))
+    out.mkdir(parents=True, exist_ok=True)
+    name = f"bench_{a.task}_early_exit"
+    rows = [row(f, r) for f, r in reports]
+    cols = list(rows[0])
+    table = ["| " + " | ".join(cols) + " |", "| " + " | ".join("---" for _ in cols) + " |"]
+    table += ["| " + " | ".join(r[c] for c in cols) + " |" for r in rows]
+    figures = []
+    for f, r in reports:
+        tag = f"{r['search']['device']}_{r['search']['budget_ms']:g}ms"
+        for png in ("front", "exit_histogram"):
+            if (f / f"{png}.png").exists():
+                target = out / f"{name}_{tag}_{png}.png"
+                shutil.copyfile(f / f"{png}.png", target)
+                figures.append(f"![{tag} {png}]({target.name})")
+    command = "`.venv/bin/python scripts/early_exit_page.py " + " ".join(a.folders) + f" --task {a.task} --out {a.out}`"
+    text = "\n".join([
+        f"# Benchmarks: {a.task} early exit",
+        "",
+        f"Generated by {command} on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC from the folders of "
+        "`hwnas early-exit --run RUN --kind attn --budget-ms B --device D --out FOLDER` (each row one folder). "
+        "A candidate is a sub-network and an exit policy; the chosen one is the most accurate on dev whose "
+        "estimated statistic meets the budget; it is exported and measured serving the test inputs one by one "
+        "(batch 1) beside the same sub-network as one graph, medians of the rounds. "
+        "'est.': the search's estimate; 'drift-corrected': divided by the device's drift at measurement "
+        "(that one graph measured / predicted). Test exits: share of test inputs leaving at each exit.",
+        "",
+        *table,
+        "",
+        *figures,
+        "",
+    ])
+    write_text(out / f"{name}.md", text)
+    assemble(out)
+    print(f"wrote {out / (name + '.md')} and {out / 'BENCHMARKS.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
