@@ -84,7 +84,8 @@ def _segment_inputs(model: ElasticBert) -> tuple[tuple[torch.Tensor, ...], list[
     model's layers (so each segment sees the shapes it will)."""
     from latency.onnx_export import _example_inputs
 
-    ids, mask, tt = _example_inputs(model)
+    ids, mask, *types = _example_inputs(model)  # no token types for a family without them (DistilBERT)
+    tt = types[0] if types else torch.zeros_like(ids)  # unused there: the exporter leaves it out of the graph
     first: tuple[torch.Tensor, ...] = (ids, mask, tt)
     lengths = mask.bool().sum(1)
     total = torch.tensor([ids.shape[1]])
@@ -107,15 +108,33 @@ def export_early_exit(
     opset: int = 18,
 ) -> Path:
     """Write ``model`` (a standalone sub-network, ``supernet.extract.extract``) with its exits
-    as ONNX segments plus manifest, runner and tokenizer (module doc) into ``folder``."""
+    as ONNX segments plus manifest, runner and tokenizer (module doc) into ``folder``. Both
+    are traced in eval mode and left in the modes they came in."""
+    check_heads_fit(model, heads)
+    modes = model.training, heads.training
+    try:
+        _write_segments(model.eval(), heads.eval(), Path(folder), opset)
+    finally:
+        model.train(modes[0])
+        heads.train(modes[1])
+    out = Path(folder)
+    shutil.copy(RUNNER, out / RUNNER.name)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(out / "tokenizer"))
+    write_json(out / "manifest.json", {
+        "segments": [f"segment_{j:02d}.onnx" for j in range(model.shape.num_layers)],
+        "num_labels": model.shape.num_labels, "criterion": criterion,
+        "threshold": threshold, "max_length": max_length, "exit_kind": heads.kind,
+        "source_layers": list(model.shape.source_layers)})
+    return out
+
+
+def _write_segments(model: ElasticBert, heads: ExitHeads, out: Path, opset: int) -> None:
+    """One ONNX graph per layer (``_Segment``), ``segment_NN.onnx`` in ``out``."""
     import onnx
 
-    check_heads_fit(model, heads)
-    out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
-    model, heads = model.eval(), heads.eval()
     first, nexts = _segment_inputs(model)
-    names = []
     for j in range(model.shape.num_layers):
         name = f"segment_{j:02d}.onnx"
         args, in_names = (first, FIRST_INPUTS) if j == 0 else (nexts[j - 1], NEXT_INPUTS)
@@ -125,19 +144,13 @@ def export_early_exit(
                      "lengths": {0: "batch"}, "logits": {0: "batch"}})
         axes = {k: v for k, v in axes.items() if k in (*in_names, *OUTPUTS)}
         path = out / name
+        # An eval-mode wrapper: the exporter restores the wrapper's own mode afterwards, and
+        # a wrapper left in training mode would put the model and heads in it too.
         with quiet_exporter(), torch.no_grad():
-            torch.onnx.export(_Segment(model, heads, j), args, str(path), dynamo=False, input_names=list(in_names),
-                              output_names=list(OUTPUTS), dynamic_axes=axes, opset_version=opset)
+            torch.onnx.export(_Segment(model, heads, j).eval(), args, str(path), dynamo=False,
+                              input_names=list(in_names), output_names=list(OUTPUTS), dynamic_axes=axes,
+                              opset_version=opset)
         onnx.checker.check_model(str(path))
-        names.append(name)
-    shutil.copy(RUNNER, out / RUNNER.name)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(str(out / "tokenizer"))
-    write_json(out / "manifest.json", {
-        "segments": names, "num_labels": model.shape.num_labels, "criterion": criterion,
-        "threshold": threshold, "max_length": max_length, "exit_kind": heads.kind,
-        "source_layers": list(model.shape.source_layers)})
-    return out
 
 
 def load_runner(folder: str | Path, *, threads: int | None = None, criterion: str | None = None,

@@ -157,6 +157,39 @@ def test_onnx_export_with_token_dropping_matches_pytorch(family: str, tmp_path: 
     assert np.isfinite(worst) and worst < 1e-4
 
 
+@pytest.mark.parametrize("family", ["roberta", "distilbert", "electra"])
+def test_early_exit_segments_match_pytorch(family: str, tmp_path: Path, bundled_tokenizer) -> None:
+    """The early-exit runner's ONNX segments of each family (RoBERTa's positions, DistilBERT's
+    graph without token types, ELECTRA's projection; token dropping in one layer) give
+    PyTorch's exit logits, per input, at the first exit and at the last."""
+    from transformers import AutoModelForSequenceClassification
+
+    from latency.early_exit import export_early_exit, load_runner
+    from supernet.exits import ExitHeads, exit_logits
+
+    cfg_hf = _config(family)
+    torch.manual_seed(0)
+    AutoModelForSequenceClassification.from_config(cfg_hf).save_pretrained(str(tmp_path / "ckpt"))
+    bundled_tokenizer.save_pretrained(str(tmp_path / "ckpt"))
+    model, _ = load_pretrained(str(tmp_path / "ckpt"), num_labels=2)
+    model.eval()
+    heads = ExitHeads.for_model(model, "attn").eval()
+    cfg = SubnetConfig((4, 2), (64, 32), (True, True), (0.7, 0.5))
+    export_early_exit(model.extract(cfg).eval(), heads, tmp_path / "runner", criterion="entropy", threshold=0.0)
+    assert not heads.training and not model.training  # left in the modes they came in
+    runner = load_runner(tmp_path / "runner", threads=1)
+    batch = _batch(cfg_hf.pad_token_id)
+    with torch.no_grad():
+        ref = [x.numpy() for x in exit_logits(model, heads, batch["input_ids"], batch["attention_mask"],
+                                              batch["token_type_ids"], subnet=cfg)]
+    args = [batch[k].numpy() for k in ("input_ids", "attention_mask", "token_type_ids")]
+    for threshold, exit_at in ((0.0, 1), (1.01, 0)):  # never below 0: the last exit; always below 1.01: the first
+        runner.threshold = threshold
+        logits, exits = runner.run(*args)  # the padded batch, as PyTorch ran it
+        assert (exits == exit_at).all()
+        np.testing.assert_allclose(logits, ref[exit_at], rtol=1e-4, atol=1e-5)
+
+
 def test_unsupported_checkpoints_are_refused_with_the_reason() -> None:
     from transformers import DistilBertConfig, ElectraConfig, GPT2Config
 
