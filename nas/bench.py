@@ -486,6 +486,21 @@ def _ft_candidates(ft: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=cols)
 
 
+def proxy_line(candidates: pd.DataFrame) -> str:
+    """The proxy's quality on the page's own fine-tunings: Kendall's tau-b between the
+    supernet-weight and the fine-tuned dev accuracy of every sub-network ``ours+ft`` fine-tuned
+    (``_ft_candidates``), once each."""
+    from nas.stats import kendall_tau
+
+    once = candidates.drop_duplicates("arch")
+    if len(once) < 3:
+        return f"Proxy rank correlation: not computed ({len(once)} distinct sub-networks fine-tuned; it needs 3)."
+    tau = kendall_tau(once["dev_accuracy_before"], once["dev_accuracy"])
+    return (f"Proxy rank correlation over these {len(once)} distinct sub-networks: Kendall's tau-b between the "
+            f"supernet-weight and the fine-tuned dev accuracy = {tau:.2f} (issue 15's target >= 0.7; over 16 "
+            "sub-networks spread along the front: `scripts/proxy_check.py`).")
+
+
 def _page(run: LoadedRun, target: Target, cfg: BenchConfig, table: pd.DataFrame, hv: pd.DataFrame, sp: pd.DataFrame,
           ft: pd.DataFrame, comp: pd.DataFrame, fits: dict[str, Any], full_test: float, summary: dict[str, Any], command: str,
           prefix: str, stock: pd.DataFrame, verdicts: pd.DataFrame) -> str:
@@ -599,6 +614,8 @@ least s. Before and after:
 
 Every sub-network `ours+ft` fine-tuned (the search's pick first; the exported one has the best fine-tuned dev score):
 {_md(_ft_candidates(ft))}
+
+{proxy_line(_ft_candidates(ft))}
 
 ## 3. Latency predictor quality (held-out configurations; `hwnas fit`)
 {_md(fit_rows)}

@@ -6,7 +6,7 @@ Reads the folders written by ``hwnas early-exit --budget-ms B --device D --out D
 under the same budget, the chosen sub-network and exit policy, accuracies on dev and test,
 layers run, the estimated and measured latency statistic, speed-ups measured against the
 chosen sub-network as one graph) and the folders' front and exit-histogram figures copied
-beside it; then re-assembles ``OUT/BENCHMARKS.md`` (``nas.bench.assemble``) so the page is in it.
+beside it (named after the folder); then re-assembles ``OUT/BENCHMARKS.md`` (``nas.bench.assemble``) so the page is in it.
 
     .venv/bin/python scripts/early_exit_page.py runs/main/early_exit/search_cpu-1t_3ms \
         runs/main/early_exit/search_cpu_3ms --task rt --out results
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     table += ["| " + " | ".join(r[c] for c in cols) + " |" for r in rows]
     figures = []
     for f, r in reports:
-        tag = f"{r['search']['device']}_{r['search']['budget_ms']:g}ms"
+        tag = f.resolve().name
         for png in ("front", "exit_histogram"):
             if (f / f"{png}.png").exists():
                 target = out / f"{name}_{tag}_{png}.png"

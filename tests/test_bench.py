@@ -37,6 +37,16 @@ def test_spread_verdicts_by_hand() -> None:
     assert v.loc["dynabert", "ours_minus_this"] == pytest.approx(0.01) and not v.loc["dynabert", "ours_beats"]
 
 
+def test_proxy_line_by_hand() -> None:
+    from nas.bench import proxy_line
+
+    # Four sub-networks (one fine-tuned twice, counted once): pairs ordered alike 5, oppositely 1 of 6.
+    c = pd.DataFrame({"arch": ["a", "b", "c", "d", "a"], "dev_accuracy_before": [0.60, 0.70, 0.65, 0.80, 0.60],
+                      "dev_accuracy": [0.70, 0.72, 0.74, 0.80, 0.71]})
+    assert "these 4 distinct sub-networks" in proxy_line(c) and "= 0.67" in proxy_line(c)
+    assert "not computed (2 distinct" in proxy_line(c[c.arch.isin(["a", "b"])])
+
+
 def test_quick_bench_writes_the_page(job: Path, tmp_path: Path) -> None:
     assert main(["bench", "--run", str(job), "--quick", "--out", str(tmp_path)]) == 0
     page = (tmp_path / "BENCHMARKS.md").read_text()

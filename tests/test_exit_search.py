@@ -265,7 +265,7 @@ def test_command_searches_exports_and_reports(job, tmp_path, capsys) -> None:
     page = (res / "bench_tiny_early_exit.md").read_text()
     assert page.startswith("# Benchmarks: tiny early exit") and s["chosen"]["arch"] in page
     assert "## Benchmarks: tiny early exit" in (res / "BENCHMARKS.md").read_text()
-    assert (res / "bench_tiny_early_exit_cpu_1000ms_front.png").is_file()
+    assert (res / "bench_tiny_early_exit_ees_front.png").is_file()
     bad = subprocess.run([sys.executable, str(script), str(run), "--task", "tiny", "--out", str(tmp_path / "r2")],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "not the report" in bad.stderr and not (tmp_path / "r2").exists()
