@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     table = ["| " + " | ".join(cols) + " |", "| " + " | ".join("---" for _ in cols) + " |"]
     table += ["| " + " | ".join(r[c] for c in cols) + " |" for r in rows]
     figures = []
-    for f, r in reports:
+    for f, _ in reports:
         tag = f.resolve().name
         for png in ("front", "exit_histogram"):
             if (f / f"{png}.png").exists():
