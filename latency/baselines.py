@@ -8,8 +8,9 @@ ONNX the standard way (``torch.onnx.export`` of ``BertForSequenceClassification`
   fusions), what ONNX Runtime recommends before serving a BERT on a CPU;
 * ``stock-int8``: dynamic INT8 quantization of the optimized graph (``quantize_dynamic``,
   int8 weights, activations quantized per call): ONNX Runtime's recommendation for
-  transformers on x86. It gains most on CPUs with AVX-512 VNNI (this one has it); with AVX2
-  only the gain is smaller, and on old CPUs INT8 can be slower than fp32.
+  transformers on x86. It gains most on CPUs with AVX-512 VNNI; with AVX2 only the gain is
+  smaller (and the weights use 7 bits, ``int8_reduce_range``), and on old CPUs INT8 can be
+  slower than fp32.
 
 ``stock_models`` builds them once per run (``RUN/baselines/``, with their test accuracy,
 scored by running each ONNX graph); ``compare_deployments`` times them beside our models,

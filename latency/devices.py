@@ -26,7 +26,8 @@ TOML file, one table per device::
 ONNX graph with dynamic INT8 quantization (``latency.onnx_export.quantize_int8``), measured,
 predicted and scored (its dev accuracy run by ONNX Runtime) like any other choice. INT8 gains
 most on CPUs with VNNI instructions (AVX-512 VNNI or AVX-VNNI); on a CPU without them the
-measurements show the smaller gain (or a loss) and the search then picks fp32.
+measurements show the smaller gain (or a loss) and the search then picks fp32 (and the
+weights use 7 bits there: ``latency.onnx_export.int8_reduce_range``).
 
 ``runtime = "openvino"`` times the same ONNX graph (token dropping included) in OpenVINO's CPU
 plugin, in fp32 (``latency.onnx_export.ov_compiled``), with the same workloads and

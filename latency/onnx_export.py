@@ -180,11 +180,41 @@ def _quiet_quantizer() -> Iterator[None]:
         root.setLevel(level)
 
 
+def cpu_has_vnni(cpuinfo: str | None = None, machine: str | None = None) -> bool | None:
+    """Whether this CPU has VNNI dot-product instructions (AVX-512 VNNI or AVX-VNNI): True /
+    False on an x86 Linux machine, None where the flags cannot be read (another OS or
+    architecture). ``cpuinfo`` / ``machine``: the text of /proc/cpuinfo and the architecture,
+    read from this machine when not given."""
+    import platform
+
+    if (machine or platform.machine()).lower() not in ("x86_64", "amd64", "i686", "i386"):
+        return None
+    try:
+        text = Path("/proc/cpuinfo").read_text() if cpuinfo is None else cpuinfo
+    except OSError:
+        return None
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), None)
+    if flags is None:
+        return None
+    return "avx512_vnni" in flags or "avx_vnni" in flags
+
+
+def int8_reduce_range() -> bool:
+    """Whether INT8 weights should use 7 bits (ONNX Runtime's ``reduce_range``): on an x86 CPU
+    without VNNI, ONNX Runtime's uint8 x int8 kernels add pairs of products in 16 bits, which
+    saturates with full 8-bit weights and moves a quantized model's outputs far from fp32
+    (tests/test_precision.py failed on an AVX2-only CPU without it); with VNNI (or off x86)
+    the full range is kept."""
+    return cpu_has_vnni() is False
+
+
 def quantize_int8(src: str | Path, out: str | Path, *, per_channel: bool = False, exclude: Sequence[str] = ()) -> Path:
     """Dynamic INT8 quantization of an ONNX graph (ONNX Runtime's ``quantize_dynamic``): int8
     weight matrices, activations quantized to uint8 per call. It gains most on CPUs with
     AVX-512 VNNI (or AVX-VNNI); with AVX2 only the integer kernels gain less, and on CPUs
     without either INT8 can be slower than fp32, which the device's measurements then show.
+    Without VNNI on x86 the weights use 7 bits (``int8_reduce_range``), as ONNX Runtime
+    advises there: the graph is then quantized for the CPU it is made on.
 
     ``per_channel``: one scale per output column of each weight instead of one per matrix.
     The stock baseline uses ONNX Runtime's default (per matrix); our sub-networks use per
@@ -200,7 +230,8 @@ def quantize_int8(src: str | Path, out: str | Path, *, per_channel: bool = False
         # tensors whose type is then unknown are float, which they are.
         with _quiet_quantizer():
             quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QInt8, per_channel=per_channel,
-                             nodes_to_exclude=list(exclude), extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+                             reduce_range=int8_reduce_range(), nodes_to_exclude=list(exclude),
+                             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
 
     return atomic_write(out, write)
 
@@ -274,8 +305,8 @@ def quantize_static_int8(
             quantize_static(
                 str(src), str(tmp), Reader(), quant_format=QuantFormat.QDQ, nodes_to_quantize=nodes,
                 op_types_to_quantize=["MatMul", "Gemm"],  # also what is calibrated: no masks' -inf
-                per_channel=per_channel, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                calibrate_method=calibrate,
+                per_channel=per_channel, reduce_range=int8_reduce_range(), activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8, calibrate_method=calibrate,
                 extra_options={
                     "DefaultTensorType": onnx.TensorProto.FLOAT,
                     "OpTypesToExcludeOutputQuantization": ["MatMul", "Gemm"],

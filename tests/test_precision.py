@@ -278,3 +278,20 @@ def test_static_int8_refuses_an_unknown_method_or_no_calibration(tmp_path: Path)
     with pytest.raises(ValueError, match="at least one calibration input"):
         quantize_static_int8(fp32, tmp_path / "x.onnx", [])
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_int8_weights_use_seven_bits_only_on_x86_without_vnni(monkeypatch: pytest.MonkeyPatch) -> None:
+    from latency import onnx_export
+    from latency.onnx_export import cpu_has_vnni, int8_reduce_range
+
+    info = "processor\t: 0\nflags\t\t: fpu sse4_2 avx avx2 {}\n"
+    assert cpu_has_vnni(info.format(""), "x86_64") is False
+    assert cpu_has_vnni(info.format("avx512f avx512_vnni"), "x86_64") is True
+    assert cpu_has_vnni(info.format("avx_vnni"), "x86_64") is True
+    assert cpu_has_vnni(info.format(""), "aarch64") is None  # ARM: the flags say nothing of this
+    assert cpu_has_vnni("no flags line", "x86_64") is None
+    monkeypatch.setattr(onnx_export, "cpu_has_vnni", lambda: False)
+    assert int8_reduce_range() is True
+    for answer in (True, None):
+        monkeypatch.setattr(onnx_export, "cpu_has_vnni", lambda a=answer: a)
+        assert int8_reduce_range() is False
