@@ -13,7 +13,9 @@ ONNX the standard way (``torch.onnx.export`` of ``BertForSequenceClassification`
   slower than fp32.
 
 ``stock_models`` builds them once per run (``RUN/baselines/``, with their test accuracy,
-scored by running each ONNX graph); ``compare_deployments`` times them beside our models,
+scored by running each ONNX graph; ``stock-int8`` at the deployed batch, since dynamic
+quantization's activation scales span the whole batch, padding included, so its predictions
+depend on it); ``compare_deployments`` times them beside our models,
 interleaved call by call on the same workload and statistic as the budget
 (``latency.measure.DeviceTimer.compare``). Every speed-up is quoted against the fastest
 stock fp32 deployment (the headline) and against the stock INT8 one.
@@ -52,15 +54,21 @@ STOCK = ("stock-fp32", "stock-ort", "stock-int8")
 # operators and the dynamic INT8 ones included); their test scores are ONNX Runtime's.
 ONNX_RUNTIMES = ("onnxruntime", "openvino")
 FP32_STOCK = ("stock-fp32", "stock-ort")
+# An fp32 graph matches PyTorch to 1e-4 whatever its batch, so it is scored in batches of this
+# size (faster); an INT8 graph is scored at the batch it is deployed at (``onnx_logits``).
+FP32_SCORE_BATCH = 32
 
 
 class BaselineError(HwnasError):
     """A stock model that cannot be built or scored."""
 
 
-def onnx_logits(path: str | Path | Any, enc: Encoded, *, batch_size: int = 32, threads: int | None = None) -> np.ndarray:
+def onnx_logits(path: str | Path | Any, enc: Encoded, *, batch_size: int = FP32_SCORE_BATCH,
+                threads: int | None = None) -> np.ndarray:
     """Logits (N, num_labels) of an ONNX classifier (a file, or an open session) on ``enc``,
-    in ``enc``'s order."""
+    in ``enc``'s order, run in length-sorted batches of ``batch_size`` (each padded to its
+    longest). A dynamically quantized (INT8) graph's logits depend on ``batch_size``: score it
+    at the batch it is deployed at."""
     sess = path if hasattr(path, "run") else ort_session(path, threads=threads)
     take = session_feed(sess)
     out: np.ndarray | None = None
@@ -73,9 +81,10 @@ def onnx_logits(path: str | Path | Any, enc: Encoded, *, batch_size: int = 32, t
     return out if out is not None else np.zeros((0, 0), dtype=np.float32)
 
 
-def onnx_scores(path: str | Path, enc: Encoded) -> dict[str, float]:
-    """Accuracy and macro-F1 of an ONNX classifier, run by ONNX Runtime (how INT8 is scored)."""
-    return scores(onnx_logits(path, enc), enc.labels)
+def onnx_scores(path: str | Path, enc: Encoded, *, batch_size: int = FP32_SCORE_BATCH) -> dict[str, float]:
+    """Accuracy and macro-F1 of an ONNX classifier, run by ONNX Runtime in batches of
+    ``batch_size`` (how INT8 is scored, at its deployed batch)."""
+    return scores(onnx_logits(path, enc, batch_size=batch_size), enc.labels)
 
 
 def export_stock_onnx(teacher: ElasticBert, out: Path, *, opset: int = 17) -> Path:
@@ -122,19 +131,9 @@ def optimize_stock(src: Path, out: Path, *, num_heads: int, hidden_size: int) ->
     return atomic_write(out, lambda tmp: opt.save_model_to_file(str(tmp)))
 
 
-def stock_models(run: LoadedRun) -> dict[str, dict[str, Any]]:
-    """The stock deployments of the run's teacher (built once, kept in ``RUN/baselines/``):
-    name -> ``{"path", "acc_test", "f1_test", "precision"}``, test scores by ONNX Runtime."""
-    from supernet.checkpoint import load_model
-
-    folder = run.paths.baselines
-    about = folder / "stock.json"
-    if about.exists():
-        known = json.loads(about.read_text())
-        if all((folder / known[n]["file"]).exists() for n in STOCK if n in known) and set(STOCK) <= set(known):
-            return {n: {**known[n], "path": str(folder / known[n]["file"])} for n in STOCK}
+def build_stock(teacher: ElasticBert, folder: Path) -> dict[str, Path]:
+    """The stock graphs of ``teacher`` (``STOCK``), written into ``folder``: name -> file."""
     folder.mkdir(parents=True, exist_ok=True)
-    teacher = load_model(run.paths.teacher)
     s = teacher.shape
     try:
         fp32 = export_stock_onnx(teacher, folder / "stock-fp32.onnx")
@@ -142,13 +141,37 @@ def stock_models(run: LoadedRun) -> dict[str, dict[str, Any]]:
         int8 = quantize_int8(ort, folder / "stock-int8.onnx")
     except (RuntimeError, ValueError, OSError) as e:
         raise BaselineError(f"could not build the stock ONNX baselines in {folder}: {e}") from e
+    return dict(zip(STOCK, (fp32, ort, int8), strict=True))
+
+
+def stock_models(run: LoadedRun, *, batch: int = 1) -> dict[str, dict[str, Any]]:
+    """The stock deployments of the run's teacher (built once, kept in ``RUN/baselines/``):
+    name -> ``{"path", "acc_test", "f1_test", "precision", "scored_batch"}``, test scores by
+    ONNX Runtime: ``stock-int8`` at ``batch``, the batch it is deployed at; the fp32 graphs at
+    ``FP32_SCORE_BATCH`` (they compute the same at any batch). A graph whose recorded score is
+    at another batch (or at none: a ``stock.json`` from before ``scored_batch``) is scored
+    again, without rebuilding the graphs."""
+    from supernet.checkpoint import load_model
+
+    if batch < 1:
+        raise BaselineError(f"a stock model is scored at a batch of at least 1 input, got {batch}")
+    folder = run.paths.baselines
+    about = folder / "stock.json"
+    known: dict[str, Any] = json.loads(about.read_text()) if about.exists() else {}
+    paths = {n: folder / known[n]["file"] for n in STOCK if n in known}
+    if len(paths) < len(STOCK) or not all(p.exists() for p in paths.values()):
+        known, paths = {}, build_stock(load_model(run.paths.teacher), folder)
     out: dict[str, dict[str, Any]] = {}
-    test = run.splits["test"]
-    for name, path in zip(STOCK, (fp32, ort, int8), strict=True):
-        sc = onnx_scores(path, test)
+    for name, path in paths.items():
+        at = batch if name == "stock-int8" else FP32_SCORE_BATCH
+        if known.get(name, {}).get("scored_batch") == at:
+            out[name] = known[name]
+            continue
+        sc = onnx_scores(path, run.splits["test"], batch_size=at)
         out[name] = {"file": path.name, "acc_test": sc["accuracy"], "f1_test": sc["macro_f1"],
-                     "precision": "int8" if name == "stock-int8" else "fp32"}
-    write_json(about, out)
+                     "precision": "int8" if name == "stock-int8" else "fp32", "scored_batch": at}
+    if out != {n: known.get(n) for n in STOCK}:
+        write_json(about, out)
     return {n: {**v, "path": str(folder / v["file"])} for n, v in out.items()}
 
 
@@ -184,14 +207,15 @@ def time_beside_stock(run: LoadedRun, timer: DeviceTimer, ours: Mapping[str, str
     """The stock deployments, our full model (``ours-full``: the supernet's largest
     sub-network, exported into the timer's folder) and ``ours`` (name -> ONNX file) timed in
     turn on the timer's workload: name -> ``{p50_ms, p90_ms, p99_ms, mean_ms, acc_test,
-    precision}``, ``acc_test`` the stock models' (None for ours: the caller scores them).
+    precision}``, ``acc_test`` the stock models' (INT8 at the timer's batch; None for ours:
+    the caller scores them).
     None on a device whose runtime runs no ONNX graph (PyTorch eager)."""
     from latency.onnx_export import export_onnx
     from supernet.extract import extract
 
     if timer.profile.runtime not in ONNX_RUNTIMES:
         return None
-    stock = stock_models(run)
+    stock = stock_models(run, batch=timer.batch)
     full = export_onnx(extract(run.supernet, run.space.largest()), timer.workdir / "ours-full.onnx")
     paths = {**{n: v["path"] for n, v in stock.items()}, "ours-full": full, **(ours or {})}
     timed = compare_deployments(timer, paths, rounds=rounds)

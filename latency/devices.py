@@ -24,7 +24,7 @@ TOML file, one table per device::
 ``precision`` is the float type the runtime computes in (fp16 for PyTorch on CUDA);
 ``precisions`` the choices the search may make per sub-network: ``"int8"`` is the sub-network's
 ONNX graph with dynamic INT8 quantization (``latency.onnx_export.quantize_int8``), measured,
-predicted and scored (its dev accuracy run by ONNX Runtime) like any other choice. INT8 gains
+predicted and scored (its dev accuracy run by ONNX Runtime at ``batch``) like any other choice. INT8 gains
 most on CPUs with VNNI instructions (AVX-512 VNNI or AVX-VNNI); on a CPU without them the
 measurements show the smaller gain (or a loss) and the search then picks fp32 (and the
 weights use 7 bits there: ``latency.onnx_export.int8_reduce_range``).

@@ -146,6 +146,11 @@ class Workload:
     def key(self) -> tuple[str, int]:
         return (self.regime, self.length)
 
+    @property
+    def batch(self) -> int:
+        """Inputs per call."""
+        return int(self.feeds[0]["input_ids"].shape[0])
+
 
 def traffic_inputs(enc: Encoded, batch: int, n_calls: int, seed: int = 0) -> Workload:
     """A traffic workload: ``n_calls`` calls of ``batch`` real examples each, drawn without
@@ -486,6 +491,12 @@ class DeviceTimer:
         self.full_config = SubnetConfig.full(supernet.shape.heads, supernet.shape.ffn)
         self.workdir = make_temp_dir("timer")  # removed by close(); after a crash, by the next run
         self.full = self.open(self.full_config)
+
+    @property
+    def batch(self) -> int:
+        """Inputs per call of its (first) workload: the batch a model is deployed at here, and
+        the one a dynamically quantized graph is scored at (its scales depend on the batch)."""
+        return self.workloads[0].batch
 
     def open(self, cfg: SubnetConfig, *, cache: Path | None = None) -> Runner:
         """A runner of ``cfg``'s standalone model on the device (``cache``: keep its ONNX file

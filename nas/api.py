@@ -112,7 +112,7 @@ def search(run: LoadedRun | str | Path, device: str, *, budget_ms: float | None 
     target = _target(r, device, length, budget_stat)
     with RunFolder(r.folder).lock("nas.api.search"):
         result, _ = run_search(r, target, budget_ms, method=method, n_evaluations=n_evaluations, seed=seed,
-                               accuracy=DevAccuracy(r, subset_size=dev_subset))
+                               accuracy=DevAccuracy(r, subset_size=dev_subset, batch=target.batch))
         write_csv(r.paths.search_history(device, budget_ms, method), search_history(result, target, budget_ms, method))
     return result
 
@@ -134,7 +134,8 @@ def export(run: LoadedRun | str | Path, device: str, out: str | Path, *, budget_
     cfg = ExportConfig(budget_ms=budget_ms, speedup=speedup, finetune=finetune, **options)
     target = _target(r, device, length, budget_stat)
     with RunFolder(r.folder).lock("nas.api.export"):
-        return choose_and_export(r, target, out, cfg, accuracy=DevAccuracy(r, subset_size=dev_subset))
+        return choose_and_export(r, target, out, cfg,
+                                 accuracy=DevAccuracy(r, subset_size=dev_subset, batch=target.batch))
 
 
 def predict(export_dir: str | Path, texts: Sequence[str], *, batch_size: int = 32) -> list[dict[str, Any]]:

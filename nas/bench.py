@@ -414,7 +414,8 @@ def run_bench(run: LoadedRun, target: Target, cfg: BenchConfig, out_dir: str | P
 
     out = Path(out_dir)
     times: dict[str, float] = {}
-    acc = DevAccuracy(run, subset_size=cfg.dev_subset, seed=cfg.seed, precision=cfg.search_precision)
+    acc = DevAccuracy(run, subset_size=cfg.dev_subset, seed=cfg.seed, precision=cfg.search_precision,
+                      batch=target.batch)
     t0 = time.time()
     teacher = load_model(run.paths.teacher)
     full_test = model_score(teacher, run.splits["test"], run.task.metric)

@@ -788,7 +788,7 @@ def register_search(sub: Subparsers) -> argparse.ArgumentParser:
 
 def cmd_search(a: argparse.Namespace) -> int:
     from nas.export import run_search, search_history
-    from nas.objectives import DevAccuracy
+    from nas.objectives import dev_accuracies
     from nas.search import searcher_class
     from supernet.io import write_csv
     from supernet.workflow import open_run
@@ -797,7 +797,8 @@ def cmd_search(a: argparse.Namespace) -> int:
     searcher_class(a.method)  # an unknown name is refused before the run opens
     run = open_run(a.run)
     targets = {device: _target(run, device, a.devices, a.length, a.budget_stat) for device in a.device.split(",")}
-    acc = DevAccuracy(run, subset_size=a.dev_subset or None, precision=a.search_precision)
+    accs = dev_accuracies(run, (t.batch for t in targets.values()), subset_size=a.dev_subset or None,
+                          precision=a.search_precision)
     method, kwargs = a.method, {}
     if a.ray:
         method, kwargs = "ray", {"workers": a.workers, "address": a.ray_address,
@@ -805,6 +806,7 @@ def cmd_search(a: argparse.Namespace) -> int:
     print(f"the searches are Optuna studies in {run.paths.search / 'optuna.db'}: browse them with "
           f"`optuna-dashboard {run.paths.optuna_storage}` (pip install optuna-dashboard)")
     for device, target in targets.items():
+        acc = accs[target.batch]
         for budget in budgets:
             result, wall = run_search(run, target, budget, method=method, n_evaluations=a.n, seed=a.seed,
                                       accuracy=acc, searcher_kwargs=kwargs)
@@ -876,7 +878,7 @@ def cmd_export(a: argparse.Namespace) -> int:
                        finetune_unlabeled=a.finetune_unlabeled,
                        drift_tolerance=None if a.drift_tolerance < 0 else a.drift_tolerance, progress=not a.quiet,
                        step_up_below=a.step_up_below or None, train_device=train_device)
-    accuracy = DevAccuracy(run, subset_size=a.dev_subset or None, precision=a.search_precision)
+    accuracy = DevAccuracy(run, subset_size=a.dev_subset or None, precision=a.search_precision, batch=target.batch)
     r = choose_and_export(run, target, a.out, cfg, accuracy=accuracy, command=a.command_line)
     if r["budget_from"]:
         b = r["budget_from"]

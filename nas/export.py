@@ -62,6 +62,7 @@ from supernet.workflow import LoadedRun, with_unlabeled
 if TYPE_CHECKING:
     import torch
 
+    from supernet.data import Encoded
     from supernet.model import ElasticBert
 
 
@@ -186,7 +187,8 @@ def run_search(
                 + (f", scaled by {latency.scale:.2f} for the device's measured drift" if latency.scale != 1.0 else "")
                 + "); raise the budget to at least that"
             )
-    accuracy = accuracy or DevAccuracy(run)
+    accuracy = accuracy or DevAccuracy(run, batch=target.batch)
+    check_int8_batch(accuracy, target)
     kwargs = dict(searcher_kwargs or {})
     storage, name, attrs = search_study(run, target, budget_ms, latency, method, seed, accuracy)
     optuna_native = method in ("tpe", "nsga2")  # the study is their state: they write it as they go
@@ -205,11 +207,21 @@ def run_search(
     return result, wall
 
 
+def check_int8_batch(accuracy: DevAccuracy, target: Target) -> None:
+    """Where ``target`` runs int8, ``accuracy`` must score int8 sub-networks at the batch it
+    serves: a dynamically quantized graph's predictions depend on its batch."""
+    if "int8" in target.profile.precisions and accuracy.batch != target.batch:
+        raise ConfigError(f"the accuracy model scores int8 sub-networks at batch {accuracy.batch}, but "
+                          f"{target.profile.name} serves batch {target.batch}: give it "
+                          f"DevAccuracy(run, batch={target.batch})")
+
+
 def search_study(run: LoadedRun, target: Target, budget_ms: float | None, latency: PredictedLatency, method: str,
                  seed: int, accuracy: DevAccuracy) -> tuple[str, str, dict[str, Any]]:
     """Where a search's Optuna study lives, its name and its user attributes (every method's:
     optuna-dashboard shows them all). The name holds all that the stored values depend on:
-    device, budget, method, latency target, seed, dev subset, predictor, drift scale."""
+    device, budget, method, latency target, seed, dev subset (and the batch int8 graphs are
+    scored at, where the device runs int8), predictor, drift scale."""
     paths = run.paths
     paths.search.mkdir(parents=True, exist_ok=True)  # the study's own storage
     # The study's stored values are only valid for this predictor and this dev subset.
@@ -219,9 +231,12 @@ def search_study(run: LoadedRun, target: Target, budget_ms: float | None, latenc
     b = "front" if budget_ms is None else f"{budget_ms:g}ms"
     shape = f"L{target.length}" if target.regime == "fixed" else f"traffic{target.length}"
     stat = "" if target.stat == "p50" else f"-{target.stat}"
-    name = f"{target.profile.name}-{b}{stat}-{method}-{shape}-s{seed}-{accuracy.search_split}-p{fingerprint}{scaled}"
+    int8 = f"-int8b{accuracy.batch}" if "int8" in target.profile.precisions else ""
+    name = (f"{target.profile.name}-{b}{stat}-{method}-{shape}-s{seed}-{accuracy.search_split}{int8}-p{fingerprint}"
+            f"{scaled}")
     attrs = {"run": str(run.folder), "device": target.profile.name, "budget_ms": budget_ms,
-             "latency": target.describe(), "metric": accuracy.metric, "accuracy_on": accuracy.search_split}
+             "latency": target.describe(), "metric": accuracy.metric, "accuracy_on": accuracy.search_split,
+             "int8_scored_batch": accuracy.batch if int8 else None}
     return paths.optuna_storage, name, attrs
 
 
@@ -382,9 +397,10 @@ class FineTuned:
 
 def finetune_best(run: LoadedRun, teacher: ElasticBert, pool: list[tuple[Candidate, float]], stage: StageConfig,
                   out: Path, accuracy: DevAccuracy, targets: Callable[[], torch.Tensor],
-                  *, progress: bool = True, device: str = "cpu") -> FineTuned:
+                  *, progress: bool = True, device: str = "cpu", batch: int = 1) -> FineTuned:
     """Distil the teacher into each of ``pool`` (resumable, in ``out``, trained on ``device``);
-    the best fine-tuned dev score wins, ties to the search's pick."""
+    the best fine-tuned dev score wins, ties to the search's pick. Each is scored as deployed,
+    ``batch`` inputs per call (an int8 one: its quantized graph, whose predictions depend on it)."""
     from nas.objectives import deployed_logits
     from supernet.evaluate import scores
 
@@ -397,7 +413,7 @@ def finetune_best(run: LoadedRun, teacher: ElasticBert, pool: list[tuple[Candida
                                          targets=targets, progress=progress, device=device)
         model.eval()
         models.append(model)
-        deployed = deployed_logits(model, cand.config.precision)  # an int8 graph: exported once for both splits
+        deployed = deployed_logits(model, cand.config.precision, batch=batch)  # int8: exported once for both splits
         rows.append({"arch_key": cand.config.key(), "arch": cand.config.describe(),
                      "depth": len(cand.config.kept_layers), "measured_ms": ms,
                      "dev_accuracy_before": accuracy.full_dev(cand.config), "wall_s": round(time.time() - t0, 1),
@@ -439,6 +455,19 @@ def write_export(run: LoadedRun, target: Target, out: Path, chosen: Candidate, m
     return {"files": files, "onnx_max_abs_diff": diff, "onnx_inputs": list(input_names(model))}
 
 
+def written_logits(files: dict[str, str], model: ElasticBert, precision: str, enc: Encoded, *,
+                   batch: int) -> np.ndarray:
+    """The written model's logits on ``enc`` as deployed: an int8 export's ``model.onnx`` run
+    by ONNX Runtime at ``batch`` inputs per call, the device's (dynamic quantization's scales
+    span the batch); an fp32 export's PyTorch model, which its graph matches to 1e-4."""
+    from latency.baselines import onnx_logits
+    from supernet.evaluate import predict
+
+    if precision == "int8":
+        return onnx_logits(files["onnx"], enc, batch_size=batch)
+    return predict(model, enc)
+
+
 def compare_with_stock(run: LoadedRun, timer: DeviceTimer, files: dict[str, str], precision: str,
                        ours_logits: np.ndarray, full_acc: float, *, rounds: int = 3) -> dict[str, Any] | None:
     """The exported sub-network (``ours``: ``files["onnx"]`` at ``precision``; its test logits
@@ -446,11 +475,13 @@ def compare_with_stock(run: LoadedRun, timer: DeviceTimer, files: dict[str, str]
     int8 sub-networks are, or ``ours-fp32``, ``files["onnx_fp32"]``) and the supernet's full
     model (``ours-full``, test accuracy ``full_acc``) timed in turn with the stock deployments
     (``latency.baselines.time_beside_stock``), on the timer's workload and statistic, with
-    their test scores (the ONNX graphs run by ONNX Runtime, whose test logits are returned for
-    the paired statistics). Every graph is timed with the device's own runtime (ONNX Runtime or
+    their test scores (the ONNX graphs run by ONNX Runtime, the INT8 ones at the timer's batch
+    as ``ours_logits`` should be; their test logits are returned for the paired statistics).
+    Every graph is timed with the device's own runtime (ONNX Runtime or
     OpenVINO, which reads the same files: ``latency.baselines.ONNX_RUNTIMES``), so a speed-up
     never mixes runtimes; the speed-ups name it. None on a PyTorch eager device."""
     from latency.baselines import (
+        FP32_SCORE_BATCH,
         ONNX_RUNTIMES,
         onnx_logits,
         speedups,
@@ -469,8 +500,9 @@ def compare_with_stock(run: LoadedRun, timer: DeviceTimer, files: dict[str, str]
         other, other_path = "ours-int8", quantize_subnet(onnx_path, timer.workdir / "ours-int8.onnx")
     rows = time_beside_stock(run, timer, {"ours": onnx_path, other: other_path}, rounds=rounds)
     assert rows is not None
-    test = run.splits["test"]
-    logits = {other: onnx_logits(other_path, test), "stock-int8": onnx_logits(stock_models(run)["stock-int8"]["path"], test)}
+    test, batch = run.splits["test"], timer.batch  # dynamic INT8's predictions depend on the batch
+    logits = {other: onnx_logits(other_path, test, batch_size=batch if other == "ours-int8" else FP32_SCORE_BATCH),
+              "stock-int8": onnx_logits(stock_models(run, batch=batch)["stock-int8"]["path"], test, batch_size=batch)}
     rows["ours"]["acc_test"] = scores(ours_logits, test.labels)["accuracy"]
     rows["ours"]["precision"] = precision
     rows[other]["acc_test"] = scores(logits[other], test.labels)["accuracy"]
@@ -530,13 +562,13 @@ def choose_and_export(
     already has it (a budget sweep); ``teacher_targets``: the teacher's logits on the train
     split (``teacher_logits``, called only if there is fine-tuning to do).
     """
-    from latency.baselines import onnx_logits
     from supernet.checkpoint import load_model
     from supernet.evaluate import model_score, predict, scores
     from supernet.extract import extract
     from supernet.io import write_csv
 
-    accuracy = accuracy or DevAccuracy(run)
+    accuracy = accuracy or DevAccuracy(run, batch=target.batch)
+    check_int8_batch(accuracy, target)
     latency = latency or PredictedLatency.of(run.folder, target)
     own_timer = open_timer(run, target) if timer is None else None  # closed here; a caller's is not
     timer = timer or own_timer
@@ -577,17 +609,15 @@ def choose_and_export(
             targets = (teacher_targets if ft_run is run else None) or functools.cache(
                 lambda: teacher_logits(teacher, distill))
             ft = finetune_best(ft_run, teacher, pool, cfg.finetune, out, accuracy, targets, progress=cfg.progress,
-                               device=cfg.train_device)
+                               device=cfg.train_device, batch=target.batch)
             (chosen, chosen_ms), small, ft_rows = pool[ft.best], ft.models[ft.best], ft.rows
             tuned = {"epochs": cfg.finetune.epochs, "lr": cfg.finetune.lr, "candidates": len(pool),
                      "texts": len(distill), "unlabeled": ft_run.spec.train.unlabeled,
                      **{k: ft_rows[ft.best][k] for k in ("wall_s", "reused", "dev_accuracy", "test_accuracy")}}
         written = write_export(run, target, out, chosen, small)
         precision = chosen.config.precision
-        # The written model's test logits, as deployed (int8: its quantized graph, by ONNX
-        # Runtime): for its score and the paired statistics.
-        ours_logits = (onnx_logits(written["files"]["onnx"], run.splits["test"]) if chosen.config.int8
-                       else predict(small, run.splits["test"]))
+        # The written model's test logits, as deployed: for its score and the paired statistics.
+        ours_logits = written_logits(written["files"], small, precision, run.splits["test"], batch=target.batch)
         # At least 5 rounds: the headline speed-ups come from this one comparison (about 1 s a round).
         stock = (compare_with_stock(run, timer, written["files"], precision, ours_logits,
                                     accuracy.test(run.space.largest()), rounds=max(5, cfg.rounds))

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from latency.target import PredictedLatency, Target, open_timer
-from nas.objectives import DevAccuracy
+from nas.objectives import DevAccuracy, dev_accuracies
 from nas.pareto import compare_fronts, pareto_front
 from supernet.errors import ConfigError, HwnasError
 from supernet.io import atomic_write, write_csv
@@ -110,8 +110,11 @@ def compare(
     """
     fronts: list[pd.DataFrame] = []
     for run in runs:
-        acc = DevAccuracy(run, subset_size=dev_subset, precision=precision)  # the searches' subset: its scores are cached
+        # The searches' subset: its scores are cached.
+        accs = dev_accuracies(run, (t.batch for t in targets[str(run.folder)].values()), subset_size=dev_subset,
+                              precision=precision)
         for device, target in targets[str(run.folder)].items():
+            acc = accs[target.batch]
             method_list: list[str | None] = list(methods) if methods else [None]
             for method in method_list:
                 # A device's front holds the precisions it runs (another device's search may

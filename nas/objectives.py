@@ -5,7 +5,9 @@
 subset of the **dev** split (the whole dev split for finalists); the test split is only
 touched by ``test()`` for reporting. An int8 sub-network is scored by running its quantized
 ONNX graph in ONNX Runtime (``QuantizedLogits``; seconds a sub-network on 2 cores, most of
-it the export and the quantizer), so that its score is the deployed model's. The search objective (the subset) runs under bfloat16
+it the export and the quantizer) at the device's batch (``batch``, 1 by default: dynamic
+quantization's scales span the whole batch, so its predictions depend on it), so that its
+score is the deployed model's. The search objective (the subset) runs under bfloat16
 autocast where the CPU has bf16 instructions (``precision="auto"``; see ``scripts/precision_check.py``), the
 whole-dev and test scores always in fp32, as the exported model runs. Scores are cached by configuration hash in memory and
 in ``RUN/search/accuracy.csv``, so a resumed or repeated search never re-evaluates.
@@ -16,13 +18,14 @@ which is how Ray Tune trials get it.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from supernet.data import Encoded
+from supernet.errors import ConfigError
 from supernet.evaluate import Evaluator, resolve_precision
 from supernet.io import make_temp_dir, remove_temp_dir
 from supernet.runfolder import RunFolder
@@ -49,28 +52,30 @@ def deployed_session(model: Any, precision: str, threads: int | None = None) -> 
         remove_temp_dir(folder)
 
 
-def deployed_logits(model: Any, precision: str) -> Callable[[Encoded], np.ndarray]:
-    """A function from examples to the logits of ``model`` as deployed at ``precision`` (fp32:
-    PyTorch, which its ONNX graph matches to 1e-4; int8: the quantized graph run by ONNX
-    Runtime, exported and quantized once here for every split it then scores)."""
+def deployed_logits(model: Any, precision: str, *, batch: int = 1) -> Callable[[Encoded], np.ndarray]:
+    """A function from examples to the logits of ``model`` as deployed at ``precision`` and
+    ``batch`` inputs per call (fp32: PyTorch, which its ONNX graph matches to 1e-4 at any
+    batch; int8: the quantized graph run by ONNX Runtime at ``batch``, exported and quantized
+    once here for every split it then scores)."""
     from latency.baselines import onnx_logits
     from supernet.evaluate import predict
 
     if precision == "fp32":
         return lambda enc: predict(model, enc)
     session = deployed_session(model, precision)
-    return lambda enc: onnx_logits(session, enc)
+    return lambda enc: onnx_logits(session, enc, batch_size=batch)
 
 
 class QuantizedLogits:
     """Logits of a sub-network's deployed graph at its precision (``export_deployed``: the
-    quantized ONNX graph for int8), run by ONNX Runtime. The last few sessions are kept, so
-    that a finalist's dev-subset, dev and test scores export and quantize it once."""
+    quantized ONNX graph for int8), run by ONNX Runtime at ``batch`` inputs per call, the
+    device's. The last few sessions are kept, so that a finalist's dev-subset, dev and test
+    scores export and quantize it once."""
 
     KEEP = 3
 
-    def __init__(self, supernet: Any, *, threads: int | None = None) -> None:
-        self.supernet, self.threads = supernet, threads
+    def __init__(self, supernet: Any, *, batch: int = 1, threads: int | None = None) -> None:
+        self.supernet, self.batch, self.threads = supernet, batch, threads
         self._sessions: OrderedDict[str, Any] = OrderedDict()
 
     def session(self, cfg: SubnetConfig) -> Any:
@@ -87,17 +92,21 @@ class QuantizedLogits:
     def __call__(self, cfg: SubnetConfig, enc: Encoded) -> np.ndarray:
         from latency.baselines import onnx_logits
 
-        return onnx_logits(self.session(cfg), enc)
+        return onnx_logits(self.session(cfg), enc, batch_size=self.batch)
 
 
 class DevAccuracy:
-    """The AccuracyModel of a run: headline metric on a fixed dev subset, cached."""
+    """The AccuracyModel of a run: headline metric on a fixed dev subset, cached. ``batch``:
+    the inputs per call of the device searched for (``Target.batch``), which int8 sub-networks'
+    graphs are scored at; their cached scores are kept apart by it."""
 
     def __init__(self, run: LoadedRun | str | Path, *, subset_size: int | None = 500, seed: int = 0,
-                 cache: bool = True, precision: str = "auto") -> None:
+                 cache: bool = True, precision: str = "auto", batch: int = 1) -> None:
+        if batch < 1:
+            raise ConfigError(f"int8 graphs are scored at a batch of at least 1 input, got {batch}")
         self._run = run if isinstance(run, LoadedRun) else open_run(run)
         self.folder = self._run.folder
-        self.subset_size, self.seed, self.use_cache = subset_size, seed, cache
+        self.subset_size, self.seed, self.use_cache, self.batch = subset_size, seed, cache, batch
         self.precision = resolve_precision(precision)  # of the search objective
         bf16 = "bf16" if self.precision == "bf16" else ""
         self.search_split = f"dev{subset_size}s{seed}{bf16}" if subset_size else f"dev{bf16}"
@@ -112,7 +121,7 @@ class DevAccuracy:
             self._run.supernet, splits, metric=self.metric,
             bf16_splits=[self.search_split] if self.precision == "bf16" else [],
             log_path=self.cache_path if cache else None,
-            graph_logits=QuantizedLogits(self._run.supernet),
+            graph_logits=QuantizedLogits(self._run.supernet, batch=batch), graph_key=f"b{batch}",
         )
 
     @property
@@ -123,11 +132,11 @@ class DevAccuracy:
     # Ray Tune and multiprocessing: ship the settings, not the model.
     def __getstate__(self) -> dict[str, Any]:
         return {"folder": str(self.folder), "subset_size": self.subset_size, "seed": self.seed, "cache": self.use_cache,
-                "precision": self.precision}
+                "precision": self.precision, "batch": self.batch}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["folder"], subset_size=state["subset_size"], seed=state["seed"], cache=state["cache"],  # type: ignore[misc]
-                      precision=state["precision"])
+                      precision=state["precision"], batch=state["batch"])
 
     def scores(self, cfg: SubnetConfig, split: str) -> dict[str, float]:
         return self._scores(cfg, split)
@@ -142,3 +151,10 @@ class DevAccuracy:
     def test(self, cfg: SubnetConfig) -> float:
         """Reporting only: never used to choose."""
         return float(self.scores(cfg, "test")[self.metric])
+
+
+def dev_accuracies(run: LoadedRun, batches: Iterable[int], *, subset_size: int | None = 500, seed: int = 0,
+                   precision: str = "auto") -> dict[int, DevAccuracy]:
+    """One ``DevAccuracy`` of ``run`` per batch of ``batches`` (the ``Target.batch`` of each
+    device searched for), so that each device's int8 graphs are scored at its own batch."""
+    return {b: DevAccuracy(run, subset_size=subset_size, seed=seed, precision=precision, batch=b) for b in set(batches)}

@@ -22,7 +22,7 @@ from latency.workflow import fit_run_device, measure_devices, resolve_device
 from nas.card import written_test_score
 from nas.export import ExportConfig, choose_and_export, run_search, search_history
 from nas.fronts import compare
-from nas.objectives import DevAccuracy
+from nas.objectives import dev_accuracies
 from nas.search import fastest_reachable
 from supernet.checks import check_int
 from supernet.errors import ConfigError
@@ -106,11 +106,13 @@ def main_job(out: str | Path, spec: RunSpec, job: JobConfig, *, progress: bool =
     stage("fit", t0)
 
     t0 = time.time()
-    acc = DevAccuracy(run, subset_size=job.dev_subset, precision=job.search_precision)
     targets = {d: Target.of(run, resolve_device(out, d)) for d in job.devices}
+    accs = dev_accuracies(run, (t.batch for t in targets.values()), subset_size=job.dev_subset,
+                          precision=job.search_precision)
     rows: list[dict[str, Any]] = []
     budgets: dict[str, list[float]] = {}
     for device, target in targets.items():
+        acc = accs[target.batch]
         lat = PredictedLatency.of(out, target)
         full_pred = lat.predict([run.space.largest()])[0][0]
         fastest = fastest_reachable(target.search_space(run.space), lat)
@@ -143,6 +145,7 @@ def main_job(out: str | Path, spec: RunSpec, job: JobConfig, *, progress: bool =
                           # minutes ago: scaling its predictions would move them.
                           drift_tolerance=None, train_device=job.train_device)
     export_dir = run.paths.export(job.exported_on, budget)
+    acc = accs[targets[job.exported_on].batch]
     report = choose_and_export(run, targets[job.exported_on], export_dir, export, accuracy=acc, command=command)
     ft = report["finetuned"]
     rows.append({"picked_by": "export", "device": job.exported_on, "regime": report["regime"],

@@ -38,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     run = open_run(export.parents[1])
     profile = get_device(report["device"])
     stat = report["budget_stat"]
-    paths = {**{n: v["path"] for n, v in stock_models(run).items()}, "ours": str(export / "model.onnx")}
+    paths = {**{n: v["path"] for n, v in stock_models(run, batch=report["batch"]).items()},
+             "ours": str(export / "model.onnx")}
     sessions = {n: open_onnx_runner(profile, path) for n, path in paths.items()}  # ONNX Runtime or OpenVINO
     work = traffic_inputs(run.splits["test"], report["batch"], a.calls, seed=a.seed)
     rng = np.random.default_rng(a.seed)

@@ -35,7 +35,8 @@ def main() -> None:
     from onnxruntime.transformers.optimizer import optimize_model
 
     run = open_run(a.run)
-    stock = stock_models(run)
+    profile = resolve_device(run.folder, a.device)
+    stock = stock_models(run, batch=profile.batch)
     with tempfile.TemporaryDirectory(prefix="hwnas-stock-check-") as tmp:
         ours = export_onnx(extract(run.supernet, run.space.largest()), Path(tmp) / "ours-full.onnx")
         opt = optimize_model(str(ours), model_type="bert", num_heads=0, hidden_size=0)
@@ -46,7 +47,7 @@ def main() -> None:
         diff = np.abs(onnx_logits(ours, run.splits["dev"]) - onnx_logits(opt_path, run.splits["dev"])).max()
         print(f"optimized vs not: max logit difference on dev {diff:.2g}")
         paths = {**{n: v["path"] for n, v in stock.items()}, "ours-full": ours, "ours-full-opt": opt_path}
-        target = Target.of(run, resolve_device(run.folder, a.device))
+        target = Target.of(run, profile)
         ratios: dict[str, list[float]] = {n: [] for n in paths}
         with target_timer(run, target) as timer:
             for i in range(a.repeats):

@@ -113,15 +113,18 @@ class Evaluator:
     ``n_computed`` counts the scores computed (not loaded or remembered). A sub-network at a
     precision other than fp32 is scored by ``graph_logits(subnet, examples)``: its deployed
     graph run by its runtime (``nas.objectives.QuantizedLogits``), not by this model.
+    ``graph_key`` names how those graphs are run where it changes their scores (``b1``: one
+    input per call; a dynamically quantized graph's predictions depend on its batch): such a
+    score is cached under its split and that name (``dev@b1``), never mixed with another's.
     """
 
     def __init__(
         self, model: ElasticBert, splits: dict[str, Encoded], *, metric: str = "accuracy", batch_size: int = 64,
         bf16_splits: Collection[str] = (), log_path: str | Path | None = None,
-        graph_logits: Callable[[SubnetConfig, Encoded], np.ndarray] | None = None,
+        graph_logits: Callable[[SubnetConfig, Encoded], np.ndarray] | None = None, graph_key: str = "",
     ) -> None:
         self.model, self.splits, self.metric, self.batch_size = model, splits, metric, batch_size
-        self.graph_logits = graph_logits
+        self.graph_logits, self.graph_key = graph_logits, graph_key
         self.bf16_splits = frozenset(bf16_splits)
         self.cache: dict[tuple[str, str], dict[str, float]] = {}
         self.n_computed = 0
@@ -133,10 +136,11 @@ class Evaluator:
     def __call__(self, subnet: SubnetConfig, split: str = "dev") -> dict[str, float]:
         if split not in self.splits:
             raise KeyError(f"unknown split {split!r}; known: {sorted(self.splits)}")
-        key = (split, subnet.key())
+        graph = subnet.precision != "fp32"
+        key = (f"{split}@{self.graph_key}" if graph and self.graph_key else split, subnet.key())
         if key not in self.cache:
             enc = self.splits[split]
-            if subnet.precision == "fp32":
+            if not graph:
                 logits = predict(self.model, enc, subnet, batch_size=self.batch_size, bf16=split in self.bf16_splits)
             elif self.graph_logits is not None:
                 logits = self.graph_logits(subnet, enc)
@@ -146,7 +150,7 @@ class Evaluator:
             self.cache[key] = scores(logits, enc.labels)
             self.n_computed += 1
             if self.log is not None:
-                self.log.append([{"arch_key": subnet.key(), "split": split, **self.cache[key], "n": len(enc)}])
+                self.log.append([{"arch_key": subnet.key(), "split": key[0], **self.cache[key], "n": len(enc)}])
         return self.cache[key]
 
     def score(self, subnet: SubnetConfig, split: str = "dev") -> float:

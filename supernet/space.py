@@ -12,7 +12,7 @@ A ``SubnetConfig`` holds one choice per encoder layer:
 and one choice for the whole network, ``precision``: ``"fp32"`` (the default) or ``"int8"``
 (the exported ONNX graph's weight matrices quantized to int8, activations quantized per call:
 ``latency.onnx_export.quantize_int8``). An int8 sub-network's accuracy is scored by running
-its quantized graph in ONNX Runtime, never by PyTorch.
+its quantized graph in ONNX Runtime at the device's batch, never by PyTorch.
 
 A ``SearchSpace`` holds the allowed choices and knows how to sample, mutate and cross over
 configurations with a seeded ``numpy.random.Generator``.

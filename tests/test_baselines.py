@@ -9,11 +9,19 @@ import numpy as np
 import pytest
 import torch
 
-from latency.baselines import STOCK, compare_deployments, onnx_logits, speedups, stock_models
+from latency.baselines import (
+    FP32_SCORE_BATCH,
+    FP32_STOCK,
+    STOCK,
+    compare_deployments,
+    onnx_logits,
+    speedups,
+    stock_models,
+)
 from latency.target import Target, target_timer
 from latency.workflow import resolve_device
 from supernet.checkpoint import load_model
-from supernet.evaluate import predict
+from supernet.evaluate import predict, scores
 
 
 def test_stock_models_compute_what_the_teacher_computes(job: Path) -> None:
@@ -32,6 +40,53 @@ def test_stock_models_compute_what_the_teacher_computes(job: Path) -> None:
     before = {n: Path(stock[n]["path"]).stat().st_mtime_ns for n in STOCK}
     again = stock_models(run)  # built once per run
     assert {n: Path(again[n]["path"]).stat().st_mtime_ns for n in STOCK} == before
+
+
+def test_stock_int8_is_scored_at_the_deployed_batch_and_again_when_that_changes(
+        job: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Dynamic INT8's predictions depend on the batch: the stock INT8 accuracy recorded is its
+    graph's at the deployed batch (1 by default); a stock.json scored at another batch, or from
+    before the batch was recorded, is scored again without rebuilding the graphs."""
+    import json
+
+    import latency.baselines as baselines
+    from supernet.workflow import open_run
+
+    run = open_run(job)
+    test = run.splits["test"]
+    stock = stock_models(run)
+    int8 = stock["stock-int8"]
+    at1 = scores(onnx_logits(int8["path"], test, batch_size=1), test.labels)
+    assert int8["scored_batch"] == 1 and (int8["acc_test"], int8["f1_test"]) == (at1["accuracy"], at1["macro_f1"])
+    assert all(stock[n]["scored_batch"] == FP32_SCORE_BATCH for n in FP32_STOCK)  # the same at any batch
+    about = run.paths.baselines / "stock.json"
+    old = json.loads(about.read_text())
+    for v in old.values():  # as written before scored_batch, with a figure that must not survive
+        del v["scored_batch"]
+        v["acc_test"] = -1.0
+    about.write_text(json.dumps(old))
+    built = {n: Path(stock[n]["path"]).stat().st_mtime_ns for n in STOCK}
+    real, seen = onnx_logits, []
+
+    def spy(path, enc, **kw):  # noqa: ANN001, ANN003, ANN202
+        seen.append((Path(path).name, kw.get("batch_size")))
+        return real(path, enc, **kw)
+
+    monkeypatch.setattr(baselines, "onnx_logits", spy)
+    again = stock_models(run, batch=4)
+    assert sorted(seen) == [("stock-fp32.onnx", FP32_SCORE_BATCH), ("stock-int8.onnx", 4),
+                            ("stock-ort.onnx", FP32_SCORE_BATCH)]
+    at4 = scores(real(int8["path"], test, batch_size=4), test.labels)
+    assert again["stock-int8"]["acc_test"] == at4["accuracy"] and again["stock-int8"]["scored_batch"] == 4
+    assert all(again[n]["acc_test"] == stock[n]["acc_test"] for n in FP32_STOCK)
+    assert {n: Path(again[n]["path"]).stat().st_mtime_ns for n in STOCK} == built  # not rebuilt
+    # Back at batch 1: only the INT8 graph is scored again, and the file records it.
+    seen.clear()
+    assert stock_models(run)["stock-int8"]["acc_test"] == at1["accuracy"] and seen == [("stock-int8.onnx", 1)]
+    assert json.loads(about.read_text())["stock-int8"]["scored_batch"] == 1
+    seen.clear()
+    stock_models(run)
+    assert seen == []  # recorded at this batch: nothing to score
 
 
 def test_deployments_are_timed_in_turn_on_the_budgets_workload(job: Path) -> None:

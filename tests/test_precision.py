@@ -21,7 +21,7 @@ from nas.optuna_search import decode, encode, suggest_config
 from nas.search import depth_seeds, fastest_reachable
 from supernet.data import Encoded
 from supernet.errors import ConfigError
-from supernet.evaluate import Evaluator, predict
+from supernet.evaluate import Evaluator, predict, scores
 from supernet.space import SearchSpace, SubnetConfig
 
 SPACE = SearchSpace(num_layers=3, max_heads=4, max_ffn=64, head_choices=(1, 2, 4), ffn_choices=(16, 32, 64))
@@ -179,6 +179,78 @@ def test_an_int8_sub_network_is_scored_by_running_its_quantized_graph(monkeypatc
     assert np.allclose(deployed_logits(small, "int8")(enc), logits, atol=1e-5)
 
 
+def test_int8_graphs_are_scored_at_the_batch_they_are_given_and_cached_per_batch(tmp_path: Path) -> None:
+    """Dynamic INT8's activation scales span the whole batch, so one graph gives other logits at
+    batch 1 and 8: each is scored at the batch it is deployed at, and the evaluator's cache never
+    hands one batch's score out for another's."""
+    import pandas as pd
+
+    from latency.baselines import onnx_logits
+    from supernet.extract import extract
+
+    m = tiny_model().eval()
+    enc = _examples()
+    cfg = SPACE.uniform(width=0.5).with_precision("int8")
+    one, eight = QuantizedLogits(m), QuantizedLogits(m, batch=8)
+    at1, at8 = one(cfg, enc), eight(cfg, enc)
+    assert np.array_equal(at1, onnx_logits(one.session(cfg), enc, batch_size=1))
+    assert np.array_equal(at8, onnx_logits(eight.session(cfg), enc, batch_size=8))
+    assert not np.allclose(at1, at8, atol=1e-5)
+    assert np.allclose(deployed_logits(extract(m, cfg).eval(), "int8", batch=8)(enc), at8, atol=1e-5)
+    log = tmp_path / "accuracy.csv"
+    ev1 = Evaluator(m, {"dev": enc}, graph_logits=one, graph_key="b1", log_path=log)
+    assert ev1(cfg, "dev") == scores(at1, enc.labels)
+    ev8 = Evaluator(m, {"dev": enc}, graph_logits=eight, graph_key="b8", log_path=log)
+    assert ev8(cfg, "dev") == scores(at8, enc.labels) and ev8.n_computed == 1  # not batch 1's, cached
+    again = Evaluator(m, {"dev": enc}, graph_logits=one, graph_key="b1", log_path=log)
+    assert again(cfg, "dev") == pytest.approx(scores(at1, enc.labels)) and again.n_computed == 0
+    assert set(pd.read_csv(log)["split"]) == {"dev@b1", "dev@b8"}
+
+
+def test_an_int8_export_is_scored_at_its_targets_batch(job: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The written model's test logits (the report's ``written_test_accuracy_int8``, ``vs_teacher``)
+    and its supernet-weight scores (``test_accuracy``) come from its quantized graph run at the
+    target's batch, not at onnx_logits' default; an accuracy model at another batch is refused."""
+    import pickle
+
+    import latency.baselines
+    from latency.baselines import onnx_logits
+    from latency.devices import get_device, with_overrides
+    from latency.target import Target
+    from nas.export import check_int8_batch, write_export, written_logits
+    from nas.objectives import DevAccuracy
+    from nas.search import Candidate
+    from supernet.extract import extract
+    from supernet.workflow import open_run
+
+    run = open_run(job)
+    cfg = run.space.uniform(width=0.5).with_precision("int8")
+    model = extract(run.supernet, cfg).eval()
+    target = Target.of(run, with_overrides(get_device("cpu-int8"), batch=4))
+    files = write_export(run, target, tmp_path, Candidate(cfg, 0.5, 1.0, 1.1, True), model)["files"]
+    test = run.splits["test"]
+    ours = written_logits(files, model, "int8", test, batch=target.batch)
+    assert np.array_equal(ours, onnx_logits(files["onnx"], test, batch_size=4))
+    assert not np.allclose(ours, onnx_logits(files["onnx"], test), atol=1e-5)  # batches of 32: other logits
+    seen: list[int] = []
+    real = latency.baselines.onnx_logits
+
+    def spy(path, enc, **kw):  # noqa: ANN001, ANN003, ANN202
+        seen.append(kw["batch_size"])
+        return real(path, enc, **kw)
+
+    monkeypatch.setattr(latency.baselines, "onnx_logits", spy)
+    acc = DevAccuracy(run, subset_size=16, cache=False, batch=target.batch)
+    check_int8_batch(acc, target)
+    got = acc.test(cfg)
+    assert seen == [4] and got == scores(real(QuantizedLogits(run.supernet).session(cfg), test, batch_size=4),
+                                         test.labels)[run.task.metric]
+    assert pickle.loads(pickle.dumps(acc)).batch == 4  # a Ray Tune trial's copy scores at it too
+    with pytest.raises(ConfigError, match="batch 1, but cpu-int8 serves batch 4"):
+        check_int8_batch(DevAccuracy(run, subset_size=16, cache=False), target)
+
+
 def test_the_device_timer_runs_an_int8_sub_network_as_its_quantized_graph() -> None:
     m = tiny_model().eval()
     enc = _examples()
@@ -197,7 +269,7 @@ def test_the_device_timer_runs_an_int8_sub_network_as_its_quantized_graph() -> N
 
 @pytest.mark.slow
 def test_an_int8_export_writes_the_quantized_graph_and_compares_both_precisions(job: Path, tmp_path: Path) -> None:
-    from latency.baselines import onnx_logits
+    from latency.baselines import onnx_logits, stock_models
     from latency.devices import get_device
     from latency.target import Target, target_timer
     from nas.export import compare_with_stock, write_export
@@ -218,12 +290,16 @@ def test_an_int8_export_writes_the_quantized_graph_and_compares_both_precisions(
     assert ops & {"MatMulInteger", "DynamicQuantizeLinear"} and not {"MatMulInteger"} & {
         n.op_type for n in onnx.load(files["onnx_fp32"]).graph.node}
     test = run.splits["test"]
-    ours = onnx_logits(files["onnx"], test)  # the deployed (quantized) graph's logits
-    assert np.allclose(ours, QuantizedLogits(run.supernet)(cfg, test), atol=1e-5)
+    ours = onnx_logits(files["onnx"], test, batch_size=target.batch)  # the deployed (quantized) graph's logits
+    assert np.allclose(ours, QuantizedLogits(run.supernet, batch=target.batch)(cfg, test), atol=1e-5)
     with target_timer(run, target) as timer:
         got = compare_with_stock(run, timer, files, "int8", ours, 0.5, rounds=1)
     assert got is not None
     rows = got["deployments"]
+    # Stock INT8 too, at the batch served (the timer's): its reported score and its logits.
+    stock_int8 = onnx_logits(stock_models(run)["stock-int8"]["path"], test, batch_size=target.batch)
+    assert np.array_equal(got["logits"]["stock-int8"], stock_int8)
+    assert rows["stock-int8"]["acc_test"] == scores(stock_int8, test.labels)["accuracy"]
     assert rows["ours"]["precision"] == "int8" and rows["ours-fp32"]["precision"] == "fp32"
     assert "ours-int8" not in rows and set(got["logits"]) == {"ours-fp32", "stock-int8"}
     sp = got["speedup"]
