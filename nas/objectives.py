@@ -117,11 +117,16 @@ class DevAccuracy:
         }
         self.metric = self._run.task.metric
         self.cache_path = RunFolder(self.folder).accuracy_cache
+        from latency.onnx_export import int8_reduce_range
+
+        # INT8 graphs' scores depend on the batch and on the weights' bits (7 on x86 without
+        # VNNI): a run folder moved between such CPUs keeps the two kinds of score apart.
+        self.graph_key = f"b{batch}" + ("r7" if int8_reduce_range() else "")
         self._scores = Evaluator(
             self._run.supernet, splits, metric=self.metric,
             bf16_splits=[self.search_split] if self.precision == "bf16" else [],
             log_path=self.cache_path if cache else None,
-            graph_logits=QuantizedLogits(self._run.supernet, batch=batch), graph_key=f"b{batch}",
+            graph_logits=QuantizedLogits(self._run.supernet, batch=batch), graph_key=self.graph_key,
         )
 
     @property

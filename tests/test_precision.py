@@ -247,6 +247,11 @@ def test_an_int8_export_is_scored_at_its_targets_batch(job: Path, tmp_path: Path
     assert seen == [4] and got == scores(real(QuantizedLogits(run.supernet).session(cfg), test, batch_size=4),
                                          test.labels)[run.task.metric]
     assert pickle.loads(pickle.dumps(acc)).batch == 4  # a Ray Tune trial's copy scores at it too
+    from latency import onnx_export
+
+    for seven_bits, key in ((True, "b4r7"), (False, "b4")):  # cached apart from 8-bit weights' scores
+        monkeypatch.setattr(onnx_export, "int8_reduce_range", lambda s=seven_bits: s)
+        assert DevAccuracy(run, subset_size=16, cache=False, batch=4).graph_key == key
     with pytest.raises(ConfigError, match="batch 1, but cpu-int8 serves batch 4"):
         check_int8_batch(DevAccuracy(run, subset_size=16, cache=False), target)
 
