@@ -375,7 +375,6 @@ class LengthSpread:
     intercept: np.ndarray  # (exits,) ms
     slope: np.ndarray  # (exits,) ms per token
     norm: np.ndarray  # (exits,) the statistic of the fitted costs over the reference inputs
-    stat: str
 
     @classmethod
     def fit(cls, segment_ms: np.ndarray, lengths: Sequence[int], stat: str = "p50") -> LengthSpread:
@@ -392,7 +391,7 @@ class LengthSpread:
             slope = np.maximum(slope, 0.0)
             intercept = (cum - slope[None] * x[:, None]).mean(0)
         fitted = np.maximum(intercept[None] + slope[None] * x[:, None], 1e-9)
-        return cls(intercept, slope, STAT_FUNCS[stat](fitted), stat)
+        return cls(intercept, slope, STAT_FUNCS[stat](fitted))
 
     def factors(self, lengths: Sequence[int], n_exits: int) -> np.ndarray:
         """(N, n_exits): each input's cost at exit k over the statistic's; a sub-network with more

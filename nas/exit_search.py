@@ -66,6 +66,7 @@ from supernet.train import weights_sha1
 from supernet.workflow import LoadedRun
 
 STATS = ("p50", "p90", "mean")
+STATIC = "static"  # the criterion of a candidate without exits (one graph, no heads)
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,6 @@ class Reference:
     drift: np.ndarray
     measured_cum: np.ndarray
     predicted_cum: np.ndarray
-STATIC = "static"  # the criterion of a candidate without exits (one graph, no heads)
 
 
 def front_pool(run: LoadedRun, target: Target, latency: LatencyModel, limit: int, *,
@@ -274,8 +274,7 @@ class ExitSearch:
 
     def head_ms(self, n: int = 200) -> float:
         """The exit head's cost on the device, timed on the first ``n`` dev inputs' lengths."""
-        lengths = [len(x) for x in self.run.splits["dev"].input_ids[:n]]
-        return head_cost_ms(self.heads, lengths, threads=self.target.profile.threads)
+        return head_cost_ms(self.heads, self.lengths("dev")[:n], threads=self.target.profile.threads)
 
     def lengths(self, split: str) -> list[int]:
         return [len(x) for x in self.run.splits[split].input_ids]
@@ -359,7 +358,7 @@ class ExitSearch:
         seg_pred = np.array([float(x) for x in str(chosen.segment_ms_pred).split("/")])
         dev_layers = exit_layers(study.logits["dev"], *policy)
         measured_cum = np.cumsum(study.dev_segments, axis=1)  # (N, exits): each dev input, all layers run
-        measured_table = measured_cum.mean(0) if stat == "mean" else np.percentile(measured_cum, int(stat[1:]), axis=0)
+        measured_table = STAT_FUNCS[stat](measured_cum)
         measured = report["early_exit"]["measured_test"] if chosen.criterion != STATIC else report["static"]["measured_test"]
         static_pred = float(self.latency.predict([cfg])[0][0])
         drift = report["static"]["measured_test"][f"{stat}_ms"] / static_pred

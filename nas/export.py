@@ -231,7 +231,7 @@ def search_study(run: LoadedRun, target: Target, budget_ms: float | None, latenc
     b = "front" if budget_ms is None else f"{budget_ms:g}ms"
     shape = f"L{target.length}" if target.regime == "fixed" else f"traffic{target.length}"
     stat = "" if target.stat == "p50" else f"-{target.stat}"
-    int8 = f"-int8b{accuracy.batch}" if "int8" in target.profile.precisions else ""
+    int8 = f"-int8{accuracy.graph_key}" if "int8" in target.profile.precisions else ""  # b1, or b1r7: 7-bit weights
     name = (f"{target.profile.name}-{b}{stat}-{method}-{shape}-s{seed}-{accuracy.search_split}{int8}-p{fingerprint}"
             f"{scaled}")
     attrs = {"run": str(run.folder), "device": target.profile.name, "budget_ms": budget_ms,
