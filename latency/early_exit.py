@@ -271,14 +271,21 @@ def default_policies(n_exits: int) -> list[tuple[str, float]]:
     return [("entropy", t) for t in entropy] + [("patience", float(p)) for p in range(n_exits - 1, 0, -1)]
 
 
-def static_graph_timing(model: ElasticBert, inputs: Sequence[tuple[np.ndarray, ...]], workdir: Path, *,
-                        threads: int | None = None, warmup: int = 10) -> dict[str, float]:
+def export_static_graph(model: ElasticBert, workdir: Path) -> Path:
     """The static sub-network as one ONNX graph (what it is deployed as without exits),
-    serving ``inputs`` one by one: mean / p50 / p90 per call in ms."""
-    from latency.onnx_export import export_onnx, ort_session
+    ``workdir/static.onnx``: exported once, timed in every round (``static_graph_timing``)."""
+    from latency.onnx_export import export_onnx
 
-    path = export_onnx(model, workdir / "static.onnx")
-    session = ort_session(path, threads=threads)
+    return export_onnx(model, workdir / "static.onnx")
+
+
+def static_graph_timing(graph: Path, inputs: Sequence[tuple[np.ndarray, ...]], *,
+                        threads: int | None = None, warmup: int = 10) -> dict[str, float]:
+    """The one-graph ONNX ``graph`` (``export_static_graph``) serving ``inputs`` one by one:
+    mean / p50 / p90 per call in ms."""
+    from latency.onnx_export import ort_session
+
+    session = ort_session(graph, threads=threads)
     for feed in inputs[:warmup]:
         session.run(None, dict(zip(FIRST_INPUTS, feed, strict=True)))
     ms = []

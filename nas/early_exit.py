@@ -33,6 +33,7 @@ from latency.early_exit import (
     default_policies,
     estimate_latency,
     export_early_exit,
+    export_static_graph,
     load_runner,
     policy_table,
     segment_times,
@@ -120,9 +121,10 @@ class EarlyExitStudy:
         runner = load_runner(self.out / "runner", threads=self.threads, criterion=str(policy.criterion),
                              threshold=float(policy.threshold))
         dev_layers = exit_layers(self.logits["dev"][:, :n_cost], str(policy.criterion), float(policy.threshold))
+        graph = export_static_graph(self.model, self.out)
         static, early, predicted, table = [], [], [], []
         for _ in range(rounds):
-            static.append(static_graph_timing(self.model, inputs, self.out, threads=self.threads))
+            static.append(static_graph_timing(graph, inputs, threads=self.threads))
             per_input = segment_times(runner, dev_inputs)
             table.append(estimate_latency(per_input.mean(0), dev_layers))
             predicted.append(estimate_latency(per_input, dev_layers))

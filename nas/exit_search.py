@@ -23,14 +23,18 @@ them):
 4. ``choose``: on dev only, the most accurate candidate whose estimated statistic meets the
    budget (the faster of equals);
 5. ``exit_fronts``: the Pareto front of the static rows and of all rows (static + exit);
-6. the chosen one exported and measured by ``nas.early_exit.EarlyExitStudy`` at its policy,
-   and the search's prediction set beside the measurement in ``report.json``.
+6. ``verify_choice``: the chosen one exported and measured by ``nas.early_exit.EarlyExitStudy``
+   at its policy; when its measured statistic misses the budget (the device runs slower today
+   than estimated), every estimate is scaled by that miss and the next most accurate candidate
+   that would still fit is exported and measured (a "step down", as the static export does),
+   a few times at most; the search's prediction set beside the measurement in ``report.json``.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+import shutil
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +48,7 @@ from latency.early_exit import (
     LengthSpread,
     default_policies,
     estimate_latency,
+    export_static_graph,
     head_cost_ms,
     load_runner,
     policy_table,
@@ -193,6 +198,47 @@ def choose(table: pd.DataFrame, budget_ms: float, metric: str = "accuracy") -> p
     return ok.sort_values([f"{metric}_dev", "lat_ms"], ascending=[False, True], kind="mergesort").iloc[0]
 
 
+def candidate_key(row: pd.Series) -> str:
+    """One candidate of a table: its sub-network and policy."""
+    return f"{row.arch_key}/{row.criterion}" + ("" if row.criterion == STATIC else f"/{float(row.threshold):g}")
+
+
+def verify_choice(table: pd.DataFrame, budget_ms: float, measure: Callable[[pd.Series], float],
+                  metric: str = "accuracy", max_steps: int = 3) -> tuple[pd.Series, list[dict[str, Any]]]:
+    """Measured, never predicted: ``measure(row)`` exports a candidate and returns its measured
+    statistic. The choice (``choose``) is measured first; when it misses the budget, the device
+    runs slower than estimated by measured / estimate, so every estimate is scaled by the
+    largest such ratio so far and the most accurate candidate not yet measured that would
+    still fit is measured next, ``max_steps`` candidates at most. Returns the first that meets
+    the budget (its row, unscaled) and every step; ``ImpossibleBudget`` when none does."""
+    steps: list[dict[str, Any]] = []
+    scale, tried = 1.0, set()
+    keys = table.apply(candidate_key, axis=1) if len(table) else pd.Series(dtype=str)
+    for _ in range(max_steps):
+        left = table[~keys.isin(tried)]
+        fits = left.lat_ms * scale <= budget_ms
+        if not fits.any():
+            break
+        row = table.loc[choose(left.assign(lat_ms=left.lat_ms * scale), budget_ms, metric).name]
+        ms = measure(row)
+        steps.append({"candidate": candidate_key(row), "arch": str(row.get("arch", row.arch_key)),
+                      "criterion": str(row.criterion),
+                      "threshold": None if row.criterion == STATIC else float(row.threshold),
+                      f"{metric}_dev": float(row[f"{metric}_dev"]), "estimated_ms": float(row.lat_ms),
+                      "scale": scale, "measured_ms": ms, "meets_budget": bool(ms <= budget_ms)})
+        if ms <= budget_ms:
+            return row, steps
+        scale = max(scale, ms / float(row.lat_ms))
+        tried.add(candidate_key(row))
+    if not steps:
+        choose(table, budget_ms, metric)  # raises: nothing is estimated to fit
+    raise ImpossibleBudget(
+        f"none of the {len(steps)} candidates measured met {budget_ms:g} ms (measured "
+        f"{', '.join(format(st['measured_ms'], '.3g') for st in steps)} ms, estimated "
+        f"{', '.join(format(st['estimated_ms'], '.3g') for st in steps)} ms): the device runs slower than its "
+        "predictor says; give a larger --budget-ms, or re-measure with `hwnas measure` and refit")
+
+
 def exit_fronts(table: pd.DataFrame, metric: str = "accuracy") -> pd.DataFrame:
     """The dev-accuracy / estimated-latency fronts: ``static`` (static rows only) and
     ``static+exit`` (every row), stacked with a ``front`` column, fastest first."""
@@ -292,9 +338,10 @@ class ExitSearch:
         study = EarlyExitStudy(self.run, self.kind, largest, self.out / "reference", threads=threads)
         runner = load_runner(study.export(), threads=threads)
         inputs = single_inputs(self.run.splits["dev"], n)
+        graph = export_static_graph(study.model, self.out / "reference")
         static, times = [], []
         for _ in range(rounds):
-            static.append(static_graph_timing(study.model, inputs, self.out / "reference", threads=threads)[f"{stat}_ms"])
+            static.append(static_graph_timing(graph, inputs, threads=threads)[f"{stat}_ms"])
             times.append(segment_times(runner, inputs))
         spread = LengthSpread.fit(np.median(times, axis=0), self.lengths("dev")[:len(inputs)], stat)
         measured_cum = np.array([STAT_FUNCS[stat](np.cumsum(t, axis=1)) for t in times])  # (rounds, exits)
@@ -326,9 +373,10 @@ class ExitSearch:
         return pd.concat(parts, ignore_index=True)
 
     def run_all(self, budget_ms: float, *, n_cost: int, n_time: int | None, rounds: int,
-                progress: bool = True) -> dict[str, Any]:
+                progress: bool = True, max_steps: int = 3) -> dict[str, Any]:
         """Every step; the chosen candidate exported and measured in ``out`` (``runner/``,
-        ``report.json``), ``candidates.csv``, ``front.csv``, ``front.png``,
+        ``report.json``), stepping down at most ``max_steps`` - 1 times when it misses the
+        budget (``verify_choice``); ``candidates.csv``, ``front.csv``, ``front.png``,
         ``exit_histogram.png``. Returns the report."""
         from nas.early_exit import EarlyExitStudy
 
@@ -340,20 +388,41 @@ class ExitSearch:
                   f"{rounds} rounds", flush=True)
         ref = self.reference(n_cost, rounds, head_ms)
         table = self.table(pool, head_ms, progress, ref)
-        chosen = choose(table, budget_ms, metric)
+        choose(table, budget_ms, metric)  # nothing estimated to fit: say so before writing anything
         static_rows = table[table.criterion == STATIC]
         best_static = choose(static_rows, budget_ms, metric) if (static_rows.lat_ms <= budget_ms).any() else None
         fronts = exit_fronts(table, metric)
         self.out.mkdir(parents=True, exist_ok=True)
         write_csv(self.out / "candidates.csv", table)
         write_csv(self.out / "front.csv", fronts)
-        plot_front(fronts, chosen, budget_ms, stat, self.out / "front.png", metric)
 
-        cfg = SubnetConfig.from_dict(json.loads(str(chosen.arch_json)))
+        measured_runs: dict[str, tuple[EarlyExitStudy, dict[str, Any]]] = {}
+
+        def export_and_measure(row: pd.Series) -> float:
+            cfg = SubnetConfig.from_dict(json.loads(str(row.arch_json)))
+            policy = ("entropy", 0.0) if row.criterion == STATIC else (str(row.criterion), float(row.threshold))
+            if progress:
+                print(f"  export and measure: {cfg.describe()}, {policy[0]} {policy[1]:g} "
+                      f"(estimated {stat} {float(row.lat_ms):.3f} ms)", flush=True)
+            study = EarlyExitStudy(self.run, self.kind, cfg, self.out, threads=self.target.profile.threads)
+            study.logits = cached_exit_logits(self.run, self.heads, cfg, self.out / "logits")
+            _, report = study.run_all(max_loss=0.0, n_cost=n_cost, n_time=n_time, rounds=rounds, policy=policy)
+            measured_runs[candidate_key(row)] = (study, report)
+            side = "static" if row.criterion == STATIC else "early_exit"
+            return float(report[side]["measured_test"][f"{stat}_ms"])
+
+        try:
+            chosen, steps = verify_choice(table, budget_ms, export_and_measure, metric, max_steps=max_steps)
+        except ImpossibleBudget:
+            for name in ("runner", "report.json", "policies.csv", "exit_logits.npz"):  # no export that misses
+                path = self.out / name
+                shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+            raise
+        # The chosen one was measured last: ``out`` holds its runner and report.
+        study, report = measured_runs[candidate_key(chosen)]
+        cfg = study.subnet
+        plot_front(fronts, chosen, budget_ms, stat, self.out / "front.png", metric)
         policy = ("entropy", 0.0) if chosen.criterion == STATIC else (str(chosen.criterion), float(chosen.threshold))
-        study = EarlyExitStudy(self.run, self.kind, cfg, self.out, threads=self.target.profile.threads)
-        study.logits = cached_exit_logits(self.run, self.heads, cfg, self.out / "logits")
-        _, report = study.run_all(max_loss=0.0, n_cost=n_cost, n_time=n_time, rounds=rounds, policy=policy)
 
         seg_pred = np.array([float(x) for x in str(chosen.segment_ms_pred).split("/")])
         dev_layers = exit_layers(study.logits["dev"], *policy)
@@ -378,6 +447,7 @@ class ExitSearch:
             "best_static_under_budget": None if best_static is None else {
                 "arch": str(best_static.arch), f"{metric}_dev": float(best_static[f"{metric}_dev"]),
                 f"{metric}_test": float(best_static[f"{metric}_test"]), f"predicted_{stat}_ms": float(best_static.lat_ms)},
+            "steps": steps,
             "head_ms": head_ms,
             "reference": {
                 "arch": self.run.space.largest().describe(), "dev_inputs": n_cost, "rounds": rounds,

@@ -18,7 +18,7 @@ from latency.early_exit import (
     spread_table,
     with_extra,
 )
-from nas.exit_search import STATIC, candidate_table, choose, exit_fronts
+from nas.exit_search import STATIC, candidate_table, choose, exit_fronts, verify_choice
 from nas.export import ImpossibleBudget
 from supernet.data import Encoded
 from supernet.exits import ExitHeads, exit_layers, predict_exits
@@ -209,6 +209,51 @@ def test_choice_by_hand_and_the_fronts() -> None:
     assert list(both.lat_ms) == [1.0, 3.0, 10.0]
 
 
+def _by_hand_table() -> pd.DataFrame:
+    return pd.DataFrame({
+        "arch_key": ["a", "a", "b", "b", "c"],
+        "criterion": [STATIC, "entropy", STATIC, "entropy", STATIC],
+        "threshold": [np.nan, 0.5, np.nan, 0.9, np.nan],
+        "accuracy_dev": [80.0, 79.0, 70.0, 79.0, 60.0],
+        "lat_ms": [10.0, 4.0, 5.0, 3.0, 1.0],
+    })
+
+
+def test_a_choice_that_misses_the_budget_when_measured_steps_down() -> None:
+    table = _by_hand_table()
+    measured: list[str] = []
+
+    def device(slower: float):
+        def measure(row: pd.Series) -> float:
+            measured.append(f"{row.arch_key}/{row.criterion}")
+            return float(row.lat_ms) * slower
+        return measure
+
+    # As estimated: the choice is measured once and kept.
+    row, steps = verify_choice(table, 4.5, device(1.0))
+    assert (row.arch_key, row.criterion) == ("b", "entropy") and len(steps) == 1 and steps[0]["meets_budget"]
+    # Twice as slow as estimated: b's exits measure 6 ms; scaled by 2, only c still fits (2 ms).
+    measured.clear()
+    row, steps = verify_choice(table, 4.5, device(2.0))
+    assert measured == ["b/entropy", "c/static"]
+    assert (row.arch_key, row.lat_ms) == ("c", 1.0)  # the row as estimated, not scaled
+    assert [st["measured_ms"] for st in steps] == [6.0, 2.0] and [st["scale"] for st in steps] == [1.0, 2.0]
+    assert [st["meets_budget"] for st in steps] == [False, True] and steps[0]["threshold"] == 0.9
+    # Ten times as slow: after the first miss nothing would fit; the error gives what was measured.
+    with pytest.raises(ImpossibleBudget, match="measured 30 ms"):
+        verify_choice(table, 4.5, device(10.0))
+    # At most max_steps candidates are measured.
+    measured.clear()
+    with pytest.raises(ImpossibleBudget, match="none of the 1 candidates"):
+        verify_choice(table, 4.5, device(2.0), max_steps=1)
+    assert measured == ["b/entropy"]
+    # Nothing estimated to fit: nothing is measured.
+    measured.clear()
+    with pytest.raises(ImpossibleBudget, match="larger --budget-ms"):
+        verify_choice(table, 0.5, device(1.0))
+    assert measured == []
+
+
 def test_command_searches_exports_and_reports(job, tmp_path, capsys) -> None:
     import json
     import shutil
@@ -236,6 +281,8 @@ def test_command_searches_exports_and_reports(job, tmp_path, capsys) -> None:
     s = report["search"]
     assert s["chosen"]["accuracy_dev"] == table.accuracy_dev.max()  # everything fits 1000 ms
     assert s["chosen"]["predicted_p50_ms"] <= 1000 and s["chosen"]["measured_p50_ms_test"] > 0
+    assert len(s["steps"]) == 1 and s["steps"][0]["meets_budget"]  # measured, no step down at 1000 ms
+    assert s["steps"][0]["measured_ms"] == s["chosen"]["measured_p50_ms_test"]
     assert len(s["per_layer_cost"]["predicted_cumulative_ms"]) == len(s["per_layer_cost"]["measured_cumulative_ms"])
     # The estimate was made per input, with the runner's extra cost, from the largest
     # sub-network's runner timed on dev.
