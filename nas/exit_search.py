@@ -212,7 +212,7 @@ def verify_choice(table: pd.DataFrame, budget_ms: float, measure: Callable[[pd.S
     still fit is measured next, ``max_steps`` candidates at most. Returns the first that meets
     the budget (its row, unscaled) and every step; ``ImpossibleBudget`` when none does."""
     steps: list[dict[str, Any]] = []
-    scale, tried = 1.0, set()
+    scale, tried = 1.0, set[str]()
     keys = table.apply(candidate_key, axis=1) if len(table) else pd.Series(dtype=str)
     for _ in range(max_steps):
         left = table[~keys.isin(tried)]
