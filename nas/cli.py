@@ -1094,8 +1094,9 @@ def register_predict(sub: Subparsers) -> argparse.ArgumentParser:
     p.add_argument("texts", nargs="*", metavar="TEXT", help="texts to classify")
     p.add_argument("--file", help="a UTF-8 file with one text per line (blank lines skipped; - for stdin)")
     p.add_argument("--format", choices=("jsonl", "table"), default="jsonl", help="output format (default %(default)s)")
-    p.add_argument("--batch-size", type=COUNT, default=32, help="texts per ONNX Runtime call (default %(default)s; an int8 export runs one "
-                   "per call: its dynamic quantization makes a text's logits depend on its batch)")
+    p.add_argument("--batch-size", type=COUNT, default=32, help="texts per ONNX Runtime call (default %(default)s; an int8 export runs at its "
+                   "device's batch, report.json's, 1 by default: its dynamic quantization makes a text's logits "
+                   "depend on its batch)")
     return p
 
 

@@ -89,6 +89,15 @@ def read_texts(texts: Sequence[str], file: str | None) -> list[str]:
     return out
 
 
+def _deployed_batch(folder: Path) -> int:
+    """The batch an export's device serves (report.json ``batch``); 1 when it does not say."""
+    try:
+        batch = json.loads((folder / "report.json").read_text()).get("batch", 1)
+    except (OSError, ValueError, AttributeError):
+        return 1
+    return batch if isinstance(batch, int) and batch >= 1 else 1
+
+
 @dataclass
 class ExportedModel:
     """An export folder opened for prediction."""
@@ -100,8 +109,9 @@ class ExportedModel:
     max_length: int
     # An int8 export's graph quantizes its activations dynamically, with one scale per tensor:
     # a text's logits then depend on the other texts (and padding) in its batch, so it is run
-    # one text per call, as it was measured (batch 1) and as a server would run it.
-    one_per_call: bool = False
+    # at the batch its device was measured and its accuracy scored at (report.json "batch",
+    # 1 by default), as a server would run it. None: an fp32 export, any batch.
+    int8_batch: int | None = None
 
     @classmethod
     def open(cls, folder: str | Path, *, threads: int | None = None) -> ExportedModel:
@@ -132,13 +142,13 @@ class ExportedModel:
         if config.is_file():
             positions = int(json.loads(config.read_text()).get("max_position_embeddings", positions))
         return cls(d, session, tokenizer, _labels(d, n_labels), min(positions, tokenizer.model_max_length),
-                   one_per_call=(d / "model-fp32.onnx").is_file())
+                   int8_batch=_deployed_batch(d) if (d / "model-fp32.onnx").is_file() else None)
 
     def logits(self, texts: Sequence[str], *, batch_size: int = 32) -> np.ndarray:
-        """(N, labels) logits, ``batch_size`` texts per call (each padded to its longest; one
-        per call for an int8 export, ``one_per_call``)."""
+        """(N, labels) logits, ``batch_size`` texts per call (each padded to its longest; an
+        int8 export's own batch instead, ``int8_batch``)."""
         names = {i.name for i in self.session.get_inputs()}
-        batch_size = 1 if self.one_per_call else batch_size
+        batch_size = self.int8_batch or batch_size
         out = []
         for start in range(0, len(texts), batch_size):
             enc = self.tokenizer(list(texts[start:start + batch_size]), padding=True, truncation=True,

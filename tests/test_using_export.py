@@ -287,8 +287,16 @@ def test_an_int8_export_predicts_each_text_independently_of_its_batch(job: Path,
     write_export(run, Target.of(run, get_device("cpu-int8")), tmp_path, Candidate(cfg, 0.5, 1.0, 1.1, True),
                  extract(run.supernet, cfg).eval())
     model = ExportedModel.open(tmp_path)
-    assert model.one_per_call
+    assert model.int8_batch == 1  # no report says otherwise: one text per call, as measured
     alone = np.concatenate([model.logits([t]) for t in SENTENCES])
     assert np.array_equal(model.logits(SENTENCES, batch_size=4), alone)
-    model.one_per_call = False  # what batching would have given: other logits
+    model.int8_batch = None  # what batching would have given: other logits
     assert not np.array_equal(model.logits(SENTENCES, batch_size=4), alone)
+    # A device that serves batches of 2 (report.json "batch"): texts go in pairs, as it was
+    # measured and scored, whatever batch the caller asks for.
+    (tmp_path / "report.json").write_text(json.dumps({"batch": 2}))
+    model = ExportedModel.open(tmp_path)
+    assert model.int8_batch == 2
+    pairs = np.concatenate([model.logits(SENTENCES[i:i + 2]) for i in range(0, len(SENTENCES), 2)])
+    assert np.array_equal(model.logits(SENTENCES, batch_size=32), pairs)
+    assert np.array_equal(model.logits(SENTENCES, batch_size=1), pairs)
