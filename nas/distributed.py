@@ -26,7 +26,9 @@ How the pieces fit:
   for one latency budget (metric ``acc``, maximised, with the budget as an Optuna
   constraint ``upper_ms - budget_ms``), NSGA-II for the whole front (``budget_ms=None``;
   metrics ``["acc", "lat"]``, modes ``["max", "min"]``). The smallest configuration (and
-  the largest, for a front) is evaluated first, as in the in-process searchers.
+  the largest, for a front) is evaluated first, as in the in-process searchers. Ray Tune
+  pickles the searcher, sampler included, so the samplers are the picklable subclasses of
+  ``nas.optuna_search`` (Optuna 5.1's NSGA-II holds a thread lock).
 * **Chunks**: a Ray trial costs a fraction of a second to over a second of scheduling and
   bookkeeping on a small machine (figures below), so with ``trial_chunk=k`` each trial evaluates the suggested configuration plus
   ``k - 1`` mutations of it (``SearchSpace.mutate``, rng seeded by the search seed and the
@@ -546,10 +548,11 @@ class RayTuneSearch:
         from nas.optuna_search import encode, nsga2_sampler, tpe_sampler
 
         multi = budget_ms is None
+        # Ray Tune pickles the searcher, sampler included (the Tuner's state, searcher checkpoints).
         if multi:
-            sampler = nsga2_sampler(seed, n_evaluations, population_size=self.population_size)
+            sampler = nsga2_sampler(seed, n_evaluations, population_size=self.population_size, picklable=True)
         else:
-            sampler = tpe_sampler(seed, n_startup_trials=self.n_startup_trials)
+            sampler = tpe_sampler(seed, n_startup_trials=self.n_startup_trials, picklable=True)
         planner = _Planner(space, seed, self.trial_chunk)
         alg = _search_alg_class()(
             planner, budget_ms,

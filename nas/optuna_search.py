@@ -52,6 +52,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import threading
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -82,6 +83,8 @@ __all__ = [
     "CONSTRAINT_KEY",
     "NSGA2Search",
     "OptunaSearch",
+    "PicklableNSGAIISampler",
+    "PicklableTPESampler",
     "TPESearch",
     "arch_attrs",
     "constraint_value",
@@ -203,16 +206,59 @@ def constraint_value(upper_ms: float, budget_ms: float) -> float:
     return float("inf") if math.isnan(over) else over
 
 
-def tpe_sampler(seed: int, *, n_startup_trials: int = 10) -> optuna.samplers.BaseSampler:
-    """Seeded TPE, random for its first ``n_startup_trials`` trials."""
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup_trials)
+# ---- samplers ----------------------------------------------------------------------------------
+_LOCK_KINDS = {type(threading.Lock()): "Lock", type(threading.RLock()): "RLock"}
 
 
-def nsga2_sampler(seed: int, n_evaluations: int, *, population_size: int | None = None) -> optuna.samplers.BaseSampler:
+class _NewLocksWhenUnpickled:
+    """Mixin for an Optuna sampler that must survive pickling.
+
+    Ray Tune pickles its searcher, and the sampler with it, when the Tuner is made and at
+    every searcher checkpoint. Optuna 5.1's GA samplers (NSGA-II) keep a ``threading.Lock``
+    (``_thread_lock``, guarding their generation cache), and a lock cannot be pickled. A lock
+    only orders the threads of one process, so a copy gets a new, unlocked one; everything
+    else (the random generator, the cache) is copied, so an unpickled sampler suggests what
+    the original would have. Only the sampler's own attributes are looked at.
+    """
+
+    def __getstate__(self) -> tuple[dict[str, Any], dict[str, str]]:
+        locks = {name: _LOCK_KINDS[type(v)] for name, v in self.__dict__.items() if type(v) in _LOCK_KINDS}
+        attrs = {name: v for name, v in self.__dict__.items() if name not in locks}
+        return attrs, locks
+
+    def __setstate__(self, state: tuple[dict[str, Any], dict[str, str]]) -> None:
+        attrs, locks = state
+        self.__dict__.update(attrs)
+        for name, kind in locks.items():
+            setattr(self, name, getattr(threading, kind)())
+
+
+class PicklableTPESampler(_NewLocksWhenUnpickled, optuna.samplers.TPESampler):
+    """``TPESampler`` that pickles (see ``_NewLocksWhenUnpickled``)."""
+
+
+class PicklableNSGAIISampler(_NewLocksWhenUnpickled, optuna.samplers.NSGAIISampler):
+    """``NSGAIISampler`` that pickles (see ``_NewLocksWhenUnpickled``)."""
+
+
+# Optuna's GA samplers name the generation they store on each trial after their class
+# ("NSGAIISampler:generation"), so the in-process searchers, whose studies can be resumed from
+# a file, keep Optuna's own classes; only Ray Tune's in-memory studies get the picklable ones.
+def tpe_sampler(seed: int, *, n_startup_trials: int = 10, picklable: bool = False) -> optuna.samplers.BaseSampler:
+    """Seeded TPE, random for its first ``n_startup_trials`` trials; ``picklable`` for a
+    sampler that Ray Tune can pickle."""
+    cls = PicklableTPESampler if picklable else optuna.samplers.TPESampler
+    return cls(seed=seed, n_startup_trials=n_startup_trials)
+
+
+def nsga2_sampler(seed: int, n_evaluations: int, *, population_size: int | None = None,
+                  picklable: bool = False) -> optuna.samplers.BaseSampler:
     """Seeded NSGA-II; ``population_size=None`` uses ``n_evaluations / 5`` (at least 8), since
-    Optuna's default of 50 would leave a 60-evaluation search with about one generation."""
+    Optuna's default of 50 would leave a 60-evaluation search with about one generation;
+    ``picklable`` for a sampler that Ray Tune can pickle."""
     pop = population_size or max(8, n_evaluations // 5)
-    return optuna.samplers.NSGAIISampler(seed=seed, population_size=pop)
+    cls = PicklableNSGAIISampler if picklable else optuna.samplers.NSGAIISampler
+    return cls(seed=seed, population_size=pop)
 
 
 def open_study(

@@ -156,6 +156,41 @@ def test_evaluate_chunk_checks_the_budget_and_reports_the_best() -> None:
     assert m["arch_json"] == large.to_json() and len(json.loads(m["evaluated_json"])) == 3
 
 
+def test_searcher_pickles_and_then_suggests_what_the_original_would(tmp_path: Path) -> None:
+    """Ray Tune pickles its searcher (cloudpickle when the Tuner is made; ``save``, a plain
+    pickle of its fields, at each checkpoint), and Optuna 5.1's NSGA-II holds a thread lock.
+    A copy taken mid-search, either way, goes on as the original does."""
+    import ray.cloudpickle as cloudpickle
+
+    from nas.distributed import _search_alg_class
+    from nas.optuna_search import nsga2_sampler
+
+    def searcher() -> Any:
+        return _search_alg_class()(
+            _Planner(SPACE, seed=0, trial_chunk=2), None, metric=["acc", "lat"], mode=["max", "min"],
+            sampler=nsga2_sampler(0, 8, picklable=True), points_to_evaluate=[encode(SPACE, SPACE.smallest())])
+
+    def run_trial(alg: Any, trial_id: str) -> dict[str, Any]:
+        config = alg.suggest(trial_id)
+        for s in config["hwnas_chunk"]:
+            SPACE.validate(SubnetConfig.from_dict(json.loads(s)))
+        alg.on_trial_complete(trial_id, evaluate_chunk(config, SPACE, toy_accuracy, ToyLatency(), budget_ms=None,
+                                                       multi_objective=True))
+        return config
+
+    # The in-process searchers keep Optuna's own class (their resumable studies name it).
+    assert type(nsga2_sampler(0, 8)) is optuna.samplers.NSGAIISampler
+    alg = searcher()
+    for i in range(9):  # past NSGA-II's first generation (8), so the next ones are bred
+        run_trial(alg, f"t{i}")
+    copy = cloudpickle.loads(cloudpickle.dumps(alg))
+    alg.save(str(tmp_path / "searcher.pkl"))
+    restored = searcher()
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    following = [[run_trial(s, f"t{i}") for i in (9, 10)] for s in (alg, copy, restored)]
+    assert following[0] == following[1] == following[2]
+
+
 # ---- on one shared local Ray ----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def ray_session() -> Iterator[Any]:
