@@ -42,13 +42,14 @@ def row(folder: Path, report: dict[str, Any]) -> dict[str, str]:
                                            f"{best['arch']}: {best[f'{metric}_dev']:.1f} / {best[f'{metric}_test']:.1f}, "
                                            f"{best[f'predicted_{stat}_ms']:.2f} ms"),
         "chosen": f"{ch['arch']}, {ch['criterion']} {'' if ch['threshold'] is None else format(ch['threshold'], 'g')}",
-        "dev / test": f"{ch[f'{metric}_dev']:.1f} / {ch[f'{metric}_test']:.1f} (static {report['static'][f'{metric}_test']:.1f})",
+        "dev / test": f"{metric} {ch[f'{metric}_dev']:.1f} / {ch[f'{metric}_test']:.1f} (static {report['static'][f'{metric}_test']:.1f})",
         "layers (dev mean); test exits": f"{ch['layers_dev']:.2f}; {hist}",
         f"{stat} est. / measured": (f"{ch[f'predicted_{stat}_ms']:.2f} / {ch[f'measured_{stat}_ms_test']:.2f} ms: "
                                     f"{ch['measured_over_predicted']:.2f} (drift-corrected "
                                     f"{ch['measured_over_predicted_drift_corrected']:.2f})"),
         "speed-up vs static graph, p50 / mean": (f"{static['p50_ms'] / ee['p50_ms']:.2f}x / "
                                                  f"{static['mean_ms'] / ee['mean_ms']:.2f}x"),
+        "measured candidates": str(len(s.get("steps", [])) or 1),
         "load average at end": f"{report['timing']['loadavg_at_end'][0]:.1f}",
     }
 
@@ -95,7 +96,9 @@ def main(argv: list[str] | None = None) -> int:
         "estimated statistic meets the budget; it is exported and measured serving the test inputs one by one "
         "(batch 1) beside the same sub-network as one graph, medians of the rounds. "
         "'est.': the search's estimate; 'drift-corrected': divided by the device's drift at measurement "
-        "(that one graph measured / predicted). Test exits: share of test inputs leaving at each exit.",
+        "(that one graph measured / predicted). Test exits: share of test inputs leaving at each exit. "
+        "Measured candidates: how many were exported and measured (more than 1: the first missed the budget "
+        "and the search stepped down).",
         "",
         *table,
         "",
