@@ -416,17 +416,23 @@ def spread_table(segment_ms: np.ndarray, spread: LengthSpread, lengths: Sequence
     return np.diff(np.maximum.accumulate(cum, axis=1), axis=1, prepend=0.0)
 
 
-def runner_extra_ms(measured_cum: np.ndarray, static_measured: np.ndarray, static_predicted: float,
+def runner_extra_ms(measured_cum: np.ndarray, static_measured: np.ndarray, static_predicted: np.ndarray | float,
                     predicted_cum: np.ndarray) -> np.ndarray:
     """What the exported runner costs at each exit beyond its predicted prefix, in the
-    predictor's units (ms, today's drift divided out): per round, the runner's measured
-    cumulative statistic at each exit (``measured_cum``: rounds, exits) over that round's
-    drift (the same sub-network as one graph, ``static_measured``: rounds, over
-    ``static_predicted``), minus the predicted cumulative cost (``predicted_cum``: exits);
-    the median over the rounds. It holds what a prefix prediction leaves out: the segment
-    calls, the heads inside them, and a one-layer prefix below the depths the predictor saw."""
-    drift = np.asarray(static_measured, dtype=float) / float(static_predicted)  # (rounds,)
-    extra = np.asarray(measured_cum, dtype=float) / drift[:, None] - np.asarray(predicted_cum, dtype=float)[None]
+    predictor's units (ms, the drift divided out): per round, the runner's measured cumulative
+    statistic at each exit (``measured_cum``: rounds, exits) over that round's drift, minus the
+    predicted cumulative cost (``predicted_cum``: exits); the median over the rounds. The drift
+    is each depth-``k`` prefix as one graph measured in that round (``static_measured``:
+    rounds, exits) over its prediction (``static_predicted``: exits), so that the predictor's
+    own error on the reference's prefixes is divided out with the day's drift and does not
+    pass for runner cost; a single graph (rounds,) over one prediction gives one drift per
+    round for every exit. It holds what a prefix prediction leaves out: the segment calls, the
+    heads inside them, and a one-layer prefix below the depths the predictor saw."""
+    measured = np.asarray(static_measured, dtype=float)
+    drift = measured / np.asarray(static_predicted, dtype=float)
+    if drift.ndim == 1:  # one graph per round
+        drift = drift[:, None]
+    extra = np.asarray(measured_cum, dtype=float) / drift - np.asarray(predicted_cum, dtype=float)[None]
     return np.median(extra, axis=0)
 
 

@@ -53,6 +53,7 @@ from latency.early_exit import (
     load_runner,
     policy_table,
     predicted_segment_ms,
+    prefix,
     runner_extra_ms,
     segment_times,
     single_inputs,
@@ -65,6 +66,7 @@ from nas.export import ImpossibleBudget
 from nas.pareto import pareto_front
 from supernet.errors import ConfigError
 from supernet.exits import ExitHeads, exit_histogram, exit_layers, load_exits, predict_exits
+from supernet.extract import extract
 from supernet.io import atomic_write, write_csv, write_json
 from supernet.space import SubnetConfig
 from supernet.train import weights_sha1
@@ -79,7 +81,8 @@ class Reference:
     """What timing the largest sub-network's runner says about every candidate's table
     (``ExitSearch.reference``): its length spread, its extra cost at each exit over the
     predicted prefixes (ms, in the predictor's units), and for the report the drift of each
-    round and its cumulative costs, measured (median over rounds) and predicted."""
+    round and prefix (rounds, exits) and its cumulative costs, measured (median over rounds)
+    and predicted."""
 
     spread: LengthSpread
     extra_ms: np.ndarray
@@ -327,10 +330,11 @@ class ExitSearch:
 
     def reference(self, n: int, rounds: int, head_ms: float) -> Reference:
         """The largest sub-network's runner, exported to ``out/reference/`` and timed on the
-        first ``n`` dev inputs (all layers run) in ``rounds`` rounds, each beside the same
-        sub-network as one graph: its length spread (``LengthSpread``, on the per-input
-        medians over the rounds) and the runner's extra cost at each exit over the predicted
-        prefixes (``runner_extra_ms``)."""
+        first ``n`` dev inputs (all layers run) in ``rounds`` rounds, each beside its depth-k
+        prefixes as one graph each (the last one: the whole sub-network): its length spread
+        (``LengthSpread``, on the per-input medians over the rounds) and the runner's extra
+        cost at each exit over the predicted prefixes, each prefix's drift divided out
+        (``runner_extra_ms``)."""
         from nas.early_exit import EarlyExitStudy
 
         stat, threads = self.target.stat, self.target.profile.threads
@@ -338,17 +342,19 @@ class ExitSearch:
         study = EarlyExitStudy(self.run, self.kind, largest, self.out / "reference", threads=threads)
         runner = load_runner(study.export(), threads=threads)
         inputs = single_inputs(self.run.splits["dev"], n)
-        graph = export_static_graph(study.model, self.out / "reference")
+        prefixes = [prefix(largest, k) for k in range(1, len(largest.kept_layers) + 1)]
+        graphs = [export_static_graph(extract(self.run.supernet, p).eval(), self.out / "reference" / f"prefix{k + 1}")
+                  for k, p in enumerate(prefixes)]
         static, times = [], []
         for _ in range(rounds):
-            static.append(static_graph_timing(graph, inputs, threads=threads)[f"{stat}_ms"])
+            static.append([static_graph_timing(g, inputs, threads=threads)[f"{stat}_ms"] for g in graphs])
             times.append(segment_times(runner, inputs))
         spread = LengthSpread.fit(np.median(times, axis=0), self.lengths("dev")[:len(inputs)], stat)
         measured_cum = np.array([STAT_FUNCS[stat](np.cumsum(t, axis=1)) for t in times])  # (rounds, exits)
         predicted_cum = np.cumsum(predicted_segment_ms(self.latency, largest, head_ms))
-        static_pred = float(self.latency.predict([largest])[0][0])
-        extra = runner_extra_ms(measured_cum, np.array(static), static_pred, predicted_cum)
-        return Reference(spread, extra, np.array(static) / static_pred, np.median(measured_cum, axis=0), predicted_cum)
+        prefix_pred = np.maximum.accumulate([p for p, _ in self.latency.predict(prefixes)])  # as the table holds them
+        extra = runner_extra_ms(measured_cum, np.array(static), prefix_pred, predicted_cum)
+        return Reference(spread, extra, np.array(static) / prefix_pred, np.median(measured_cum, axis=0), predicted_cum)
 
     def table(self, pool: Sequence[SubnetConfig], head_ms: float, progress: bool = True,
               reference: Reference | None = None) -> pd.DataFrame:
@@ -457,11 +463,11 @@ class ExitSearch:
                 "measured_cumulative_ms": ref.measured_cum.round(4).tolist(),
                 "extra_ms": ref.extra_ms.round(4).tolist(),
                 "drift": ref.drift.round(3).tolist(),
-                "note": f"the largest sub-network's runner timed on dev beside its one-graph form: each exit's "
-                        f"cumulative cost as a line in the input's length over its {stat} (what makes the "
-                        "per-layer table per input), and the runner's extra cost at each exit over the "
-                        "predicted prefix, today's drift (graph measured / predicted) divided out (added to "
-                        "every candidate's table)"},
+                "note": f"the largest sub-network's runner timed on dev beside its depth-k prefixes as one graph "
+                        f"each: each exit's cumulative cost as a line in the input's length over its {stat} (what "
+                        "makes the per-layer table per input), and the runner's extra cost at each exit over the "
+                        "predicted prefix, that prefix's drift (graph measured / predicted, per round: 'drift', "
+                        "rounds x exits) divided out (added to every candidate's table)"},
             "device_drift": {"static_measured_over_predicted": drift, "note": "the chosen sub-network as one graph, "
                              "measured on test now / the device predictor's figure; > 1: the device runs slower today"},
             "per_layer_cost": {

@@ -128,6 +128,16 @@ def test_the_runners_extra_cost_by_hand() -> None:
     measured = np.array([[3.0, 5.5, 8.0], [6.0, 11.0, 16.0], [3.3, 5.7, 8.6]])
     extra = runner_extra_ms(measured, np.array([6.0, 12.0, 6.0]), 6.0, np.array([2.0, 4.0, 6.0]))
     np.testing.assert_allclose(extra, [1.0, 1.5, 2.0])  # the median round
+    # With each prefix timed as one graph: the predictor called the deepest prefix 6 ms where it
+    # measured 4.8 in every round (its own error on that prefix, 0.8x, not drift) and was right
+    # about the others; only the last exit's figure is divided by its own 0.8.
+    prefixes = np.array([[2.0, 4.0, 4.8], [4.0, 8.0, 9.6], [2.0, 4.0, 4.8]])
+    extra = runner_extra_ms(measured, prefixes, np.array([2.0, 4.0, 6.0]), np.array([2.0, 4.0, 6.0]))
+    np.testing.assert_allclose(extra, [1.0, 1.5, 4.0])
+    # The whole graph's 0.8 applied to every exit instead would have called every exit dearer.
+    np.testing.assert_allclose(runner_extra_ms(measured, prefixes[:, -1], 6.0, np.array([2.0, 4.0, 6.0])),
+                               [1.75, 2.875, 4.0])
+    extra = runner_extra_ms(measured, np.array([6.0, 12.0, 6.0]), 6.0, np.array([2.0, 4.0, 6.0]))
     # Added to another sub-network's table (cumulative 1 / 2 / 3 / 4: one exit deeper than the
     # reference, which takes the reference's last extra) ...
     seg = with_extra(np.array([1.0, 1.0, 1.0, 1.0]), extra)
