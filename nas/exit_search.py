@@ -343,8 +343,9 @@ class ExitSearch:
         runner = load_runner(study.export(), threads=threads)
         inputs = single_inputs(self.run.splits["dev"], n)
         prefixes = [prefix(largest, k) for k in range(1, len(largest.kept_layers) + 1)]
-        graphs = [export_static_graph(extract(self.run.supernet, p).eval(), self.out / "reference" / f"prefix{k + 1}")
-                  for k, p in enumerate(prefixes)]
+        # The deepest prefix is the largest sub-network itself: the study already holds it.
+        models = [extract(self.run.supernet, p).eval() for p in prefixes[:-1]] + [study.model]
+        graphs = [export_static_graph(m, self.out / "reference" / f"prefix{k + 1}") for k, m in enumerate(models)]
         static, times = [], []
         for _ in range(rounds):
             static.append([static_graph_timing(g, inputs, threads=threads)[f"{stat}_ms"] for g in graphs])
