@@ -209,6 +209,25 @@ def estimate_latency(segment_ms: np.ndarray, layers: np.ndarray) -> dict[str, fl
             "p90_ms": float(np.percentile(cost, 90))}
 
 
+def estimate_interval(segment_ms: np.ndarray, layers: np.ndarray, stat: str, *, n_resamples: int = 2000,
+                      level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """How far ``estimate_latency``'s ``stat`` could move with another sample of inputs like
+    these: its ``level`` percentile interval over ``n_resamples`` resamples of the inputs (with
+    replacement; each keeps its own exit and costs). A policy whose exits split the inputs
+    near the statistic (a p50 where half leave at the first exit) has a wide one: the dev set
+    cannot promise that figure closer than this on other traffic."""
+    if stat not in STAT_FUNCS:
+        raise ValueError(f"stat must be one of {', '.join(STAT_FUNCS)}, got {stat!r}")
+    table, layers = np.asarray(segment_ms, dtype=float), np.asarray(layers)
+    cum = np.cumsum(table, axis=-1)
+    cost = cum[layers] if table.ndim == 1 else cum[np.arange(len(layers)), layers]
+    rng = np.random.default_rng(seed)
+    stats = STAT_FUNCS[stat](cost[rng.integers(0, cost.size, size=(cost.size, n_resamples))])
+    tail = (1 - level) / 2
+    lo, hi = np.quantile(stats, [tail, 1 - tail])
+    return float(lo), float(hi)
+
+
 def time_early_exit(runner: Any, inputs: Sequence[tuple[np.ndarray, ...]], *, warmup: int = 10) -> dict[str, Any]:
     """The runner serving ``inputs`` one by one (batch 1) at its own policy: per-call ms
     (mean, p50, p90) and the exit each input took."""

@@ -43,7 +43,7 @@ from latency.early_exit import (
     write_manifest_policy,
 )
 from supernet.errors import ConfigError
-from supernet.exits import exit_histogram, exit_layers, load_exits, predict_exits
+from supernet.exits import exit_histogram, exit_layers, exit_predictions, load_exits, predict_exits
 from supernet.extract import extract
 from supernet.io import atomic_write, write_csv, write_json
 from supernet.space import SubnetConfig
@@ -112,6 +112,15 @@ class EarlyExitStudy:
         ok = table[table[col] >= static[col] - max_loss]
         return ok.sort_values(["est_mean_ms_dev", col], ascending=[True, False]).iloc[0]
 
+    def test_difference(self, criterion: str, threshold: float) -> dict[str, Any]:
+        """The policy's test score minus the same sub-network's with every layer run (its last
+        exit), on the same test inputs: points, paired-bootstrap 95% interval (``nas.stats``)."""
+        from nas.stats import compare_with
+
+        lg = self.logits["test"]
+        early = exit_predictions(lg, exit_layers(lg, criterion, threshold))
+        return compare_with(lg[-1], early, self.labels["test"], metric=self.run.task.metric)
+
     def measure(self, policy: pd.Series, n_cost: int, n_time: int | None, rounds: int) -> dict[str, Any]:
         """``rounds`` rounds, each: the static graph on test, the segment times on dev (the
         prediction's input, taken beside the measurement so that both meet the same load on a
@@ -174,6 +183,7 @@ class EarlyExitStudy:
                            "predicted_from_dev": predicted, "predicted_from_dev_table": timed["predicted_table"],
                            "measured_test": measured},
             "test_loss_points": float(static_row[f"{metric}_test"] - chosen[f"{metric}_test"]),
+            "test_difference": self.test_difference(str(chosen.criterion), float(chosen.threshold)),
             "speedup_mean_measured": timed["static"]["mean_ms"] / measured["mean_ms"],
             "speedup_p50_measured": timed["static"]["p50_ms"] / measured["p50_ms"],
             "layers_saved_mean_test": len(seg) / float(test_exits.mean() + 1),

@@ -47,6 +47,7 @@ from latency.early_exit import (
     LatencyModel,
     LengthSpread,
     default_policies,
+    estimate_interval,
     estimate_latency,
     export_static_graph,
     head_cost_ms,
@@ -65,7 +66,14 @@ from latency.target import PredictedLatency, Target
 from nas.export import ImpossibleBudget
 from nas.pareto import pareto_front
 from supernet.errors import ConfigError
-from supernet.exits import ExitHeads, exit_histogram, exit_layers, load_exits, predict_exits
+from supernet.exits import (
+    ExitHeads,
+    exit_histogram,
+    exit_layers,
+    exit_predictions,
+    load_exits,
+    predict_exits,
+)
 from supernet.extract import extract
 from supernet.io import atomic_write, write_csv, write_json
 from supernet.space import SubnetConfig
@@ -328,6 +336,20 @@ class ExitSearch:
     def lengths(self, split: str) -> list[int]:
         return [len(x) for x in self.run.splits[split].input_ids]
 
+    def difference(self, chosen: pd.Series, other: pd.Series) -> dict[str, Any]:
+        """``chosen``'s test score minus ``other``'s (two candidates of the table) on the same
+        test inputs: points and paired-bootstrap 95% interval (``nas.stats.compare_with``)."""
+        from nas.stats import compare_with
+
+        def predictions(row: pd.Series) -> np.ndarray:
+            cfg = SubnetConfig.from_dict(json.loads(str(row.arch_json)))
+            lg = cached_exit_logits(self.run, self.heads, cfg, self.out / "logits")["test"]
+            layers = (np.full(lg.shape[1], lg.shape[0] - 1) if row.criterion == STATIC
+                      else exit_layers(lg, str(row.criterion), float(row.threshold)))
+            return exit_predictions(lg, layers)
+
+        return compare_with(predictions(other), predictions(chosen), self.labels["test"], metric=self.run.task.metric)
+
     def reference(self, n: int, rounds: int, head_ms: float) -> Reference:
         """The largest sub-network's runner, exported to ``out/reference/`` and timed on the
         first ``n`` dev inputs (all layers run) in ``rounds`` rounds, each beside its depth-k
@@ -433,6 +455,8 @@ class ExitSearch:
 
         seg_pred = np.array([float(x) for x in str(chosen.segment_ms_pred).split("/")])
         dev_layers = exit_layers(study.logits["dev"], *policy)
+        interval = None if chosen.criterion == STATIC else estimate_interval(
+            spread_table(seg_pred, ref.spread, self.lengths("dev")), dev_layers, stat)
         measured_cum = np.cumsum(study.dev_segments, axis=1)  # (N, exits): each dev input, all layers run
         measured_table = STAT_FUNCS[stat](measured_cum)
         measured = report["early_exit"]["measured_test"] if chosen.criterion != STATIC else report["static"]["measured_test"]
@@ -445,7 +469,10 @@ class ExitSearch:
                        "threshold": None if chosen.criterion == STATIC else float(chosen.threshold),
                        f"{metric}_dev": float(chosen[f"{metric}_dev"]), f"{metric}_test": float(chosen[f"{metric}_test"]),
                        "layers_dev": float(chosen.layers_dev), f"predicted_{stat}_ms": float(chosen.lat_ms),
+                       f"predicted_{stat}_ms_ci95_dev_sample": None if interval is None else list(interval),
                        f"measured_{stat}_ms_test": measured[f"{stat}_ms"],
+                       "measured_within_dev_sample_interval": None if interval is None else bool(
+                           interval[0] <= measured[f"{stat}_ms"] <= interval[1]),
                        "measured_over_predicted": measured[f"{stat}_ms"] / float(chosen.lat_ms),
                        "measured_over_predicted_drift_corrected": measured[f"{stat}_ms"] / (float(chosen.lat_ms) * drift),
                        f"predicted_{stat}_ms_prefixes_only": (
@@ -453,7 +480,8 @@ class ExitSearch:
                                predicted_segment_ms(self.latency, cfg, head_ms), dev_layers)[f"{stat}_ms"])},
             "best_static_under_budget": None if best_static is None else {
                 "arch": str(best_static.arch), f"{metric}_dev": float(best_static[f"{metric}_dev"]),
-                f"{metric}_test": float(best_static[f"{metric}_test"]), f"predicted_{stat}_ms": float(best_static.lat_ms)},
+                f"{metric}_test": float(best_static[f"{metric}_test"]), f"predicted_{stat}_ms": float(best_static.lat_ms),
+                "chosen_minus_this_test": self.difference(chosen, best_static)},
             "steps": steps,
             "head_ms": head_ms,
             "reference": {

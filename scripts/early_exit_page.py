@@ -27,6 +27,19 @@ from nas.bench import assemble  # noqa: E402
 from supernet.io import write_text  # noqa: E402
 
 
+def _diff(d: dict[str, Any] | None) -> str:
+    """A paired difference in points with its interval; older reports have none."""
+    if not d:
+        return "not computed"
+    return f"{d['diff_points']:+.1f} ({d['ci95_low']:+.1f}, {d['ci95_high']:+.1f})"
+
+
+def _interval(ci: list[float] | None, within: bool | None) -> str:
+    if not ci:
+        return "not computed"
+    return f"{ci[0]:.2f}-{ci[1]:.2f} ms, measured {'inside' if within else 'outside'}"
+
+
 def row(folder: Path, report: dict[str, Any]) -> dict[str, str]:
     """One table row (formatted cells) from a search folder's report."""
     s = report["search"]
@@ -47,6 +60,10 @@ def row(folder: Path, report: dict[str, Any]) -> dict[str, str]:
         f"{stat} est. / measured": (f"{ch[f'predicted_{stat}_ms']:.2f} / {ch[f'measured_{stat}_ms_test']:.2f} ms: "
                                     f"{ch['measured_over_predicted']:.2f} (drift-corrected "
                                     f"{ch['measured_over_predicted_drift_corrected']:.2f})"),
+        "test vs best static; vs all layers (95% CI)": f"{_diff(best and best.get('chosen_minus_this_test'))}; "
+                                                        f"{_diff(report.get('test_difference'))}",
+        f"{stat} est. 95% interval (dev sample)": _interval(ch.get(f"predicted_{stat}_ms_ci95_dev_sample"),
+                                                            ch.get("measured_within_dev_sample_interval")),
         "speed-up vs static graph, p50 / mean": (f"{static['p50_ms'] / ee['p50_ms']:.2f}x / "
                                                  f"{static['mean_ms'] / ee['mean_ms']:.2f}x"),
         "measured candidates": str(len(s.get("steps", [])) or 1),
@@ -97,6 +114,11 @@ def main(argv: list[str] | None = None) -> int:
         "(batch 1) beside the same sub-network as one graph, medians of the rounds. "
         "'est.': the search's estimate; 'drift-corrected': divided by the device's drift at measurement "
         "(that one graph measured / predicted). Test exits: share of test inputs leaving at each exit. "
+        "Test differences: the chosen candidate's test score minus the best static one's, and minus the same "
+        "sub-network's with every layer run, in points on the same test inputs, with the paired-bootstrap 95% "
+        "interval (`nas.stats`; macro F1 recomputed on each resample). Est. interval: how far the estimate moves "
+        "when the dev inputs are resampled (their exits and lengths kept), and whether the measurement on test "
+        "fell inside it. "
         "Measured candidates: how many were exported and measured (more than 1: the first missed the budget "
         "and the search stepped down).",
         "",

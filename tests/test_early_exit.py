@@ -133,6 +133,27 @@ def test_latency_estimate_on_a_fake_cost_table() -> None:
     assert (est["mean_ms"], est["p50_ms"]) == (pytest.approx(3.5), pytest.approx(3.5))
 
 
+def test_the_sampling_interval_of_an_estimate() -> None:
+    from latency.early_exit import estimate_interval
+
+    segment_ms = np.array([1.0, 2.0, 3.0])  # cumulative: 1, 3, 6
+    # Every input leaves at the same exit: every resample gives the same figure.
+    assert estimate_interval(segment_ms, np.full(50, 1), "p50") == (3.0, 3.0)
+    # Half leave after 1 ms, half after 6: a resample's p50 lands on either side (or between).
+    lo, hi = estimate_interval(segment_ms, np.array([0, 2] * 25), "p50")
+    assert lo <= 1.5 and hi >= 5.5
+    # Mean of 0/2 exits with 400 inputs: 3.5 +- 1.96 * 2.5 / sqrt(400) = 3.26 .. 3.74.
+    lo, hi = estimate_interval(segment_ms, np.array([0, 2] * 200), "mean", n_resamples=4000)
+    assert 3.2 < lo < 3.32 and 3.68 < hi < 3.8
+    # Per-input tables keep each input's own costs.
+    own = np.array([[1.0, 1.0], [5.0, 5.0]] * 20)
+    assert estimate_interval(own, np.zeros(40, dtype=int), "p90")[1] == pytest.approx(5.0)
+    assert estimate_interval(segment_ms, np.zeros(3, dtype=int), "p50", seed=1) == estimate_interval(
+        segment_ms, np.zeros(3, dtype=int), "p50", seed=1)
+    with pytest.raises(ValueError, match="p50"):
+        estimate_interval(segment_ms, np.zeros(3, dtype=int), "p75")
+
+
 def test_training_freezes_the_backbone_teaches_the_exits_and_resumes(tmp_path) -> None:
     model = tiny_model(layers=3)
     space = model.shape.search_space(min_layers=2)
@@ -256,6 +277,9 @@ def test_commands_train_exits_and_export_a_runner_that_runs_alone(job, tmp_path,
     assert report["early_exit"]["runner_exits_same_as_pytorch"] >= 0.99
     assert abs(sum(report["early_exit"]["test_exit_histogram"]) - 1) < 1e-6
     assert report["early_exit"]["measured_test"]["p50_ms"] > 0
+    diff = report["test_difference"]  # the policy against all layers, on the same test inputs
+    assert diff["diff_points"] == pytest.approx(-report["test_loss_points"], abs=1e-9)
+    assert diff["ci95_low"] <= diff["diff_points"] <= diff["ci95_high"] and diff["metric"] == "accuracy"
     # The exported folder runs with numpy, onnxruntime and the tokenizer alone, from the command line.
     done = subprocess.run([sys.executable, str(out / "runner" / "exit_runner.py"), str(out / "runner"),
                            "a gripping, funny film", "dull"], capture_output=True, text=True, timeout=120)

@@ -301,6 +301,18 @@ def test_command_searches_exports_and_reports(job, tmp_path, capsys) -> None:
     assert len(ref["length_spread"]["ms_per_token"]) == len(ref["measured_cumulative_ms"]) == n_exits > 0
     assert min(ref["length_spread"]["ms_per_token"]) >= 0 and len(ref["drift"]) == 1
     assert s["chosen"]["predicted_p50_ms_prefixes_only"] > 0
+    c = s["chosen"]
+    if c["criterion"] == "static":
+        assert c["predicted_p50_ms_ci95_dev_sample"] is None
+    else:  # the estimate's own interval over resampled dev inputs holds the estimate
+        lo, hi = c["predicted_p50_ms_ci95_dev_sample"]
+        assert lo <= c["predicted_p50_ms"] <= hi
+        assert c["measured_within_dev_sample_interval"] == (lo <= c["measured_p50_ms_test"] <= hi)
+    if s["best_static_under_budget"] is not None:
+        d = s["best_static_under_budget"]["chosen_minus_this_test"]
+        assert d["diff_points"] == pytest.approx(c["accuracy_test"] - s["best_static_under_budget"]["accuracy_test"])
+        assert d["ci95_low"] <= d["diff_points"] <= d["ci95_high"]
+    assert report["test_difference"]["diff_points"] == pytest.approx(-report["test_loss_points"], abs=1e-9)
     assert (out / "reference" / "runner" / "manifest.json").is_file()
     assert abs(sum(report["early_exit"]["test_exit_histogram"]) - 1) < 1e-6
     fronts = pd.read_csv(out / "front.csv")

@@ -7,7 +7,13 @@ import math
 import numpy as np
 import pytest
 
-from nas.stats import compare_with, mcnemar, paired_bootstrap
+from nas.stats import (
+    compare_with,
+    macro_f1_rows,
+    mcnemar,
+    paired_bootstrap,
+    paired_bootstrap_metric,
+)
 
 
 def test_mcnemar_exact_p_values_by_hand() -> None:
@@ -45,6 +51,42 @@ def test_compare_with_takes_logits_or_class_ids() -> None:
     assert got["diff_points"] == pytest.approx(-20.0) and got["n"] == 5
     assert got["ci95_low"] <= -20.0 <= got["ci95_high"] and got["agreement"] == pytest.approx(0.8)
     assert got["mcnemar_p"] == pytest.approx(1.0)  # one discordant pair
+
+
+def test_macro_f1_rows_by_hand_and_against_sklearn() -> None:
+    from sklearn.metrics import f1_score
+
+    labels = np.array([0, 0, 1, 1, 2])
+    pred = np.array([0, 1, 1, 1, 0])
+    # class 0: tp 1, fp 1, fn 1 -> 2/4; class 1: tp 2, fp 1, fn 0 -> 4/5; class 2: tp 0, fn 1 -> 0
+    assert macro_f1_rows(pred, labels, np.arange(5))[0] == pytest.approx((0.5 + 0.8 + 0.0) / 3)
+    # a resample without class 2 in its labels averages over classes 0 and 1 only (as sklearn
+    # does with labels=np.unique of the resample's labels); the prediction 0 for it is a fp of 0
+    rows = np.array([[0, 1, 2, 3, 4], [0, 0, 2, 3, 3], [4, 4, 4, 1, 2]])
+    for row, got in zip(rows, macro_f1_rows(pred, labels, rows), strict=True):
+        y, p = labels[row], pred[row]
+        assert got == pytest.approx(f1_score(y, p, average="macro", labels=np.unique(y)))
+    rng = np.random.default_rng(3)
+    y, p = rng.integers(0, 8, 300), rng.integers(0, 8, 300)
+    idx = rng.integers(0, 300, (20, 300))
+    want = [f1_score(y[r], p[r], average="macro", labels=np.unique(y[r])) for r in idx]
+    assert macro_f1_rows(p, y, idx) == pytest.approx(want)
+
+
+def test_paired_bootstrap_of_macro_f1() -> None:
+    labels = np.array([0, 0, 1, 1, 2] * 40)
+    a = np.array([0, 1, 1, 1, 0] * 40)
+    assert paired_bootstrap_metric(a, a, labels, "macro_f1") == (0.0, 0.0, 0.0)
+    b = labels.copy()  # perfect: macro F1 1.0 against a's 13/30
+    diff, lo, hi = paired_bootstrap_metric(a, b, labels, "macro_f1", n_resamples=2000, chunk=300)
+    assert diff == pytest.approx(13 / 30 - 1.0) and lo <= diff <= hi and hi - lo < 0.1
+    assert paired_bootstrap_metric(a, b, labels, "macro_f1", n_resamples=2000) == pytest.approx((diff, lo, hi))
+    # accuracy goes through the per-example bootstrap
+    assert paired_bootstrap_metric(a, b, labels) == paired_bootstrap(a == labels, b == labels)
+    got = compare_with(b, np.eye(3)[a], labels, metric="macro_f1")
+    assert got["diff_points"] == pytest.approx(100 * diff) and "mcnemar_p" not in got and got["n"] == 200
+    with pytest.raises(ValueError, match="macro_f1"):
+        paired_bootstrap_metric(a, b, labels, "f2")
 
 
 def test_kendall_tau_by_hand_and_against_scipy() -> None:
