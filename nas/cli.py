@@ -571,6 +571,9 @@ def register_early_exit(sub: Subparsers) -> argparse.ArgumentParser:
                    help="search: the statistic of per-input latency the budget applies to (default %(default)s)")
     x.add_argument("--candidates", type=COUNT, default=12,
                    help="search: sub-networks taken from the static front (default: %(default)s); the largest is added")
+    x.add_argument("--finalists", type=COUNT0, default=3,
+                   help="search: the most accurate sub-networks near the budget whose own runner is timed on dev "
+                   "before choosing, their exit candidates estimated from it (default: %(default)s; 0: none)")
     x.add_argument("--threads", type=COUNT, default=None, help="one sub-network: ONNX Runtime threads (default: one "
                    "per core; the search uses its device's)")
     x.add_argument("--n-cost", type=COUNT, default=300, help="dev inputs timed for the per-layer cost (default: "
@@ -619,7 +622,7 @@ def _exit_search(a: argparse.Namespace) -> int:
     run = open_run(a.run)
     target = _target(run, a.device, None, None, a.budget_stat)
     check_available(target.profile)
-    search = ExitSearch(run, target, a.kind, Path(a.out), candidates=a.candidates)
+    search = ExitSearch(run, target, a.kind, Path(a.out), candidates=a.candidates, finalists=a.finalists)
     r = search.run_all(a.budget_ms, n_cost=a.n_cost, n_time=a.n_time, rounds=a.rounds, progress=not a.quiet)
     print(json.dumps(r["search"], indent=1))
     print(f"wrote {a.out}/candidates.csv, front.csv, front.png, exit_histogram.png, report.json and the runner")

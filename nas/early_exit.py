@@ -15,7 +15,10 @@ The steps, each a method of ``EarlyExitStudy`` returning values (the command wri
    serving test inputs one by one, in turn for a few rounds (medians of the rounds); the
    prediction is made in each round from the dev inputs' own segment times (all layers run)
    and the exits the policy takes on dev, so that prediction and measurement meet the same
-   load on a shared machine.
+   load on a shared machine. The runner also serves those dev inputs at the policy: against
+   the prediction from their own segment times, that ratio is what timing every layer gets
+   wrong about inputs that leave early (warm caches when most leave at the first exit), free
+   of any difference between the dev and test samples.
 """
 
 from __future__ import annotations
@@ -131,16 +134,17 @@ class EarlyExitStudy:
                              threshold=float(policy.threshold))
         dev_layers = exit_layers(self.logits["dev"][:, :n_cost], str(policy.criterion), float(policy.threshold))
         graph = export_static_graph(self.model, self.out)
-        static, early, predicted, table = [], [], [], []
+        static, early, predicted, table, early_dev = [], [], [], [], []
         for _ in range(rounds):
             static.append(static_graph_timing(graph, inputs, threads=self.threads))
             per_input = segment_times(runner, dev_inputs)
             table.append(estimate_latency(per_input.mean(0), dev_layers))
             predicted.append(estimate_latency(per_input, dev_layers))
+            early_dev.append(time_early_exit(runner, dev_inputs))
             early.append(time_early_exit(runner, inputs))
         med = {name: {k: float(np.median([r[k] for r in rs])) for k in ("mean_ms", "p50_ms", "p90_ms")}
                for name, rs in (("static", static), ("early_exit", early), ("predicted", predicted),
-                                ("predicted_table", table))}
+                                ("predicted_table", table), ("early_exit_dev", early_dev))}
         med["early_exit_exits"] = early[-1]["exits"]
         return med
 
@@ -181,6 +185,11 @@ class EarlyExitStudy:
                            "test_exit_histogram": exit_histogram(test_exits, len(seg)).round(4).tolist(),
                            "runner_exits_same_as_pytorch": float((timed["early_exit_exits"] == test_exits).mean()),
                            "predicted_from_dev": predicted, "predicted_from_dev_table": timed["predicted_table"],
+                           # The same dev inputs served at the policy: what timing every layer
+                           # (the prediction's input) misses, with no sample difference.
+                           "measured_dev_at_policy": timed["early_exit_dev"],
+                           "measured_dev_over_predicted_from_dev": {
+                               k: timed["early_exit_dev"][k] / predicted[k] for k in ("mean_ms", "p50_ms", "p90_ms")},
                            "measured_test": measured},
             "test_loss_points": float(static_row[f"{metric}_test"] - chosen[f"{metric}_test"]),
             "test_difference": self.test_difference(str(chosen.criterion), float(chosen.threshold)),

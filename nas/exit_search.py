@@ -20,8 +20,13 @@ them):
    the runner's extra cost at each exit added (``runner_extra_ms``) and the table made per
    input by the reference's length spread (``LengthSpread``), summed to each input's exit;
    the static rows are the predictor's own figure for the whole sub-network;
-4. ``choose``: on dev only, the most accurate candidate whose estimated statistic meets the
-   budget (the faster of equals);
+4. ``finalist_archs`` / ``with_own_costs``: the few sub-networks whose best exit candidate
+   is the most accurate among those estimated within 1.5x the budget get their own runner
+   exported and timed on dev inputs (every layer run, ``--n-cost`` of them), and their exit
+   candidates are estimated again from those per-input times, as the one-sub-network mode
+   does (the table's estimate, from the largest sub-network's runner, can be off by tens of
+   percent for a narrower one); ``choose``: on dev only, the most accurate candidate whose
+   estimated statistic meets the budget (the faster of equals);
 5. ``exit_fronts``: the Pareto front of the static rows and of all rows (static + exit);
 6. ``verify_choice``: the chosen one exported and measured by ``nas.early_exit.EarlyExitStudy``
    at its policy; when its measured statistic misses the budget (the device runs slower today
@@ -209,6 +214,36 @@ def choose(table: pd.DataFrame, budget_ms: float, metric: str = "accuracy") -> p
     return ok.sort_values([f"{metric}_dev", "lat_ms"], ascending=[False, True], kind="mergesort").iloc[0]
 
 
+def finalist_archs(table: pd.DataFrame, budget_ms: float, metric: str = "accuracy", *, k: int = 3,
+                   slack: float = 1.5) -> list[str]:
+    """The ``k`` sub-networks (arch keys) whose best exit candidate estimated within ``slack``
+    times the budget is the most accurate on dev, most accurate first: those worth timing on
+    their own runner before choosing (the table's estimate is off by tens of percent for some)."""
+    near = table[(table.criterion != STATIC) & (table.lat_ms <= budget_ms * slack)]
+    best = near.groupby("arch_key", sort=False)[f"{metric}_dev"].max().sort_values(ascending=False, kind="mergesort")
+    return [str(a) for a in best.index[:k]]
+
+
+def with_own_costs(table: pd.DataFrame, arch_key: str, segment_ms: np.ndarray, dev_logits: np.ndarray,
+                   stat: str) -> pd.DataFrame:
+    """``table`` with the exit candidates of one sub-network estimated from its own runner:
+    ``segment_ms`` (n, exits), its segment times on the first n dev inputs (every layer run),
+    summed to the exit each policy takes on them (``dev_logits``: every exit's logits on dev),
+    the ``stat`` over them. The table's own estimate stays in ``lat_ms_table``; ``lat_from``
+    says which one ``lat_ms`` is."""
+    out = table.copy()
+    if "lat_ms_table" not in out:
+        out["lat_ms_table"] = out["lat_ms"]
+        out["lat_from"] = np.where(out.criterion == STATIC, "predictor", "table")
+    n = len(segment_ms)
+    rows = out.index[(out.arch_key == arch_key) & (out.criterion != STATIC)]
+    for i in rows:
+        layers = exit_layers(dev_logits[:, :n], str(out.at[i, "criterion"]), float(out.at[i, "threshold"]))
+        out.at[i, "lat_ms"] = estimate_latency(segment_ms, layers)[f"{stat}_ms"]
+        out.at[i, "lat_from"] = "own runner"
+    return out
+
+
 def candidate_key(row: pd.Series) -> str:
     """One candidate of a table: its sub-network and policy."""
     return f"{row.arch_key}/{row.criterion}" + ("" if row.criterion == STATIC else f"/{float(row.threshold):g}")
@@ -318,6 +353,7 @@ class ExitSearch:
     kind: str
     out: Path
     candidates: int = 12
+    finalists: int = 3  # sub-networks timed on their own runner before choosing (``finalist_archs``)
 
     def __post_init__(self) -> None:
         if self.target.stat not in STATS:
@@ -417,6 +453,18 @@ class ExitSearch:
                   f"{rounds} rounds", flush=True)
         ref = self.reference(n_cost, rounds, head_ms)
         table = self.table(pool, head_ms, progress, ref)
+        own: dict[str, np.ndarray] = {}  # arch key -> its runner's segment times on dev (n_cost, exits)
+        for key in finalist_archs(table, budget_ms, metric, k=self.finalists):
+            row = table[table.arch_key == key].iloc[0]
+            cfg = SubnetConfig.from_dict(json.loads(str(row.arch_json)))
+            if progress:
+                print(f"  finalist {cfg.describe()}: its own runner timed on {n_cost} dev inputs", flush=True)
+            study = EarlyExitStudy(self.run, self.kind, cfg, self.out / "finalists" / key,
+                                   threads=self.target.profile.threads)
+            study.logits = cached_exit_logits(self.run, self.heads, cfg, self.out / "logits")
+            study.export()
+            own[key] = study.segment_times(n_cost)
+            table = with_own_costs(table, key, own[key], study.logits["dev"], stat)
         choose(table, budget_ms, metric)  # nothing estimated to fit: say so before writing anything
         static_rows = table[table.criterion == STATIC]
         best_static = choose(static_rows, budget_ms, metric) if (static_rows.lat_ms <= budget_ms).any() else None
@@ -455,8 +503,13 @@ class ExitSearch:
 
         seg_pred = np.array([float(x) for x in str(chosen.segment_ms_pred).split("/")])
         dev_layers = exit_layers(study.logits["dev"], *policy)
-        interval = None if chosen.criterion == STATIC else estimate_interval(
-            spread_table(seg_pred, ref.spread, self.lengths("dev")), dev_layers, stat)
+        if chosen.criterion == STATIC:
+            interval = None
+        elif chosen.arch_key in own:  # estimated from its own runner on the first n_cost dev inputs
+            segs = own[str(chosen.arch_key)]
+            interval = estimate_interval(segs, dev_layers[:len(segs)], stat)
+        else:
+            interval = estimate_interval(spread_table(seg_pred, ref.spread, self.lengths("dev")), dev_layers, stat)
         measured_cum = np.cumsum(study.dev_segments, axis=1)  # (N, exits): each dev input, all layers run
         measured_table = STAT_FUNCS[stat](measured_cum)
         measured = report["early_exit"]["measured_test"] if chosen.criterion != STATIC else report["static"]["measured_test"]
@@ -469,12 +522,20 @@ class ExitSearch:
                        "threshold": None if chosen.criterion == STATIC else float(chosen.threshold),
                        f"{metric}_dev": float(chosen[f"{metric}_dev"]), f"{metric}_test": float(chosen[f"{metric}_test"]),
                        "layers_dev": float(chosen.layers_dev), f"predicted_{stat}_ms": float(chosen.lat_ms),
+                       "predicted_from": str(chosen.get("lat_from", "table")),
+                       f"predicted_{stat}_ms_search_table": float(chosen.get("lat_ms_table", chosen.lat_ms)),
                        f"predicted_{stat}_ms_ci95_dev_sample": None if interval is None else list(interval),
                        f"measured_{stat}_ms_test": measured[f"{stat}_ms"],
                        "measured_within_dev_sample_interval": None if interval is None else bool(
                            interval[0] <= measured[f"{stat}_ms"] <= interval[1]),
                        "measured_over_predicted": measured[f"{stat}_ms"] / float(chosen.lat_ms),
                        "measured_over_predicted_drift_corrected": measured[f"{stat}_ms"] / (float(chosen.lat_ms) * drift),
+                       # The second prediction: the chosen runner's own per-layer cost, timed on
+                       # dev inputs (every layer run), at the exits the policy takes on them.
+                       f"predicted_{stat}_ms_own_runner": None if chosen.criterion == STATIC
+                       else report["early_exit"]["predicted_from_dev"][f"{stat}_ms"],
+                       "measured_over_own_runner_prediction": None if chosen.criterion == STATIC
+                       else measured[f"{stat}_ms"] / report["early_exit"]["predicted_from_dev"][f"{stat}_ms"],
                        f"predicted_{stat}_ms_prefixes_only": (
                            float(chosen.lat_ms) if chosen.criterion == STATIC else estimate_latency(
                                predicted_segment_ms(self.latency, cfg, head_ms), dev_layers)[f"{stat}_ms"])},
@@ -483,6 +544,8 @@ class ExitSearch:
                 f"{metric}_test": float(best_static[f"{metric}_test"]), f"predicted_{stat}_ms": float(best_static.lat_ms),
                 "chosen_minus_this_test": self.difference(chosen, best_static)},
             "steps": steps,
+            "finalists": [{"arch": str(table[table.arch_key == k].arch.iloc[0]), "dev_inputs_timed": int(len(v))}
+                          for k, v in own.items()],
             "head_ms": head_ms,
             "reference": {
                 "arch": self.run.space.largest().describe(), "dev_inputs": n_cost, "rounds": rounds,

@@ -47,6 +47,7 @@ def row(folder: Path, report: dict[str, Any]) -> dict[str, str]:
     metric = next(k.removesuffix("_dev") for k in ch if k.endswith("_dev") and k != "layers_dev")
     static = report["static"]["measured_test"]
     ee = report["early_exit"]["measured_test"]
+    own = report["early_exit"]["predicted_from_dev"]  # = search.chosen.predicted_STAT_ms_own_runner
     hist = "/".join(f"{x:.2f}" for x in report["early_exit"]["test_exit_histogram"])
     return {
         "folder": f"`{folder}`",
@@ -62,8 +63,14 @@ def row(folder: Path, report: dict[str, Any]) -> dict[str, str]:
                                     f"{ch['measured_over_predicted_drift_corrected']:.2f})"),
         "test vs best static; vs all layers (95% CI)": f"{_diff(best and best.get('chosen_minus_this_test'))}; "
                                                         f"{_diff(report.get('test_difference'))}",
+        f"{stat} from its runner's dev timing / measured": (
+            "static: none" if ch["criterion"] == "static" else
+            f"{own[f'{stat}_ms']:.2f} / {ee[f'{stat}_ms']:.2f} ms: {ee[f'{stat}_ms'] / own[f'{stat}_ms']:.2f}"),
         f"{stat} est. 95% interval (dev sample)": _interval(ch.get(f"predicted_{stat}_ms_ci95_dev_sample"),
                                                             ch.get("measured_within_dev_sample_interval")),
+        "same dev inputs: at the policy / all layers timed": (
+            "not computed" if "measured_dev_over_predicted_from_dev" not in report["early_exit"] else
+            f"{report['early_exit']['measured_dev_over_predicted_from_dev'][f'{stat}_ms']:.2f}"),
         "speed-up vs static graph, p50 / mean": (f"{static['p50_ms'] / ee['p50_ms']:.2f}x / "
                                                  f"{static['mean_ms'] / ee['mean_ms']:.2f}x"),
         "measured candidates": str(len(s.get("steps", [])) or 1),
@@ -116,9 +123,13 @@ def main(argv: list[str] | None = None) -> int:
         "(that one graph measured / predicted). Test exits: share of test inputs leaving at each exit. "
         "Test differences: the chosen candidate's test score minus the best static one's, and minus the same "
         "sub-network's with every layer run, in points on the same test inputs, with the paired-bootstrap 95% "
-        "interval (`nas.stats`; macro F1 recomputed on each resample). Est. interval: how far the estimate moves "
+        "interval (`nas.stats`; macro F1 recomputed on each resample). From its runner's dev timing: the second prediction, made once the chosen runner exists: its own segment "
+        "times on the first `--n-cost` dev inputs (every layer run) summed to each input's exit on dev, the statistic "
+        "over them (report.json `early_exit.predicted_from_dev`). Est. interval: how far the estimate moves "
         "when the dev inputs are resampled (their exits and lengths kept), and whether the measurement on test "
-        "fell inside it. "
+        "fell inside it. Same dev inputs: the runner serving the first `--n-cost` dev inputs at the policy, over the "
+        "statistic predicted from their own segment times with every layer run (below 1: inputs that leave early cost "
+        "less than their share of an all-layers run, e.g. warm caches). "
         "Measured candidates: how many were exported and measured (more than 1: the first missed the budget "
         "and the search stepped down).",
         "",

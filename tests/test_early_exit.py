@@ -277,6 +277,10 @@ def test_commands_train_exits_and_export_a_runner_that_runs_alone(job, tmp_path,
     assert report["early_exit"]["runner_exits_same_as_pytorch"] >= 0.99
     assert abs(sum(report["early_exit"]["test_exit_histogram"]) - 1) < 1e-6
     assert report["early_exit"]["measured_test"]["p50_ms"] > 0
+    ee = report["early_exit"]  # the dev inputs served at the policy, against their own prediction
+    assert ee["measured_dev_at_policy"]["p50_ms"] > 0
+    assert ee["measured_dev_over_predicted_from_dev"]["mean_ms"] == pytest.approx(
+        ee["measured_dev_at_policy"]["mean_ms"] / ee["predicted_from_dev"]["mean_ms"])
     diff = report["test_difference"]  # the policy against all layers, on the same test inputs
     assert diff["diff_points"] == pytest.approx(-report["test_loss_points"], abs=1e-9)
     assert diff["ci95_low"] <= diff["diff_points"] <= diff["ci95_high"] and diff["metric"] == "accuracy"

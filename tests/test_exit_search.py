@@ -18,7 +18,15 @@ from latency.early_exit import (
     spread_table,
     with_extra,
 )
-from nas.exit_search import STATIC, candidate_table, choose, exit_fronts, verify_choice
+from nas.exit_search import (
+    STATIC,
+    candidate_table,
+    choose,
+    exit_fronts,
+    finalist_archs,
+    verify_choice,
+    with_own_costs,
+)
 from nas.export import ImpossibleBudget
 from supernet.data import Encoded
 from supernet.exits import ExitHeads, exit_layers, predict_exits
@@ -264,6 +272,32 @@ def test_a_choice_that_misses_the_budget_when_measured_steps_down() -> None:
     assert measured == []
 
 
+def test_finalists_are_estimated_again_from_their_own_runner() -> None:
+    table = _by_hand_table()
+    # Exit candidates within 1.5x of 2.5 ms (3.75): b's (3.0) only; within 2x (5 ms): a's and b's,
+    # equally accurate (79), in the table's order; k caps them.
+    assert finalist_archs(table, 2.5) == ["b"]
+    assert finalist_archs(table, 2.5, slack=2.0) == ["a", "b"]
+    assert finalist_archs(table, 2.5, slack=2.0, k=1) == ["a"]
+    assert finalist_archs(table, 0.1) == []
+    # b's runner on 4 dev inputs: 1 ms per segment for inputs 0-1, 3 ms for 2-3 (two exits).
+    segs = np.array([[1.0, 1.0], [1.0, 1.0], [3.0, 3.0], [3.0, 3.0]])
+    confident = np.array([[0.99, 0.01]] * 6)  # normalized entropy about 0.08
+    unsure = np.array([[0.5, 0.5]] * 6)  # 1.0: never below a threshold
+    logits = np.log(np.stack([np.concatenate([confident[:1], unsure[:1], confident[:1], unsure[:1], confident[:2]]),
+                              confident]))  # (exits 2, N 6, C 2); inputs 4-5 were not timed
+    got = with_own_costs(table, "b", segs, logits, "mean")
+    # entropy 0.9: inputs 0 and 2 leave at exit 1 (1 and 3 ms), 1 and 3 run both (2 and 6): mean 3.
+    b = got[(got.arch_key == "b") & (got.criterion == "entropy")].iloc[0]
+    assert b.lat_ms == pytest.approx(3.0) and b.lat_from == "own runner" and b.lat_ms_table == 3.0
+    assert with_own_costs(table, "b", segs, logits, "p50")[lambda t: t.criterion == "entropy"].lat_ms.iloc[1] == \
+        pytest.approx(2.5)
+    # Other rows keep the table's estimate; static rows stay the predictor's.
+    assert got.loc[got.arch_key == "a", "lat_ms"].tolist() == [10.0, 4.0]
+    assert got.lat_from.tolist() == ["predictor", "table", "predictor", "own runner", "predictor"]
+    assert table.lat_ms.tolist() == [10.0, 4.0, 5.0, 3.0, 1.0]  # not changed in place
+
+
 def test_command_searches_exports_and_reports(job, tmp_path, capsys) -> None:
     import json
     import shutil
@@ -301,6 +335,9 @@ def test_command_searches_exports_and_reports(job, tmp_path, capsys) -> None:
     assert len(ref["length_spread"]["ms_per_token"]) == len(ref["measured_cumulative_ms"]) == n_exits > 0
     assert min(ref["length_spread"]["ms_per_token"]) >= 0 and len(ref["drift"]) == 1
     assert s["chosen"]["predicted_p50_ms_prefixes_only"] > 0
+    assert 1 <= len(s["finalists"]) <= 3 and s["finalists"][0]["dev_inputs_timed"] == 8
+    assert s["chosen"]["predicted_from"] in ("own runner", "table", "predictor")
+    assert set(table.lat_from) <= {"own runner", "table", "predictor"} and (table.lat_from == "own runner").any()
     c = s["chosen"]
     if c["criterion"] == "static":
         assert c["predicted_p50_ms_ci95_dev_sample"] is None
@@ -308,6 +345,9 @@ def test_command_searches_exports_and_reports(job, tmp_path, capsys) -> None:
         lo, hi = c["predicted_p50_ms_ci95_dev_sample"]
         assert lo <= c["predicted_p50_ms"] <= hi
         assert c["measured_within_dev_sample_interval"] == (lo <= c["measured_p50_ms_test"] <= hi)
+        assert c["predicted_p50_ms_own_runner"] == report["early_exit"]["predicted_from_dev"]["p50_ms"]
+        assert c["measured_over_own_runner_prediction"] == pytest.approx(
+            c["measured_p50_ms_test"] / c["predicted_p50_ms_own_runner"])
     if s["best_static_under_budget"] is not None:
         d = s["best_static_under_budget"]["chosen_minus_this_test"]
         assert d["diff_points"] == pytest.approx(c["accuracy_test"] - s["best_static_under_budget"]["accuracy_test"])
