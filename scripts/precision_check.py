@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 from nas.bench import dynabert_grid
-from supernet.evaluate import bf16_is_fast, predict, scores
+from supernet.evaluate import bf16_instructions, bf16_speedup, predict, scores
 from supernet.workflow import open_run
 
 
@@ -23,7 +23,8 @@ def main(folder: str) -> None:
     run = open_run(folder)
     enc = run.splits["dev"]
     metric = run.task.metric
-    print(f"{folder}: {len(enc)} dev examples, metric {metric}, CPU bf16 instructions: {bf16_is_fast()}")
+    print(f"{folder}: {len(enc)} dev examples, metric {metric}, CPU bf16 instructions: {bf16_instructions()}, "
+          f"bf16 speed-up on the quick check that --search-precision auto runs: {bf16_speedup():.2f}x")
     ratios = []
     configs = {c.key(): c for c in [run.space.largest(), *dynabert_grid(run.space)]}
     for cfg in configs.values():

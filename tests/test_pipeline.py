@@ -255,6 +255,29 @@ def test_search_precision_labels_its_cache_and_scores_like_fp32(job: Path) -> No
         DevAccuracy(run, precision="fp16")
 
 
+def test_auto_precision_is_bf16_only_where_it_is_measured_faster(monkeypatch) -> None:
+    """The instructions alone do not decide: bf16 autocast ran slower than fp32 on an
+    AVX512-BF16 CPU without AMX. ``auto`` takes bf16 only where the quick check finds it faster."""
+    import supernet.evaluate as ev
+
+    def case(instructions: bool, speedup: float) -> str:
+        monkeypatch.setattr(ev, "bf16_instructions", lambda: instructions)
+        monkeypatch.setattr(ev, "bf16_speedup", lambda: speedup)
+        ev.bf16_is_fast.cache_clear()
+        return ev.resolve_precision("auto")
+
+    try:
+        assert case(True, 1.87) == "bf16"
+        assert case(True, 0.64) == "fp32"
+        assert case(True, 1.05) == "fp32"  # within noise of fp32: not worth the flips
+        assert case(False, 3.0) == "fp32"
+        assert ev.resolve_precision("bf16") == "bf16" and ev.resolve_precision("fp32") == "fp32"
+    finally:
+        ev.bf16_is_fast.cache_clear()
+    monkeypatch.undo()
+    assert ev.bf16_speedup(trials=1, reps=1) > 0  # the real check runs
+
+
 def test_export_scales_stale_predictions_by_the_measured_drift(job: Path, tmp_path: Path, monkeypatch, capsys) -> None:
     """A predictor that says a quarter of what it said when fitted (as if the device had become
     four times slower): the export measures the drift first and searches with scaled predictions."""
