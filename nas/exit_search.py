@@ -25,7 +25,9 @@ them):
    exported and timed on dev inputs (every layer run, ``--n-cost`` of them), and their exit
    candidates are estimated again from those per-input times, as the one-sub-network mode
    does (the table's estimate, from the largest sub-network's runner, can be off by tens of
-   percent for a narrower one); ``choose``: on dev only, the most accurate candidate whose
+   percent for a narrower one); then each runner serves the same inputs at its most accurate
+   policy within the budget, and what that measured over its estimate scales all of that
+   sub-network's exit candidates (``ExitSearch.serve_at_policy``, ``scale_arch``); ``choose``: on dev only, the most accurate candidate whose
    estimated statistic meets the budget (the faster of equals);
 5. ``exit_fronts``: the Pareto front of the static rows and of all rows (static + exit);
 6. ``verify_choice``: the chosen one exported and measured by ``nas.early_exit.EarlyExitStudy``
@@ -65,6 +67,7 @@ from latency.early_exit import (
     single_inputs,
     spread_table,
     static_graph_timing,
+    time_early_exit,
     with_extra,
 )
 from latency.target import PredictedLatency, Target
@@ -244,6 +247,17 @@ def with_own_costs(table: pd.DataFrame, arch_key: str, segment_ms: np.ndarray, d
     return out
 
 
+def scale_arch(table: pd.DataFrame, arch_key: str, ratio: float) -> pd.DataFrame:
+    """``table`` with one sub-network's exit candidates' ``lat_ms`` times ``ratio`` (what
+    serving one of its policies measured over that policy's estimate), marked in ``lat_from``."""
+    out = table.copy()
+    rows = (out.arch_key == arch_key) & (out.criterion != STATIC)
+    out.loc[rows, "lat_ms"] = out.loc[rows, "lat_ms"] * ratio
+    if "lat_from" in out:
+        out.loc[rows, "lat_from"] = "own runner, served"
+    return out
+
+
 def candidate_key(row: pd.Series) -> str:
     """One candidate of a table: its sub-network and policy."""
     return f"{row.arch_key}/{row.criterion}" + ("" if row.criterion == STATIC else f"/{float(row.threshold):g}")
@@ -372,6 +386,25 @@ class ExitSearch:
     def lengths(self, split: str) -> list[int]:
         return [len(x) for x in self.run.splits[split].input_ids]
 
+    def serve_at_policy(self, table: pd.DataFrame, key: str, budget_ms: float, runner_dir: Path,
+                        n: int) -> dict[str, Any] | None:
+        """A finalist's runner serving its first ``n`` dev inputs at one policy: its most
+        accurate exit candidate estimated within the budget (None when there is none). Returns
+        the policy, its estimate (every layer timed), what serving measured, and their ratio,
+        which ``scale_arch`` applies to all of that sub-network's exit candidates: an input
+        that leaves early can cost less than its share of an all-layers run (one thread keeps
+        the first layers' weights in cache when most inputs stop there)."""
+        stat, metric = self.target.stat, self.run.task.metric
+        rows = table[(table.arch_key == key) & (table.criterion != STATIC) & (table.lat_ms <= budget_ms)]
+        if rows.empty:
+            return None
+        row = rows.sort_values([f"{metric}_dev", "lat_ms"], ascending=[False, True], kind="mergesort").iloc[0]
+        runner = load_runner(runner_dir, threads=self.target.profile.threads, criterion=str(row.criterion),
+                             threshold=float(row.threshold))
+        ms = time_early_exit(runner, single_inputs(self.run.splits["dev"], n))[f"{stat}_ms"]
+        return {"criterion": str(row.criterion), "threshold": float(row.threshold), "estimated_ms": float(row.lat_ms),
+                "served_ms": float(ms), "ratio": float(ms / float(row.lat_ms))}
+
     def difference(self, chosen: pd.Series, other: pd.Series) -> dict[str, Any]:
         """``chosen``'s test score minus ``other``'s (two candidates of the table) on the same
         test inputs: points and paired-bootstrap 95% interval (``nas.stats.compare_with``)."""
@@ -454,6 +487,7 @@ class ExitSearch:
         ref = self.reference(n_cost, rounds, head_ms)
         table = self.table(pool, head_ms, progress, ref)
         own: dict[str, np.ndarray] = {}  # arch key -> its runner's segment times on dev (n_cost, exits)
+        served_at: dict[str, dict[str, Any]] = {}  # arch key -> its runner served at one policy on dev
         for key in finalist_archs(table, budget_ms, metric, k=self.finalists):
             row = table[table.arch_key == key].iloc[0]
             cfg = SubnetConfig.from_dict(json.loads(str(row.arch_json)))
@@ -465,6 +499,10 @@ class ExitSearch:
             study.export()
             own[key] = study.segment_times(n_cost)
             table = with_own_costs(table, key, own[key], study.logits["dev"], stat)
+            served = self.serve_at_policy(table, key, budget_ms, study.out / "runner", n_cost)
+            if served is not None:
+                table = scale_arch(table, key, served["ratio"])
+                served_at[key] = served
         choose(table, budget_ms, metric)  # nothing estimated to fit: say so before writing anything
         static_rows = table[table.criterion == STATIC]
         best_static = choose(static_rows, budget_ms, metric) if (static_rows.lat_ms <= budget_ms).any() else None
@@ -507,7 +545,8 @@ class ExitSearch:
             interval = None
         elif chosen.arch_key in own:  # estimated from its own runner on the first n_cost dev inputs
             segs = own[str(chosen.arch_key)]
-            interval = estimate_interval(segs, dev_layers[:len(segs)], stat)
+            ratio = served_at[str(chosen.arch_key)]["ratio"] if chosen.arch_key in served_at else 1.0
+            interval = tuple(ratio * x for x in estimate_interval(segs, dev_layers[:len(segs)], stat))
         else:
             interval = estimate_interval(spread_table(seg_pred, ref.spread, self.lengths("dev")), dev_layers, stat)
         measured_cum = np.cumsum(study.dev_segments, axis=1)  # (N, exits): each dev input, all layers run
@@ -544,8 +583,8 @@ class ExitSearch:
                 f"{metric}_test": float(best_static[f"{metric}_test"]), f"predicted_{stat}_ms": float(best_static.lat_ms),
                 "chosen_minus_this_test": self.difference(chosen, best_static)},
             "steps": steps,
-            "finalists": [{"arch": str(table[table.arch_key == k].arch.iloc[0]), "dev_inputs_timed": int(len(v))}
-                          for k, v in own.items()],
+            "finalists": [{"arch": str(table[table.arch_key == k].arch.iloc[0]), "dev_inputs_timed": int(len(v)),
+                           "served_at_policy": served_at.get(k)} for k, v in own.items()],
             "head_ms": head_ms,
             "reference": {
                 "arch": self.run.space.largest().describe(), "dev_inputs": n_cost, "rounds": rounds,

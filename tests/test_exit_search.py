@@ -24,6 +24,7 @@ from nas.exit_search import (
     choose,
     exit_fronts,
     finalist_archs,
+    scale_arch,
     verify_choice,
     with_own_costs,
 )
@@ -296,6 +297,10 @@ def test_finalists_are_estimated_again_from_their_own_runner() -> None:
     assert got.loc[got.arch_key == "a", "lat_ms"].tolist() == [10.0, 4.0]
     assert got.lat_from.tolist() == ["predictor", "table", "predictor", "own runner", "predictor"]
     assert table.lat_ms.tolist() == [10.0, 4.0, 5.0, 3.0, 1.0]  # not changed in place
+    # Serving one of b's policies measured 0.9 of its estimate: all of b's exit rows follow.
+    scaled = scale_arch(got, "b", 0.9)
+    assert scaled.lat_ms.tolist() == pytest.approx([10.0, 4.0, 5.0, 2.7, 1.0])
+    assert scaled.lat_from.tolist() == ["predictor", "table", "predictor", "own runner, served", "predictor"]
 
 
 def test_command_searches_exports_and_reports(job, tmp_path, capsys) -> None:
@@ -337,7 +342,12 @@ def test_command_searches_exports_and_reports(job, tmp_path, capsys) -> None:
     assert s["chosen"]["predicted_p50_ms_prefixes_only"] > 0
     assert 1 <= len(s["finalists"]) <= 3 and s["finalists"][0]["dev_inputs_timed"] == 8
     assert s["chosen"]["predicted_from"] in ("own runner", "table", "predictor")
-    assert set(table.lat_from) <= {"own runner", "table", "predictor"} and (table.lat_from == "own runner").any()
+    assert set(table.lat_from) <= {"own runner", "own runner, served", "table", "predictor"}
+    assert table.lat_from.str.startswith("own runner").any()
+    for f in s["finalists"]:  # each served at its best policy within the budget, if it had one
+        if f["served_at_policy"] is not None:
+            v = f["served_at_policy"]
+            assert v["served_ms"] > 0 and v["ratio"] == pytest.approx(v["served_ms"] / v["estimated_ms"])
     c = s["chosen"]
     if c["criterion"] == "static":
         assert c["predicted_p50_ms_ci95_dev_sample"] is None
