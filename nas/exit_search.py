@@ -394,11 +394,11 @@ class ExitSearch:
         which ``scale_arch`` applies to all of that sub-network's exit candidates: an input
         that leaves early can cost less than its share of an all-layers run (one thread keeps
         the first layers' weights in cache when most inputs stop there)."""
-        stat, metric = self.target.stat, self.run.task.metric
-        rows = table[(table.arch_key == key) & (table.criterion != STATIC) & (table.lat_ms <= budget_ms)]
-        if rows.empty:
+        stat = self.target.stat
+        rows = table[(table.arch_key == key) & (table.criterion != STATIC)]
+        if not (rows.lat_ms <= budget_ms).any():
             return None
-        row = rows.sort_values([f"{metric}_dev", "lat_ms"], ascending=[False, True], kind="mergesort").iloc[0]
+        row = choose(rows, budget_ms, self.run.task.metric)
         runner = load_runner(runner_dir, threads=self.target.profile.threads, criterion=str(row.criterion),
                              threshold=float(row.threshold))
         ms = time_early_exit(runner, single_inputs(self.run.splits["dev"], n))[f"{stat}_ms"]
@@ -413,9 +413,9 @@ class ExitSearch:
         def predictions(row: pd.Series) -> np.ndarray:
             cfg = SubnetConfig.from_dict(json.loads(str(row.arch_json)))
             lg = cached_exit_logits(self.run, self.heads, cfg, self.out / "logits")["test"]
-            layers = (np.full(lg.shape[1], lg.shape[0] - 1) if row.criterion == STATIC
-                      else exit_layers(lg, str(row.criterion), float(row.threshold)))
-            return exit_predictions(lg, layers)
+            if row.criterion == STATIC:
+                return lg[-1]  # the last exit is the sub-network's own classifier
+            return exit_predictions(lg, exit_layers(lg, str(row.criterion), float(row.threshold)))
 
         return compare_with(predictions(other), predictions(chosen), self.labels["test"], metric=self.run.task.metric)
 
@@ -552,6 +552,7 @@ class ExitSearch:
         measured_cum = np.cumsum(study.dev_segments, axis=1)  # (N, exits): each dev input, all layers run
         measured_table = STAT_FUNCS[stat](measured_cum)
         measured = report["early_exit"]["measured_test"] if chosen.criterion != STATIC else report["static"]["measured_test"]
+        own_runner = None if chosen.criterion == STATIC else report["early_exit"]["predicted_from_dev"][f"{stat}_ms"]
         static_pred = float(self.latency.predict([cfg])[0][0])
         drift = report["static"]["measured_test"][f"{stat}_ms"] / static_pred
         report["search"] = {
@@ -571,10 +572,9 @@ class ExitSearch:
                        "measured_over_predicted_drift_corrected": measured[f"{stat}_ms"] / (float(chosen.lat_ms) * drift),
                        # The second prediction: the chosen runner's own per-layer cost, timed on
                        # dev inputs (every layer run), at the exits the policy takes on them.
-                       f"predicted_{stat}_ms_own_runner": None if chosen.criterion == STATIC
-                       else report["early_exit"]["predicted_from_dev"][f"{stat}_ms"],
-                       "measured_over_own_runner_prediction": None if chosen.criterion == STATIC
-                       else measured[f"{stat}_ms"] / report["early_exit"]["predicted_from_dev"][f"{stat}_ms"],
+                       f"predicted_{stat}_ms_own_runner": own_runner,
+                       "measured_over_own_runner_prediction": None if own_runner is None
+                       else measured[f"{stat}_ms"] / own_runner,
                        f"predicted_{stat}_ms_prefixes_only": (
                            float(chosen.lat_ms) if chosen.criterion == STATIC else estimate_latency(
                                predicted_segment_ms(self.latency, cfg, head_ms), dev_layers)[f"{stat}_ms"])},
