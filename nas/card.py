@@ -77,7 +77,7 @@ def model_card(r: dict[str, Any], command: str | None, *, remote_code: bool) -> 
                      f"{ft['dev_accuracy']:.4f} |")
     vs = (r.get("vs_teacher") or {}).get("ours")
     if vs:
-        lines.append(f"| test accuracy vs the teacher | {vs['diff_points']:+.2f} points (95% interval "
+        lines.append(f"| test {vs.get('metric', 'accuracy')} vs the teacher | {vs['diff_points']:+.2f} points (95% interval "
                      f"{vs['ci95_low']:+.2f} to {vs['ci95_high']:+.2f}, paired bootstrap over {vs['n']} sentences) |")
     sp = r.get("speedup_vs_stock")
     if sp:

@@ -911,9 +911,10 @@ def cmd_export(a: argparse.Namespace) -> int:
           f"{r['full_model_test_accuracy']:.4f}\n  wrote {a.out}/model.onnx (config.json and tokenizer beside it), "
           f"hf/{' (remote code)' if r['hf_remote_code'] else ''}, pytorch/, subnet.json, report.json, README.md")
     for name, v in r["vs_teacher"].items():
-        print(f"  {name} test accuracy vs the teacher on the same {v['n']} sentences: {v['diff_points']:+.2f} points "
-              f"(95% CI {v['ci95_low']:+.2f} to {v['ci95_high']:+.2f}, paired bootstrap; McNemar p {v['mcnemar_p']:.3g}; "
-              f"{v['agreement']:.1%} same predictions)")
+        mcnemar = f"McNemar p {v['mcnemar_p']:.3g}; " if "mcnemar_p" in v else ""
+        print(f"  {name} test {v.get('metric', 'accuracy')} vs the teacher on the same {v['n']} sentences: "
+              f"{v['diff_points']:+.2f} points (95% CI {v['ci95_low']:+.2f} to {v['ci95_high']:+.2f}, paired bootstrap; "
+              f"{mcnemar}{v['agreement']:.1%} same predictions)")
     if r["deployments"]:
         stat, sp = r["budget_stat"], r["speedup_vs_stock"]
         print(f"  against what you could deploy without hwnas ({stat} ms per call, same run, same inputs; test "

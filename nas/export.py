@@ -520,16 +520,15 @@ def compare_with_stock(run: LoadedRun, timer: DeviceTimer, files: dict[str, str]
     return {"deployments": rows, "speedup": speedup, "logits": logits}
 
 
-def against_teacher(run: LoadedRun, teacher: ElasticBert, logits: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
-    """Each model's test accuracy against the teacher's on the same sentences (per-example
-    correctness, whatever the task's headline metric): name -> test logits (``ours``, the
-    written model, and e.g. the INT8 graphs run by ONNX Runtime)."""
+def against_teacher(teacher_logits: np.ndarray, logits: dict[str, np.ndarray], labels: np.ndarray, *,
+                    metric: str) -> dict[str, dict[str, Any]]:
+    """Each model's test ``metric`` (the task's: accuracy, or macro F1 recomputed on every
+    bootstrap resample) against the teacher's on the same sentences, with its paired 95%
+    interval (``nas.stats.compare_with``; McNemar's p-value for accuracy): name -> test logits
+    (``ours``, the written model, and e.g. the INT8 graphs run by ONNX Runtime)."""
     from nas.stats import compare_with
-    from supernet.evaluate import predict
 
-    test = run.splits["test"]
-    ref = predict(teacher, test)
-    return {name: compare_with(ref, out, test.labels) for name, out in logits.items()}
+    return {name: compare_with(teacher_logits, out, labels, metric=metric) for name, out in logits.items()}
 
 
 # --- the pipeline --------------------------------------------------------------------------------
@@ -627,8 +626,10 @@ def choose_and_export(
             own_timer.close()
     full_test = full_model_test if full_model_test is not None or teacher is None else model_score(
         teacher, run.splits["test"], run.task.metric)
-    vs_teacher = against_teacher(run, teacher or load_model(run.paths.teacher),
-                                 {"ours": ours_logits, **(stock["logits"] if stock else {})})
+    test = run.splits["test"]
+    vs_teacher = against_teacher(predict(teacher or load_model(run.paths.teacher), test),
+                                 {"ours": ours_logits, **(stock["logits"] if stock else {})}, test.labels,
+                                 metric=run.task.metric)
     sub, largest, full_ms = chosen.config, run.space.largest(), verified.full_ms
     report = {
         "device": device,

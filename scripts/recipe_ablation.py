@@ -142,7 +142,8 @@ def main() -> None:
         dev = np.array([ev.score(c, "dev") for c in subnets])
         ok = np.flatnonzero(dev >= t_score["dev"] - 0.01)
         best = int(ok[np.argmin(lat[ok])]) if ok.size else int(np.argmax(dev))
-        diff = compare_with(t_logits["test"], predict(model, splits["test"], subnets[best]), splits["test"].labels)
+        diff = compare_with(t_logits["test"], predict(model, splits["test"], subnets[best]), splits["test"].labels,
+                            metric=metric)
         rows.append({
             "recipe": name, "changes": a.recipe[[n for n, _ in recipes].index(name)].partition(":")[2] or "(run's own)",
             "train_s": round(train_s, 1), "steps": int(json.loads((folder / "done.json").read_text())["steps"]),

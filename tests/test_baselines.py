@@ -131,4 +131,5 @@ def test_the_export_reports_the_stock_comparison(job: Path) -> None:
     assert vs["stock-int8"]["diff_points"] == pytest.approx(
         100 * (report["deployments"]["stock-int8"]["acc_test"] - report["full_model_test_accuracy"]))
     for v in vs.values():
+        assert v["metric"] == report["metric"] == "accuracy"
         assert v["ci95_low"] <= v["diff_points"] <= v["ci95_high"] and 0 <= v["mcnemar_p"] <= 1

@@ -212,3 +212,24 @@ def test_no_step_up_when_the_budget_is_used_or_nothing_is_more_accurate_or_off_t
     assert timer.calls == []  # nothing was worth timing
     with pytest.raises(ConfigError, match="step_up_below"):
         ExportConfig(budget_ms=1.0, step_up_below=1.5)
+
+
+def test_against_teacher_uses_the_tasks_metric() -> None:
+    """The export's ``vs_teacher``: the difference in the task's metric (macro F1 for r8 and
+    20ng, where accuracy would hide a model that drops a rare class), McNemar for accuracy only."""
+    import numpy as np
+
+    from nas.export import against_teacher
+    from supernet.evaluate import scores
+
+    labels = np.array([0] * 40 + [1] * 40 + [2] * 8)
+    teacher = np.eye(3)[labels]  # always right
+    # The other model never predicts the rare class 2: accuracy loses 8 of 88, macro F1 a third.
+    other = np.eye(3)[np.where(labels == 2, 0, labels)]
+    f1 = against_teacher(teacher, {"ours": other}, labels, metric="macro_f1")["ours"]
+    want = 100 * (scores(other, labels)["macro_f1"] - scores(teacher, labels)["macro_f1"])
+    assert f1["metric"] == "macro_f1" and f1["diff_points"] == pytest.approx(want) and "mcnemar_p" not in f1
+    assert f1["ci95_low"] <= f1["diff_points"] <= f1["ci95_high"] < 0
+    acc = against_teacher(teacher, {"ours": other}, labels, metric="accuracy")["ours"]
+    assert acc["metric"] == "accuracy" and acc["diff_points"] == pytest.approx(-100 * 8 / 88)
+    assert 0 <= acc["mcnemar_p"] < 0.05 and acc["agreement"] == pytest.approx(80 / 88)
