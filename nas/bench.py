@@ -246,8 +246,9 @@ def finetuned(run: LoadedRun, target: Target, table: pd.DataFrame, acc: DevAccur
     lists every candidate fine-tuned (JSON).
     Other methods (the DynaBERT grid): the front's most accurate (whole dev) point with a
     measured speed-up of at least s. Finished fine-tunings under ``folder`` are reused."""
+    from nas.stats import compare_with
     from supernet.checkpoint import load_model
-    from supernet.evaluate import model_score
+    from supernet.evaluate import model_score, predict
     from supernet.train import (
         StageConfig,
         distill_split,
@@ -285,7 +286,8 @@ def finetuned(run: LoadedRun, target: Target, table: pd.DataFrame, acc: DevAccur
                              "speedup": r["speedup"], "flops_ratio": r["full_model_flops"] / r["flops"],
                              "acc_test_before": r["test_accuracy"], "acc_dev_full": r["finetuned"]["dev_accuracy"],
                              "acc_test": r["finetuned"]["test_accuracy"], "length": r["length"],
-                             "budget_ms": r["budget_ms"], "ft_candidates": json.dumps(r["finetune_candidates"])})
+                             "budget_ms": r["budget_ms"], "ft_candidates": json.dumps(r["finetune_candidates"]),
+                             **vs_columns(r["vs_teacher"]["ours"])})
             continue
         front = table[table["method"] == method]
         seen: set[str] = set()
@@ -297,6 +299,8 @@ def finetuned(run: LoadedRun, target: Target, table: pd.DataFrame, acc: DevAccur
                     seen.add(row["arch_key"])
                     picks.append(row)
     if picks:
+        test = run.splits["test"]
+        reference = predict(teacher, test)
         for row in tqdm(picks, desc="bench: fine-tune grid points", disable=not progress):
             sub = SubnetConfig.from_dict(json.loads(row["arch_json"]))
             model, _ = finetune_subnet(run.supernet, teacher, sub, train, finetune_folder(folder, sub, stage),
@@ -305,10 +309,19 @@ def finetuned(run: LoadedRun, target: Target, table: pd.DataFrame, acc: DevAccur
             before = {k: v for k, v in row.to_dict().items() if k != "acc_dev"}  # acc_dev: the supernet's, on the subset
             rows.append({**before, "method": f"{row['method']}+ft", "acc_test_before": row["acc_test"],
                          "acc_dev_full": model_score(model, run.splits["dev"], run.task.metric),
-                         "acc_test": model_score(model, run.splits["test"], run.task.metric)})
+                         "acc_test": model_score(model, test, run.task.metric),
+                         **vs_columns(compare_with(reference, predict(model, test), test.labels,
+                                                   metric=run.task.metric))})
     if not rows:
         return pd.DataFrame(columns=[*table.columns, "acc_test_before"])
     return pd.DataFrame(rows)
+
+
+def vs_columns(diff: dict[str, Any]) -> dict[str, float]:
+    """A fine-tuned point's test score minus the teacher's on the same sentences, in points,
+    with its paired-bootstrap 95% interval (``nas.stats.compare_with``): the page's columns."""
+    return {"vs_teacher_points": diff["diff_points"], "vs_teacher_ci95_low": diff["ci95_low"],
+            "vs_teacher_ci95_high": diff["ci95_high"]}
 
 
 def hypervolumes(table: pd.DataFrame, full_test: float) -> pd.DataFrame:
@@ -609,9 +622,11 @@ that budget, the finalists re-ranked on dev and re-measured; the chosen one, the
 and the best candidates of the deepest other depths (up to {cfg.finetune_candidates} in all, each re-measured under the
 budget) are fine-tuned, and the best on dev is exported (its speed-up is the one
 measured in that export); `dynabert+ft` is the grid's most accurate (whole dev) point with a measured speed-up of at
-least s. Before and after:
-{_md(ft[[c for c in ("method", "arch", "budget_ms", "speedup", "acc_test_before", "acc_dev_full", "acc_test")
-         if c in ft]]) if len(ft) else "(none)"}
+least s. Before and after; `vs_teacher_points`: test {run.task.metric} minus the teacher's on the same sentences,
+with its 95% interval (paired bootstrap; `ours+ft`: the exported model as deployed):
+{_md(ft[[c for c in ("method", "arch", "budget_ms", "speedup", "acc_test_before", "acc_dev_full", "acc_test",
+                     "vs_teacher_points", "vs_teacher_ci95_low", "vs_teacher_ci95_high") if c in ft]])
+ if len(ft) else "(none)"}
 
 Every sub-network `ours+ft` fine-tuned (the search's pick first; the exported one has the best fine-tuned dev score):
 {_md(_ft_candidates(ft))}

@@ -25,10 +25,11 @@ them):
    exported and timed on dev inputs (every layer run, ``--n-cost`` of them), and their exit
    candidates are estimated again from those per-input times, as the one-sub-network mode
    does (the table's estimate, from the largest sub-network's runner, can be off by tens of
-   percent for a narrower one); then each runner serves the same inputs at its most accurate
-   policy within the budget, and what that measured over its estimate scales all of that
-   sub-network's exit candidates (``ExitSearch.serve_at_policy``, ``scale_arch``); ``choose``: on dev only, the most accurate candidate whose
-   estimated statistic meets the budget (the faster of equals);
+   percent for a narrower one); then each runner, ``--rounds`` times, times every layer and
+   serves the same inputs at its most accurate policy within the budget, in turn, and the
+   median of served over estimated scales all of that sub-network's exit candidates
+   (``ExitSearch.serve_at_policy``, ``scale_arch``); ``choose``: on dev only, the most
+   accurate candidate whose estimated statistic meets the budget (the faster of equals);
 5. ``exit_fronts``: the Pareto front of the static rows and of all rows (static + exit);
 6. ``verify_choice``: the chosen one exported and measured by ``nas.early_exit.EarlyExitStudy``
    at its policy; when its measured statistic misses the budget (the device runs slower today
@@ -44,7 +45,7 @@ import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -87,6 +88,9 @@ from supernet.io import atomic_write, write_csv, write_json
 from supernet.space import SubnetConfig
 from supernet.train import weights_sha1
 from supernet.workflow import LoadedRun
+
+if TYPE_CHECKING:
+    from nas.early_exit import EarlyExitStudy
 
 STATS = ("p50", "p90", "mean")
 STATIC = "static"  # the criterion of a candidate without exits (one graph, no heads)
@@ -386,24 +390,37 @@ class ExitSearch:
     def lengths(self, split: str) -> list[int]:
         return [len(x) for x in self.run.splits[split].input_ids]
 
-    def serve_at_policy(self, table: pd.DataFrame, key: str, budget_ms: float, runner_dir: Path,
-                        n: int) -> dict[str, Any] | None:
-        """A finalist's runner serving its first ``n`` dev inputs at one policy: its most
-        accurate exit candidate estimated within the budget (None when there is none). Returns
-        the policy, its estimate (every layer timed), what serving measured, and their ratio,
-        which ``scale_arch`` applies to all of that sub-network's exit candidates: an input
-        that leaves early can cost less than its share of an all-layers run (one thread keeps
-        the first layers' weights in cache when most inputs stop there)."""
+    def serve_at_policy(self, table: pd.DataFrame, key: str, budget_ms: float, study: EarlyExitStudy,
+                        n: int, rounds: int) -> dict[str, Any] | None:
+        """A finalist's runner (``study``'s) serving its first ``n`` dev inputs at one policy:
+        its most accurate exit candidate estimated within the budget (None when there is none).
+        ``rounds`` times in turn, the runner times every layer on those inputs (the estimate)
+        and then serves them at the policy; ``ratio`` is the median over rounds of served /
+        estimated, each pair timed a second apart, so that the device's speed moving between
+        moments (+-15-25% on a shared machine) mostly cancels; ``scale_arch`` applies it to
+        all of that sub-network's exit candidates: an input that leaves early can cost less
+        than its share of an all-layers run (one thread keeps the first layers' weights in
+        cache when most inputs stop there). ``segments``: the per-input segment times, the
+        median over the rounds (what the candidates are then estimated from)."""
         stat = self.target.stat
         rows = table[(table.arch_key == key) & (table.criterion != STATIC)]
         if not (rows.lat_ms <= budget_ms).any():
             return None
         row = choose(rows, budget_ms, self.run.task.metric)
-        runner = load_runner(runner_dir, threads=self.target.profile.threads, criterion=str(row.criterion),
+        runner = load_runner(study.out / "runner", threads=self.target.profile.threads, criterion=str(row.criterion),
                              threshold=float(row.threshold))
-        ms = time_early_exit(runner, single_inputs(self.run.splits["dev"], n))[f"{stat}_ms"]
-        return {"criterion": str(row.criterion), "threshold": float(row.threshold), "estimated_ms": float(row.lat_ms),
-                "served_ms": float(ms), "ratio": float(ms / float(row.lat_ms))}
+        inputs = single_inputs(self.run.splits["dev"], n)
+        layers = exit_layers(study.logits["dev"][:, :len(inputs)], str(row.criterion), float(row.threshold))
+        segments, estimated, served = [], [], []
+        for _ in range(rounds):
+            segments.append(segment_times(runner, inputs))  # every layer run, the policy restored after
+            estimated.append(estimate_latency(segments[-1], layers)[f"{stat}_ms"])
+            served.append(time_early_exit(runner, inputs)[f"{stat}_ms"])
+        ratios = np.array(served) / np.array(estimated)
+        return {"criterion": str(row.criterion), "threshold": float(row.threshold), "rounds": rounds,
+                "estimated_ms": float(np.median(estimated)), "served_ms": float(np.median(served)),
+                "ratio": float(np.median(ratios)), "ratios": ratios.round(4).tolist(),
+                "segments": np.median(segments, axis=0)}
 
     def difference(self, chosen: pd.Series, other: pd.Series) -> dict[str, Any]:
         """``chosen``'s test score minus ``other``'s (two candidates of the table) on the same
@@ -499,9 +516,11 @@ class ExitSearch:
             study.export()
             own[key] = study.segment_times(n_cost)
             table = with_own_costs(table, key, own[key], study.logits["dev"], stat)
-            served = self.serve_at_policy(table, key, budget_ms, study.out / "runner", n_cost)
+            served = self.serve_at_policy(table, key, budget_ms, study, n_cost, rounds)
             if served is not None:
-                table = scale_arch(table, key, served["ratio"])
+                own[key] = served.pop("segments")
+                table = scale_arch(with_own_costs(table, key, own[key], study.logits["dev"], stat), key,
+                                   served["ratio"])
                 served_at[key] = served
         choose(table, budget_ms, metric)  # nothing estimated to fit: say so before writing anything
         static_rows = table[table.criterion == STATIC]
@@ -549,6 +568,16 @@ class ExitSearch:
             interval = tuple(ratio * x for x in estimate_interval(segs, dev_layers[:len(segs)], stat))
         else:
             interval = estimate_interval(spread_table(seg_pred, ref.spread, self.lengths("dev")), dev_layers, stat)
+        # The device's speed when the choice was measured over when it was timed as a finalist:
+        # the same runner (every layer timed) on the same dev inputs, summed to the exits the
+        # policy takes on them (1: unchanged). This machine's speed moves by 15-25% between
+        # moments minutes apart, as much as the estimate's own error.
+        speed = None
+        if chosen.arch_key in own and chosen.criterion != STATIC:
+            then = own[str(chosen.arch_key)]
+            now = study.dev_segments[:len(then)]
+            at = dev_layers[:len(then)]
+            speed = estimate_latency(now, at)[f"{stat}_ms"] / estimate_latency(then, at)[f"{stat}_ms"]
         measured_cum = np.cumsum(study.dev_segments, axis=1)  # (N, exits): each dev input, all layers run
         measured_table = STAT_FUNCS[stat](measured_cum)
         measured = report["early_exit"]["measured_test"] if chosen.criterion != STATIC else report["static"]["measured_test"]
@@ -570,6 +599,9 @@ class ExitSearch:
                            interval[0] <= measured[f"{stat}_ms"] <= interval[1]),
                        "measured_over_predicted": measured[f"{stat}_ms"] / float(chosen.lat_ms),
                        "measured_over_predicted_drift_corrected": measured[f"{stat}_ms"] / (float(chosen.lat_ms) * drift),
+                       "device_speed_change": speed,
+                       "measured_over_predicted_same_speed": None if speed is None
+                       else measured[f"{stat}_ms"] / (float(chosen.lat_ms) * speed),
                        # The second prediction: the chosen runner's own per-layer cost, timed on
                        # dev inputs (every layer run), at the exits the policy takes on them.
                        f"predicted_{stat}_ms_own_runner": own_runner,

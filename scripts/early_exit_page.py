@@ -60,7 +60,10 @@ def row(folder: Path, report: dict[str, Any]) -> dict[str, str]:
         "layers (dev mean); test exits": f"{ch['layers_dev']:.2f}; {hist}",
         f"{stat} est. / measured": (f"{ch[f'predicted_{stat}_ms']:.2f} / {ch[f'measured_{stat}_ms_test']:.2f} ms: "
                                     f"{ch['measured_over_predicted']:.2f} (drift-corrected "
-                                    f"{ch['measured_over_predicted_drift_corrected']:.2f})"),
+                                    f"{ch['measured_over_predicted_drift_corrected']:.2f}"
+                                    + ("" if ch.get("measured_over_predicted_same_speed") is None else
+                                       f"; at the search's speed {ch['measured_over_predicted_same_speed']:.2f}")
+                                    + ")"),
         "test vs best static; vs all layers (95% CI)": f"{_diff(best and best.get('chosen_minus_this_test'))}; "
                                                         f"{_diff(report.get('test_difference'))}",
         f"{stat} from its runner's dev timing / measured": (
@@ -120,7 +123,10 @@ def main(argv: list[str] | None = None) -> int:
         "estimated statistic meets the budget; it is exported and measured serving the test inputs one by one "
         "(batch 1) beside the same sub-network as one graph, medians of the rounds. "
         "'est.': the search's estimate; 'drift-corrected': divided by the device's drift at measurement "
-        "(that one graph measured / predicted). Test exits: share of test inputs leaving at each exit. "
+        "(that one graph measured / predicted); 'at the search's speed': divided instead by how much faster or "
+        "slower the device ran the chosen runner when it was measured than when the search timed it as a finalist "
+        "(every layer timed on the same dev inputs, summed to the policy's exits on them; report.json "
+        "`search.chosen.device_speed_change`). Test exits: share of test inputs leaving at each exit. "
         "Test differences: the chosen candidate's test score minus the best static one's, and minus the same "
         "sub-network's with every layer run, in points on the same test inputs, with the paired-bootstrap 95% "
         "interval (`nas.stats`; macro F1 recomputed on each resample). From its runner's dev timing: the second prediction, made once the chosen runner exists: its own segment "

@@ -117,6 +117,13 @@ def test_budget_sweep_exports_and_remeasures(job: Path, tmp_path: Path, monkeypa
     dyn = fronts[fronts["method"] == "dynabert"]
     assert ft["arch_key"].iloc[1] == dyn.loc[dyn["acc_dev_full"].idxmax(), "arch_key"]
     assert ft["acc_test"].between(0, 1).all() and ft["acc_test_before"].between(0, 1).all()
+    # Each fine-tuned point against the teacher on the same test sentences, with its interval.
+    assert (ft["vs_teacher_ci95_low"] <= ft["vs_teacher_points"]).all()
+    assert (ft["vs_teacher_points"] <= ft["vs_teacher_ci95_high"]).all()
+    assert ft["vs_teacher_points"].iloc[0] == pytest.approx(report["vs_teacher"]["ours"]["diff_points"])
+    teacher_test = json.loads((tmp_path / "bench_rt_cpu_summary.json").read_text())["full_test"]
+    # The grid point's difference: its own test score minus the teacher's.
+    assert ft["vs_teacher_points"].iloc[1] == pytest.approx(100 * (ft["acc_test"].iloc[1] - teacher_test))
     assert "ours+ft" in set(pd.read_csv(tmp_path / "bench_rt_cpu_speedup.csv")["method"])
     assert list((job / "bench").glob("finetune_*/model.safetensors"))
     comp = pd.read_csv(tmp_path / "bench_rt_cpu_compliance.csv").fillna({"error": ""})

@@ -347,8 +347,15 @@ def test_command_searches_exports_and_reports(job, tmp_path, capsys) -> None:
     for f in s["finalists"]:  # each served at its best policy within the budget, if it had one
         if f["served_at_policy"] is not None:
             v = f["served_at_policy"]
-            assert v["served_ms"] > 0 and v["ratio"] == pytest.approx(v["served_ms"] / v["estimated_ms"])
+            # The median of served / estimated over rounds, each pair timed in turn.
+            assert v["served_ms"] > 0 and len(v["ratios"]) == v["rounds"] and "segments" not in v
+            assert v["ratio"] == pytest.approx(float(np.median(v["ratios"])), abs=1e-4)
     c = s["chosen"]
+    if c["predicted_from"].startswith("own runner"):  # the device's speed then and now, on the same runner
+        assert c["device_speed_change"] > 0 and c["measured_over_predicted_same_speed"] == pytest.approx(
+            c["measured_over_predicted"] / c["device_speed_change"])
+    else:
+        assert c["device_speed_change"] is None and c["measured_over_predicted_same_speed"] is None
     if c["criterion"] == "static":
         assert c["predicted_p50_ms_ci95_dev_sample"] is None
     else:  # the estimate's own interval over resampled dev inputs holds the estimate
