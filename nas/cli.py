@@ -574,14 +574,16 @@ def register_early_exit(sub: Subparsers) -> argparse.ArgumentParser:
                    help="search: sub-networks taken from the static front (default: %(default)s); the largest is added")
     x.add_argument("--finalists", type=COUNT0, default=3,
                    help="search: the most accurate sub-networks near the budget whose own runner is timed on dev "
-                   "before choosing, their exit candidates estimated from it (default: %(default)s; 0: none)")
+                   "before choosing, their exit candidates estimated from it and scaled by the median of "
+                   "--rounds pairs of serving at a policy over its estimate (default: %(default)s; 0: none)")
     x.add_argument("--threads", type=COUNT, default=None, help="one sub-network: ONNX Runtime threads (default: one "
                    "per core; the search uses its device's)")
     x.add_argument("--n-cost", type=COUNT, default=300, help="dev inputs timed for the per-layer cost (default: "
                    "%(default)s)")
     x.add_argument("--n-time", type=COUNT, default=None, help="test inputs timed (default: all)")
-    x.add_argument("--rounds", type=COUNT, default=3, help="timing rounds, static and early exit in turn; "
-                   "medians are reported (default: %(default)s)")
+    x.add_argument("--rounds", type=COUNT, default=3, help="timing rounds, static and early exit in turn "
+                   "(search: also each finalist's served / estimated pairs); medians are reported (default: "
+                   "%(default)s)")
     x.add_argument("--quiet", action="store_true", help="search: no progress lines")
     return x
 
