@@ -341,7 +341,7 @@ def test_command_searches_exports_and_reports(job, tmp_path, capsys) -> None:
     assert min(ref["length_spread"]["ms_per_token"]) >= 0 and len(ref["drift"]) == 1
     assert s["chosen"]["predicted_p50_ms_prefixes_only"] > 0
     assert 1 <= len(s["finalists"]) <= 3 and s["finalists"][0]["dev_inputs_timed"] == 8
-    assert s["chosen"]["predicted_from"] in ("own runner", "table", "predictor")
+    assert s["chosen"]["predicted_from"] in ("own runner", "own runner, served", "table", "predictor")
     assert set(table.lat_from) <= {"own runner", "own runner, served", "table", "predictor"}
     assert table.lat_from.str.startswith("own runner").any()
     for f in s["finalists"]:  # each served at its best policy within the budget, if it had one
