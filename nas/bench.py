@@ -248,7 +248,7 @@ def finetuned(run: LoadedRun, target: Target, table: pd.DataFrame, acc: DevAccur
     measured speed-up of at least s. Finished fine-tunings under ``folder`` are reused."""
     from nas.stats import compare_with
     from supernet.checkpoint import load_model
-    from supernet.evaluate import model_score, predict
+    from supernet.evaluate import model_score, predict, scores
     from supernet.train import (
         StageConfig,
         distill_split,
@@ -307,11 +307,11 @@ def finetuned(run: LoadedRun, target: Target, table: pd.DataFrame, acc: DevAccur
                                        run.spec.train, stage, targets=targets, progress=progress,
                                        device=cfg.train_device)
             before = {k: v for k, v in row.to_dict().items() if k != "acc_dev"}  # acc_dev: the supernet's, on the subset
+            logits = predict(model, test)  # once: its test score and the paired statistics
             rows.append({**before, "method": f"{row['method']}+ft", "acc_test_before": row["acc_test"],
                          "acc_dev_full": model_score(model, run.splits["dev"], run.task.metric),
-                         "acc_test": model_score(model, test, run.task.metric),
-                         **vs_columns(compare_with(reference, predict(model, test), test.labels,
-                                                   metric=run.task.metric))})
+                         "acc_test": scores(logits, test.labels)[run.task.metric],
+                         **vs_columns(compare_with(reference, logits, test.labels, metric=run.task.metric))})
     if not rows:
         return pd.DataFrame(columns=[*table.columns, "acc_test_before"])
     return pd.DataFrame(rows)

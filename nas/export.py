@@ -562,7 +562,7 @@ def choose_and_export(
     split (``teacher_logits``, called only if there is fine-tuning to do).
     """
     from supernet.checkpoint import load_model
-    from supernet.evaluate import model_score, predict, scores
+    from supernet.evaluate import predict, scores
     from supernet.extract import extract
     from supernet.io import write_csv
 
@@ -624,12 +624,12 @@ def choose_and_export(
     finally:
         if own_timer is not None:
             own_timer.close()
-    full_test = full_model_test if full_model_test is not None or teacher is None else model_score(
-        teacher, run.splits["test"], run.task.metric)
+    # The teacher's test logits, once: its score (unless the caller has it) and the paired statistics.
     test = run.splits["test"]
-    vs_teacher = against_teacher(predict(teacher or load_model(run.paths.teacher), test),
-                                 {"ours": ours_logits, **(stock["logits"] if stock else {})}, test.labels,
-                                 metric=run.task.metric)
+    teacher_test = predict(teacher or load_model(run.paths.teacher), test)
+    full_test = full_model_test if full_model_test is not None else scores(teacher_test, test.labels)[run.task.metric]
+    vs_teacher = against_teacher(teacher_test, {"ours": ours_logits, **(stock["logits"] if stock else {})},
+                                 test.labels, metric=run.task.metric)
     sub, largest, full_ms = chosen.config, run.space.largest(), verified.full_ms
     report = {
         "device": device,
