@@ -13,6 +13,7 @@ slower), so the noise between repeats is visible next to the difference.
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 from pathlib import Path
 
@@ -22,11 +23,12 @@ from latency.baselines import FP32_STOCK, compare_deployments, onnx_logits, stoc
 from latency.onnx_export import export_onnx
 from latency.target import Target, target_timer
 from latency.workflow import resolve_device
+from supernet.errors import HwnasError
 from supernet.extract import extract
 from supernet.workflow import open_run
 
 
-def main() -> None:
+def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("run")
     p.add_argument("--device", default="cpu")
@@ -34,8 +36,12 @@ def main() -> None:
     a = p.parse_args()
     from onnxruntime.transformers.optimizer import optimize_model
 
-    run = open_run(a.run)
-    profile = resolve_device(run.folder, a.device)
+    try:
+        run = open_run(a.run)
+        profile = resolve_device(run.folder, a.device)
+    except HwnasError as e:  # not a run folder, or an unknown device: one line, status 2
+        print(f"stock_check: error: {e}", file=sys.stderr)
+        return 2
     stock = stock_models(run, batch=profile.batch)
     with tempfile.TemporaryDirectory(prefix="hwnas-stock-check-") as tmp:
         ours = export_onnx(extract(run.supernet, run.space.largest()), Path(tmp) / "ours-full.onnx")
@@ -60,7 +66,8 @@ def main() -> None:
           "(min..max):")
     for n, r in ratios.items():
         print(f"  {n:<14} {np.median(r):.3f}  ({min(r):.3f}..{max(r):.3f})")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
