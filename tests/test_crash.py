@@ -167,7 +167,8 @@ def test_optuna_search_killed_mid_trial_keeps_finished_trials_and_retries_the_an
 
     ok(hwnas(*args))
     trials = optuna.load_study(study_name=name, storage=storage).get_trials()
-    assert "RUNNING" not in {t.state.name for t in trials}
+    # (seen once with a RUNNING trial left here; the numbers and states say which one if it recurs)
+    assert "RUNNING" not in {t.state.name for t in trials}, [(t.number, t.state.name) for t in trials]
     history = pd.read_csv(run_copy / "search" / "cpu_100ms_tpe.csv")
     assert len(history) == 6 and history["arch_key"].is_unique
     kept = history.set_index("arch_json")
