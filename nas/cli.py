@@ -239,7 +239,8 @@ def _precision_arg(p: argparse.ArgumentParser) -> None:
                    help="precision of the searches' dev-subset scoring: auto (default) is bf16 autocast where the CPU "
                    "has bf16 instructions (AMX / AVX512-BF16) and a one-second check finds it at least 1.15x faster than "
                    "fp32 (1.87x on an AMX machine, 0.64x on an AVX512-BF16 one without AMX: scripts/precision_check.py), "
-                   "else fp32; whole-dev and test scores are always fp32")
+                   "else fp32, decided once per run and CPU (kept in the run's search/precision.json); whole-dev and test "
+                   "scores are always fp32")
 
 
 def _train_device_arg(p: argparse.ArgumentParser, what: str, note: str = "") -> None:

@@ -107,7 +107,8 @@ class DevAccuracy:
         self._run = run if isinstance(run, LoadedRun) else open_run(run)
         self.folder = self._run.folder
         self.subset_size, self.seed, self.use_cache, self.batch = subset_size, seed, cache, batch
-        self.precision = resolve_precision(precision)  # of the search objective
+        # Of the search objective; auto decides once per run and CPU (it names the search split).
+        self.precision = resolve_precision(precision, RunFolder(self.folder).search_precision if cache else None)
         bf16 = "bf16" if self.precision == "bf16" else ""
         self.search_split = f"dev{subset_size}s{seed}{bf16}" if subset_size else f"dev{bf16}"
         splits = {

@@ -17,7 +17,7 @@ from sklearn.metrics import f1_score
 
 from supernet.data import Encoded, iterate_batches
 from supernet.errors import CheckpointError, ConfigError
-from supernet.io import CsvLog
+from supernet.io import CsvLog, read_json, write_json
 from supernet.model import ElasticBert
 from supernet.space import SubnetConfig
 
@@ -63,13 +63,46 @@ def bf16_is_fast() -> bool:
     return bf16_instructions() and bf16_speedup() >= 1.15
 
 
-def resolve_precision(precision: str) -> str:
-    """``auto`` -> ``bf16`` where it is measurably faster on this CPU (``bf16_is_fast``), else ``fp32``."""
+def cpu_model() -> str:
+    """This CPU's model name (``/proc/cpuinfo``; ``platform.processor()`` where there is none)."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def resolve_precision(precision: str, remember: str | Path | None = None) -> str:
+    """``auto`` -> ``bf16`` where it is measurably faster on this CPU (``bf16_is_fast``), else ``fp32``.
+
+    ``remember``: a JSON file that keeps the decision for this CPU model. The check is a
+    one-second timing, and a busy machine can tip it; what it decides names the search
+    split (and so the cache rows and the Optuna study), so a search resumed after a crash
+    must not decide again. The file is read when it names this CPU, else (re)written."""
     if precision not in PRECISIONS:
         raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if precision == "auto":
+    if precision != "auto":
+        return precision
+    if remember is None:
         return "bf16" if bf16_is_fast() else "fp32"
-    return precision
+    cpu = cpu_model()
+    path = Path(remember)
+    if path.exists():
+        try:
+            kept = read_json(path, "the auto precision decided on this CPU")
+        except CheckpointError:
+            kept = None  # unreadable: decide again and overwrite it
+        if isinstance(kept, dict) and kept.get("cpu") == cpu and kept.get("precision") in ("fp32", "bf16"):
+            return str(kept["precision"])
+    decided = "bf16" if bf16_is_fast() else "fp32"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, {"cpu": cpu, "precision": decided, "rule": "bf16 where the CPU has bf16 instructions and "
+                      "bf16 autocast runs a test block >= 1.15x faster than fp32 (supernet.evaluate.bf16_is_fast)"})
+    return decided
 
 
 @torch.no_grad()

@@ -30,6 +30,8 @@ the few library functions that own a file, such as a resumable log) take their p
         DEVICE.stock.json     the stock model (ONNX, ORT-optimized, INT8) timed there by `hwnas measure`
       search/
         accuracy.csv          cached dev / test scores of every configuration evaluated
+        precision.json        what --search-precision auto decided on this CPU (kept: a resumed search
+                              scores, caches and names its study as it did before)
         DEVICE_BUDGET_METHOD.csv  each search's history (BUDGET: "5ms" or "front")
         optuna.db             Optuna studies, one per search (tpe / nsga2: resumable)
         ray/                  Ray Tune's trial storage
@@ -188,6 +190,10 @@ class RunFolder:
     @property
     def accuracy_cache(self) -> Path:
         return self.search / "accuracy.csv"
+
+    @property
+    def search_precision(self) -> Path:
+        return self.search / "precision.json"
 
     def search_history(self, device: str, budget_ms: float | None, method: str) -> Path:
         return self.search / f"{check_name(device)}_{budget_label(budget_ms)}_{check_name(method, 'method')}.csv"

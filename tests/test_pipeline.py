@@ -279,6 +279,37 @@ def test_auto_precision_is_bf16_only_where_it_is_measured_faster(monkeypatch) ->
     assert ev.bf16_speedup(trials=1, reps=1) > 0  # the real check runs
 
 
+def test_auto_precision_is_decided_once_per_run_and_cpu(monkeypatch, tmp_path: Path) -> None:
+    """The one-second check can tip on a busy machine, and its answer names the search split
+    (cache rows, Optuna study): a run keeps its first answer for this CPU, so a resumed search
+    does not land in another study; another CPU, or an unreadable file, decides again."""
+    import supernet.evaluate as ev
+
+    speed = {"x": 1.87}
+    monkeypatch.setattr(ev, "bf16_instructions", lambda: True)
+    monkeypatch.setattr(ev, "bf16_speedup", lambda: speed["x"])
+
+    def auto() -> str:
+        ev.bf16_is_fast.cache_clear()  # a new process
+        return ev.resolve_precision("auto", tmp_path / "search" / "precision.json")
+
+    try:
+        assert auto() == "bf16"
+        kept = json.loads((tmp_path / "search" / "precision.json").read_text())
+        assert kept["cpu"] == ev.cpu_model() and kept["precision"] == "bf16"
+        speed["x"] = 0.64  # the check would now say fp32
+        assert auto() == "bf16"
+        assert ev.resolve_precision("fp32", tmp_path / "search" / "precision.json") == "fp32"  # asked for: as asked
+        (tmp_path / "search" / "precision.json").write_text(json.dumps({**kept, "cpu": "another CPU"}))
+        assert auto() == "fp32"
+        assert json.loads((tmp_path / "search" / "precision.json").read_text())["cpu"] == ev.cpu_model()
+        speed["x"] = 1.87
+        (tmp_path / "search" / "precision.json").write_text("{not json")
+        assert auto() == "bf16"
+    finally:
+        ev.bf16_is_fast.cache_clear()
+
+
 def test_export_scales_stale_predictions_by_the_measured_drift(job: Path, tmp_path: Path, monkeypatch, capsys) -> None:
     """A predictor that says a quarter of what it said when fitted (as if the device had become
     four times slower): the export measures the drift first and searches with scaled predictions."""
