@@ -144,6 +144,11 @@ def build_stock(teacher: ElasticBert, folder: Path) -> dict[str, Path]:
     return dict(zip(STOCK, (fp32, ort, int8), strict=True))
 
 
+# The field of ``stock_models``'s entries that holds a task metric's test score: every table
+# that puts the stock models beside ours scores them all in the task's metric.
+STOCK_SCORE = {"accuracy": "acc_test", "macro_f1": "f1_test"}
+
+
 def stock_models(run: LoadedRun, *, batch: int = 1) -> dict[str, dict[str, Any]]:
     """The stock deployments of the run's teacher (built once, kept in ``RUN/baselines/``):
     name -> ``{"path", "acc_test", "f1_test", "precision", "scored_batch"}``, test scores by
@@ -207,8 +212,9 @@ def time_beside_stock(run: LoadedRun, timer: DeviceTimer, ours: Mapping[str, str
     """The stock deployments, our full model (``ours-full``: the supernet's largest
     sub-network, exported into the timer's folder) and ``ours`` (name -> ONNX file) timed in
     turn on the timer's workload: name -> ``{p50_ms, p90_ms, p99_ms, mean_ms, acc_test,
-    precision}``, ``acc_test`` the stock models' (INT8 at the timer's batch; None for ours:
-    the caller scores them).
+    precision}``, ``acc_test`` the stock models' test score in the task's metric (accuracy, or
+    macro F1 where the task's headline is: ``STOCK_SCORE``; INT8 at the timer's batch; None for
+    ours: the caller scores them in the same metric).
     None on a device whose runtime runs no ONNX graph (PyTorch eager)."""
     from latency.onnx_export import export_onnx
     from supernet.extract import extract
@@ -219,7 +225,8 @@ def time_beside_stock(run: LoadedRun, timer: DeviceTimer, ours: Mapping[str, str
     full = export_onnx(extract(run.supernet, run.space.largest()), timer.workdir / "ours-full.onnx")
     paths = {**{n: v["path"] for n, v in stock.items()}, "ours-full": full, **(ours or {})}
     timed = compare_deployments(timer, paths, rounds=rounds)
-    return {n: {**t, "acc_test": stock[n]["acc_test"] if n in stock else None,
+    key = STOCK_SCORE[run.task.metric]
+    return {n: {**t, "acc_test": stock[n][key] if n in stock else None,
                 "precision": "int8" if n.endswith("int8") else "fp32"} for n, t in timed.items()}
 
 

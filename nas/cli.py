@@ -739,7 +739,7 @@ def _time_stock(run: LoadedRun, profiles: list[DeviceProfile], *, quiet: bool) -
             print(f"  {profile.name}, p50 per call ({got['regime']}), what a user could deploy without hwnas "
                   f"(written to {path}):")
             for name, t in got["deployments"].items():
-                acc = "" if t["acc_test"] is None else f"   test {t['acc_test']:.4f}"
+                acc = "" if t["acc_test"] is None else f"   test {run.task.metric} {t['acc_test']:.4f}"
                 print(f"    {name:<11} {t['p50_ms']:8.3f} ms{acc}")
 
 

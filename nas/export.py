@@ -503,9 +503,10 @@ def compare_with_stock(run: LoadedRun, timer: DeviceTimer, files: dict[str, str]
     test, batch = run.splits["test"], timer.batch  # dynamic INT8's predictions depend on the batch
     logits = {other: onnx_logits(other_path, test, batch_size=batch if other == "ours-int8" else FP32_SCORE_BATCH),
               "stock-int8": onnx_logits(stock_models(run, batch=batch)["stock-int8"]["path"], test, batch_size=batch)}
-    rows["ours"]["acc_test"] = scores(ours_logits, test.labels)["accuracy"]
+    metric = run.task.metric  # as the stock rows are scored (``latency.baselines.STOCK_SCORE``)
+    rows["ours"]["acc_test"] = scores(ours_logits, test.labels)[metric]
     rows["ours"]["precision"] = precision
-    rows[other]["acc_test"] = scores(logits[other], test.labels)["accuracy"]
+    rows[other]["acc_test"] = scores(logits[other], test.labels)[metric]
     rows[other]["precision"] = other.removeprefix("ours-")
     rows["ours-full"]["acc_test"] = full_acc
     lat = {n: r[f"{timer.stat}_ms"] for n, r in rows.items()}

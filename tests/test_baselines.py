@@ -101,6 +101,25 @@ def test_deployments_are_timed_in_turn_on_the_budgets_workload(job: Path) -> Non
         assert 0 < t["p50_ms"] <= t["p90_ms"] <= t["p99_ms"]
 
 
+def test_stock_rows_are_scored_in_the_tasks_metric(job: Path) -> None:
+    """Beside ours, whose scores are the task's metric, a macro-F1 task's stock rows carry
+    macro F1, not accuracy (r8's page once put stock accuracy beside our F1)."""
+    import dataclasses
+
+    from latency.baselines import time_beside_stock
+    from supernet.workflow import open_run
+
+    run = open_run(job)
+    stock = stock_models(run)
+    for metric, key in (("accuracy", "acc_test"), ("macro_f1", "f1_test")):
+        run.task = dataclasses.replace(run.task, metric=metric)
+        with target_timer(run, Target.of(run, resolve_device(job, "cpu"))) as timer:
+            rows = time_beside_stock(run, timer, rounds=1)
+        assert rows is not None and rows["ours-full"]["acc_test"] is None  # the caller scores ours
+        assert {n: rows[n]["acc_test"] for n in STOCK} == {n: stock[n][key] for n in STOCK}, metric
+    assert stock["stock-fp32"]["acc_test"] != stock["stock-fp32"]["f1_test"]  # the check can tell them apart
+
+
 def test_speedups_are_against_the_fastest_stock_fp32_and_stock_int8() -> None:
     got = speedups({"stock-fp32": 10.0, "stock-ort": 8.0, "stock-int8": 5.0, "ours": 2.0}, "ours")
     assert got == {"vs_fastest_stock_fp32": 4.0, "fastest_stock_fp32": "stock-ort", "vs_stock_int8": 2.5}
