@@ -574,8 +574,8 @@ def _page(run: LoadedRun, target: Target, cfg: BenchConfig, table: pd.DataFrame,
         if target.regime == "traffic" else "one real input of that length, repeated"
     stock_text = (f"""What a user could deploy without us, timed in the same run on the same inputs ({target.stat} ms per call):
 the fine-tuned full model as a stock BERT exported to ONNX (`stock-fp32`), after ONNX Runtime's transformer optimizer
-(`stock-ort`), and dynamically quantized to INT8 (`stock-int8`; test accuracy by running the quantized graph);
-`ours-full` is our own export of the supernet's largest sub-network. `speedup_vs_stock` below is against the fastest
+(`stock-ort`), and dynamically quantized to INT8 (`stock-int8`; its test score by running the quantized graph);
+`ours-full` is our own export of the supernet's largest sub-network. `acc_test` here and below: test {run.task.metric}. `speedup_vs_stock` below is against the fastest
 stock fp32 deployment, `speedup_vs_stock_int8` against stock INT8.
 {_md(stock)}
 """ if len(stock) else "")
@@ -605,7 +605,7 @@ hypervolume; ours beats a method only when the difference of the means exceeds t
 (`{prefix}_hypervolume_seeds.csv`: one row per method and seed):
 {_md(verdicts)}
 
-Fine-tuned full model: test accuracy {full_test:.4f}, {table['full_model_ms'].iloc[0]:.2f} ms.
+Fine-tuned full model: test {run.task.metric} {full_test:.4f}, {table['full_model_ms'].iloc[0]:.2f} ms.
 
 Front points:
 {_md(table[show].sort_values(['method', 'lat_measured_ms']))}

@@ -1056,8 +1056,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
                           dev_subset=a.dev_subset or None, seeds=a.seeds, train_device=train_device)
     run = open_run(a.run)
     target = _target(run, a.device, None, a.length, a.budget_stat)
-    command = "hwnas " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("hwnas") else "hwnas bench"
-    summary = run_bench(run, target, cfg, a.out, command=command, progress=not a.quiet)
+    summary = run_bench(run, target, cfg, a.out, command=a.command_line, progress=not a.quiet)
     print(Path(a.out, "BENCHMARKS.md").read_text())
     print(f"peak memory {summary['peak_rss_mb']:.0f} MB; wrote {a.out}/BENCHMARKS.md")
     return 0
