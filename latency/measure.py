@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import socket
 import tempfile
 import time
@@ -211,19 +210,13 @@ def _versions() -> dict[str, str]:
     import onnxruntime
     import torch
 
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from supernet.evaluate import cpu_model
+
     return {
         "torch_version": torch.__version__,
         "onnxruntime_version": onnxruntime.__version__,
         "host": socket.gethostname(),
-        "cpu": cpu,
+        "cpu": cpu_model(),
     }
 
 

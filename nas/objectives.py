@@ -107,8 +107,9 @@ class DevAccuracy:
         self._run = run if isinstance(run, LoadedRun) else open_run(run)
         self.folder = self._run.folder
         self.subset_size, self.seed, self.use_cache, self.batch = subset_size, seed, cache, batch
+        paths = RunFolder(self.folder)
         # Of the search objective; auto decides once per run and CPU (it names the search split).
-        self.precision = resolve_precision(precision, RunFolder(self.folder).search_precision if cache else None)
+        self.precision = resolve_precision(precision, paths.search_precision if cache else None)
         bf16 = "bf16" if self.precision == "bf16" else ""
         self.search_split = f"dev{subset_size}s{seed}{bf16}" if subset_size else f"dev{bf16}"
         splits = {
@@ -117,7 +118,7 @@ class DevAccuracy:
             "test": self._run.splits["test"],
         }
         self.metric = self._run.task.metric
-        self.cache_path = RunFolder(self.folder).accuracy_cache
+        self.cache_path = paths.accuracy_cache
         from latency.onnx_export import int8_reduce_range
 
         # INT8 graphs' scores depend on the batch and on the weights' bits (7 on x86 without

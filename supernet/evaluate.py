@@ -64,7 +64,8 @@ def bf16_is_fast() -> bool:
 
 
 def cpu_model() -> str:
-    """This CPU's model name (``/proc/cpuinfo``; ``platform.processor()`` where there is none)."""
+    """This CPU's model name (``/proc/cpuinfo``; ``platform.processor()``, possibly empty,
+    where there is none): what a measurement records and what a run's auto precision is kept for."""
     import platform
 
     try:
@@ -73,7 +74,7 @@ def cpu_model() -> str:
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or "unknown"
+    return platform.processor()
 
 
 def resolve_precision(precision: str, remember: str | Path | None = None) -> str:
