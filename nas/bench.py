@@ -30,6 +30,7 @@ import json
 import platform
 import resource
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -73,6 +74,9 @@ class BenchConfig:
     finetune_lr: float = 2e-4
     finetune_candidates: int = 3  # ours: sub-networks fine-tuned per export (``choose_and_export``)
     seeds: int = 3  # search seeds per method for the hypervolume spread (``seed_spread``)
+    # The 1-point points are timed again this many times, each in a fresh timer (new sessions),
+    # so the page's verdict says how far one measurement's speed-up moves (``retimed``).
+    retimes: int = 5
     train_device: str = "cpu"  # where the fine-tunings run: cpu or cuda (``resolve_train_device``)
 
     @classmethod
@@ -82,7 +86,8 @@ class BenchConfig:
         budgets and front points, one re-measurement round, and only ours fine-tuned, at 2x."""
         return cls(device=device, n_evaluations=30, budget_fractions=(0.3, 0.6, 0.9), front_points=5, rounds=1,
                    dev_subset=200, seed=seed, finetune_speedups=(2.0,), finetune_epochs=0.5, finetune_methods=("ours",),
-                   finetune_candidates=2, search_precision=search_precision, seeds=1, train_device=train_device)
+                   finetune_candidates=2, search_precision=search_precision, seeds=1, train_device=train_device,
+                   retimes=2)
 
 
 def retention_only_space(space: SearchSpace) -> SearchSpace:
@@ -339,6 +344,9 @@ def hypervolumes(table: pd.DataFrame, full_test: float) -> pd.DataFrame:
 
 
 def speedup_at_loss(table: pd.DataFrame, full_test: float, losses: tuple[float, ...] = (1.0, 2.0)) -> pd.DataFrame:
+    """Per method and loss: the point of ``table`` with the largest measured speed-up whose test
+    score is within ``loss`` points of ``full_test`` (NaN and an empty ``arch`` when none is);
+    ``arch_json`` names its configuration."""
     rows = []
     for method, g in table.groupby("method", sort=False):
         for loss in losses:
@@ -347,8 +355,61 @@ def speedup_at_loss(table: pd.DataFrame, full_test: float, losses: tuple[float, 
             rows.append({"method": method, "max_loss_points": loss,
                          "speedup": float(best["speedup"]) if best is not None else float("nan"),
                          "acc_test": float(best["acc_test"]) if best is not None else float("nan"),
-                         "arch": best["arch"] if best is not None else ""})
+                         "arch": best["arch"] if best is not None else "",
+                         "arch_json": best["arch_json"] if best is not None else ""})
     return pd.DataFrame(rows)
+
+
+def loss_intervals(sp: pd.DataFrame, points: pd.DataFrame, logits: Callable[[SubnetConfig], np.ndarray],
+                   reference: np.ndarray, labels: np.ndarray, metric: str) -> pd.DataFrame:
+    """``sp`` (``speedup_at_loss``) with each point's test score minus the teacher's on the same
+    examples, in points, and its paired-bootstrap 95% interval (``vs_teacher_*``). A point of
+    ``points`` that already has them (a fine-tuned one, scored as deployed) keeps its own; the
+    others are computed from ``logits(config)`` against ``reference``, the teacher's logits."""
+    from nas.stats import compare_with
+
+    own = {(r["method"], r["arch_json"]): r for r in points.to_dict("records")
+           if r.get("vs_teacher_points") == r.get("vs_teacher_points") and "vs_teacher_points" in r}
+    cols: dict[str, list[float]] = {"vs_teacher_points": [], "vs_teacher_ci95_low": [], "vs_teacher_ci95_high": []}
+    done: dict[str, dict[str, float]] = {}
+    for r in sp.to_dict("records"):
+        if not r["arch_json"]:
+            got = dict.fromkeys(cols, float("nan"))
+        elif (r["method"], r["arch_json"]) in own:
+            got = {k: float(own[(r["method"], r["arch_json"])][k]) for k in cols}
+        else:
+            if r["arch_json"] not in done:
+                cfg = SubnetConfig.from_dict(json.loads(r["arch_json"]))
+                done[r["arch_json"]] = vs_columns(compare_with(reference, logits(cfg), labels, metric=metric))
+            got = done[r["arch_json"]]
+        for k in cols:
+            cols[k].append(got[k])
+    return sp.assign(**cols)
+
+
+def retimed(run: LoadedRun, target: Target, sp: pd.DataFrame, *, repeats: int, rounds: int,
+            loss: float = 1.0) -> pd.DataFrame:
+    """``sp`` with the speed-up of each point at ``loss`` timed again ``repeats`` times, each in
+    a fresh timer (new runtime sessions, the full model timed in turn as before): median, min
+    and max of those speed-ups (``speedup_retimed_*``; NaN elsewhere). One measurement's
+    speed-up moves by tens of percent between runs on a busy machine; a verdict should not
+    rest on one."""
+    rows = sp.index[(sp["max_loss_points"] == loss) & (sp["arch_json"] != "")]
+    configs = {sp.at[i, "arch_json"]: SubnetConfig.from_dict(json.loads(sp.at[i, "arch_json"])) for i in rows}
+    out = sp.assign(speedup_retimed_median=np.nan, speedup_retimed_min=np.nan, speedup_retimed_max=np.nan)
+    if not configs or repeats < 1:
+        return out
+    got: dict[str, list[float]] = {k: [] for k in configs}
+    for _ in range(repeats):
+        with target_timer(run, target) as timer:
+            m = timer.measure(list(configs.values()), rounds=rounds)
+        for k, ms in zip(configs, m.ms, strict=True):
+            got[k].append(m.full_ms / ms)
+    for i in rows:
+        x = got[sp.at[i, "arch_json"]]
+        out.loc[i, ["speedup_retimed_median", "speedup_retimed_min", "speedup_retimed_max"]] = [
+            float(np.median(x)), min(x), max(x)]
+    return out
 
 
 def compliance(run: LoadedRun, target: Target, acc: DevAccuracy, cfg: BenchConfig, out: Path,
@@ -423,7 +484,7 @@ def run_bench(run: LoadedRun, target: Target, cfg: BenchConfig, out_dir: str | P
               progress: bool = True) -> dict[str, Any]:
     """All benchmark parts for one run and device; writes CSVs, a PNG and BENCHMARKS.md."""
     from supernet.checkpoint import load_model
-    from supernet.evaluate import model_score
+    from supernet.evaluate import predict, scores
 
     out = Path(out_dir)
     times: dict[str, float] = {}
@@ -431,7 +492,9 @@ def run_bench(run: LoadedRun, target: Target, cfg: BenchConfig, out_dir: str | P
                       batch=target.batch)
     t0 = time.time()
     teacher = load_model(run.paths.teacher)
-    full_test = model_score(teacher, run.splits["test"], run.task.metric)
+    test = run.splits["test"]
+    teacher_test = predict(teacher, test)  # its score, and each 1-point point's paired interval
+    full_test = scores(teacher_test, test.labels)[run.task.metric]
     cands = _candidates(run, target, acc, cfg, progress)
     table, stock = _fronts(run, target, acc, cfg, cands, progress)
     times["fronts (search + re-measure + score)"] = time.time() - t0
@@ -443,7 +506,12 @@ def run_bench(run: LoadedRun, target: Target, cfg: BenchConfig, out_dir: str | P
     t0 = time.time()
     ft = finetuned(run, target, table, acc, cfg, run.paths.bench, full_test, progress)
     times["fine-tuned points (ours: export + fine-tune; grid: fine-tune)"] = time.time() - t0
-    sp = speedup_at_loss(pd.concat([table, ft], ignore_index=True) if len(ft) else table, full_test)
+    points = pd.concat([table, ft], ignore_index=True) if len(ft) else table
+    sp = loss_intervals(speedup_at_loss(points, full_test), points, acc.test_logits, teacher_test, test.labels,
+                        run.task.metric)
+    t0 = time.time()
+    sp = retimed(run, target, sp, repeats=cfg.retimes, rounds=max(cfg.rounds, 3))
+    times[f"1-point points timed {cfg.retimes} more times"] = time.time() - t0
     t0 = time.time()
     comp = compliance(run, target, acc, cfg, run.paths.bench, full_test, progress)
     times["budget sweep (search + export + re-measure)"] = time.time() - t0
@@ -515,6 +583,26 @@ def proxy_line(candidates: pd.DataFrame) -> str:
             "sub-networks spread along the front: `scripts/proxy_check.py`).")
 
 
+def one_point_target(row: pd.Series | None, what: str, goal: float) -> dict[str, Any]:
+    """The targets table's row for "``goal``x at <= 1 point" from ``speedup_at_loss``'s row of
+    ours (with ``loss_intervals`` and ``retimed``): judged on the median of the re-timings
+    where there are any, and showing the paired interval of the point's loss."""
+    name = f">= {goal:g}x speed-up at <= 1.0 point test loss ({what}; median of the re-timings)"
+    if row is None or not row["arch"]:
+        return {"target": name, "measured": "no point within 1.0 point", "met": False, "gap": "no point within 1.0 point"}
+    retimed_median = row.get("speedup_retimed_median", float("nan"))
+    v = float(retimed_median) if retimed_median == retimed_median else float(row["speedup"])
+    text = f"{row['speedup']:.2f}x"
+    if retimed_median == retimed_median:
+        text += (f" (re-timed: median {retimed_median:.2f}x, {row['speedup_retimed_min']:.2f}-"
+                 f"{row['speedup_retimed_max']:.2f}x)")
+    if row.get("vs_teacher_points", float("nan")) == row.get("vs_teacher_points", float("nan")):
+        text += (f"; {row['vs_teacher_points']:+.2f} points (95% CI {row['vs_teacher_ci95_low']:+.2f} to "
+                 f"{row['vs_teacher_ci95_high']:+.2f})")
+    return {"target": name, "measured": f"{text}, {row['arch']}", "met": v >= goal,
+            "gap": "" if v >= goal else f"{goal - v:.2f}x short"}
+
+
 def _page(run: LoadedRun, target: Target, cfg: BenchConfig, table: pd.DataFrame, hv: pd.DataFrame, sp: pd.DataFrame,
           ft: pd.DataFrame, comp: pd.DataFrame, fits: dict[str, Any], full_test: float, summary: dict[str, Any], command: str,
           prefix: str, stock: pd.DataFrame, verdicts: pd.DataFrame) -> str:
@@ -528,9 +616,7 @@ def _page(run: LoadedRun, target: Target, cfg: BenchConfig, table: pd.DataFrame,
     beaten = all(ours_hv > v for m, v in hv_test.items() if m != "ours")
     beats = verdicts.dropna(subset=["ours_beats"]) if "ours_beats" in verdicts else verdicts.iloc[:0]
     beats_all = bool(len(beats)) and bool(beats["ours_beats"].all())
-    at1 = sp[sp["max_loss_points"] == 1.0].set_index("method")["speedup"]
-    sp1 = float(at1.get("ours", float("nan")))
-    sp1_ft = float(at1.get("ours+ft", float("nan")))
+    at1 = sp[sp["max_loss_points"] == 1.0].set_index("method")
     fit_rows = pd.DataFrame([{
         "device": d, "chosen": r["chosen"], "within_10pct": r["metrics"][r["chosen"]]["within_10pct"],
         "mape": r["metrics"][r["chosen"]]["mape"], "kendall_tau": r["metrics"][r["chosen"]]["kendall_tau"],
@@ -542,10 +628,9 @@ def _page(run: LoadedRun, target: Target, cfg: BenchConfig, table: pd.DataFrame,
     use = float(ok["budget_use"].median()) if len(ok) and "budget_use" in ok else float("nan")
     best_other = max(((v, m) for m, v in hv_test.items() if m != "ours"), default=(float("nan"), ""))
     targets = pd.DataFrame([
-        *[{"target": f">= 3x speed-up at <= 1.0 point test loss ({what})",
-           "measured": f"{v:.2f}x" if v == v else "no point within 1.0 point", "met": v >= 3,
-           "gap": "" if v >= 3 else f"{3 - v:.2f}x short" if v == v else "no point within 1.0 point"}
-          for what, v, shown in (("supernet weights", sp1, True), ("fine-tuned", sp1_ft, "ours+ft" in at1)) if shown],
+        *[one_point_target(at1.loc[m] if m in at1.index else None, what, goal)
+          for m, what, goal in (("ours", "supernet weights", 2.0), ("ours+ft", "fine-tuned", 4.0))
+          if m == "ours" or m in at1.index],
         {"target": "our hypervolume above every baseline (test accuracy)", "measured": f"{ours_hv:.4f}", "met": beaten,
          "gap": "" if beaten else f"{best_other[0] - ours_hv:.4f} below {best_other[1]}"},
         {"target": f"... by more than the spread over {cfg.seeds} search seeds (predicted latency)",
@@ -611,7 +696,10 @@ Front points:
 {_md(table[show].sort_values(['method', 'lat_measured_ms']))}
 
 ## 2. Speed-up at fixed loss (largest measured speed-up with test accuracy within the loss of the full model)
-{_md(sp)}
+`vs_teacher_points`: the point's test {run.task.metric} minus the teacher's on the same examples, with its 95% interval
+(paired bootstrap); `speedup_retimed_*`: each 1-point point timed {cfg.retimes} more times, each in a fresh timer
+({max(cfg.rounds, 3)} interleaved rounds with the full model): median, min and max of those speed-ups.
+{_md(sp.drop(columns=["arch_json"]))}
 
 `METHOD+ft`: fine-tuned points at {', '.join(f'{x:g}x' for x in cfg.finetune_speedups)}, each distilled from the
 teacher for {cfg.finetune_epochs:g} epochs (learning rate {cfg.finetune_lr:g}) on the train split (latency does not

@@ -1028,6 +1028,9 @@ def register_bench(sub: Subparsers) -> argparse.ArgumentParser:
     b.add_argument("--seeds", type=COUNT, default=3,
                    help="search seeds per searched method for the spread of the hypervolume (default %(default)s; "
                    "--quick: 1)")
+    b.add_argument("--retimes", type=COUNT0, default=5,
+                   help="times each 1-point point is timed again, each in a fresh timer; the targets table judges "
+                   "on the median (default %(default)s; --quick: 2)")
     b.add_argument("--quick", action="store_true", help="a reduced version in minutes (fewer evaluations and budgets)")
     b.add_argument("--quiet", action="store_true", help="no progress bars")
     b.add_argument("--out", type=out_folder, default="results", help="where BENCHMARKS.md and its files go (default %(default)s)")
@@ -1053,7 +1056,8 @@ def cmd_bench(a: argparse.Namespace) -> int:
                           finetune_lr=a.finetune_lr, finetune_speedups=tuple(speedups),
                           finetune_candidates=a.finetune_candidates, search_precision=a.search_precision,
                           budget_fractions=_fractions(a.budgets), front_points=a.front_points,
-                          dev_subset=a.dev_subset or None, seeds=a.seeds, train_device=train_device)
+                          dev_subset=a.dev_subset or None, seeds=a.seeds, train_device=train_device,
+                          retimes=a.retimes)
     run = open_run(a.run)
     target = _target(run, a.device, None, a.length, a.budget_stat)
     summary = run_bench(run, target, cfg, a.out, command=a.command_line, progress=not a.quiet)

@@ -159,6 +159,11 @@ class DevAccuracy:
         """Reporting only: never used to choose."""
         return float(self.scores(cfg, "test")[self.metric])
 
+    def test_logits(self, cfg: SubnetConfig) -> np.ndarray:
+        """Logits on the test split, computed as ``test`` scores them (reporting only; not
+        cached): for a point's paired interval against the teacher."""
+        return self._scores.logits(cfg, "test")
+
 
 def dev_accuracies(run: LoadedRun, batches: Iterable[int], *, subset_size: int | None = 500, seed: int = 0,
                    precision: str = "auto") -> dict[int, DevAccuracy]:

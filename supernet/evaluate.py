@@ -204,18 +204,24 @@ class Evaluator:
         key = (f"{split}@{self.graph_key}" if graph and self.graph_key else split, subnet.key())
         if key not in self.cache:
             enc = self.splits[split]
-            if not graph:
-                logits = predict(self.model, enc, subnet, batch_size=self.batch_size, bf16=split in self.bf16_splits)
-            elif self.graph_logits is not None:
-                logits = self.graph_logits(subnet, enc)
-            else:
-                raise ConfigError(f"a {subnet.precision} sub-network is scored by running its deployed graph; "
-                                  "this evaluator was given no graph_logits")
-            self.cache[key] = scores(logits, enc.labels)
+            self.cache[key] = scores(self.logits(subnet, split), enc.labels)
             self.n_computed += 1
             if self.log is not None:
                 self.log.append([{"arch_key": subnet.key(), "split": key[0], **self.cache[key], "n": len(enc)}])
         return self.cache[key]
+
+    def logits(self, subnet: SubnetConfig, split: str = "dev") -> np.ndarray:
+        """``subnet``'s logits on ``split``, computed as its score is (never cached): for the
+        paired statistics of a point against the teacher."""
+        if split not in self.splits:
+            raise KeyError(f"unknown split {split!r}; known: {sorted(self.splits)}")
+        enc = self.splits[split]
+        if subnet.precision == "fp32":
+            return predict(self.model, enc, subnet, batch_size=self.batch_size, bf16=split in self.bf16_splits)
+        if self.graph_logits is None:
+            raise ConfigError(f"a {subnet.precision} sub-network is scored by running its deployed graph; "
+                              "this evaluator was given no graph_logits")
+        return self.graph_logits(subnet, enc)
 
     def score(self, subnet: SubnetConfig, split: str = "dev") -> float:
         """The headline metric of ``subnet`` on ``split``."""

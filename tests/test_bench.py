@@ -47,6 +47,42 @@ def test_proxy_line_by_hand() -> None:
     assert "not computed (2 distinct" in proxy_line(c[c.arch.isin(["a", "b"])])
 
 
+def test_loss_intervals_and_one_point_target_by_hand() -> None:
+    from nas.bench import loss_intervals, one_point_target
+    from nas.stats import compare_with
+    from supernet.space import SearchSpace
+
+    space = SearchSpace.for_model(6, 12, 1536)
+    a, b = (json.dumps(c.to_dict()) for c in (space.uniform(width=0.5), space.uniform(width=0.25)))
+    labels = np.array([0, 1, 0, 1, 1, 0, 1, 0])
+    teacher = np.eye(2)[labels]  # always right
+    wrong_once = np.eye(2)[np.where(np.arange(8) == 3, 0, labels)]  # wrong on example 3
+    sp = pd.DataFrame({"method": ["ours", "ours", "ours+ft", "random"], "max_loss_points": [1.0, 2.0, 1.0, 1.0],
+                       "speedup": [2.5, 2.5, 4.2, np.nan], "acc_test": [0.875, 0.875, 0.9, np.nan],
+                       "arch": ["A", "A", "B", ""], "arch_json": [a, a, b, ""]})
+    points = pd.DataFrame({"method": ["ours", "ours+ft"], "arch_json": [a, b],
+                           "vs_teacher_points": [np.nan, -1.5], "vs_teacher_ci95_low": [np.nan, -3.0],
+                           "vs_teacher_ci95_high": [np.nan, 0.2]})
+    asked: list[str] = []
+
+    def logits(cfg):  # noqa: ANN001, ANN202
+        asked.append(json.dumps(cfg.to_dict()))
+        return wrong_once
+
+    got = loss_intervals(sp, points, logits, teacher, labels, "accuracy")
+    want = compare_with(teacher, wrong_once, labels)
+    assert asked == [a]  # once for both of ours' rows; the fine-tuned point keeps its own
+    assert list(got["vs_teacher_points"].iloc[:2]) == [want["diff_points"]] * 2 == [-12.5] * 2
+    assert got["vs_teacher_ci95_low"].iloc[0] == want["ci95_low"] and got["vs_teacher_ci95_high"].iloc[2] == 0.2
+    assert np.isnan(got["vs_teacher_points"].iloc[3])
+    row = got.iloc[2].copy()
+    row["speedup_retimed_median"], row["speedup_retimed_min"], row["speedup_retimed_max"] = 3.8, 3.1, 4.4
+    t = one_point_target(row, "fine-tuned", 4.0)  # 4.2x once, but a median of 3.8x: not met
+    assert not t["met"] and t["gap"] == "0.20x short" and "median 3.80x, 3.10-4.40x" in t["measured"]
+    assert "-1.50 points (95% CI -3.00 to +0.20)" in t["measured"]
+    assert one_point_target(None, "supernet weights", 2.0)["gap"] == "no point within 1.0 point"
+
+
 def test_quick_bench_writes_the_page(job: Path, tmp_path: Path) -> None:
     assert main(["bench", "--run", str(job), "--quick", "--out", str(tmp_path)]) == 0
     page = (tmp_path / "BENCHMARKS.md").read_text()
@@ -124,7 +160,22 @@ def test_budget_sweep_exports_and_remeasures(job: Path, tmp_path: Path, monkeypa
     teacher_test = json.loads((tmp_path / "bench_rt_cpu_summary.json").read_text())["full_test"]
     # The grid point's difference: its own test score minus the teacher's.
     assert ft["vs_teacher_points"].iloc[1] == pytest.approx(100 * (ft["acc_test"].iloc[1] - teacher_test))
-    assert "ours+ft" in set(pd.read_csv(tmp_path / "bench_rt_cpu_speedup.csv")["method"])
+    sp = pd.read_csv(tmp_path / "bench_rt_cpu_speedup.csv").fillna({"arch": "", "arch_json": ""})
+    assert "ours+ft" in set(sp["method"])
+    # Every point at a fixed loss has its paired interval; a fine-tuned one keeps the export's.
+    found = sp[sp["arch"] != ""]
+    assert len(found) and (found["vs_teacher_ci95_low"] <= found["vs_teacher_points"]).all()
+    assert (found["vs_teacher_points"] <= found["vs_teacher_ci95_high"]).all()
+    assert np.allclose(found["vs_teacher_points"], 100 * (found["acc_test"] - teacher_test))
+    if (sp["method"] == "ours+ft").any() and (found["method"] == "ours+ft").any():
+        assert found[found["method"] == "ours+ft"]["vs_teacher_ci95_low"].iloc[0] == pytest.approx(
+            ft["vs_teacher_ci95_low"].iloc[0])
+    # The 1-point points were timed again (5 fresh timers): median within min..max; none elsewhere.
+    again = found[found["max_loss_points"] == 1.0]
+    assert (again["speedup_retimed_min"] > 0).all()
+    assert (again["speedup_retimed_min"] <= again["speedup_retimed_median"]).all()
+    assert (again["speedup_retimed_median"] <= again["speedup_retimed_max"]).all()
+    assert sp[sp["max_loss_points"] == 2.0]["speedup_retimed_median"].isna().all()
     assert list((job / "bench").glob("finetune_*/model.safetensors"))
     comp = pd.read_csv(tmp_path / "bench_rt_cpu_compliance.csv").fillna({"error": ""})
     assert len(comp) == 2 and (comp["error"] == "").all()
@@ -161,7 +212,7 @@ def test_bench_settings_reach_the_config(job: Path, tmp_path: Path, bench_config
     seen = bench_configs
     with pytest.raises(SystemExit):
         main(["bench", "--run", str(job), "--out", str(tmp_path), "--budgets", "0.25,0.5", "--front-points", "4",
-              "--dev-subset", "0", "--n", "7", "--finetune-candidates", "2"])
+              "--dev-subset", "0", "--n", "7", "--finetune-candidates", "2", "--retimes", "3"])
     cfg = seen[0]
     assert cfg.budget_fractions == (0.25, 0.5) and cfg.front_points == 4 and cfg.dev_subset is None
-    assert cfg.n_evaluations == 7 and cfg.finetune_candidates == 2
+    assert cfg.n_evaluations == 7 and cfg.finetune_candidates == 2 and cfg.retimes == 3
