@@ -2,7 +2,9 @@
 
 For a trained run: each sub-network is distilled from the teacher (as `hwnas export
 --finetune-epochs` does) with each schedule, then scored on the whole dev and test splits.
-Prints one row per (sub-network, schedule). Finished fine-tunings under --out are reused.
+Prints one row per (sub-network, schedule): dev and test scores, and each split's difference
+from the teacher on the same examples in points with its paired-bootstrap 95% interval
+(``nas.stats.compare_with``). Finished fine-tunings under --out are reused.
 
     .venv/bin/python scripts/finetune_check.py runs/bench/rt \
         --subnet runs/bench/rt/bench/export_3x_ft/subnet.json --recipe 2:5e-5 --recipe 3:2e-4
@@ -19,8 +21,9 @@ import json
 import time
 from pathlib import Path
 
+from nas.stats import compare_with
 from supernet.checkpoint import load_model
-from supernet.evaluate import model_score
+from supernet.evaluate import predict, scores
 from supernet.space import SubnetConfig
 from supernet.train import (
     StageConfig,
@@ -56,7 +59,8 @@ def main() -> None:
     teacher = load_model(run.folder / "teacher")
     targets = functools.cache(lambda: teacher_logits(teacher, distill_split(run.splits)))
     metric = run.task.metric
-    print(f"{a.run}: teacher test {metric} {model_score(teacher, run.splits['test'], metric):.4f}")
+    reference = {s: predict(teacher, run.splits[s]) for s in ("dev", "test")}
+    print(f"{a.run}: teacher test {metric} {scores(reference['test'], run.splits['test'].labels)[metric]:.4f}")
     for spec in a.subnet or ["uniform:0.25,1.0"]:
         cfg = subnet(run, spec)
         before = {s: run.evaluator(cfg, s)[metric] for s in ("dev", "test")}
@@ -68,9 +72,14 @@ def main() -> None:
             model, trained = finetune_subnet(run.supernet, teacher, cfg, distill_split(run.splits),
                                              finetune_folder(out, cfg, stage, layer_weight), run.spec.train, stage,
                                              targets=targets, layer_weight=layer_weight, progress=False)
-            dev, test = (model_score(model, run.splits[s], metric) for s in ("dev", "test"))
             how = f"{time.time() - t0:.0f} s" if trained else "reused"
-            print(f"  {epochs:g} epochs, lr {lr:g}, layer weight {layer_weight:g}: dev {dev:.4f} test {test:.4f} ({how})", flush=True)
+            got = []
+            for s in ("dev", "test"):
+                logits, labels = predict(model, run.splits[s]), run.splits[s].labels
+                c = compare_with(reference[s], logits, labels, metric=metric)
+                got.append(f"{s} {scores(logits, labels)[metric]:.4f} ({c['diff_points']:+.2f} points, "
+                           f"{c['ci95_low']:+.2f} to {c['ci95_high']:+.2f})")
+            print(f"  {epochs:g} epochs, lr {lr:g}, layer weight {layer_weight:g}: {', '.join(got)} ({how})", flush=True)
 
 
 if __name__ == "__main__":

@@ -200,24 +200,28 @@ def test_a_step_up_that_still_leaves_the_budget_unused_tries_again_from_its_own_
     chosen = cand(cfg(1), 0.70, 3.0)  # upper 3.3: measured 2.0 under a 5 ms budget (40% used)
     verified = Verified(chosen, 2.0, 10.0, [{"arch_key": cfg(1).key()}])
     mid = cand(cfg(2), 0.74, 3.0)  # upper 3.3 under the first try's scale: measured 3.0 (60%)
-    big = cand(cfg(3), 0.78, 6.0)  # measured 4.8 (96%)
+    big = cand(cfg(3), 0.78, 6.0)  # measured 4.7 (94%)
     scales: list[float] = []
 
     def relaxed(scale: float) -> list[Candidate]:
         scales.append(scale)
         return [chosen, mid] if len(scales) == 1 else [chosen, mid, big]
 
-    timer = FakeTimer({cfg(2).key(): 3.0, cfg(3).key(): 4.8})
+    timer = FakeTimer({cfg(2).key(): 3.0, cfg(3).key(): 4.7})
     dev = DevScores({cfg(1).key(): 0.70, cfg(2).key(): 0.75, cfg(3).key(): 0.79})
     got = step_up(verified, 5.0, relaxed, timer, dev, finalists=5)  # type: ignore[arg-type]
     # The second scale: the first (2.0 / 3.3) times mid's measured / its upper bound under it.
     assert scales == [pytest.approx(2.0 / 3.3), pytest.approx(2.0 / 3.3 * 3.0 / 3.3)]
     assert timer.calls == [[cfg(2).key()], [cfg(3).key()]]
-    assert got.chosen is big and got.measured_ms == 4.8
+    assert got.chosen is big and got.measured_ms == 4.7
     assert [s["scale"] for s in got.steps[1:]] == pytest.approx(scales)
     scales.clear()
     once = step_up(verified, 5.0, relaxed, FakeTimer({cfg(2).key(): 3.0}), dev, tries=1)  # type: ignore[arg-type]
     assert once.chosen is mid
+    # At 99% of the budget a step up is passed over: the next timing could land over it.
+    scales.clear()
+    edge = step_up(verified, 5.0, relaxed, FakeTimer({cfg(2).key(): 3.0, cfg(3).key(): 4.95}), dev)  # type: ignore[arg-type]
+    assert edge.chosen is mid and edge.steps[-1]["meets_budget"] and not edge.steps[-1]["taken"]
 
 
 def test_no_step_up_when_the_budget_is_used_or_nothing_is_more_accurate_or_off_the_device() -> None:
