@@ -15,7 +15,9 @@ model timed in turn with the candidates:
    fine-tuned full model, also after fine-tuning at 3x (``ours+ft``: the fine-tuned export
    at a budget of the full model's latency / 3, which fine-tunes the search's pick, the
    deepest depth seed and the best of the deepest other depths and keeps the best on dev; ``dynabert+ft``: the grid's
-   best point at that speed-up; the same distillation for both);
+   best point at that speed-up; the same distillation for both); each point with its paired
+   interval against the teacher (``loss_intervals``), the 1-point points timed again in fresh
+   timers (``retimed``), the targets judged on the median of those timings;
 3. predictor quality per device (from ``hwnas fit``);
 4. budget compliance over a sweep of budgets (20% to 90% of the full model's latency):
    the first pick's re-measured latency and the exported one after step-downs;

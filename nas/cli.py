@@ -1002,7 +1002,7 @@ def cmd_compare(a: argparse.Namespace) -> int:
 def register_bench(sub: Subparsers) -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="benchmark our front against DynaBERT-grid, retention-only and random baselines",
                        description="From one trained, measured and fitted run: fronts of four methods re-measured on "
-                       "the device, hypervolumes, speed-up at 1 and 2 points of test loss, predictor quality, budget "
+                       "the device, hypervolumes, speed-up at 1 and 2 points of test loss (paired intervals against the teacher; the 1-point points timed again), predictor quality, budget "
                        "compliance over 20-90% of the full model's latency, realized vs ideal speed-up, fine-tuned points at 3x (ours: the fine-tuned export at the full model's "
                        "latency / 3; the DynaBERT grid's best point at that speed-up), cost; writes "
                        "BENCHMARKS.md with tables and a PNG.")
