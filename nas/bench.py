@@ -370,8 +370,8 @@ def loss_intervals(sp: pd.DataFrame, points: pd.DataFrame, logits: Callable[[Sub
     others are computed from ``logits(config)`` against ``reference``, the teacher's logits."""
     from nas.stats import compare_with
 
-    own = {(r["method"], r["arch_json"]): r for r in points.to_dict("records")
-           if r.get("vs_teacher_points") == r.get("vs_teacher_points") and "vs_teacher_points" in r}
+    scored = points.dropna(subset=["vs_teacher_points"]) if "vs_teacher_points" in points else points.iloc[:0]
+    own = {(r["method"], r["arch_json"]): r for r in scored.to_dict("records")}
     cols: dict[str, list[float]] = {"vs_teacher_points": [], "vs_teacher_ci95_low": [], "vs_teacher_ci95_high": []}
     done: dict[str, dict[str, float]] = {}
     for r in sp.to_dict("records"):
@@ -593,12 +593,12 @@ def one_point_target(row: pd.Series | None, what: str, goal: float) -> dict[str,
     if row is None or not row["arch"]:
         return {"target": name, "measured": "no point within 1.0 point", "met": False, "gap": "no point within 1.0 point"}
     retimed_median = row.get("speedup_retimed_median", float("nan"))
-    v = float(retimed_median) if retimed_median == retimed_median else float(row["speedup"])
+    v = float(retimed_median) if pd.notna(retimed_median) else float(row["speedup"])
     text = f"{row['speedup']:.2f}x"
-    if retimed_median == retimed_median:
+    if pd.notna(retimed_median):
         text += (f" (re-timed: median {retimed_median:.2f}x, {row['speedup_retimed_min']:.2f}-"
                  f"{row['speedup_retimed_max']:.2f}x)")
-    if row.get("vs_teacher_points", float("nan")) == row.get("vs_teacher_points", float("nan")):
+    if pd.notna(row.get("vs_teacher_points", float("nan"))):
         text += (f"; {row['vs_teacher_points']:+.2f} points (95% CI {row['vs_teacher_ci95_low']:+.2f} to "
                  f"{row['vs_teacher_ci95_high']:+.2f})")
     return {"target": name, "measured": f"{text}, {row['arch']}", "met": v >= goal,

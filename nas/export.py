@@ -315,12 +315,11 @@ def step_up(verified: Verified, budget_ms: float, relaxed_search: Callable[[floa
     searches again with every prediction multiplied by ``scale`` (the chosen's measured / upper
     bound), and its ``finalists`` most accurate candidates that beat the chosen on the whole dev
     split are measured, best first; the first that measures within ``headroom`` of the budget
-    replaces the chosen. Up to
-    ``tries`` times while the chosen still leaves more than ``1 - below`` of the budget unused
-    (the next search's scale from the new chosen's measurement), stopping when a try finds
-    nothing better that fits. A step up goes to the edge of the budget, where the next timing
-    can land over it (repeats of one sub-network spread by about 10% on a shared CPU): hence the
-    ``headroom``. Never on a prediction alone:
+    replaces the chosen. Up to ``tries`` times while the chosen still leaves more than
+    ``1 - below`` of the budget unused (the next search's scale from the new chosen's
+    measurement), stopping when a try finds nothing better that fits. A step up goes to the
+    edge of the budget, where the next timing can land over it (repeats of one sub-network
+    spread by about 10% on a shared CPU): hence the ``headroom``. Never on a prediction alone:
     off the device (``timer`` None) nothing changes."""
     base = 1.0  # the scale the chosen's predictions were made under (relative to the first search's)
     for _ in range(max(1, tries)):
