@@ -438,6 +438,7 @@ def _compliance(run: LoadedRun, target: Target, acc: DevAccuracy, cfg: BenchConf
         fresh = timer.measure([cfg_x], rounds=cfg.rounds)  # independent of the export's own check
         (again,), full_again = fresh.ms, fresh.full_ms
         first = r["step_downs"][0]
+        last = [st for st in r["step_downs"] if st.get("step") == "confirm"]  # the timing just before writing
         rows.append({
             "fraction": f, "budget_ms": budget, "arch": r["arch"],
             "drift_scale": r["device_drift"]["scale_applied"] if r["device_drift"] else float("nan"),
@@ -447,6 +448,11 @@ def _compliance(run: LoadedRun, target: Target, acc: DevAccuracy, cfg: BenchConf
             "step_downs": sum(st.get("step") == "down" for st in r["step_downs"]) - 1,
             "exported_measured_ms": r["measured_latency_ms"], "fresh_measured_ms": again,
             "fresh_meets": again <= budget, "budget_use": again / budget, "step_ups": sum(st.get("step") == "up" for st in r["step_downs"]),
+            # The export's last timing before writing: False, nothing met the budget then.
+            "confirmed": bool(r.get("budget_confirmed", True)),
+            "fallbacks": next((i for i, st in enumerate(last) if st.get("taken")), 0),
+            # The full model now / at the sweep's start: how much the machine moved meanwhile.
+            "machine_drift": full_again / full_ms,
             "speedup": full_again / again,
             "flops_ratio": r["full_model_flops"] / r["flops"], "realized_over_ideal": (full_again / again) / (r["full_model_flops"] / r["flops"]),
             "acc_test": r["test_accuracy"], "error": "",
@@ -731,7 +737,9 @@ Every sub-network `ours+ft` fine-tuned (the search's pick first; the exported on
 sub-networks against the predictor (1: within 10%); `first_pick_meets`: the search's choice met the
 budget when re-measured; `fresh_meets`: the exported sub-network, re-measured again afterwards, met it; `budget_use`: that
 fresh measurement / the budget; `step_ups`: the more accurate candidates measured when the pick left more than 10% of the
-budget unused. Realized / ideal = measured speed-up / FLOPs ratio.
+budget unused; `confirmed`: the export's last timing of its pick, just before writing, met the budget (`fallbacks`: how
+many of its picks missed in that timing before one met it); `machine_drift`: the full model timed with the fresh
+measurement / timed at the sweep's start (above 1: the machine got slower meanwhile). Realized / ideal = measured speed-up / FLOPs ratio.
 {_md(comp.drop(columns=[c for c in ('error',) if c in comp and (comp[c] == '').all()]))}
 
 ## 7. Cost

@@ -901,12 +901,20 @@ def cmd_export(a: argparse.Namespace) -> int:
             print(f"  WARNING: {r['device']} is not on this machine, so {s['arch']} was chosen by prediction only "
                   f"(predicted {s['predicted_ms']:.2f} ms, upper {s['upper_ms']:.2f}); measure it on the device")
             continue
-        if s.get("step") == "up":
+        kind = s.get("step")
+        if kind == "up":
             verdict = "meets the budget: stepping up" if s["meets_budget"] else "misses"
+        elif kind == "confirm":
+            verdict = ("meets the budget: written" if s.get("taken") else "meets the budget" if s["meets_budget"]
+                       else "misses: falling back")
         else:
             verdict = "meets the budget" if s["meets_budget"] else "misses: stepping down"
-        print(f"  {'more accurate' if s.get('step') == 'up' else 'finalist'} {s['arch']}: predicted {s['predicted_ms']:.2f} ms (upper {s['upper_ms']:.2f}), "
+        label = {"up": "more accurate", "confirm": "timed again before writing"}.get(kind, "finalist")
+        print(f"  {label} {s['arch']}: predicted {s['predicted_ms']:.2f} ms (upper {s['upper_ms']:.2f}), "
               f"measured {s['measured_ms']:.2f} ms -> {verdict}")
+    if not r.get("budget_confirmed", True):
+        print(f"  WARNING: timed again before writing, nothing met {r['budget_ms']:g} ms ({r['device']} is slower now "
+              "than when the pick was measured); the pick stands on its earlier timing. Re-run, or re-measure and refit")
     speed = f"{r['speedup']:.2f}x" if r["speedup"] else "not re-measured here"
     print(f"{r['device']} under {r['budget_ms']:g} ms ({target.describe()}): {r['arch']}\n"
           f"  measured {r['measured_latency_ms']:.2f} ms vs full "

@@ -2,7 +2,8 @@
 dictionaries. What is pinned: the budget (ms or speed-up) and the drift scale, the step-down
 on a miss, the rescale when every finalist misses, the failure when nothing fits, the kit
 branch (nothing measurable here), the fine-tuning pool's budget check and the step up when
-the chosen sub-network leaves budget unused."""
+the chosen sub-network leaves budget unused, and the last timing before writing with its
+fall-backs."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from nas.export import (
     ExportConfig,
     ImpossibleBudget,
     Verified,
+    confirm,
     measured_pool,
     rank_finalists,
     resolve_budget,
@@ -222,6 +224,47 @@ def test_a_step_up_that_still_leaves_the_budget_unused_tries_again_from_its_own_
     scales.clear()
     edge = step_up(verified, 5.0, relaxed, FakeTimer({cfg(2).key(): 3.0, cfg(3).key(): 4.95}), dev)  # type: ignore[arg-type]
     assert edge.chosen is mid and edge.steps[-1]["meets_budget"] and not edge.steps[-1]["taken"]
+
+
+def test_measured_sub_networks_that_met_the_budget_are_kept_as_fall_backs() -> None:
+    timer = FakeTimer({cfg(3).key(): 3.5, cfg(2).key(): 2.5})
+    v = verify_on_device(FINALISTS, FINALISTS, 4.0, timer, DEV)
+    assert v.chosen.config == cfg(3) and [(c.config, ms) for c, ms in v.alternatives] == [(cfg(2), 2.5)]
+    missed = verify_on_device(FINALISTS, FINALISTS, 3.0, FakeTimer({cfg(3).key(): 3.5, cfg(2).key(): 2.5}), DEV)
+    assert missed.chosen.config == cfg(2) and missed.alternatives == ()  # cfg(3) missed: no fall-back
+    # A step up keeps the less accurate step-ups that fit, the old pick and the old pick's own.
+    low = cand(cfg(1), 0.70, 3.0)
+    verified = Verified(low, 2.0, 10.0, [{"arch_key": cfg(1).key()}], ((cand(cfg(1, 2), 0.6, 1.0), 1.0),))
+    wide, wider = cand(cfg(2), 0.74, 4.5), cand(cfg(3), 0.76, 5.0)
+    dev = DevScores({cfg(1).key(): 0.70, cfg(1, 2).key(): 0.6, cfg(2).key(): 0.75, cfg(3).key(): 0.77})
+    got = step_up(verified, 4.0, lambda s: [low, wide, wider], FakeTimer({cfg(2).key(): 3.1, cfg(3).key(): 3.6}),
+                  dev, tries=1)  # type: ignore[arg-type]
+    assert got.chosen is wider
+    assert [(c.config, ms) for c, ms in got.alternatives] == [(cfg(2), 3.1), (cfg(1), 2.0), (cfg(1, 2), 1.0)]
+
+
+def test_the_pick_is_timed_again_before_writing_and_falls_back_when_it_misses() -> None:
+    big, mid, low = cand(cfg(3), 0.78, 4.0), cand(cfg(2), 0.74, 3.0), cand(cfg(1), 0.70, 2.0)
+    options = [(big, 4.7), (mid, 3.0), (low, 2.0)]  # measured then, under a 5 ms budget
+    dev = DevScores({cfg(3).key(): 0.78, cfg(2).key(): 0.74, cfg(1).key(): 0.70})
+    same = confirm(options, 5.0, FakeTimer({cfg(3).key(): 4.8, cfg(2).key(): 3.1, cfg(1).key(): 2.1}, 9.0), dev)  # type: ignore[arg-type]
+    assert (same.index, same.measured_ms, same.full_ms, same.met) == (0, 4.8, 9.0, True)
+    assert [s["taken"] for s in same.steps] == [True, False, False]
+    # The pick lands over the budget this time (a 13% swing): the next best that meets it is written.
+    timer = FakeTimer({cfg(3).key(): 5.3, cfg(2).key(): 3.2, cfg(1).key(): 2.1}, 11.0)
+    swung = confirm(options, 5.0, timer, dev, at_most=2, dev=[0.9, 0.8])  # type: ignore[arg-type]
+    assert timer.calls == [[cfg(3).key(), cfg(2).key()]]  # only the first at_most are timed
+    assert (swung.index, swung.measured_ms, swung.full_ms, swung.met) == (1, 3.2, 11.0, True)
+    assert [(s["step"], s["meets_budget"], s["taken"]) for s in swung.steps] == [("confirm", False, False),
+                                                                                ("confirm", True, True)]
+    assert [s["measured_before_ms"] for s in swung.steps] == [4.7, 3.0]
+    assert [s["acc_dev"] for s in swung.steps] == [0.9, 0.8]  # the fine-tuned scores when given
+    # Nothing meets it now: the pick stands on its earlier timing, said so.
+    slow = confirm(options, 5.0, FakeTimer({cfg(3).key(): 6.0, cfg(2).key(): 5.5, cfg(1).key(): 5.1}), dev)  # type: ignore[arg-type]
+    assert (slow.index, slow.measured_ms, slow.met) == (0, 6.0, False)
+    # Off the device, or measured nowhere: nothing is timed.
+    off = confirm([(big, float("nan"))], 5.0, None, dev)  # type: ignore[arg-type]
+    assert (off.index, off.met, off.steps) == (0, True, []) and off.measured_ms != off.measured_ms
 
 
 def test_no_step_up_when_the_budget_is_used_or_nothing_is_more_accurate_or_off_the_device() -> None:

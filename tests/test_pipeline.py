@@ -38,7 +38,16 @@ def test_main_job_writes_everything(job: Path) -> None:
     (export,) = list((job / "export").iterdir())
     report = json.loads((export / "report.json").read_text())
     assert set(report) >= REPORT_KEYS
-    assert report["measured_latency_ms"] <= report["budget_ms"]
+    # Timed again just before writing: the report quotes that timing, and it met the budget
+    # (or the report says it did not: the machine slowed down since the pick was measured).
+    again = [s for s in report["step_downs"] if s["step"] == "confirm"]
+    assert again and report["arch_key"] in {s["arch_key"] for s in again}
+    written = [s for s in again if s.get("taken")]
+    if report["budget_confirmed"]:
+        assert [s["arch_key"] for s in written] == [report["arch_key"]]
+        assert report["measured_latency_ms"] == written[0]["measured_ms"] <= report["budget_ms"]
+    else:
+        assert not written and report["measured_latency_ms"] == again[0]["measured_ms"] > report["budget_ms"]
     assert (report["regime"], report["budget_stat"]) == ("traffic", "p50")
     for f in ("model.onnx", "subnet.json", "pytorch/model.safetensors"):
         assert (export / f).exists()
