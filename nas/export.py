@@ -56,6 +56,7 @@ from supernet.train import (
     distill_split,
     finetune_folder,
     finetune_subnet,
+    selected_epoch,
     teacher_logits,
 )
 from supernet.workflow import LoadedRun, with_unlabeled
@@ -91,6 +92,9 @@ class ExportConfig:
     seed: int = 0
     finetune: StageConfig | None = None
     finetune_candidates: int = 3
+    # Keep each fine-tuning's epoch with the lowest distillation loss on dev (``BestEpoch``),
+    # not its last: the epochs are then a maximum.
+    finetune_best_epoch: bool = False
     # Distil on the train split plus this many of the task's unlabeled texts when fine-tuning
     # (None: as the run was trained, ``TrainConfig.unlabeled``).
     finetune_unlabeled: int | None = None
@@ -468,10 +472,13 @@ class FineTuned:
 
 def finetune_best(run: LoadedRun, teacher: ElasticBert, pool: list[tuple[Candidate, float]], stage: StageConfig,
                   out: Path, accuracy: DevAccuracy, targets: Callable[[], torch.Tensor],
-                  *, progress: bool = True, device: str = "cpu", batch: int = 1) -> FineTuned:
+                  *, progress: bool = True, device: str = "cpu", batch: int = 1,
+                  best_epoch: bool = False) -> FineTuned:
     """Distil the teacher into each of ``pool`` (resumable, in ``out``, trained on ``device``);
     the best fine-tuned dev score wins, ties to the search's pick. Each is scored as deployed,
-    ``batch`` inputs per call (an int8 one: its quantized graph, whose predictions depend on it)."""
+    ``batch`` inputs per call (an int8 one: its quantized graph, whose predictions depend on it).
+    ``best_epoch``: each keeps its epoch with the lowest distillation loss on dev (``BestEpoch``);
+    the rows say which (``epoch_kept``) and every epoch's loss (``dev_loss_by_epoch``)."""
     from nas.objectives import deployed_logits
     from supernet.evaluate import scores
 
@@ -479,9 +486,13 @@ def finetune_best(run: LoadedRun, teacher: ElasticBert, pool: list[tuple[Candida
     for cand, ms in pool:
         t0 = time.time()
         model, trained = finetune_subnet(run.supernet, teacher, cand.config, distill_split(run.splits),
-                                         finetune_folder(out, cand.config, stage, unlabeled=run.spec.train.unlabeled),
+                                         finetune_folder(out, cand.config, stage, unlabeled=run.spec.train.unlabeled,
+                                                         best_epoch=best_epoch),
                                          run.spec.train, stage,
-                                         targets=targets, progress=progress, device=device)
+                                         targets=targets, progress=progress, device=device,
+                                         select=run.splits["dev"] if best_epoch else None)
+        kept = selected_epoch(finetune_folder(out, cand.config, stage, unlabeled=run.spec.train.unlabeled,
+                                              best_epoch=best_epoch))
         model.eval()
         models.append(model)
         deployed = deployed_logits(model, cand.config.precision, batch=batch)  # int8: exported once for both splits
@@ -489,6 +500,8 @@ def finetune_best(run: LoadedRun, teacher: ElasticBert, pool: list[tuple[Candida
                      "depth": len(cand.config.kept_layers), "measured_ms": ms,
                      "dev_accuracy_before": accuracy.full_dev(cand.config), "wall_s": round(time.time() - t0, 1),
                      "reused": not trained, "precision": cand.config.precision,
+                     "epoch_kept": kept["best_epoch"] if kept else stage.epochs,
+                     "dev_loss_by_epoch": kept["dev_loss"] if kept else None,
                      # As deployed: an int8 candidate's quantized graph, run by ONNX Runtime.
                      **{f"{split}_accuracy": scores(deployed(run.splits[split]), run.splits[split].labels)[
                          run.task.metric]
@@ -680,7 +693,7 @@ def choose_and_export(
             targets = (teacher_targets if ft_run is run else None) or functools.cache(
                 lambda: teacher_logits(teacher, distill))
             ft = finetune_best(ft_run, teacher, pool, cfg.finetune, out, accuracy, targets, progress=cfg.progress,
-                               device=cfg.train_device, batch=target.batch)
+                               device=cfg.train_device, batch=target.batch, best_epoch=cfg.finetune_best_epoch)
             ft_rows = ft.rows
             # The fine-tuned best on dev, then the others as fall-backs (ties to the pool's order).
             order = sorted(range(len(pool)), key=lambda i: (-ft_rows[i]["dev_accuracy"], i))
@@ -689,6 +702,7 @@ def choose_and_export(
             best = order[final.index]
             (chosen, chosen_ms), small = pool[best], ft.models[best]
             tuned = {"epochs": cfg.finetune.epochs, "lr": cfg.finetune.lr, "candidates": len(pool),
+                     "best_epoch": cfg.finetune_best_epoch, "epoch_kept": ft_rows[best]["epoch_kept"],
                      "texts": len(distill), "unlabeled": ft_run.spec.train.unlabeled,
                      **{k: ft_rows[best][k] for k in ("wall_s", "reused", "dev_accuracy", "test_accuracy")}}
         else:

@@ -51,6 +51,7 @@ class JobConfig:
     # Distillation from the teacher into the exported sub-network (None: none).
     finetune: StageConfig | None = field(default_factory=lambda: StageConfig(epochs=1.0, lr=2e-4))
     finetune_candidates: int = 2  # the search's pick and one more (``finetune_pool``)
+    finetune_best_epoch: bool = False  # keep each fine-tuning's epoch with the lowest dev loss
     train_device: str = "cpu"  # where the training and the fine-tuning run: cpu or cuda (``resolve_train_device``)
 
     def __post_init__(self) -> None:
@@ -141,6 +142,7 @@ def main_job(out: str | Path, spec: RunSpec, job: JobConfig, *, progress: bool =
     budget = budgets[job.exported_on][job.export_budget]
     export = ExportConfig(budget_ms=budget, n_evaluations=job.n_search, seed=spec.seed, progress=progress,
                           finetune=job.finetune, finetune_candidates=job.finetune_candidates,
+                          finetune_best_epoch=job.finetune_best_epoch,
                           # The budgets are points on this predictor's own scale, fitted
                           # minutes ago: scaling its predictions would move them.
                           drift_tolerance=None, train_device=job.train_device)

@@ -4,7 +4,10 @@ For a trained run: each sub-network is distilled from the teacher (as `hwnas exp
 --finetune-epochs` does) with each schedule, then scored on the whole dev and test splits.
 Prints one row per (sub-network, schedule): dev and test scores, and each split's difference
 from the teacher on the same examples in points with its paired-bootstrap 95% interval
-(``nas.stats.compare_with``). Finished fine-tunings under --out are reused.
+(``nas.stats.compare_with``), and the dev distillation loss (the training loss on dev: what
+--best-epoch selects on). With --best-epoch each fine-tuning keeps its epoch with the lowest dev
+loss (``supernet.train.BestEpoch``) and the row says which. Finished fine-tunings under --out
+are reused.
 
     .venv/bin/python scripts/finetune_check.py runs/bench/rt \
         --subnet runs/bench/rt/bench/export_3x_ft/subnet.json --recipe 2:5e-5 --recipe 3:2e-4
@@ -21,6 +24,8 @@ import json
 import time
 from pathlib import Path
 
+import torch
+
 from nas.stats import compare_with
 from supernet.checkpoint import load_model
 from supernet.evaluate import predict, scores
@@ -30,6 +35,9 @@ from supernet.train import (
     distill_split,
     finetune_folder,
     finetune_subnet,
+    kd_loss,
+    labeled_ce,
+    selected_epoch,
     teacher_logits,
 )
 from supernet.workflow import LoadedRun, open_run, with_unlabeled
@@ -51,6 +59,9 @@ def main() -> None:
     p.add_argument("--unlabeled", type=int, default=None,
                    help="distil on the train split plus this many of the task's unlabeled texts (default: as the run)")
     p.add_argument("--out", default=None, help="where the fine-tunings go (default RUN/finetune_check)")
+    p.add_argument("--best-epoch", action="store_true",
+                   help="keep each fine-tuning's epoch with the lowest dev distillation loss (as hwnas export "
+                   "--finetune-best-epoch)")
     a = p.parse_args()
     run = open_run(a.run)
     run = with_unlabeled(run, a.unlabeled)
@@ -69,10 +80,19 @@ def main() -> None:
             epochs, lr, layer_weight = (float(x) for x in (recipe + ":0").split(":")[:3])
             stage = StageConfig(epochs=epochs, lr=lr)
             t0 = time.time()
-            model, trained = finetune_subnet(run.supernet, teacher, cfg, distill_split(run.splits),
-                                             finetune_folder(out, cfg, stage, layer_weight), run.spec.train, stage,
-                                             targets=targets, layer_weight=layer_weight, progress=False)
+            folder = finetune_folder(out, cfg, stage, layer_weight, best_epoch=a.best_epoch)
+            model, trained = finetune_subnet(run.supernet, teacher, cfg, distill_split(run.splits), folder,
+                                             run.spec.train, stage, targets=targets, layer_weight=layer_weight,
+                                             progress=False, select=run.splits["dev"] if a.best_epoch else None)
             how = f"{time.time() - t0:.0f} s" if trained else "reused"
+            kept = selected_epoch(folder)
+            if kept:
+                how += (f"; epoch {kept['best_epoch']} kept, dev loss by epoch "
+                        + " ".join(f"{v:.4f}" for v in kept["dev_loss"].values()))
+            dev_logits = torch.from_numpy(predict(model, run.splits["dev"]))
+            dev_loss = float(kd_loss(dev_logits, torch.from_numpy(reference["dev"]), run.spec.train.temperature)
+                             + labeled_ce(dev_logits, torch.tensor(run.splits["dev"].labels, dtype=torch.long)))
+            how = f"dev loss {dev_loss:.4f}; {how}"
             got = []
             for s in ("dev", "test"):
                 logits, labels = predict(model, run.splits[s]), run.splits[s].labels

@@ -291,7 +291,11 @@ class StageRunner:
         self.total = max(1, math.ceil(stage.epochs * self.steps_per_epoch))
         check_shareable(len(train), cfg.batch_size, ranks.world)
 
-    def run(self, step_fn: Callable[[dict[str, torch.Tensor], int], dict[str, float]]) -> None:
+    def run(self, step_fn: Callable[[dict[str, torch.Tensor], int], dict[str, float]],
+            on_epoch: Callable[[int], None] | None = None) -> None:
+        """Train to the stage's last step. ``on_epoch(k)`` runs after each whole epoch ``k``
+        (1, 2, ...), before that step's checkpoint: whatever it writes is on disk before the
+        checkpoint that would skip it on a resume."""
         opt, sched = _optimizer(self.model, self.stage, self.total)
         step = self._restore(opt, sched)
         self.model.train()
@@ -328,6 +332,9 @@ class StageRunner:
                     bar.set_postfix(loss=f"{losses['loss']:.4f}")
                     self.log.add(stage=self.name, step=step, epoch=step / self.steps_per_epoch,
                                  lr=sched.get_last_lr()[0], elapsed_s=time.time() - t0, **losses)
+                if on_epoch is not None and step % self.steps_per_epoch == 0:
+                    on_epoch(step // self.steps_per_epoch)
+                    self.model.train()
                 if step % self.cfg.checkpoint_every == 0 or step == self.total:
                     self._save(opt, sched, step)
                 if self.stop_after is not None and step >= self.stop_after:
@@ -576,12 +583,14 @@ def teacher_logits(teacher: ElasticBert, train: Encoded, batch_size: int = 64) -
 
 
 def finetune_folder(base: str | Path, cfg: SubnetConfig, stage: StageConfig, layer_weight: float = 0.0,
-                    unlabeled: int = 0) -> Path:
+                    unlabeled: int = 0, best_epoch: bool = False) -> Path:
     """Where the fine-tuning of ``cfg`` with ``stage``'s settings (and ``unlabeled`` texts
-    besides the train split) lives under ``base``."""
+    besides the train split; ``best_epoch``: the epoch kept on dev, ``BestEpoch``) lives
+    under ``base``."""
     lw = f"_lw{layer_weight:g}" if layer_weight > 0 else ""
     un = f"_u{unlabeled}" if unlabeled > 0 else ""
-    return Path(base) / f"finetune_{cfg.key()}_e{stage.epochs:g}_lr{stage.lr:g}{lw}{un}"
+    best = "_best" if best_epoch else ""
+    return Path(base) / f"finetune_{cfg.key()}_e{stage.epochs:g}_lr{stage.lr:g}{lw}{un}{best}"
 
 
 def weights_sha1(model: torch.nn.Module) -> str:
@@ -607,6 +616,7 @@ def finetune_subnet(
     progress: bool = True,
     stop_after: int | None = None,
     device: str | torch.device = "cpu",
+    select: Encoded | None = None,
 ) -> tuple[ElasticBert, bool]:
     """Distil ``teacher`` into the extracted sub-network ``cfg`` (HAT's retraining step).
 
@@ -622,6 +632,9 @@ def finetune_subnet(
     came from), at the cost of a teacher forward per step. ``device``: where it trains (the
     sub-network, the batches, the teacher's logits, and for ``layer_weight`` the teacher,
     moved there in place); the model comes back on the CPU, as a finished one is loaded.
+    ``select`` (the dev split): after every epoch the same loss is computed on it, and the
+    epoch where it is lowest is the model returned (``BestEpoch``: early stopping on held-out
+    distillation loss, which varies less than held-out accuracy on a small dev split).
     """
     from supernet.checkpoint import read_meta
     from supernet.extract import extract
@@ -637,6 +650,8 @@ def finetune_subnet(
     check_number(layer_weight, "layer_weight", 0.0)
     if layer_weight > 0:  # recorded only when used: folders written before it stay valid
         settings["layer_weight"] = layer_weight
+    if select is not None:  # likewise
+        settings["select_epoch_on"] = {"examples": len(select), "loss": "distillation + labels"}
     plan = out / "finetune.json"
     if plan.exists() and json.loads(plan.read_text()) != settings:
         raise CheckpointError(f"{out} holds a fine-tuning with other settings ({plan}); delete it or use another folder")
@@ -671,7 +686,68 @@ def finetune_subnet(
         loss.backward()
         return {"loss": loss.item(), **parts}
 
-    runner.run(step_fn)
+    best = BestEpoch(out, model, teacher, select, train_cfg.temperature) if select is not None else None
+    runner.run(step_fn, best)
+    if best is not None:
+        best.restore()
     save_model(model.cpu().eval(), out, settings)
     shutil.rmtree(out / "checkpoint", ignore_errors=True)
     return model, True
+
+
+class BestEpoch:
+    """Early stopping on a held-out split for a fine-tuning: called after each epoch, it
+    scores the model on ``held`` with the training loss (distillation from the teacher's
+    logits at ``temperature`` plus cross-entropy on the labels) and keeps the weights of the
+    lowest. ``folder/epochs.json`` holds every epoch's loss and the best epoch, written after
+    that epoch's weights (``folder/best_epoch_K``), so a crash leaves it naming weights that
+    exist; an interrupted fine-tuning resumes with it."""
+
+    def __init__(self, folder: Path, model: ElasticBert, teacher: ElasticBert, held: Encoded,
+                 temperature: float) -> None:
+        from supernet.evaluate import predict
+
+        self.folder, self.model, self.held, self.temperature = folder, model, held, temperature
+        self.teacher = torch.from_numpy(predict(teacher, held))
+        self.labels = torch.tensor(held.labels, dtype=torch.long)
+        self.path = folder / "epochs.json"
+
+    def state(self) -> dict[str, Any]:
+        if not self.path.exists():
+            return {"dev_loss": {}, "best_epoch": None}
+        return dict(read_json(self.path, "the fine-tuning's epoch losses"))
+
+    def loss(self) -> float:
+        from supernet.evaluate import predict
+
+        with torch.no_grad():
+            logits = torch.from_numpy(predict(self.model, self.held))
+            return float(kd_loss(logits, self.teacher, self.temperature) + labeled_ce(logits, self.labels))
+
+    def __call__(self, epoch: int) -> None:
+        state, loss = self.state(), self.loss()
+        state["dev_loss"][str(epoch)] = loss
+        best = state["best_epoch"]
+        if best is None or loss < state["dev_loss"][str(best)]:
+            save_model(self.model, self.folder / f"best_epoch_{epoch}", {"epoch": epoch, "dev_loss": loss})
+            state["best_epoch"] = epoch
+        write_json(self.path, state)
+        for old in self.folder.glob("best_epoch_*"):
+            if old.name != f"best_epoch_{state['best_epoch']}":
+                shutil.rmtree(old, ignore_errors=True)
+
+    def restore(self) -> None:
+        """Load the best epoch's weights into the model and remove the copy."""
+        best = self.state()["best_epoch"]
+        if best is None:
+            return
+        folder = self.folder / f"best_epoch_{best}"
+        self.model.load_state_dict(load_model(folder).state_dict())
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def selected_epoch(folder: str | Path) -> dict[str, Any] | None:
+    """A finished fine-tuning's held-out loss per epoch and the epoch kept (``BestEpoch``);
+    None when it was not selected on a held-out split."""
+    path = Path(folder) / "epochs.json"
+    return dict(read_json(path, "the fine-tuning's epoch losses")) if path.exists() else None

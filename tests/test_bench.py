@@ -214,7 +214,8 @@ def test_bench_settings_reach_the_config(job: Path, tmp_path: Path, bench_config
     seen = bench_configs
     with pytest.raises(SystemExit):
         main(["bench", "--run", str(job), "--out", str(tmp_path), "--budgets", "0.25,0.5", "--front-points", "4",
-              "--dev-subset", "0", "--n", "7", "--finetune-candidates", "2", "--retimes", "3"])
+              "--dev-subset", "0", "--n", "7", "--finetune-candidates", "2", "--retimes", "3",
+              "--finetune-best-epoch"])
     cfg = seen[0]
     assert cfg.budget_fractions == (0.25, 0.5) and cfg.front_points == 4 and cfg.dev_subset is None
-    assert cfg.n_evaluations == 7 and cfg.finetune_candidates == 2 and cfg.retimes == 3
+    assert cfg.n_evaluations == 7 and cfg.finetune_candidates == 2 and cfg.retimes == 3 and cfg.finetune_best_epoch

@@ -188,6 +188,26 @@ def test_export_finetunes_on_unlabeled_text_too(job: Path, tmp_path: Path, capsy
     assert "--finetune-unlabeled" in capsys.readouterr().err and not (out / "bad").exists()
 
 
+def test_export_keeps_the_best_epoch_on_dev_when_asked(job: Path, tmp_path: Path) -> None:
+    """`--finetune-best-epoch`: each candidate's epochs are scored on dev, the report says which
+    was kept and gives every epoch's loss; the fine-tuning has its own folder."""
+    from supernet.space import SubnetConfig
+    from supernet.train import StageConfig, finetune_folder
+
+    out = tmp_path / "best"
+    assert main(["export", "--run", str(job), "--device", "cpu", "--budget-ms", "1000", "--out", str(out), "--n", "5",
+                 "--finetune-epochs", "2", "--finetune-lr", "1e-3", "--finetune-candidates", "1",
+                 "--finetune-best-epoch", "--quiet"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    (row,) = report["finetune_candidates"]
+    losses = {int(k): v for k, v in row["dev_loss_by_epoch"].items()}
+    assert sorted(losses) == [1, 2] and row["epoch_kept"] == min(losses, key=losses.__getitem__)
+    assert report["finetuned"]["best_epoch"] and report["finetuned"]["epoch_kept"] == row["epoch_kept"]
+    folder = finetune_folder(out, SubnetConfig.from_dict(report["subnet"]), StageConfig(epochs=2, lr=1e-3),
+                             best_epoch=True)
+    assert folder.name.endswith("_best") and (folder / "epochs.json").exists()
+
+
 def test_finetuning_lowers_its_objective_and_resumes(job: Path, tmp_path: Path) -> None:
     import dataclasses
 
@@ -239,6 +259,77 @@ def test_finetuning_lowers_its_objective_and_resumes(job: Path, tmp_path: Path) 
         tune("b", st=StageConfig(epochs=1, lr=1e-3))
     with pytest.raises(ConfigError, match="epochs > 0"):
         tune("c", st=StageConfig(epochs=0, lr=1e-3))
+
+
+def test_finetuning_keeps_the_epoch_with_the_lowest_dev_loss_and_resumes(job: Path, tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """``select``: after each epoch the training loss is scored on dev; the epoch where it is
+    lowest is what comes back (not the last), its losses are recorded, the copies are cleaned
+    up, and an interrupted fine-tuning resumes to the same weights."""
+    import dataclasses
+
+    import torch.nn.functional as F
+
+    import supernet.train as tr
+    from supernet.checkpoint import load_model
+    from supernet.evaluate import predict
+    from supernet.train import (
+        BestEpoch,
+        Interrupted,
+        StageConfig,
+        finetune_folder,
+        finetune_subnet,
+        selected_epoch,
+    )
+    from supernet.workflow import open_run
+
+    run = open_run(job)
+    train, dev = run.splits["train"], run.splits["dev"]
+    teacher = load_model(job / "teacher")
+    cfg = run.space.uniform(width=0.5, depth=0.75)
+    stage = StageConfig(epochs=3, lr=1e-3)
+    spec = dataclasses.replace(run.spec.train, batch_size=8, checkpoint_every=3)
+    assert finetune_folder(tmp_path, cfg, stage, best_epoch=True).name.endswith("_best")
+
+    # The real loss: the returned model's dev loss is the lowest recorded, at the epoch named.
+    model, trained = finetune_subnet(run.supernet, teacher, cfg, train, tmp_path / "real", spec, stage,
+                                     progress=False, select=dev)
+    kept = selected_epoch(tmp_path / "real")
+    assert trained and kept is not None and list(kept["dev_loss"]) == ["1", "2", "3"]
+    losses = {int(k): v for k, v in kept["dev_loss"].items()}
+    assert kept["best_epoch"] == min(losses, key=losses.__getitem__)
+    logits = torch.as_tensor(predict(model, dev))
+    got = float(tr.kd_loss(logits, torch.as_tensor(predict(teacher, dev)), spec.temperature)
+                + F.cross_entropy(logits, torch.as_tensor(dev.labels, dtype=torch.long)))
+    assert got == pytest.approx(losses[kept["best_epoch"]], rel=1e-4)
+    assert not list((tmp_path / "real").glob("best_epoch_*")) and selected_epoch(tmp_path / "x") is None
+
+    # Scripted losses: epoch 2 is the best, so epoch 2's weights come back, not epoch 3's.
+    snapshots: dict[int, dict[str, torch.Tensor]] = {}
+    scripted = {1: 0.5, 2: 0.3, 3: 0.4}
+    real_call = BestEpoch.__call__
+
+    def record(self: BestEpoch, epoch: int) -> None:
+        snapshots[epoch] = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        real_call(self, epoch)
+
+    monkeypatch.setattr(BestEpoch, "__call__", record)
+    monkeypatch.setattr(BestEpoch, "loss", lambda self: scripted[len(self.state()["dev_loss"]) + 1])
+    second, _ = finetune_subnet(run.supernet, teacher, cfg, train, tmp_path / "s", spec, stage, progress=False,
+                                select=dev)
+    assert selected_epoch(tmp_path / "s") == {"dev_loss": {"1": 0.5, "2": 0.3, "3": 0.4}, "best_epoch": 2}
+    state = second.state_dict()
+    assert all(torch.equal(state[k], snapshots[2][k]) for k in state)
+    assert not all(torch.equal(state[k], snapshots[3][k]) for k in state)
+    # Stopped in epoch 3 (after epoch 2's best was kept) and resumed: the same result.
+    with pytest.raises(Interrupted):
+        finetune_subnet(run.supernet, teacher, cfg, train, tmp_path / "r", spec, stage, progress=False, select=dev,
+                        stop_after=20)
+    assert (tmp_path / "r" / "best_epoch_2").is_dir()
+    resumed, trained = finetune_subnet(run.supernet, teacher, cfg, train, tmp_path / "r", spec, stage,
+                                       progress=False, select=dev)
+    assert trained and selected_epoch(tmp_path / "r") == selected_epoch(tmp_path / "s")
+    assert all(torch.allclose(resumed.state_dict()[k], state[k], atol=1e-6) for k in state)
 
 
 def test_search_precision_labels_its_cache_and_scores_like_fp32(job: Path) -> None:
