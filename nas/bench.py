@@ -456,6 +456,9 @@ def _compliance(run: LoadedRun, target: Target, acc: DevAccuracy, cfg: BenchConf
             "fallbacks": next((i for i, st in enumerate(last) if st.get("taken")), 0),
             # The full model now / at the sweep's start: how much the machine moved meanwhile.
             "machine_drift": full_again / full_ms,
+            # The budget as the share of the full model it was set at, judged in the fresh
+            # timing itself: what holds however fast the machine runs that minute.
+            "fresh_share": again / full_again, "share_meets": again / full_again <= f,
             "speedup": full_again / again,
             "flops_ratio": r["full_model_flops"] / r["flops"], "realized_over_ideal": (full_again / again) / (r["full_model_flops"] / r["flops"]),
             "acc_test": r["test_accuracy"], "error": "",
@@ -635,6 +638,7 @@ def _page(run: LoadedRun, target: Target, cfg: BenchConfig, table: pd.DataFrame,
         "n_configs": r["n_configs"]} for d, r in fits.items()])
     comp_share = float(ok["fresh_meets"].mean()) if len(ok) else float("nan")
     first_share = float(ok["first_pick_meets"].mean()) if len(ok) else float("nan")
+    rel_share = float(ok["share_meets"].mean()) if len(ok) and "share_meets" in ok else float("nan")
     rio = float(ok["realized_over_ideal"].median()) if len(ok) else float("nan")
     use = float(ok["budget_use"].median()) if len(ok) and "budget_use" in ok else float("nan")
     best_other = max(((v, m) for m, v in hv_test.items() if m != "ours"), default=(float("nan"), ""))
@@ -655,7 +659,8 @@ def _page(run: LoadedRun, target: Target, cfg: BenchConfig, table: pd.DataFrame,
                                         f"MAPE {r['mape'] - 0.05:.1%} over" if r["mape"] > 0.05 else "") if x)}
           for r in fit_rows.to_dict("records") for d in [r["device"]]],
         {"target": "budget compliance >= 95% (fresh re-measurement)", "measured": f"{comp_share:.0%} "
-         f"(first pick before any step-down: {first_share:.0%})", "met": comp_share >= 0.95,
+         f"(first pick before any step-down: {first_share:.0%}; as a share of the full model timed with it: "
+         f"{rel_share:.0%})", "met": comp_share >= 0.95,
          "gap": "" if comp_share >= 0.95 else f"{0.95 - comp_share:.0%} short"},
         {"target": "budget use >= 0.9 (median fresh measured / budget)", "measured": f"{use:.2f}", "met": use >= 0.9,
          "gap": "" if use >= 0.9 else f"{0.9 - use:.2f} short"},
@@ -745,7 +750,9 @@ budget when re-measured; `fresh_meets`: the exported sub-network, re-measured ag
 fresh measurement / the budget; `step_ups`: the more accurate candidates measured when the pick left more than 10% of the
 budget unused; `confirmed`: the export's last timing of its pick, just before writing, met the budget (`fallbacks`: how
 many of its picks missed in that timing before one met it); `machine_drift`: the full model timed with the fresh
-measurement / timed at the sweep's start (above 1: the machine got slower meanwhile). Realized / ideal = measured speed-up / FLOPs ratio.
+measurement / timed at the sweep's start (above 1: the machine got slower meanwhile); `fresh_share` / `share_meets`: the
+fresh measurement / the full model's in the same timing, and whether that is within the budget's `fraction` (compliance
+as a speed-up, whatever the machine's speed that minute). Realized / ideal = measured speed-up / FLOPs ratio.
 {_md(comp.drop(columns=[c for c in ('error',) if c in comp and (comp[c] == '').all()]))}
 
 ## 7. Cost

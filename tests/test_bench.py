@@ -191,6 +191,7 @@ def test_budget_sweep_exports_and_remeasures(job: Path, tmp_path: Path, monkeypa
     assert (comp["step_ups"] >= 0).all() and (comp["step_downs"] >= 0).all()
     # Budgets far above the full model: the last timing before writing keeps every pick.
     assert comp["confirmed"].all() and (comp["fallbacks"] == 0).all() and (comp["machine_drift"] > 0).all()
+    assert np.allclose(comp["fresh_share"], 1 / comp["speedup"]) and comp["share_meets"].all()
     assert "budget use >= 0.9" in (tmp_path / "bench_rt_cpu.md").read_text()
 
 
