@@ -300,7 +300,7 @@ def test_finetuning_keeps_the_epoch_with_the_lowest_dev_loss_and_resumes(job: Pa
     assert kept["best_epoch"] == min(losses, key=losses.__getitem__)
     logits = torch.as_tensor(predict(model, dev))
     got = float(tr.kd_loss(logits, torch.as_tensor(predict(teacher, dev)), spec.temperature)
-                + F.cross_entropy(logits, torch.as_tensor(dev.labels, dtype=torch.long)))
+                + F.cross_entropy(logits, torch.tensor(dev.labels, dtype=torch.long)))
     assert got == pytest.approx(losses[kept["best_epoch"]], rel=1e-4)
     assert not list((tmp_path / "real").glob("best_epoch_*")) and selected_epoch(tmp_path / "x") is None
 
