@@ -485,14 +485,11 @@ def finetune_best(run: LoadedRun, teacher: ElasticBert, pool: list[tuple[Candida
     models, rows = [], []
     for cand, ms in pool:
         t0 = time.time()
-        model, trained = finetune_subnet(run.supernet, teacher, cand.config, distill_split(run.splits),
-                                         finetune_folder(out, cand.config, stage, unlabeled=run.spec.train.unlabeled,
-                                                         best_epoch=best_epoch),
-                                         run.spec.train, stage,
-                                         targets=targets, progress=progress, device=device,
+        folder = finetune_folder(out, cand.config, stage, unlabeled=run.spec.train.unlabeled, best_epoch=best_epoch)
+        model, trained = finetune_subnet(run.supernet, teacher, cand.config, distill_split(run.splits), folder,
+                                         run.spec.train, stage, targets=targets, progress=progress, device=device,
                                          select=run.splits["dev"] if best_epoch else None)
-        kept = selected_epoch(finetune_folder(out, cand.config, stage, unlabeled=run.spec.train.unlabeled,
-                                              best_epoch=best_epoch))
+        kept = selected_epoch(folder)
         model.eval()
         models.append(model)
         deployed = deployed_logits(model, cand.config.precision, batch=batch)  # int8: exported once for both splits

@@ -34,9 +34,8 @@ from supernet.train import (
     StageConfig,
     distill_split,
     finetune_folder,
+    finetune_loss,
     finetune_subnet,
-    kd_loss,
-    labeled_ce,
     selected_epoch,
     teacher_logits,
 )
@@ -89,15 +88,16 @@ def main() -> None:
             if kept:
                 how += (f"; epoch {kept['best_epoch']} kept, dev loss by epoch "
                         + " ".join(f"{v:.4f}" for v in kept["dev_loss"].values()))
-            dev_logits = torch.from_numpy(predict(model, run.splits["dev"]))
-            dev_loss = float(kd_loss(dev_logits, torch.from_numpy(reference["dev"]), run.spec.train.temperature)
-                             + labeled_ce(dev_logits, torch.tensor(run.splits["dev"].labels, dtype=torch.long)))
+            logits = {s: predict(model, run.splits[s]) for s in ("dev", "test")}
+            dev_loss = float(finetune_loss(torch.from_numpy(logits["dev"]), torch.from_numpy(reference["dev"]),
+                                           torch.tensor(run.splits["dev"].labels, dtype=torch.long),
+                                           run.spec.train.temperature))
             how = f"dev loss {dev_loss:.4f}; {how}"
             got = []
             for s in ("dev", "test"):
-                logits, labels = predict(model, run.splits[s]), run.splits[s].labels
-                c = compare_with(reference[s], logits, labels, metric=metric)
-                got.append(f"{s} {scores(logits, labels)[metric]:.4f} ({c['diff_points']:+.2f} points, "
+                labels = run.splits[s].labels
+                c = compare_with(reference[s], logits[s], labels, metric=metric)
+                got.append(f"{s} {scores(logits[s], labels)[metric]:.4f} ({c['diff_points']:+.2f} points, "
                            f"{c['ci95_low']:+.2f} to {c['ci95_high']:+.2f})")
             print(f"  {epochs:g} epochs, lr {lr:g}, layer weight {layer_weight:g}: {', '.join(got)} ({how})", flush=True)
 

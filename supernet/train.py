@@ -226,6 +226,14 @@ def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) ->
     ) * (t * t)
 
 
+def finetune_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor,
+                  temperature: float) -> torch.Tensor:
+    """A fine-tuning's loss on some examples: distillation from the teacher's logits plus
+    cross-entropy on the labeled ones (``finetune_subnet`` trains on it, ``BestEpoch`` scores
+    dev with it)."""
+    return kd_loss(student, teacher, temperature) + labeled_ce(student, labels)
+
+
 def layer_loss(student: EncoderOutput, teacher: EncoderOutput) -> torch.Tensor:
     """Layer-wise hidden-state distillation (TinyBERT / DynaBERT): the mean, over the
     student's layer states (its embeddings and every layer it runs), of the mean squared error
@@ -674,8 +682,7 @@ def finetune_subnet(
     def step_fn(batch: dict[str, torch.Tensor], step: int) -> dict[str, float]:
         args = (batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
         out = model(*args, states=layers)
-        loss = kd_loss(out.logits, logits[batch["index"]], train_cfg.temperature)
-        loss = loss + labeled_ce(out.logits, batch["labels"])
+        loss = finetune_loss(out.logits, logits[batch["index"]], batch["labels"], train_cfg.temperature)
         parts = {}
         if layers:
             with torch.no_grad():
@@ -695,6 +702,9 @@ def finetune_subnet(
     return model, True
 
 
+EPOCHS_FILE = "epochs.json"  # a fine-tuning folder's epoch losses and the epoch kept (``BestEpoch``)
+
+
 class BestEpoch:
     """Early stopping on a held-out split for a fine-tuning: called after each epoch, it
     scores the model on ``held`` with the training loss (distillation from the teacher's
@@ -710,19 +720,17 @@ class BestEpoch:
         self.folder, self.model, self.held, self.temperature = folder, model, held, temperature
         self.teacher = torch.from_numpy(predict(teacher, held))
         self.labels = torch.tensor(held.labels, dtype=torch.long)
-        self.path = folder / "epochs.json"
+        self.path = folder / EPOCHS_FILE
 
     def state(self) -> dict[str, Any]:
-        if not self.path.exists():
-            return {"dev_loss": {}, "best_epoch": None}
-        return dict(read_json(self.path, "the fine-tuning's epoch losses"))
+        return selected_epoch(self.folder) or {"dev_loss": {}, "best_epoch": None}
 
     def loss(self) -> float:
         from supernet.evaluate import predict
 
         with torch.no_grad():
-            logits = torch.from_numpy(predict(self.model, self.held))
-            return float(kd_loss(logits, self.teacher, self.temperature) + labeled_ce(logits, self.labels))
+            return float(finetune_loss(torch.from_numpy(predict(self.model, self.held)), self.teacher, self.labels,
+                                       self.temperature))
 
     def __call__(self, epoch: int) -> None:
         state, loss = self.state(), self.loss()
@@ -749,5 +757,5 @@ class BestEpoch:
 def selected_epoch(folder: str | Path) -> dict[str, Any] | None:
     """A finished fine-tuning's held-out loss per epoch and the epoch kept (``BestEpoch``);
     None when it was not selected on a held-out split."""
-    path = Path(folder) / "epochs.json"
+    path = Path(folder) / EPOCHS_FILE
     return dict(read_json(path, "the fine-tuning's epoch losses")) if path.exists() else None
