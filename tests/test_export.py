@@ -37,15 +37,25 @@ def cfg(heads: int, layers: int = 4) -> SubnetConfig:
 
 
 class FakeTimer:
-    """Measured latency (ms) by configuration key; the full model at ``full_ms``. Records
-    every call, so a test can say what was timed."""
+    """Measured latency (ms) by configuration key (a list: one value per timing, in turn, the
+    last repeated); the full model at ``full_ms``. Records every call, so a test can say what
+    was timed."""
 
-    def __init__(self, ms: dict[str, float], full_ms: float = 10.0) -> None:
+    def __init__(self, ms: dict[str, float | list[float]], full_ms: float = 10.0) -> None:
         self.ms, self.full_ms, self.calls = ms, full_ms, []
+        self.seen: dict[str, int] = {}
 
     def measure(self, configs: Sequence[SubnetConfig], *, rounds: int = 3) -> Measured:
         self.calls.append([c.key() for c in configs])
-        return Measured([self.ms[c.key()] for c in configs], self.full_ms)
+        return Measured([self._next(c.key()) for c in configs], self.full_ms)
+
+    def _next(self, key: str) -> float:
+        got = self.ms[key]
+        if not isinstance(got, list):
+            return got
+        i = self.seen.get(key, 0)
+        self.seen[key] = i + 1
+        return got[min(i, len(got) - 1)]
 
 
 class FakeLatency:
@@ -192,7 +202,7 @@ def test_an_unused_budget_steps_up_to_a_more_accurate_sub_network_that_measures_
     got = step_up(verified, 4.0, relaxed, timer, dev, finalists=5)  # type: ignore[arg-type]
     assert scales == [pytest.approx(2.0 / 3.3)]  # the margin shrunk to what was measured
     # Most accurate on the whole dev split first; the two that miss 4 ms are passed over.
-    assert timer.calls == [[cfg(4, 2).key(), cfg(3).key(), cfg(2).key()]]
+    assert timer.calls == [[cfg(4, 2).key(), cfg(3).key(), cfg(2).key()], [cfg(2).key()]]  # then timed again
     assert got.chosen is wide and got.measured_ms == 3.6
     assert [s.get("step") for s in got.steps[1:]] == ["up", "up", "up"]
     assert [s["meets_budget"] for s in got.steps[1:]] == [False, False, True]
@@ -214,7 +224,7 @@ def test_a_step_up_that_still_leaves_the_budget_unused_tries_again_from_its_own_
     got = step_up(verified, 5.0, relaxed, timer, dev, finalists=5)  # type: ignore[arg-type]
     # The second scale: the first (2.0 / 3.3) times mid's measured / its upper bound under it.
     assert scales == [pytest.approx(2.0 / 3.3), pytest.approx(2.0 / 3.3 * 3.0 / 3.3)]
-    assert timer.calls == [[cfg(2).key()], [cfg(3).key()]]
+    assert timer.calls == [[cfg(2).key()], [cfg(2).key()], [cfg(3).key()], [cfg(3).key()]]
     assert got.chosen is big and got.measured_ms == 4.7
     assert [s["scale"] for s in got.steps[1:]] == pytest.approx(scales)
     scales.clear()
@@ -224,6 +234,23 @@ def test_a_step_up_that_still_leaves_the_budget_unused_tries_again_from_its_own_
     scales.clear()
     edge = step_up(verified, 5.0, relaxed, FakeTimer({cfg(2).key(): 3.0, cfg(3).key(): 4.95}), dev)  # type: ignore[arg-type]
     assert edge.chosen is mid and edge.steps[-1]["meets_budget"] and not edge.steps[-1]["taken"]
+
+
+def test_a_step_up_is_taken_only_if_a_second_longer_timing_of_it_fits_too() -> None:
+    chosen = cand(cfg(1), 0.70, 3.0)  # measured 2.0 under a 4 ms budget
+    verified = Verified(chosen, 2.0, 10.0, [{"arch_key": cfg(1).key()}])
+    wider, wide = cand(cfg(3), 0.76, 5.0), cand(cfg(2), 0.74, 4.5)
+    dev = DevScores({cfg(1).key(): 0.70, cfg(2).key(): 0.75, cfg(3).key(): 0.77})
+    # The more accurate one timed lucky (3.7 ms), then 4.2 alone: passed over for the next.
+    timer = FakeTimer({cfg(3).key(): [3.7, 4.2], cfg(2).key(): [3.3, 3.5]})
+    got = step_up(verified, 4.0, lambda s: [chosen, wider, wide], timer, dev, tries=1)  # type: ignore[arg-type]
+    assert timer.calls == [[cfg(3).key(), cfg(2).key()], [cfg(3).key()], [cfg(2).key()]]
+    assert got.chosen is wide and got.measured_ms == 3.5  # the higher of its two timings
+    assert [(s["recheck_ms"], s["taken"]) for s in got.steps[1:]] == [(4.2, False), (3.5, True)]
+    # Neither holds on the second look: the old pick stays.
+    timer = FakeTimer({cfg(3).key(): [3.7, 4.2], cfg(2).key(): [3.3, 3.9]})
+    kept = step_up(verified, 4.0, lambda s: [chosen, wider, wide], timer, dev, tries=1)  # type: ignore[arg-type]
+    assert kept.chosen is chosen and kept.measured_ms == 2.0 and not any(s["taken"] for s in kept.steps[1:])
 
 
 def test_measured_sub_networks_that_met_the_budget_are_kept_as_fall_backs() -> None:
