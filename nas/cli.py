@@ -924,9 +924,11 @@ def cmd_export(a: argparse.Namespace) -> int:
         print(f"  WARNING: timed again before writing, nothing met {r['budget_ms']:g} ms ({r['device']} is slower now "
               "than when the pick was measured); the pick stands on its earlier timing. Re-run, or re-measure and refit")
     speed = f"{r['speedup']:.2f}x" if r["speedup"] else "not re-measured here"
+    tested = (f"{r['finetuned']['test_accuracy']:.4f} fine-tuned ({r['test_accuracy']:.4f} with the supernet's weights)"
+              if r["finetuned"] else f"{r['test_accuracy']:.4f}")
     print(f"{r['device']} under {r['budget_ms']:g} ms ({target.describe()}): {r['arch']}\n"
           f"  measured {r['measured_latency_ms']:.2f} ms vs full "
-          f"{r['full_model_latency_ms']:.2f} ms ({speed}); test {r['metric']} {r['test_accuracy']:.4f} vs full model "
+          f"{r['full_model_latency_ms']:.2f} ms ({speed}); test {r['metric']} {tested} vs full model "
           f"{r['full_model_test_accuracy']:.4f}\n  wrote {a.out}/model.onnx (config.json and tokenizer beside it), "
           f"hf/{' (remote code)' if r['hf_remote_code'] else ''}, pytorch/, subnet.json, report.json, README.md")
     for name, v in r["vs_teacher"].items():

@@ -136,9 +136,12 @@ def test_export_with_finetuning(job: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "ft"
     assert main(["export", "--run", str(job), "--device", "cpu", "--budget-ms", "1000", "--out", str(out), "--n", "5",
                  "--finetune-epochs", "2", "--finetune-lr", "1e-3", "--quiet"]) == 0
-    assert "fine-tuned 2 epochs" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "fine-tuned 2 epochs" in printed
     report = json.loads((out / "report.json").read_text())
     ft = report["finetuned"]
+    # The summary line gives the written (fine-tuned) model's score first.
+    assert f"test {report['metric']} {ft['test_accuracy']:.4f} fine-tuned ({report['test_accuracy']:.4f}" in printed
     assert ft["epochs"] == 2 and 0 <= ft["test_accuracy"] <= 1 and 0 <= ft["dev_accuracy"] <= 1
     run = open_run(job)
     cfg = SubnetConfig.from_dict(report["subnet"])
