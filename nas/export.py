@@ -317,6 +317,11 @@ def verify_on_device(ranked: list[Candidate], history: list[Candidate], budget_m
     return Verified(chosen, chosen_ms, full_ms, steps, tuple((c, ms) for c, ms in met if c is not chosen))
 
 
+# Rounds of a timing that a choice rests on (a step up's second look, the timings just before
+# writing): more than a search's few, since nothing checks it again afterwards.
+FRESH_ROUNDS = 5
+
+
 def step_up(verified: Verified, budget_ms: float, relaxed_search: Callable[[float], list[Candidate]],
             timer: Timer | None, accuracy: DevScore, *, below: float = 0.9, finalists: int = 5,
             rounds: int = 3, tries: int = 2, headroom: float = 0.95) -> Verified:
@@ -370,7 +375,7 @@ def _step_up_once(verified: Verified, budget_ms: float, relaxed_search: Callable
             continue
         # Of several candidates near the edge, the one that timed luckiest fits first (the
         # winner's curse): a second, longer timing of it alone must fit too.
-        again = timer.measure([cand.config], rounds=max(5, rounds))
+        again = timer.measure([cand.config], rounds=max(FRESH_ROUNDS, rounds))
         step["recheck_ms"] = again.ms[0]
         if again.ms[0] > edge:
             continue
@@ -394,7 +399,7 @@ class Confirmed:
 
 
 def confirm(options: list[tuple[Candidate, float]], budget_ms: float, timer: Timer | None, accuracy: DevScore,
-            *, rounds: int = 5, at_most: int = 4, dev: list[float] | None = None) -> Confirmed:
+            *, rounds: int = FRESH_ROUNDS, at_most: int = 4, dev: list[float] | None = None) -> Confirmed:
     """Time the pick once more just before it is written. ``options``: sub-networks that met
     the budget when measured (with that ms), the pick first, then its fall-backs, best first.
     The first ``at_most`` are timed again in ``rounds`` fresh interleaved rounds with the full
@@ -708,7 +713,7 @@ def choose_and_export(
             ft_rows = ft.rows
             # The fine-tuned best on dev, then the others as fall-backs (ties to the pool's order).
             order = sorted(range(len(pool)), key=lambda i: (-ft_rows[i]["dev_accuracy"], i))
-            final = confirm([pool[i] for i in order], budget.ms, timer, accuracy, rounds=max(5, cfg.rounds),
+            final = confirm([pool[i] for i in order], budget.ms, timer, accuracy, rounds=max(FRESH_ROUNDS, cfg.rounds),
                             dev=[ft_rows[i]["dev_accuracy"] for i in order])
             best = order[final.index]
             (chosen, chosen_ms), small = pool[best], ft.models[best]
@@ -718,7 +723,7 @@ def choose_and_export(
                      **{k: ft_rows[best][k] for k in ("wall_s", "reused", "dev_accuracy", "test_accuracy")}}
         else:
             final = confirm([(verified.chosen, verified.measured_ms), *verified.alternatives], budget.ms, timer,
-                            accuracy, rounds=max(5, cfg.rounds))
+                            accuracy, rounds=max(FRESH_ROUNDS, cfg.rounds))
             if final.index:
                 chosen = verified.alternatives[final.index - 1][0]
                 small = extract(run.supernet, chosen.config).eval()
@@ -730,7 +735,7 @@ def choose_and_export(
         ours_logits = written_logits(written["files"], small, precision, run.splits["test"], batch=target.batch)
         # At least 5 rounds: the headline speed-ups come from this one comparison (about 1 s a round).
         stock = (compare_with_stock(run, timer, written["files"], precision, ours_logits,
-                                    accuracy.test(run.space.largest()), rounds=max(5, cfg.rounds))
+                                    accuracy.test(run.space.largest()), rounds=max(FRESH_ROUNDS, cfg.rounds))
                  if cfg.baselines and isinstance(timer, DeviceTimer) else None)
     finally:
         if own_timer is not None:
