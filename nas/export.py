@@ -332,7 +332,8 @@ def step_up(verified: Verified, budget_ms: float, relaxed_search: Callable[[floa
     split are measured, best first; the first that measures within ``headroom`` of the budget
     replaces the chosen. Up to ``tries`` times while the chosen still leaves more than
     ``1 - below`` of the budget unused (the next search's scale from the new chosen's
-    measurement), stopping when a try finds nothing better that fits. A step up goes to the
+    measurement), stopping when a try finds nothing better that fits or the chosen measured at
+    or above its upper bound (nothing to relax). A step up goes to the
     edge of the budget, where the next timing can land over it (repeats of one sub-network
     spread by about 10% on a shared CPU): hence the ``headroom``; and the first of several near
     the edge to fit is often the one whose timing happened to be lowest, so it is timed again
@@ -358,6 +359,10 @@ def _step_up_once(verified: Verified, budget_ms: float, relaxed_search: Callable
     if timer is None or not verified.measured or verified.measured_ms >= below * budget_ms:
         return verified, base
     scale = base * verified.measured_ms / chosen.upper_ms
+    if scale >= base:
+        # It measured at or above its own upper bound: the margin kept nothing out, and a search
+        # under a larger scale can find even the smallest sub-network over the budget.
+        return verified, base
     tried = {s["arch_key"] for s in verified.steps}
     floor = accuracy.full_dev(chosen.config)
     pool = sorted((c for c in relaxed_search(scale) if c.feasible and c.config.key() not in tried),

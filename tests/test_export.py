@@ -308,6 +308,12 @@ def test_no_step_up_when_the_budget_is_used_or_nothing_is_more_accurate_or_off_t
     assert step_up(low, 4.0, relaxed, timer, dev).chosen is chosen  # type: ignore[arg-type]
     assert step_up(low, 4.0, relaxed, None, dev) is low  # type: ignore[arg-type]
     assert timer.calls == []  # nothing was worth timing
+    # Measured at or over its upper bound (3.3) yet under 90% of a 4 ms budget: the margin kept
+    # nothing out, so there is no relaxed search (under a scale > 1 it can find the budget impossible).
+    searched: list[float] = []
+    over = Verified(chosen, 3.4, 10.0, [])
+    assert step_up(over, 4.0, lambda s: searched.append(s) or [], timer, dev) is over  # type: ignore[arg-type, func-returns-value]
+    assert searched == [] and timer.calls == []
     with pytest.raises(ConfigError, match="step_up_below"):
         ExportConfig(budget_ms=1.0, step_up_below=1.5)
 
