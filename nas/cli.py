@@ -870,6 +870,7 @@ def register_export(sub: Subparsers) -> argparse.ArgumentParser:
 
 
 def cmd_export(a: argparse.Namespace) -> int:
+    from nas.card import written_test_score
     from nas.export import ExportConfig, choose_and_export
     from nas.objectives import DevAccuracy
     from nas.search import searcher_class
@@ -925,8 +926,8 @@ def cmd_export(a: argparse.Namespace) -> int:
         print(f"  WARNING: timed again before writing, nothing met {r['budget_ms']:g} ms ({r['device']} is slower now "
               "than when the pick was measured); the pick stands on its earlier timing. Re-run, or re-measure and refit")
     speed = f"{r['speedup']:.2f}x" if r["speedup"] else "not re-measured here"
-    tested = (f"{r['finetuned']['test_accuracy']:.4f} fine-tuned ({r['test_accuracy']:.4f} with the supernet's weights)"
-              if r["finetuned"] else f"{r['test_accuracy']:.4f}")
+    tested = f"{written_test_score(r):.4f}" + (
+        f" fine-tuned ({r['test_accuracy']:.4f} with the supernet's weights)" if r["finetuned"] else "")
     print(f"{r['device']} under {r['budget_ms']:g} ms ({target.describe()}): {r['arch']}\n"
           f"  measured {r['measured_latency_ms']:.2f} ms vs full "
           f"{r['full_model_latency_ms']:.2f} ms ({speed}); test {r['metric']} {tested} vs full model "

@@ -356,13 +356,12 @@ def _step_up_once(verified: Verified, budget_ms: float, relaxed_search: Callable
     """One try of ``step_up``; returns the result and the scale the chosen's predictions are
     now under."""
     chosen = verified.chosen
-    if timer is None or not verified.measured or verified.measured_ms >= below * budget_ms:
+    # Measured at or above its own upper bound, the margin kept nothing out: a search under a
+    # scale above 1 relaxes nothing and can find even the smallest sub-network over the budget.
+    if (timer is None or not verified.measured or verified.measured_ms >= below * budget_ms
+            or verified.measured_ms >= chosen.upper_ms):
         return verified, base
     scale = base * verified.measured_ms / chosen.upper_ms
-    if scale >= base:
-        # It measured at or above its own upper bound: the margin kept nothing out, and a search
-        # under a larger scale can find even the smallest sub-network over the budget.
-        return verified, base
     tried = {s["arch_key"] for s in verified.steps}
     floor = accuracy.full_dev(chosen.config)
     pool = sorted((c for c in relaxed_search(scale) if c.feasible and c.config.key() not in tried),
