@@ -295,7 +295,7 @@ def finetuned(run: LoadedRun, target: Target, table: pd.DataFrame, acc: DevAccur
                              "acc_test_before": r["test_accuracy"], "acc_dev_full": r["finetuned"]["dev_accuracy"],
                              "acc_test": r["finetuned"]["test_accuracy"], "length": r["length"],
                              "budget_ms": r["budget_ms"], "ft_candidates": json.dumps(r["finetune_candidates"]),
-                             **vs_columns(r["vs_teacher"]["ours"])})
+                             **vs_stock_columns(r), **vs_columns(r["vs_teacher"]["ours"])})
             continue
         front = table[table["method"] == method]
         seen: set[str] = set()
@@ -325,6 +325,15 @@ def finetuned(run: LoadedRun, target: Target, table: pd.DataFrame, acc: DevAccur
     if not rows:
         return pd.DataFrame(columns=[*table.columns, "acc_test_before"])
     return pd.DataFrame(rows)
+
+
+def vs_stock_columns(report: dict[str, Any]) -> dict[str, float]:
+    """An export's speed-ups against the stock deployments timed beside it (its report's
+    ``speedup_vs_stock``: the fastest stock fp32 deployment and stock INT8), as the front
+    table's columns; none when the export timed no stock model (off ONNX Runtime)."""
+    vs = report.get("speedup_vs_stock") or {}
+    names = {"speedup_vs_stock": "ours_vs_fastest_stock_fp32", "speedup_vs_stock_int8": "ours_vs_stock_int8"}
+    return {col: float(vs[key]) for col, key in names.items() if key in vs}
 
 
 def vs_columns(diff: dict[str, Any]) -> dict[str, float]:
@@ -729,9 +738,11 @@ that budget, the finalists re-ranked on dev and re-measured; the chosen one, the
 and the best candidates of the deepest other depths (up to {cfg.finetune_candidates} in all, each re-measured under the
 budget) are fine-tuned, and the best on dev is exported (its speed-up is the one
 measured in that export); `dynabert+ft` is the grid's most accurate (whole dev) point with a measured speed-up of at
-least s. Before and after; `vs_teacher_points`: test {run.task.metric} minus the teacher's on the same sentences,
+least s. `speedup_vs_stock` (fastest stock fp32) and `speedup_vs_stock_int8`: for `ours+ft` from the stock models
+timed beside it in its export, for the grid's from the fronts' run. Before and after; `vs_teacher_points`: test {run.task.metric} minus the teacher's on the same sentences,
 with its 95% interval (paired bootstrap; `ours+ft`: the exported model as deployed):
-{_md(ft[[c for c in ("method", "arch", "budget_ms", "speedup", "acc_test_before", "acc_dev_full", "acc_test",
+{_md(ft[[c for c in ("method", "arch", "budget_ms", "speedup", "speedup_vs_stock", "speedup_vs_stock_int8",
+                     "acc_test_before", "acc_dev_full", "acc_test",
                      "vs_teacher_points", "vs_teacher_ci95_low", "vs_teacher_ci95_high") if c in ft]])
  if len(ft) else "(none)"}
 

@@ -146,6 +146,10 @@ def test_budget_sweep_exports_and_remeasures(job: Path, tmp_path: Path, monkeypa
     assert report["weights"] == "fine-tuned" and ft["arch"].iloc[0] == report["arch"]
     assert ft["acc_test"].iloc[0] == report["finetuned"]["test_accuracy"] and ft["speedup"].iloc[0] == report["speedup"]
     assert ft["budget_ms"].iloc[0] == report["budget_ms"] == 50.0 / 0.05  # from the fresh timing, not the fronts'
+    # Its speed-ups against stock fp32 and INT8: those of the stock models timed beside it in that export.
+    assert ft["speedup_vs_stock"].iloc[0] == pytest.approx(report["speedup_vs_stock"]["ours_vs_fastest_stock_fp32"])
+    assert ft["speedup_vs_stock_int8"].iloc[0] == pytest.approx(report["speedup_vs_stock"]["ours_vs_stock_int8"])
+    assert "speedup_vs_stock_int8" in (tmp_path / "bench_rt_cpu.md").read_text().split("`dynabert+ft` is")[1]
     assert fronts["full_model_ms"].iloc[0] < 50.0
     tried = json.loads(ft["ft_candidates"].iloc[0])  # every sub-network the export fine-tuned, on the page too
     assert tried == report["finetune_candidates"] and 1 <= len(tried) <= 3
