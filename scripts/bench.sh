@@ -22,8 +22,8 @@ if [ "${1:-}" = "--quick" ]; then
     BENCH_RT=(--quick); BENCH_R8=(--quick); OUT=runs/bench-quick; RESULTS=$OUT/results
 else
     # rt: the full training split with the default schedule, 300 measured configurations on
-    # both CPU profiles (the predictor-quality table), 150 evaluations per search, 6 budgets,
-    # 2 fine-tuning candidates.
+    # both CPU profiles (the predictor-quality table), 150 evaluations per search, 5 budgets,
+    # fine-tuned points at 4.5x as on r8 (2 candidates, up to 6 epochs, best epoch on dev).
     # r8: the full training split at 128 tokens; its inputs are 3x longer, so to stay within
     # about 90 minutes: the cpu profile only (200 configurations), 80 evaluations per search on
     # a 300-example dev subset, 8 front points, 5 budgets; fine-tuned points at 4.5x (the 4x
@@ -32,7 +32,8 @@ else
     # 1.4 points short; see results/README.md, "Fine-tuning schedule on r8").
     RT=(); R8=(--max-length 128)
     MEASURE_RT=(--device cpu,cpu-1t --n 300); MEASURE_R8=(--device cpu --n 200)
-    BENCH_RT=(--finetune-candidates 2 --budgets 0.2,0.3,0.45,0.6,0.75,0.9)
+    BENCH_RT=(--finetune-candidates 2 --budgets 0.2,0.35,0.5,0.7,0.9 --finetune-at 4.5 --finetune-epochs 6
+              --finetune-best-epoch)
     BENCH_R8=(--n 80 --dev-subset 300 --front-points 8 --budgets 0.2,0.35,0.5,0.7,0.9 --finetune-candidates 2
               --finetune-at 4.5 --finetune-epochs 6 --finetune-best-epoch)
     OUT=runs/bench; RESULTS=results
