@@ -4,10 +4,10 @@
 # (training and measurements continue where they stopped; finished fine-tunings are reused).
 # An existing run folder resumes with the settings it was started with: delete runs/bench
 # (runs/bench-quick) to start over.
-#   bash scripts/bench.sh           # full version: about 2.8 hours on 2 cores from an empty
-#                                   # runs/bench (rt 82 min on 2026-12-03; r8's training and
-#                                   # measuring 35 min, its benchmark about 55 min, estimated
-#                                   # from a resumed run: see results/README.md)
+#   bash scripts/bench.sh           # full version: about 4 hours on 2 cores from an empty
+#                                   # runs/bench (rt on 2026-12-04: training 28 min, measuring
+#                                   # 13, its benchmark 88; r8 on 2026-12-03: training and
+#                                   # measuring 35 min, its benchmark 82: see results/README.md)
 #   bash scripts/bench.sh --quick   # reduced version (minutes): small subsets, fewer samples
 set -euo pipefail
 cd "$(dirname "$0")/.."
