@@ -65,6 +65,7 @@ class BenchConfig:
     budget_fractions: tuple[float, ...] = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
     front_points: int = 10
     rounds: int = 3  # interleaved re-measurement rounds
+    finalists: int = 5  # the budget sweep's exports: candidates re-ranked on dev and re-measured
     dev_subset: int | None = 500  # None: the whole dev split
     search_precision: str = "auto"
     seed: int = 0
@@ -86,9 +87,10 @@ class BenchConfig:
     def quick(cls, *, device: str = "cpu", seed: int = 0, search_precision: str = "auto",
               train_device: str = "cpu") -> BenchConfig:
         """A reduced benchmark that runs in minutes (``hwnas bench --quick``): fewer evaluations,
-        budgets and front points, one re-measurement round, and only ours fine-tuned, at 2x."""
-        return cls(device=device, n_evaluations=30, budget_fractions=(0.3, 0.6, 0.9), front_points=5, rounds=1,
-                   dev_subset=200, seed=seed, finetune_speedups=(2.0,), finetune_epochs=0.5, finetune_methods=("ours",),
+        two budgets with two finalists each, fewer front points, one re-measurement round, and only
+        ours fine-tuned, at 2x."""
+        return cls(device=device, n_evaluations=20, budget_fractions=(0.3, 0.9), front_points=4, rounds=1,
+                   finalists=2, dev_subset=150, seed=seed, finetune_speedups=(2.0,), finetune_epochs=0.5, finetune_methods=("ours",),
                    finetune_candidates=2, search_precision=search_precision, seeds=1, train_device=train_device,
                    retimes=2)
 
@@ -441,7 +443,8 @@ def _compliance(run: LoadedRun, target: Target, acc: DevAccuracy, cfg: BenchConf
     for f in tqdm(cfg.budget_fractions, desc="bench: budget sweep", disable=not progress):
         budget = round(f * full_ms, 3)
         try:
-            export = ExportConfig(budget_ms=budget, n_evaluations=cfg.n_evaluations, seed=cfg.seed, progress=progress)
+            export = ExportConfig(budget_ms=budget, n_evaluations=cfg.n_evaluations, finalists=cfg.finalists, seed=cfg.seed,
+                                  progress=progress)
             r = choose_and_export(run, target, out / f"export_{f:.2f}", export, accuracy=acc, full_model_test=full_test)
         except ImpossibleBudget as e:
             rows.append({"fraction": f, "budget_ms": budget, "error": str(e)[:200]})
@@ -734,7 +737,7 @@ teacher for {'at most ' if cfg.finetune_best_epoch else ''}{cfg.finetune_epochs:
 change){best_epoch_note}, the same schedule for {', '.join(cfg.finetune_methods)}. `ours+ft` is what
 `hwnas export --speedup s --finetune-epochs {cfg.finetune_epochs:g} --finetune-candidates {cfg.finetune_candidates}{' --finetune-best-epoch' if cfg.finetune_best_epoch else ''}`
 hands a user: the full model timed just before the export (`budget_ms`: that latency divided by s), a search under
-that budget, the finalists re-ranked on dev and re-measured; the chosen one, the widest uniform sub-network of the deepest depth that fits
+that budget, the finalists re-ranked on dev and re-measured; the chosen one, the widest uniform sub-network of the deepest depth that fits (by the predictor's bound or timed)
 and the best candidates of the deepest other depths (up to {cfg.finetune_candidates} in all, each re-measured under the
 budget) are fine-tuned, and the best on dev is exported (its speed-up is the one
 measured in that export); `dynabert+ft` is the grid's most accurate (whole dev) point with a measured speed-up of at

@@ -257,8 +257,9 @@ def _finetune_args(p: argparse.ArgumentParser, epochs: float, what: str, candida
     p.add_argument("--finetune-lr", type=RATE, default=2e-4, help="fine-tuning learning rate (default %(default)s)")
     p.add_argument("--finetune-candidates", type=COUNT, default=candidates,
                    help="sub-networks fine-tuned under the budget, the one with the best fine-tuned dev score is "
-                   "exported: the search's pick, the widest uniform sub-network of the deepest depth that fits, then the "
-                   "best of each of the deepest other depths, since deep, narrow sub-networks recover the most "
+                   "exported: the search's pick, the widest uniform sub-network of the deepest depth that fits (by the "
+                   "predictor's upper bound, or timed on the device: uniform sub-networks predicted within 1.25x of the "
+                   "budget are measured, so the predictor's margin does not leave deeper ones out), then the best of each of the deepest other depths, since deep, narrow sub-networks recover the most "
                    "(default %(default)s; 1: the search's pick only)")
     p.add_argument("--finetune-best-epoch", action="store_true",
                    help="after each fine-tuning epoch, score the same loss (distillation from the teacher plus the "
@@ -1051,7 +1052,8 @@ def register_bench(sub: Subparsers) -> argparse.ArgumentParser:
     b.add_argument("--retimes", type=COUNT0, default=5,
                    help="times each 1-point point is timed again, each in a fresh timer; the targets table judges "
                    "on the median (default %(default)s; --quick: 2)")
-    b.add_argument("--quick", action="store_true", help="a reduced version in minutes (fewer evaluations and budgets)")
+    b.add_argument("--quick", action="store_true", help="a reduced version in minutes: 20 evaluations per search on 150 dev examples, 4 front points, "
+                   "2 budgets (0.3, 0.9) with 2 finalists each, 1 timing round")
     b.add_argument("--quiet", action="store_true", help="no progress bars")
     b.add_argument("--out", type=out_folder, default="results", help="where BENCHMARKS.md and its files go (default %(default)s)")
     return b

@@ -45,13 +45,21 @@ from latency.measure import DeviceTimer, Timer
 from latency.target import PredictedLatency, Target, device_drift, drift_references, open_timer
 from nas.card import CARD_NAME, model_card
 from nas.objectives import DevAccuracy
-from nas.search import Candidate, SearchResult, depth_seeds, fastest_reachable, make_searcher
+from nas.search import (
+    Candidate,
+    SearchResult,
+    depth_seeds,
+    fastest_reachable,
+    make_searcher,
+    predict,
+    uniform_grid,
+)
 from supernet import faults
 from supernet.cost import subnet_flops, subnet_params
 from supernet.errors import ConfigError, HwnasError
 from supernet.extract import needs_remote_code
 from supernet.io import write_json, write_text
-from supernet.space import SubnetConfig
+from supernet.space import SearchSpace, SubnetConfig
 from supernet.train import (
     StageConfig,
     distill_split,
@@ -65,6 +73,7 @@ from supernet.workflow import LoadedRun, with_unlabeled
 if TYPE_CHECKING:
     import torch
 
+    from nas.search import LatencyModel
     from supernet.data import Encoded
     from supernet.model import ElasticBert
 
@@ -451,12 +460,43 @@ def _step_down(cands: list[Candidate], measured: list[float], budget_ms: float, 
 
 # --- 4. fine-tuning -----------------------------------------------------------------------------
 
-def finetune_pool(history: list[Candidate], chosen: Candidate, seed_keys: list[str], k: int) -> list[Candidate]:
+# Uniform sub-networks predicted at up to this multiple of the budget are timed for the fine-tuning
+# pool (``measured_seeds``): the predictor's margin is sized for its worst errors (rt, cpu: the
+# 4-layer, 3-head sub-network predicted 1.82 ms, upper bound 2.93 ms, measured 1.67 ms).
+SEED_STRETCH = 1.25
+
+
+def measured_seeds(space: SearchSpace, latency: LatencyModel, budget_ms: float, timer: Timer | None,
+                   accuracy: DevScore, *, deeper_than: int, rounds: int = 3,
+                   stretch: float = SEED_STRETCH) -> list[Candidate]:
+    """Deep, narrow sub-networks that the predictor's margin left out but that meet the budget
+    when timed: the uniform sub-networks at full retention deeper than ``deeper_than`` layers
+    whose prediction (not its upper bound) is within ``stretch`` times the budget, timed on the
+    device; per depth the widest that measures under the budget, deepest first (none without a
+    timer on this machine). Fine-tuning recovers deep, narrow sub-networks the most."""
+    if timer is None:
+        return []
+    grid = [(slot, c) for slot, c in uniform_grid(space, retentions=(1.0,)) if slot[0] > deeper_than]
+    near = [(slot, c) for (slot, c), (ms, _) in zip(grid, predict(latency, [c for _, c in grid]), strict=True)
+            if ms <= stretch * budget_ms]
+    if not near:
+        return []
+    timed = timer.measure([c for _, c in near], rounds=rounds).ms
+    best: dict[tuple[int, str], tuple[SubnetConfig, float]] = {}
+    for (slot, cfg), ms in zip(near, timed, strict=True):  # widest first within a depth
+        if ms <= budget_ms and slot not in best:
+            best[slot] = (cfg, ms)
+    return [Candidate(cfg, accuracy.full_dev(cfg), ms, ms, True) for _, (cfg, ms) in sorted(best.items(), reverse=True)]
+
+
+def finetune_pool(history: list[Candidate], chosen: Candidate, seed_keys: list[str], k: int,
+                  measured: list[Candidate] | None = None) -> list[Candidate]:
     """At most ``k`` candidates to fine-tune beside ``chosen``, none twice: the deepest of the
     depth seeds (``depth_seeds``: the widest uniform sub-network that fits, at full retention
-    where one fits) that the search evaluated as feasible, then ``other_depths``."""
+    where one fits) that the search evaluated as feasible and of ``measured`` (``measured_seeds``),
+    then ``other_depths``."""
     feasible = {c.config.key(): c for c in history if c.feasible}
-    seeds = [feasible[k_] for k_ in seed_keys if k_ in feasible]
+    seeds = [feasible[k_] for k_ in seed_keys if k_ in feasible] + list(measured or [])
     first = [max(seeds, key=lambda c: len(c.config.kept_layers))] if seeds else []
     out: dict[str, Candidate] = {}
     for c in [*first, *other_depths(history, chosen, k)]:
@@ -703,10 +743,15 @@ def choose_and_export(
         small = extract(run.supernet, chosen.config).eval()
         tuned: dict[str, Any] | None = None
         ft_rows: list[dict[str, Any]] = []
+        stretched: list[Candidate] = []
         if cfg.finetune is not None and teacher is not None:
-            seeds = [c.key() for c in depth_seeds(target.search_space(run.space), latency.scaled(budget.scale),
-                                                  budget.ms)]
-            extra = finetune_pool(result.history, chosen, seeds, cfg.finetune_candidates - 1)
+            space, scaled = target.search_space(run.space), latency.scaled(budget.scale)
+            seed_cfgs = depth_seeds(space, scaled, budget.ms)
+            deepest = max((len(c.kept_layers) for c in seed_cfgs), default=0)
+            stretched = measured_seeds(space, scaled, budget.ms, timer, accuracy, deeper_than=deepest,
+                                       rounds=cfg.rounds) if cfg.finetune_candidates > 1 else []
+            extra = finetune_pool(result.history, chosen, [c.key() for c in seed_cfgs], cfg.finetune_candidates - 1,
+                                  measured=stretched)
             pool = measured_pool(verified, extra, budget.ms, timer, rounds=cfg.rounds)
             ft_run = with_unlabeled(run, cfg.finetune_unlabeled)
             distill = distill_split(ft_run.splits)
@@ -789,6 +834,8 @@ def choose_and_export(
         "weights": "fine-tuned" if tuned else "supernet",  # what pytorch/ and model.onnx hold
         "finetuned": tuned,
         "finetune_candidates": ft_rows,  # every sub-network fine-tuned, the search's pick first
+        # Deeper uniform sub-networks than the predictor's bound allowed, timed under the budget (``measured_seeds``).
+        "finetune_timed_seeds": [{"arch": c.config.describe(), "measured_ms": c.latency_ms} for c in stretched],
         "flops": subnet_flops(run.supernet.shape, sub, target.length),
         "full_model_flops": subnet_flops(run.supernet.shape, largest, target.length),
         "params": subnet_params(run.supernet.shape, sub),

@@ -56,6 +56,7 @@ __all__ = [
     "evaluate_anchors",
     "fastest_reachable",
     "make_searcher",
+    "uniform_grid",
 ]
 
 
@@ -315,15 +316,22 @@ def anchors(space: SearchSpace, budget_ms: float | None, latency: LatencyModel) 
     return [smallest, *depth_seeds(space, latency, budget_ms)]
 
 
+def uniform_grid(space: SearchSpace, retentions: tuple[float, ...] | None = None
+                 ) -> list[tuple[tuple[int, str], SubnetConfig]]:
+    """The uniform sub-networks of ``space`` keyed by (depth, precision): per precision and depth
+    (fewest layers first), full retention then the lowest (or ``retentions``), widest first."""
+    depths = range(space.min_layers, space.num_layers + 1) if space.allow_skip else [space.num_layers]
+    widths = sorted({h / space.max_heads for h in space.head_choices}, reverse=True)
+    keep = (1.0, space.retention_choices[-1]) if retentions is None else retentions
+    return [((n, p), space.uniform(width=w, depth=n / space.num_layers, retention=r).with_precision(p))
+            for p in space.precision_choices for n in depths for r in keep for w in widths]
+
+
 def depth_seeds(space: SearchSpace, latency: LatencyModel, budget_ms: float) -> list[SubnetConfig]:
     """Per depth (fewest to most layers) and precision, the widest uniform sub-network that
     fits the budget: full retention first, else the lowest retention; depths where none fits
     are left out."""
-    depths = range(space.min_layers, space.num_layers + 1) if space.allow_skip else [space.num_layers]
-    widths = sorted({h / space.max_heads for h in space.head_choices}, reverse=True)
-    grid = [((n, p), space.uniform(width=w, depth=n / space.num_layers, retention=r).with_precision(p))
-            for p in space.precision_choices for n in depths
-            for r in (1.0, space.retention_choices[-1]) for w in widths]
+    grid = uniform_grid(space)
     seeds: dict[tuple[int, str], SubnetConfig] = {}
     for (slot, cfg), (_, upper) in zip(grid, predict(latency, [c for _, c in grid]), strict=True):
         if slot not in seeds and is_feasible(upper, budget_ms):

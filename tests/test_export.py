@@ -18,7 +18,9 @@ from nas.export import (
     ImpossibleBudget,
     Verified,
     confirm,
+    finetune_pool,
     measured_pool,
+    measured_seeds,
     rank_finalists,
     resolve_budget,
     step_up,
@@ -337,3 +339,47 @@ def test_against_teacher_uses_the_tasks_metric() -> None:
     acc = against_teacher(teacher, {"ours": other}, labels, metric="accuracy")["ours"]
     assert acc["metric"] == "accuracy" and acc["diff_points"] == pytest.approx(-100 * 8 / 88)
     assert 0 <= acc["mcnemar_p"] < 0.05 and acc["agreement"] == pytest.approx(80 / 88)
+
+
+class DepthLatency:
+    """Predictions of half a millisecond per layer and head; the upper bound 60% above (a wide
+    margin, as a predictor sized for its worst errors has)."""
+
+    def predict(self, configs: list[SubnetConfig]) -> list[tuple[float, float]]:
+        out = []
+        for c in configs:
+            ms = 0.5 * len(c.kept_layers) * c.heads[c.kept_layers[0]]
+            out.append((ms, 1.6 * ms))
+        return out
+
+
+def test_measured_seeds_time_the_deep_narrow_subnets_the_margin_left_out() -> None:
+    from nas.search import depth_seeds
+
+    lat, budget = DepthLatency(), 3.0
+    # By the upper bound, 3 layers of 1 head are the deepest that fit (2.4 ms); 4 layers of 1 head
+    # (predicted 2.0, upper 3.2) and 3 layers of 2 heads (3.0, 4.8) are within 1.25x of the budget.
+    assert max(len(c.kept_layers) for c in depth_seeds(SPACE, lat, budget)) == 3
+    scores = DevScores({cfg(1).key(): 0.7, cfg(2, 3).key(): 0.72, cfg(1, 3).key(): 0.68})
+    timer = FakeTimer({cfg(1).key(): 1.8, cfg(2, 3).key(): 3.2, cfg(1, 3).key(): 1.4})
+    got = measured_seeds(SPACE, lat, budget, timer, scores, deeper_than=2)  # type: ignore[arg-type]
+    # Timed in one call, nothing predicted beyond 1.25x (4 layers of 2 heads: 4.0 ms) among them;
+    # per depth the widest that measures under the budget (3 layers of 2 heads measured 3.2), deepest first.
+    assert timer.calls == [[cfg(2, 3).key(), cfg(1, 3).key(), cfg(1).key()]]
+    assert got == [Candidate(cfg(1), 0.7, 1.8, 1.8, True), Candidate(cfg(1, 3), 0.68, 1.4, 1.4, True)]
+    assert measured_seeds(SPACE, lat, budget, timer, scores, deeper_than=3, stretch=1.25)[0].config == cfg(1)  # type: ignore[arg-type]
+    # Measured over the budget: left out; no timer on this machine (a kit device) or nothing near: none.
+    slow = FakeTimer({cfg(1).key(): 3.1})
+    assert measured_seeds(SPACE, lat, budget, slow, scores, deeper_than=3) == []  # type: ignore[arg-type]
+    assert measured_seeds(SPACE, lat, budget, None, scores, deeper_than=3) == []  # type: ignore[arg-type]
+    assert measured_seeds(SPACE, lat, 0.1, timer, scores, deeper_than=3) == []  # type: ignore[arg-type]
+
+
+def test_a_measured_seed_deeper_than_the_predicted_ones_is_fine_tuned_first() -> None:
+    # The search's pick has 2 layers; it evaluated a 3-layer seed and a wider 4-layer sub-network.
+    shallow, pick, other = cand(cfg(1, 3), 0.68, 1.5), cand(cfg(4, 2), 0.75, 2.0), cand(cfg(2), 0.71, 2.9)
+    history = [shallow, pick, other]
+    deep = Candidate(cfg(1), 0.7, 1.8, 1.8, True)
+    assert finetune_pool(history, pick, [shallow.config.key()], 1) == [shallow]
+    assert finetune_pool(history, pick, [shallow.config.key()], 1, measured=[deep]) == [deep]
+    assert finetune_pool(history, pick, [shallow.config.key()], 3, measured=[deep]) == [deep, other, shallow]
