@@ -1052,7 +1052,7 @@ def register_bench(sub: Subparsers) -> argparse.ArgumentParser:
     b.add_argument("--retimes", type=COUNT0, default=5,
                    help="times each 1-point point is timed again, each in a fresh timer; the targets table judges "
                    "on the median (default %(default)s; --quick: 2)")
-    b.add_argument("--quick", action="store_true", help="a reduced version in minutes: 20 evaluations per search on 150 dev examples, 4 front points, "
+    b.add_argument("--quick", action="store_true", help="a reduced version in minutes: 16 evaluations per search on 150 dev examples, 4 front points, "
                    "2 budgets (0.3, 0.9) with 2 finalists each, 1 timing round")
     b.add_argument("--quiet", action="store_true", help="no progress bars")
     b.add_argument("--out", type=out_folder, default="results", help="where BENCHMARKS.md and its files go (default %(default)s)")
