@@ -865,6 +865,10 @@ def register_export(sub: Subparsers) -> argparse.ArgumentParser:
                    help="distil on the train split plus this many of the task's unlabeled texts when fine-tuning "
                    "(a seeded subset; for rt the plot synopses of movies outside dev and test, 5,533 sentences; "
                    "default: as the run was trained, hwnas train --unlabeled)")
+    e.add_argument("--finetune-augment", type=COUNT0, default=0, metavar="COPIES",
+                   help="also distil on this many word-replaced copies of each train example when fine-tuning "
+                   "(TinyBERT / DynaBERT augmentation: each whole word replaced with probability 0.4 by one of its "
+                   "15 nearest words in the model's embeddings; default 0)")
     _train_device_arg(e, "the fine-tuning (--finetune-epochs) runs")
     e.add_argument("--quiet", action="store_true", help="no progress bars")
     return e
@@ -888,7 +892,7 @@ def cmd_export(a: argparse.Namespace) -> int:
     finetune = _finetune_stage(a)
     cfg = ExportConfig(budget_ms=budget[0], speedup=a.speedup, method=a.method, n_evaluations=a.n, seed=a.seed,
                        finalists=a.finalists, finetune=finetune, finetune_candidates=a.finetune_candidates,
-                       finetune_unlabeled=a.finetune_unlabeled,
+                       finetune_unlabeled=a.finetune_unlabeled, finetune_augment=a.finetune_augment,
                        drift_tolerance=None if a.drift_tolerance < 0 else a.drift_tolerance, progress=not a.quiet,
                        step_up_below=a.step_up_below or None, train_device=train_device,
                        finetune_best_epoch=a.finetune_best_epoch)

@@ -55,6 +55,7 @@ from nas.search import (
     uniform_grid,
 )
 from supernet import faults
+from supernet.augment import AugmentConfig
 from supernet.cost import subnet_flops, subnet_params
 from supernet.errors import ConfigError, HwnasError
 from supernet.extract import needs_remote_code
@@ -68,7 +69,7 @@ from supernet.train import (
     selected_epoch,
     teacher_logits,
 )
-from supernet.workflow import LoadedRun, with_unlabeled
+from supernet.workflow import LoadedRun, with_augmented, with_unlabeled
 
 if TYPE_CHECKING:
     import torch
@@ -108,6 +109,8 @@ class ExportConfig:
     # Distil on the train split plus this many of the task's unlabeled texts when fine-tuning
     # (None: as the run was trained, ``TrainConfig.unlabeled``).
     finetune_unlabeled: int | None = None
+    # And this many word-replaced copies of each train example (``supernet.augment``; 0: none).
+    finetune_augment: int = 0
     drift_tolerance: float | None = 0.10
     rounds: int = 3  # interleaved re-measurement rounds
     # Below this share of the budget used when re-measured, search again with the predictor's
@@ -128,6 +131,8 @@ class ExportConfig:
             raise ConfigError(f"step_up_below must lie in (0, 1], got {self.step_up_below:g}")
         if self.finetune_unlabeled is not None and self.finetune_unlabeled < 0:
             raise ConfigError(f"finetune_unlabeled must be >= 0 texts, got {self.finetune_unlabeled}")
+        if not (isinstance(self.finetune_augment, int) and self.finetune_augment >= 0):
+            raise ConfigError(f"finetune_augment must be a whole number of copies >= 0, got {self.finetune_augment!r}")
         if self.finalists < 1 or self.finetune_candidates < 1 or self.rounds < 1:
             raise ConfigError(f"finalists, fine-tuning candidates and rounds must be >= 1, got {self.finalists}, "
                               f"{self.finetune_candidates} and {self.rounds}")
@@ -536,19 +541,22 @@ class FineTuned:
 def finetune_best(run: LoadedRun, teacher: ElasticBert, pool: list[tuple[Candidate, float]], stage: StageConfig,
                   out: Path, accuracy: DevAccuracy, targets: Callable[[], torch.Tensor],
                   *, progress: bool = True, device: str = "cpu", batch: int = 1,
-                  best_epoch: bool = False) -> FineTuned:
+                  best_epoch: bool = False, augment: int = 0) -> FineTuned:
     """Distil the teacher into each of ``pool`` (resumable, in ``out``, trained on ``device``);
     the best fine-tuned dev score wins, ties to the search's pick. Each is scored as deployed,
     ``batch`` inputs per call (an int8 one: its quantized graph, whose predictions depend on it).
     ``best_epoch``: each keeps its epoch with the lowest distillation loss on dev (``BestEpoch``);
-    the rows say which (``epoch_kept``) and every epoch's loss (``dev_loss_by_epoch``)."""
+    the rows say which (``epoch_kept``) and every epoch's loss (``dev_loss_by_epoch``). ``augment``:
+    how many word-replaced copies of each train example ``run``'s distillation texts hold (the
+    folder's name says it)."""
     from nas.objectives import deployed_logits
     from supernet.evaluate import scores
 
     models, rows = [], []
     for cand, ms in pool:
         t0 = time.time()
-        folder = finetune_folder(out, cand.config, stage, unlabeled=run.spec.train.unlabeled, best_epoch=best_epoch)
+        folder = finetune_folder(out, cand.config, stage, unlabeled=run.spec.train.unlabeled, best_epoch=best_epoch,
+                                 augment=augment)
         model, trained = finetune_subnet(run.supernet, teacher, cand.config, distill_split(run.splits), folder,
                                          run.spec.train, stage, targets=targets, progress=progress, device=device,
                                          select=run.splits["dev"] if best_epoch else None)
@@ -753,12 +761,14 @@ def choose_and_export(
             extra = finetune_pool(result.history, chosen, [c.key() for c in seed_cfgs], cfg.finetune_candidates - 1,
                                   measured=stretched)
             pool = measured_pool(verified, extra, budget.ms, timer, rounds=cfg.rounds)
-            ft_run = with_unlabeled(run, cfg.finetune_unlabeled)
+            ft_run = with_augmented(with_unlabeled(run, cfg.finetune_unlabeled),
+                                    AugmentConfig(copies=cfg.finetune_augment, seed=run.spec.seed))
             distill = distill_split(ft_run.splits)
             targets = (teacher_targets if ft_run is run else None) or functools.cache(
                 lambda: teacher_logits(teacher, distill))
             ft = finetune_best(ft_run, teacher, pool, cfg.finetune, out, accuracy, targets, progress=cfg.progress,
-                               device=cfg.train_device, batch=target.batch, best_epoch=cfg.finetune_best_epoch)
+                               device=cfg.train_device, batch=target.batch, best_epoch=cfg.finetune_best_epoch,
+                               augment=cfg.finetune_augment)
             ft_rows = ft.rows
             # The fine-tuned best on dev, then the others as fall-backs (ties to the pool's order).
             order = sorted(range(len(pool)), key=lambda i: (-ft_rows[i]["dev_accuracy"], i))
@@ -769,6 +779,7 @@ def choose_and_export(
             tuned = {"epochs": cfg.finetune.epochs, "lr": cfg.finetune.lr, "candidates": len(pool),
                      "best_epoch": cfg.finetune_best_epoch, "epoch_kept": ft_rows[best]["epoch_kept"],
                      "texts": len(distill), "unlabeled": ft_run.spec.train.unlabeled,
+                     "augmented_copies": cfg.finetune_augment,
                      **{k: ft_rows[best][k] for k in ("wall_s", "reused", "dev_accuracy", "test_accuracy")}}
         else:
             final = confirm([(verified.chosen, verified.measured_ms), *verified.alternatives], budget.ms, timer,

@@ -12,6 +12,9 @@ are reused.
     .venv/bin/python scripts/finetune_check.py runs/bench/rt \
         --subnet runs/bench/rt/bench/export_3x_ft/subnet.json --recipe 2:5e-5 --recipe 3:2e-4
 
+--augment N adds N word-replaced copies of each train example to the distillation texts
+(``supernet.augment``), as `hwnas export --finetune-augment` does.
+
 --subnet takes a subnet.json file (from `hwnas export`) or `uniform:WIDTH,DEPTH` (a DynaBERT
 grid point; default `uniform:0.25,1.0`, 6 layers of 3 heads and FFN 384 on MiniLM).
 """
@@ -27,6 +30,7 @@ from pathlib import Path
 import torch
 
 from nas.stats import compare_with
+from supernet.augment import AugmentConfig
 from supernet.checkpoint import load_model
 from supernet.evaluate import predict, scores
 from supernet.space import SubnetConfig
@@ -39,7 +43,7 @@ from supernet.train import (
     selected_epoch,
     teacher_logits,
 )
-from supernet.workflow import LoadedRun, open_run, with_unlabeled
+from supernet.workflow import LoadedRun, open_run, with_augmented, with_unlabeled
 
 
 def subnet(run: LoadedRun, spec: str) -> SubnetConfig:
@@ -57,13 +61,16 @@ def main() -> None:
                    help="EPOCHS:LR or EPOCHS:LR:LAYER_WEIGHT (layer-wise distillation; repeatable; default 2:5e-5 and 3:2e-4)")
     p.add_argument("--unlabeled", type=int, default=None,
                    help="distil on the train split plus this many of the task's unlabeled texts (default: as the run)")
+    p.add_argument("--augment", type=int, default=0,
+                   help="also distil on this many word-replaced copies of each train example (supernet.augment; "
+                   "TinyBERT's p 0.4, 15 neighbours; default 0)")
     p.add_argument("--out", default=None, help="where the fine-tunings go (default RUN/finetune_check)")
     p.add_argument("--best-epoch", action="store_true",
                    help="keep each fine-tuning's epoch with the lowest dev distillation loss (as hwnas export "
                    "--finetune-best-epoch)")
     a = p.parse_args()
     run = open_run(a.run)
-    run = with_unlabeled(run, a.unlabeled)
+    run = with_augmented(with_unlabeled(run, a.unlabeled), AugmentConfig(copies=a.augment, seed=run.spec.seed))
     print(f"distilling on {len(distill_split(run.splits))} texts ({len(run.splits['train'])} labeled)")
     out = Path(a.out or run.folder / "finetune_check")
     teacher = load_model(run.folder / "teacher")
@@ -79,7 +86,8 @@ def main() -> None:
             epochs, lr, layer_weight = (float(x) for x in (recipe + ":0").split(":")[:3])
             stage = StageConfig(epochs=epochs, lr=lr)
             t0 = time.time()
-            folder = finetune_folder(out, cfg, stage, layer_weight, best_epoch=a.best_epoch)
+            folder = finetune_folder(out, cfg, stage, layer_weight, unlabeled=run.spec.train.unlabeled,
+                                     best_epoch=a.best_epoch, augment=a.augment)
             model, trained = finetune_subnet(run.supernet, teacher, cfg, distill_split(run.splits), folder,
                                              run.spec.train, stage, targets=targets, layer_weight=layer_weight,
                                              progress=False, select=run.splits["dev"] if a.best_epoch else None)

@@ -591,14 +591,16 @@ def teacher_logits(teacher: ElasticBert, train: Encoded, batch_size: int = 64) -
 
 
 def finetune_folder(base: str | Path, cfg: SubnetConfig, stage: StageConfig, layer_weight: float = 0.0,
-                    unlabeled: int = 0, best_epoch: bool = False) -> Path:
+                    unlabeled: int = 0, best_epoch: bool = False, augment: int = 0) -> Path:
     """Where the fine-tuning of ``cfg`` with ``stage``'s settings (and ``unlabeled`` texts
-    besides the train split; ``best_epoch``: the epoch kept on dev, ``BestEpoch``) lives
-    under ``base``."""
+    besides the train split; ``augment`` word-replaced copies of each train example,
+    ``supernet.augment``; ``best_epoch``: the epoch kept on dev, ``BestEpoch``) lives under
+    ``base``."""
     lw = f"_lw{layer_weight:g}" if layer_weight > 0 else ""
     un = f"_u{unlabeled}" if unlabeled > 0 else ""
+    aug = f"_a{augment}" if augment > 0 else ""
     best = "_best" if best_epoch else ""
-    return Path(base) / f"finetune_{cfg.key()}_e{stage.epochs:g}_lr{stage.lr:g}{lw}{un}{best}"
+    return Path(base) / f"finetune_{cfg.key()}_e{stage.epochs:g}_lr{stage.lr:g}{lw}{un}{aug}{best}"
 
 
 def weights_sha1(model: torch.nn.Module) -> str:

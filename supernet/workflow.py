@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from supernet.augment import AugmentConfig, augment
 from supernet.checkpoint import load_model, load_pretrained
 from supernet.checks import check_int, check_type
 from supernet.cost import subnet_flops, subnet_params
@@ -25,7 +26,7 @@ from supernet.parallel import SINGLE, Ranks
 from supernet.runfolder import RunFolder
 from supernet.space import SearchSpace, SubnetConfig
 from supernet.tasks import TaskData, load_task, require_splits
-from supernet.train import TrainConfig, check_shareable, read_state, run_training
+from supernet.train import TrainConfig, check_shareable, distill_split, read_state, run_training
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,18 @@ def with_unlabeled(run: LoadedRun, n: int | None) -> LoadedRun:
     check_int(n, "unlabeled texts", 0)
     spec = replace(run.spec, train=replace(run.spec.train, unlabeled=n))
     return replace(run, spec=spec, splits=load_data(spec, run.tokenizer)[1])
+
+
+def with_augmented(run: LoadedRun, cfg: AugmentConfig) -> LoadedRun:
+    """``run`` with ``cfg.copies`` word-replaced copies of each train example (``supernet.augment``,
+    neighbours from the supernet's word embeddings) added to its distillation texts, after what
+    it already distils on; ``run`` itself when ``cfg.copies`` is 0."""
+    if cfg.copies == 0:
+        return run
+    weights = run.supernet.embeddings.word_embeddings.weight
+    tokens = [t or "" for t in run.tokenizer.convert_ids_to_tokens(list(range(weights.shape[0])))]
+    extra = augment(run.splits["train"], weights, tokens, set(run.tokenizer.all_special_ids), cfg)
+    return replace(run, splits={**run.splits, "distill": concat(distill_split(run.splits), extra)})
 
 
 def train_run(run_dir: str | Path, spec: RunSpec, *, resume: bool = False, progress: bool = True,

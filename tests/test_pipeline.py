@@ -191,6 +191,36 @@ def test_export_finetunes_on_unlabeled_text_too(job: Path, tmp_path: Path, capsy
     assert "--finetune-unlabeled" in capsys.readouterr().err and not (out / "bad").exists()
 
 
+def test_export_finetunes_on_augmented_text(job: Path, tmp_path: Path, capsys) -> None:
+    """`--finetune-augment N` adds N word-replaced copies of each train example (unlabeled) to
+    the distillation texts: more texts, its own fine-tuning folder, and the report says so."""
+    from supernet.augment import AugmentConfig
+    from supernet.data import UNLABELED
+    from supernet.space import SubnetConfig
+    from supernet.train import StageConfig, finetune_folder
+    from supernet.workflow import open_run, with_augmented
+
+    run = open_run(job)
+    assert with_augmented(run, AugmentConfig(copies=0)) is run
+    more = with_augmented(run, AugmentConfig(copies=1, seed=run.spec.seed)).splits["distill"]
+    n_train = len(run.splits["train"])
+    extra = len(more) - n_train
+    assert 0.5 * n_train < extra <= n_train  # about one copy each (unchanged copies are dropped)
+    assert more.input_ids[:n_train] == run.splits["train"].input_ids and (more.labels[n_train:] == UNLABELED).all()
+    out = tmp_path / "fta"
+    assert main(["export", "--run", str(job), "--device", "cpu", "--budget-ms", "1000", "--out", str(out), "--n", "5",
+                 "--finetune-epochs", "1", "--finetune-lr", "1e-3", "--finetune-candidates", "1",
+                 "--finetune-augment", "1", "--quiet"]) == 0
+    assert f"on {len(more)} texts" in capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    assert report["finetuned"]["texts"] == len(more) and report["finetuned"]["augmented_copies"] == 1
+    folder = finetune_folder(out, SubnetConfig.from_dict(report["subnet"]), StageConfig(epochs=1, lr=1e-3), augment=1)
+    assert folder.name.endswith("_a1") and json.loads((folder / "finetune.json").read_text())["train_examples"] == len(more)
+    assert main(["export", "--run", str(job), "--device", "cpu", "--budget-ms", "1000", "--out", str(out / "bad"),
+                 "--finetune-epochs", "1", "--finetune-augment", "-1"]) == 2
+    assert "--finetune-augment" in capsys.readouterr().err and not (out / "bad").exists()
+
+
 def test_export_keeps_the_best_epoch_on_dev_when_asked(job: Path, tmp_path: Path) -> None:
     """`--finetune-best-epoch`: each candidate's epochs are scored on dev, the report says which
     was kept and gives every epoch's loss; the fine-tuning has its own folder."""
