@@ -50,10 +50,11 @@ from nas.objectives import DevAccuracy
 from nas.pareto import compare_fronts, normalized_hypervolume, pareto_front
 from nas.search import Candidate, SearchResult, make_searcher
 from nas.stats import spread
+from supernet.augment import AugmentConfig
 from supernet.cost import subnet_flops
 from supernet.io import atomic_write, write_csv, write_json, write_text
 from supernet.space import SearchSpace, SubnetConfig
-from supernet.workflow import LoadedRun
+from supernet.workflow import LoadedRun, with_augmented, with_unlabeled
 
 METHODS = ("ours", "dynabert", "retention", "random")
 
@@ -77,6 +78,10 @@ class BenchConfig:
     finetune_lr: float = 2e-4
     finetune_candidates: int = 3  # ours: sub-networks fine-tuned per export (``choose_and_export``)
     finetune_best_epoch: bool = False  # each fine-tuning keeps its epoch with the lowest dev loss
+    # What the fine-tunings distil on besides the train split: this many of the task's unlabeled
+    # texts (None: as the run was trained) and word-replaced copies of each train example.
+    finetune_unlabeled: int | None = None
+    finetune_augment: int = 0
     seeds: int = 3  # search seeds per method for the hypervolume spread (``seed_spread``)
     # The 1-point points are timed again this many times, each in a fresh timer (new sessions),
     # so the page's verdict says how far one measurement's speed-up moves (``retimed``).
@@ -270,7 +275,10 @@ def finetuned(run: LoadedRun, target: Target, table: pd.DataFrame, acc: DevAccur
     if cfg.finetune_epochs <= 0:
         return pd.DataFrame(columns=[*table.columns, "acc_test_before"])
     stage = StageConfig(epochs=cfg.finetune_epochs, lr=cfg.finetune_lr)
-    train = distill_split(run.splits)  # the train split, and the run's unlabeled texts if it has them
+    # The train split, the unlabeled texts (as the run was trained, or cfg's) and augmented copies.
+    ft_run = with_augmented(with_unlabeled(run, cfg.finetune_unlabeled),
+                            AugmentConfig(copies=cfg.finetune_augment, seed=run.spec.seed))
+    train = distill_split(ft_run.splits)
     teacher = load_model(run.paths.teacher).to(cfg.train_device)
     targets = functools.cache(lambda: teacher_logits(teacher, train))  # one pass for every fine-tuning, only if needed
     rows: list[dict[str, Any]] = []
@@ -284,7 +292,9 @@ def finetuned(run: LoadedRun, target: Target, table: pd.DataFrame, acc: DevAccur
                 try:
                     export = ExportConfig(speedup=s, n_evaluations=cfg.n_evaluations, seed=cfg.seed, finetune=stage,
                                           finetune_candidates=cfg.finetune_candidates, progress=progress,
-                                          train_device=cfg.train_device, finetune_best_epoch=cfg.finetune_best_epoch)
+                                          train_device=cfg.train_device, finetune_best_epoch=cfg.finetune_best_epoch,
+                                          finetune_unlabeled=cfg.finetune_unlabeled,
+                                          finetune_augment=cfg.finetune_augment)
                     r = choose_and_export(run, target, folder / f"export_{s:g}x_ft", export, accuracy=acc,
                                           full_model_test=full_test, teacher_targets=targets)
                 except ImpossibleBudget:
@@ -314,7 +324,9 @@ def finetuned(run: LoadedRun, target: Target, table: pd.DataFrame, acc: DevAccur
         for row in tqdm(picks, desc="bench: fine-tune grid points", disable=not progress):
             sub = SubnetConfig.from_dict(json.loads(row["arch_json"]))
             model, _ = finetune_subnet(run.supernet, teacher, sub, train,
-                                       finetune_folder(folder, sub, stage, best_epoch=cfg.finetune_best_epoch),
+                                       finetune_folder(folder, sub, stage, best_epoch=cfg.finetune_best_epoch,
+                                                       unlabeled=ft_run.spec.train.unlabeled,
+                                                       augment=cfg.finetune_augment),
                                        run.spec.train, stage, targets=targets, progress=progress,
                                        device=cfg.train_device,
                                        select=run.splits["dev"] if cfg.finetune_best_epoch else None)
@@ -695,6 +707,11 @@ stock fp32 deployment, `speedup_vs_stock_int8` against stock INT8.
     best_epoch_note = ("; each keeps its epoch with the lowest distillation loss on dev (early stopping, "
                        "`--finetune-best-epoch`; the epoch kept: `ft_candidates`' `epoch_kept`)"
                        if cfg.finetune_best_epoch else "")
+    unlabeled = run.spec.train.unlabeled if cfg.finetune_unlabeled is None else cfg.finetune_unlabeled
+    texts = "the train split" + (f" plus {unlabeled} unlabeled in-domain texts" if unlabeled else "") + (
+        f" and {cfg.finetune_augment} word-replaced copies of each train example" if cfg.finetune_augment else "")
+    text_flags = ((f" --finetune-unlabeled {cfg.finetune_unlabeled}" if cfg.finetune_unlabeled is not None else "")
+                  + (f" --finetune-augment {cfg.finetune_augment}" if cfg.finetune_augment else ""))
     return f"""# Benchmarks: {run.spec.task} on {target.profile.name}
 
 Generated by `{command}` on {now}; host {platform.node()} ({cpu}, {__import__('os').cpu_count()} cores),
@@ -733,9 +750,9 @@ Front points:
 {_md(sp.drop(columns=["arch_json"]))}
 
 `METHOD+ft`: fine-tuned points at {', '.join(f'{x:g}x' for x in cfg.finetune_speedups)}, each distilled from the
-teacher for {'at most ' if cfg.finetune_best_epoch else ''}{cfg.finetune_epochs:g} epochs (learning rate {cfg.finetune_lr:g}) on the train split (latency does not
+teacher for {'at most ' if cfg.finetune_best_epoch else ''}{cfg.finetune_epochs:g} epochs (learning rate {cfg.finetune_lr:g}) on {texts} (latency does not
 change){best_epoch_note}, the same schedule for {', '.join(cfg.finetune_methods)}. `ours+ft` is what
-`hwnas export --speedup s --finetune-epochs {cfg.finetune_epochs:g} --finetune-candidates {cfg.finetune_candidates}{' --finetune-best-epoch' if cfg.finetune_best_epoch else ''}`
+`hwnas export --speedup s --finetune-epochs {cfg.finetune_epochs:g} --finetune-candidates {cfg.finetune_candidates}{' --finetune-best-epoch' if cfg.finetune_best_epoch else ''}{text_flags}`
 hands a user: the full model timed just before the export (`budget_ms`: that latency divided by s), a search under
 that budget, the finalists re-ranked on dev and re-measured; the chosen one, the widest uniform sub-network of the deepest depth that fits (by the predictor's bound or timed)
 and the best candidates of the deepest other depths (up to {cfg.finetune_candidates} in all, each re-measured under the

@@ -267,6 +267,18 @@ def _finetune_args(p: argparse.ArgumentParser, epochs: float, what: str, candida
                    "then a maximum (early stopping on dev)")
 
 
+def _distill_text_args(p: argparse.ArgumentParser) -> None:
+    """What a fine-tuning distils on besides the train split (export, bench)."""
+    p.add_argument("--finetune-unlabeled", type=COUNT0, default=None,
+                   help="distil on the train split plus this many of the task's unlabeled texts when fine-tuning "
+                   "(a seeded subset; for rt the plot synopses of movies outside dev and test, 5,533 sentences; "
+                   "default: as the run was trained, hwnas train --unlabeled)")
+    p.add_argument("--finetune-augment", type=COUNT0, default=0, metavar="COPIES",
+                   help="also distil on this many word-replaced copies of each train example when fine-tuning "
+                   "(TinyBERT / DynaBERT augmentation: each whole word replaced with probability 0.4 by one of its "
+                   "15 nearest words in the model's embeddings; default 0)")
+
+
 def _finetune_stage(a: argparse.Namespace) -> StageConfig | None:
     """The fine-tuning schedule from --finetune-epochs / --finetune-lr; None for 0 epochs."""
     from supernet.train import StageConfig
@@ -861,14 +873,7 @@ def register_export(sub: Subparsers) -> argparse.ArgumentParser:
                    "the predictor's margin shrunk to what was measured and measure the more accurate candidates "
                    "(default %(default)s; 0: never)")
     _finetune_args(e, 0.0, "the chosen sub-network before it is written")
-    e.add_argument("--finetune-unlabeled", type=COUNT0, default=None,
-                   help="distil on the train split plus this many of the task's unlabeled texts when fine-tuning "
-                   "(a seeded subset; for rt the plot synopses of movies outside dev and test, 5,533 sentences; "
-                   "default: as the run was trained, hwnas train --unlabeled)")
-    e.add_argument("--finetune-augment", type=COUNT0, default=0, metavar="COPIES",
-                   help="also distil on this many word-replaced copies of each train example when fine-tuning "
-                   "(TinyBERT / DynaBERT augmentation: each whole word replaced with probability 0.4 by one of its "
-                   "15 nearest words in the model's embeddings; default 0)")
+    _distill_text_args(e)
     _train_device_arg(e, "the fine-tuning (--finetune-epochs) runs")
     e.add_argument("--quiet", action="store_true", help="no progress bars")
     return e
@@ -1038,6 +1043,7 @@ def register_bench(sub: Subparsers) -> argparse.ArgumentParser:
     b.add_argument("--seed", type=SEED, default=0)
     _precision_arg(b)
     _finetune_args(b, 3.0, "the fine-tuned points")
+    _distill_text_args(b)
     _train_device_arg(b, "the fine-tunings run")
     b.add_argument("--finetune-at", default="3",
                    help="speed-ups at which ours and the DynaBERT grid are fine-tuned, comma-separated (default %(default)s; "
@@ -1083,7 +1089,8 @@ def cmd_bench(a: argparse.Namespace) -> int:
                           finetune_candidates=a.finetune_candidates, search_precision=a.search_precision,
                           budget_fractions=_fractions(a.budgets), front_points=a.front_points,
                           dev_subset=a.dev_subset or None, seeds=a.seeds, train_device=train_device,
-                          retimes=a.retimes, finetune_best_epoch=a.finetune_best_epoch)
+                          retimes=a.retimes, finetune_best_epoch=a.finetune_best_epoch,
+                          finetune_unlabeled=a.finetune_unlabeled, finetune_augment=a.finetune_augment)
     run = open_run(a.run)
     target = _target(run, a.device, None, a.length, a.budget_stat)
     summary = run_bench(run, target, cfg, a.out, command=a.command_line, progress=not a.quiet)

@@ -711,8 +711,10 @@ def choose_and_export(
     dropped tokens first, but deep, narrow, uniform ones recover more when fine-tuned (rt at
     3x, 3 epochs: 6 layers of 3 heads at full retention 82.6 on dev against 80.9 for the
     search's 3-layer pick). ``full_model_test``: the teacher's test score when the caller
-    already has it (a budget sweep); ``teacher_targets``: the teacher's logits on the train
-    split (``teacher_logits``, called only if there is fine-tuning to do).
+    already has it (a budget sweep); ``teacher_targets``: the teacher's logits on what the
+    fine-tunings distil on (``teacher_logits`` of the distillation split of ``run`` with
+    ``cfg.finetune_unlabeled`` and ``cfg.finetune_augment`` applied; called only if there is
+    fine-tuning to do).
     """
     from supernet.checkpoint import load_model
     from supernet.evaluate import predict, scores
@@ -764,7 +766,7 @@ def choose_and_export(
             ft_run = with_augmented(with_unlabeled(run, cfg.finetune_unlabeled),
                                     AugmentConfig(copies=cfg.finetune_augment, seed=run.spec.seed))
             distill = distill_split(ft_run.splits)
-            targets = (teacher_targets if ft_run is run else None) or functools.cache(
+            targets = teacher_targets or functools.cache(
                 lambda: teacher_logits(teacher, distill))
             ft = finetune_best(ft_run, teacher, pool, cfg.finetune, out, accuracy, targets, progress=cfg.progress,
                                device=cfg.train_device, batch=target.batch, best_epoch=cfg.finetune_best_epoch,
