@@ -152,6 +152,10 @@ def _add_train_args(p: argparse.ArgumentParser, *, quick: bool) -> None:
                    help="add up to N in-domain texts without labels to the supernet's and the fine-tunings' "
                    "distillation data (rt: sentences of the plot synopses of movies outside dev and test, 5,533 at "
                    "seed 0; default 0: none)")
+    t.add_argument("--augment", type=COUNT0, default=0, metavar="COPIES",
+                   help="add this many word-replaced copies of each train example to the supernet stage's "
+                   "distillation data (TinyBERT / DynaBERT augmentation: each whole word replaced with probability "
+                   "0.4 by one of its 15 nearest words in the pretrained model's embeddings; default 0: none)")
     t.add_argument("--schedule", choices=("sandwich", "progressive"), default="sandwich",
                    help="sandwich (default): sample the whole space from the first step; progressive: Once-for-All's "
                    "progressive shrinking (depth only for the first third of the steps, then width too, then token "
@@ -176,7 +180,7 @@ SPEC_KEYS: dict[str, tuple[str, ...]] = {
     "supernet_epochs": ("train", "supernet", "epochs"), "supernet_lr": ("train", "supernet", "lr"),
     "n_random": ("train", "n_random"), "hidden_weight": ("train", "hidden_weight"),
     "layer_weight": ("train", "layer_weight"), "distill_from": ("train", "distill_from"),
-    "unlabeled": ("train", "unlabeled"), "schedule": ("train", "schedule"),
+    "unlabeled": ("train", "unlabeled"), "augment": ("train", "augment"), "schedule": ("train", "schedule"),
     "no_length_drop": ("train", "length_drop"), "no_bucket": ("train", "bucket_by_length"),
     "checkpoint_every": ("train", "checkpoint_every"),
 }
@@ -226,6 +230,7 @@ def _spec(a: argparse.Namespace) -> RunSpec:
         layer_weight=a.layer_weight,
         distill_from=a.distill_from,
         unlabeled=a.unlabeled,
+        augment=a.augment,
         schedule=a.schedule,
         length_drop=not a.no_length_drop,
         bucket_by_length=not a.no_bucket,

@@ -20,8 +20,9 @@ fine-tuning), and the table says, per recipe:
     .venv/bin/python scripts/recipe_ablation.py runs/main --out runs/ablation \\
         --recipe base: --recipe layers:layer_weight=1 --recipe inplace:distill_from=largest
 
-A recipe is ``NAME:KEY=VALUE,...`` with keys of the run's training settings (``layer_weight``,
-``distill_from``, ``n_random``, ``hidden_weight``, ``temperature``, ``length_drop``) and
+A recipe is ``NAME:KEY=VALUE,...`` with keys of the run's training settings (``unlabeled``,
+``augment`` (word-replaced copies of each train example, ``supernet.augment``), ``layer_weight``,
+``schedule``, ``distill_from``, ``n_random``, ``hidden_weight``, ``temperature``, ``length_drop``) and
 ``epochs`` / ``lr`` for the supernet stage. Everything resumes: an interrupted training goes on
 from its last checkpoint, finished supernets and scores are reused. The table is written to
 ``OUT/recipes.csv`` and each sub-network's scores to ``OUT/subnets.csv``.
@@ -45,14 +46,14 @@ from latency.target import PredictedLatency, Target
 from latency.workflow import resolve_device
 from nas.pareto import normalized_hypervolume
 from nas.stats import compare_with
-from supernet.checkpoint import load_model, save_model
+from supernet.checkpoint import load_model, load_pretrained, save_model
 from supernet.evaluate import Evaluator, predict, scores
 from supernet.io import write_json
 from supernet.space import SearchSpace, SubnetConfig
 from supernet.train import MetricsLog, StageRunner, TrainConfig, distill_split, train_supernet
-from supernet.workflow import LoadedRun, load_data, open_run
+from supernet.workflow import LoadedRun, load_data, open_run, with_supernet_augment
 
-TRAIN_KEYS = {"schedule": str, "unlabeled": int, "layer_weight": float, "distill_from": str, "n_random": int, "hidden_weight": float,
+TRAIN_KEYS = {"schedule": str, "unlabeled": int, "augment": int, "layer_weight": float, "distill_from": str, "n_random": int, "hidden_weight": float,
               "temperature": float, "length_drop": lambda v: v.lower() in ("1", "true", "yes")}
 STAGE_KEYS = {"epochs": float, "lr": float}
 
@@ -87,10 +88,14 @@ def candidates(space: SearchSpace, n_random: int, seed: int = 0, *, widths: tupl
 
 
 def splits_of(run: LoadedRun, cfg: TrainConfig) -> dict[str, Any]:
-    """The run's splits as ``cfg`` would load them (its unlabeled texts included)."""
-    if cfg.unlabeled == run.spec.train.unlabeled:
-        return run.splits
-    return load_data(dataclasses.replace(run.spec, train=cfg), run.tokenizer)[1]
+    """The run's splits as ``cfg`` would load them for the supernet stage (its unlabeled texts
+    and augmented copies included, as ``hwnas train`` makes them)."""
+    spec = dataclasses.replace(run.spec, train=cfg)
+    splits = run.splits if cfg.unlabeled == run.spec.train.unlabeled else load_data(spec, run.tokenizer)[1]
+    if cfg.augment == 0:
+        return splits
+    pretrained = load_pretrained(run.spec.model, len(run.task.label_names), seed=run.spec.seed)[0]
+    return with_supernet_augment(spec, splits, pretrained, run.tokenizer)
 
 
 def train_recipe(run: LoadedRun, cfg: TrainConfig, folder: Path) -> tuple[Any, float]:

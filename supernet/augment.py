@@ -20,6 +20,7 @@ The copies carry no label (``UNLABELED``): they serve distillation only.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,7 +28,7 @@ import torch
 from supernet.data import UNLABELED, Encoded
 from supernet.errors import ConfigError
 
-__all__ = ["AugmentConfig", "augment", "neighbours", "word_marks"]
+__all__ = ["AugmentConfig", "augment", "augment_with", "neighbours", "word_marks"]
 
 WORD_START = ("\u2581", "\u0120")  # SentencePiece's and byte-level BPE's word-start marks
 
@@ -122,3 +123,10 @@ def augment(data: Encoded, embeddings: torch.Tensor, tokens: list[str], special:
             ids_out.append(new)
             types_out.append(list(types))
     return Encoded(ids_out, types_out, np.full(len(ids_out), UNLABELED, dtype=np.int64))
+
+
+def augment_with(data: Encoded, weights: torch.Tensor, tokenizer: Any, cfg: AugmentConfig) -> Encoded:
+    """``augment`` with the vocabulary and special tokens read from ``tokenizer`` and the word
+    embeddings ``weights`` (vocabulary x dimension) of the model the texts are for."""
+    tokens = [t or "" for t in tokenizer.convert_ids_to_tokens(list(range(weights.shape[0])))]
+    return augment(data, weights, tokens, set(tokenizer.all_special_ids), cfg)

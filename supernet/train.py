@@ -80,6 +80,10 @@ class TrainConfig:
     # added to the supernet stage's and the fine-tunings' data: they learn the teacher's
     # logits only. 0: none.
     unlabeled: int = 0
+    # Word-replaced copies of each train example (``supernet.augment``: TinyBERT / DynaBERT
+    # augmentation, neighbours from the pretrained model's word embeddings) added to the
+    # supernet stage's data, unlabeled. 0: none. Fine-tunings take their own (--finetune-augment).
+    augment: int = 0
     # "progressive": Once-for-All's progressive shrinking: the first third of the supernet
     # stage samples only depth, the second depth and width, the last third the whole space
     # (token retention too). "sandwich": the whole space from the first step.
@@ -98,6 +102,7 @@ class TrainConfig:
         check_int(self.max_length, "max_length", 2)  # room for [CLS] and [SEP]
         check_int(self.n_random, "n_random", 0)
         check_int(self.unlabeled, "unlabeled", 0)
+        check_int(self.augment, "augment", 0)
         for stage in ("teacher", "supernet"):
             s = getattr(self, stage)
             if not isinstance(s, StageConfig):

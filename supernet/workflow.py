@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from supernet.augment import AugmentConfig, augment
+from supernet.augment import AugmentConfig, augment_with
 from supernet.checkpoint import load_model, load_pretrained
 from supernet.checks import check_int, check_type
 from supernet.cost import subnet_flops, subnet_params
@@ -107,15 +107,25 @@ def with_unlabeled(run: LoadedRun, n: int | None) -> LoadedRun:
     return replace(run, spec=spec, splits=load_data(spec, run.tokenizer)[1])
 
 
+def with_supernet_augment(spec: RunSpec, splits: dict[str, Encoded], pretrained: ElasticBert,
+                          tokenizer: Any) -> dict[str, Encoded]:
+    """``splits`` with the supernet stage's augmented copies (``TrainConfig.augment`` of each
+    train example, neighbours from the ``pretrained`` model's word embeddings) added to its
+    distillation texts; ``splits`` itself when there are none."""
+    if spec.train.augment == 0:
+        return splits
+    extra = augment_with(splits["train"], pretrained.embeddings.word_embeddings.weight, tokenizer,
+                         AugmentConfig(copies=spec.train.augment, seed=spec.seed))
+    return {**splits, "distill": concat(distill_split(splits), extra)}
+
+
 def with_augmented(run: LoadedRun, cfg: AugmentConfig) -> LoadedRun:
     """``run`` with ``cfg.copies`` word-replaced copies of each train example (``supernet.augment``,
     neighbours from the supernet's word embeddings) added to its distillation texts, after what
     it already distils on; ``run`` itself when ``cfg.copies`` is 0."""
     if cfg.copies == 0:
         return run
-    weights = run.supernet.embeddings.word_embeddings.weight
-    tokens = [t or "" for t in run.tokenizer.convert_ids_to_tokens(list(range(weights.shape[0])))]
-    extra = augment(run.splits["train"], weights, tokens, set(run.tokenizer.all_special_ids), cfg)
+    extra = augment_with(run.splits["train"], run.supernet.embeddings.word_embeddings.weight, run.tokenizer, cfg)
     return replace(run, splits={**run.splits, "distill": concat(distill_split(run.splits), extra)})
 
 
@@ -150,6 +160,7 @@ def train_run(run_dir: str | Path, spec: RunSpec, *, resume: bool = False, progr
         raise ConfigError(f"max_length {spec.train.max_length} is more than the model's {positions} positions: "
                           f"give --max-length {positions} or less")
     task, splits = load_data(spec, tok)
+    splits = with_supernet_augment(spec, splits, model, tok)
     for name in ("train", "distill"):  # the teacher trains on the first, the supernet on the second
         if name in splits:
             check_shareable(len(splits[name]), spec.train.batch_size, ranks.world)

@@ -129,3 +129,27 @@ def test_supernet_stage_trains_on_unlabeled_text_too(tmp_path: Path, tiny_hf_dir
     again = load_data(spec, run.tokenizer)[1]["distill"]
     assert again.input_ids == run.splits["distill"].input_ids
     assert "distill" not in load_data(_spec(tiny_hf_dir), run.tokenizer)[1]
+
+
+def test_supernet_stage_trains_on_augmented_copies(tmp_path: Path, tiny_hf_dir) -> None:
+    """With augment=K the supernet stage also runs over K word-replaced copies of each train
+    example (neighbours from the pretrained embeddings; the teacher trains on the train split
+    only); the copies are seeded, so an interrupted run resumes to the same weights."""
+    from supernet.checkpoint import load_pretrained
+    from supernet.workflow import load_data, with_supernet_augment
+
+    spec = _spec(tiny_hf_dir, augment=1)
+    pretrained, tok = load_pretrained(str(tiny_hf_dir), 2, seed=0)
+    splits = with_supernet_augment(spec, load_data(spec, tok)[1], pretrained, tok)
+    extra = len(splits["distill"]) - 64
+    assert 0 < extra <= 64 and splits["distill"].input_ids[:64] == splits["train"].input_ids
+    assert with_supernet_augment(_spec(tiny_hf_dir), splits, pretrained, tok) is splits  # 0: nothing added
+    train_run(tmp_path / "r", spec, progress=False)
+    steps = pd.read_csv(tmp_path / "r" / "metrics.csv").groupby("stage")["step"].max()
+    assert steps["supernet"] == -(-(64 + extra) // 8) and steps["teacher"] == 64 // 8
+    assert json.loads((tmp_path / "r" / "run.json").read_text())["train"]["augment"] == 1
+    with pytest.raises(Interrupted):
+        train_run(tmp_path / "b", spec, progress=False, stop_after=("supernet", 5))
+    train_run(tmp_path / "b", spec, resume=True, progress=False)
+    a, b = (load_model(tmp_path / r / "supernet").state_dict() for r in ("r", "b"))
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
