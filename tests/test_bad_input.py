@@ -773,7 +773,7 @@ def test_ctrl_c_advises_resume_only_where_it_exists(command: str, resume: bool, 
 
     monkeypatch.setattr(nas.cli, "COMMANDS", tuple((r, interrupted if h.__name__ == f"cmd_{command}" else h)
                                                    for r, h in nas.cli.COMMANDS))
-    argv = {"train": ["train", "--out", "x"], "run": ["run"], "measure": ["measure", "--run", "r", "--device", "cpu"],
+    argv = {"train": ["train", "--out", "x"], "run": ["run", "--out", "x"], "measure": ["measure", "--run", "r", "--device", "cpu"],
             "fit": ["fit", "--run", "r", "--device", "cpu"],
             "export": ["export", "--run", "r", "--device", "cpu", "--budget-ms", "1", "--out", "o"]}[command]
     assert main(argv) == 130
