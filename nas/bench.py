@@ -50,7 +50,6 @@ from nas.objectives import DevAccuracy
 from nas.pareto import compare_fronts, normalized_hypervolume, pareto_front
 from nas.search import Candidate, SearchResult, make_searcher
 from nas.stats import spread
-from supernet.augment import AugmentConfig
 from supernet.cost import subnet_flops
 from supernet.io import atomic_write, write_csv, write_json, write_text
 from supernet.space import SearchSpace, SubnetConfig
@@ -276,8 +275,7 @@ def finetuned(run: LoadedRun, target: Target, table: pd.DataFrame, acc: DevAccur
         return pd.DataFrame(columns=[*table.columns, "acc_test_before"])
     stage = StageConfig(epochs=cfg.finetune_epochs, lr=cfg.finetune_lr)
     # The train split, the unlabeled texts (as the run was trained, or cfg's) and augmented copies.
-    ft_run = with_augmented(with_unlabeled(run, cfg.finetune_unlabeled),
-                            AugmentConfig(copies=cfg.finetune_augment, seed=run.spec.seed))
+    ft_run = with_augmented(with_unlabeled(run, cfg.finetune_unlabeled), cfg.finetune_augment)
     train = distill_split(ft_run.splits)
     teacher = load_model(run.paths.teacher).to(cfg.train_device)
     targets = functools.cache(lambda: teacher_logits(teacher, train))  # one pass for every fine-tuning, only if needed

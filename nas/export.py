@@ -55,7 +55,6 @@ from nas.search import (
     uniform_grid,
 )
 from supernet import faults
-from supernet.augment import AugmentConfig
 from supernet.cost import subnet_flops, subnet_params
 from supernet.errors import ConfigError, HwnasError
 from supernet.extract import needs_remote_code
@@ -763,8 +762,7 @@ def choose_and_export(
             extra = finetune_pool(result.history, chosen, [c.key() for c in seed_cfgs], cfg.finetune_candidates - 1,
                                   measured=stretched)
             pool = measured_pool(verified, extra, budget.ms, timer, rounds=cfg.rounds)
-            ft_run = with_augmented(with_unlabeled(run, cfg.finetune_unlabeled),
-                                    AugmentConfig(copies=cfg.finetune_augment, seed=run.spec.seed))
+            ft_run = with_augmented(with_unlabeled(run, cfg.finetune_unlabeled), cfg.finetune_augment)
             distill = distill_split(ft_run.splits)
             targets = teacher_targets or functools.cache(
                 lambda: teacher_logits(teacher, distill))

@@ -30,7 +30,6 @@ from pathlib import Path
 import torch
 
 from nas.stats import compare_with
-from supernet.augment import AugmentConfig
 from supernet.checkpoint import load_model
 from supernet.evaluate import predict, scores
 from supernet.space import SubnetConfig
@@ -70,7 +69,7 @@ def main() -> None:
                    "--finetune-best-epoch)")
     a = p.parse_args()
     run = open_run(a.run)
-    run = with_augmented(with_unlabeled(run, a.unlabeled), AugmentConfig(copies=a.augment, seed=run.spec.seed))
+    run = with_augmented(with_unlabeled(run, a.unlabeled), a.augment)
     print(f"distilling on {len(distill_split(run.splits))} texts ({len(run.splits['train'])} labeled)")
     out = Path(a.out or run.folder / "finetune_check")
     teacher = load_model(run.folder / "teacher")

@@ -78,9 +78,9 @@ def neighbours(embeddings: torch.Tensor, ids: np.ndarray, candidates: np.ndarray
         raise ConfigError(f"{k} neighbours asked for among only {len(candidates)} whole-word tokens: lower k")
     with torch.no_grad():
         unit = torch.nn.functional.normalize(embeddings.detach().float().cpu(), dim=1)
-        pool = unit[torch.as_tensor(candidates)]
-        out: dict[int, np.ndarray] = {}
         cand = torch.as_tensor(candidates)
+        pool = unit[cand]
+        out: dict[int, np.ndarray] = {}
         for start in range(0, len(ids), chunk):
             rows = torch.as_tensor(ids[start:start + chunk])
             sim = unit[rows] @ pool.T

@@ -107,26 +107,32 @@ def with_unlabeled(run: LoadedRun, n: int | None) -> LoadedRun:
     return replace(run, spec=spec, splits=load_data(spec, run.tokenizer)[1])
 
 
+def _with_copies(splits: dict[str, Encoded], model: ElasticBert, tokenizer: Any, copies: int,
+                 seed: int) -> dict[str, Encoded]:
+    """``splits`` with ``copies`` word-replaced copies of each train example (``supernet.augment``,
+    neighbours from ``model``'s word embeddings) after its distillation texts; itself for 0."""
+    if copies == 0:
+        return splits
+    extra = augment_with(splits["train"], model.embeddings.word_embeddings.weight, tokenizer,
+                         AugmentConfig(copies=copies, seed=seed))
+    return {**splits, "distill": concat(distill_split(splits), extra)}
+
+
 def with_supernet_augment(spec: RunSpec, splits: dict[str, Encoded], pretrained: ElasticBert,
                           tokenizer: Any) -> dict[str, Encoded]:
     """``splits`` with the supernet stage's augmented copies (``TrainConfig.augment`` of each
     train example, neighbours from the ``pretrained`` model's word embeddings) added to its
     distillation texts; ``splits`` itself when there are none."""
-    if spec.train.augment == 0:
-        return splits
-    extra = augment_with(splits["train"], pretrained.embeddings.word_embeddings.weight, tokenizer,
-                         AugmentConfig(copies=spec.train.augment, seed=spec.seed))
-    return {**splits, "distill": concat(distill_split(splits), extra)}
+    return _with_copies(splits, pretrained, tokenizer, spec.train.augment, spec.seed)
 
 
-def with_augmented(run: LoadedRun, cfg: AugmentConfig) -> LoadedRun:
-    """``run`` with ``cfg.copies`` word-replaced copies of each train example (``supernet.augment``,
-    neighbours from the supernet's word embeddings) added to its distillation texts, after what
-    it already distils on; ``run`` itself when ``cfg.copies`` is 0."""
-    if cfg.copies == 0:
+def with_augmented(run: LoadedRun, copies: int) -> LoadedRun:
+    """``run`` with ``copies`` word-replaced copies of each train example (``supernet.augment``,
+    seeded by the run's seed, neighbours from the supernet's word embeddings) added to its
+    distillation texts, after what it already distils on; ``run`` itself when ``copies`` is 0."""
+    if copies == 0:
         return run
-    extra = augment_with(run.splits["train"], run.supernet.embeddings.word_embeddings.weight, run.tokenizer, cfg)
-    return replace(run, splits={**run.splits, "distill": concat(distill_split(run.splits), extra)})
+    return replace(run, splits=_with_copies(run.splits, run.supernet, run.tokenizer, copies, run.spec.seed))
 
 
 def train_run(run_dir: str | Path, spec: RunSpec, *, resume: bool = False, progress: bool = True,

@@ -194,15 +194,14 @@ def test_export_finetunes_on_unlabeled_text_too(job: Path, tmp_path: Path, capsy
 def test_export_finetunes_on_augmented_text(job: Path, tmp_path: Path, capsys) -> None:
     """`--finetune-augment N` adds N word-replaced copies of each train example (unlabeled) to
     the distillation texts: more texts, its own fine-tuning folder, and the report says so."""
-    from supernet.augment import AugmentConfig
     from supernet.data import UNLABELED
     from supernet.space import SubnetConfig
     from supernet.train import StageConfig, finetune_folder
     from supernet.workflow import open_run, with_augmented
 
     run = open_run(job)
-    assert with_augmented(run, AugmentConfig(copies=0)) is run
-    more = with_augmented(run, AugmentConfig(copies=1, seed=run.spec.seed)).splits["distill"]
+    assert with_augmented(run, 0) is run
+    more = with_augmented(run, 1).splits["distill"]
     n_train = len(run.splits["train"])
     extra = len(more) - n_train
     assert 0.5 * n_train < extra <= n_train  # about one copy each (unchanged copies are dropped)
