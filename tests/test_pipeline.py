@@ -51,6 +51,52 @@ def test_main_job_writes_everything(job: Path) -> None:
     assert (report["regime"], report["budget_stat"]) == ("traffic", "p50")
     for f in ("model.onnx", "subnet.json", "pytorch/model.safetensors"):
         assert (export / f).exists()
+    # Exported at the middle budget, or at the loose one when no sub-network met the middle one
+    # on re-measurement (job.json says which and why).
+    record = json.loads((job / "job.json").read_text())
+    budgets = record["budgets_ms"]["cpu"]
+    assert record["export_budget_ms"] == report["budget_ms"] == summary["budget_ms"].iloc[-1]
+    assert [m["budget_ms"] for m in record["export_missed"]] == budgets[1:budgets.index(report["budget_ms"])]
+
+
+def test_main_job_exports_at_the_next_budget_when_one_is_missed(monkeypatch: pytest.MonkeyPatch,
+                                                               tmp_path: Path) -> None:
+    import nas.pipeline
+    from nas.export import ImpossibleBudget
+
+    tried: list[float] = []
+
+    def export(run, target, out, cfg, **kw):  # noqa: ANN001, ANN003, ANN202
+        tried.append(cfg.budget_ms)
+        if cfg.budget_ms < 3:
+            raise ImpossibleBudget(f"none of the 5 finalists met {cfg.budget_ms:g} ms")
+        return {"budget_ms": cfg.budget_ms}
+
+    class Run:
+        class spec:  # noqa: N801
+            seed = 0
+
+        class paths:  # noqa: N801
+            @staticmethod
+            def export(device: str, budget: float) -> Path:
+                return tmp_path / f"{device}_{budget:g}"
+
+    class Target:
+        class profile:  # noqa: N801
+            name = "cpu"
+
+    monkeypatch.setattr(nas.pipeline, "choose_and_export", export)
+    logged: list[str] = []
+    budget, report, missed = nas.pipeline.export_at_budget(Run, Target, [1.0, 2.0, 3.0], nas.pipeline.JobConfig(),
+                                                           None, command=None, progress=False, log=logged.append)
+    assert (budget, report, tried) == (3.0, {"budget_ms": 3.0}, [1.0, 2.0, 3.0])
+    assert [m["budget_ms"] for m in missed] == [1.0, 2.0] and "met 1 ms" in missed[0]["why"]
+    assert len(logged) == 2 and "next budget, 2 ms" in logged[0]
+    tried.clear()
+    with pytest.raises(ImpossibleBudget, match="met 2 ms"):  # the loosest missed too: the job fails, saying why
+        nas.pipeline.export_at_budget(Run, Target, [1.0, 2.0], nas.pipeline.JobConfig(), None, command=None,
+                                      progress=False, log=logged.append)
+    assert tried == [1.0, 2.0]
 
 
 def test_exported_models_hold_the_finetuned_weights(job: Path) -> None:
