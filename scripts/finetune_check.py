@@ -12,6 +12,11 @@ are reused.
     .venv/bin/python scripts/finetune_check.py runs/bench/rt \
         --subnet runs/bench/rt/bench/export_3x_ft/subnet.json --recipe 2:5e-5 --recipe 3:2e-4
 
+A recipe's third and fourth fields weigh the layer-wise hidden-state loss and the attention
+loss (``supernet.train.layer_loss`` and ``attention_loss``, TinyBERT / DynaBERT); with an
+attention loss the teacher is the run's rewired teacher (the same function, its heads in the
+order the supernet keeps them).
+
 --augment N adds N word-replaced copies of each train example to the distillation texts
 (``supernet.augment``), as `hwnas export --finetune-augment` does.
 
@@ -57,7 +62,8 @@ def main() -> None:
     p.add_argument("run")
     p.add_argument("--subnet", action="append", help="subnet.json or uniform:WIDTH,DEPTH (repeatable)")
     p.add_argument("--recipe", action="append",
-                   help="EPOCHS:LR or EPOCHS:LR:LAYER_WEIGHT (layer-wise distillation; repeatable; default 2:5e-5 and 3:2e-4)")
+                   help="EPOCHS:LR[:LAYER_WEIGHT[:ATTENTION_WEIGHT]] (layer-wise hidden-state and attention "
+                   "distillation; repeatable; default 2:5e-5 and 3:2e-4)")
     p.add_argument("--unlabeled", type=int, default=None,
                    help="distil on the train split plus this many of the task's unlabeled texts (default: as the run)")
     p.add_argument("--augment", type=int, default=0,
@@ -72,7 +78,8 @@ def main() -> None:
     run = with_augmented(with_unlabeled(run, a.unlabeled), a.augment)
     print(f"distilling on {len(distill_split(run.splits))} texts ({len(run.splits['train'])} labeled)")
     out = Path(a.out or run.folder / "finetune_check")
-    teacher = load_model(run.folder / "teacher")
+    teacher = load_model(run.paths.teacher)
+    rewired = functools.cache(lambda: load_model(run.paths.rewired))  # for the attention loss
     targets = functools.cache(lambda: teacher_logits(teacher, distill_split(run.splits)))
     metric = run.task.metric
     reference = {s: predict(teacher, run.splits[s]) for s in ("dev", "test")}
@@ -82,13 +89,14 @@ def main() -> None:
         before = {s: run.evaluator(cfg, s)[metric] for s in ("dev", "test")}
         print(f"{cfg.describe()}: supernet weights dev {before['dev']:.4f} test {before['test']:.4f}")
         for recipe in a.recipe or ["2:5e-5", "3:2e-4"]:
-            epochs, lr, layer_weight = (float(x) for x in (recipe + ":0").split(":")[:3])
+            epochs, lr, layer_weight, attention_weight = (float(x) for x in (recipe + ":0:0").split(":")[:4])
             stage = StageConfig(epochs=epochs, lr=lr)
             t0 = time.time()
             folder = finetune_folder(out, cfg, stage, layer_weight, unlabeled=run.spec.train.unlabeled,
-                                     best_epoch=a.best_epoch, augment=a.augment)
-            model, trained = finetune_subnet(run.supernet, teacher, cfg, distill_split(run.splits), folder,
-                                             run.spec.train, stage, targets=targets, layer_weight=layer_weight,
+                                     best_epoch=a.best_epoch, augment=a.augment, attention_weight=attention_weight)
+            model, trained = finetune_subnet(run.supernet, rewired() if attention_weight > 0 else teacher, cfg,
+                                             distill_split(run.splits), folder, run.spec.train, stage, targets=targets,
+                                             layer_weight=layer_weight, attention_weight=attention_weight,
                                              progress=False, select=run.splits["dev"] if a.best_epoch else None)
             how = f"{time.time() - t0:.0f} s" if trained else "reused"
             kept = selected_epoch(folder)
@@ -106,7 +114,8 @@ def main() -> None:
                 c = compare_with(reference[s], logits[s], labels, metric=metric)
                 got.append(f"{s} {scores(logits[s], labels)[metric]:.4f} ({c['diff_points']:+.2f} points, "
                            f"{c['ci95_low']:+.2f} to {c['ci95_high']:+.2f})")
-            print(f"  {epochs:g} epochs, lr {lr:g}, layer weight {layer_weight:g}: {', '.join(got)} ({how})", flush=True)
+            print(f"  {epochs:g} epochs, lr {lr:g}, layer weight {layer_weight:g}, attention weight "
+                  f"{attention_weight:g}: {', '.join(got)} ({how})", flush=True)
 
 
 if __name__ == "__main__":

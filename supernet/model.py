@@ -135,6 +135,9 @@ class LayerState:
     hidden: torch.Tensor  # (B, T', H)
     positions: torch.Tensor | None  # (B, T') each slot's position in the input (None: not tracked)
     mask: torch.Tensor  # (B, T') True where a token is alive
+    # The layer's attention scores (B, h, T, T) over the tokens it was handed (the previous
+    # state's slots), when asked for (``forward(..., attention=True)``); None otherwise.
+    scores: torch.Tensor | None = None
 
 
 @dataclass
@@ -187,10 +190,13 @@ class ElasticAttention(nn.Module):
         self.head_gate: torch.Tensor | None = None
 
     def forward(
-        self, x: torch.Tensor, mask: torch.Tensor, heads: int, need_probs: bool
+        self, x: torch.Tensor, mask: torch.Tensor, heads: int, need_probs: bool,
+        scores_out: list[torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Return the per-head context (B, T, h*d), before the output projection, and the
-        attention probabilities (B, h, T, T) when ``need_probs`` (token retention)."""
+        attention probabilities (B, h, T, T) when ``need_probs`` (token retention).
+        ``scores_out``: a list the attention scores q.k / sqrt(d) (B, h, T, T), before the
+        padding mask, are appended to (attention distillation, ``supernet.train.attention_loss``)."""
         B, T, _ = x.shape
         w = heads * self.head_dim
         q, k, v = (
@@ -202,8 +208,10 @@ class ElasticAttention(nn.Module):
         # Exported to ONNX, attention is written out as stock BERT's graph is (scaled scores,
         # mask, softmax): the exporter's decomposition of scaled_dot_product_attention adds
         # scalar ops per layer and ran 4-7% slower in ONNX Runtime (scripts/stock_check.py).
-        if need_probs or torch.onnx.is_in_onnx_export():
+        if need_probs or scores_out is not None or torch.onnx.is_in_onnx_export():
             scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim)  # (B, h, T, T)
+            if scores_out is not None:
+                scores_out.append(scores)
             scores = scores.masked_fill(~mask[:, None, None, :], torch.finfo(scores.dtype).min)
             attn = scores.softmax(-1)
             ctx = F.dropout(attn, p_drop, self.training) @ v  # (B, h, T, d)
@@ -294,10 +302,11 @@ class EncoderLayer(nn.Module):
         ffn: int,
         keep: torch.Tensor | None,  # (B,) tokens to keep per example, None = keep all
         new_length: torch.Tensor | None = None,  # () T' >= max(keep), None = max(keep)
+        scores_out: list[torch.Tensor] | None = None,  # gets the attention scores (``ElasticAttention``)
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Return the new states (B, T', H), their alive mask (B, T') and, when tokens were
         dropped, the positions they were gathered from (B, T'; None otherwise)."""
-        ctx, probs = self.attn(x, mask, heads, need_probs=keep is not None)  # (B, T, h*d)
+        ctx, probs = self.attn(x, mask, heads, need_probs=keep is not None, scores_out=scores_out)  # (B, T, h*d)
         idx = None
         if keep is not None:
             assert probs is not None
@@ -435,9 +444,12 @@ class ElasticBert(nn.Module):
         token_type_ids: torch.Tensor | None = None,  # (B, T)
         subnet: SubnetConfig | None = None,
         states: bool = False,  # also return every layer's output (layer-wise distillation)
+        attention: bool = False,  # and, in those states, every layer's attention scores
     ) -> EncoderOutput:
         trace: list[LayerState] = []  # every state only when asked for: no reference kept otherwise
-        for last in self.layer_trace(input_ids, attention_mask, token_type_ids, subnet, positions=states):
+        states = states or attention
+        for last in self.layer_trace(input_ids, attention_mask, token_type_ids, subnet, positions=states,
+                                     attention=attention):
             if states:
                 trace.append(last)
         x, mask = last.hidden, last.mask  # the last layer's (B, T', H), (B, T')
@@ -466,6 +478,7 @@ class ElasticBert(nn.Module):
         token_type_ids: torch.Tensor | None = None,  # (B, T)
         subnet: SubnetConfig | None = None,
         positions: bool = False,  # track each slot's input position (layer-wise distillation)
+        attention: bool = False,  # keep each layer's attention scores (``LayerState.scores``)
     ) -> Iterator[LayerState]:
         """The embeddings' output (layer -1), then each kept layer's, as ``LayerState``s."""
         cfg = self.own_config() if subnet is None else subnet
@@ -482,10 +495,11 @@ class ElasticBert(nn.Module):
         pos = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids) if positions else None
         yield LayerState(-1, x, pos, mask)
         for i in cfg.kept_layers:
-            x, mask, idx = self.layer_step(cfg, i, x, mask, lengths, T)  # (B, T', H)
+            got: list[torch.Tensor] | None = [] if attention else None
+            x, mask, idx = self.layer_step(cfg, i, x, mask, lengths, T, scores_out=got)  # (B, T', H)
             if pos is not None and idx is not None:
                 pos = pos.gather(1, idx)  # (B, T') where each slot came from
-            yield LayerState(self.shape.source_layers[i], x, pos, mask)
+            yield LayerState(self.shape.source_layers[i], x, pos, mask, got[0] if got else None)
 
     def layer_step(
         self,
@@ -495,6 +509,7 @@ class ElasticBert(nn.Module):
         mask: torch.Tensor,  # (B, T) bool
         lengths: torch.Tensor,  # (B,) real tokens per example at the input
         T: torch.Tensor,  # () the input's padded length
+        scores_out: list[torch.Tensor] | None = None,  # gets the layer's attention scores
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Layer ``i`` of ``cfg`` (kept), with its token drop: (B, T', H), the new mask and,
         when tokens were dropped, the positions gathered (B, T'; ``EncoderLayer.forward``)."""
@@ -507,7 +522,7 @@ class ElasticBert(nn.Module):
             # with tensor ops, not from the data, so that a traced (ONNX) graph keeps T
             # dynamic. (Padded beyond the longest example, the extra slots stay dead.)
             t_new = tokens_kept(T, drops[i])  # ()
-        return self.encoder_layers[i](x, mask, cfg.heads[i], cfg.ffn[i], keep, t_new)
+        return self.encoder_layers[i](x, mask, cfg.heads[i], cfg.ffn[i], keep, t_new, scores_out)
 
     def classify(self, x: torch.Tensor) -> torch.Tensor:
         """The final classifier on the last hidden states (B, T', H) -> logits (B, num_labels)."""

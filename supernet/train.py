@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -264,6 +265,40 @@ def layer_loss(student: EncoderOutput, teacher: EncoderOutput) -> torch.Tensor:
         losses.append((err * alive).sum() / alive.sum().clamp(min=1.0))
     if not losses:
         raise ConfigError("layer_loss: the student returned no layer states (forward(..., states=True))")
+    return torch.stack(losses).mean()
+
+
+def attention_loss(student: EncoderOutput, teacher: EncoderOutput) -> torch.Tensor:
+    """Attention distillation (TinyBERT): the mean, over the student's layers, of the mean
+    squared error between its attention scores (q.k / sqrt(d), before the softmax) and the
+    teacher's in the source layer it came from, over the pairs of tokens both still have.
+
+    Head ``j`` of a narrowed layer learns the teacher's head ``j``: the supernet keeps the
+    first heads of the *rewired* teacher (``RunFolder.rewired``, heads ordered by importance,
+    the same function as the teacher), so that is the teacher to pass; layers map as in
+    ``layer_loss``. A layer's scores cover the tokens it was handed (the previous state's
+    slots), gathered from the teacher's by input position on both axes. Both come from
+    ``forward(..., attention=True)``; the teacher must keep every token and layer the
+    student has, and at least as many heads."""
+    by_layer = {s.layer: s for s in teacher.states}
+    losses = []
+    for before, s in itertools.pairwise(student.states):
+        t = by_layer.get(s.layer)
+        if s.scores is None or before.positions is None or t is None or t.scores is None:
+            raise ConfigError(f"attention_loss: no attention scores for source layer {s.layer} "
+                              "(forward(..., attention=True) on both models, the teacher keeping every layer)")
+        heads, pos = s.scores.shape[1], before.positions  # (B, T) the slots the layer attended over
+        if t.scores.shape[1] < heads:
+            raise ConfigError(f"attention_loss: layer {s.layer} of the student has {heads} heads, "
+                              f"the teacher's {t.scores.shape[1]}")
+        B, T = pos.shape
+        rows = t.scores[:, :heads].gather(2, pos[:, None, :, None].expand(B, heads, T, t.scores.shape[-1]))
+        target = rows.gather(3, pos[:, None, None, :].expand(B, heads, T, T))  # (B, h, T, T)
+        alive = (before.mask[:, None, :, None] & before.mask[:, None, None, :]).to(s.scores.dtype)  # (B, 1, T, T)
+        err = (s.scores - target).pow(2) * alive
+        losses.append(err.sum() / (alive.sum() * heads).clamp(min=1.0))
+    if not losses:
+        raise ConfigError("attention_loss: the student returned no layer states (forward(..., attention=True))")
     return torch.stack(losses).mean()
 
 
@@ -596,12 +631,14 @@ def teacher_logits(teacher: ElasticBert, train: Encoded, batch_size: int = 64) -
 
 
 def finetune_folder(base: str | Path, cfg: SubnetConfig, stage: StageConfig, layer_weight: float = 0.0,
-                    unlabeled: int = 0, best_epoch: bool = False, augment: int = 0) -> Path:
+                    unlabeled: int = 0, best_epoch: bool = False, augment: int = 0,
+                    attention_weight: float = 0.0) -> Path:
     """Where the fine-tuning of ``cfg`` with ``stage``'s settings (and ``unlabeled`` texts
     besides the train split; ``augment`` word-replaced copies of each train example,
-    ``supernet.augment``; ``best_epoch``: the epoch kept on dev, ``BestEpoch``) lives under
-    ``base``."""
+    ``supernet.augment``; ``best_epoch``: the epoch kept on dev, ``BestEpoch``; the weights
+    of the layer-wise and attention losses) lives under ``base``."""
     lw = f"_lw{layer_weight:g}" if layer_weight > 0 else ""
+    lw += f"_aw{attention_weight:g}" if attention_weight > 0 else ""
     un = f"_u{unlabeled}" if unlabeled > 0 else ""
     aug = f"_a{augment}" if augment > 0 else ""
     best = "_best" if best_epoch else ""
@@ -628,6 +665,7 @@ def finetune_subnet(
     *,
     targets: Callable[[], torch.Tensor] | None = None,
     layer_weight: float = 0.0,
+    attention_weight: float = 0.0,
     progress: bool = True,
     stop_after: int | None = None,
     device: str | torch.device = "cpu",
@@ -644,9 +682,11 @@ def finetune_subnet(
     teacher's logits for ``train`` (``teacher_logits``), so several fine-tunings can share
     them; called only when there is training to do. ``layer_weight`` > 0 adds layer-wise
     hidden-state distillation (``layer_loss``: each kept layer learns the teacher layer it
-    came from), at the cost of a teacher forward per step. ``device``: where it trains (the
-    sub-network, the batches, the teacher's logits, and for ``layer_weight`` the teacher,
-    moved there in place); the model comes back on the CPU, as a finished one is loaded.
+    came from), at the cost of a teacher forward per step; ``attention_weight`` > 0 adds
+    attention distillation (``attention_loss``: pass the *rewired* teacher, whose head j is
+    the sub-network's head j; its logits are the teacher's). ``device``: where it trains (the
+    sub-network, the batches, the teacher's logits, and for either loss the teacher, moved
+    there in place); the model comes back on the CPU, as a finished one is loaded.
     ``select`` (the dev split): after every epoch the same loss is computed on it, and the
     epoch where it is lowest is the model returned (``BestEpoch``: early stopping on held-out
     distillation loss, which varies less than held-out accuracy on a small dev split).
@@ -663,8 +703,11 @@ def finetune_subnet(
         "train_examples": len(train), "train": train_cfg.to_dict(), "start_weights": weights_sha1(model),
         "teacher": weights_sha1(teacher)}))
     check_number(layer_weight, "layer_weight", 0.0)
+    check_number(attention_weight, "attention_weight", 0.0)
     if layer_weight > 0:  # recorded only when used: folders written before it stay valid
         settings["layer_weight"] = layer_weight
+    if attention_weight > 0:  # likewise
+        settings["attention_weight"] = attention_weight
     if select is not None:  # likewise
         settings["select_epoch_on"] = {"examples": len(select), "loss": "distillation + labels"}
     plan = out / "finetune.json"
@@ -674,8 +717,8 @@ def finetune_subnet(
     if (out / "shape.json").exists() and read_meta(out) == settings:
         return load_model(out), False
     write_json(plan, settings)
-    layers = layer_weight > 0
-    if layers:  # a teacher forward every step: the teacher trains beside the model
+    layers, attention = layer_weight > 0, attention_weight > 0
+    if layers or attention:  # a teacher forward every step: the teacher trains beside the model
         teacher.to(device)
     logits = (targets() if targets is not None else teacher_logits(teacher, train)).to(device)
     if logits.shape[0] != len(train):
@@ -688,15 +731,20 @@ def finetune_subnet(
 
     def step_fn(batch: dict[str, torch.Tensor], step: int) -> dict[str, float]:
         args = (batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
-        out = model(*args, states=layers)
+        out = model(*args, states=layers, attention=attention)
         loss = finetune_loss(out.logits, logits[batch["index"]], batch["labels"], train_cfg.temperature)
         parts = {}
-        if layers:
+        if layers or attention:
             with torch.no_grad():
-                t_out = teacher(*args, states=True)
+                t_out = teacher(*args, states=True, attention=attention)
+        if layers:
             hidden = layer_loss(out, t_out)
             loss = loss + layer_weight * hidden
             parts["loss_layers"] = hidden.item()
+        if attention:
+            att = attention_loss(out, t_out)
+            loss = loss + attention_weight * att
+            parts["loss_attention"] = att.item()
         loss.backward()
         return {"loss": loss.item(), **parts}
 

@@ -1,4 +1,4 @@
-"""Layer-wise distillation (DynaBERT / TinyBERT) and in-place distillation in the supernet."""
+"""Layer-wise and attention distillation (DynaBERT / TinyBERT) and in-place distillation in the supernet."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from conftest import tiny_batch, tiny_model
 from supernet.errors import ConfigError
 from supernet.model import EncoderOutput, LayerState
 from supernet.space import SubnetConfig
-from supernet.train import TrainConfig, layer_loss
+from supernet.train import TrainConfig, attention_loss, layer_loss
 
 
 def _args(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
@@ -103,6 +103,92 @@ def test_layer_distillation_trains_and_pulls_states_towards_the_teacher() -> Non
         assert trained
         after[weight] = layer_loss(model.eval()(*_args(batch), states=True), t_out).item()
     assert after[1.0] < 0.8 * before and after[1.0] < after[0.0]
+
+
+def test_attention_scores_cover_the_tokens_each_layer_was_handed() -> None:
+    model, batch = tiny_model(layers=4), tiny_batch()
+    cfg = SubnetConfig((4, 2, 4, 1), (64, 32, 16, 64), (True, False, True, True), (1.0, 1.0, 0.5, 0.5))
+    plain = model(*_args(batch), subnet=cfg)
+    out = model(*_args(batch), subnet=cfg, attention=True)
+    torch.testing.assert_close(out.logits, plain.logits)  # asking for the scores changes nothing
+    assert out.states[0].scores is None  # the embeddings attend to nothing
+    for before, s, heads in zip(out.states[:-1], out.states[1:], (4, 4, 1), strict=True):
+        T = before.hidden.shape[1]
+        assert s.scores is not None and s.scores.shape == (4, heads, T, T)
+    assert out.states[3].scores.shape[-1] < batch["input_ids"].shape[1]  # after layer 2's drop
+    assert all(s.scores is None for s in model(*_args(batch), subnet=cfg, states=True).states)
+
+
+def test_attention_loss_maps_heads_layers_and_dropped_tokens_to_the_teacher_s() -> None:
+    """The model as its own teacher: a sub-network whose attention inputs are the full
+    model's (narrowed only in its last layer's heads, tokens dropped after a layer's
+    attention, a skipped last layer) has exactly the teacher's scores on the heads and
+    token pairs it keeps, so its loss is 0; narrowing the first layer changes every later
+    layer's input, and the loss is positive."""
+    model, batch = tiny_model(layers=4), tiny_batch()
+    t_out = model(*_args(batch), attention=True)
+    assert attention_loss(t_out, t_out).item() == 0.0
+    same = [SubnetConfig((4, 4, 4, 2), (64,) * 4, (True,) * 4, (1.0,) * 4),  # last layer: heads 0, 1
+            SubnetConfig((4,) * 4, (64,) * 4, (True,) * 4, (1.0, 1.0, 0.5, 0.5)),  # gathered slots in layer 3
+            SubnetConfig((4,) * 4, (64,) * 4, (True, True, True, False), (1.0, 0.6, 0.6, 0.6))]
+    for cfg in same:
+        out = model(*_args(batch), subnet=cfg, attention=True)
+        assert attention_loss(out, t_out).item() < 1e-9, cfg.describe()
+        small = model.extract(cfg)(*_args(batch), attention=True)  # extraction keeps the mapping
+        assert attention_loss(small, t_out).item() < 1e-9, cfg.describe()
+    narrowed = SubnetConfig((2, 4, 4, 4), (64,) * 4, (True,) * 4, (1.0,) * 4)
+    assert attention_loss(model(*_args(batch), subnet=narrowed, attention=True), t_out).item() > 1e-3
+
+
+def test_attention_loss_by_hand() -> None:
+    """One layer of 1 head over input positions 0 and 2 of the teacher's 3 (slot 1 dead):
+    only the pair (0, 0) counts."""
+    B, T = 1, 3
+    t_scores = torch.arange(2 * T * T, dtype=torch.float).view(B, 2, T, T)  # 2 heads; head 0: 0..8 row-major
+    full = torch.ones(B, T, dtype=torch.bool)
+    teacher = _output([LayerState(-1, torch.zeros(B, T, 2), torch.arange(T)[None], full),
+                       LayerState(0, torch.zeros(B, T, 2), torch.arange(T)[None], full, t_scores)])
+    handed = LayerState(-1, torch.zeros(B, 2, 2), torch.tensor([[0, 2]]), torch.tensor([[True, False]]))
+    student = _output([handed, LayerState(0, torch.zeros(B, 2, 2), torch.tensor([[0, 2]]),
+                                          torch.tensor([[True, False]]), torch.full((B, 1, 2, 2), 3.0))])
+    assert attention_loss(student, teacher).item() == pytest.approx((3.0 - 0.0) ** 2)
+    handed.mask[0, 1] = True  # pairs (0,0) (0,2) (2,0) (2,2): teacher head 0 holds 0, 2, 6, 8
+    assert attention_loss(student, teacher).item() == pytest.approx((9 + 1 + 9 + 25) / 4)
+    too_wide = _output([handed, LayerState(0, torch.zeros(B, 2, 2), torch.tensor([[0, 2]]), handed.mask,
+                                           torch.zeros(B, 3, 2, 2))])
+    with pytest.raises(ConfigError, match="3 heads, the teacher's 2"):
+        attention_loss(too_wide, teacher)
+    with pytest.raises(ConfigError, match="no attention scores for source layer 0"):
+        attention_loss(student, _output(teacher.states[:1] + [LayerState(0, torch.zeros(B, T, 2),
+                                                                         torch.arange(T)[None], full)]))
+
+
+def test_attention_distillation_trains_and_pulls_scores_towards_the_teacher() -> None:
+    from supernet.data import Encoded
+    from supernet.train import StageConfig, finetune_folder, finetune_subnet
+
+    teacher, student = tiny_model(seed=1, layers=3), tiny_model(seed=0, layers=3)
+    g = torch.Generator().manual_seed(0)
+    n, T = 32, 10
+    ids = torch.randint(5, 120, (n, T), generator=g)
+    ids[:, 0] = 2
+    enc = Encoded(ids.tolist(), [[0] * T for _ in range(n)], (torch.arange(n) % 2).numpy())
+    cfg = SubnetConfig((4, 2, 4), (64, 32, 64), (True, False, True), (1.0, 1.0, 1.0))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
+    t_out = teacher(*_args(batch), attention=True)
+    before = attention_loss(student.extract(cfg)(*_args(batch), attention=True), t_out).item()
+    after = {}
+    stage = StageConfig(epochs=10, lr=1e-2)
+    for weight in (0.0, 1.0):
+        with tempfile.TemporaryDirectory() as d:
+            folder = finetune_folder(d, cfg, stage, attention_weight=weight)
+            model, trained = finetune_subnet(student, teacher, cfg, enc, folder, TrainConfig(batch_size=8, log_every=1),
+                                             stage, attention_weight=weight, progress=False)
+            assert trained and folder.name.endswith("_aw1") == (weight == 1.0)
+            import json
+            assert json.loads((folder / "finetune.json").read_text()).get("attention_weight") == (weight or None)
+        after[weight] = attention_loss(model.eval()(*_args(batch), attention=True), t_out).item()
+    assert after[1.0] < 0.5 * before and after[1.0] < 0.5 * after[0.0]
 
 
 def test_in_place_distillation_targets_the_largest_sub_network(monkeypatch: pytest.MonkeyPatch) -> None:
