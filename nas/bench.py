@@ -53,7 +53,7 @@ from nas.stats import spread
 from supernet.cost import subnet_flops
 from supernet.io import atomic_write, write_csv, write_json, write_text
 from supernet.space import SearchSpace, SubnetConfig
-from supernet.workflow import LoadedRun, with_augmented, with_unlabeled
+from supernet.workflow import LoadedRun, distill_teacher, with_augmented, with_unlabeled
 
 METHODS = ("ours", "dynabert", "retention", "random")
 
@@ -81,6 +81,7 @@ class BenchConfig:
     # texts (None: as the run was trained) and word-replaced copies of each train example.
     finetune_unlabeled: int | None = None
     finetune_augment: int = 0
+    finetune_attention: float = 0.0  # weight of attention distillation in every fine-tuning (0: off)
     seeds: int = 3  # search seeds per method for the hypervolume spread (``seed_spread``)
     # The 1-point points are timed again this many times, each in a fresh timer (new sessions),
     # so the page's verdict says how far one measurement's speed-up moves (``retimed``).
@@ -261,7 +262,6 @@ def finetuned(run: LoadedRun, target: Target, table: pd.DataFrame, acc: DevAccur
     Other methods (the DynaBERT grid): the front's most accurate (whole dev) point with a
     measured speed-up of at least s. Finished fine-tunings under ``folder`` are reused."""
     from nas.stats import compare_with
-    from supernet.checkpoint import load_model
     from supernet.evaluate import model_score, predict, scores
     from supernet.train import (
         StageConfig,
@@ -277,7 +277,7 @@ def finetuned(run: LoadedRun, target: Target, table: pd.DataFrame, acc: DevAccur
     # The train split, the unlabeled texts (as the run was trained, or cfg's) and augmented copies.
     ft_run = with_augmented(with_unlabeled(run, cfg.finetune_unlabeled), cfg.finetune_augment)
     train = distill_split(ft_run.splits)
-    teacher = load_model(run.paths.teacher).to(cfg.train_device)
+    teacher = distill_teacher(run, cfg.finetune_attention).to(cfg.train_device)
     targets = functools.cache(lambda: teacher_logits(teacher, train))  # one pass for every fine-tuning, only if needed
     rows: list[dict[str, Any]] = []
     picks: list[pd.Series] = []
@@ -292,7 +292,8 @@ def finetuned(run: LoadedRun, target: Target, table: pd.DataFrame, acc: DevAccur
                                           finetune_candidates=cfg.finetune_candidates, progress=progress,
                                           train_device=cfg.train_device, finetune_best_epoch=cfg.finetune_best_epoch,
                                           finetune_unlabeled=cfg.finetune_unlabeled,
-                                          finetune_augment=cfg.finetune_augment)
+                                          finetune_augment=cfg.finetune_augment,
+                                          finetune_attention=cfg.finetune_attention)
                     r = choose_and_export(run, target, folder / f"export_{s:g}x_ft", export, accuracy=acc,
                                           full_model_test=full_test, teacher_targets=targets)
                 except ImpossibleBudget:
@@ -324,9 +325,10 @@ def finetuned(run: LoadedRun, target: Target, table: pd.DataFrame, acc: DevAccur
             model, _ = finetune_subnet(run.supernet, teacher, sub, train,
                                        finetune_folder(folder, sub, stage, best_epoch=cfg.finetune_best_epoch,
                                                        unlabeled=ft_run.spec.train.unlabeled,
-                                                       augment=cfg.finetune_augment),
+                                                       augment=cfg.finetune_augment,
+                                                       attention_weight=cfg.finetune_attention),
                                        run.spec.train, stage, targets=targets, progress=progress,
-                                       device=cfg.train_device,
+                                       device=cfg.train_device, attention_weight=cfg.finetune_attention,
                                        select=run.splits["dev"] if cfg.finetune_best_epoch else None)
             before = {k: v for k, v in row.to_dict().items() if k != "acc_dev"}  # acc_dev: the supernet's, on the subset
             logits = predict(model, test)  # once: its test score and the paired statistics
@@ -709,7 +711,11 @@ stock fp32 deployment, `speedup_vs_stock_int8` against stock INT8.
     texts = "the train split" + (f" plus {unlabeled} unlabeled in-domain texts" if unlabeled else "") + (
         f" and {cfg.finetune_augment} word-replaced copies of each train example" if cfg.finetune_augment else "")
     text_flags = ((f" --finetune-unlabeled {cfg.finetune_unlabeled}" if cfg.finetune_unlabeled is not None else "")
-                  + (f" --finetune-augment {cfg.finetune_augment}" if cfg.finetune_augment else ""))
+                  + (f" --finetune-augment {cfg.finetune_augment}" if cfg.finetune_augment else "")
+                  + (f" --finetune-attention {cfg.finetune_attention:g}" if cfg.finetune_attention else ""))
+    if cfg.finetune_attention:
+        texts += (f", with attention distillation (weight {cfg.finetune_attention:g}: each kept head's attention "
+                  "scores learn the rewired teacher's same head)")
     return f"""# Benchmarks: {run.spec.task} on {target.profile.name}
 
 Generated by `{command}` on {now}; host {platform.node()} ({cpu}, {__import__('os').cpu_count()} cores),

@@ -270,6 +270,10 @@ def _finetune_args(p: argparse.ArgumentParser, epochs: float, what: str, candida
                    help="after each fine-tuning epoch, score the same loss (distillation from the teacher plus the "
                    "labels) on the dev split and keep the epoch where it is lowest, not the last: --finetune-epochs is "
                    "then a maximum (early stopping on dev)")
+    p.add_argument("--finetune-attention", type=WEIGHT, default=0.0, metavar="WEIGHT",
+                   help="weight of attention distillation when fine-tuning (TinyBERT: each kept head's attention "
+                   "scores learn the teacher's same head in the layer it came from; a teacher forward per step; "
+                   "default %(default)s: off)")
 
 
 def _distill_text_args(p: argparse.ArgumentParser) -> None:
@@ -392,7 +396,8 @@ def cmd_run(a: argparse.Namespace) -> int:
     spec = _stored_spec(a, out) if RunFolder(out).spec.exists() else _spec(a)
     job = JobConfig(devices=tuple(a.device.split(",")), n_measure=a.n_measure, n_search=a.n_search,
                     finetune=_finetune_stage(a), finetune_candidates=a.finetune_candidates,
-                    finetune_best_epoch=a.finetune_best_epoch, train_device=resolve_train_device(a.train_device))
+                    finetune_best_epoch=a.finetune_best_epoch, finetune_attention=a.finetune_attention,
+                    train_device=resolve_train_device(a.train_device))
     for device in job.devices:  # before training: a typo or a missing GPU is found in a second
         check_available(resolve_device(out, device))
     t0 = time.time()
@@ -905,7 +910,7 @@ def cmd_export(a: argparse.Namespace) -> int:
                        finetune_unlabeled=a.finetune_unlabeled, finetune_augment=a.finetune_augment,
                        drift_tolerance=None if a.drift_tolerance < 0 else a.drift_tolerance, progress=not a.quiet,
                        step_up_below=a.step_up_below or None, train_device=train_device,
-                       finetune_best_epoch=a.finetune_best_epoch)
+                       finetune_best_epoch=a.finetune_best_epoch, finetune_attention=a.finetune_attention)
     accuracy = DevAccuracy(run, subset_size=a.dev_subset or None, precision=a.search_precision, batch=target.batch)
     r = choose_and_export(run, target, a.out, cfg, accuracy=accuracy, command=a.command_line)
     if r["budget_from"]:
@@ -1095,7 +1100,8 @@ def cmd_bench(a: argparse.Namespace) -> int:
                           budget_fractions=_fractions(a.budgets), front_points=a.front_points,
                           dev_subset=a.dev_subset or None, seeds=a.seeds, train_device=train_device,
                           retimes=a.retimes, finetune_best_epoch=a.finetune_best_epoch,
-                          finetune_unlabeled=a.finetune_unlabeled, finetune_augment=a.finetune_augment)
+                          finetune_unlabeled=a.finetune_unlabeled, finetune_augment=a.finetune_augment,
+                          finetune_attention=a.finetune_attention)
     run = open_run(a.run)
     target = _target(run, a.device, None, a.length, a.budget_stat)
     summary = run_bench(run, target, cfg, a.out, command=a.command_line, progress=not a.quiet)

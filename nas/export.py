@@ -68,7 +68,7 @@ from supernet.train import (
     selected_epoch,
     teacher_logits,
 )
-from supernet.workflow import LoadedRun, with_augmented, with_unlabeled
+from supernet.workflow import LoadedRun, distill_teacher, with_augmented, with_unlabeled
 
 if TYPE_CHECKING:
     import torch
@@ -110,6 +110,8 @@ class ExportConfig:
     finetune_unlabeled: int | None = None
     # And this many word-replaced copies of each train example (``supernet.augment``; 0: none).
     finetune_augment: int = 0
+    # Weight of attention distillation in the fine-tuning (``supernet.train.attention_loss``; 0: off).
+    finetune_attention: float = 0.0
     drift_tolerance: float | None = 0.10
     rounds: int = 3  # interleaved re-measurement rounds
     # Below this share of the budget used when re-measured, search again with the predictor's
@@ -132,6 +134,8 @@ class ExportConfig:
             raise ConfigError(f"finetune_unlabeled must be >= 0 texts, got {self.finetune_unlabeled}")
         if not (isinstance(self.finetune_augment, int) and self.finetune_augment >= 0):
             raise ConfigError(f"finetune_augment must be a whole number of copies >= 0, got {self.finetune_augment!r}")
+        if not (self.finetune_attention >= 0 and math.isfinite(self.finetune_attention)):
+            raise ConfigError(f"finetune_attention is a loss weight >= 0, got {self.finetune_attention!r}")
         if self.finalists < 1 or self.finetune_candidates < 1 or self.rounds < 1:
             raise ConfigError(f"finalists, fine-tuning candidates and rounds must be >= 1, got {self.finalists}, "
                               f"{self.finetune_candidates} and {self.rounds}")
@@ -540,14 +544,15 @@ class FineTuned:
 def finetune_best(run: LoadedRun, teacher: ElasticBert, pool: list[tuple[Candidate, float]], stage: StageConfig,
                   out: Path, accuracy: DevAccuracy, targets: Callable[[], torch.Tensor],
                   *, progress: bool = True, device: str = "cpu", batch: int = 1,
-                  best_epoch: bool = False, augment: int = 0) -> FineTuned:
+                  best_epoch: bool = False, augment: int = 0, attention: float = 0.0) -> FineTuned:
     """Distil the teacher into each of ``pool`` (resumable, in ``out``, trained on ``device``);
     the best fine-tuned dev score wins, ties to the search's pick. Each is scored as deployed,
     ``batch`` inputs per call (an int8 one: its quantized graph, whose predictions depend on it).
     ``best_epoch``: each keeps its epoch with the lowest distillation loss on dev (``BestEpoch``);
     the rows say which (``epoch_kept``) and every epoch's loss (``dev_loss_by_epoch``). ``augment``:
     how many word-replaced copies of each train example ``run``'s distillation texts hold (the
-    folder's name says it)."""
+    folder's name says it). ``attention``: the weight of attention distillation (``teacher``
+    then the rewired teacher, ``distill_teacher``)."""
     from nas.objectives import deployed_logits
     from supernet.evaluate import scores
 
@@ -555,10 +560,10 @@ def finetune_best(run: LoadedRun, teacher: ElasticBert, pool: list[tuple[Candida
     for cand, ms in pool:
         t0 = time.time()
         folder = finetune_folder(out, cand.config, stage, unlabeled=run.spec.train.unlabeled, best_epoch=best_epoch,
-                                 augment=augment)
+                                 augment=augment, attention_weight=attention)
         model, trained = finetune_subnet(run.supernet, teacher, cand.config, distill_split(run.splits), folder,
                                          run.spec.train, stage, targets=targets, progress=progress, device=device,
-                                         select=run.splits["dev"] if best_epoch else None)
+                                         select=run.splits["dev"] if best_epoch else None, attention_weight=attention)
         kept = selected_epoch(folder)
         model.eval()
         models.append(model)
@@ -746,7 +751,7 @@ def choose_and_export(
             verified = step_up(verified, budget.ms, relaxed, timer, accuracy, below=cfg.step_up_below,
                                finalists=cfg.finalists, rounds=cfg.rounds)
         out = Path(out_dir)
-        teacher = (load_model(run.paths.teacher).to(cfg.train_device)  # its logits: the fine-tunings' targets
+        teacher = (distill_teacher(run, cfg.finetune_attention).to(cfg.train_device)  # the fine-tunings' targets
                    if cfg.finetune is not None or full_model_test is None else None)
         chosen, chosen_ms, full_ms = verified.chosen, verified.measured_ms, verified.full_ms
         small = extract(run.supernet, chosen.config).eval()
@@ -768,7 +773,7 @@ def choose_and_export(
                 lambda: teacher_logits(teacher, distill))
             ft = finetune_best(ft_run, teacher, pool, cfg.finetune, out, accuracy, targets, progress=cfg.progress,
                                device=cfg.train_device, batch=target.batch, best_epoch=cfg.finetune_best_epoch,
-                               augment=cfg.finetune_augment)
+                               augment=cfg.finetune_augment, attention=cfg.finetune_attention)
             ft_rows = ft.rows
             # The fine-tuned best on dev, then the others as fall-backs (ties to the pool's order).
             order = sorted(range(len(pool)), key=lambda i: (-ft_rows[i]["dev_accuracy"], i))
@@ -779,7 +784,7 @@ def choose_and_export(
             tuned = {"epochs": cfg.finetune.epochs, "lr": cfg.finetune.lr, "candidates": len(pool),
                      "best_epoch": cfg.finetune_best_epoch, "epoch_kept": ft_rows[best]["epoch_kept"],
                      "texts": len(distill), "unlabeled": ft_run.spec.train.unlabeled,
-                     "augmented_copies": cfg.finetune_augment,
+                     "augmented_copies": cfg.finetune_augment, "attention_weight": cfg.finetune_attention,
                      **{k: ft_rows[best][k] for k in ("wall_s", "reused", "dev_accuracy", "test_accuracy")}}
         else:
             final = confirm([(verified.chosen, verified.measured_ms), *verified.alternatives], budget.ms, timer,

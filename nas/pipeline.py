@@ -52,6 +52,7 @@ class JobConfig:
     finetune: StageConfig | None = field(default_factory=lambda: StageConfig(epochs=1.0, lr=2e-4))
     finetune_candidates: int = 2  # the search's pick and one more (``finetune_pool``)
     finetune_best_epoch: bool = False  # keep each fine-tuning's epoch with the lowest dev loss
+    finetune_attention: float = 0.0  # weight of attention distillation in the fine-tuning (0: off)
     train_device: str = "cpu"  # where the training and the fine-tuning run: cpu or cuda (``resolve_train_device``)
 
     def __post_init__(self) -> None:
@@ -183,7 +184,7 @@ def export_at_budget(run: Any, target: Target, budgets: list[float], job: JobCon
     for i, budget in enumerate(budgets):
         export = ExportConfig(budget_ms=budget, n_evaluations=job.n_search, seed=run.spec.seed, progress=progress,
                               finetune=job.finetune, finetune_candidates=job.finetune_candidates,
-                              finetune_best_epoch=job.finetune_best_epoch,
+                              finetune_best_epoch=job.finetune_best_epoch, finetune_attention=job.finetune_attention,
                               # The budgets are points on this predictor's own scale, fitted
                               # minutes ago: scaling its predictions would move them.
                               drift_tolerance=None, train_device=job.train_device)

@@ -126,6 +126,17 @@ def with_supernet_augment(spec: RunSpec, splits: dict[str, Encoded], pretrained:
     return _with_copies(splits, pretrained, tokenizer, spec.train.augment, spec.seed)
 
 
+def distill_teacher(run: LoadedRun, attention: float = 0.0) -> ElasticBert:
+    """The teacher a fine-tuning distils from: the run's teacher, or with an attention loss
+    (``attention`` > 0) its rewired copy, the same function with its heads in the order the
+    supernet keeps them, so that a sub-network's head j learns the teacher's head j."""
+    path = run.paths.rewired if attention > 0 else run.paths.teacher
+    if not path.exists():
+        raise ConfigError(f"{run.folder} has no {path.name}/ (written by `hwnas train`); attention distillation "
+                          "needs the rewired teacher" if attention > 0 else f"{run.folder} has no teacher/")
+    return load_model(path)
+
+
 def with_augmented(run: LoadedRun, copies: int) -> LoadedRun:
     """``run`` with ``copies`` word-replaced copies of each train example (``supernet.augment``,
     seeded by the run's seed, neighbours from the supernet's word embeddings) added to its

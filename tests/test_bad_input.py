@@ -148,6 +148,8 @@ OPTIONS = [
     (["train", "--out", "O", "--augment", "-1"], "--augment"),
     (["export", "--run", NOWHERE, "--device", "cpu", "--out", "O", "--budget-ms", "5", "--finetune-augment", "x"],
      "--finetune-augment"),
+    (["run", "--finetune-attention", "nan"], "--finetune-attention"),
+    (["bench", "--run", NOWHERE, "--out", "O", "--finetune-attention", "-0.5"], "--finetune-attention"),
     (["train", "--out", "O", "--distill-from", "student"], "--distill-from"),
     (["train", "--out", "O", "--train-device", "gpu"], "--train-device"),
     (["run", "--train-device", "tpu"], "--train-device"),

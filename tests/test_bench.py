@@ -136,7 +136,8 @@ def test_budget_sweep_exports_and_remeasures(job: Path, tmp_path: Path, monkeypa
     # not push them below the fastest predicted sub-network), so that every point exports.
     # Speed-up 0.05 (a budget of 20x the full model) fine-tunes the most accurate points.
     cfg = BenchConfig(n_evaluations=8, budget_fractions=(20.0, 40.0), front_points=3, rounds=1, dev_subset=32,
-                      finetune_speedups=(0.05,), finetune_epochs=0.5, finetune_augment=1)
+                      finetune_speedups=(0.05,), finetune_epochs=0.5, finetune_augment=1,
+                      finetune_attention=0.5)
     run_bench(run, Target.of(run, resolve_device(job, "cpu")), cfg, tmp_path, command="test")
     ft = pd.read_csv(tmp_path / "bench_rt_cpu_finetuned.csv")
     fronts = pd.read_csv(tmp_path / "bench_rt_cpu_fronts.csv")
@@ -150,6 +151,9 @@ def test_budget_sweep_exports_and_remeasures(job: Path, tmp_path: Path, monkeypa
     assert list((job / "bench").glob("finetune_*_a1*")) and list((job / "bench" / "export_0.05x_ft").glob(
         "finetune_*_a1*"))
     assert "word-replaced copies of each train example" in (tmp_path / "bench_rt_cpu.md").read_text()
+    # ... and both with the attention loss (from the rewired teacher), the page naming it.
+    assert report["finetuned"]["attention_weight"] == 0.5 and list((job / "bench").glob("finetune_*_aw0.5_*"))
+    assert "--finetune-attention 0.5" in (tmp_path / "bench_rt_cpu.md").read_text()
     assert ft["acc_test"].iloc[0] == report["finetuned"]["test_accuracy"] and ft["speedup"].iloc[0] == report["speedup"]
     assert ft["budget_ms"].iloc[0] == report["budget_ms"] == 50.0 / 0.05  # from the fresh timing, not the fronts'
     # Its speed-ups against stock fp32 and INT8: those of the stock models timed beside it in that export.
@@ -226,8 +230,9 @@ def test_bench_settings_reach_the_config(job: Path, tmp_path: Path, bench_config
     with pytest.raises(SystemExit):
         main(["bench", "--run", str(job), "--out", str(tmp_path), "--budgets", "0.25,0.5", "--front-points", "4",
               "--dev-subset", "0", "--n", "7", "--finetune-candidates", "2", "--retimes", "3",
-              "--finetune-best-epoch", "--finetune-augment", "2", "--finetune-unlabeled", "0"])
+              "--finetune-best-epoch", "--finetune-augment", "2", "--finetune-unlabeled", "0",
+              "--finetune-attention", "0.5"])
     cfg = seen[0]
     assert cfg.budget_fractions == (0.25, 0.5) and cfg.front_points == 4 and cfg.dev_subset is None
     assert cfg.n_evaluations == 7 and cfg.finetune_candidates == 2 and cfg.retimes == 3 and cfg.finetune_best_epoch
-    assert cfg.finetune_augment == 2 and cfg.finetune_unlabeled == 0
+    assert cfg.finetune_augment == 2 and cfg.finetune_unlabeled == 0 and cfg.finetune_attention == 0.5

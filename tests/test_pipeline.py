@@ -266,6 +266,42 @@ def test_export_finetunes_on_augmented_text(job: Path, tmp_path: Path, capsys) -
     assert "--finetune-augment" in capsys.readouterr().err and not (out / "bad").exists()
 
 
+def test_export_finetunes_with_attention_distillation(job: Path, tmp_path: Path, capsys) -> None:
+    """`--finetune-attention W` adds the attention loss, distilling from the rewired teacher (the
+    teacher's function, heads in the supernet's order): its own fine-tuning folder, the loss in
+    the metrics, the weight in the report."""
+    import dataclasses
+
+    from supernet.data import iterate_batches
+    from supernet.errors import ConfigError
+    from supernet.space import SubnetConfig
+    from supernet.train import StageConfig, finetune_folder
+    from supernet.workflow import distill_teacher, open_run
+
+    run = open_run(job)
+    rewired, teacher = distill_teacher(run, 1.0), distill_teacher(run, 0.0)
+    batch = next(iter(iterate_batches(run.splits["dev"], 8, shuffle=False)))
+    args = batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]
+    torch.testing.assert_close(rewired(*args).logits, teacher(*args).logits, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ConfigError, match="needs the rewired teacher"):
+        distill_teacher(dataclasses.replace(run, folder=tmp_path), 1.0)
+    out = tmp_path / "att"
+    assert main(["export", "--run", str(job), "--device", "cpu", "--budget-ms", "1000", "--out", str(out), "--n", "5",
+                 "--finetune-epochs", "1", "--finetune-lr", "1e-3", "--finetune-candidates", "1",
+                 "--finetune-attention", "0.5", "--quiet"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["finetuned"]["attention_weight"] == 0.5
+    folder = finetune_folder(out, SubnetConfig.from_dict(report["subnet"]), StageConfig(epochs=1, lr=1e-3),
+                             attention_weight=0.5)
+    assert folder.name.endswith("_aw0.5") and json.loads((folder / "finetune.json").read_text())["attention_weight"] == 0.5
+    metrics = pd.read_csv(folder / "metrics.csv")
+    assert (metrics["loss_attention"].dropna() > 0).all() and len(metrics["loss_attention"].dropna())
+    capsys.readouterr()
+    assert main(["export", "--run", str(job), "--device", "cpu", "--budget-ms", "1000", "--out", str(out / "bad"),
+                 "--finetune-epochs", "1", "--finetune-attention", "-1"]) == 2
+    assert "--finetune-attention" in capsys.readouterr().err and not (out / "bad").exists()
+
+
 def test_export_keeps_the_best_epoch_on_dev_when_asked(job: Path, tmp_path: Path) -> None:
     """`--finetune-best-epoch`: each candidate's epochs are scored on dev, the report says which
     was kept and gives every epoch's loss; the fine-tuning has its own folder."""
