@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from latency.workflow import fit_run_device, measure_devices, resolve_device
 from nas.card import written_test_score
 from nas.export import ExportConfig, ImpossibleBudget, choose_and_export, run_search, search_history
 from nas.fronts import compare
-from nas.objectives import dev_accuracies
+from nas.objectives import DevAccuracy, dev_accuracies
 from nas.search import fastest_reachable
 from supernet.checks import check_int
 from supernet.errors import ConfigError
@@ -30,7 +31,14 @@ from supernet.io import write_csv, write_json
 from supernet.parallel import Ranks
 from supernet.runfolder import RunFolder
 from supernet.train import StageConfig
-from supernet.workflow import RunSpec, evaluation_table, open_run, train_run, write_evaluation
+from supernet.workflow import (
+    LoadedRun,
+    RunSpec,
+    evaluation_table,
+    open_run,
+    train_run,
+    write_evaluation,
+)
 
 
 @dataclass(frozen=True)
@@ -171,9 +179,9 @@ def main_job(out: str | Path, spec: RunSpec, job: JobConfig, *, progress: bool =
     return summary
 
 
-def export_at_budget(run: Any, target: Target, budgets: list[float], job: JobConfig, acc: Any, *,
+def export_at_budget(run: LoadedRun, target: Target, budgets: list[float], job: JobConfig, acc: DevAccuracy, *,
                      command: str | None, progress: bool,
-                     log: Any) -> tuple[float, dict[str, Any], list[dict[str, Any]]]:
+                     log: Callable[[str], None]) -> tuple[float, dict[str, Any], list[dict[str, Any]]]:
     """Export at the first of ``budgets`` (the chosen point, then the looser ones) whose
     re-measurement finds a sub-network that meets it: the main job's budgets are points on
     the predictor's scale, and on a noisy machine the tighter of them can sit inside the
