@@ -55,6 +55,7 @@ from nas.search import (
     uniform_grid,
 )
 from supernet import faults
+from supernet.checks import check_number
 from supernet.cost import subnet_flops, subnet_params
 from supernet.errors import ConfigError, HwnasError
 from supernet.extract import needs_remote_code
@@ -134,8 +135,7 @@ class ExportConfig:
             raise ConfigError(f"finetune_unlabeled must be >= 0 texts, got {self.finetune_unlabeled}")
         if not (isinstance(self.finetune_augment, int) and self.finetune_augment >= 0):
             raise ConfigError(f"finetune_augment must be a whole number of copies >= 0, got {self.finetune_augment!r}")
-        if not (self.finetune_attention >= 0 and math.isfinite(self.finetune_attention)):
-            raise ConfigError(f"finetune_attention is a loss weight >= 0, got {self.finetune_attention!r}")
+        check_number(self.finetune_attention, "finetune_attention", 0.0)  # a loss weight
         if self.finalists < 1 or self.finetune_candidates < 1 or self.rounds < 1:
             raise ConfigError(f"finalists, fine-tuning candidates and rounds must be >= 1, got {self.finalists}, "
                               f"{self.finetune_candidates} and {self.rounds}")

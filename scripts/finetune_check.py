@@ -35,7 +35,6 @@ from pathlib import Path
 import torch
 
 from nas.stats import compare_with
-from supernet.checkpoint import load_model
 from supernet.evaluate import predict, scores
 from supernet.space import SubnetConfig
 from supernet.train import (
@@ -47,7 +46,7 @@ from supernet.train import (
     selected_epoch,
     teacher_logits,
 )
-from supernet.workflow import LoadedRun, open_run, with_augmented, with_unlabeled
+from supernet.workflow import LoadedRun, distill_teacher, open_run, with_augmented, with_unlabeled
 
 
 def subnet(run: LoadedRun, spec: str) -> SubnetConfig:
@@ -78,8 +77,8 @@ def main() -> None:
     run = with_augmented(with_unlabeled(run, a.unlabeled), a.augment)
     print(f"distilling on {len(distill_split(run.splits))} texts ({len(run.splits['train'])} labeled)")
     out = Path(a.out or run.folder / "finetune_check")
-    teacher = load_model(run.paths.teacher)
-    rewired = functools.cache(lambda: load_model(run.paths.rewired))  # for the attention loss
+    teacher = distill_teacher(run)
+    rewired = functools.cache(lambda: distill_teacher(run, attention=1.0))  # for the attention loss
     targets = functools.cache(lambda: teacher_logits(teacher, distill_split(run.splits)))
     metric = run.task.metric
     reference = {s: predict(teacher, run.splits[s]) for s in ("dev", "test")}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import tempfile
 
 import pytest
@@ -20,6 +21,22 @@ def _args(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
 
 def _output(states: list[LayerState]) -> EncoderOutput:
     return EncoderOutput(logits=torch.zeros(1, 2), hidden=states[-1].hidden, mask=states[-1].mask, states=states)
+
+
+def _tiny_finetuning() -> tuple:
+    """A teacher and a student (3 layers), 32 random examples of 10 tokens, a sub-network that
+    narrows and skips layers, and the examples as one batch: what the fine-tuning tests train."""
+    from supernet.data import Encoded
+
+    teacher, student = tiny_model(seed=1, layers=3), tiny_model(seed=0, layers=3)
+    g = torch.Generator().manual_seed(0)
+    n, T = 32, 10
+    ids = torch.randint(5, 120, (n, T), generator=g)
+    ids[:, 0] = 2
+    enc = Encoded(ids.tolist(), [[0] * T for _ in range(n)], (torch.arange(n) % 2).numpy())
+    cfg = SubnetConfig((4, 2, 4), (64, 32, 64), (True, False, True), (1.0, 1.0, 1.0))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
+    return teacher, student, enc, cfg, batch
 
 
 def test_states_cover_the_embeddings_and_each_kept_layer_with_their_positions() -> None:
@@ -82,17 +99,9 @@ def test_layer_loss_by_hand() -> None:
 
 def test_layer_distillation_trains_and_pulls_states_towards_the_teacher() -> None:
     """A few steps of fine-tuning with the layer loss lower it for the trained sub-network."""
-    from supernet.data import Encoded
     from supernet.train import StageConfig, finetune_subnet
 
-    teacher, student = tiny_model(seed=1, layers=3), tiny_model(seed=0, layers=3)
-    g = torch.Generator().manual_seed(0)
-    n, T = 32, 10
-    ids = torch.randint(5, 120, (n, T), generator=g)
-    ids[:, 0] = 2
-    enc = Encoded(ids.tolist(), [[0] * T for _ in range(n)], (torch.arange(n) % 2).numpy())
-    cfg = SubnetConfig((4, 2, 4), (64, 32, 64), (True, False, True), (1.0, 1.0, 1.0))
-    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
+    teacher, student, enc, cfg, batch = _tiny_finetuning()
     t_out = teacher(*_args(batch), states=True)
     before = layer_loss(student.extract(cfg)(*_args(batch), states=True), t_out).item()
     after = {}
@@ -164,17 +173,9 @@ def test_attention_loss_by_hand() -> None:
 
 
 def test_attention_distillation_trains_and_pulls_scores_towards_the_teacher() -> None:
-    from supernet.data import Encoded
     from supernet.train import StageConfig, finetune_folder, finetune_subnet
 
-    teacher, student = tiny_model(seed=1, layers=3), tiny_model(seed=0, layers=3)
-    g = torch.Generator().manual_seed(0)
-    n, T = 32, 10
-    ids = torch.randint(5, 120, (n, T), generator=g)
-    ids[:, 0] = 2
-    enc = Encoded(ids.tolist(), [[0] * T for _ in range(n)], (torch.arange(n) % 2).numpy())
-    cfg = SubnetConfig((4, 2, 4), (64, 32, 64), (True, False, True), (1.0, 1.0, 1.0))
-    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
+    teacher, student, enc, cfg, batch = _tiny_finetuning()
     t_out = teacher(*_args(batch), attention=True)
     before = attention_loss(student.extract(cfg)(*_args(batch), attention=True), t_out).item()
     after = {}
@@ -185,7 +186,6 @@ def test_attention_distillation_trains_and_pulls_scores_towards_the_teacher() ->
             model, trained = finetune_subnet(student, teacher, cfg, enc, folder, TrainConfig(batch_size=8, log_every=1),
                                              stage, attention_weight=weight, progress=False)
             assert trained and folder.name.endswith("_aw1") == (weight == 1.0)
-            import json
             assert json.loads((folder / "finetune.json").read_text()).get("attention_weight") == (weight or None)
         after[weight] = attention_loss(model.eval()(*_args(batch), attention=True), t_out).item()
     assert after[1.0] < 0.5 * before and after[1.0] < 0.5 * after[0.0]
