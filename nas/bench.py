@@ -659,6 +659,8 @@ def _page(run: LoadedRun, target: Target, cfg: BenchConfig, table: pd.DataFrame,
         "device": d, "chosen": r["chosen"], "within_10pct": r["metrics"][r["chosen"]]["within_10pct"],
         "mape": r["metrics"][r["chosen"]]["mape"], "kendall_tau": r["metrics"][r["chosen"]]["kendall_tau"],
         "noise_within_10pct": r["noise_floor"]["within_10pct"], "noise_median_dev": r["noise_floor"]["median_abs_rel"],
+        "reference_within_10pct": r["noise_floor"].get("reference_within_10pct", float("nan")),
+        "reference_median_dev": r["noise_floor"].get("reference_median_abs_rel", float("nan")),
         "n_configs": r["n_configs"]} for d, r in fits.items()])
     comp_share = float(ok["fresh_meets"].mean()) if len(ok) else float("nan")
     first_share = float(ok["first_pick_meets"].mean()) if len(ok) else float("nan")
@@ -677,7 +679,8 @@ def _page(run: LoadedRun, target: Target, cfg: BenchConfig, table: pd.DataFrame,
          "met": beats_all, "gap": "" if beats_all else "not beyond the spread: " + ", ".join(
              r["method"] for r in beats.to_dict("records") if not r["ours_beats"]) if cfg.seeds > 1 else "one seed only"},
         *[{"target": f"predictor {d}: >= 95% within 10%, MAPE <= 5%",
-           "measured": f"{r['within_10pct']:.1%}, {r['mape']:.1%}",
+           "measured": f"{r['within_10pct']:.1%}, {r['mape']:.1%} (the full model's own timings across the "
+                       f"measurement: {r['reference_within_10pct']:.1%} within 10%)",
            "met": r["within_10pct"] >= 0.95 and r["mape"] <= 0.05,
            "gap": ", ".join(x for x in (f"{0.95 - r['within_10pct']:.1%} short" if r["within_10pct"] < 0.95 else "",
                                         f"MAPE {r['mape'] - 0.05:.1%} over" if r["mape"] > 0.05 else "") if x)}
@@ -777,6 +780,12 @@ Every sub-network `ours+ft` fine-tuned (the search's pick first; the exported on
 
 ## 3. Latency predictor quality (held-out configurations; `hwnas fit`)
 {_md(fit_rows)}
+
+`noise_*`: the full model timed twice in turn, 8 rounds back to back before the configurations (the harness
+check); `reference_*`: the full model timed again every 20 configurations, from the first to the last: the
+share within +-10% of their median and the median deviation. Every held-out configuration was timed once
+in that stretch, so the reference figures are the noise in the values the predictor is scored against:
+no predictor can be within 10% more often than about that share.
 
 ## 4. Budget compliance and 5. realized vs ideal (budgets as a share of the full model's latency)
 `drift_scale`: the factor the export scaled its predictions by, after timing three reference

@@ -798,7 +798,9 @@ def cmd_fit(a: argparse.Namespace) -> int:
                   f"({r['n_holdout']} held-out rows): MAPE {m['mape']:.2%}, within +-10% {m['within_10pct']:.1%}, "
                   f"Kendall tau {m['kendall_tau']:.3f}, upper bound covers {r['coverage_upper']:.1%} (margin "
                   f"{r['upper_margin']:.1%}); noise floor: repeats within +-10% {nf['within_10pct']:.1%}, median "
-                  f"deviation {nf['median_abs_rel']:.2%}; harness ratio {r['harness_ratio']:.3f}")
+                  f"deviation {nf['median_abs_rel']:.2%}; across the measurement (the full model timed "
+                  f"{nf.get('n_reference', 0)} times) {nf.get('reference_within_10pct', math.nan):.1%}, "
+                  f"{nf.get('reference_median_abs_rel', math.nan):.2%}; harness ratio {r['harness_ratio']:.3f}")
             print(f"  wrote {paths.predictor(device, r['regime'], r['stat'])}, "
                   f"{paths.fit_report(device, r['regime'], r['stat']).name}, {paths.fit_plot(device, r['regime'], r['stat']).name}")
     return 0

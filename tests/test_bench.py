@@ -207,6 +207,11 @@ def test_budget_sweep_exports_and_remeasures(job: Path, tmp_path: Path, monkeypa
     assert comp["confirmed"].all() and (comp["fallbacks"] == 0).all() and (comp["machine_drift"] > 0).all()
     assert np.allclose(comp["fresh_share"], 1 / comp["speedup"]) and comp["share_meets"].all()
     assert "budget use >= 0.9" in (tmp_path / "bench_rt_cpu.md").read_text()
+    # The predictor table beside the noise of the full model's own timings across the measurement.
+    page = (tmp_path / "bench_rt_cpu.md").read_text()
+    header = next(line for line in page.splitlines() if line.startswith("| device | chosen |"))
+    assert "reference_within_10pct" in header and "reference_median_dev" in header
+    assert "the full model's own timings across the measurement" in page
 
 
 @pytest.mark.parametrize("args, why", [

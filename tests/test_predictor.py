@@ -261,6 +261,26 @@ def test_noise_floor_by_hand() -> None:
     assert nf["iqr_rel_median"] == pytest.approx(0.1)  # 1/10, 1.2/12, ... and 1/20 = .05
     empty = noise_floor(rows[rows["kind"] == "sample"])
     assert empty["n_noise"] == 0 and math.isnan(empty["median_abs_rel"]) and math.isnan(empty["cv"])
+    assert nf["n_reference"] == 0 and math.isnan(nf["reference_within_10pct"])
+
+
+def test_noise_floor_across_the_measurement_from_the_reference_rows() -> None:
+    """The full model's timings every 20 configurations (``reference`` rows) give the same
+    figures under ``reference_*``: how far one timing moves over the whole measurement."""
+    refs = [10.0, 11.5, 9.0, 10.0, 10.4]  # median 10: deviations 0, .15, -.1, 0, .04
+    rows = pd.DataFrame({
+        "kind": ["noise", "noise"] + ["reference"] * 5 + ["sample"],
+        "arch_key": ["full"] * 7 + ["a"], "batch": 1, "length": 32,
+        "lat_median_ms": [10.0, 10.2, *refs, 3.0], "error": "",
+    })
+    nf = noise_floor(rows)
+    assert nf["n_noise"] == 2 and nf["within_10pct"] == 1.0  # back to back: close
+    assert nf["n_reference"] == 5
+    assert nf["reference_median_abs_rel"] == pytest.approx(0.04)
+    assert nf["reference_within_10pct"] == pytest.approx(0.8)  # -0.1 is inside, 0.15 is not
+    assert nf["reference_cv"] == pytest.approx(np.std(refs, ddof=1) / np.mean(refs))
+    one = noise_floor(rows.iloc[[0, 1, 2, 7]])  # one reference: no spread to report
+    assert one["n_reference"] == 0 and math.isnan(one["reference_median_abs_rel"])
 
 
 # ---- persistence -------------------------------------------------------------------------
