@@ -28,6 +28,7 @@ import os
 import socket
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -351,9 +352,13 @@ class MeasurementLog:
 
     def done(self) -> set[tuple[str, int, str, int]]:
         """(arch_key, batch, regime, length) of finished sample rows (errors count as finished)."""
+        return set(self.timed())
+
+    def timed(self) -> Counter[tuple[str, int, str, int]]:
+        """How many sample rows each (arch_key, batch, regime, length) has: the passes done."""
         f = self.read()
         f = f[f["kind"] == "sample"]
-        return set(zip(f["arch_key"], f["batch"].astype(int), f["regime"], f["length"].astype(int), strict=True))
+        return Counter(zip(f["arch_key"], f["batch"].astype(int), f["regime"], f["length"].astype(int), strict=True))
 
 
 class MeasurementError(HwnasError):
@@ -563,11 +568,15 @@ def sweep(
     progress: bool = True,
     extract_fn: Callable[[ElasticBert, SubnetConfig], ElasticBert] | None = None,
     onnx_cache: Path | None = None,
+    passes: int = 1,
 ) -> pd.DataFrame:
     """Measure every configuration on every workload; resume-safe.
 
     ``onnx_cache``: a folder where exported ONNX files are kept and reused (the caller
-    removes it). Returns the device's full measurement table (earlier rows included).
+    removes it). ``passes``: each configuration is timed in that many passes over the whole
+    sample, one after the other, so that its timings are minutes apart (one row each; `hwnas
+    fit` fits on their median). Returns the device's full measurement table (earlier rows
+    included).
     """
     shape = supernet.shape
     batch = int(workloads[0].feeds[0]["input_ids"].shape[0])
@@ -577,10 +586,12 @@ def sweep(
         "repeats": profile.repeats, "batch": batch, **_versions(),
     }
     base["runtime_version"] = runtime_version(profile.runtime)
-    done = log.done()
-    # A configuration counts as done once all its workloads are (a failed one is not retried:
-    # delete its rows to try again).
-    todo = [c for c in configs if any((c.key(), batch, *w.key) not in done for w in workloads)]
+    if passes < 1:
+        raise ValueError(f"passes must be >= 1, got {passes}")
+    timed = log.timed()
+    # A configuration's pass k counts as done once all its workloads have k rows (a failed row
+    # counts: delete it to try again); pass k + 1 starts when every configuration has had k.
+    todo = [c for k in range(passes) for c in configs if any(timed[(c.key(), batch, *w.key)] <= k for w in workloads)]
     previous = log.read()
     have_noise = bool(((previous["kind"] == "noise") & (previous["batch"] == batch)).any()) if len(previous) else False
 

@@ -470,31 +470,53 @@ def noise_floor(rows: pd.DataFrame) -> dict[str, float]:
     ``reference_*`` fields (``n_reference``; NaNs with fewer than 2): each sample row is one
     such timing, so this is the noise in the labels a predictor is fitted and scored on. On
     r8 (2026-12-04) the noise rows fell within +-10% 94% of the time, the references 82%.
+    Configurations timed in several passes (``hwnas measure --passes``) give the same figures
+    under ``retest_*`` (``n_retest``: their rows), each timing against its configuration's
+    median: the noise of every sub-network, not the full model's alone.
     """
     ok = _successful(rows)
     out: dict[str, float] = {"n_noise": 0, "median_abs_rel": math.nan, "within_10pct": math.nan,
                              "cv": math.nan, "iqr_rel_median": math.nan, "n_reference": 0,
                              "reference_median_abs_rel": math.nan, "reference_within_10pct": math.nan,
-                             "reference_cv": math.nan}
+                             "reference_cv": math.nan, "n_retest": 0, "retest_median_abs_rel": math.nan,
+                             "retest_within_10pct": math.nan, "retest_cv": math.nan}
     if "lat_iqr_ms" in ok.columns and TARGET in ok.columns and len(ok):
         out["iqr_rel_median"] = float((ok["lat_iqr_ms"] / ok[TARGET]).median())
     if "kind" not in ok.columns or TARGET not in ok.columns:
         return out
-    for kind, prefix in (("noise", ""), ("reference", "reference_")):
+    for kind, prefix, name in (("noise", "", "noise"), ("reference", "reference_", "reference"),
+                               ("sample", "retest_", "retest")):
         repeats = ok[ok["kind"] == kind]
+        keys = [c for c in ("arch_key", "batch", "length", "device") if c in repeats.columns]
+        if kind == "sample" and keys:  # only configurations timed more than once
+            repeats = repeats[repeats.duplicated(keys, keep=False)]
         if len(repeats) < (1 if kind == "noise" else 2):
             continue
-        keys = [c for c in ("arch_key", "batch", "length", "device") if c in repeats.columns]
         by = repeats.groupby(keys, sort=False)[TARGET] if keys else repeats.groupby(lambda _: 0)[TARGET]
         rel = repeats[TARGET] / by.transform("median") - 1.0
         cv = (by.std(ddof=1) / by.mean()).dropna()
         out.update({
-            f"n_{kind}": int(len(repeats)),
+            f"n_{name}": int(len(repeats)),
             f"{prefix}median_abs_rel": float(rel.abs().median()),
             f"{prefix}within_10pct": float((rel.abs() <= 0.10 + 1e-12).mean()),
             f"{prefix}cv": float(cv.mean()) if len(cv) else math.nan,
         })
     return out
+
+
+SAME_MEASUREMENT = ("arch_key", "batch", "regime", "length", "device")  # the rows of one configuration's passes
+
+
+def per_configuration(samples: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """One row per configuration and workload (``SAME_MEASUREMENT``): where it was timed in
+    several passes (``hwnas measure --passes``), the first row with the median of its
+    timings. Returns the rows and the most passes of any configuration (1: nothing merged)."""
+    keys = [c for c in SAME_MEASUREMENT if c in samples.columns]
+    if samples.empty or not samples.duplicated(keys).any():
+        return samples, 1 if len(samples) else 0
+    by = samples.groupby(keys, sort=False)[TARGET]
+    merged = samples.assign(**{TARGET: by.transform("median")}).drop_duplicates(keys)
+    return merged, int(by.size().max())
 
 
 # ---- fitting per device ------------------------------------------------------------------
@@ -524,7 +546,7 @@ def fit_device(
     if device not in present:
         raise PredictorError(f"no measurements for device {device!r}; devices present: {present}")
     on_device = _successful(rows[rows["device"] == device])
-    samples = on_device[on_device["kind"] == "sample"]
+    samples, passes = per_configuration(on_device[on_device["kind"] == "sample"])
     groups = _groups(samples)
     n_configs = len(np.unique(groups))
     if len(samples) < MIN_ROWS or n_configs < MIN_CONFIGS:
@@ -560,6 +582,7 @@ def fit_device(
         "n_train": int(len(train)),
         "n_holdout": int(len(test)),
         "n_configs": int(n_configs),
+        "passes": passes,  # the most timings of one configuration (hwnas measure --passes), fitted on their median
         "seed": seed,
         "feature_version": FEATURE_VERSION,
         # The chosen predictor's held-out points (fitted without them): the plot's data.

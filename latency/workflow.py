@@ -120,8 +120,10 @@ def measure_device(
     noise_rounds: int = 8,
     progress: bool = True,
     onnx_cache: Path | None = None,
+    passes: int = 1,
 ) -> pd.DataFrame:
-    """Measure ``n`` sampled configurations (plus the harness check) on ``profile``.
+    """Measure ``n`` sampled configurations (plus the harness check) on ``profile``, each in
+    ``passes`` passes over the sample (``sweep``).
 
     The configurations depend only on the run, ``n`` and ``seed``, so several devices
     measured with the same settings see the same sub-networks (and can share ``onnx_cache``).
@@ -130,7 +132,7 @@ def measure_device(
     configs, workloads = measurement_plan(run, profile, n=n, seed=seed)
     log = MeasurementLog(run.paths.measurements(profile.name))
     return sweep(profile, run.supernet, configs, workloads, log, reference_every=reference_every,
-                 noise_rounds=noise_rounds, progress=progress, onnx_cache=onnx_cache)
+                 noise_rounds=noise_rounds, progress=progress, onnx_cache=onnx_cache, passes=passes)
 
 
 def measure_devices(run: LoadedRun, profiles: list[DeviceProfile], **kwargs: Any) -> dict[str, pd.DataFrame]:

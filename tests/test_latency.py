@@ -170,6 +170,30 @@ def test_sweep_rows_resume_and_errors(tmp_path: Path, device: str) -> None:
     assert (rows2["kind"] == "noise").sum() == (rows["kind"] == "noise").sum()  # noise floor measured once
 
 
+def test_sweep_times_every_configuration_in_each_pass_and_resumes_between_passes(tmp_path: Path) -> None:
+    """`--passes 2`: a first pass over every configuration, then a second (timings minutes
+    apart on a real sample); a measurement made with one pass gets only the second."""
+    model = tiny_model()
+    profile = with_overrides(get_device("cpu"), **FAST)
+    configs = sample_configs(model.shape.search_space(), model.shape, 3, seed=4)
+    log = MeasurementLog(tmp_path / "cpu.csv")
+    one = sweep(profile, model, configs[:2], _workloads(), log, noise_rounds=0, progress=False)
+    assert (one["kind"] == "sample").sum() == 2 * 2
+    rows = sweep(profile, model, configs, _workloads(), log, noise_rounds=0, progress=False, passes=2)
+    samples = rows[rows["kind"] == "sample"]
+    per = samples.groupby(["arch_key", "regime", "length"]).size()
+    assert len(per) == 3 * 2 and (per == 2).all()  # every configuration and workload twice, no more
+    # The third configuration's first pass came before its second: each pass covers the sample.
+    third = samples[samples["arch_key"] == configs[2].key()].index
+    second_of_first = samples[samples["arch_key"] == configs[0].key()].index[-1]
+    assert third.min() < second_of_first < third.max()
+    assert log.timed()[(configs[0].key(), 1, "traffic", samples["length"][samples["regime"] == "traffic"].iloc[0])] == 2
+    again = sweep(profile, model, configs, _workloads(), log, noise_rounds=0, progress=False, passes=2)
+    assert (again["kind"] == "sample").sum() == len(samples)  # both passes done: no configuration timed
+    with pytest.raises(ValueError, match="passes"):
+        sweep(profile, model, configs, _workloads(), log, progress=False, passes=0)
+
+
 def test_kit_round_trip(tmp_path: Path) -> None:
     model = tiny_model()
     space = model.shape.search_space()

@@ -603,6 +603,29 @@ def test_export_budget_as_a_speedup_over_the_full_model(job: Path, tmp_path: Pat
     assert json.loads((tmp_path / "z" / "report.json").read_text())["budget_from"] is None
 
 
+def test_measure_in_two_passes_and_fit_on_the_medians(job: Path, tmp_path: Path, capsys) -> None:
+    """`hwnas measure --passes 2` times every sampled sub-network twice, one pass after the
+    other; `hwnas fit` fits on the medians and says how far the passes disagreed."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(job, run)
+    toml = tmp_path / "d.toml"
+    toml.write_text('[devices.twice]\nthreads = 1\n')
+    args = ["measure", "--run", str(run), "--device", "twice", "--devices", str(toml), "--n", "20",
+            "--repeats", "3", "--warmup", "1", "--noise-rounds", "1", "--quiet"]
+    assert main(args) == 0
+    assert main([*args, "--passes", "2"]) == 0  # adds the second pass only
+    samples = pd.read_csv(run / "latency" / "twice.csv").query("kind == 'sample'")
+    assert (samples.groupby("arch_key").size() == 2).all() and samples["arch_key"].nunique() == 20
+    capsys.readouterr()
+    assert main(["fit", "--run", str(run), "--device", "twice"]) == 0
+    assert "2 passes: timings within +-10% of their sub-network's median" in capsys.readouterr().out
+    report = json.loads((run / "latency" / "twice.fit.json").read_text())
+    assert report["passes"] == 2 and report["n_train"] + report["n_holdout"] == 20
+    assert report["noise_floor"]["n_retest"] == 40 and 0 <= report["noise_floor"]["retest_within_10pct"] <= 1
+
+
 def test_budgets_on_a_tail_statistic_and_in_fixed_length_mode(job: Path, tmp_path: Path, capsys) -> None:
     """`--budget-stat p90` budgets the p90 of per-call latency on real traffic; `--length` is the
     fixed-length mode, which needs fixed-length measurements (a profile with lengths = [...])."""

@@ -25,6 +25,7 @@ from latency.predictor import (
     load_predictor,
     make_predictor,
     noise_floor,
+    per_configuration,
     plot_predicted_vs_measured,
     save_predictor,
 )
@@ -153,7 +154,8 @@ def test_minilm_predictors_reach_ten_percent(minilm_fit, minilm_rows: pd.DataFra
     assert report["chosen"] == min(PREDICTORS, key=lambda n: report["metrics"][n]["mape"])
     assert chosen["within_10pct"] >= 0.90
     assert report["coverage_upper"] >= 0.85
-    assert report["n_train"] + report["n_holdout"] == len(minilm_rows)
+    # A configuration sampled twice at the same input shape is one measurement (its median).
+    assert report["n_train"] + report["n_holdout"] == len(minilm_rows.drop_duplicates(["arch_key", "batch", "length"]))
     assert report["n_configs"] == minilm_rows["arch_key"].nunique()
     assert report["feature_version"] == FEATURE_VERSION and report["device"] == "cpu"
     assert pred.device == "cpu" and pred.name == report["chosen"]
@@ -281,6 +283,29 @@ def test_noise_floor_across_the_measurement_from_the_reference_rows() -> None:
     assert nf["reference_cv"] == pytest.approx(np.std(refs, ddof=1) / np.mean(refs))
     one = noise_floor(rows.iloc[[0, 1, 2, 7]])  # one reference: no spread to report
     assert one["n_reference"] == 0 and math.isnan(one["reference_median_abs_rel"])
+
+
+def test_configurations_timed_in_several_passes_are_fitted_on_their_median() -> None:
+    """`hwnas measure --passes`: a configuration's rows (same workload) become one, at the
+    median of its timings; the fit reports the passes and how far they disagree."""
+    rows = measurements(MINILM, 40, seed=3)
+    rows = rows[rows["batch"] == rows["batch"].iloc[0]].drop_duplicates(["arch_key", "batch", "length"])
+    rows = rows.reset_index(drop=True)
+    again = rows.assign(lat_median_ms=rows["lat_median_ms"] * 1.2)  # a second pass, 20% slower
+    third = rows.assign(lat_median_ms=rows["lat_median_ms"] * 0.9)
+    merged, passes = per_configuration(pd.concat([rows, again, third], ignore_index=True))
+    assert passes == 3 and len(merged) == len(rows)
+    assert np.allclose(merged["lat_median_ms"].to_numpy(), rows["lat_median_ms"].to_numpy())  # the median: pass 1
+    one, one_pass = per_configuration(rows)
+    assert one_pass == 1 and one is rows  # nothing to merge
+    _, report = fit_device(MINILM, pd.concat([rows, again], ignore_index=True), "cpu", seed=0)
+    assert report["passes"] == 2 and report["n_train"] + report["n_holdout"] == len(rows)
+    # Two timings 20% apart: each is 1.2/1.1 - 1 = 9.1% from their median, inside +-10%.
+    nf = report["noise_floor"]
+    assert nf["n_retest"] == 2 * len(rows) and nf["retest_within_10pct"] == 1.0
+    assert nf["retest_median_abs_rel"] == pytest.approx(0.2 / 2.2)
+    single = fit_device(MINILM, rows, "cpu", seed=0)[1]
+    assert single["passes"] == 1 and single["noise_floor"]["n_retest"] == 0
 
 
 # ---- persistence -------------------------------------------------------------------------
