@@ -661,7 +661,7 @@ def _page(run: LoadedRun, target: Target, cfg: BenchConfig, table: pd.DataFrame,
         "noise_within_10pct": r["noise_floor"]["within_10pct"], "noise_median_dev": r["noise_floor"]["median_abs_rel"],
         "reference_within_10pct": r["noise_floor"].get("reference_within_10pct", float("nan")),
         "reference_median_dev": r["noise_floor"].get("reference_median_abs_rel", float("nan")),
-        "n_configs": r["n_configs"]} for d, r in fits.items()])
+        "n_configs": r["n_configs"], "passes": r.get("passes", 1)} for d, r in fits.items()])
     comp_share = float(ok["fresh_meets"].mean()) if len(ok) else float("nan")
     first_share = float(ok["first_pick_meets"].mean()) if len(ok) else float("nan")
     rel_share = float(ok["share_meets"].mean()) if len(ok) and "share_meets" in ok else float("nan")
@@ -785,7 +785,8 @@ Every sub-network `ours+ft` fine-tuned (the search's pick first; the exported on
 check); `reference_*`: the full model timed again every 20 configurations, from the first to the last: the
 share within +-10% of their median and the median deviation. Every held-out configuration was timed once
 in that stretch, so the reference figures are the noise in the values the predictor is scored against:
-no predictor can be within 10% more often than about that share.
+no predictor can be within 10% more often than about that share. `passes`: timings of each configuration
+(`hwnas measure --passes`), the predictor fitted and scored on their median.
 
 ## 4. Budget compliance and 5. realized vs ideal (budgets as a share of the full model's latency)
 `drift_scale`: the factor the export scaled its predictions by, after timing three reference

@@ -210,7 +210,7 @@ def test_budget_sweep_exports_and_remeasures(job: Path, tmp_path: Path, monkeypa
     # The predictor table beside the noise of the full model's own timings across the measurement.
     page = (tmp_path / "bench_rt_cpu.md").read_text()
     header = next(line for line in page.splitlines() if line.startswith("| device | chosen |"))
-    assert "reference_within_10pct" in header and "reference_median_dev" in header
+    assert "reference_within_10pct" in header and "reference_median_dev" in header and "| passes |" in header
     assert "the full model's own timings across the measurement" in page
 
 
