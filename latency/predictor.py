@@ -3,7 +3,8 @@
 Measurements arrive as flat rows (one per measured sub-network and input shape, see
 ``latency/measure.py``); ``fit_device`` turns one device's rows into a predictor:
 
-1. keep the device's successful ``kind == "sample"`` rows;
+1. keep the device's successful ``kind == "sample"`` rows, one per configuration and input
+   shape (the median of its timings where ``hwnas measure --passes`` timed it several times);
 2. hold out a seeded share of the *configurations* (a configuration measured at several
    input shapes is never on both sides, so the held-out score is a score on unseen networks);
 3. fit every registered predictor on the rest, score it on the held-out part, pick the best by
