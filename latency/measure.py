@@ -350,12 +350,9 @@ class MeasurementLog:
         if self.on_append is not None:
             self.on_append(rows)
 
-    def done(self) -> set[tuple[str, int, str, int]]:
-        """(arch_key, batch, regime, length) of finished sample rows (errors count as finished)."""
-        return set(self.timed())
-
     def timed(self) -> Counter[tuple[str, int, str, int]]:
-        """How many sample rows each (arch_key, batch, regime, length) has: the passes done."""
+        """How many sample rows each (arch_key, batch, regime, length) has (errors count): the
+        passes done."""
         f = self.read()
         f = f[f["kind"] == "sample"]
         return Counter(zip(f["arch_key"], f["batch"].astype(int), f["regime"], f["length"].astype(int), strict=True))

@@ -455,6 +455,9 @@ def evaluate(y_true: Any, y_pred: Any) -> dict[str, float]:
     }
 
 
+SAME_MEASUREMENT = ("arch_key", "batch", "regime", "length", "device")  # repeats of one timing
+
+
 def noise_floor(rows: pd.DataFrame) -> dict[str, float]:
     """How repeatable measurements are: the best relative accuracy any predictor can show.
 
@@ -488,7 +491,7 @@ def noise_floor(rows: pd.DataFrame) -> dict[str, float]:
     for kind, prefix, name in (("noise", "", "noise"), ("reference", "reference_", "reference"),
                                ("sample", "retest_", "retest")):
         repeats = ok[ok["kind"] == kind]
-        keys = [c for c in ("arch_key", "batch", "length", "device") if c in repeats.columns]
+        keys = [c for c in SAME_MEASUREMENT if c in repeats.columns]
         if kind == "sample" and keys:  # only configurations timed more than once
             repeats = repeats[repeats.duplicated(keys, keep=False)]
         if len(repeats) < (1 if kind == "noise" else 2):
@@ -503,9 +506,6 @@ def noise_floor(rows: pd.DataFrame) -> dict[str, float]:
             f"{prefix}cv": float(cv.mean()) if len(cv) else math.nan,
         })
     return out
-
-
-SAME_MEASUREMENT = ("arch_key", "batch", "regime", "length", "device")  # the rows of one configuration's passes
 
 
 def per_configuration(samples: pd.DataFrame) -> tuple[pd.DataFrame, int]:

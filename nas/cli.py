@@ -809,11 +809,11 @@ def cmd_fit(a: argparse.Namespace) -> int:
                   f"Kendall tau {m['kendall_tau']:.3f}, upper bound covers {r['coverage_upper']:.1%} (margin "
                   f"{r['upper_margin']:.1%}); noise floor: repeats within +-10% {nf['within_10pct']:.1%}, median "
                   f"deviation {nf['median_abs_rel']:.2%}; across the measurement (the full model timed "
-                  f"{nf.get('n_reference', 0)} times) {nf.get('reference_within_10pct', math.nan):.1%}, "
-                  f"{nf.get('reference_median_abs_rel', math.nan):.2%}"
+                  f"{nf['n_reference']} times) {nf['reference_within_10pct']:.1%}, "
+                  f"{nf['reference_median_abs_rel']:.2%}"
                   + (f"; {r['passes']} passes: timings within +-10% of their sub-network's median "
                      f"{nf['retest_within_10pct']:.1%}, median deviation {nf['retest_median_abs_rel']:.2%}"
-                     if r.get("passes", 1) > 1 else "")
+                     if r["passes"] > 1 else "")
                   + f"; harness ratio {r['harness_ratio']:.3f}")
             print(f"  wrote {paths.predictor(device, r['regime'], r['stat'])}, "
                   f"{paths.fit_report(device, r['regime'], r['stat']).name}, {paths.fit_plot(device, r['regime'], r['stat']).name}")

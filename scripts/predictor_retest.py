@@ -24,12 +24,10 @@ import numpy as np
 import pandas as pd
 
 from latency.measure import MeasurementLog
-from latency.predictor import PREDICTORS, _group_folds, make_predictor
+from latency.predictor import PREDICTORS, TARGET, _group_folds, make_predictor
 from supernet.model import BertShape
 from supernet.runfolder import RunFolder
 from supernet.workflow import open_run
-
-TARGET = "lat_median_ms"
 
 
 def samples(folder: str, device: str) -> pd.DataFrame:

@@ -132,7 +132,7 @@ def test_log_tolerates_a_torn_last_line(tmp_path: Path) -> None:
         f.write("d,sample,,b,{")  # a crash in the middle of a write
     frame = log.read()
     assert list(frame.columns) == COLUMNS and len(frame) == 1
-    assert log.done() == {("a", 1, "fixed", 8)}  # rows without a regime are fixed-length ones
+    assert log.timed() == {("a", 1, "fixed", 8): 1}  # rows without a regime are fixed-length ones
 
 
 @pytest.mark.parametrize("device", ["torch-cpu", "cpu"])
