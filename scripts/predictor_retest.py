@@ -19,12 +19,14 @@ in both:
 from __future__ import annotations
 
 import argparse
+import sys
 
 import numpy as np
 import pandas as pd
 
 from latency.measure import MeasurementLog
 from latency.predictor import PREDICTORS, TARGET, _group_folds, make_predictor
+from supernet.errors import HwnasError
 from supernet.model import BertShape
 from supernet.runfolder import RunFolder
 from supernet.workflow import open_run
@@ -54,11 +56,17 @@ def main() -> None:
     p.add_argument("again", help="a copy of the run measured again with the same command")
     p.add_argument("--device", default="cpu")
     a = p.parse_args()
-    shape = open_run(a.run).supernet.shape
-    first, second = samples(a.run, a.device), samples(a.again, a.device)
+    try:
+        shape = open_run(a.run).supernet.shape
+        first, second = samples(a.run, a.device), samples(a.again, a.device)
+    except HwnasError as e:  # a missing run or measurement file: one line, exit 2
+        print(f"predictor_retest.py: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     common = first.index.intersection(second.index)
     if len(common) < 10:
-        raise SystemExit(f"only {len(common)} sub-networks were measured in both; measure the copy with the same command")
+        print(f"predictor_retest.py: error: only {len(common)} sub-networks of device {a.device!r} were measured in "
+              "both runs; measure the copy with the same `hwnas measure` command (at least 10 needed)", file=sys.stderr)
+        raise SystemExit(2)
     first, second = first.loc[common], second.loc[common]
     x, y = first[TARGET], second[TARGET]
     rel = (y / x - 1.0).abs()
