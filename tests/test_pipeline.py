@@ -626,6 +626,26 @@ def test_measure_in_two_passes_and_fit_on_the_medians(job: Path, tmp_path: Path,
     assert report["noise_floor"]["n_retest"] == 40 and 0 <= report["noise_floor"]["retest_within_10pct"] <= 1
 
 
+def test_predictor_splits_script(job: Path, tmp_path: Path) -> None:
+    """scripts/predictor_splits.py: every predictor's held-out figures over several split
+    seeds of a measured run, nothing written; a missing run is one line and exit 2."""
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "predictor_splits.py"
+    before = sorted(p.name for p in (job / "latency").iterdir())
+    done = subprocess.run([sys.executable, str(script), str(job), "--device", "cpu", "--splits", "2"],
+                          capture_output=True, text=True, cwd=script.parent.parent)
+    assert done.returncode == 0, done.stderr
+    assert "2 split(s)" in done.stdout and "chosen per split:" in done.stdout
+    for name in ("analytic", "gbt", "analytic+gbt"):
+        assert f"  {name}: MAPE " in done.stdout
+    assert sorted(p.name for p in (job / "latency").iterdir()) == before
+    bad = subprocess.run([sys.executable, str(script), str(tmp_path / "nowhere")], capture_output=True, text=True,
+                         cwd=script.parent.parent)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "predictor_splits.py: error:" in bad.stderr
+
+
 def test_budgets_on_a_tail_statistic_and_in_fixed_length_mode(job: Path, tmp_path: Path, capsys) -> None:
     """`--budget-stat p90` budgets the p90 of per-call latency on real traffic; `--length` is the
     fixed-length mode, which needs fixed-length measurements (a profile with lengths = [...])."""

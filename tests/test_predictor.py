@@ -15,10 +15,12 @@ from conftest import tiny_shape
 from latency.features import FEATURE_VERSION, config_rows, drop_layers, feature_frame, features
 from latency.predictor import (
     PREDICTORS,
+    AnalyticPredictor,
     BasePredictor,
     LearnedPredictor,
     Predictor,
     PredictorError,
+    ResidualPredictor,
     _holdout_split,
     evaluate,
     fit_device,
@@ -67,6 +69,18 @@ def gpu_like(shape: BertShape, cfg: SubnetConfig, batch: int, length: int) -> fl
             work = batch * (8 * t_in * H * w + 4 * t_out * H * n + 4 * t_in * t_in * w)
             ms += max(0.12, work / 2e12 * 1e3)
     return ms + 0.05 * len(drop_layers(cfg))
+
+
+def cache_like(shape: BertShape, cfg: SubnetConfig, batch: int, length: int) -> float:
+    """``cpu_like`` where a layer's FFN of 1152 neurons or more (weights outgrowing a cache)
+    runs at a third of the speed: more work never costs less, but the cost is not a line in
+    the work."""
+    H = shape.hidden_size
+    ms = cpu_like(shape, cfg, batch, length)
+    for i, (_, t_out) in enumerate(tokens_per_layer(cfg, length)):
+        if cfg.keep[i] and cfg.ffn[i] >= 1152:
+            ms += 2 * batch * 4 * t_out * H * cfg.ffn[i] / 30e9 * 1e3
+    return ms
 
 
 def measurements(shape: BertShape, n_configs: int, seed: int, law: LatencyLaw = cpu_like,
@@ -184,6 +198,23 @@ def test_trees_win_where_latency_is_not_linear() -> None:
     assert report["metrics"]["gbt"]["mape"] < report["metrics"]["analytic"]["mape"]
 
 
+def test_residual_trees_correct_the_analytic_model_where_cost_steps() -> None:
+    # A step in the cost per FLOP (weights outgrowing a cache) is monotone in the work, so the
+    # analytic model can only average over it; the correction trees learn part of the step
+    # and keep monotonicity; the trees alone lack the analytic terms' structure.
+    rows = measurements(MINILM, 200, seed=4, law=cache_like)
+    _, report = fit_device(MINILM, rows, "cpu", seed=0)
+    m = report["metrics"]
+    assert m["analytic+gbt"]["mape"] < 0.8 * m["analytic"]["mape"]
+    assert m["analytic+gbt"]["mape"] < m["gbt"]["mape"] and report["chosen"] == "analytic+gbt"
+    pred = make_predictor("analytic+gbt", MINILM, seed=0).fit(rows)
+    assert isinstance(pred, ResidualPredictor) and pred.correction is not None
+    # Its prediction is the analytic part times the trees' correction.
+    frame = feature_frame(MINILM, rows.head(5)).to_numpy(dtype=float)
+    base = np.exp(AnalyticPredictor._predict_log(pred, frame)[0])
+    np.testing.assert_allclose(pred.predict(rows.head(5))["pred_ms"], base * np.exp(pred.correction.predict(frame)))
+
+
 def test_holdout_never_splits_a_configuration(minilm_rows: pd.DataFrame) -> None:
     groups = minilm_rows["arch_key"].to_numpy()
     held = _holdout_split(groups, 0.2, seed=5)
@@ -230,7 +261,7 @@ def test_too_few_rows_and_unknown_device(minilm_rows: pd.DataFrame) -> None:
 
 
 def test_unknown_predictor_lists_known() -> None:
-    with pytest.raises(PredictorError, match=r"'mlp'.*\['analytic', 'gbt'\]"):
+    with pytest.raises(PredictorError, match=r"'mlp'.*\['analytic', 'analytic\+gbt', 'gbt'\]"):
         make_predictor("mlp", MINILM)
 
 
@@ -316,7 +347,7 @@ def test_save_load_round_trip(name: str, fitted: dict[str, BasePredictor], minil
     path = save_predictor(pred, tmp_path / "cpu.json", device="cpu", shape=MINILM, report={"x": math.nan})
     meta = json.loads(path.read_text())  # strict JSON: NaN became null
     assert meta["device"] == "cpu" and meta["report"] == {"x": None}
-    assert (tmp_path / "cpu.trees.safetensors").exists() == (name == "gbt")  # linear: JSON only
+    assert (tmp_path / "cpu.trees.safetensors").exists() == pred.STORES_ARRAYS == (name != "analytic")
     loaded = load_predictor(path, device="cpu")
     assert loaded.device == "cpu" and loaded.name == name
     pd.testing.assert_frame_equal(loaded.predict(minilm_rows), pred.predict(minilm_rows), check_exact=True)
@@ -452,6 +483,12 @@ TAMPERED = {
         p, lambda a: a["member2.value"].__setitem__(-1, np.nan)), "leaf value is not a finite number"),
     "missing member": ("gbt", lambda p: _tamper_json(p, lambda m: m["state"].update(members=9)),
                        "'member5.baseline' is missing"),
+    "correction trees: NaN leaf": ("analytic+gbt", lambda p: _tamper_trees(
+        p, lambda a: a["correction.value"].__setitem__(-1, np.nan)), "leaf value is not a finite number"),
+    "correction trees: missing": ("analytic+gbt", lambda p: _tamper_trees(
+        p, lambda a: a.pop("correction.threshold")), "'correction.threshold' is missing"),
+    "correction: negative coefficient": ("analytic+gbt", lambda p: _tamper_json(
+        p, lambda m: m["state"]["coef"].update(flops_attn=-1.0)), "coefficient 'flops_attn' is -1.0"),
 }
 
 
