@@ -308,20 +308,31 @@ class AnalyticPredictor(BasePredictor):
     def _log_pred(A: np.ndarray, w: np.ndarray) -> np.ndarray:
         return np.log(np.maximum(A @ w, 1e-6))  # floor: a log must stay finite
 
+    def _fit_parts(self, A: np.ndarray, X: np.ndarray, y: np.ndarray) -> Any:
+        """What ``_fit`` fits, on design ``A`` / features ``X`` / latencies ``y`` (here the
+        coefficients; a subclass adds parts)."""
+        return self._solve(A, y)
+
+    def _log_model(self, parts: Any, A: np.ndarray, X: np.ndarray) -> np.ndarray:
+        """The log latency ``parts`` (from ``_fit_parts``) predict."""
+        return self._log_pred(A, parts)
+
+    def _keep(self, parts: Any) -> None:
+        self.coef = dict(zip([*self.TERMS, "const"], map(float, parts), strict=True))
+
     def _fit(self, X: np.ndarray, y: np.ndarray, groups: np.ndarray) -> None:
         A = self._design(X)
         k = min(self.FOLDS, len(np.unique(groups)))
         if k < 2:
-            raise PredictorError("the analytic predictor needs measurements of at least 2 configurations")
+            raise PredictorError(f"the {self.name} predictor needs measurements of at least 2 configurations")
         folds = _group_folds(groups, k, np.random.default_rng(self.seed))
         resid = np.empty(len(y))
         for f in range(k):
             test = folds == f
-            w = self._solve(A[~test], y[~test])
-            resid[test] = np.log(y[test]) - self._log_pred(A[test], w)
+            parts = self._fit_parts(A[~test], X[~test], y[~test])
+            resid[test] = np.log(y[test]) - self._log_model(parts, A[test], X[test])
         self._calibrate(resid)
-        w = self._solve(A, y)
-        self.coef = dict(zip([*self.TERMS, "const"], map(float, w), strict=True))
+        self._keep(self._fit_parts(A, X, y))
 
     def _predict_log(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         w = np.array([self.coef[t] for t in (*self.TERMS, "const")])
@@ -445,7 +456,7 @@ class ResidualPredictor(AnalyticPredictor):
         super().__init__(shape, seed=seed, coverage=coverage)
         self.correction: TreeEnsemble | None = None
 
-    def _two_stage(self, A: np.ndarray, X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, TreeEnsemble]:
+    def _fit_parts(self, A: np.ndarray, X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, TreeEnsemble]:
         """Analytic coefficients on (A, y), then trees on X for log(y) - log(analytic)."""
         from sklearn.ensemble import HistGradientBoostingRegressor
 
@@ -456,20 +467,13 @@ class ResidualPredictor(AnalyticPredictor):
             model.fit(X, np.log(y) - self._log_pred(A, w))
         return w, TreeEnsemble.from_sklearn(model)
 
-    def _fit(self, X: np.ndarray, y: np.ndarray, groups: np.ndarray) -> None:
-        A = self._design(X)
-        k = min(self.FOLDS, len(np.unique(groups)))
-        if k < 2:
-            raise PredictorError("the analytic+gbt predictor needs measurements of at least 2 configurations")
-        folds = _group_folds(groups, k, np.random.default_rng(self.seed))
-        resid = np.empty(len(y))
-        for f in range(k):
-            test = folds == f
-            w, trees = self._two_stage(A[~test], X[~test], y[~test])
-            resid[test] = np.log(y[test]) - self._log_pred(A[test], w) - trees.predict(X[test])
-        self._calibrate(resid)
-        w, self.correction = self._two_stage(A, X, y)
-        self.coef = dict(zip([*self.TERMS, "const"], map(float, w), strict=True))
+    def _log_model(self, parts: Any, A: np.ndarray, X: np.ndarray) -> np.ndarray:
+        w, trees = parts
+        return self._log_pred(A, w) + trees.predict(X)
+
+    def _keep(self, parts: Any) -> None:
+        super()._keep(parts[0])
+        self.correction = parts[1]
 
     def _predict_log(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self.correction is None:
