@@ -4,10 +4,12 @@
 # (training and measurements continue where they stopped; finished fine-tunings are reused).
 # An existing run folder resumes with the settings it was started with: delete runs/bench
 # (runs/bench-quick) to start over.
-#   bash scripts/bench.sh           # full version: about 4 hours on 2 cores from an empty
-#                                   # runs/bench (rt on 2026-12-04: training 28 min, measuring
-#                                   # 13, its benchmark 88; r8 on 2026-12-03: training and
-#                                   # measuring 35 min, its benchmark 82: see results/README.md)
+#   bash scripts/bench.sh           # full version: about 4.3 hours on 2 cores from an empty
+#                                   # runs/bench, estimated from stage times (rt: training 28 min
+#                                   # on 2026-12-04, measuring in 3 passes about 22, its benchmark
+#                                   # about 83 from scratch; r8 on 2026-12-03/04: training and one
+#                                   # pass 35 min, two more passes 8, its benchmark 82: see
+#                                   # results/README.md)
 #   bash scripts/bench.sh --quick   # reduced version (minutes): small subsets, fewer samples
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,18 +29,21 @@ if [ "${1:-}" = "--quick" ]; then
     BENCH_RT=(--quick); BENCH_R8=(--quick); OUT=runs/bench-quick; RESULTS=$OUT/results
 else
     # rt: the full training split with the default schedule, 300 measured configurations on
-    # both CPU profiles (the predictor-quality table), 150 evaluations per search, 5 budgets,
-    # fine-tuned points at 4.5x as on r8 (2 candidates, up to 6 epochs, best epoch on dev).
+    # both CPU profiles in 3 passes each (the predictor-quality table; the predictors fit each
+    # configuration's median), 150 evaluations per search, 5 budgets, fine-tuned points at 4x
+    # with the recipe that recovered most on rt (2 candidates, up to 3 epochs at 1e-4, best
+    # epoch on dev, distilling on 5533 unlabeled plot synopses too, attention distillation
+    # weight 1: README, "--finetune-attention").
     # r8: the full training split at 128 tokens; its inputs are 3x longer, so to stay within
-    # about 90 minutes: the cpu profile only (200 configurations), 80 evaluations per search on
+    # about 90 minutes: the cpu profile only (200 configurations, 3 passes), 80 evaluations per search on
     # a 300-example dev subset, 8 front points, 5 budgets; fine-tuned points at 4.5x (the 4x
     # target with room for the re-timings' noise), fine-tuning for up to 6 epochs, each
     # keeping its epoch of lowest distillation loss on dev (2 epochs left r8's 4.5x sub-network
     # 1.4 points short; see results/README.md, "Fine-tuning schedule on r8").
     RT=(); R8=(--max-length 128)
-    MEASURE_RT=(--device cpu,cpu-1t --n 300); MEASURE_R8=(--device cpu --n 200)
-    BENCH_RT=(--finetune-candidates 2 --budgets 0.2,0.35,0.5,0.7,0.9 --finetune-at 4.5 --finetune-epochs 6
-              --finetune-best-epoch)
+    MEASURE_RT=(--device cpu,cpu-1t --n 300 --passes 3); MEASURE_R8=(--device cpu --n 200 --passes 3)
+    BENCH_RT=(--finetune-candidates 2 --budgets 0.2,0.35,0.5,0.7,0.9 --finetune-at 4 --finetune-epochs 3
+              --finetune-lr 1e-4 --finetune-best-epoch --finetune-unlabeled 5533 --finetune-attention 1)
     BENCH_R8=(--n 80 --dev-subset 300 --front-points 8 --budgets 0.2,0.35,0.5,0.7,0.9 --finetune-candidates 2
               --finetune-at 4.5 --finetune-epochs 6 --finetune-best-epoch)
     OUT=runs/bench; RESULTS=results
