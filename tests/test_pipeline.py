@@ -644,6 +644,9 @@ def test_predictor_splits_script(job: Path, tmp_path: Path) -> None:
     bad = subprocess.run([sys.executable, str(script), str(tmp_path / "nowhere")], capture_output=True, text=True,
                          cwd=script.parent.parent)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "predictor_splits.py: error:" in bad.stderr
+    unmeasured = subprocess.run([sys.executable, str(script), str(job), "--device", "phone"], capture_output=True,
+                                text=True, cwd=script.parent.parent)
+    assert unmeasured.returncode == 2 and "phone.csv does not exist: run `hwnas measure" in unmeasured.stderr
 
 
 def test_budgets_on_a_tail_statistic_and_in_fixed_length_mode(job: Path, tmp_path: Path, capsys) -> None:
