@@ -782,9 +782,12 @@ def _time_stock(run: LoadedRun, profiles: list[DeviceProfile], *, quiet: bool) -
 
 def register_fit(sub: Subparsers) -> argparse.ArgumentParser:
     f = sub.add_parser("fit", help="fit and evaluate a latency predictor per device",
-                       description="Fit the analytic (linear on FLOPs-like terms) and learned (gradient-boosted "
-                       "trees) predictors on RUN/latency/DEVICE.csv, evaluate them on held-out configurations, keep "
-                       "the better, and write the predictor, a JSON report and a predicted-vs-measured PNG.")
+                       description="Fit three latency predictors on RUN/latency/DEVICE.csv: analytic (non-negative "
+                       "combination of FLOPs-like terms), gbt (monotone gradient-boosted trees) and analytic+gbt (the "
+                       "analytic model times monotone trees fitted on its log residuals); evaluate them on held-out "
+                       "configurations (a sub-network timed in several passes counts once, at its median), keep the "
+                       "one of lowest MAPE, and write the predictor, a JSON report and a predicted-vs-measured PNG, "
+                       "for each regime and statistic measured (p50, p90, p99, mean).")
     f.add_argument("--run", required=True, help="run folder with measurements")
     f.add_argument("--device", required=True, help="device name, or several separated by commas")
     f.add_argument("--seed", type=SEED, default=0)
