@@ -476,14 +476,12 @@ class ResidualPredictor(AnalyticPredictor):
         self.correction = parts[1]
 
     def _predict_log(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if self.correction is None:
-            raise PredictorError("the analytic+gbt predictor has no correction trees: fit or load it first")
+        assert self.correction is not None  # fit and load set it; predict() refuses an unfitted predictor
         base, spread = super()._predict_log(X)
         return base + self.correction.predict(X), spread
 
     def arrays(self) -> dict[str, np.ndarray]:
-        if self.correction is None:
-            return {}
+        assert self.correction is not None  # save_predictor refuses an unfitted predictor
         return self.correction.to_arrays("correction.")
 
     def _set_state(self, state: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:

@@ -148,6 +148,15 @@ def measure_devices(run: LoadedRun, profiles: list[DeviceProfile], **kwargs: Any
 
 
 
+def measured_rows(run_dir: str | Path, device: str) -> pd.DataFrame:
+    """Every measurement row of ``device`` in a run (``RUN/latency/DEVICE.csv``); a
+    ``PredictorError`` naming the command to run when the device was never measured."""
+    path = RunFolder(run_dir).measurements(device)
+    if not path.exists():
+        raise PredictorError(f"{path} does not exist: run `hwnas measure --run {run_dir} --device {device}` first")
+    return MeasurementLog(path).read()
+
+
 def fit_run_device(run_dir: str | Path, shape: BertShape, device: str, *, seed: int = 0,
                    stats: tuple[str, ...] = STATS) -> list[dict[str, Any]]:
     """Fit a predictor for each regime the device was measured in (traffic, fixed lengths)
@@ -156,9 +165,7 @@ def fit_run_device(run_dir: str | Path, shape: BertShape, device: str, *, seed: 
     one first: p50 on real traffic where the device was timed on it, else on fixed lengths."""
     paths = RunFolder(run_dir)
     path = paths.measurements(device)
-    if not path.exists():
-        raise PredictorError(f"{path} does not exist: run `hwnas measure --run {run_dir} --device {device}` first")
-    rows = MeasurementLog(path).read()
+    rows = measured_rows(run_dir, device)
     reports: dict[tuple[str, str], dict[str, Any]] = {}
     for regime in [r for r in REGIMES if (rows["regime"] == r).any()]:
         on_regime = rows[rows["regime"] == regime]

@@ -24,16 +24,15 @@ import sys
 import numpy as np
 import pandas as pd
 
-from latency.measure import MeasurementLog
 from latency.predictor import PREDICTORS, TARGET, _group_folds, make_predictor
+from latency.workflow import measured_rows
 from supernet.errors import HwnasError
 from supernet.model import BertShape
-from supernet.runfolder import RunFolder
 from supernet.workflow import open_run
 
 
 def samples(folder: str, device: str) -> pd.DataFrame:
-    rows = MeasurementLog(RunFolder(folder).measurements(device)).read()
+    rows = measured_rows(folder, device)
     ok = rows[(rows["kind"] == "sample") & (rows["error"].fillna("") == "") & (rows["regime"] == "traffic")]
     return ok.drop_duplicates("arch_key").set_index("arch_key")
 

@@ -17,10 +17,9 @@ import sys
 
 import pandas as pd
 
-from latency.measure import MeasurementLog
-from latency.predictor import PredictorError, fit_device
+from latency.predictor import fit_device
+from latency.workflow import measured_rows
 from supernet.errors import HwnasError
-from supernet.runfolder import RunFolder
 from supernet.workflow import open_run
 
 
@@ -28,10 +27,7 @@ def split_figures(run: str, device: str, splits: int) -> tuple[pd.DataFrame, dic
     """One row per (split seed, predictor): its held-out metrics and whether it was chosen;
     and the last split's report."""
     shape = open_run(run).supernet.shape
-    path = RunFolder(run).measurements(device)
-    if not path.exists():
-        raise PredictorError(f"{path} does not exist: run `hwnas measure --run {run} --device {device}` first")
-    rows = MeasurementLog(path).read()
+    rows = measured_rows(run, device)
     rows = rows[rows["regime"] == "traffic"]
     out, report = [], {}
     for seed in range(splits):
