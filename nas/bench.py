@@ -77,6 +77,7 @@ class BenchConfig:
     finetune_lr: float = 2e-4
     finetune_candidates: int = 3  # ours: sub-networks fine-tuned per export (``choose_and_export``)
     finetune_best_epoch: bool = False  # each fine-tuning keeps its epoch with the lowest dev loss
+    finetune_choose: str = "dev-score"  # how ours+ft ranks its fine-tuned candidates (``finetuned_order``)
     # What the fine-tunings distil on besides the train split: this many of the task's unlabeled
     # texts (None: as the run was trained) and word-replaced copies of each train example.
     finetune_unlabeled: int | None = None
@@ -293,7 +294,8 @@ def finetuned(run: LoadedRun, target: Target, table: pd.DataFrame, acc: DevAccur
                                           train_device=cfg.train_device, finetune_best_epoch=cfg.finetune_best_epoch,
                                           finetune_unlabeled=cfg.finetune_unlabeled,
                                           finetune_augment=cfg.finetune_augment,
-                                          finetune_attention=cfg.finetune_attention)
+                                          finetune_attention=cfg.finetune_attention,
+                                          finetune_choose=cfg.finetune_choose)
                     r = choose_and_export(run, target, folder / f"export_{s:g}x_ft", export, accuracy=acc,
                                           full_model_test=full_test, teacher_targets=targets)
                 except ImpossibleBudget:
@@ -600,7 +602,7 @@ def _md(frame: pd.DataFrame, floatfmt: str = ".3f") -> str:
 
 
 def _ft_candidates(ft: pd.DataFrame) -> pd.DataFrame:
-    cols = ["export", "arch", "measured_ms", "dev_accuracy_before", "dev_accuracy", "test_accuracy"]
+    cols = ["export", "arch", "measured_ms", "dev_accuracy_before", "dev_accuracy", "dev_loss", "test_accuracy"]
     rows = [{"export": f"{r['speedup']:.2f}x", **c} for r in ft.to_dict("records")
             if isinstance(r.get("ft_candidates"), str) for c in json.loads(r["ft_candidates"])]
     return pd.DataFrame(rows, columns=cols)
@@ -715,7 +717,10 @@ stock fp32 deployment, `speedup_vs_stock_int8` against stock INT8.
         f" and {cfg.finetune_augment} word-replaced copies of each train example" if cfg.finetune_augment else "")
     text_flags = ((f" --finetune-unlabeled {cfg.finetune_unlabeled}" if cfg.finetune_unlabeled is not None else "")
                   + (f" --finetune-augment {cfg.finetune_augment}" if cfg.finetune_augment else "")
-                  + (f" --finetune-attention {cfg.finetune_attention:g}" if cfg.finetune_attention else ""))
+                  + (f" --finetune-attention {cfg.finetune_attention:g}" if cfg.finetune_attention else "")
+                  + (f" --finetune-choose {cfg.finetune_choose}" if cfg.finetune_choose != "dev-score" else ""))
+    ranked_by = ("dev score" if cfg.finetune_choose == "dev-score" else
+                 "fine-tuning loss on dev (distillation from the teacher plus the labels; `dev_loss`)")
     if cfg.finetune_attention:
         texts += (f", with attention distillation (weight {cfg.finetune_attention:g}: each kept head's attention "
                   "scores learn the rewired teacher's same head)")
@@ -763,7 +768,7 @@ change){best_epoch_note}, the same schedule for {', '.join(cfg.finetune_methods)
 hands a user: the full model timed just before the export (`budget_ms`: that latency divided by s), a search under
 that budget, the finalists re-ranked on dev and re-measured; the chosen one, the widest uniform sub-network of the deepest depth that fits (by the predictor's bound or timed)
 and the best candidates of the deepest other depths (up to {cfg.finetune_candidates} in all, each re-measured under the
-budget) are fine-tuned, and the best on dev is exported (its speed-up is the one
+budget) are fine-tuned, and the best by {ranked_by} is exported (its speed-up is the one
 measured in that export); `dynabert+ft` is the grid's most accurate (whole dev) point with a measured speed-up of at
 least s. `speedup_vs_stock` (fastest stock fp32) and `speedup_vs_stock_int8`: for `ours+ft` from the stock models
 timed beside it in its export, for the grid's from the fronts' run. Before and after; `vs_teacher_points`: test {run.task.metric} minus the teacher's on the same sentences,
@@ -773,7 +778,7 @@ with its 95% interval (paired bootstrap; `ours+ft`: the exported model as deploy
                      "vs_teacher_points", "vs_teacher_ci95_low", "vs_teacher_ci95_high") if c in ft]])
  if len(ft) else "(none)"}
 
-Every sub-network `ours+ft` fine-tuned (the search's pick first; the exported one has the best fine-tuned dev score):
+Every sub-network `ours+ft` fine-tuned (the search's pick first; the exported one has the best fine-tuned {ranked_by}):
 {_md(_ft_candidates(ft))}
 
 {proxy_line(_ft_candidates(ft))}

@@ -261,11 +261,16 @@ def _finetune_args(p: argparse.ArgumentParser, epochs: float, what: str, candida
                    help=f"epochs of distillation from the teacher into {what} (0: none; default %(default)s)")
     p.add_argument("--finetune-lr", type=RATE, default=2e-4, help="fine-tuning learning rate (default %(default)s)")
     p.add_argument("--finetune-candidates", type=COUNT, default=candidates,
-                   help="sub-networks fine-tuned under the budget, the one with the best fine-tuned dev score is "
+                   help="sub-networks fine-tuned under the budget, the best on dev (--finetune-choose) is "
                    "exported: the search's pick, the widest uniform sub-network of the deepest depth that fits (by the "
                    "predictor's upper bound, or timed on the device: uniform sub-networks predicted within 1.25x of the "
                    "budget are measured, so the predictor's margin does not leave deeper ones out), then the best of each of the deepest other depths, since deep, narrow sub-networks recover the most "
                    "(default %(default)s; 1: the search's pick only)")
+    p.add_argument("--finetune-choose", choices=("dev-score", "dev-loss"), default="dev-score",
+                   help="how the fine-tuned candidates are ranked, the best exported: dev-score (default), the task's "
+                   "metric on dev; dev-loss, the fine-tuning's own loss on dev (distillation from the teacher's "
+                   "logits plus cross-entropy on the labels), which every dev example moves a little where the "
+                   "score moves by whole examples; both as deployed (an int8 candidate's quantized graph)")
     p.add_argument("--finetune-best-epoch", action="store_true",
                    help="after each fine-tuning epoch, score the same loss (distillation from the teacher plus the "
                    "labels) on the dev split and keep the epoch where it is lowest, not the last: --finetune-epochs is "
@@ -397,7 +402,7 @@ def cmd_run(a: argparse.Namespace) -> int:
     job = JobConfig(devices=tuple(a.device.split(",")), n_measure=a.n_measure, n_search=a.n_search,
                     finetune=_finetune_stage(a), finetune_candidates=a.finetune_candidates,
                     finetune_best_epoch=a.finetune_best_epoch, finetune_attention=a.finetune_attention,
-                    train_device=resolve_train_device(a.train_device))
+                    finetune_choose=a.finetune_choose, train_device=resolve_train_device(a.train_device))
     for device in job.devices:  # before training: a typo or a missing GPU is found in a second
         check_available(resolve_device(out, device))
     t0 = time.time()
@@ -929,7 +934,8 @@ def cmd_export(a: argparse.Namespace) -> int:
                        finetune_unlabeled=a.finetune_unlabeled, finetune_augment=a.finetune_augment,
                        drift_tolerance=None if a.drift_tolerance < 0 else a.drift_tolerance, progress=not a.quiet,
                        step_up_below=a.step_up_below or None, train_device=train_device,
-                       finetune_best_epoch=a.finetune_best_epoch, finetune_attention=a.finetune_attention)
+                       finetune_best_epoch=a.finetune_best_epoch, finetune_attention=a.finetune_attention,
+                       finetune_choose=a.finetune_choose)
     accuracy = DevAccuracy(run, subset_size=a.dev_subset or None, precision=a.search_precision, batch=target.batch)
     r = choose_and_export(run, target, a.out, cfg, accuracy=accuracy, command=a.command_line)
     if r["budget_from"]:
@@ -1120,7 +1126,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
                           dev_subset=a.dev_subset or None, seeds=a.seeds, train_device=train_device,
                           retimes=a.retimes, finetune_best_epoch=a.finetune_best_epoch,
                           finetune_unlabeled=a.finetune_unlabeled, finetune_augment=a.finetune_augment,
-                          finetune_attention=a.finetune_attention)
+                          finetune_attention=a.finetune_attention, finetune_choose=a.finetune_choose)
     run = open_run(a.run)
     target = _target(run, a.device, None, a.length, a.budget_stat)
     summary = run_bench(run, target, cfg, a.out, command=a.command_line, progress=not a.quiet)

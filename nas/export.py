@@ -21,8 +21,10 @@ model and device timer and returns a value, so each can be tested with fakes:
    candidates are measured; the first that measures within 95% of the budget, and again in a
    second, longer timing of it alone, replaces it (twice at most, while more than 10% is
    still unused).
-4. ``finetune_best``: optionally, the chosen sub-network and a few others (``finetune_pool``)
-   are distilled from the teacher; the best on dev is exported.
+4. ``finetune_and_confirm``: optionally, the chosen sub-network and a few others
+   (``finetune_pool``) are distilled from the teacher (``finetune_best``) and ranked on dev
+   (``finetuned_order``); the best that meets the budget in one more timing (``confirm``) is
+   exported. Without fine-tuning, ``confirm_pick`` does that last timing.
 5. ``write_export``: the standalone model (PyTorch, Hugging Face), its ONNX graph with the
    config and tokenizer beside it, ``report.json`` and the model card (``README.md``).
 """
@@ -34,7 +36,7 @@ import hashlib
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -66,6 +68,7 @@ from supernet.train import (
     distill_split,
     finetune_folder,
     finetune_subnet,
+    held_out_loss,
     selected_epoch,
     teacher_logits,
 )
@@ -89,6 +92,12 @@ class DevScore(Protocol):
     def full_dev(self, cfg: SubnetConfig) -> float: ...
 
 
+# How the fine-tuned candidates are ranked (``finetuned_order``): "dev-score", the task's metric
+# on dev as deployed; "dev-loss", the fine-tuning's own loss on dev (distillation from the
+# teacher's logits plus cross-entropy on the labels) as deployed.
+FINETUNE_CHOICES = ("dev-score", "dev-loss")
+
+
 @dataclass(frozen=True)
 class ExportConfig:
     """What to export and how: a budget in ms, or a ``speedup`` over the full model timed on
@@ -106,6 +115,8 @@ class ExportConfig:
     # Keep each fine-tuning's epoch with the lowest distillation loss on dev (``BestEpoch``),
     # not its last: the epochs are then a maximum.
     finetune_best_epoch: bool = False
+    # How the fine-tuned candidates are ranked, the best exported (``FINETUNE_CHOICES``).
+    finetune_choose: str = "dev-score"
     # Distil on the train split plus this many of the task's unlabeled texts when fine-tuning
     # (None: as the run was trained, ``TrainConfig.unlabeled``).
     finetune_unlabeled: int | None = None
@@ -136,6 +147,9 @@ class ExportConfig:
         if not (isinstance(self.finetune_augment, int) and self.finetune_augment >= 0):
             raise ConfigError(f"finetune_augment must be a whole number of copies >= 0, got {self.finetune_augment!r}")
         check_number(self.finetune_attention, "finetune_attention", 0.0)  # a loss weight
+        if self.finetune_choose not in FINETUNE_CHOICES:
+            raise ConfigError(f"finetune_choose must be one of {', '.join(FINETUNE_CHOICES)}, "
+                              f"got {self.finetune_choose!r}")
         if self.finalists < 1 or self.finetune_candidates < 1 or self.rounds < 1:
             raise ConfigError(f"finalists, fine-tuning candidates and rounds must be >= 1, got {self.finalists}, "
                               f"{self.finetune_candidates} and {self.rounds}")
@@ -536,26 +550,42 @@ def measured_pool(verified: Verified, extra: list[Candidate], budget_ms: float, 
 
 @dataclass
 class FineTuned:
-    best: int  # index into the pool
     models: list[ElasticBert]
     rows: list[dict[str, Any]]  # one per pool entry, the search's pick first
+
+
+def finetuned_order(rows: list[dict[str, Any]], by: str = "dev-score") -> list[int]:
+    """Indices of fine-tuned candidates (``FineTuned.rows``), best first by ``by``
+    (``FINETUNE_CHOICES``), ties to the earlier one (the search's pick first).
+
+    The dev score of two candidates fine-tuned from the same teacher often differs by one or
+    two examples (rt at 4x: 2 of 1,280 sentences); the loss averages how far every dev
+    example's probabilities are from the teacher's, so it moves less with which examples dev
+    happens to hold."""
+    if by == "dev-score":
+        return sorted(range(len(rows)), key=lambda i: (-rows[i]["dev_accuracy"], i))
+    if by == "dev-loss":
+        return sorted(range(len(rows)), key=lambda i: (rows[i]["dev_loss"], i))
+    raise ConfigError(f"fine-tuned candidates are ranked by one of {', '.join(FINETUNE_CHOICES)}, got {by!r}")
 
 
 def finetune_best(run: LoadedRun, teacher: ElasticBert, pool: list[tuple[Candidate, float]], stage: StageConfig,
                   out: Path, accuracy: DevAccuracy, targets: Callable[[], torch.Tensor],
                   *, progress: bool = True, device: str = "cpu", batch: int = 1,
                   best_epoch: bool = False, augment: int = 0, attention: float = 0.0) -> FineTuned:
-    """Distil the teacher into each of ``pool`` (resumable, in ``out``, trained on ``device``);
-    the best fine-tuned dev score wins, ties to the search's pick. Each is scored as deployed,
-    ``batch`` inputs per call (an int8 one: its quantized graph, whose predictions depend on it).
+    """Distil the teacher into each of ``pool`` (resumable, in ``out``, trained on ``device``)
+    and score each as deployed, ``batch`` inputs per call (an int8 one: its quantized graph,
+    whose predictions depend on it): dev and test in the task's metric, and the fine-tuning's
+    loss on dev against ``teacher``'s logits (``dev_loss``; ``finetuned_order`` ranks them).
     ``best_epoch``: each keeps its epoch with the lowest distillation loss on dev (``BestEpoch``);
     the rows say which (``epoch_kept``) and every epoch's loss (``dev_loss_by_epoch``). ``augment``:
     how many word-replaced copies of each train example ``run``'s distillation texts hold (the
     folder's name says it). ``attention``: the weight of attention distillation (``teacher``
     then the rewired teacher, ``distill_teacher``)."""
     from nas.objectives import deployed_logits
-    from supernet.evaluate import scores
+    from supernet.evaluate import predict, scores
 
+    teacher_dev = predict(teacher, run.splits["dev"])
     models, rows = [], []
     for cand, ms in pool:
         t0 = time.time()
@@ -568,6 +598,7 @@ def finetune_best(run: LoadedRun, teacher: ElasticBert, pool: list[tuple[Candida
         model.eval()
         models.append(model)
         deployed = deployed_logits(model, cand.config.precision, batch=batch)  # int8: exported once for both splits
+        logits = {split: deployed(run.splits[split]) for split in ("dev", "test")}
         rows.append({"arch_key": cand.config.key(), "arch": cand.config.describe(),
                      "depth": len(cand.config.kept_layers), "measured_ms": ms,
                      "dev_accuracy_before": accuracy.full_dev(cand.config), "wall_s": round(time.time() - t0, 1),
@@ -575,11 +606,77 @@ def finetune_best(run: LoadedRun, teacher: ElasticBert, pool: list[tuple[Candida
                      "epoch_kept": kept["best_epoch"] if kept else stage.epochs,
                      "dev_loss_by_epoch": kept["dev_loss"] if kept else None,
                      # As deployed: an int8 candidate's quantized graph, run by ONNX Runtime.
-                     **{f"{split}_accuracy": scores(deployed(run.splits[split]), run.splits[split].labels)[
-                         run.task.metric]
-                        for split in ("dev", "test")}})
-    best = max(range(len(pool)), key=lambda i: (rows[i]["dev_accuracy"], -i))
-    return FineTuned(best, models, rows)
+                     **{f"{split}_accuracy": scores(logits[split], run.splits[split].labels)[run.task.metric]
+                        for split in ("dev", "test")},
+                     "dev_loss": held_out_loss(logits["dev"], teacher_dev, run.splits["dev"].labels,
+                                               run.spec.train.temperature)})
+    return FineTuned(models, rows)
+
+
+@dataclass
+class Pick:
+    """What an export writes: the sub-network, its latency as last measured, its model (the
+    supernet's weights, or fine-tuned), the last timing before writing (``confirm``), and with
+    fine-tuning the report's ``finetuned`` summary, every candidate's row (``FineTuned.rows``)
+    and the uniform sub-networks timed for the pool (``measured_seeds``)."""
+
+    chosen: Candidate
+    measured_ms: float
+    model: ElasticBert
+    final: Confirmed
+    tuned: dict[str, Any] | None = None
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    stretched: list[Candidate] = field(default_factory=list)
+
+
+def confirm_pick(run: LoadedRun, verified: Verified, budget_ms: float, timer: Timer | None, accuracy: DevScore,
+                 *, rounds: int) -> Pick:
+    """Without fine-tuning: the pick, or the first of its measured fall-backs that meets the
+    budget in one more timing (``confirm``), with the supernet's weights."""
+    from supernet.extract import extract
+
+    options = [(verified.chosen, verified.measured_ms), *verified.alternatives]
+    final = confirm(options, budget_ms, timer, accuracy, rounds=max(FRESH_ROUNDS, rounds))
+    chosen, ms = options[final.index]
+    return Pick(chosen, final.measured_ms if final.steps else ms, extract(run.supernet, chosen.config).eval(), final)
+
+
+def finetune_and_confirm(run: LoadedRun, target: Target, cfg: ExportConfig, stage: StageConfig, verified: Verified,
+                         history: list[Candidate], budget: Budget, latency: PredictedLatency, timer: Timer | None,
+                         accuracy: DevAccuracy, teacher: ElasticBert, out: Path,
+                         teacher_targets: Callable[[], torch.Tensor] | None) -> Pick:
+    """Step 4: the pool (the pick, the deepest depth seed, timed deeper seeds and the best of
+    the deepest other depths, each re-measured under the budget), each fine-tuned from
+    ``teacher`` (``finetune_best``), ranked by ``cfg.finetune_choose`` (``finetuned_order``),
+    and the best that meets the budget in one more timing (``confirm``; the others are its
+    fall-backs, in that order). ``teacher_targets``: the teacher's logits on the distillation
+    texts when the caller has them (computed once here otherwise, and only if needed)."""
+    space, scaled = target.search_space(run.space), latency.scaled(budget.scale)
+    seed_cfgs = depth_seeds(space, scaled, budget.ms)
+    deepest = max((len(c.kept_layers) for c in seed_cfgs), default=0)
+    stretched = measured_seeds(space, scaled, budget.ms, timer, accuracy, deeper_than=deepest,
+                               rounds=cfg.rounds) if cfg.finetune_candidates > 1 else []
+    extra = finetune_pool(history, verified.chosen, [c.key() for c in seed_cfgs], cfg.finetune_candidates - 1,
+                          measured=stretched)
+    pool = measured_pool(verified, extra, budget.ms, timer, rounds=cfg.rounds)
+    ft_run = with_augmented(with_unlabeled(run, cfg.finetune_unlabeled), cfg.finetune_augment)
+    distill = distill_split(ft_run.splits)
+    targets = teacher_targets or functools.cache(lambda: teacher_logits(teacher, distill))
+    ft = finetune_best(ft_run, teacher, pool, stage, out, accuracy, targets, progress=cfg.progress,
+                       device=cfg.train_device, batch=target.batch, best_epoch=cfg.finetune_best_epoch,
+                       augment=cfg.finetune_augment, attention=cfg.finetune_attention)
+    order = finetuned_order(ft.rows, cfg.finetune_choose)  # best first; ties to the pool's order
+    final = confirm([pool[i] for i in order], budget.ms, timer, accuracy, rounds=max(FRESH_ROUNDS, cfg.rounds),
+                    dev=[ft.rows[i]["dev_accuracy"] for i in order])
+    best = order[final.index]
+    chosen, ms = pool[best]
+    tuned = {"epochs": stage.epochs, "lr": stage.lr, "candidates": len(pool),
+             "best_epoch": cfg.finetune_best_epoch, "epoch_kept": ft.rows[best]["epoch_kept"],
+             "texts": len(distill), "unlabeled": ft_run.spec.train.unlabeled,
+             "augmented_copies": cfg.finetune_augment, "attention_weight": cfg.finetune_attention,
+             "chosen_by": cfg.finetune_choose,
+             **{k: ft.rows[best][k] for k in ("wall_s", "reused", "dev_accuracy", "test_accuracy")}}
+    return Pick(chosen, final.measured_ms if final.steps else ms, ft.models[best], final, tuned, ft.rows, stretched)
 
 
 # --- 5. write ------------------------------------------------------------------------------------
@@ -722,7 +819,6 @@ def choose_and_export(
     """
     from supernet.checkpoint import load_model
     from supernet.evaluate import predict, scores
-    from supernet.extract import extract
     from supernet.io import write_csv
 
     accuracy = accuracy or DevAccuracy(run, batch=target.batch)
@@ -753,47 +849,13 @@ def choose_and_export(
         out = Path(out_dir)
         teacher = (distill_teacher(run, cfg.finetune_attention).to(cfg.train_device)  # the fine-tunings' targets
                    if cfg.finetune is not None or full_model_test is None else None)
-        chosen, chosen_ms, full_ms = verified.chosen, verified.measured_ms, verified.full_ms
-        small = extract(run.supernet, chosen.config).eval()
-        tuned: dict[str, Any] | None = None
-        ft_rows: list[dict[str, Any]] = []
-        stretched: list[Candidate] = []
         if cfg.finetune is not None and teacher is not None:
-            space, scaled = target.search_space(run.space), latency.scaled(budget.scale)
-            seed_cfgs = depth_seeds(space, scaled, budget.ms)
-            deepest = max((len(c.kept_layers) for c in seed_cfgs), default=0)
-            stretched = measured_seeds(space, scaled, budget.ms, timer, accuracy, deeper_than=deepest,
-                                       rounds=cfg.rounds) if cfg.finetune_candidates > 1 else []
-            extra = finetune_pool(result.history, chosen, [c.key() for c in seed_cfgs], cfg.finetune_candidates - 1,
-                                  measured=stretched)
-            pool = measured_pool(verified, extra, budget.ms, timer, rounds=cfg.rounds)
-            ft_run = with_augmented(with_unlabeled(run, cfg.finetune_unlabeled), cfg.finetune_augment)
-            distill = distill_split(ft_run.splits)
-            targets = teacher_targets or functools.cache(
-                lambda: teacher_logits(teacher, distill))
-            ft = finetune_best(ft_run, teacher, pool, cfg.finetune, out, accuracy, targets, progress=cfg.progress,
-                               device=cfg.train_device, batch=target.batch, best_epoch=cfg.finetune_best_epoch,
-                               augment=cfg.finetune_augment, attention=cfg.finetune_attention)
-            ft_rows = ft.rows
-            # The fine-tuned best on dev, then the others as fall-backs (ties to the pool's order).
-            order = sorted(range(len(pool)), key=lambda i: (-ft_rows[i]["dev_accuracy"], i))
-            final = confirm([pool[i] for i in order], budget.ms, timer, accuracy, rounds=max(FRESH_ROUNDS, cfg.rounds),
-                            dev=[ft_rows[i]["dev_accuracy"] for i in order])
-            best = order[final.index]
-            (chosen, chosen_ms), small = pool[best], ft.models[best]
-            tuned = {"epochs": cfg.finetune.epochs, "lr": cfg.finetune.lr, "candidates": len(pool),
-                     "best_epoch": cfg.finetune_best_epoch, "epoch_kept": ft_rows[best]["epoch_kept"],
-                     "texts": len(distill), "unlabeled": ft_run.spec.train.unlabeled,
-                     "augmented_copies": cfg.finetune_augment, "attention_weight": cfg.finetune_attention,
-                     **{k: ft_rows[best][k] for k in ("wall_s", "reused", "dev_accuracy", "test_accuracy")}}
+            pick = finetune_and_confirm(run, target, cfg, cfg.finetune, verified, result.history, budget, latency,
+                                        timer, accuracy, teacher, out, teacher_targets)
         else:
-            final = confirm([(verified.chosen, verified.measured_ms), *verified.alternatives], budget.ms, timer,
-                            accuracy, rounds=max(FRESH_ROUNDS, cfg.rounds))
-            if final.index:
-                chosen = verified.alternatives[final.index - 1][0]
-                small = extract(run.supernet, chosen.config).eval()
-        if final.steps:  # timed again just now: the figures the report quotes
-            chosen_ms, full_ms = final.measured_ms, final.full_ms
+            pick = confirm_pick(run, verified, budget.ms, timer, accuracy, rounds=cfg.rounds)
+        chosen, chosen_ms, small, final = pick.chosen, pick.measured_ms, pick.model, pick.final
+        full_ms = final.full_ms if final.steps else verified.full_ms  # timed again just now: what the report quotes
         written = write_export(run, target, out, chosen, small)
         precision = chosen.config.precision
         # The written model's test logits, as deployed: for its score and the paired statistics.
@@ -847,11 +909,11 @@ def choose_and_export(
         },
         "full_model_test_accuracy": full_test,
         "supernet_largest_test_accuracy": accuracy.test(largest),
-        "weights": "fine-tuned" if tuned else "supernet",  # what pytorch/ and model.onnx hold
-        "finetuned": tuned,
-        "finetune_candidates": ft_rows,  # every sub-network fine-tuned, the search's pick first
+        "weights": "fine-tuned" if pick.tuned else "supernet",  # what pytorch/ and model.onnx hold
+        "finetuned": pick.tuned,
+        "finetune_candidates": pick.rows,  # every sub-network fine-tuned, the search's pick first
         # Deeper uniform sub-networks than the predictor's bound allowed, timed under the budget (``measured_seeds``).
-        "finetune_timed_seeds": [{"arch": c.config.describe(), "measured_ms": c.latency_ms} for c in stretched],
+        "finetune_timed_seeds": [{"arch": c.config.describe(), "measured_ms": c.latency_ms} for c in pick.stretched],
         "flops": subnet_flops(run.supernet.shape, sub, target.length),
         "full_model_flops": subnet_flops(run.supernet.shape, largest, target.length),
         "params": subnet_params(run.supernet.shape, sub),

@@ -60,6 +60,7 @@ class JobConfig:
     finetune: StageConfig | None = field(default_factory=lambda: StageConfig(epochs=1.0, lr=2e-4))
     finetune_candidates: int = 2  # the search's pick and one more (``finetune_pool``)
     finetune_best_epoch: bool = False  # keep each fine-tuning's epoch with the lowest dev loss
+    finetune_choose: str = "dev-score"  # how the fine-tuned candidates are ranked (``finetuned_order``)
     finetune_attention: float = 0.0  # weight of attention distillation in the fine-tuning (0: off)
     train_device: str = "cpu"  # where the training and the fine-tuning run: cpu or cuda (``resolve_train_device``)
 
@@ -161,7 +162,7 @@ def main_job(out: str | Path, spec: RunSpec, job: JobConfig, *, progress: bool =
                  "acc_dev": ft["dev_accuracy"] if ft else report["dev_accuracy"], "acc_test": written_test_score(report),
                  "full_acc_test": acc.test(run.space.largest())})
     if ft:
-        log(f"exported {report['arch']} (best fine-tuned dev score of {ft['candidates']} candidates): test "
+        log(f"exported {report['arch']} (best fine-tuned {ft['chosen_by']} of {ft['candidates']} candidates): test "
             f"{report['metric']} {report['test_accuracy']:.4f} with the supernet's weights, {ft['test_accuracy']:.4f} "
             f"after {ft['epochs']:g} epochs of fine-tuning")
     stage("export", t0)
@@ -193,6 +194,7 @@ def export_at_budget(run: LoadedRun, target: Target, budgets: list[float], job: 
         export = ExportConfig(budget_ms=budget, n_evaluations=job.n_search, seed=run.spec.seed, progress=progress,
                               finetune=job.finetune, finetune_candidates=job.finetune_candidates,
                               finetune_best_epoch=job.finetune_best_epoch, finetune_attention=job.finetune_attention,
+                              finetune_choose=job.finetune_choose,
                               # The budgets are points on this predictor's own scale, fitted
                               # minutes ago: scaling its predictions would move them.
                               drift_tolerance=None, train_device=job.train_device)

@@ -141,6 +141,26 @@ def kendall_tau(x: Any, y: Any) -> float:
     return float((da * db).sum() / math.sqrt(n_a * n_b))
 
 
+def close_pair_agreement(truth: Any, scorings: dict[str, Any], close: Any, within: float) -> dict[str, float]:
+    """How often each scoring orders a near-tie as ``truth`` does: over the pairs of items whose
+    ``close`` values differ by at most ``within`` and whose ``truth`` values differ, the share
+    each of ``scorings`` orders the same way (higher is better for all; a tie in a scoring counts
+    half). ``pairs``: how many such pairs; the shares are NaN without any. What choosing between
+    candidates of nearly the same dev score by one scoring or another would get right."""
+    t, c = np.asarray(truth, dtype=float), np.asarray(close, dtype=float)
+    i, j = np.triu_indices(t.size, k=1)
+    keep = (np.abs(c[i] - c[j]) <= within) & (t[i] != t[j])
+    i, j = i[keep], j[keep]
+    out = {"pairs": float(i.size)}
+    for name, values in scorings.items():
+        v = np.asarray(values, dtype=float)
+        if v.shape != t.shape:
+            raise ValueError(f"scoring {name!r} has {v.shape} values for {t.shape} items")
+        alike = np.sign(v[i] - v[j]) * np.sign(t[i] - t[j])  # 1 alike, -1 opposite, 0 tied
+        out[name] = float(((alike > 0) + 0.5 * (alike == 0)).mean()) if i.size else float("nan")
+    return out
+
+
 def spread(values: Any) -> dict[str, float]:
     """Mean, sample standard deviation, min and max of a figure measured over seeds."""
     v = np.asarray(values, dtype=float)

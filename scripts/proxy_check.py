@@ -11,6 +11,10 @@ distillation) and scored on the whole dev and test splits. Printed:
   proxy's quality; the issue's target is >= 0.7);
 * the same tau between the fine-tuned dev and the fine-tuned test accuracy: how well a
   perfect proxy could rank at all, given the noise of splits of this size (a ceiling);
+* how an export's choice between fine-tuned candidates fares by dev score or by the
+  fine-tuning's loss on dev (``--finetune-choose``): the tau of the dev loss (negated) with the
+  fine-tuned test accuracy, and over the pairs within ``--close`` on fine-tuned dev (near-ties,
+  where the choice is hard) the share each orders as test does (``nas.stats.close_pair_agreement``);
 * the proxy's tau on test, and the tau of a proxy that only knows the predicted latency;
 * with ``--short-epochs E``: the tau of a cheaper proxy than the full fine-tuning, each
   sub-network fine-tuned for only ``E`` epochs (what fine-tuning a search's finalists briefly
@@ -38,15 +42,16 @@ import pandas as pd
 from latency.target import PredictedLatency, Target
 from latency.workflow import resolve_device
 from nas.pareto import non_dominated_rank
-from nas.stats import kendall_tau
+from nas.stats import close_pair_agreement, kendall_tau
 from supernet.checkpoint import load_model
-from supernet.evaluate import Evaluator, model_score
+from supernet.evaluate import Evaluator, model_score, predict, scores
 from supernet.space import SearchSpace, SubnetConfig
 from supernet.train import (
     StageConfig,
     distill_split,
     finetune_folder,
     finetune_subnet,
+    held_out_loss,
     teacher_logits,
 )
 from supernet.workflow import open_run
@@ -91,6 +96,8 @@ def main() -> None:
     p.add_argument("--layer-weight", type=float, default=0.0)
     p.add_argument("--short-epochs", type=float, default=0.0,
                    help="also fine-tune each for this many epochs, a cheaper proxy (0: no)")
+    p.add_argument("--close", type=float, default=0.01,
+                   help="near-ties: pairs within this much fine-tuned dev score (default %(default)s, 1 point)")
     a = p.parse_args()
     if a.n < 3:
         raise SystemExit("--n must be at least 3 for a rank correlation")
@@ -110,6 +117,7 @@ def main() -> None:
     print(f"{len(configs)} sub-networks scored with the supernet's weights in {time.time() - t0:.0f} s", flush=True)
     chosen = spread_along_front(dev, lat, a.n)
     teacher = load_model(run.paths.teacher)
+    teacher_dev = predict(teacher, splits["dev"])
     targets = functools.cache(lambda: teacher_logits(teacher, distill_split(run.splits)))
     stage = StageConfig(epochs=a.epochs, lr=a.lr)
     short = StageConfig(epochs=a.short_epochs, lr=a.lr)
@@ -120,9 +128,12 @@ def main() -> None:
         t0 = time.time()
         model, _ = finetune_subnet(supernet, teacher, cfg, distill_split(run.splits), finetune_folder(out / sub, cfg, stage, a.layer_weight),
                                    run.spec.train, stage, targets=targets, layer_weight=a.layer_weight, progress=False)
+        dev_logits = predict(model, splits["dev"])
         rows.append({"arch_key": cfg.key(), "subnet": cfg.describe(), "pred_ms": lat[i],
                      "supernet_dev": dev[i], "supernet_test": ev.score(cfg, "test"),
-                     "finetuned_dev": model_score(model, splits["dev"], metric),
+                     "finetuned_dev": scores(dev_logits, splits["dev"].labels)[metric],
+                     "finetuned_dev_loss": held_out_loss(dev_logits, teacher_dev, splits["dev"].labels,
+                                                         run.spec.train.temperature),
                      "finetuned_test": model_score(model, splits["test"], metric)})
         if a.short_epochs > 0:
             brief, _ = finetune_subnet(supernet, teacher, cfg, distill_split(run.splits),
@@ -138,7 +149,12 @@ def main() -> None:
         "proxy_test": kendall_tau(table.supernet_test, table.finetuned_test),
         "ceiling_dev_vs_test": kendall_tau(table.finetuned_dev, table.finetuned_test),
         "latency_only_dev": kendall_tau(table.pred_ms, table.finetuned_dev),
+        "dev_loss_vs_test": kendall_tau(-table.finetuned_dev_loss, table.finetuned_test),
     }
+    close = close_pair_agreement(table.finetuned_test, {"dev_score": table.finetuned_dev,
+                                                         "dev_loss": -table.finetuned_dev_loss},
+                                 close=table.finetuned_dev, within=a.close)
+    taus |= {f"close_pairs_{k}": v for k, v in close.items()}
     if a.short_epochs > 0:
         taus[f"short_{a.short_epochs:g}ep_dev"] = kendall_tau(table.short_dev, table.finetuned_dev)
     print(json.dumps({"n": len(table), **{k: round(v, 3) for k, v in taus.items()}}))

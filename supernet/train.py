@@ -240,6 +240,13 @@ def finetune_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Te
     return kd_loss(student, teacher, temperature) + labeled_ce(student, labels)
 
 
+def held_out_loss(logits: np.ndarray, teacher: np.ndarray, labels: np.ndarray, temperature: float) -> float:
+    """``finetune_loss`` over a whole split from its logits: how a fine-tuning scores dev
+    (``BestEpoch``) and how ``--finetune-choose dev-loss`` ranks fine-tuned candidates."""
+    return float(finetune_loss(torch.tensor(np.asarray(logits)), torch.tensor(np.asarray(teacher)),
+                               torch.tensor(np.asarray(labels), dtype=torch.long), temperature))
+
+
 def layer_loss(student: EncoderOutput, teacher: EncoderOutput) -> torch.Tensor:
     """Layer-wise hidden-state distillation (TinyBERT / DynaBERT): the mean, over the
     student's layer states (its embeddings and every layer it runs), of the mean squared error
@@ -773,8 +780,7 @@ class BestEpoch:
         from supernet.evaluate import predict
 
         self.folder, self.model, self.held, self.temperature = folder, model, held, temperature
-        self.teacher = torch.from_numpy(predict(teacher, held))
-        self.labels = torch.tensor(held.labels, dtype=torch.long)
+        self.teacher = predict(teacher, held)
         self.path = folder / EPOCHS_FILE
 
     def state(self) -> dict[str, Any]:
@@ -783,9 +789,7 @@ class BestEpoch:
     def loss(self) -> float:
         from supernet.evaluate import predict
 
-        with torch.no_grad():
-            return float(finetune_loss(torch.from_numpy(predict(self.model, self.held)), self.teacher, self.labels,
-                                       self.temperature))
+        return held_out_loss(predict(self.model, self.held), self.teacher, self.held.labels, self.temperature)
 
     def __call__(self, epoch: int) -> None:
         state, loss = self.state(), self.loss()

@@ -137,7 +137,7 @@ def test_budget_sweep_exports_and_remeasures(job: Path, tmp_path: Path, monkeypa
     # Speed-up 0.05 (a budget of 20x the full model) fine-tunes the most accurate points.
     cfg = BenchConfig(n_evaluations=8, budget_fractions=(20.0, 40.0), front_points=3, rounds=1, dev_subset=32,
                       finetune_speedups=(0.05,), finetune_epochs=0.5, finetune_augment=1,
-                      finetune_attention=0.5)
+                      finetune_attention=0.5, finetune_choose="dev-loss")
     run_bench(run, Target.of(run, resolve_device(job, "cpu")), cfg, tmp_path, command="test")
     ft = pd.read_csv(tmp_path / "bench_rt_cpu_finetuned.csv")
     fronts = pd.read_csv(tmp_path / "bench_rt_cpu_fronts.csv")
@@ -163,6 +163,11 @@ def test_budget_sweep_exports_and_remeasures(job: Path, tmp_path: Path, monkeypa
     assert fronts["full_model_ms"].iloc[0] < 50.0
     tried = json.loads(ft["ft_candidates"].iloc[0])  # every sub-network the export fine-tuned, on the page too
     assert tried == report["finetune_candidates"] and 1 <= len(tried) <= 3
+    # Ranked by the fine-tuning loss on dev (--finetune-choose dev-loss): the lowest is exported
+    # (the budget is 20x the full model's latency, so the confirmation keeps the first).
+    lowest = min(tried, key=lambda c: (c["dev_loss"], tried.index(c)))
+    assert report["arch_key"] == lowest["arch_key"] and report["finetuned"]["chosen_by"] == "dev-loss"
+    assert "--finetune-choose dev-loss" in (tmp_path / "bench_rt_cpu.md").read_text()
     assert all(c["arch"] in (tmp_path / "bench_rt_cpu.md").read_text() for c in tried)
     dyn = fronts[fronts["method"] == "dynabert"]
     assert ft["arch_key"].iloc[1] == dyn.loc[dyn["acc_dev_full"].idxmax(), "arch_key"]
@@ -236,8 +241,9 @@ def test_bench_settings_reach_the_config(job: Path, tmp_path: Path, bench_config
         main(["bench", "--run", str(job), "--out", str(tmp_path), "--budgets", "0.25,0.5", "--front-points", "4",
               "--dev-subset", "0", "--n", "7", "--finetune-candidates", "2", "--retimes", "3",
               "--finetune-best-epoch", "--finetune-augment", "2", "--finetune-unlabeled", "0",
-              "--finetune-attention", "0.5"])
+              "--finetune-attention", "0.5", "--finetune-choose", "dev-loss"])
     cfg = seen[0]
     assert cfg.budget_fractions == (0.25, 0.5) and cfg.front_points == 4 and cfg.dev_subset is None
     assert cfg.n_evaluations == 7 and cfg.finetune_candidates == 2 and cfg.retimes == 3 and cfg.finetune_best_epoch
     assert cfg.finetune_augment == 2 and cfg.finetune_unlabeled == 0 and cfg.finetune_attention == 0.5
+    assert cfg.finetune_choose == "dev-loss"

@@ -2,8 +2,8 @@
 dictionaries. What is pinned: the budget (ms or speed-up) and the drift scale, the step-down
 on a miss, the rescale when every finalist misses, the failure when nothing fits, the kit
 branch (nothing measurable here), the fine-tuning pool's budget check and the step up when
-the chosen sub-network leaves budget unused, and the last timing before writing with its
-fall-backs."""
+the chosen sub-network leaves budget unused, the fine-tuned candidates' ranking, and the last
+timing before writing with its fall-backs."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from nas.export import (
     Verified,
     confirm,
     finetune_pool,
+    finetuned_order,
     measured_pool,
     measured_seeds,
     rank_finalists,
@@ -124,6 +125,21 @@ def test_export_config_names_what_is_wrong() -> None:
         ExportConfig(budget_ms=float("nan"))
     with pytest.raises(ConfigError, match=">= 1"):
         ExportConfig(budget_ms=3.0, finalists=0)
+    with pytest.raises(ConfigError, match="finetune_choose must be one of dev-score, dev-loss"):
+        ExportConfig(budget_ms=3.0, finetune_choose="test-score")
+
+
+def test_fine_tuned_candidates_rank_by_dev_score_or_by_dev_loss() -> None:
+    # rt at 4x (runs/bench/rt, 2026-12-05): the search's pick scored 0.16 points more on dev,
+    # the uniform 4-layer one a lower loss; ties go to the earlier candidate (the search's pick).
+    rows = [{"dev_accuracy": 0.8227, "dev_loss": 0.5405},
+            {"dev_accuracy": 0.8211, "dev_loss": 0.5388},
+            {"dev_accuracy": 0.8227, "dev_loss": 0.6447},
+            {"dev_accuracy": 0.8100, "dev_loss": 0.5388}]
+    assert finetuned_order(rows) == finetuned_order(rows, "dev-score") == [0, 2, 1, 3]
+    assert finetuned_order(rows, "dev-loss") == [1, 3, 0, 2]
+    with pytest.raises(ConfigError, match="ranked by one of dev-score, dev-loss"):
+        finetuned_order(rows, "loss")
 
 
 def test_finalists_are_the_best_feasible_re_ranked_on_the_whole_dev_split() -> None:

@@ -124,6 +124,16 @@ def test_exported_models_hold_the_finetuned_weights(job: Path) -> None:
     assert len({c["arch_key"] for c in tried}) == len(tried)  # none twice
     best = max(tried, key=lambda c: c["dev_accuracy"])
     assert cfg.key() == report["arch_key"] == best["arch_key"] and report["finetuned"]["test_accuracy"] == best["test_accuracy"]
+    assert report["finetuned"]["chosen_by"] == "dev-score"
+    # Each candidate's fine-tuning loss on dev (what --finetune-choose dev-loss ranks by): for the
+    # written model, the teacher's distillation loss plus cross-entropy, recomputed here.
+    from supernet.evaluate import predict
+    from supernet.train import finetune_loss
+
+    dev = run.splits["dev"]
+    loss = finetune_loss(torch.from_numpy(predict(standalone, dev)), torch.from_numpy(predict(
+        load_model(run.paths.teacher), dev)), torch.tensor(dev.labels), run.spec.train.temperature)
+    assert best["dev_loss"] == pytest.approx(float(loss), rel=1e-4)
     for c in tried:
         assert c["measured_ms"] <= report["budget_ms"]
     tuned = load_model(finetune_folder(export, cfg, StageConfig(epochs=1, lr=2e-4)))

@@ -115,3 +115,22 @@ def test_spread_over_seeds() -> None:
     assert s["mean"] == pytest.approx(0.6) and s["std"] == pytest.approx(0.1)
     assert (s["min"], s["max"], s["n"]) == (0.5, 0.7, 3)
     assert spread([0.4])["std"] == 0.0
+
+
+def test_close_pair_agreement_by_hand() -> None:
+    from nas.stats import close_pair_agreement
+
+    # Items 0-2 lie within 1 point on dev, item 3 far below; test orders them 1 > 0 > 2 > 3.
+    dev = [0.820, 0.818, 0.815, 0.700]
+    test = [0.81, 0.82, 0.80, 0.70]
+    loss = [0.54, 0.53, 0.60, 0.90]  # lower is better: scored as its negative
+    got = close_pair_agreement(test, {"dev": dev, "loss": [-x for x in loss]}, close=dev, within=0.01)
+    # The close pairs: (0, 1), (0, 2), (1, 2). Dev orders (0, 1) against test, the others alike;
+    # the loss orders all three alike.
+    assert got == {"pairs": 3.0, "dev": 2 / 3, "loss": 1.0}
+    # A tie in a scoring counts half; a tie in the truth leaves the pair out.
+    tied = close_pair_agreement([1.0, 2.0, 2.0], {"s": [5.0, 5.0, 6.0]}, close=[0, 0, 0], within=1)
+    assert tied == {"pairs": 2.0, "s": 0.75}
+    assert math.isnan(close_pair_agreement([1, 2], {"s": [1, 2]}, close=[0, 5], within=1)["s"])
+    with pytest.raises(ValueError, match="scoring 's' has"):
+        close_pair_agreement([1, 2], {"s": [1, 2, 3]}, close=[0, 0], within=1)
