@@ -168,11 +168,18 @@ class Budget:
 def resolve_budget(cfg: ExportConfig, latency: PredictedLatency, timer: Timer | None,
                    references: list[SubnetConfig], *, device: str = "the device") -> Budget:
     """The budget in ms and the search's latency scale. ``timer`` None: the device is not on
-    this machine (a kit device), so nothing is timed and a speed-up cannot be resolved."""
+    this machine (a kit device), so nothing is timed and a speed-up cannot be resolved.
+
+    A speed-up's budget divides the full model's latency timed here, in at least
+    ``FRESH_ROUNDS`` rounds: everything the export does after is sized by this one figure, and
+    on a shared CPU a 3-round median can land far off (r8 at 4.5x on 2026-12-05: the full model
+    at 15.38 ms here, 11.08 ms in the export's last timing and 11.03 ms at the budget sweep's
+    start minutes later, so the search aimed at about 3.2x)."""
     drift: dict[str, Any] | None = None
     if cfg.drift_tolerance is not None or cfg.speedup is not None:
         if timer is not None:
-            drift = device_drift(timer, latency, references, rounds=cfg.rounds)
+            rounds = max(FRESH_ROUNDS, cfg.rounds) if cfg.speedup is not None else cfg.rounds
+            drift = device_drift(timer, latency, references, rounds=rounds)
         elif cfg.speedup is not None:
             raise ConfigError(f"a speed-up target times the full model on {device}, which is not on this machine; "
                               "give a budget in ms instead")

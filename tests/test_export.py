@@ -47,9 +47,11 @@ class FakeTimer:
     def __init__(self, ms: dict[str, float | list[float]], full_ms: float = 10.0) -> None:
         self.ms, self.full_ms, self.calls = ms, full_ms, []
         self.seen: dict[str, int] = {}
+        self.rounds: list[int] = []
 
     def measure(self, configs: Sequence[SubnetConfig], *, rounds: int = 3) -> Measured:
         self.calls.append([c.key() for c in configs])
+        self.rounds.append(rounds)
         return Measured([self._next(c.key()) for c in configs], self.full_ms)
 
     def _next(self, key: str) -> float:
@@ -112,6 +114,10 @@ def test_a_speedup_divides_the_full_model_timed_now() -> None:
     b = resolve_budget(ExportConfig(speedup=3.0, drift_tolerance=None), lat, timer, REFS)  # type: ignore[arg-type]
     assert b.ms == 4.0 and b.source == {"speedup": 3.0, "full_model_ms": 12.0}
     assert b.drift is None and b.scale == 1.0  # timed for the budget only
+    # The budget's base is timed in at least 5 rounds (a budget in ms keeps the drift check's 3).
+    assert timer.rounds == [5]
+    resolve_budget(ExportConfig(budget_ms=4.0), lat, timer, REFS)  # type: ignore[arg-type]
+    assert timer.rounds == [5, 3]
     with pytest.raises(ConfigError, match="not on this machine"):
         resolve_budget(ExportConfig(speedup=3.0), lat, None, REFS, device="pi4")  # type: ignore[arg-type]
 
