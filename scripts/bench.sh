@@ -4,12 +4,12 @@
 # (training and measurements continue where they stopped; finished fine-tunings are reused).
 # An existing run folder resumes with the settings it was started with: delete runs/bench
 # (runs/bench-quick) to start over.
-#   bash scripts/bench.sh           # full version: about 4.3 hours on 2 cores from an empty
+#   bash scripts/bench.sh           # full version: about 3.9 hours on 2 cores from an empty
 #                                   # runs/bench, estimated from stage times (rt: training 28 min
 #                                   # on 2026-12-04, measuring in 3 passes about 22, its benchmark
-#                                   # about 83 from scratch; r8 on 2026-12-03/04: training and one
-#                                   # pass 35 min, two more passes 8, its benchmark 82: see
-#                                   # results/README.md)
+#                                   # about 83 from scratch; r8: training and one pass 35 min on
+#                                   # 2026-12-03, two more passes 8, its benchmark 59 on 2026-12-05:
+#                                   # see results/README.md)
 #   bash scripts/bench.sh --quick   # reduced version (minutes): small subsets, fewer samples
 set -euo pipefail
 cd "$(dirname "$0")/.."
