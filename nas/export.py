@@ -434,7 +434,7 @@ def _step_up_once(verified: Verified, budget_ms: float, relaxed_search: Callable
 @dataclass(frozen=True)
 class Confirmed:
     index: int  # into the options: the first whose median met the budget (0 when none did)
-    measured_ms: float
+    measured_ms: float  # that option's latency in this timing (off the device: as given in the options)
     full_ms: float
     met: bool  # False: nothing met the budget this time, and the pick stands on its earlier timing
     steps: list[dict[str, Any]]
@@ -622,13 +622,13 @@ def finetune_best(run: LoadedRun, teacher: ElasticBert, pool: list[tuple[Candida
 
 @dataclass
 class Pick:
-    """What an export writes: the sub-network, its latency as last measured, its model (the
-    supernet's weights, or fine-tuned), the last timing before writing (``confirm``), and with
-    fine-tuning the report's ``finetuned`` summary, every candidate's row (``FineTuned.rows``)
-    and the uniform sub-networks timed for the pool (``measured_seeds``)."""
+    """What an export writes: the sub-network, its model (the supernet's weights, or
+    fine-tuned), the last timing before writing (``confirm``: its latency as last measured is
+    ``final.measured_ms``), and with fine-tuning the report's ``finetuned`` summary, every
+    candidate's row (``FineTuned.rows``) and the uniform sub-networks timed for the pool
+    (``measured_seeds``)."""
 
     chosen: Candidate
-    measured_ms: float
     model: ElasticBert
     final: Confirmed
     tuned: dict[str, Any] | None = None
@@ -644,8 +644,8 @@ def confirm_pick(run: LoadedRun, verified: Verified, budget_ms: float, timer: Ti
 
     options = [(verified.chosen, verified.measured_ms), *verified.alternatives]
     final = confirm(options, budget_ms, timer, accuracy, rounds=max(FRESH_ROUNDS, rounds))
-    chosen, ms = options[final.index]
-    return Pick(chosen, final.measured_ms if final.steps else ms, extract(run.supernet, chosen.config).eval(), final)
+    chosen = options[final.index][0]
+    return Pick(chosen, extract(run.supernet, chosen.config).eval(), final)
 
 
 def finetune_and_confirm(run: LoadedRun, target: Target, cfg: ExportConfig, stage: StageConfig, verified: Verified,
@@ -676,14 +676,14 @@ def finetune_and_confirm(run: LoadedRun, target: Target, cfg: ExportConfig, stag
     final = confirm([pool[i] for i in order], budget.ms, timer, accuracy, rounds=max(FRESH_ROUNDS, cfg.rounds),
                     dev=[ft.rows[i]["dev_accuracy"] for i in order])
     best = order[final.index]
-    chosen, ms = pool[best]
+    chosen = pool[best][0]
     tuned = {"epochs": stage.epochs, "lr": stage.lr, "candidates": len(pool),
              "best_epoch": cfg.finetune_best_epoch, "epoch_kept": ft.rows[best]["epoch_kept"],
              "texts": len(distill), "unlabeled": ft_run.spec.train.unlabeled,
              "augmented_copies": cfg.finetune_augment, "attention_weight": cfg.finetune_attention,
              "chosen_by": cfg.finetune_choose,
              **{k: ft.rows[best][k] for k in ("wall_s", "reused", "dev_accuracy", "test_accuracy")}}
-    return Pick(chosen, final.measured_ms if final.steps else ms, ft.models[best], final, tuned, ft.rows, stretched)
+    return Pick(chosen, ft.models[best], final, tuned, ft.rows, stretched)
 
 
 # --- 5. write ------------------------------------------------------------------------------------
@@ -861,7 +861,8 @@ def choose_and_export(
                                         timer, accuracy, teacher, out, teacher_targets)
         else:
             pick = confirm_pick(run, verified, budget.ms, timer, accuracy, rounds=cfg.rounds)
-        chosen, chosen_ms, small, final = pick.chosen, pick.measured_ms, pick.model, pick.final
+        chosen, small, final = pick.chosen, pick.model, pick.final
+        chosen_ms = final.measured_ms
         full_ms = final.full_ms if final.steps else verified.full_ms  # timed again just now: what the report quotes
         written = write_export(run, target, out, chosen, small)
         precision = chosen.config.precision
