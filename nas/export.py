@@ -524,14 +524,21 @@ def finetune_pool(history: list[Candidate], chosen: Candidate, seed_keys: list[s
     depth seeds (``depth_seeds``: the widest uniform sub-network that fits, at full retention
     where one fits) that the search evaluated as feasible and of ``measured`` (``measured_seeds``),
     then ``other_depths``."""
-    feasible = {c.config.key(): c for c in history if c.feasible}
-    seeds = [feasible[k_] for k_ in seed_keys if k_ in feasible] + list(measured or [])
-    first = [max(seeds, key=lambda c: len(c.config.kept_layers))] if seeds else []
+    first = seed_candidates(history, seed_keys, measured)[:1]
     out: dict[str, Candidate] = {}
     for c in [*first, *other_depths(history, chosen, k)]:
         if c.config.key() != chosen.config.key():
             out.setdefault(c.config.key(), c)
     return list(out.values())[: max(0, k)]
+
+
+def seed_candidates(history: list[Candidate], seed_keys: list[str],
+                    measured: list[Candidate] | None = None) -> list[Candidate]:
+    """The depth seeds the search evaluated as feasible and those of ``measured``
+    (``measured_seeds``), deepest first (at equal depth, the search's before the measured)."""
+    feasible = {c.config.key(): c for c in history if c.feasible}
+    seeds = [feasible[k_] for k_ in seed_keys if k_ in feasible] + list(measured or [])
+    return sorted(seeds, key=lambda c: -len(c.config.kept_layers))
 
 
 def other_depths(history: list[Candidate], chosen: Candidate, k: int) -> list[Candidate]:
@@ -545,13 +552,29 @@ def other_depths(history: list[Candidate], chosen: Candidate, k: int) -> list[Ca
 
 
 def measured_pool(verified: Verified, extra: list[Candidate], budget_ms: float, timer: Timer | None,
-                  *, rounds: int = 3) -> list[tuple[Candidate, float]]:
+                  *, rounds: int = 3, backups: list[Candidate] | None = None) -> list[tuple[Candidate, float]]:
     """The chosen sub-network and those of ``extra`` that meet the budget when re-measured
-    (all of them, unmeasured, when the device is not on this machine)."""
+    (all of them, unmeasured, when the device is not on this machine). Each of ``extra`` that
+    misses gives its place to the next of ``backups`` (timed in the same call, in order; those
+    already in the pool skipped) that meets it: a seed timed just under the budget can miss
+    in the next timing, and the pool should still hold as many candidates as asked for."""
     pool = [(verified.chosen, verified.measured_ms)]
-    if extra:
-        ms = timer.measure([c.config for c in extra], rounds=rounds).ms if timer is not None else [math.nan] * len(extra)
-        pool += [(c, m) for c, m in zip(extra, ms, strict=True) if not m > budget_ms]
+    if not extra:
+        return pool
+    if timer is None:
+        return pool + [(c, math.nan) for c in extra]
+    taken = {verified.chosen.config.key(), *(c.config.key() for c in extra)}
+    spare: dict[str, Candidate] = {}
+    for c in backups or []:
+        if c.config.key() not in taken:
+            spare.setdefault(c.config.key(), c)
+    timed = list(zip([*extra, *spare.values()], timer.measure([c.config for c in [*extra, *spare.values()]],
+                                                                rounds=rounds).ms, strict=True))
+    fitting_spares = iter([(c, m) for c, m in timed[len(extra):] if m <= budget_ms])
+    for c, m in timed[:len(extra)]:
+        replacement = (c, m) if m <= budget_ms else next(fitting_spares, None)
+        if replacement is not None:
+            pool.append(replacement)
     return pool
 
 
@@ -653,7 +676,8 @@ def finetune_and_confirm(run: LoadedRun, target: Target, cfg: ExportConfig, stag
                          accuracy: DevAccuracy, teacher: ElasticBert, out: Path,
                          teacher_targets: Callable[[], torch.Tensor] | None) -> Pick:
     """Step 4: the pool (the pick, the deepest depth seed, timed deeper seeds and the best of
-    the deepest other depths, each re-measured under the budget), each fine-tuned from
+    the deepest other depths, each re-measured under the budget; one that misses is replaced
+    by the next shallower seed that meets it), each fine-tuned from
     ``teacher`` (``finetune_best``), ranked by ``cfg.finetune_choose`` (``finetuned_order``),
     and the best that meets the budget in one more timing (``confirm``; the others are its
     fall-backs, in that order). ``teacher_targets``: the teacher's logits on the distillation
@@ -663,9 +687,10 @@ def finetune_and_confirm(run: LoadedRun, target: Target, cfg: ExportConfig, stag
     deepest = max((len(c.kept_layers) for c in seed_cfgs), default=0)
     stretched = measured_seeds(space, scaled, budget.ms, timer, accuracy, deeper_than=deepest,
                                rounds=cfg.rounds) if cfg.finetune_candidates > 1 else []
-    extra = finetune_pool(history, verified.chosen, [c.key() for c in seed_cfgs], cfg.finetune_candidates - 1,
-                          measured=stretched)
-    pool = measured_pool(verified, extra, budget.ms, timer, rounds=cfg.rounds)
+    seed_keys = [c.key() for c in seed_cfgs]
+    extra = finetune_pool(history, verified.chosen, seed_keys, cfg.finetune_candidates - 1, measured=stretched)
+    pool = measured_pool(verified, extra, budget.ms, timer, rounds=cfg.rounds,
+                         backups=seed_candidates(history, seed_keys, stretched)[1:])
     ft_run = with_augmented(with_unlabeled(run, cfg.finetune_unlabeled), cfg.finetune_augment)
     distill = distill_split(ft_run.splits)
     targets = teacher_targets or functools.cache(lambda: teacher_logits(teacher, distill))

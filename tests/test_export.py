@@ -24,6 +24,7 @@ from nas.export import (
     measured_seeds,
     rank_finalists,
     resolve_budget,
+    seed_candidates,
     step_up,
     verify_on_device,
 )
@@ -209,6 +210,26 @@ def test_fine_tuning_candidates_that_miss_the_budget_are_left_out() -> None:
     assert [(c.config, ms) for c, ms in pool] == [(cfg(3), 3.5), (cfg(2, 4), 3.9)]
     unmeasured = measured_pool(Verified(FINALISTS[0], float("nan"), float("nan"), []), extra, 4.0, None)
     assert len(unmeasured) == 3  # a kit device: nothing measured, nothing left out
+
+
+def test_a_fine_tuning_candidate_that_misses_gives_its_place_to_the_next_seed_that_meets() -> None:
+    # As in the rt page's 4x export: the deepest seed timed just under the budget as a seed and over it
+    # in the pool's timing; the next seeds in order: one layer shallower (misses too), then two (meets).
+    chosen = Verified(FINALISTS[0], 3.5, 10.0, [])
+    l5, l4, l3, l2 = cand(cfg(1, 4), 0.7, 3.0), cand(cfg(1, 3), 0.7, 3.0), cand(cfg(1, 2), 0.7, 3.0), \
+        cand(cfg(2, 2), 0.7, 2.0)
+    timer = FakeTimer({l5.config.key(): 4.1, l4.config.key(): 4.3, l3.config.key(): 3.8, l2.config.key(): 2.0,
+                       cfg(3).key(): 3.0})
+    pool = measured_pool(chosen, [l5], 4.0, timer, backups=[l5, l4, l3, l2])
+    assert [(c.config, ms) for c, ms in pool] == [(cfg(3), 3.5), (l3.config, 3.8)]
+    # One timing call; the pick and the candidates already in the pool are not backups again.
+    assert timer.calls == [[c.config.key() for c in (l5, l4, l3, l2)]]
+    both = measured_pool(chosen, [l5, l4], 4.0, FakeTimer(timer.ms), backups=[FINALISTS[0], l3, l2])
+    assert [c.config for c, _ in both] == [cfg(3), l3.config, l2.config]  # each miss replaced, in order
+    # A candidate that meets keeps its place; with no backup that meets, a miss is just left out.
+    assert [c.config for c, _ in measured_pool(chosen, [l3], 4.0, FakeTimer(timer.ms), backups=[l2])] == \
+        [cfg(3), l3.config]
+    assert [c.config for c, _ in measured_pool(chosen, [l5], 4.0, FakeTimer(timer.ms), backups=[l4])] == [cfg(3)]
 
 
 def test_an_unused_budget_steps_up_to_a_more_accurate_sub_network_that_measures_under_it() -> None:
@@ -405,3 +426,6 @@ def test_a_measured_seed_deeper_than_the_predicted_ones_is_fine_tuned_first() ->
     assert finetune_pool(history, pick, [shallow.config.key()], 1) == [shallow]
     assert finetune_pool(history, pick, [shallow.config.key()], 1, measured=[deep]) == [deep]
     assert finetune_pool(history, pick, [shallow.config.key()], 3, measured=[deep]) == [deep, other, shallow]
+    # The seeds deepest first (the backups of the pool's timing are all but the first).
+    assert seed_candidates(history, [shallow.config.key()], [deep]) == [deep, shallow]
+    assert seed_candidates(history, ["not-evaluated"]) == []
