@@ -216,20 +216,20 @@ def test_a_fine_tuning_candidate_that_misses_gives_its_place_to_the_next_seed_th
     # As in the rt page's 4x export: the deepest seed timed just under the budget as a seed and over it
     # in the pool's timing; the next seeds in order: one layer shallower (misses too), then two (meets).
     chosen = Verified(FINALISTS[0], 3.5, 10.0, [])
-    l5, l4, l3, l2 = cand(cfg(1, 4), 0.7, 3.0), cand(cfg(1, 3), 0.7, 3.0), cand(cfg(1, 2), 0.7, 3.0), \
+    l4, l3, l2, wide2 = cand(cfg(1, 4), 0.7, 3.0), cand(cfg(1, 3), 0.7, 3.0), cand(cfg(1, 2), 0.7, 3.0), \
         cand(cfg(2, 2), 0.7, 2.0)
-    timer = FakeTimer({l5.config.key(): 4.1, l4.config.key(): 4.3, l3.config.key(): 3.8, l2.config.key(): 2.0,
+    timer = FakeTimer({l4.config.key(): 4.1, l3.config.key(): 4.3, l2.config.key(): 3.8, wide2.config.key(): 2.0,
                        cfg(3).key(): 3.0})
-    pool = measured_pool(chosen, [l5], 4.0, timer, backups=[l5, l4, l3, l2])
-    assert [(c.config, ms) for c, ms in pool] == [(cfg(3), 3.5), (l3.config, 3.8)]
+    pool = measured_pool(chosen, [l4], 4.0, timer, backups=[l4, l3, l2, wide2])
+    assert [(c.config, ms) for c, ms in pool] == [(cfg(3), 3.5), (l2.config, 3.8)]
     # One timing call; the pick and the candidates already in the pool are not backups again.
-    assert timer.calls == [[c.config.key() for c in (l5, l4, l3, l2)]]
-    both = measured_pool(chosen, [l5, l4], 4.0, FakeTimer(timer.ms), backups=[FINALISTS[0], l3, l2])
-    assert [c.config for c, _ in both] == [cfg(3), l3.config, l2.config]  # each miss replaced, in order
+    assert timer.calls == [[c.config.key() for c in (l4, l3, l2, wide2)]]
+    both = measured_pool(chosen, [l4, l3], 4.0, FakeTimer(timer.ms), backups=[FINALISTS[0], l2, wide2])
+    assert [c.config for c, _ in both] == [cfg(3), l2.config, wide2.config]  # each miss replaced, in order
     # A candidate that meets keeps its place; with no backup that meets, a miss is just left out.
-    assert [c.config for c, _ in measured_pool(chosen, [l3], 4.0, FakeTimer(timer.ms), backups=[l2])] == \
-        [cfg(3), l3.config]
-    assert [c.config for c, _ in measured_pool(chosen, [l5], 4.0, FakeTimer(timer.ms), backups=[l4])] == [cfg(3)]
+    assert [c.config for c, _ in measured_pool(chosen, [l2], 4.0, FakeTimer(timer.ms), backups=[wide2])] == \
+        [cfg(3), l2.config]
+    assert [c.config for c, _ in measured_pool(chosen, [l4], 4.0, FakeTimer(timer.ms), backups=[l3])] == [cfg(3)]
 
 
 def test_an_unused_budget_steps_up_to_a_more_accurate_sub_network_that_measures_under_it() -> None:
