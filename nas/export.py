@@ -552,12 +552,14 @@ def other_depths(history: list[Candidate], chosen: Candidate, k: int) -> list[Ca
 
 
 def measured_pool(verified: Verified, extra: list[Candidate], budget_ms: float, timer: Timer | None,
-                  *, rounds: int = 3, backups: list[Candidate] | None = None) -> list[tuple[Candidate, float]]:
+                  *, rounds: int = 3, backups: list[Candidate] | None = None,
+                  log: list[dict[str, Any]] | None = None) -> list[tuple[Candidate, float]]:
     """The chosen sub-network and those of ``extra`` that meet the budget when re-measured
     (all of them, unmeasured, when the device is not on this machine). Each of ``extra`` that
     misses gives its place to the next of ``backups`` (timed in the same call, in order; those
     already in the pool skipped) that meets it: a seed timed just under the budget can miss
-    in the next timing, and the pool should still hold as many candidates as asked for."""
+    in the next timing, and the pool should still hold as many candidates as asked for.
+    ``log`` receives one row per sub-network timed (arch, measured ms, ``backup``, ``pooled``)."""
     pool = [(verified.chosen, verified.measured_ms)]
     if not extra:
         return pool
@@ -575,6 +577,10 @@ def measured_pool(verified: Verified, extra: list[Candidate], budget_ms: float, 
         replacement = (c, m) if m <= budget_ms else next(fitting_spares, None)
         if replacement is not None:
             pool.append(replacement)
+    if log is not None:
+        pooled = {c.config.key() for c, _ in pool}
+        log += [{"arch": c.config.describe(), "measured_ms": m, "backup": i >= len(extra),
+                 "pooled": c.config.key() in pooled} for i, (c, m) in enumerate(timed)]
     return pool
 
 
@@ -689,8 +695,9 @@ def finetune_and_confirm(run: LoadedRun, target: Target, cfg: ExportConfig, stag
                                rounds=cfg.rounds) if cfg.finetune_candidates > 1 else []
     seed_keys = [c.key() for c in seed_cfgs]
     extra = finetune_pool(history, verified.chosen, seed_keys, cfg.finetune_candidates - 1, measured=stretched)
+    pool_timing: list[dict[str, Any]] = []
     pool = measured_pool(verified, extra, budget.ms, timer, rounds=cfg.rounds,
-                         backups=seed_candidates(history, seed_keys, stretched)[1:])
+                         backups=seed_candidates(history, seed_keys, stretched)[1:], log=pool_timing)
     ft_run = with_augmented(with_unlabeled(run, cfg.finetune_unlabeled), cfg.finetune_augment)
     distill = distill_split(ft_run.splits)
     targets = teacher_targets or functools.cache(lambda: teacher_logits(teacher, distill))
@@ -706,7 +713,7 @@ def finetune_and_confirm(run: LoadedRun, target: Target, cfg: ExportConfig, stag
              "best_epoch": cfg.finetune_best_epoch, "epoch_kept": ft.rows[best]["epoch_kept"],
              "texts": len(distill), "unlabeled": ft_run.spec.train.unlabeled,
              "augmented_copies": cfg.finetune_augment, "attention_weight": cfg.finetune_attention,
-             "chosen_by": cfg.finetune_choose,
+             "chosen_by": cfg.finetune_choose, "pool_timing": pool_timing,
              **{k: ft.rows[best][k] for k in ("wall_s", "reused", "dev_accuracy", "test_accuracy")}}
     return Pick(chosen, ft.models[best], final, tuned, ft.rows, stretched)
 

@@ -220,8 +220,13 @@ def test_a_fine_tuning_candidate_that_misses_gives_its_place_to_the_next_seed_th
         cand(cfg(2, 2), 0.7, 2.0)
     timer = FakeTimer({l4.config.key(): 4.1, l3.config.key(): 4.3, l2.config.key(): 3.8, wide2.config.key(): 2.0,
                        cfg(3).key(): 3.0})
-    pool = measured_pool(chosen, [l4], 4.0, timer, backups=[l4, l3, l2, wide2])
+    log: list[dict] = []
+    pool = measured_pool(chosen, [l4], 4.0, timer, backups=[l4, l3, l2, wide2], log=log)
     assert [(c.config, ms) for c, ms in pool] == [(cfg(3), 3.5), (l2.config, 3.8)]
+    # The report's record of that timing: every one timed, which were backups and which went into the pool.
+    assert [(r["arch"], r["measured_ms"], r["backup"], r["pooled"]) for r in log] == [
+        (l4.config.describe(), 4.1, False, False), (l3.config.describe(), 4.3, True, False),
+        (l2.config.describe(), 3.8, True, True), (wide2.config.describe(), 2.0, True, False)]
     # One timing call; the pick and the candidates already in the pool are not backups again.
     assert timer.calls == [[c.config.key() for c in (l4, l3, l2, wide2)]]
     both = measured_pool(chosen, [l4, l3], 4.0, FakeTimer(timer.ms), backups=[FINALISTS[0], l2, wide2])
