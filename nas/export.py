@@ -570,8 +570,8 @@ def measured_pool(verified: Verified, extra: list[Candidate], budget_ms: float, 
     for c in backups or []:
         if c.config.key() not in taken:
             spare.setdefault(c.config.key(), c)
-    timed = list(zip([*extra, *spare.values()], timer.measure([c.config for c in [*extra, *spare.values()]],
-                                                                rounds=rounds).ms, strict=True))
+    timing = [*extra, *spare.values()]
+    timed = list(zip(timing, timer.measure([c.config for c in timing], rounds=rounds).ms, strict=True))
     fitting_spares = iter([(c, m) for c, m in timed[len(extra):] if m <= budget_ms])
     for c, m in timed[:len(extra)]:
         replacement = (c, m) if m <= budget_ms else next(fitting_spares, None)
