@@ -577,9 +577,9 @@ def register_early_exit(sub: Subparsers) -> argparse.ArgumentParser:
     x = sub.add_parser("early-exit", help="early exit: one sub-network's trade-off, or the most accurate (sub-network, "
                        "exit policy) under a latency budget; exported and measured",
                        description="Needs a run with trained exit heads (hwnas exits). Two modes. "
-                       "With --budget-ms B --device D (the search): the sub-networks on the run's static front for D "
+                       "With --budget-ms B (or --speedup S) --device D (the search): the sub-networks on the run's static front for D "
                        "(its searches' dev scores and D's predicted latency, thinned to --candidates) and the largest; every exit's "
-                       "logits on dev and test in one pass each (cached in --out/logits); every (sub-network, policy) "
+                       "logits on dev and test in one pass each (cached beside the heads, RUN/exits/KIND/logits); every (sub-network, policy) "
                        "scored on dev and its latency statistic (--budget-stat) estimated from D's predictor applied to "
                        "the sub-network's depth-k prefixes plus the exit head's timed cost; the most accurate on dev "
                        "whose estimate meets B is exported and measured on test. Writes candidates.csv, front.csv "
@@ -594,11 +594,16 @@ def register_early_exit(sub: Subparsers) -> argparse.ArgumentParser:
     x.add_argument("--run", required=True, help="run folder with exit heads (hwnas exits)")
     x.add_argument("--kind", choices=("mean", "attn", "cls"), default="mean", help="which exit heads (default: mean)")
     x.add_argument("--out", required=True, type=out_folder, help="folder for the export and the result files")
-    x.add_argument("--subnet", help="JSON file of the sub-network (default: the largest); not with --budget-ms")
+    x.add_argument("--subnet", help="JSON file of the sub-network (default: the largest); not with --budget-ms or --speedup")
     x.add_argument("--max-loss", type=_number(0.0), default=1.0,
                    help="one sub-network: points of dev accuracy the chosen policy may lose against the static "
                    "sub-network (default: %(default)s)")
-    x.add_argument("--budget-ms", type=_number(0.0, above=True), help="search: the latency budget in ms")
+    budget = x.add_mutually_exclusive_group()
+    budget.add_argument("--budget-ms", type=_number(0.0, above=True), help="search: the latency budget in ms")
+    budget.add_argument("--speedup", type=_number(1.0, above=True),
+                        help="search: the budget as a speed-up over the largest sub-network, which is timed as one "
+                        "graph on the first --n-cost dev inputs now (the budget: its statistic divided by this, "
+                        "e.g. 2)")
     x.add_argument("--device", help="search: the device the budget applies to (measured and fitted in the run; it "
                    "must be on this machine, which times the export); its profile's threads are used")
     x.add_argument("--budget-stat", choices=("p50", "p90", "mean"), default="p50",
@@ -614,6 +619,10 @@ def register_early_exit(sub: Subparsers) -> argparse.ArgumentParser:
     x.add_argument("--n-cost", type=COUNT, default=300, help="dev inputs timed for the per-layer cost (default: "
                    "%(default)s)")
     x.add_argument("--n-time", type=COUNT, default=None, help="test inputs timed (default: all)")
+    x.add_argument("--n-stock", type=COUNT0, default=300,
+                   help="search: test inputs on which the chosen one is timed beside the stock deployments of the "
+                   "teacher (ONNX, ONNX Runtime-optimized, dynamic INT8) and the largest sub-network as one graph, "
+                   "in turn, --rounds rounds (default: %(default)s; 0: not)")
     x.add_argument("--rounds", type=COUNT, default=3, help="timing rounds, static and early exit in turn "
                    "(search: also each finalist's served / estimated pairs); medians are reported (default: "
                    "%(default)s)")
@@ -626,11 +635,11 @@ def cmd_early_exit(a: argparse.Namespace) -> int:
     from supernet.space import SubnetConfig
     from supernet.workflow import open_run
 
-    if a.budget_ms is not None:
+    if a.budget_ms is not None or a.speedup is not None:
         return _exit_search(a)
     for flag, value in (("--device", a.device), ("--budget-stat", a.budget_stat != "p50" or None)):
         if value:
-            raise ConfigError(f"{flag} is for the search: give --budget-ms too, or leave it out")
+            raise ConfigError(f"{flag} is for the search: give --budget-ms (or --speedup) too, or leave it out")
     asked = SubnetConfig.from_dict(_read_json(a.subnet)) if a.subnet else None
     run = open_run(a.run)
     cfg = run.space.validate(asked) if asked is not None else run.space.largest()
@@ -649,17 +658,19 @@ def _exit_search(a: argparse.Namespace) -> int:
     from nas.exit_search import ExitSearch
     from supernet.workflow import open_run
 
+    flag = "--budget-ms" if a.budget_ms is not None else "--speedup"
     if a.subnet:
-        raise ConfigError("--subnet and --budget-ms are two modes: give one sub-network, or a budget to search under")
+        raise ConfigError(f"--subnet and {flag} are two modes: give one sub-network, or a budget to search under")
     if a.device is None:
-        raise ConfigError("--budget-ms needs --device (the device the budget applies to, e.g. cpu)")
+        raise ConfigError(f"{flag} needs --device (the device the budget applies to, e.g. cpu)")
     if a.threads is not None:
         raise ConfigError("the search times with its device's threads: leave --threads out (cpu-1t is one thread)")
     run = open_run(a.run)
     target = _target(run, a.device, None, None, a.budget_stat)
     check_available(target.profile)
     search = ExitSearch(run, target, a.kind, Path(a.out), candidates=a.candidates, finalists=a.finalists)
-    r = search.run_all(a.budget_ms, n_cost=a.n_cost, n_time=a.n_time, rounds=a.rounds, progress=not a.quiet)
+    r = search.run_all(a.budget_ms, speedup=a.speedup, n_cost=a.n_cost, n_time=a.n_time, rounds=a.rounds,
+                       n_stock=a.n_stock, progress=not a.quiet)
     print(json.dumps(r["search"], indent=1))
     print(f"wrote {a.out}/candidates.csv, front.csv, front.png, exit_histogram.png, report.json and the runner")
     return 0

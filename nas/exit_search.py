@@ -10,7 +10,8 @@ them):
    evenly to a few, and the largest sub-network (a budgeted search seldom reaches it, and its
    exits are the most accurate ones);
 2. ``cached_exit_logits``: every exit's logits on dev and test for each of them, one pass per
-   split, kept in ``out/logits/`` by sub-network and heads, so a second call scores nothing;
+   split, kept beside the heads (``RUN/exits/KIND/logits/``) by sub-network and heads' weights,
+   so a second search of the same run (another budget or device) scores nothing again;
 3. ``candidate_table``: every policy of every sub-network scored from those logits (dev for
    the choice, test for the report) and its latency statistic estimated without timing the
    sub-network: a per-layer cost table from the device's predictor applied to the depth-k
@@ -109,6 +110,8 @@ class Reference:
     drift: np.ndarray
     measured_cum: np.ndarray
     predicted_cum: np.ndarray
+    full_ms: float  # the largest sub-network as one graph on those dev inputs: its statistic, median over rounds
+    full_graph: Path  # that graph's ONNX file
 
 
 def front_pool(run: LoadedRun, target: Target, latency: LatencyModel, limit: int, *,
@@ -217,7 +220,7 @@ def choose(table: pd.DataFrame, budget_ms: float, metric: str = "accuracy") -> p
     ok = table[table["lat_ms"] <= budget_ms]
     if ok.empty:
         raise ImpossibleBudget(f"no candidate meets {budget_ms:g} ms (the fastest is estimated at "
-                               f"{table['lat_ms'].min():.3g} ms): give a larger --budget-ms")
+                               f"{table['lat_ms'].min():.3g} ms): give a larger --budget-ms (or a smaller --speedup)")
     return ok.sort_values([f"{metric}_dev", "lat_ms"], ascending=[False, True], kind="mergesort").iloc[0]
 
 
@@ -300,7 +303,7 @@ def verify_choice(table: pd.DataFrame, budget_ms: float, measure: Callable[[pd.S
         f"none of the {len(steps)} candidates measured met {budget_ms:g} ms (measured "
         f"{', '.join(format(st['measured_ms'], '.3g') for st in steps)} ms, estimated "
         f"{', '.join(format(st['estimated_ms'], '.3g') for st in steps)} ms): the device runs slower than its "
-        "predictor says; give a larger --budget-ms, or re-measure with `hwnas measure` and refit")
+        "predictor says; give a larger --budget-ms (a smaller --speedup), or re-measure with `hwnas measure` and refit")
 
 
 def exit_fronts(table: pd.DataFrame, metric: str = "accuracy") -> pd.DataFrame:
@@ -380,6 +383,12 @@ class ExitSearch:
         self.latency = PredictedLatency.of(self.run.folder, self.target)
 
     @property
+    def logits_dir(self) -> Path:
+        """Where exit logits are cached: beside the heads, shared by every search of the run
+        (the file names carry the sub-network and the heads' weights)."""
+        return self.run.paths.exits(self.kind) / "logits"
+
+    @property
     def labels(self) -> dict[str, np.ndarray]:
         return {s: self.run.splits[s].labels for s in ("dev", "test")}
 
@@ -427,14 +436,67 @@ class ExitSearch:
         test inputs: points and paired-bootstrap 95% interval (``nas.stats.compare_with``)."""
         from nas.stats import compare_with
 
-        def predictions(row: pd.Series) -> np.ndarray:
-            cfg = SubnetConfig.from_dict(json.loads(str(row.arch_json)))
-            lg = cached_exit_logits(self.run, self.heads, cfg, self.out / "logits")["test"]
-            if row.criterion == STATIC:
-                return lg[-1]  # the last exit is the sub-network's own classifier
-            return exit_predictions(lg, exit_layers(lg, str(row.criterion), float(row.threshold)))
+        return compare_with(self.test_predictions(other), self.test_predictions(chosen), self.labels["test"],
+                            metric=self.run.task.metric)
 
-        return compare_with(predictions(other), predictions(chosen), self.labels["test"], metric=self.run.task.metric)
+    def test_predictions(self, row: pd.Series) -> np.ndarray:
+        """A candidate's test predictions (logits of the exit each input takes) from the cache."""
+        cfg = SubnetConfig.from_dict(json.loads(str(row.arch_json)))
+        lg = cached_exit_logits(self.run, self.heads, cfg, self.logits_dir)["test"]
+        if row.criterion == STATIC:
+            return lg[-1]  # the last exit is the sub-network's own classifier
+        return exit_predictions(lg, exit_layers(lg, str(row.criterion), float(row.threshold)))
+
+    def beside_stock(self, chosen: pd.Series, ref: Reference, n: int, rounds: int) -> dict[str, Any]:
+        """What a user could deploy without us, timed beside the chosen candidate: the stock
+        deployments of the run's teacher (``latency.baselines.stock_models``: exported to ONNX,
+        after ONNX Runtime's optimizer, dynamic INT8), the largest sub-network as one graph
+        (``ours-full``) and the chosen runner at its policy (``ours``; a static choice: its one
+        graph), each serving the first ``n`` test inputs one by one (batch 1), in turn, ``rounds``
+        rounds (medians of each one's mean / p50 / p90 per call); the chosen one's speed-ups on
+        the budget's statistic and on the mean against the fastest stock fp32 deployment and
+        stock INT8, and its test score against the teacher's on the whole test split (paired
+        bootstrap, ``nas.stats.compare_with``)."""
+        from latency.baselines import FP32_STOCK, STOCK_SCORE, stock_models
+        from nas.stats import compare_with
+        from supernet.checkpoint import load_model
+        from supernet.evaluate import predict
+
+        threads, stat, metric = self.target.profile.threads, self.target.stat, self.run.task.metric
+        stock = stock_models(self.run, batch=1)
+        inputs = single_inputs(self.run.splits["test"], n)
+        graphs = {**{name: Path(v["path"]) for name, v in stock.items()}, "ours-full": ref.full_graph}
+        if chosen.criterion == STATIC:
+            graphs["ours"] = self.out / "static.onnx"
+            runner = None
+        else:
+            runner = load_runner(self.out / "runner", threads=threads, criterion=str(chosen.criterion),
+                                 threshold=float(chosen.threshold))
+        times: dict[str, list[dict[str, Any]]] = {name: [] for name in [*graphs, "ours"]}
+        for _ in range(rounds):
+            for name, graph in graphs.items():
+                times[name].append(static_graph_timing(graph, inputs, threads=threads))
+            if runner is not None:
+                times["ours"].append(time_early_exit(runner, inputs))
+        keys = ("mean_ms", "p50_ms", "p90_ms")
+        rows: dict[str, dict[str, Any]] = {
+            name: {k: float(np.median([r[k] for r in rs])) for k in keys} for name, rs in times.items()}
+        for name, v in stock.items():
+            rows[name]["score_test"] = 100 * float(v[STOCK_SCORE[metric]])
+        rows["ours"]["score_test"] = float(chosen[f"{metric}_test"])
+        fastest = min(FP32_STOCK, key=lambda name: rows[name][f"{stat}_ms"])
+        teacher_test = predict(load_model(self.run.paths.teacher), self.run.splits["test"])
+        return {
+            "test_inputs": len(inputs), "rounds": rounds, "metric": metric, "deployments": rows,
+            "fastest_stock_fp32": fastest,
+            f"speedup_{stat}_vs_fastest_stock_fp32": rows[fastest][f"{stat}_ms"] / rows["ours"][f"{stat}_ms"],
+            "speedup_mean_vs_fastest_stock_fp32": rows[fastest]["mean_ms"] / rows["ours"]["mean_ms"],
+            f"speedup_{stat}_vs_stock_int8": rows["stock-int8"][f"{stat}_ms"] / rows["ours"][f"{stat}_ms"],
+            "speedup_mean_vs_stock_int8": rows["stock-int8"]["mean_ms"] / rows["ours"]["mean_ms"],
+            "ours_minus_teacher_test": compare_with(teacher_test, self.test_predictions(chosen), self.labels["test"],
+                                                    metric=metric),
+            "note": "each model serving the same test inputs one by one (batch 1), in turn, medians over rounds; "
+                    "the stock models' scores are the teacher's (fp32) and its dynamic INT8 graph's (batch 1)"}
 
     def reference(self, n: int, rounds: int, head_ms: float) -> Reference:
         """The largest sub-network's runner, exported to ``out/reference/`` and timed on the
@@ -463,7 +525,8 @@ class ExitSearch:
         predicted_cum = np.cumsum(predicted_segment_ms(self.latency, largest, head_ms))
         prefix_pred = np.maximum.accumulate([p for p, _ in self.latency.predict(prefixes)])  # as the table holds them
         extra = runner_extra_ms(measured_cum, np.array(static), prefix_pred, predicted_cum)
-        return Reference(spread, extra, np.array(static) / prefix_pred, np.median(measured_cum, axis=0), predicted_cum)
+        return Reference(spread, extra, np.array(static) / prefix_pred, np.median(measured_cum, axis=0), predicted_cum,
+                         float(np.median(np.array(static)[:, -1])), graphs[-1])
 
     def table(self, pool: Sequence[SubnetConfig], head_ms: float, progress: bool = True,
               reference: Reference | None = None) -> pd.DataFrame:
@@ -477,7 +540,7 @@ class ExitSearch:
         for k, (cfg, static_ms) in enumerate(zip(pool, static, strict=True)):
             if progress:
                 print(f"  [{k + 1}/{len(pool)}] {cfg.describe()}: exit logits on dev and test", flush=True)
-            logits = cached_exit_logits(self.run, self.heads, cfg, self.out / "logits")
+            logits = cached_exit_logits(self.run, self.heads, cfg, self.logits_dir)
             seg = predicted_segment_ms(self.latency, cfg, head_ms)
             if reference is not None:
                 seg = with_extra(seg, reference.extra_ms)
@@ -487,14 +550,23 @@ class ExitSearch:
             parts.append(t)
         return pd.concat(parts, ignore_index=True)
 
-    def run_all(self, budget_ms: float, *, n_cost: int, n_time: int | None, rounds: int,
-                progress: bool = True, max_steps: int = 3) -> dict[str, Any]:
-        """Every step; the chosen candidate exported and measured in ``out`` (``runner/``,
+    def run_all(self, budget_ms: float | None = None, *, speedup: float | None = None, n_cost: int,
+                n_time: int | None, rounds: int, n_stock: int = 300, progress: bool = True,
+                max_steps: int = 3) -> dict[str, Any]:
+        """Every step under ``budget_ms``, or under the largest sub-network's statistic divided
+        by ``speedup`` (that sub-network as one graph, timed on the first ``n_cost`` dev inputs
+        with the reference, so the budget follows the device's speed today; exactly one of the
+        two); the chosen candidate exported and measured in ``out`` (``runner/``,
         ``report.json``), stepping down at most ``max_steps`` - 1 times when it misses the
-        budget (``verify_choice``); ``candidates.csv``, ``front.csv``, ``front.png``,
-        ``exit_histogram.png``. Returns the report."""
+        budget (``verify_choice``), then timed beside the stock deployments on the first
+        ``n_stock`` test inputs (``beside_stock``; 0: not); ``candidates.csv``, ``front.csv``,
+        ``front.png``, ``exit_histogram.png``. Returns the report."""
         from nas.early_exit import EarlyExitStudy
 
+        if (budget_ms is None) == (speedup is None):
+            raise ConfigError("give the budget in ms or as a speed-up over the largest sub-network, one of the two")
+        if speedup is not None and not speedup > 1:
+            raise ConfigError(f"the speed-up must be > 1, got {speedup:g}")
         metric, stat = self.run.task.metric, self.target.stat
         pool = front_pool(self.run, self.target, self.latency, self.candidates)
         head_ms = self.head_ms()
@@ -502,6 +574,12 @@ class ExitSearch:
             print(f"  reference: the largest sub-network's runner and graph timed on {n_cost} dev inputs, "
                   f"{rounds} rounds", flush=True)
         ref = self.reference(n_cost, rounds, head_ms)
+        if speedup is not None:
+            budget_ms = ref.full_ms / speedup
+            if progress:
+                print(f"  budget: {stat} {budget_ms:.3f} ms = the largest sub-network's {ref.full_ms:.3f} ms "
+                      f"/ {speedup:g}", flush=True)
+        assert budget_ms is not None
         table = self.table(pool, head_ms, progress, ref)
         own: dict[str, np.ndarray] = {}  # arch key -> its runner's segment times on dev (n_cost, exits)
         served_at: dict[str, dict[str, Any]] = {}  # arch key -> its runner served at one policy on dev
@@ -512,7 +590,7 @@ class ExitSearch:
                 print(f"  finalist {cfg.describe()}: its own runner timed on {n_cost} dev inputs", flush=True)
             study = EarlyExitStudy(self.run, self.kind, cfg, self.out / "finalists" / key,
                                    threads=self.target.profile.threads)
-            study.logits = cached_exit_logits(self.run, self.heads, cfg, self.out / "logits")
+            study.logits = cached_exit_logits(self.run, self.heads, cfg, self.logits_dir)
             study.export()
             own[key] = study.segment_times(n_cost)
             table = with_own_costs(table, key, own[key], study.logits["dev"], stat)
@@ -539,7 +617,7 @@ class ExitSearch:
                 print(f"  export and measure: {cfg.describe()}, {policy[0]} {policy[1]:g} "
                       f"(estimated {stat} {float(row.lat_ms):.3f} ms)", flush=True)
             study = EarlyExitStudy(self.run, self.kind, cfg, self.out, threads=self.target.profile.threads)
-            study.logits = cached_exit_logits(self.run, self.heads, cfg, self.out / "logits")
+            study.logits = cached_exit_logits(self.run, self.heads, cfg, self.logits_dir)
             _, report = study.run_all(max_loss=0.0, n_cost=n_cost, n_time=n_time, rounds=rounds, policy=policy)
             measured_runs[candidate_key(row)] = (study, report)
             side = "static" if row.criterion == STATIC else "early_exit"
@@ -556,6 +634,12 @@ class ExitSearch:
         study, report = measured_runs[candidate_key(chosen)]
         cfg = study.subnet
         plot_front(fronts, chosen, budget_ms, stat, self.out / "front.png", metric)
+        stock = None
+        if n_stock:
+            if progress:
+                print(f"  beside the stock model: the chosen one, the largest as one graph and the stock "
+                      f"deployments on {n_stock} test inputs, {rounds} rounds", flush=True)
+            stock = self.beside_stock(chosen, ref, n_stock, rounds)
         policy = ("entropy", 0.0) if chosen.criterion == STATIC else (str(chosen.criterion), float(chosen.threshold))
 
         seg_pred = np.array([float(x) for x in str(chosen.segment_ms_pred).split("/")])
@@ -586,7 +670,8 @@ class ExitSearch:
         drift = report["static"]["measured_test"][f"{stat}_ms"] / static_pred
         report["search"] = {
             "device": self.target.profile.name, "target": self.target.describe(), "budget_ms": budget_ms,
-            "budget_stat": stat, "exit_kind": self.kind, "candidates": len(table), "subnetworks": len(pool),
+            "budget_stat": stat, "budget_speedup": speedup, "full_model_ms_dev": ref.full_ms,
+            "exit_kind": self.kind, "candidates": len(table), "subnetworks": len(pool),
             "chosen": {"arch": cfg.describe(), "criterion": str(chosen.criterion),
                        "threshold": None if chosen.criterion == STATIC else float(chosen.threshold),
                        f"{metric}_dev": float(chosen[f"{metric}_dev"]), f"{metric}_test": float(chosen[f"{metric}_test"]),
@@ -610,6 +695,7 @@ class ExitSearch:
                        f"predicted_{stat}_ms_prefixes_only": (
                            float(chosen.lat_ms) if chosen.criterion == STATIC else estimate_latency(
                                predicted_segment_ms(self.latency, cfg, head_ms), dev_layers)[f"{stat}_ms"])},
+            "beside_stock": stock,
             "best_static_under_budget": None if best_static is None else {
                 "arch": str(best_static.arch), f"{metric}_dev": float(best_static[f"{metric}_dev"]),
                 f"{metric}_test": float(best_static[f"{metric}_test"]), f"predicted_{stat}_ms": float(best_static.lat_ms),

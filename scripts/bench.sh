@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduce results/BENCHMARKS.md: train, measure, fit and benchmark on rt (short
+# Reproduce results/BENCHMARKS.md: train, measure, fit, benchmark and search early exit on rt (short
 # sentences) and r8 (longer news texts), seeded; every step resumes when re-run
 # (training and measurements continue where they stopped; finished fine-tunings are reused).
 # An existing run folder resumes with the settings it was started with: delete runs/bench
@@ -9,7 +9,9 @@
 #                                   # on 2026-12-04, measuring in 3 passes about 22, its benchmark
 #                                   # about 83 from scratch; r8: training and one pass 35 min on
 #                                   # 2026-12-03, two more passes 8, its benchmark 59 on 2026-12-05:
-#                                   # see results/README.md)
+#                                   # see results/README.md); early exit adds about 20 min (rt: exit
+#                                   # heads 3 min, the two searches about 2 and 2.5; r8: heads 4,
+#                                   # searches about 4 each, on 2026-12-05), so about 4.2 hours
 #   bash scripts/bench.sh --quick   # reduced version (minutes): small subsets, fewer samples
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,6 +29,8 @@ if [ "${1:-}" = "--quick" ]; then
     R8=(--max-train 500 --max-eval 250 --max-length 128 --teacher-epochs 1 --supernet-epochs 1)
     MEASURE_RT=(--device cpu --n 30); MEASURE_R8=(--device cpu --n 30)
     BENCH_RT=(--quick); BENCH_R8=(--quick); OUT=runs/bench-quick; RESULTS=$OUT/results
+    # Early exit: heads for half an epoch, one budget, 100 dev inputs timed, 4 front sub-networks.
+    EXITS=(--epochs 0.5); EE_SPEEDUPS=(2); EARLY=(--candidates 4 --finalists 1 --n-cost 100 --rounds 2)
 else
     # rt: the full training split with the default schedule, 300 measured configurations on
     # both CPU profiles in 3 passes each (the predictor-quality table; the predictors fit each
@@ -47,6 +51,10 @@ else
     BENCH_R8=(--n 80 --dev-subset 300 --front-points 8 --budgets 0.2,0.35,0.5,0.7,0.9 --finetune-candidates 2
               --finetune-at 4.5 --finetune-epochs 6 --finetune-best-epoch)
     OUT=runs/bench; RESULTS=results
+    # Early exit (README, "Early exit searched under a budget"): FastBERT's attention exit heads
+    # trained on the frozen supernet, then the search over (sub-network, exit policy) at 2x and 4x
+    # the largest sub-network's p50 on cpu, each exported and measured on test; one page per task.
+    EXITS=(); EE_SPEEDUPS=(2 4); EARLY=()
 fi
 for task in rt r8; do
     run=$OUT/$task
@@ -57,5 +65,12 @@ for task in rt r8; do
     devices=${measure[1]}
     $H fit --run "$run" --device "$devices"
     $H bench --run "$run" --device cpu --out "$RESULTS" "${bench[@]}"
+    $H exits --run "$run" --kind attn --quiet "${EXITS[@]}"
+    folders=()
+    for s in "${EE_SPEEDUPS[@]}"; do
+        folders+=("$run/early_exit/cpu_${s}x")
+        $H early-exit --run "$run" --kind attn --device cpu --speedup "$s" --out "${folders[-1]}" --quiet "${EARLY[@]}"
+    done
+    .venv/bin/python scripts/early_exit_page.py "${folders[@]}" --task "$task" --out "$RESULTS"
     echo "[bench.sh] $task done after $(( ($(date +%s) - start) / 60 )) min"
 done

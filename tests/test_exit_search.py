@@ -315,8 +315,10 @@ def test_command_searches_exports_and_reports(job, tmp_path, capsys) -> None:
     base = ["early-exit", "--run", str(run), "--out", str(out)]
     # Bad combinations: one line each, status 2, nothing written.
     for extra, said in ((["--budget-ms", "5"], "--device"), (["--budget-ms", "5", "--device", "cpu", "--subnet", "x.json"],
-                        "two modes"), (["--device", "cpu"], "--budget-ms too"),
-                        (["--budget-ms", "5", "--device", "cpu", "--threads", "1"], "--threads")):
+                        "two modes"), (["--device", "cpu"], "(or --speedup) too"),
+                        (["--budget-ms", "5", "--device", "cpu", "--threads", "1"], "--threads"),
+                        (["--speedup", "2"], "--device"), (["--speedup", "1", "--device", "cpu"], "> 1"),
+                        (["--speedup", "2", "--budget-ms", "5", "--device", "cpu"], "not allowed with")):
         assert main([*base, *extra]) == 2
         assert said in capsys.readouterr().err
     assert not out.exists()
@@ -324,10 +326,23 @@ def test_command_searches_exports_and_reports(job, tmp_path, capsys) -> None:
     small = ["--n-cost", "8", "--n-time", "12", "--rounds", "1", "--candidates", "2", "--quiet"]
     assert main([*base, "--budget-ms", "0.0001", "--device", "cpu", *small]) == 2
     assert "larger --budget-ms" in capsys.readouterr().err
-    assert main([*base, "--budget-ms", "1000", "--device", "cpu", *small]) == 0
+    assert main([*base, "--budget-ms", "1000", "--device", "cpu", *small, "--n-stock", "6"]) == 0
     table = pd.read_csv(out / "candidates.csv")
     report = json.loads((out / "report.json").read_text())
     s = report["search"]
+    # Timed beside the teacher's stock deployments, on the same test inputs in turn.
+    b = s["beside_stock"]
+    assert b["test_inputs"] == 6 and set(b["deployments"]) == {"stock-fp32", "stock-ort", "stock-int8", "ours-full",
+                                                              "ours"}
+    lat = {k: v["p50_ms"] for k, v in b["deployments"].items()}
+    assert min(lat.values()) > 0 and b["fastest_stock_fp32"] in ("stock-fp32", "stock-ort")
+    assert lat[b["fastest_stock_fp32"]] == min(lat["stock-fp32"], lat["stock-ort"])
+    assert b["speedup_p50_vs_fastest_stock_fp32"] == pytest.approx(lat[b["fastest_stock_fp32"]] / lat["ours"])
+    assert b["speedup_p50_vs_stock_int8"] == pytest.approx(lat["stock-int8"] / lat["ours"])
+    vs = b["ours_minus_teacher_test"]
+    assert vs["n"] > b["test_inputs"]  # the whole test split, not only the inputs timed
+    assert vs["ci95_low"] <= vs["diff_points"] <= vs["ci95_high"]
+    assert b["deployments"]["ours"]["score_test"] == pytest.approx(s["chosen"]["accuracy_test"])
     assert s["chosen"]["accuracy_dev"] == table.accuracy_dev.max()  # everything fits 1000 ms
     assert s["chosen"]["predicted_p50_ms"] <= 1000 and s["chosen"]["measured_p50_ms_test"] > 0
     assert len(s["steps"]) == 1 and s["steps"][0]["meets_budget"]  # measured, no step down at 1000 ms
@@ -376,8 +391,20 @@ def test_command_searches_exports_and_reports(job, tmp_path, capsys) -> None:
     assert set(fronts.front) == {"static", "static+exit"}
     for name in ("front.png", "exit_histogram.png", "runner/manifest.json", "runner/exit_runner.py"):
         assert (out / name).is_file()
-    n_cached = len(list((out / "logits").glob("*.npz")))
-    assert n_cached == table.arch_key.nunique()
+    # Exit logits are cached beside the heads: one file per sub-network, shared by later searches.
+    cache = run / "exits" / "mean" / "logits"
+    cached = {f: f.stat().st_mtime_ns for f in cache.glob("*.npz")}
+    assert len(cached) == table.arch_key.nunique() and not (out / "logits").exists()
+    # The budget as a speed-up over the largest sub-network timed with the reference.
+    out2 = tmp_path / "ees_speedup"
+    assert main(["early-exit", "--run", str(run), "--out", str(out2), "--speedup", "1.01", "--device", "cpu",
+                 *small, "--finalists", "0", "--n-stock", "0"]) == 0
+    s2 = json.loads((out2 / "report.json").read_text())["search"]
+    assert s2["budget_speedup"] == 1.01 and s2["full_model_ms_dev"] > 0
+    assert s2["budget_ms"] == pytest.approx(s2["full_model_ms_dev"] / 1.01)
+    assert s2["chosen"]["predicted_p50_ms"] <= s2["budget_ms"] and s2["beside_stock"] is None
+    assert {f: f.stat().st_mtime_ns for f in cache.glob("*.npz")} == cached  # read, not scored again
+    assert s["budget_speedup"] is None and s["full_model_ms_dev"] > 0
     # The benchmark page of such folders (scripts/early_exit_page.py), inside BENCHMARKS.md.
     import subprocess
     import sys
@@ -390,6 +417,7 @@ def test_command_searches_exports_and_reports(job, tmp_path, capsys) -> None:
     assert done.returncode == 0, done.stderr
     page = (res / "bench_tiny_early_exit.md").read_text()
     assert page.startswith("# Benchmarks: tiny early exit") and s["chosen"]["arch"] in page
+    assert f"ms); {b['speedup_p50_vs_stock_int8']:.2f}x; " in page  # the row beside the stock deployments
     assert "## Benchmarks: tiny early exit" in (res / "BENCHMARKS.md").read_text()
     assert (res / "bench_tiny_early_exit_ees_front.png").is_file()
     bad = subprocess.run([sys.executable, str(script), str(run), "--task", "tiny", "--out", str(tmp_path / "r2")],
