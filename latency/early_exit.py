@@ -435,6 +435,27 @@ def spread_table(segment_ms: np.ndarray, spread: LengthSpread, lengths: Sequence
     return np.diff(np.maximum.accumulate(cum, axis=1), axis=1, prepend=0.0)
 
 
+def extend_segments(segment_ms: np.ndarray, lengths: Sequence[int], stat: str = "p50") -> np.ndarray:
+    """A runner's segment times on the first n inputs of a split (n, exits), every layer run,
+    extended to all of the split's inputs (``lengths``: N >= n): the timed inputs keep their
+    own times; each other input's cumulative cost at each exit is that runner's line in the
+    input's length (``LengthSpread`` fitted to the timed ones), kept from falling with depth.
+    A statistic over the whole split then no longer rests on which n inputs were timed: a p50
+    that falls where one exit's inputs give way to the next one's moves along the second
+    group's lengths with a few more or fewer early leavers among the timed inputs (README,
+    "Early exit searched under a budget")."""
+    timed = np.asarray(segment_ms, dtype=float)
+    n, x = len(timed), np.asarray(lengths, dtype=float)
+    if len(x) < n:
+        raise ValueError(f"need the lengths of at least the {n} timed inputs, got {len(x)}")
+    if len(x) == n:
+        return timed
+    spread = LengthSpread.fit(timed, list(lengths)[:n], stat)
+    cum = np.maximum(spread.intercept[None] + spread.slope[None] * x[n:, None], 1e-9)
+    rest = np.diff(np.maximum.accumulate(cum, axis=1), axis=1, prepend=0.0)
+    return np.concatenate([timed, rest])
+
+
 def runner_extra_ms(measured_cum: np.ndarray, static_measured: np.ndarray, static_predicted: np.ndarray | float,
                     predicted_cum: np.ndarray) -> np.ndarray:
     """What the exported runner costs at each exit beyond its predicted prefix, in the

@@ -26,7 +26,8 @@ them):
    exported and timed on dev inputs (every layer run, ``--n-cost`` of them), and their exit
    candidates are estimated again from those per-input times, as the one-sub-network mode
    does (the table's estimate, from the largest sub-network's runner, can be off by tens of
-   percent for a narrower one); then each runner, ``--rounds`` times, times every layer and
+   percent for a narrower one), each other dev input's from the runner's line in its length
+   (``extend_segments``), so the statistic is over the whole dev split; then each runner, ``--rounds`` times, times every layer and
    serves the same inputs at its most accurate policy within the budget, in turn, and the
    median of served over estimated scales all of that sub-network's exit candidates
    (``ExitSearch.serve_at_policy``, ``scale_arch``); ``choose``: on dev only, the most
@@ -59,6 +60,7 @@ from latency.early_exit import (
     estimate_interval,
     estimate_latency,
     export_static_graph,
+    extend_segments,
     head_cost_ms,
     load_runner,
     policy_table,
@@ -235,16 +237,19 @@ def finalist_archs(table: pd.DataFrame, budget_ms: float, metric: str = "accurac
 
 
 def with_own_costs(table: pd.DataFrame, arch_key: str, segment_ms: np.ndarray, dev_logits: np.ndarray,
-                   stat: str) -> pd.DataFrame:
+                   stat: str, lengths: Sequence[int] | None = None) -> pd.DataFrame:
     """``table`` with the exit candidates of one sub-network estimated from its own runner:
     ``segment_ms`` (n, exits), its segment times on the first n dev inputs (every layer run),
     summed to the exit each policy takes on them (``dev_logits``: every exit's logits on dev),
-    the ``stat`` over them. The table's own estimate stays in ``lat_ms_table``; ``lat_from``
-    says which one ``lat_ms`` is."""
+    the ``stat`` over them; with ``lengths`` (every dev input's), over the whole dev split, the
+    untimed inputs' costs from the runner's line in the length (``extend_segments``). The
+    table's own estimate stays in ``lat_ms_table``; ``lat_from`` says which one ``lat_ms`` is."""
     out = table.copy()
     if "lat_ms_table" not in out:
         out["lat_ms_table"] = out["lat_ms"]
         out["lat_from"] = np.where(out.criterion == STATIC, "predictor", "table")
+    if lengths is not None:
+        segment_ms = extend_segments(segment_ms, lengths, stat)
     n = len(segment_ms)
     rows = out.index[(out.arch_key == arch_key) & (out.criterion != STATIC)]
     for i in rows:
@@ -582,6 +587,7 @@ class ExitSearch:
         assert budget_ms is not None
         table = self.table(pool, head_ms, progress, ref)
         own: dict[str, np.ndarray] = {}  # arch key -> its runner's segment times on dev (n_cost, exits)
+        dev_lengths = self.lengths("dev")
         served_at: dict[str, dict[str, Any]] = {}  # arch key -> its runner served at one policy on dev
         for key in finalist_archs(table, budget_ms, metric, k=self.finalists):
             row = table[table.arch_key == key].iloc[0]
@@ -593,14 +599,20 @@ class ExitSearch:
             study.logits = cached_exit_logits(self.run, self.heads, cfg, self.logits_dir)
             study.export()
             own[key] = study.segment_times(n_cost)
-            table = with_own_costs(table, key, own[key], study.logits["dev"], stat)
+            table = with_own_costs(table, key, own[key], study.logits["dev"], stat, dev_lengths)
             served = self.serve_at_policy(table, key, budget_ms, study, n_cost, rounds)
             if served is not None:
                 own[key] = served.pop("segments")
-                table = scale_arch(with_own_costs(table, key, own[key], study.logits["dev"], stat), key,
+                table = scale_arch(with_own_costs(table, key, own[key], study.logits["dev"], stat, dev_lengths), key,
                                    served["ratio"])
                 served_at[key] = served
-        choose(table, budget_ms, metric)  # nothing estimated to fit: say so before writing anything
+        try:
+            choose(table, budget_ms, metric)  # nothing estimated to fit: say so before writing anything
+        except ImpossibleBudget as e:
+            if speedup is None:
+                raise
+            raise ImpossibleBudget(f"{e}; the budget was the largest sub-network's {stat} as one graph, "
+                                   f"{ref.full_ms:.4g} ms, / {speedup:g}") from None
         static_rows = table[table.criterion == STATIC]
         best_static = choose(static_rows, budget_ms, metric) if (static_rows.lat_ms <= budget_ms).any() else None
         fronts = exit_fronts(table, metric)
@@ -646,10 +658,10 @@ class ExitSearch:
         dev_layers = exit_layers(study.logits["dev"], *policy)
         if chosen.criterion == STATIC:
             interval = None
-        elif chosen.arch_key in own:  # estimated from its own runner on the first n_cost dev inputs
-            segs = own[str(chosen.arch_key)]
+        elif chosen.arch_key in own:  # estimated from its own runner, extended to the whole dev split
+            segs = extend_segments(own[str(chosen.arch_key)], dev_lengths, stat)
             ratio = served_at[str(chosen.arch_key)]["ratio"] if chosen.arch_key in served_at else 1.0
-            interval = tuple(ratio * x for x in estimate_interval(segs, dev_layers[:len(segs)], stat))
+            interval = tuple(ratio * x for x in estimate_interval(segs, dev_layers, stat))
         else:
             interval = estimate_interval(spread_table(seg_pred, ref.spread, self.lengths("dev")), dev_layers, stat)
         # The device's speed when the choice was measured over when it was timed as a finalist:

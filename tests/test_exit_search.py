@@ -12,6 +12,7 @@ from conftest import tiny_model
 from latency.early_exit import (
     LengthSpread,
     estimate_latency,
+    extend_segments,
     predicted_segment_ms,
     prefix,
     runner_extra_ms,
@@ -116,6 +117,25 @@ def test_length_spread_by_hand() -> None:
     assert LengthSpread.fit(times, lengths, "p90").factors([40], 1)[0, 0] == pytest.approx(1.0)
     with pytest.raises(ValueError, match="at least 2"):
         LengthSpread.fit(times[:1], lengths[:1])
+
+
+def test_timed_segments_extended_to_the_whole_split_by_the_runners_line() -> None:
+    # A runner timed on 4 inputs (lengths 10, 20, 30, 40): leaving at exit k costs
+    # k * (0.2 + 0.01 * length) ms, plus noise on the timed ones that the line averages out.
+    lengths = [10, 20, 30, 40, 50, 5, 25]
+    timed = np.array([[0.2 + 0.01 * n] * 2 for n in lengths[:4]])
+    timed[0] += [0.01, -0.01]
+    got = extend_segments(timed, lengths)
+    assert got.shape == (7, 2)
+    np.testing.assert_array_equal(got[:4], timed)  # the timed inputs keep their own times
+    line = LengthSpread.fit(timed, lengths[:4])
+    for i, n in enumerate(lengths[4:], start=4):  # the others: the line in their length
+        np.testing.assert_allclose(np.cumsum(got[i]), line.intercept + line.slope * n)
+    assert np.cumsum(got[4])[-1] == pytest.approx(2 * (0.2 + 0.01 * 50), rel=0.02)
+    assert (np.cumsum(got, axis=1) > 0).all()
+    np.testing.assert_array_equal(extend_segments(timed, lengths[:4]), timed)  # nothing to extend
+    with pytest.raises(ValueError, match="at least the 4 timed"):
+        extend_segments(timed, lengths[:3])
 
 
 def test_a_spread_that_does_not_depend_on_length_changes_no_estimate() -> None:
@@ -293,6 +313,12 @@ def test_finalists_are_estimated_again_from_their_own_runner() -> None:
     assert b.lat_ms == pytest.approx(3.0) and b.lat_from == "own runner" and b.lat_ms_table == 3.0
     assert with_own_costs(table, "b", segs, logits, "p50")[lambda t: t.criterion == "entropy"].lat_ms.iloc[1] == \
         pytest.approx(2.5)
+    # With every dev input's length, the untimed inputs 4-5 (both leave at exit 1) join the
+    # statistic at the runner's line in their length: segments 1 ms for 10 tokens, 3 ms for 30.
+    lengths = [10, 10, 30, 30, 20, 20]
+    whole = with_own_costs(table, "b", segs, logits, "mean", lengths)
+    row = whole[(whole.arch_key == "b") & (whole.criterion == "entropy")].iloc[0]
+    assert row.lat_ms == pytest.approx((1 + 2 + 3 + 6 + 2 + 2) / 6)
     # Other rows keep the table's estimate; static rows stay the predictor's.
     assert got.loc[got.arch_key == "a", "lat_ms"].tolist() == [10.0, 4.0]
     assert got.lat_from.tolist() == ["predictor", "table", "predictor", "own runner", "predictor"]
@@ -304,6 +330,7 @@ def test_finalists_are_estimated_again_from_their_own_runner() -> None:
 
 
 def test_command_searches_exports_and_reports(job, tmp_path, capsys) -> None:
+    import dataclasses
     import json
     import shutil
 
@@ -395,10 +422,31 @@ def test_command_searches_exports_and_reports(job, tmp_path, capsys) -> None:
     cache = run / "exits" / "mean" / "logits"
     cached = {f: f.stat().st_mtime_ns for f in cache.glob("*.npz")}
     assert len(cached) == table.arch_key.nunique() and not (out / "logits").exists()
-    # The budget as a speed-up over the largest sub-network timed with the reference.
+    # The budget as a speed-up over the largest sub-network timed with the reference. Timings
+    # of this tiny model are below a millisecond and noisy: the reference's figure for the
+    # largest is scaled (1e-6x, then 100x) so that the budget surely does not fit, then surely does.
+    from nas.exit_search import ExitSearch
+
+    timed = ExitSearch.reference
+
+    def scaled(factor: float):
+        def reference(self, *args):
+            ref = timed(self, *args)
+            return dataclasses.replace(ref, full_ms=ref.full_ms * factor)
+        return reference
+
     out2 = tmp_path / "ees_speedup"
-    assert main(["early-exit", "--run", str(run), "--out", str(out2), "--speedup", "1.01", "--device", "cpu",
-                 *small, "--finalists", "0", "--n-stock", "0"]) == 0
+    speedup = [*small, "--finalists", "0", "--n-stock", "0"]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ExitSearch, "reference", scaled(1e-6))
+        assert main(["early-exit", "--run", str(run), "--out", str(out2), "--speedup", "1.01", "--device", "cpu",
+                     *speedup]) == 2
+        err = capsys.readouterr().err
+        assert "smaller --speedup" in err and "as one graph" in err and "/ 1.01" in err
+        assert not (out2 / "report.json").exists()
+        mp.setattr(ExitSearch, "reference", scaled(100))
+        assert main(["early-exit", "--run", str(run), "--out", str(out2), "--speedup", "1.01", "--device", "cpu",
+                     *speedup]) == 0
     s2 = json.loads((out2 / "report.json").read_text())["search"]
     assert s2["budget_speedup"] == 1.01 and s2["full_model_ms_dev"] > 0
     assert s2["budget_ms"] == pytest.approx(s2["full_model_ms_dev"] / 1.01)
