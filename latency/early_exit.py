@@ -108,7 +108,8 @@ def export_early_exit(
     opset: int = 18,
 ) -> Path:
     """Write ``model`` (a standalone sub-network, ``supernet.extract.extract``) with its exits
-    as ONNX segments plus manifest, runner and tokenizer (module doc) into ``folder``. Both
+    as ONNX segments plus manifest, runner and tokenizer (module doc), and the segments joined
+    into one graph with If nodes (``one_graph_with_exits``, served at batch 1), into ``folder``. Both
     are traced in eval mode and left in the modes they came in."""
     check_heads_fit(model, heads)
     modes = model.training, heads.training
@@ -121,11 +122,21 @@ def export_early_exit(
     shutil.copy(RUNNER, out / RUNNER.name)
     if tokenizer is not None:
         tokenizer.save_pretrained(str(out / "tokenizer"))
-    write_json(out / "manifest.json", {
+    manifest = {
         "segments": [f"segment_{j:02d}.onnx" for j in range(model.shape.num_layers)],
         "num_labels": model.shape.num_labels, "criterion": criterion,
         "threshold": threshold, "max_length": max_length, "exit_kind": heads.kind,
-        "source_layers": list(model.shape.source_layers)})
+        "source_layers": list(model.shape.source_layers)}
+    write_json(out / "manifest.json", manifest)
+    # Batch 1 with the entropy criterion: the same segments as one graph with If nodes, which
+    # the runner serves single inputs with while the manifest lists it (listed here; the
+    # study's timing then keeps it only where it served faster: nas.early_exit.pick_runtime).
+    try:
+        one_graph_with_exits(out)
+    except ValueError:  # a segment the joining does not handle: the runner serves with segments alone
+        (out / "one_graph.onnx").unlink(missing_ok=True)
+        return out
+    write_json(out / "manifest.json", {**manifest, "one_graph": "one_graph.onnx"})
     return out
 
 
@@ -153,16 +164,123 @@ def _write_segments(model: ElasticBert, heads: ExitHeads, out: Path, opset: int)
         onnx.checker.check_model(str(path))
 
 
+def one_graph_with_exits(folder: str | Path, path: str | Path | None = None) -> Path:
+    """The exported segments (``export_early_exit``) joined into one ONNX graph whose exits are
+    ``If`` nodes, for batch 1 and the entropy criterion: inputs those of segment 0 plus
+    ``threshold`` (a float scalar), outputs ``logits`` (1, C) and ``exit`` (0-based, int64).
+    Segment j + 1 runs inside the else branch of exit j's ``If``, so an input that leaves at
+    exit j runs nothing after it, as with the runner, in one session call instead of one per
+    layer run (the single graph with control flow the issue asked to measure against the
+    segments: ``scripts/control_flow_check.py``). Written to ``path`` (default
+    ``folder/one_graph.onnx``)."""
+    import math
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    folder = Path(folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    graphs = [onnx.load(str(folder / name)).graph for name in manifest["segments"]]
+    first = [i.name for i in graphs[0].input]
+    initializers: list[Any] = []
+
+    def nodes_of(j: int, feeds: dict[str, str]) -> list[Any]:
+        """Segment j's nodes, every name prefixed ``sJ/`` except the inputs fed from outside."""
+        g = graphs[j]
+        for init in g.initializer:
+            init = onnx.TensorProto.FromString(init.SerializeToString())
+            init.name = f"s{j}/{init.name}"
+            initializers.append(init)
+
+        def name(x: str) -> str:
+            return x if x == "" else feeds.get(x, f"s{j}/{x}")
+
+        out = []
+        for n in g.node:
+            if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in n.attribute):
+                raise ValueError(f"{manifest['segments'][j]} holds a sub-graph ({n.op_type}); it cannot be joined")
+            m = onnx.NodeProto.FromString(n.SerializeToString())
+            m.name = f"s{j}/{n.name}"
+            m.input[:] = [name(x) for x in n.input]
+            m.output[:] = [name(x) for x in n.output]
+            out.append(m)
+        return out
+
+    def constant(value_name: str, value: int) -> Any:
+        return helper.make_node("Constant", [], [value_name], value=helper.make_tensor(
+            value_name + "_v", TensorProto.INT64, [], [value]))
+
+    def level(j: int) -> tuple[list[Any], str, str]:
+        """Segment j and everything after it: its nodes and the names of (logits, exit)."""
+        feeds = {x: x for x in first} if j == 0 else {
+            "hidden_in": f"s{j - 1}/hidden", "mask_in": f"s{j - 1}/mask", "lengths": "lengths", "total": "total"}
+        nodes = nodes_of(j, feeds)
+        logits = f"s{j}/logits"
+        if j == len(graphs) - 1:
+            nodes.append(constant(f"s{j}/exit", j))
+            return nodes, logits, f"s{j}/exit"
+        p = f"s{j}/p"
+        nodes += [helper.make_node("Softmax", [logits], [p], axis=-1),
+                  helper.make_node("Clip", [p, "tiny"], [p + "c"]),
+                  helper.make_node("Log", [p + "c"], [p + "log"]),
+                  helper.make_node("Mul", [p, p + "log"], [p + "plogp"]),
+                  helper.make_node("ReduceSum", [p + "plogp", "last_axis"], [p + "sum"], keepdims=0),
+                  helper.make_node("Div", [p + "sum", "minus_log_c"], [p + "entropy"]),
+                  helper.make_node("Less", [p + "entropy", "threshold"], [p + "leave"])]
+        then_nodes = [helper.make_node("Identity", [logits], [f"t{j}/logits"]), constant(f"t{j}/exit", j)]
+        rest, rest_logits, rest_exit = level(j + 1)
+
+        def branch(name: str, body: list[Any], lg: str, ex: str) -> Any:
+            body = [*body, helper.make_node("Identity", [lg], [f"{name}/logits_out"]),
+                    helper.make_node("Identity", [ex], [f"{name}/exit_out"])]
+            return helper.make_graph(body, name, [], [
+                helper.make_tensor_value_info(f"{name}/logits_out", TensorProto.FLOAT, None),
+                helper.make_tensor_value_info(f"{name}/exit_out", TensorProto.INT64, None)])
+
+        nodes.append(helper.make_node(
+            "If", [p + "leave"], [f"if{j}/logits", f"if{j}/exit"], name=f"exit{j}",
+            then_branch=branch(f"leave{j}", then_nodes, f"t{j}/logits", f"t{j}/exit"),
+            else_branch=branch(f"go{j}", rest, rest_logits, rest_exit)))
+        return nodes, f"if{j}/logits", f"if{j}/exit"
+
+    num_labels = int(manifest["num_labels"])
+    prelude = [
+        helper.make_node("Cast", ["attention_mask"], ["mask_i64"], to=TensorProto.INT64),
+        helper.make_node("ReduceSum", ["mask_i64", "seq_axis"], ["lengths"], keepdims=0),
+        helper.make_node("Shape", ["input_ids"], ["total"], start=1, end=2),
+    ]
+    body, logits, exit_ = level(0)
+    body += [helper.make_node("Identity", [logits], ["logits"]), helper.make_node("Identity", [exit_], ["exit"])]
+    consts = [helper.make_tensor("tiny", TensorProto.FLOAT, [], [1e-30]),
+              helper.make_tensor("last_axis", TensorProto.INT64, [1], [-1]),
+              helper.make_tensor("seq_axis", TensorProto.INT64, [1], [1]),
+              helper.make_tensor("minus_log_c", TensorProto.FLOAT, [], [-math.log(num_labels)])]
+    inputs = [*graphs[0].input]
+    if "attention_mask" not in first:
+        raise ValueError("segment 0 takes no attention_mask: the lengths cannot be computed")
+    inputs.append(helper.make_tensor_value_info("threshold", TensorProto.FLOAT, []))
+    graph = helper.make_graph(prelude + body, "one_graph_with_exits", inputs, [
+        helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, num_labels]),
+        helper.make_tensor_value_info("exit", TensorProto.INT64, [])], initializer=[*consts, *initializers])
+    base = onnx.load(str(folder / manifest["segments"][0]), load_external_data=False)
+    model = helper.make_model(graph, opset_imports=list(base.opset_import), ir_version=base.ir_version)
+    onnx.checker.check_model(model)
+    target = Path(path) if path is not None else folder / "one_graph.onnx"
+    onnx.save(model, str(target))
+    return target
+
+
 def load_runner(folder: str | Path, *, threads: int | None = None, criterion: str | None = None,
-                threshold: float | None = None) -> Any:
-    """The exported runner (``exit_runner.EarlyExitModel``), loaded from hwnas's copy of it."""
+                threshold: float | None = None, one_graph: bool = True) -> Any:
+    """The exported runner (``exit_runner.EarlyExitModel``), loaded from hwnas's copy of it
+    (``one_graph=False``: single inputs through the segments too, as batches go)."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("hwnas_exit_runner", RUNNER)
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    return mod.EarlyExitModel(folder, threads=threads, criterion=criterion, threshold=threshold)
+    return mod.EarlyExitModel(folder, threads=threads, criterion=criterion, threshold=threshold, one_graph=one_graph)
 
 
 def single_inputs(enc: Encoded, n: int | None = None) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:

@@ -13,7 +13,12 @@ final classifier. Each input leaves at the first exit that is confident enough:
 
 A batch of several inputs runs together until its inputs leave: after each segment the rows
 that are done leave the batch, and the rest go on (their padding is kept, which does not
-change their results). From Python::
+change their results). One input at a time with the ``entropy`` criterion, the runner uses
+``one_graph.onnx`` instead when the manifest lists it: the same segments joined into one graph
+whose exits are ``If`` nodes, one call per input instead of one per layer run, the same exits
+and answers. hwnas lists it only when it served single inputs faster than the segments for
+this model and policy (inputs that run deep can cost more through the nested ``If`` nodes);
+``one_graph=False`` keeps the segments. From Python::
 
     from exit_runner import EarlyExitModel
     model = EarlyExitModel("export_folder")
@@ -47,7 +52,7 @@ def normalized_entropy(logits):
 class EarlyExitModel:
     """The segments of one exported early-exit model, open in ONNX Runtime."""
 
-    def __init__(self, folder, threads=None, criterion=None, threshold=None):
+    def __init__(self, folder, threads=None, criterion=None, threshold=None, one_graph=True):
         import onnxruntime as ort
 
         self.folder = Path(folder)
@@ -67,6 +72,12 @@ class EarlyExitModel:
         # A segment whose layer drops no tokens has no use for the lengths: the exporter leaves
         # such inputs out of its graph, so each session is fed only the inputs it declares.
         self.inputs = [{i.name for i in s.get_inputs()} for s in self.sessions]
+        self.one = None  # batch 1, entropy: the segments joined into one graph with If nodes
+        name = self.manifest.get("one_graph")
+        if one_graph and name and (self.folder / name).is_file():
+            self.one = ort.InferenceSession(str(self.folder / name), sess_options=opts,
+                                            providers=["CPUExecutionProvider"])
+            self.one_inputs = {i.name for i in self.one.get_inputs()}
 
     @property
     def num_exits(self):
@@ -77,6 +88,11 @@ class EarlyExitModel:
 
         ``segment_ms``: a list to which the wall time of each segment call is appended (ms)."""
         B, T = input_ids.shape
+        if self.one is not None and B == 1 and self.criterion == "entropy" and segment_ms is None:
+            feed = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids,
+                    "threshold": np.array(self.threshold, dtype=np.float32)}
+            logits, exit_ = self.one.run(None, {k: v for k, v in feed.items() if k in self.one_inputs})
+            return logits, np.asarray(exit_, dtype=np.int64).reshape(1)
         lengths = attention_mask.sum(1).astype(np.int64)  # (B,) tokens per input, at the input
         total = np.array([T], dtype=np.int64)  # the input's padded length (token retention is a share of it)
         out = np.zeros((B, self.manifest["num_labels"]), dtype=np.float32)

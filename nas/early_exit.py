@@ -23,8 +23,10 @@ The steps, each a method of ``EarlyExitStudy`` returning values (the command wri
 
 from __future__ import annotations
 
+import json
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,8 +63,10 @@ class EarlyExitStudy:
     subnet: SubnetConfig
     out: Path
     threads: int | None = None
+    stat: str = "p50"  # the latency statistic the runtime at batch 1 is picked by (``pick_runtime``)
     logits: dict[str, np.ndarray] = field(default_factory=dict)
     dev_segments: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    runtime: dict[str, Any] | None = None  # what ``pick_runtime`` timed and chose
 
     def __post_init__(self) -> None:
         if self.subnet.precision != "fp32":
@@ -130,6 +134,7 @@ class EarlyExitStudy:
         shared machine) and the runner at ``policy`` on test. Medians over the rounds."""
         inputs = single_inputs(self.run.splits["test"], n_time)
         dev_inputs = single_inputs(self.run.splits["dev"], n_cost)
+        self.runtime = self.pick_runtime(policy, dev_inputs, rounds)
         runner = load_runner(self.out / "runner", threads=self.threads, criterion=str(policy.criterion),
                              threshold=float(policy.threshold))
         dev_layers = exit_layers(self.logits["dev"][:, :n_cost], str(policy.criterion), float(policy.threshold))
@@ -147,6 +152,35 @@ class EarlyExitStudy:
                                 ("predicted_table", table), ("early_exit_dev", early_dev))}
         med["early_exit_exits"] = early[-1]["exits"]
         return med
+
+    def pick_runtime(self, policy: pd.Series, inputs: Sequence[tuple[np.ndarray, ...]],
+                     rounds: int) -> dict[str, Any] | None:
+        """At batch 1 with the entropy criterion, the runner can serve through its segments or
+        through ``one_graph.onnx`` (the segments joined with ``If`` nodes): both serve ``inputs``
+        at ``policy``, ``rounds`` rounds in turn, and the faster on ``stat`` (medians) is written
+        into the runner's manifest, which the runner follows. Which one wins depends on the
+        sub-network and policy (on rt the one graph was 11% faster at the p50 for a narrow
+        sub-network, 4% slower for the largest with most inputs running deep: README). None
+        where there is no choice (patience, or no one graph)."""
+        folder = self.out / "runner"
+        manifest_path = folder / "manifest.json"
+        manifest = json.loads(manifest_path.read_text())
+        if str(policy.criterion) != "entropy" or not (folder / "one_graph.onnx").is_file():
+            return None
+        write_json(manifest_path, {**manifest, "one_graph": "one_graph.onnx"})
+        crit, thr = str(policy.criterion), float(policy.threshold)
+        runners = {"segments": load_runner(folder, threads=self.threads, criterion=crit, threshold=thr, one_graph=False),
+                   "one_graph": load_runner(folder, threads=self.threads, criterion=crit, threshold=thr)}
+        times: dict[str, list[float]] = {name: [] for name in runners}
+        for _ in range(rounds):
+            for name, runner in runners.items():
+                times[name].append(time_early_exit(runner, inputs)[f"{self.stat}_ms"])
+        med = {name: float(np.median(t)) for name, t in times.items()}
+        chosen = min(med, key=lambda name: med[name])
+        manifest = {k: v for k, v in manifest.items() if k != "one_graph"}
+        write_json(manifest_path, {**manifest, "one_graph": "one_graph.onnx"} if chosen == "one_graph" else manifest)
+        return {"stat": self.stat, "dev_inputs": len(inputs), "rounds": rounds, "segments_ms": med["segments"],
+                "one_graph_ms": med["one_graph"], "chosen": chosen}
 
     def run_all(self, *, max_loss: float, n_cost: int, n_time: int | None, rounds: int,
                 policy: tuple[str, float] | None = None) -> tuple[pd.DataFrame, dict]:
@@ -199,6 +233,9 @@ class EarlyExitStudy:
             "p50_measured_over_predicted": measured["p50_ms"] / predicted["p50_ms"],
             "mean_measured_over_predicted": measured["mean_ms"] / predicted["mean_ms"],
             "segment_ms_dev": seg.round(4).tolist(),
+            # Batch 1: the runner's segments or its one graph with If nodes, whichever served
+            # the dev inputs faster at the policy (``pick_runtime``; None: no choice).
+            "runtime_batch1": self.runtime,
             "timing": {"rounds": rounds, "test_inputs": n_test, "dev_inputs_for_cost": n_cost,
                        "threads": self.threads, "loadavg_at_end": list(os.getloadavg()),
                        "note": "batch 1, inputs one by one; this machine is shared (label figures as measured "

@@ -628,7 +628,8 @@ class ExitSearch:
             if progress:
                 print(f"  export and measure: {cfg.describe()}, {policy[0]} {policy[1]:g} "
                       f"(estimated {stat} {float(row.lat_ms):.3f} ms)", flush=True)
-            study = EarlyExitStudy(self.run, self.kind, cfg, self.out, threads=self.target.profile.threads)
+            study = EarlyExitStudy(self.run, self.kind, cfg, self.out, threads=self.target.profile.threads,
+                                   stat=self.target.stat)
             study.logits = cached_exit_logits(self.run, self.heads, cfg, self.logits_dir)
             _, report = study.run_all(max_loss=0.0, n_cost=n_cost, n_time=n_time, rounds=rounds, policy=policy)
             measured_runs[candidate_key(row)] = (study, report)

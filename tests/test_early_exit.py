@@ -13,9 +13,11 @@ from latency.early_exit import (
     estimate_latency,
     export_early_exit,
     load_runner,
+    one_graph_with_exits,
     segment_times,
     single_inputs,
 )
+from latency.onnx_export import ort_session
 from supernet.data import Encoded
 from supernet.errors import CheckpointError
 from supernet.exits import (
@@ -222,7 +224,9 @@ def test_exported_runner_matches_pytorch_per_input_and_exit(tmp_path, kind: str)
         ref = torch.stack(exit_logits(model, heads, *(batch[k] for k in ARGS), subnet=SUBNET)).numpy()
     export_early_exit(small, heads, tmp_path, criterion="entropy", threshold=0.5)
     runner = load_runner(tmp_path, threads=1)
-    assert runner.num_exits == 3
+    assert runner.num_exits == 3 and runner.one is not None  # single inputs with entropy: the one graph
+    segments_only = load_runner(tmp_path, threads=1, one_graph=False)
+    assert segments_only.one is None
     seen = set()
     for criterion, thresholds in (("entropy", _midpoints(normalized_entropy(ref))), ("patience", [0, 1, 2, 3])):
         for t in thresholds:
@@ -231,13 +235,30 @@ def test_exported_runner_matches_pytorch_per_input_and_exit(tmp_path, kind: str)
             logits, exits = runner.run(*args)  # the whole batch; finished rows leave it
             np.testing.assert_array_equal(exits, want)
             np.testing.assert_allclose(logits, exit_predictions(ref, want), rtol=1e-4, atol=1e-5)
+            segments_only.criterion, segments_only.threshold = criterion, t
             for b in range(len(exits)):  # each input alone, unpadded: the same exit and answer
                 n = int(args[1][b].sum())
-                one_logits, one_exit = runner.run(*(a[b:b + 1, :n] for a in args))
-                assert one_exit[0] == exits[b]
-                np.testing.assert_allclose(one_logits[0], logits[b], rtol=1e-4, atol=1e-5)
+                for r in (runner, segments_only):  # entropy: the one graph, then the segments
+                    one_logits, one_exit = r.run(*(a[b:b + 1, :n] for a in args))
+                    assert one_exit.shape == (1,) and one_exit[0] == exits[b]
+                    np.testing.assert_allclose(one_logits[0], logits[b], rtol=1e-4, atol=1e-5)
             seen.add(tuple(exits))
     assert len(seen) >= 3  # the thresholds really moved the exits, rows leaving at different layers
+    # The same segments joined into one graph with If nodes (batch 1, entropy): per input the
+    # runner's exit and answer at every threshold.
+    session = ort_session(one_graph_with_exits(tmp_path), threads=1)
+    names = {i.name for i in session.get_inputs()}
+    one_exits = set()
+    for t in _midpoints(normalized_entropy(ref)):
+        want = exit_layers(ref, "entropy", t)
+        for b in range(len(want)):
+            n = int(args[1][b].sum())
+            feed = {k: a[b:b + 1, :n] for k, a in zip(ARGS, args, strict=True) if k in names}
+            logits, exit_ = session.run(None, {**feed, "threshold": np.array(t, dtype=np.float32)})
+            assert int(exit_) == want[b]
+            np.testing.assert_allclose(logits[0], exit_predictions(ref, want)[b], rtol=1e-4, atol=1e-5)
+            one_exits.add(int(exit_))
+    assert one_exits == {0, 1, 2}  # every branch taken
 
 
 def test_segment_costs_cover_every_layer_and_the_runner_stands_alone(tmp_path) -> None:

@@ -413,6 +413,15 @@ def test_command_searches_exports_and_reports(job, tmp_path, capsys) -> None:
         assert d["ci95_low"] <= d["diff_points"] <= d["ci95_high"]
     assert report["test_difference"]["diff_points"] == pytest.approx(-report["test_loss_points"], abs=1e-9)
     assert (out / "reference" / "runner" / "manifest.json").is_file()
+    # Batch 1: segments or the one graph with If nodes, whichever served dev faster; the
+    # runner's manifest follows the pick.
+    pick, manifest = report["runtime_batch1"], json.loads((out / "runner" / "manifest.json").read_text())
+    if report["policy"]["criterion"] == "entropy":
+        assert pick["chosen"] in ("segments", "one_graph") and pick["stat"] == "p50"
+        assert pick[f"{pick['chosen']}_ms"] == min(pick["segments_ms"], pick["one_graph_ms"])
+        assert ("one_graph" in manifest) == (pick["chosen"] == "one_graph")
+    else:
+        assert pick is None
     assert abs(sum(report["early_exit"]["test_exit_histogram"]) - 1) < 1e-6
     fronts = pd.read_csv(out / "front.csv")
     assert set(fronts.front) == {"static", "static+exit"}
