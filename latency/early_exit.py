@@ -41,7 +41,7 @@ from torch import nn
 from latency.onnx_export import quiet_exporter
 from supernet.data import Encoded
 from supernet.exits import ExitHeads, check_heads_fit, exit_histogram, exit_layers, exit_predictions
-from supernet.io import write_json
+from supernet.io import atomic_write, write_json
 from supernet.model import ElasticBert
 from supernet.space import SubnetConfig
 
@@ -106,6 +106,7 @@ def export_early_exit(
     tokenizer: Any = None,
     max_length: int = 512,
     opset: int = 18,
+    timing_inputs: Sequence[Sequence[int]] | None = None,
 ) -> Path:
     """Write ``model`` (a standalone sub-network, ``supernet.extract.extract``) with its exits
     as ONNX segments plus manifest, runner and tokenizer (module doc), and the segments joined
@@ -122,6 +123,15 @@ def export_early_exit(
     shutil.copy(RUNNER, out / RUNNER.name)
     if tokenizer is not None:
         tokenizer.save_pretrained(str(out / "tokenizer"))
+    if timing_inputs:  # for `exit_runner.py FOLDER --time` on another device: token ids, plain arrays
+        rows = [np.asarray(r, dtype=np.int64) for r in timing_inputs]
+        offsets = np.cumsum([0, *(len(r) for r in rows)]).astype(np.int64)
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as f:
+                np.savez(f, ids=np.concatenate(rows), offsets=offsets)
+
+        atomic_write(out / "timing_inputs.npz", write)
     manifest = {
         "segments": [f"segment_{j:02d}.onnx" for j in range(model.shape.num_layers)],
         "num_labels": model.shape.num_labels, "criterion": criterion,

@@ -26,6 +26,13 @@ this model and policy (inputs that run deep can cost more through the nested ``I
 
 From the command line: ``python3 exit_runner.py FOLDER "a sentence" "another one"``.
 
+Timing on the device it runs on (the measurement kit's part for early exit): ``python3
+exit_runner.py FOLDER --time`` serves the inputs of ``FOLDER/timing_inputs.npz`` (token ids
+hwnas wrote there: the first test inputs of the run) one by one at the folder's policy,
+``--rounds`` rounds after a warm-up, and writes ``timing.json`` (p50 / mean / p90 per call, the
+medians over rounds, the exits taken, the host and runtime) to compare with ``report.json``'s
+``early_exit.measured_test`` and the search's prediction.
+
 This file is deliberately standalone (no hwnas import), so its few policy lines repeat
 supernet/exits.py's on purpose; tests/test_early_exit.py holds them to the same answers.
 """
@@ -147,9 +154,84 @@ def _tokenize(folder, texts):
     return ids, mask, np.zeros_like(ids)
 
 
+def time_inputs(model, ids_list, rounds=3, warmup=10):
+    """``model`` serving each token-id row of ``ids_list`` alone (batch 1), ``rounds`` rounds
+    after ``warmup`` calls: the medians over rounds of the per-call p50 / mean / p90 (ms), and
+    the share of inputs leaving at each exit."""
+    feeds = [(ids[None], np.ones_like(ids)[None], np.zeros_like(ids)[None]) for ids in ids_list]
+    for f in feeds[:warmup]:
+        model.run(*f)
+    per_round = []
+    exits = []  # type: list
+    for _ in range(rounds):
+        ms, exits = [], []
+        for f in feeds:
+            t0 = time.perf_counter()
+            _, e = model.run(*f)
+            ms.append((time.perf_counter() - t0) * 1e3)
+            exits.append(int(e[0]))
+        x = np.asarray(ms)
+        per_round.append({"p50_ms": float(np.percentile(x, 50)), "mean_ms": float(x.mean()),
+                          "p90_ms": float(np.percentile(x, 90))})
+    hist = np.bincount(np.asarray(exits, dtype=np.int64), minlength=model.num_exits) / max(len(exits), 1)
+    out = {k: float(np.median([r[k] for r in per_round])) for k in ("p50_ms", "mean_ms", "p90_ms")}  # type: dict
+    out.update({"rounds": per_round, "exit_histogram": [round(float(v), 4) for v in hist], "inputs": len(feeds)})
+    return out
+
+
+def _time_command(args):
+    import argparse
+    import platform
+    import socket
+
+    p = argparse.ArgumentParser(prog="exit_runner.py FOLDER --time")
+    p.add_argument("--inputs", help="NPZ of token ids (default FOLDER/timing_inputs.npz)")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (default: one per core)")
+    p.add_argument("--out", help="JSON file to write (default FOLDER/timing.json)")
+    a = p.parse_args(args[1:])
+    folder = Path(args[0])
+    path = Path(a.inputs) if a.inputs else folder / "timing_inputs.npz"
+    if a.rounds < 1 or (a.threads is not None and a.threads < 0):
+        print("--rounds must be at least 1 and --threads at least 0", file=sys.stderr)
+        return 2
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            ids, offsets = z["ids"].astype(np.int64), z["offsets"].astype(np.int64)
+    except (OSError, KeyError, ValueError) as e:
+        print(f"{path}: not a timing-inputs file ({type(e).__name__}: {e}); give one hwnas wrote "
+              "(timing_inputs.npz in the runner folder) or --inputs FILE", file=sys.stderr)
+        return 2
+    try:
+        model = EarlyExitModel(folder, threads=a.threads)
+    except (OSError, ValueError, KeyError) as e:
+        print(f"{folder}: not an exported early-exit runner ({type(e).__name__}: {e}); give the runner folder "
+              "(the one with manifest.json)", file=sys.stderr)
+        return 2
+    rows = [ids[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)]
+    import onnxruntime as ort
+
+    result = time_inputs(model, rows, rounds=a.rounds)
+    result.update({
+        "criterion": model.criterion, "threshold": model.threshold, "threads": a.threads,
+        "batch1_runtime": "one_graph" if model.one is not None and model.criterion == "entropy" else "segments",
+        "host": socket.gethostname(), "machine": platform.machine(), "processor": platform.processor(),
+        "runtime": "onnxruntime " + ort.__version__, "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+    out = Path(a.out) if a.out else folder / "timing.json"
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    tmp.replace(out)  # written whole or not at all
+    print(json.dumps({k: v for k, v in result.items() if k != "rounds"}, indent=1))
+    print(f"wrote {out}")
+    return 0
+
+
 def main(argv):
+    if len(argv) >= 2 and argv[1] == "--time":
+        return _time_command([argv[0], *argv[2:]])
     if len(argv) < 2:
-        print('usage: python3 exit_runner.py FOLDER "text" ["text" ...]', file=sys.stderr)
+        print('usage: python3 exit_runner.py FOLDER "text" ["text" ...]  |  FOLDER --time [--rounds 3] '
+              '[--threads N] [--inputs NPZ] [--out JSON]', file=sys.stderr)
         return 2
     model = EarlyExitModel(argv[0])
     logits, exits = model.run(*_tokenize(argv[0], argv[1:]))

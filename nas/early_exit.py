@@ -55,6 +55,8 @@ from supernet.space import SubnetConfig
 from supernet.train import weights_sha1
 from supernet.workflow import LoadedRun
 
+TIMING_INPUTS = 300  # the first test inputs, written beside the runner for `exit_runner.py FOLDER --time`
+
 
 @dataclass
 class EarlyExitStudy:
@@ -102,7 +104,8 @@ class EarlyExitStudy:
 
     def export(self) -> Path:
         return export_early_exit(self.model, self.heads, self.out / "runner", criterion="entropy", threshold=0.0,
-                                 tokenizer=self.run.tokenizer, max_length=self.run.spec.train.max_length)
+                                 tokenizer=self.run.tokenizer, max_length=self.run.spec.train.max_length,
+                                 timing_inputs=self.run.splits["test"].input_ids[:TIMING_INPUTS])
 
     def segment_times(self, n: int) -> np.ndarray:
         """Each of the first ``n`` dev inputs' segment times (n, exits), all layers run."""

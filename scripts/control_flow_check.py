@@ -95,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3, help="rounds, segments and one graph in turn (default: %(default)s)")
     p.add_argument("--out", required=True, help="CSV file to write")
     a = p.parse_args(argv)
+    if a.n < 1 or a.rounds < 1:
+        print(f"--n and --rounds must be at least 1, got {a.n} and {a.rounds}", file=sys.stderr)
+        return 2
     for f in map(Path, a.folders):
         if not (f / "report.json").is_file() or not (f / "runner" / "manifest.json").is_file() \
                 or not (f.parent.parent / "run.json").is_file():

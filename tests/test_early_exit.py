@@ -262,11 +262,28 @@ def test_exported_runner_matches_pytorch_per_input_and_exit(tmp_path, kind: str)
 
 
 def test_segment_costs_cover_every_layer_and_the_runner_stands_alone(tmp_path) -> None:
+    import json
+    import subprocess
+    import sys
+
     model = tiny_model(layers=3)
+    enc = _encoded(8)
     export_early_exit(extract(model, model.shape.search_space().largest()).eval(), _heads(model), tmp_path,
-                      criterion="entropy", threshold=2.0)
+                      criterion="entropy", threshold=2.0, timing_inputs=enc.input_ids[:6])
     runner = load_runner(tmp_path, threads=1)
-    inputs = single_inputs(_encoded(8), 8)
+    inputs = single_inputs(enc, 8)
+    # Timing on another device: the runner alone (its own process, no hwnas import) serves the
+    # token ids written beside it and writes what it measured.
+    done = subprocess.run([sys.executable, str(tmp_path / RUNNER.name), str(tmp_path), "--time", "--rounds", "2",
+                           "--threads", "1"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    timing = json.loads((tmp_path / "timing.json").read_text())
+    assert timing["inputs"] == 6 and len(timing["rounds"]) == 2 and 0 < timing["p50_ms"] <= timing["p90_ms"]
+    assert timing["exit_histogram"][0] == 1.0  # threshold 2: every input leaves at the first exit
+    assert timing["batch1_runtime"] == "one_graph" and timing["threads"] == 1
+    bad = subprocess.run([sys.executable, str(tmp_path / RUNNER.name), str(tmp_path), "--time", "--inputs",
+                          str(tmp_path / "manifest.json")], capture_output=True, text=True)
+    assert bad.returncode == 2 and "not a timing-inputs file" in bad.stderr
     costs = segment_times(runner, inputs, warmup=2)
     assert costs.shape == (8, 3) and (costs > 0).all()
     assert (runner.criterion, runner.threshold) == ("entropy", 2.0)  # restored
