@@ -34,7 +34,8 @@ medians over rounds, the exits taken, the host and runtime) to compare with ``re
 ``early_exit.measured_test`` and the search's prediction.
 
 This file is deliberately standalone (no hwnas import), so its few policy lines repeat
-supernet/exits.py's on purpose; tests/test_early_exit.py holds them to the same answers.
+supernet/exits.py's on purpose, and its timing loop latency/early_exit.py's ``time_early_exit``;
+tests/test_early_exit.py holds them to the same answers.
 """
 
 import json
