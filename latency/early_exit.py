@@ -358,18 +358,11 @@ def estimate_interval(segment_ms: np.ndarray, layers: np.ndarray, stat: str, *, 
 
 def time_early_exit(runner: Any, inputs: Sequence[tuple[np.ndarray, ...]], *, warmup: int = 10) -> dict[str, Any]:
     """The runner serving ``inputs`` one by one (batch 1) at its own policy: per-call ms
-    (mean, p50, p90) and the exit each input took."""
-    for feed in inputs[:warmup]:
-        runner.run(*feed)
-    ms, exits = [], []
-    for feed in inputs:
-        t0 = time.perf_counter()
-        _, e = runner.run(*feed)
-        ms.append((time.perf_counter() - t0) * 1e3)
-        exits.append(int(e[0]))
-    x = np.asarray(ms)
+    (mean, p50, p90) and the exit each input took (the runner's own loop, ``EarlyExitModel.serve``,
+    which ``exit_runner.py --time`` uses on another device)."""
+    x, exits = runner.serve(inputs, warmup=warmup)
     return {"mean_ms": float(x.mean()), "p50_ms": float(np.percentile(x, 50)), "p90_ms": float(np.percentile(x, 90)),
-            "exits": np.asarray(exits)}
+            "exits": exits}
 
 
 def write_manifest_policy(folder: str | Path, criterion: str, threshold: float) -> None:

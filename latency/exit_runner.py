@@ -34,8 +34,8 @@ medians over rounds, the exits taken, the host and runtime) to compare with ``re
 ``early_exit.measured_test`` and the search's prediction.
 
 This file is deliberately standalone (no hwnas import), so its few policy lines repeat
-supernet/exits.py's on purpose, and its timing loop latency/early_exit.py's ``time_early_exit``;
-tests/test_early_exit.py holds them to the same answers.
+supernet/exits.py's on purpose (hwnas times its runners with ``EarlyExitModel.serve``, the
+loop ``--time`` uses); tests/test_early_exit.py holds them to the same answers.
 """
 
 import json
@@ -90,6 +90,19 @@ class EarlyExitModel:
     @property
     def num_exits(self):
         return len(self.sessions)
+
+    def serve(self, feeds, warmup=10):
+        """Each feed ``(input_ids, attention_mask, token_type_ids)`` alone, in order, after
+        ``warmup`` untimed calls: the ms of each call and the exit each input took (arrays)."""
+        for f in feeds[:warmup]:
+            self.run(*f)
+        ms, exits = [], []
+        for f in feeds:
+            t0 = time.perf_counter()
+            _, e = self.run(*f)
+            ms.append((time.perf_counter() - t0) * 1e3)
+            exits.append(int(e[0]))
+        return np.asarray(ms), np.asarray(exits, dtype=np.int64)
 
     def run(self, input_ids, attention_mask, token_type_ids, segment_ms=None):
         """Logits (B, C) of each input at its exit, and the exit (B,) it left at (0-based).
@@ -160,21 +173,13 @@ def time_inputs(model, ids_list, rounds=3, warmup=10):
     after ``warmup`` calls: the medians over rounds of the per-call p50 / mean / p90 (ms), and
     the share of inputs leaving at each exit."""
     feeds = [(ids[None], np.ones_like(ids)[None], np.zeros_like(ids)[None]) for ids in ids_list]
-    for f in feeds[:warmup]:
-        model.run(*f)
     per_round = []
-    exits = []  # type: list
-    for _ in range(rounds):
-        ms, exits = [], []
-        for f in feeds:
-            t0 = time.perf_counter()
-            _, e = model.run(*f)
-            ms.append((time.perf_counter() - t0) * 1e3)
-            exits.append(int(e[0]))
-        x = np.asarray(ms)
+    exits = np.zeros(0, dtype=np.int64)
+    for r in range(rounds):
+        x, exits = model.serve(feeds, warmup=warmup if r == 0 else 0)  # warmed up once, before the first
         per_round.append({"p50_ms": float(np.percentile(x, 50)), "mean_ms": float(x.mean()),
                           "p90_ms": float(np.percentile(x, 90))})
-    hist = np.bincount(np.asarray(exits, dtype=np.int64), minlength=model.num_exits) / max(len(exits), 1)
+    hist = np.bincount(exits, minlength=model.num_exits) / max(len(exits), 1)
     out = {k: float(np.median([r[k] for r in per_round])) for k in ("p50_ms", "mean_ms", "p90_ms")}  # type: dict
     out.update({"rounds": per_round, "exit_histogram": [round(float(v), 4) for v in hist], "inputs": len(feeds)})
     return out
