@@ -542,8 +542,13 @@ def register_exits(sub: Subparsers) -> argparse.ArgumentParser:
                        "frozen supernet, by self-distillation from the final classifier of random sub-networks "
                        "(sandwich rule), into RUN/exits/KIND/. The supernet is not changed. Resumable: run the "
                        "same command again after an interruption. Prints each exit's dev accuracy for the largest "
-                       "and the smallest sub-network.")
+                       "and the smallest sub-network. With --model: heads for that standalone model of the run "
+                       "(a fine-tuned export) instead, trained on its own configuration only, into "
+                       "RUN/exits/KIND/models/WEIGHTS/ (for `hwnas early-exit --model`).")
     x.add_argument("--run", required=True, help="run folder written by hwnas train")
+    x.add_argument("--model", help="an `hwnas export` folder (its pytorch/) or a model folder (shape.json + "
+                   "model.safetensors) made from this run, e.g. a fine-tuned export: train its exits instead of "
+                   "the supernet's")
     x.add_argument("--kind", choices=("mean", "attn", "cls"), default="mean",
                    help="mean: mean of the alive tokens + linear (default); attn: FastBERT's small attention "
                    "classifier; cls: [CLS] + linear")
@@ -556,19 +561,28 @@ def register_exits(sub: Subparsers) -> argparse.ArgumentParser:
 
 
 def cmd_exits(a: argparse.Namespace) -> int:
-    from supernet.exits import ExitConfig, exit_table, train_exits
+    from supernet.exits import ExitConfig, exit_table, load_standalone, model_exits_dir, train_exits
+    from supernet.extract import config_in_supernet
+    from supernet.train import weights_sha1
     from supernet.workflow import open_run
 
+    model = load_standalone(a.model) if a.model else None  # bad --model: before the run is opened
     run = open_run(a.run)
     cfg = ExitConfig(kind=a.kind, epochs=a.epochs, lr=a.lr, n_random=a.n_random, seed=run.spec.seed)
     t0 = time.time()
-    heads, trained = train_exits(run.supernet, run.space, run.splits["train"], run.paths.exits(a.kind), cfg,
+    if model is None:
+        backbone, space, folder = run.supernet, run.space, run.paths.exits(a.kind)
+        subnets = {"largest": run.space.largest(), "smallest": run.space.smallest()}
+    else:
+        config_in_supernet(model, run.supernet)  # made from this run, or one line and exit 2
+        backbone, space = model, None
+        folder = model_exits_dir(run.paths.exits(a.kind), weights_sha1(model))
+        subnets = {"model": model.own_config()}
+    heads, trained = train_exits(backbone, space, run.splits["train"], folder, cfg,
                                  batch_size=run.spec.train.batch_size,
                                  bucket_by_length=run.spec.train.bucket_by_length, progress=not a.quiet)
-    print(f"{'trained' if trained else 'loaded'} {a.kind} exit heads in {run.paths.exits(a.kind)} "
-          f"({time.time() - t0:.0f} s)")
-    subnets = {"largest": run.space.largest(), "smallest": run.space.smallest()}
-    table = exit_table(run.supernet, heads, run.splits["dev"], subnets)
+    print(f"{'trained' if trained else 'loaded'} {a.kind} exit heads in {folder} ({time.time() - t0:.0f} s)")
+    table = exit_table(backbone, heads, run.splits["dev"], subnets)
     _print_table(table, list(table.columns))
     return 0
 
@@ -584,7 +598,7 @@ def register_early_exit(sub: Subparsers) -> argparse.ArgumentParser:
                        "the sub-network's depth-k prefixes plus the exit head's timed cost; the most accurate on dev "
                        "whose estimate meets B is exported and measured on test. Writes candidates.csv, front.csv "
                        "(static vs static+exit), front.png, exit_histogram.png, report.json, runner/. "
-                       "Otherwise (one sub-network, --subnet or the largest): each policy (entropy threshold, "
+                       "Otherwise (one sub-network: --subnet, --model or the largest): each policy (entropy threshold, "
                        "patience) scored without re-running; the sub-network exported as ONNX segments with a runner "
                        "that stops early (numpy + onnxruntime); its per-layer cost measured on dev inputs one by "
                        "one; each policy's latency estimated from that cost and its exits; the policy chosen on "
@@ -595,19 +609,26 @@ def register_early_exit(sub: Subparsers) -> argparse.ArgumentParser:
     x.add_argument("--kind", choices=("mean", "attn", "cls"), default="mean", help="which exit heads (default: mean)")
     x.add_argument("--out", required=True, type=out_folder, help="folder for the export and the result files")
     x.add_argument("--subnet", help="JSON file of the sub-network (default: the largest); not with --budget-ms or --speedup")
+    x.add_argument("--model", help="one sub-network: a standalone model of the run instead of the supernet's weights "
+                   "(an `hwnas export` folder, e.g. fine-tuned, or a model folder: shape.json + model.safetensors), "
+                   "with exit heads trained on it by `hwnas exits --model`; not with --subnet. With --budget-ms or "
+                   "--speedup its policy is the most accurate on dev whose estimated --budget-stat meets the budget "
+                   "(instead of --max-loss); no search")
     x.add_argument("--max-loss", type=_number(0.0), default=1.0,
                    help="one sub-network: points of dev accuracy the chosen policy may lose against the static "
                    "sub-network (default: %(default)s)")
     budget = x.add_mutually_exclusive_group()
-    budget.add_argument("--budget-ms", type=_number(0.0, above=True), help="search: the latency budget in ms")
+    budget.add_argument("--budget-ms", type=_number(0.0, above=True),
+                        help="search (with --model: that model's policy): the latency budget in ms")
     budget.add_argument("--speedup", type=_number(1.0, above=True),
-                        help="search: the budget as a speed-up over the largest sub-network, which is timed as one "
-                        "graph on the first --n-cost dev inputs now (the budget: its statistic divided by this, "
-                        "e.g. 2)")
+                        help="search (with --model: that model's policy): the budget as a speed-up over the largest "
+                        "sub-network, which is timed as one graph on the first --n-cost dev inputs now (the budget: "
+                        "its statistic divided by this, e.g. 2)")
     x.add_argument("--device", help="search: the device the budget applies to (measured and fitted in the run; it "
                    "must be on this machine, which times the export); its profile's threads are used")
     x.add_argument("--budget-stat", choices=("p50", "p90", "mean"), default="p50",
-                   help="search: the statistic of per-input latency the budget applies to (default %(default)s)")
+                   help="the statistic of per-input latency the budget applies to (search or --model; default "
+                   "%(default)s)")
     x.add_argument("--candidates", type=COUNT, default=12,
                    help="search: sub-networks taken from the static front (default: %(default)s); the largest is added")
     x.add_argument("--finalists", type=COUNT0, default=3,
@@ -620,9 +641,10 @@ def register_early_exit(sub: Subparsers) -> argparse.ArgumentParser:
                    "%(default)s)")
     x.add_argument("--n-time", type=COUNT, default=None, help="test inputs timed (default: all)")
     x.add_argument("--n-stock", type=COUNT0, default=300,
-                   help="search: test inputs on which the chosen one is timed beside the stock deployments of the "
-                   "teacher (ONNX, ONNX Runtime-optimized, dynamic INT8) and the largest sub-network as one graph, "
-                   "in turn, --rounds rounds (default: %(default)s; 0: not)")
+                   help="test inputs on which the chosen one is timed beside the stock deployments of the "
+                   "teacher (ONNX, ONNX Runtime-optimized, dynamic INT8) and the static graph (search: the largest "
+                   "sub-network; one sub-network: that one), in turn, --rounds rounds; speed-ups and the score "
+                   "against the teacher's in report.json beside_stock (default: %(default)s; 0: not)")
     x.add_argument("--rounds", type=COUNT, default=3, help="timing rounds, static and early exit in turn "
                    "(search: also each finalist's served / estimated pairs); medians are reported (default: "
                    "%(default)s)")
@@ -632,19 +654,32 @@ def register_early_exit(sub: Subparsers) -> argparse.ArgumentParser:
 
 def cmd_early_exit(a: argparse.Namespace) -> int:
     from nas.early_exit import EarlyExitStudy
+    from supernet.exits import load_standalone
+    from supernet.extract import config_in_supernet
     from supernet.space import SubnetConfig
     from supernet.workflow import open_run
 
-    if a.budget_ms is not None or a.speedup is not None:
+    budget = a.budget_ms is not None or a.speedup is not None
+    if budget and not a.model:
         return _exit_search(a)
-    for flag, value in (("--device", a.device), ("--budget-stat", a.budget_stat != "p50" or None)):
+    if a.model and a.device:
+        raise ConfigError("--device is for the search: with --model the policy is timed on this machine, with "
+                          "--threads threads")
+    for flag, value in (("--device", a.device), ("--budget-stat", not budget and a.budget_stat != "p50" or None)):
         if value:
-            raise ConfigError(f"{flag} is for the search: give --budget-ms (or --speedup) too, or leave it out")
+            raise ConfigError(f"{flag} is for a budget: give --budget-ms (or --speedup) too, or leave it out")
+    if a.model and a.subnet:
+        raise ConfigError("give --model or --subnet, not both (a model holds its own sub-network)")
     asked = SubnetConfig.from_dict(_read_json(a.subnet)) if a.subnet else None
+    model = load_standalone(a.model) if a.model else None
     run = open_run(a.run)
-    cfg = run.space.validate(asked) if asked is not None else run.space.largest()
-    study = EarlyExitStudy(run, a.kind, cfg, Path(a.out), threads=a.threads)
-    table, report = study.run_all(max_loss=a.max_loss, n_cost=a.n_cost, n_time=a.n_time, rounds=a.rounds)
+    if model is not None:
+        cfg = config_in_supernet(model, run.supernet)
+    else:
+        cfg = run.space.validate(asked) if asked is not None else run.space.largest()
+    study = EarlyExitStudy(run, a.kind, cfg, Path(a.out), threads=a.threads, backbone=model, stat=a.budget_stat)
+    table, report = study.run_all(max_loss=a.max_loss, n_cost=a.n_cost, n_time=a.n_time, rounds=a.rounds,
+                                  n_stock=a.n_stock, budget_ms=a.budget_ms, speedup=a.speedup)
     _print_table(table, ["criterion", "threshold", f"{run.task.metric}_dev", f"{run.task.metric}_test", "layers_dev",
                          "hist_test", "est_mean_ms_dev", "est_p50_ms_dev"])
     print(json.dumps({k: v for k, v in report.items() if k != "policies"}, indent=1))

@@ -1,6 +1,10 @@
 """Early exit for one sub-network of a run: the trade-off over policies, the choice on dev, the
 export, and its latency measured against its prediction (`hwnas early-exit`).
 
+The sub-network runs on the supernet's weights, or is a standalone model of the run (``backbone``:
+a fine-tuned export, with exit heads trained on it by `hwnas exits --model`): early exit on top
+of fine-tuning, the two ways to speed up that compose.
+
 The steps, each a method of ``EarlyExitStudy`` returning values (the command writes them):
 
 1. ``exit_logits``: every exit's logits on dev and test, one pass each (supernet/exits.py);
@@ -25,8 +29,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +44,7 @@ from latency.early_exit import (
     estimate_latency,
     export_early_exit,
     export_static_graph,
+    extend_segments,
     load_runner,
     policy_table,
     segment_times,
@@ -47,10 +53,19 @@ from latency.early_exit import (
     time_early_exit,
     write_manifest_policy,
 )
-from supernet.errors import ConfigError
-from supernet.exits import exit_histogram, exit_layers, exit_predictions, load_exits, predict_exits
+from nas.export import ImpossibleBudget
+from supernet.errors import CheckpointError, ConfigError
+from supernet.exits import (
+    exit_histogram,
+    exit_layers,
+    exit_predictions,
+    load_exits,
+    model_exits_dir,
+    predict_exits,
+)
 from supernet.extract import extract
 from supernet.io import atomic_write, write_csv, write_json
+from supernet.model import ElasticBert
 from supernet.space import SubnetConfig
 from supernet.train import weights_sha1
 from supernet.workflow import LoadedRun
@@ -65,17 +80,32 @@ class EarlyExitStudy:
     subnet: SubnetConfig
     out: Path
     threads: int | None = None
-    stat: str = "p50"  # the latency statistic the runtime at batch 1 is picked by (``pick_runtime``)
+    stat: str = "p50"  # the latency statistic a budget applies to and the runtime at batch 1 is picked by
     logits: dict[str, np.ndarray] = field(default_factory=dict)
     dev_segments: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
     runtime: dict[str, Any] | None = None  # what ``pick_runtime`` timed and chose
+    # A standalone model of the run (a fine-tuned export) instead of the supernet's weights for
+    # ``subnet`` (then its configuration in the supernet, ``config_in_supernet``); its exit
+    # heads are the ones `hwnas exits --model` trained on it.
+    backbone: ElasticBert | None = None
 
     def __post_init__(self) -> None:
         if self.subnet.precision != "fp32":
             raise ConfigError("early exit runs fp32 sub-networks; give one without \"precision\": \"int8\"")
-        self.heads = load_exits(self.run.paths.exits(self.kind))
+        if self.backbone is None:
+            self.heads = load_exits(self.run.paths.exits(self.kind))
+            self.model = extract(self.run.supernet, self.subnet).eval()
+            self.backbone_sha = ""
+        else:
+            self.model = self.backbone.eval()
+            self.backbone_sha = weights_sha1(self.model)
+            folder = model_exits_dir(self.run.paths.exits(self.kind), self.backbone_sha)
+            try:
+                self.heads = load_exits(folder)
+            except CheckpointError:
+                raise CheckpointError(f"no {self.kind} exit heads for this model in {folder}: train them with "
+                                      f"`hwnas exits --run {self.run.folder} --kind {self.kind} --model MODEL`") from None
         self.heads_sha = weights_sha1(self.heads)
-        self.model = extract(self.run.supernet, self.subnet).eval()
 
     @property
     def labels(self) -> dict[str, np.ndarray]:
@@ -85,14 +115,17 @@ class EarlyExitStudy:
         """Every exit's logits on dev and test; kept in ``out/exit_logits.npz`` (plain arrays)
         and reused by the next call for the same sub-network and heads."""
         cache = self.out / "exit_logits.npz"
-        key = np.array(f"{self.subnet.key()}-{self.kind}-{self.heads_sha}")
+        key = np.array(f"{self.subnet.key()}-{self.kind}-{self.heads_sha}-{self.backbone_sha}")
         if cache.exists():
             with np.load(cache, allow_pickle=False) as z:
                 if str(z["key"]) == str(key):
                     self.logits = {s: z[s] for s in ("dev", "test")}
                     return self.logits
-        self.logits = {s: predict_exits(self.run.supernet, self.heads, self.run.splits[s], self.subnet)
-                       for s in ("dev", "test")}
+        if self.backbone is None:
+            self.logits = {s: predict_exits(self.run.supernet, self.heads, self.run.splits[s], self.subnet)
+                           for s in ("dev", "test")}
+        else:
+            self.logits = {s: predict_exits(self.model, self.heads, self.run.splits[s]) for s in ("dev", "test")}
         self.out.mkdir(parents=True, exist_ok=True)
 
         def write(tmp: Path) -> None:
@@ -113,7 +146,15 @@ class EarlyExitStudy:
         return segment_times(runner, single_inputs(self.run.splits["dev"], n))
 
     def policy_table(self, segment_ms: np.ndarray) -> pd.DataFrame:
-        return policy_table(self.logits, self.labels, segment_ms, default_policies(len(segment_ms)),
+        """Every default policy scored on dev and test; latency estimated on dev from each dev
+        input's own cost (``dev_segments``, the first inputs' timed, the others' from the runner's
+        line in their length: ``extend_segments``), so that its p50 / p90 follow the spread of
+        lengths (the mean is the per-layer table's); on test from the per-layer table ``segment_ms``."""
+        tables: dict[str, np.ndarray] = {"dev": segment_ms, "test": segment_ms}
+        if len(self.dev_segments):
+            lengths = [len(x) for x in self.run.splits["dev"].input_ids]
+            tables["dev"] = extend_segments(self.dev_segments, lengths, self.stat)
+        return policy_table(self.logits, self.labels, tables, default_policies(len(segment_ms)),
                             self.run.task.metric)
 
     def choose(self, table: pd.DataFrame, max_loss: float) -> pd.Series:
@@ -121,6 +162,28 @@ class EarlyExitStudy:
         static = table[(table.criterion == "entropy") & (table.threshold == 0.0)].iloc[0]
         ok = table[table[col] >= static[col] - max_loss]
         return ok.sort_values(["est_mean_ms_dev", col], ascending=[True, False]).iloc[0]
+
+    def choose_under(self, table: pd.DataFrame, budget_ms: float) -> pd.Series:
+        """On dev only: the most accurate policy whose estimated ``stat`` meets ``budget_ms``
+        (ties: the faster), as the search chooses (nas/exit_search.py). ImpossibleBudget when
+        none does, naming the fastest."""
+        col, est = f"{self.run.task.metric}_dev", f"est_{self.stat}_ms_dev"
+        ok = table[table[est] <= budget_ms]
+        if ok.empty:
+            fastest = table.sort_values(est).iloc[0]
+            raise ImpossibleBudget(
+                f"no exit policy of this sub-network meets {budget_ms:.3f} ms ({self.stat}, estimated on dev): the "
+                f"fastest, {fastest.criterion} {fastest.threshold:g}, is {fastest[est]:.3f} ms; give a larger budget")
+        return ok.sort_values([col, est], ascending=[False, True]).iloc[0]
+
+    def full_model_ms(self, n: int, rounds: int) -> float:
+        """The supernet's largest sub-network as one graph (our full model) on the first ``n`` dev
+        inputs: the median of ``stat`` over ``rounds`` rounds. What ``--speedup`` divides, as in
+        the search."""
+        graph = export_static_graph(extract(self.run.supernet, self.run.space.largest()).eval(), self.out / "full")
+        inputs = single_inputs(self.run.splits["dev"], n)
+        return float(np.median([static_graph_timing(graph, inputs, threads=self.threads)[f"{self.stat}_ms"]
+                                for _ in range(rounds)]))
 
     def test_difference(self, criterion: str, threshold: float) -> dict[str, Any]:
         """The policy's test score minus the same sub-network's with every layer run (its last
@@ -186,10 +249,16 @@ class EarlyExitStudy:
                 "one_graph_ms": med["one_graph"], "chosen": chosen}
 
     def run_all(self, *, max_loss: float, n_cost: int, n_time: int | None, rounds: int,
-                policy: tuple[str, float] | None = None) -> tuple[pd.DataFrame, dict]:
+                policy: tuple[str, float] | None = None, n_stock: int = 0, budget_ms: float | None = None,
+                speedup: float | None = None) -> tuple[pd.DataFrame, dict]:
         """Every step; returns the policy table and the report (both also written to ``out``).
         ``policy``: export and measure this one (one of ``default_policies``) instead of
-        choosing within ``max_loss``; exit logits already in ``self.logits`` are used."""
+        choosing within ``max_loss``; exit logits already in ``self.logits`` are used.
+        ``budget_ms`` (or ``speedup``: the budget is ``full_model_ms`` / it): choose the most
+        accurate policy on dev under it (``choose_under``) instead of within ``max_loss``.
+        ``n_stock`` > 0: the chosen runner is then timed beside the teacher's stock deployments
+        and the static sub-network on the first ``n_stock`` test inputs (``beside_stock``;
+        report ``beside_stock``)."""
         t0 = time.time()
         if not self.logits:
             self.exit_logits()
@@ -197,7 +266,24 @@ class EarlyExitStudy:
         self.dev_segments = self.segment_times(n_cost)  # (n_cost, exits)
         seg = self.dev_segments.mean(0)  # the per-layer cost table
         table = self.policy_table(seg)
-        if policy is None:
+        budget: dict[str, Any] | None = None
+        full_ms = 0.0
+        if speedup is not None:
+            full_ms = self.full_model_ms(n_cost, rounds)
+            budget_ms = full_ms / speedup
+            budget = {"speedup": speedup, "full_model_ms_dev": full_ms}
+        if budget_ms is not None:
+            budget = {"ms": budget_ms, "stat": self.stat, **(budget or {})}
+        if policy is None and budget_ms is not None:
+            try:
+                chosen = self.choose_under(table, budget_ms)
+            except ImpossibleBudget as e:  # no half-made export: the runner goes, the logits cache stays
+                for folder in ("runner", "full"):
+                    shutil.rmtree(self.out / folder, ignore_errors=True)
+                base = "" if speedup is None else (f"; the budget was the largest sub-network's {self.stat} as one "
+                                                   f"graph, {full_ms:.4g} ms, / {speedup:g}")
+                raise ImpossibleBudget(f"{e}{base}") from None
+        elif policy is None:
             chosen = self.choose(table, max_loss)
         else:
             match = table[(table.criterion == policy[0]) & np.isclose(table.threshold, policy[1])]
@@ -213,7 +299,8 @@ class EarlyExitStudy:
         static_row = table[(table.criterion == "entropy") & (table.threshold == 0.0)].iloc[0]
         measured = timed["early_exit"]
         report = {
-            "subnet": self.subnet.to_dict(), "exit_kind": self.kind, "max_loss": max_loss if policy is None else None,
+            "subnet": self.subnet.to_dict(), "exit_kind": self.kind,
+            "max_loss": max_loss if policy is None and budget is None else None, "budget": budget,
             "policy": {"criterion": str(chosen.criterion), "threshold": float(chosen.threshold)},
             "static": {f"{metric}_dev": float(static_row[f"{metric}_dev"]),
                        f"{metric}_test": float(static_row[f"{metric}_test"]),
@@ -245,6 +332,64 @@ class EarlyExitStudy:
                                "under contention)"},
             "wall_s": round(time.time() - t0, 1),
         }
+        if self.backbone is not None:
+            report["model_weights"] = self.backbone_sha
+        if n_stock:
+            runner = load_runner(self.out / "runner", threads=self.threads, criterion=str(chosen.criterion),
+                                 threshold=float(chosen.threshold))
+            test = self.logits["test"]
+            preds = exit_predictions(test, exit_layers(test, str(chosen.criterion), float(chosen.threshold)))
+            report["beside_stock"] = beside_stock(self.run, {"ours-static": self.out / "static.onnx"}, runner, preds,
+                                                  n=n_stock, rounds=rounds, threads=self.threads, stat="p50")
         write_csv(self.out / "policies.csv", table)
         write_json(self.out / "report.json", report)
         return table, report
+
+
+def beside_stock(run: LoadedRun, graphs: Mapping[str, Path], runner: Any, test_predictions: np.ndarray, *, n: int,
+                 rounds: int, threads: int | None, stat: str) -> dict[str, Any]:
+    """What a user could deploy without us, timed beside ours: the stock deployments of the
+    run's teacher (``latency.baselines.stock_models``: exported to ONNX, after ONNX Runtime's
+    optimizer, dynamic INT8), ``graphs`` (name -> ONNX file: ours as static graphs; ``ours``
+    among them when ``runner`` is None) and ``runner`` (an early-exit runner at its policy,
+    timed as ``ours``), each serving the first ``n`` test inputs one by one (batch 1), in turn,
+    ``rounds`` rounds (medians of each one's mean / p50 / p90 per call). Returns ``ours``'s
+    speed-ups on ``stat`` and on the mean against the fastest stock fp32 deployment (chosen
+    on ``stat``) and stock INT8, and its test score (``test_predictions``: logits (N, C) on
+    the whole test split) against the teacher's, paired bootstrap (``nas.stats.compare_with``)."""
+    from latency.baselines import STOCK_SCORE, speedups, stock_models
+    from nas.stats import compare_with
+    from supernet.checkpoint import load_model
+    from supernet.evaluate import predict, scores
+
+    metric, labels = run.task.metric, run.splits["test"].labels
+    stock = stock_models(run, batch=1)
+    inputs = single_inputs(run.splits["test"], n)
+    paths = {**{name: Path(v["path"]) for name, v in stock.items()}, **graphs}
+    times: dict[str, list[dict[str, Any]]] = {name: [] for name in [*paths, "ours"]}
+    for _ in range(rounds):
+        for name, graph in paths.items():
+            times[name].append(static_graph_timing(graph, inputs, threads=threads))
+        if runner is not None:
+            times["ours"].append(time_early_exit(runner, inputs))
+    keys = ("mean_ms", "p50_ms", "p90_ms")
+    rows: dict[str, dict[str, Any]] = {
+        name: {k: float(np.median([r[k] for r in rs])) for k in keys} for name, rs in times.items()}
+    for name, v in stock.items():
+        rows[name]["score_test"] = 100 * float(v[STOCK_SCORE[metric]])
+    preds = np.asarray(test_predictions)
+    rows["ours"]["score_test"] = 100 * scores(preds, labels)[metric]
+    on_stat = speedups({name: r[f"{stat}_ms"] for name, r in rows.items()}, "ours")
+    on_mean = speedups({name: r["mean_ms"] for name, r in rows.items()}, "ours")
+    fastest = on_stat["fastest_stock_fp32"]  # by the statistic; the mean is read against it too
+    teacher_test = predict(load_model(run.paths.teacher), run.splits["test"])
+    return {
+        "test_inputs": len(inputs), "rounds": rounds, "metric": metric, "deployments": rows,
+        "fastest_stock_fp32": fastest,
+        f"speedup_{stat}_vs_fastest_stock_fp32": on_stat["vs_fastest_stock_fp32"],
+        "speedup_mean_vs_fastest_stock_fp32": rows[fastest]["mean_ms"] / rows["ours"]["mean_ms"],
+        f"speedup_{stat}_vs_stock_int8": on_stat["vs_stock_int8"],
+        "speedup_mean_vs_stock_int8": on_mean["vs_stock_int8"],
+        "ours_minus_teacher_test": compare_with(teacher_test, preds, labels, metric=metric),
+        "note": "each model serving the same test inputs one by one (batch 1), in turn, medians over rounds; "
+                "the stock models' scores are the teacher's (fp32) and its dynamic INT8 graph's (batch 1)"}

@@ -453,57 +453,22 @@ class ExitSearch:
         return exit_predictions(lg, exit_layers(lg, str(row.criterion), float(row.threshold)))
 
     def beside_stock(self, chosen: pd.Series, ref: Reference, n: int, rounds: int) -> dict[str, Any]:
-        """What a user could deploy without us, timed beside the chosen candidate: the stock
-        deployments of the run's teacher (``latency.baselines.stock_models``: exported to ONNX,
-        after ONNX Runtime's optimizer, dynamic INT8), the largest sub-network as one graph
-        (``ours-full``) and the chosen runner at its policy (``ours``; a static choice: its one
-        graph), each serving the first ``n`` test inputs one by one (batch 1), in turn, ``rounds``
-        rounds (medians of each one's mean / p50 / p90 per call); the chosen one's speed-ups on
-        the budget's statistic and on the mean against the fastest stock fp32 deployment and
-        stock INT8, and its test score against the teacher's on the whole test split (paired
-        bootstrap, ``nas.stats.compare_with``)."""
-        from latency.baselines import STOCK_SCORE, speedups, stock_models
-        from nas.stats import compare_with
-        from supernet.checkpoint import load_model
-        from supernet.evaluate import predict
+        """What a user could deploy without us, timed beside the chosen candidate
+        (``nas.early_exit.beside_stock``): the largest sub-network as one graph (``ours-full``)
+        and the chosen runner at its policy (``ours``; a static choice: its one graph), on the
+        first ``n`` test inputs; speed-ups on the budget's statistic and on the mean, and the
+        chosen one's test score against the teacher's."""
+        from nas.early_exit import beside_stock
 
-        threads, stat, metric = self.target.profile.threads, self.target.stat, self.run.task.metric
-        stock = stock_models(self.run, batch=1)
-        inputs = single_inputs(self.run.splits["test"], n)
-        graphs = {**{name: Path(v["path"]) for name, v in stock.items()}, "ours-full": ref.full_graph}
+        graphs = {"ours-full": ref.full_graph}
         if chosen.criterion == STATIC:
             graphs["ours"] = self.out / "static.onnx"
             runner = None
         else:
-            runner = load_runner(self.out / "runner", threads=threads, criterion=str(chosen.criterion),
-                                 threshold=float(chosen.threshold))
-        times: dict[str, list[dict[str, Any]]] = {name: [] for name in [*graphs, "ours"]}
-        for _ in range(rounds):
-            for name, graph in graphs.items():
-                times[name].append(static_graph_timing(graph, inputs, threads=threads))
-            if runner is not None:
-                times["ours"].append(time_early_exit(runner, inputs))
-        keys = ("mean_ms", "p50_ms", "p90_ms")
-        rows: dict[str, dict[str, Any]] = {
-            name: {k: float(np.median([r[k] for r in rs])) for k in keys} for name, rs in times.items()}
-        for name, v in stock.items():
-            rows[name]["score_test"] = 100 * float(v[STOCK_SCORE[metric]])
-        rows["ours"]["score_test"] = float(chosen[f"{metric}_test"])
-        on_stat = speedups({name: r[f"{stat}_ms"] for name, r in rows.items()}, "ours")
-        on_mean = speedups({name: r["mean_ms"] for name, r in rows.items()}, "ours")
-        fastest = on_stat["fastest_stock_fp32"]  # by the budget's statistic; the mean is read against it too
-        teacher_test = predict(load_model(self.run.paths.teacher), self.run.splits["test"])
-        return {
-            "test_inputs": len(inputs), "rounds": rounds, "metric": metric, "deployments": rows,
-            "fastest_stock_fp32": fastest,
-            f"speedup_{stat}_vs_fastest_stock_fp32": on_stat["vs_fastest_stock_fp32"],
-            "speedup_mean_vs_fastest_stock_fp32": rows[fastest]["mean_ms"] / rows["ours"]["mean_ms"],
-            f"speedup_{stat}_vs_stock_int8": on_stat["vs_stock_int8"],
-            "speedup_mean_vs_stock_int8": on_mean["vs_stock_int8"],
-            "ours_minus_teacher_test": compare_with(teacher_test, self.test_predictions(chosen), self.labels["test"],
-                                                    metric=metric),
-            "note": "each model serving the same test inputs one by one (batch 1), in turn, medians over rounds; "
-                    "the stock models' scores are the teacher's (fp32) and its dynamic INT8 graph's (batch 1)"}
+            runner = load_runner(self.out / "runner", threads=self.target.profile.threads,
+                                 criterion=str(chosen.criterion), threshold=float(chosen.threshold))
+        return beside_stock(self.run, graphs, runner, self.test_predictions(chosen), n=n, rounds=rounds,
+                            threads=self.target.profile.threads, stat=self.target.stat)
 
     def reference(self, n: int, rounds: int, head_ms: float) -> Reference:
         """The largest sub-network's runner, exported to ``out/reference/`` and timed on the

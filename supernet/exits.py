@@ -18,7 +18,9 @@ sub-network (FastBERT: KL to the final logits), with the sub-networks of the sup
 sandwich (largest, smallest, random ones with random token retention). Frozen on purpose:
 the final classifier's outputs cannot change (tested), the stage is cheap and can be added
 to any trained run, and resumable like every stage. Training the backbone with the exits
-(DeeBERT / PABEE) may make early layers more decisive; it is not done here.
+(DeeBERT / PABEE) may make early layers more decisive; it is not done here. A standalone model
+of the run (a fine-tuned export) gets heads of its own the same way, trained on its own
+configuration only (``train_exits`` with no space; `hwnas exits --model`).
 
 **Policy** (pure numpy, ``exit_layers``): given every exit's logits for a set of inputs
 (one pass), any threshold is scored without running the model again.
@@ -109,9 +111,10 @@ class ExitHeads(nn.Module):
 
     @classmethod
     def for_model(cls, model: ElasticBert, kind: str) -> ExitHeads:
-        """Fresh heads for a supernet (seeded by the caller's ``torch.manual_seed``)."""
+        """Fresh heads for a supernet, or for a standalone model with one per supernet layer up to
+        its deepest source layer (seeded by the caller's ``torch.manual_seed``)."""
         s = model.shape
-        return cls(kind, s.hidden_size, s.num_labels, s.num_layers)
+        return cls(kind, s.hidden_size, s.num_labels, max(s.source_layers) + 1)
 
     @property
     def num_layers(self) -> int:
@@ -257,6 +260,29 @@ class ExitConfig:
 HEADS_FILE, META_FILE = "exits.safetensors", "exits.json"
 
 
+def model_exits_dir(exits_root: str | Path, model_sha: str) -> Path:
+    """Where the exit heads of a standalone model of a run (a fine-tuned export; ``model_sha``:
+    ``weights_sha1`` of it) are kept, beside the supernet's heads of the same kind
+    (``exits_root``: ``RUN/exits/KIND``): one folder per model's weights."""
+    return Path(exits_root) / "models" / model_sha[:12]
+
+
+def load_standalone(path: str | Path) -> ElasticBert:
+    """A standalone model to put exits on: an ``hwnas export`` folder (its ``pytorch/``), or a
+    model folder (``shape.json`` + ``model.safetensors``: a fine-tuning's, say)."""
+    from supernet.checkpoint import load_model
+
+    d = Path(path)
+    if not d.is_dir():
+        raise ConfigError(f"--model {d}: no such folder; give an `hwnas export` folder or a model folder "
+                          "(shape.json + model.safetensors)")
+    folder = d / "pytorch" if (d / "pytorch" / "shape.json").is_file() else d
+    if not (folder / "shape.json").is_file():
+        raise ConfigError(f"--model {d}: neither an `hwnas export` folder (pytorch/shape.json) nor a model folder "
+                          "(shape.json + model.safetensors)")
+    return load_model(folder)
+
+
 def save_exits(heads: ExitHeads, folder: str | Path, meta: dict[str, Any] | None = None) -> Path:
     """``exits.safetensors`` (tensors only) and ``exits.json`` (what they are; written last)."""
     from safetensors.torch import save_file
@@ -304,7 +330,7 @@ def load_exits(folder: str | Path) -> ExitHeads:
 
 def train_exits(
     supernet: ElasticBert,
-    space: SearchSpace,
+    space: SearchSpace | None,
     train: Encoded,
     folder: str | Path,
     cfg: ExitConfig,
@@ -315,6 +341,8 @@ def train_exits(
     stop_after: int | None = None,
 ) -> tuple[ExitHeads, bool]:
     """Train exit heads on the frozen ``supernet`` (module doc) into ``folder``; resumable.
+    ``space`` None: ``supernet`` is a standalone model (a fine-tuned export, say) and the heads
+    learn its own configuration only, every step (no sandwich: its weights serve no other).
 
     Returns the heads and whether they were trained now (False: finished heads with the same
     settings were loaded). A folder holding heads trained with other settings is an error.
@@ -337,6 +365,7 @@ def train_exits(
         p.requires_grad_(False)
     torch.manual_seed(cfg.seed)
     heads = ExitHeads.for_model(supernet, cfg.kind)
+    source = supernet.shape.source_layers  # layer -> the supernet layer it came from (its head)
     train_cfg = TrainConfig(seed=cfg.seed, batch_size=batch_size, n_random=cfg.n_random,
                             bucket_by_length=bucket_by_length, temperature=cfg.temperature)
     stage = StageConfig(epochs=cfg.epochs, lr=cfg.lr, weight_decay=0.0)
@@ -346,12 +375,13 @@ def train_exits(
     def step_fn(batch: dict[str, torch.Tensor], step: int) -> dict[str, float]:
         args = (batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
         total = 0.0
-        configs = sandwich(space, step, train_cfg)
+        configs = sandwich(space, step, train_cfg) if space is not None else [None]
         for sub in configs:
             with torch.no_grad():
                 states = list(supernet.layer_states(*args, subnet=sub))
                 target = supernet.classify(states[-1][1])  # the final classifier teaches every exit
-            loss = sum(kd_loss(heads.head(i)(x, mask), target, cfg.temperature) for i, x, mask in states[:-1])
+            loss = sum(kd_loss(heads.head(source[i])(x, mask), target, cfg.temperature)
+                       for i, x, mask in states[:-1])
             if isinstance(loss, torch.Tensor):  # a one-layer sub-network has no early exit
                 (loss / len(configs)).backward()
                 total += loss.item() / len(configs)

@@ -34,6 +34,32 @@ def extract(supernet: ElasticBert, cfg: SubnetConfig) -> ElasticBert:
     return supernet.extract(cfg)
 
 
+def config_in_supernet(model: ElasticBert, supernet: ElasticBert) -> SubnetConfig:
+    """The configuration of ``supernet`` that a standalone model extracted from it holds (its
+    layers back at the supernet layers they came from; a fine-tuned one keeps the shape), the
+    inverse of ``extract``'s shape. ConfigError when the model cannot have come from it."""
+    s, big = model.shape, supernet.shape
+    same = ("vocab_size", "hidden_size", "head_dim", "num_labels", "family")
+    differ = [k for k in same if getattr(s, k) != getattr(big, k)]
+    if differ or max(s.source_layers) >= big.num_layers or list(s.source_layers) != sorted(set(s.source_layers)):
+        raise ConfigError(f"the model ({s.num_layers} layers from supernet layers {list(s.source_layers)}, "
+                          f"{', '.join(f'{k} {getattr(s, k)}' for k in same)}) was not made from this run's "
+                          f"supernet ({big.num_layers} layers, {', '.join(f'{k} {getattr(big, k)}' for k in same)}): "
+                          "give a model exported or fine-tuned from this run")
+    at = dict(zip(s.source_layers, range(s.num_layers), strict=True))
+    heads, ffn, keep, retention, last = [], [], [], [], 1.0
+    for j in range(big.num_layers):
+        i = at.get(j)
+        keep.append(i is not None)
+        heads.append(s.heads[i] if i is not None else 0)
+        ffn.append(s.ffn[i] if i is not None else 0)
+        last = s.retention[i] if i is not None else last  # a dropped layer keeps the tokens it is given
+        retention.append(last)
+    cfg = SubnetConfig(tuple(heads), tuple(ffn), tuple(keep), tuple(retention))
+    supernet.check(cfg)
+    return cfg
+
+
 def hf_expressible(model: ElasticBert) -> str | None:
     """None if a stock Hugging Face model of its family (BERT, RoBERTa, ...) can hold ``model``
     exactly, else the reason why not."""

@@ -304,7 +304,8 @@ def test_commands_train_exits_and_export_a_runner_that_runs_alone(job, tmp_path,
     run = tmp_path / "run"
     shutil.copytree(job, run, ignore=shutil.ignore_patterns("run.lock"))
     out = tmp_path / "ee"
-    ee = ["early-exit", "--run", str(run), "--out", str(out), "--n-cost", "8", "--n-time", "12", "--rounds", "1"]
+    ee = ["early-exit", "--run", str(run), "--out", str(out), "--n-cost", "8", "--n-time", "12", "--rounds", "1",
+          "--n-stock", "0"]
     assert main(ee) == 2  # no exit heads yet: one line that says how to train them
     assert "hwnas exits" in capsys.readouterr().err
     assert main(["exits", "--run", str(run), "--epochs", "0.5", "--quiet"]) == 0
@@ -327,3 +328,160 @@ def test_commands_train_exits_and_export_a_runner_that_runs_alone(job, tmp_path,
                            "a gripping, funny film", "dull"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert [line.split()[0] for line in done.stdout.splitlines()] == ["label", "label"]
+
+
+def test_a_standalone_model_maps_back_into_its_supernet() -> None:
+    from supernet.errors import ConfigError
+    from supernet.extract import config_in_supernet
+
+    model = tiny_model(layers=4)
+    small = extract(model, SUBNET)
+    cfg = config_in_supernet(small, model)
+    assert cfg.kept_layers == SUBNET.kept_layers
+    for i in SUBNET.kept_layers:
+        assert (cfg.heads[i], cfg.ffn[i], cfg.retention[i]) == (SUBNET.heads[i], SUBNET.ffn[i], SUBNET.retention[i])
+    assert extract(model, cfg).shape == small.shape  # the same standalone shape again
+    assert config_in_supernet(model, model).kept_layers == [0, 1, 2, 3]  # the supernet holds itself
+    with pytest.raises(ConfigError, match="not made from this run's supernet"):
+        config_in_supernet(tiny_model(layers=4, vocab=100), model)  # another vocabulary
+    with pytest.raises(ConfigError, match="not made from this run's supernet"):
+        config_in_supernet(tiny_model(layers=6), model)  # deeper than the supernet
+
+
+def test_exits_trained_on_a_standalone_model_follow_its_own_classifier(tmp_path) -> None:
+    """`hwnas exits --model`: heads for one (fine-tuned) model, indexed by the supernet layers its
+    layers came from, trained on its own configuration; the model does not move."""
+    supernet = tiny_model(layers=4)
+    small = extract(supernet, SUBNET)  # layers from supernet layers 0, 2, 3
+    with torch.no_grad():  # "fine-tuned": its own weights, no longer the supernet's
+        for p in small.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    dev = _encoded(48, 0)
+    before = weights_sha1(small)
+    untrained = predict_exits(small, ExitHeads.for_model(small, "mean"), dev)
+    cfg = ExitConfig(kind="mean", epochs=5, lr=3e-2, n_random=1)
+    heads, trained = train_exits(small, None, dev, tmp_path / "h", cfg, batch_size=16, progress=False)
+    assert trained and heads.num_layers == 4  # one head per supernet layer up to the deepest source layer
+    assert weights_sha1(small) == before
+    after = predict_exits(small, heads, dev)
+    assert after.shape == (3, len(dev), 2)
+    with torch.no_grad():
+        own = small(torch.tensor([dev.input_ids[0]])).logits.numpy()
+    np.testing.assert_allclose(after[-1][:1], own, rtol=1e-5, atol=1e-5)  # the last exit is the model itself
+
+    def kl_to_final(logits: np.ndarray) -> float:
+        p = torch.tensor(logits[-1]).softmax(-1)
+        return sum(float(torch.nn.functional.kl_div(torch.tensor(e).log_softmax(-1), p, reduction="batchmean"))
+                   for e in logits[:-1])
+
+    assert kl_to_final(after) < 0.7 * kl_to_final(untrained)
+
+
+def test_the_policy_under_a_budget_is_the_most_accurate_that_meets_it() -> None:
+    import pandas as pd
+
+    from nas.early_exit import EarlyExitStudy
+    from nas.export import ImpossibleBudget
+
+    study = EarlyExitStudy.__new__(EarlyExitStudy)  # only the rule: no run, heads or model
+
+    class _Run:
+        class task:  # noqa: N801
+            metric = "accuracy"
+
+    study.run, study.stat = _Run(), "p50"
+    table = pd.DataFrame({"criterion": ["entropy"] * 4, "threshold": [0.0, 0.3, 0.6, 0.9],
+                          "accuracy_dev": [84.0, 84.5, 83.0, 80.0], "est_p50_ms_dev": [2.0, 1.5, 1.0, 0.5],
+                          "est_mean_ms_dev": [2.0, 1.0, 0.4, 0.3]})
+    assert study.choose_under(table, 1.6).threshold == 0.3  # the most accurate under it
+    assert study.choose_under(table, 1.2).threshold == 0.6  # on p50, not on the mean
+    assert study.choose_under(table, 5.0).threshold == 0.3
+    study.stat = "mean"
+    assert study.choose_under(table, 1.2).threshold == 0.3
+    with pytest.raises(ImpossibleBudget, match="fastest, entropy 0.9, is 0.300 ms"):
+        study.choose_under(table, 0.2)
+
+
+def test_early_exit_on_a_fine_tuned_model_of_the_run(job, tmp_path, capsys) -> None:
+    """`hwnas exits --model` then `hwnas early-exit --model`: a standalone model of the run (its
+    own weights: a fine-tuned export) with its own exit heads, its policy under a budget, timed
+    beside the teacher's stock deployments; and the wrong ways to ask, one line and exit 2."""
+    import json
+    import shutil
+
+    from nas.cli import main
+    from supernet.checkpoint import save_model
+    from supernet.workflow import open_run
+
+    run = tmp_path / "run"
+    shutil.copytree(job, run, ignore=shutil.ignore_patterns("run.lock"))
+    loaded = open_run(run)
+    space = loaded.space
+    cfg = space.largest()
+    small = extract(loaded.supernet, cfg).eval()
+    with torch.no_grad():
+        for p in small.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    model = save_model(small, tmp_path / "ft")
+    sha = weights_sha1(small)
+    out = tmp_path / "ee"
+    ee = ["early-exit", "--run", str(run), "--model", str(model), "--out", str(out), "--n-cost", "8",
+          "--n-time", "12", "--rounds", "1"]
+    assert main(ee) == 2  # no heads for this model yet: says how to train them
+    err = capsys.readouterr().err
+    assert "hwnas exits" in err and "--model" in err
+    assert main(["exits", "--run", str(run), "--model", str(model), "--epochs", "0.5", "--quiet"]) == 0
+    assert (run / "exits" / "mean" / "models" / sha[:12] / "exits.safetensors").is_file()
+    assert not (run / "exits" / "mean" / "exits.safetensors").exists()  # the supernet's heads: not trained
+    capsys.readouterr()
+    assert main([*ee, "--speedup", "1000"]) == 2  # no policy that fast: says what the budget was made of
+    err = capsys.readouterr().err
+    assert "no exit policy of this sub-network meets" in err and "as one graph" in err and "/ 1000" in err
+    assert not (out / "report.json").exists() and not (out / "runner").exists()
+    assert main([*ee, "--budget-ms", "50", "--n-stock", "6"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["model_weights"] == sha and report["max_loss"] is None
+    budget = report["budget"]
+    assert budget == {"ms": 50, "stat": "p50"}
+    table = __import__("pandas").read_csv(out / "policies.csv")
+    row = table[(table.criterion == report["policy"]["criterion"])
+                & np.isclose(table.threshold, report["policy"]["threshold"])].iloc[0]
+    assert row.est_p50_ms_dev <= budget["ms"]  # meets it on dev, and nothing more accurate does
+    assert not ((table.est_p50_ms_dev <= budget["ms"]) & (table.accuracy_dev > row.accuracy_dev)).any()
+    stock = report["beside_stock"]
+    assert {"stock-fp32", "stock-int8", "ours-static", "ours"} <= set(stock["deployments"])
+    assert stock["test_inputs"] == 6 and stock["speedup_p50_vs_fastest_stock_fp32"] > 0
+    diff = stock["ours_minus_teacher_test"]
+    assert diff["ci95_low"] <= diff["diff_points"] <= diff["ci95_high"]
+    assert stock["deployments"]["ours"]["score_test"] == pytest.approx(report["early_exit"]["accuracy_test"])
+    # Wrong ways to ask: one line, exit 2, nothing written.
+    bad = tmp_path / "bad"
+    wrong = {"--subnet": [*ee[:-8], "--subnet", str(tmp_path / "x.json"), "--out", str(bad)],
+             "--device": [*ee[:-8], "--speedup", "2", "--device", "cpu", "--out", str(bad)],
+             "no such folder": [*ee[:4], str(tmp_path / "none"), "--out", str(bad)],
+             "neither": [*ee[:4], str(tmp_path), "--out", str(bad)]}
+    for words, argv in wrong.items():
+        capsys.readouterr()
+        assert main(argv) == 2, words
+        err = capsys.readouterr().err.strip()
+        assert words in err and len(err.splitlines()) == 1, err
+        assert not bad.exists()
+    other = save_model(tiny_model(layers=2, labels=3), tmp_path / "other")  # not made from this run
+    assert main(["exits", "--run", str(run), "--model", str(other), "--quiet"]) == 2
+    assert "not made from this run's supernet" in capsys.readouterr().err
+
+
+def test_a_model_to_put_exits_on_is_an_export_or_a_model_folder(tmp_path) -> None:
+    from supernet.checkpoint import save_model
+    from supernet.errors import ConfigError
+    from supernet.exits import load_standalone
+
+    small = extract(tiny_model(layers=4), SUBNET)
+    save_model(small, tmp_path / "export" / "pytorch")  # `hwnas export` writes the model there
+    save_model(small, tmp_path / "ft")  # a fine-tuning's folder
+    for folder in (tmp_path / "export", tmp_path / "ft", tmp_path / "export" / "pytorch"):
+        assert weights_sha1(load_standalone(folder)) == weights_sha1(small)
+    with pytest.raises(ConfigError, match="no such folder"):
+        load_standalone(tmp_path / "none")
+    with pytest.raises(ConfigError, match="neither an `hwnas export` folder"):
+        load_standalone(tmp_path)
