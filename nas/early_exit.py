@@ -340,7 +340,7 @@ class EarlyExitStudy:
             test = self.logits["test"]
             preds = exit_predictions(test, exit_layers(test, str(chosen.criterion), float(chosen.threshold)))
             report["beside_stock"] = beside_stock(self.run, {"ours-static": self.out / "static.onnx"}, runner, preds,
-                                                  n=n_stock, rounds=rounds, threads=self.threads, stat="p50")
+                                                  n=n_stock, rounds=rounds, threads=self.threads, stat=self.stat)
         write_csv(self.out / "policies.csv", table)
         write_json(self.out / "report.json", report)
         return table, report

@@ -36,6 +36,9 @@ def row(folder: Path) -> dict[str, Any]:
     if stock is None:
         raise SystemExit(f"{folder}: its report has no beside_stock (written with --n-stock 0 or before it existed)")
     metric, deps = stock["metric"], stock["deployments"]
+    stat = (r.get("budget") or {}).get("stat", "p50")
+    if stat != "p50":
+        raise SystemExit(f"{folder}: its budget is on the {stat}; this table reads p50 budgets")
     fastest = deps[stock["fastest_stock_fp32"]]
     static = deps.get("ours-static")
     teacher = deps["stock-fp32"]["score_test"]
