@@ -608,26 +608,27 @@ def register_early_exit(sub: Subparsers) -> argparse.ArgumentParser:
     x.add_argument("--run", required=True, help="run folder with exit heads (hwnas exits)")
     x.add_argument("--kind", choices=("mean", "attn", "cls"), default="mean", help="which exit heads (default: mean)")
     x.add_argument("--out", required=True, type=out_folder, help="folder for the export and the result files")
-    x.add_argument("--subnet", help="JSON file of the sub-network (default: the largest); not with --budget-ms or --speedup")
+    x.add_argument("--subnet", help="JSON file of the sub-network (default: the largest); with --budget-ms or --speedup "
+                   "its policy is chosen under the budget (as with --model), no search")
     x.add_argument("--model", help="one sub-network: a standalone model of the run instead of the supernet's weights "
                    "(an `hwnas export` folder, e.g. fine-tuned, or a model folder: shape.json + model.safetensors), "
                    "with exit heads trained on it by `hwnas exits --model`; not with --subnet. With --budget-ms or "
-                   "--speedup its policy is the most accurate on dev whose estimated --budget-stat meets the budget "
-                   "(instead of --max-loss); no search")
+                   "--speedup (here or with --subnet) the policy is the most accurate on dev whose estimated "
+                   "--budget-stat meets the budget (instead of --max-loss); no search")
     x.add_argument("--max-loss", type=_number(0.0), default=1.0,
                    help="one sub-network: points of dev accuracy the chosen policy may lose against the static "
                    "sub-network (default: %(default)s)")
     budget = x.add_mutually_exclusive_group()
     budget.add_argument("--budget-ms", type=_number(0.0, above=True),
-                        help="search (with --model: that model's policy): the latency budget in ms")
+                        help="search (with --subnet or --model: that one's policy): the latency budget in ms")
     budget.add_argument("--speedup", type=_number(1.0, above=True),
-                        help="search (with --model: that model's policy): the budget as a speed-up over the largest "
+                        help="search (with --subnet or --model: that one's policy): the budget as a speed-up over the largest "
                         "sub-network, which is timed as one graph on the first --n-cost dev inputs now (the budget: "
                         "its statistic divided by this, e.g. 2)")
     x.add_argument("--device", help="search: the device the budget applies to (measured and fitted in the run; it "
                    "must be on this machine, which times the export); its profile's threads are used")
     x.add_argument("--budget-stat", choices=("p50", "p90", "mean"), default="p50",
-                   help="the statistic of per-input latency the budget applies to (search or --model; default "
+                   help="the statistic of per-input latency the budget applies to (default "
                    "%(default)s)")
     x.add_argument("--candidates", type=COUNT, default=12,
                    help="search: sub-networks taken from the static front (default: %(default)s); the largest is added")
@@ -660,11 +661,11 @@ def cmd_early_exit(a: argparse.Namespace) -> int:
     from supernet.workflow import open_run
 
     budget = a.budget_ms is not None or a.speedup is not None
-    if budget and not a.model:
+    if budget and not (a.model or a.subnet):
         return _exit_search(a)
-    if a.model and a.device:
-        raise ConfigError("--device is for the search: with --model the policy is timed on this machine, with "
-                          "--threads threads")
+    if (a.model or a.subnet) and a.device:
+        raise ConfigError("--device is for the search: with --subnet or --model the policy is timed on this "
+                          "machine, with --threads threads")
     for flag, value in (("--device", a.device), ("--budget-stat", not budget and a.budget_stat != "p50" or None)):
         if value:
             raise ConfigError(f"{flag} is for a budget: give --budget-ms (or --speedup) too, or leave it out")
@@ -694,8 +695,6 @@ def _exit_search(a: argparse.Namespace) -> int:
     from supernet.workflow import open_run
 
     flag = "--budget-ms" if a.budget_ms is not None else "--speedup"
-    if a.subnet:
-        raise ConfigError(f"--subnet and {flag} are two modes: give one sub-network, or a budget to search under")
     if a.device is None:
         raise ConfigError(f"{flag} needs --device (the device the budget applies to, e.g. cpu)")
     if a.threads is not None:

@@ -7,7 +7,7 @@ sub-network and the policy), and the speed-ups timed beside the teacher's stock 
 INT8; the static sub-network's too). Reads files only; times nothing.
 
     .venv/bin/python scripts/early_exit_table.py runs/bench/rt/early_exit/ft_L6h3_4x \\
-        runs/bench/r8/early_exit/ft_L6h3_4x --out results/early_exit_finetuned.csv
+        runs/bench/r8/early_exit/ft_L6h3_4x --out results/early_exit_one_subnetwork.csv
 """
 
 from __future__ import annotations

@@ -323,6 +323,15 @@ def test_commands_train_exits_and_export_a_runner_that_runs_alone(job, tmp_path,
     diff = report["test_difference"]  # the policy against all layers, on the same test inputs
     assert diff["diff_points"] == pytest.approx(-report["test_loss_points"], abs=1e-9)
     assert diff["ci95_low"] <= diff["diff_points"] <= diff["ci95_high"] and diff["metric"] == "accuracy"
+    # One sub-network under a budget (--subnet): its policy the most accurate on dev under it, no search.
+    from supernet.workflow import open_run
+
+    cfg_file = tmp_path / "largest.json"
+    cfg_file.write_text(json.dumps(open_run(run).space.largest().to_dict()))
+    assert main(["early-exit", "--run", str(run), "--out", str(tmp_path / "ee_b"), "--n-cost", "8", "--n-time", "12",
+                 "--rounds", "1", "--n-stock", "0", "--subnet", str(cfg_file), "--budget-ms", "50"]) == 0
+    budgeted = json.loads((tmp_path / "ee_b" / "report.json").read_text())
+    assert budgeted["budget"] == {"ms": 50, "stat": "p50"} and budgeted["max_loss"] is None
     # The exported folder runs with numpy, onnxruntime and the tokenizer alone, from the command line.
     done = subprocess.run([sys.executable, str(out / "runner" / "exit_runner.py"), str(out / "runner"),
                            "a gripping, funny film", "dull"], capture_output=True, text=True, timeout=120)

@@ -342,7 +342,7 @@ def test_command_searches_exports_and_reports(job, tmp_path, capsys) -> None:
     base = ["early-exit", "--run", str(run), "--out", str(out)]
     # Bad combinations: one line each, status 2, nothing written.
     for extra, said in ((["--budget-ms", "5"], "--device"), (["--budget-ms", "5", "--device", "cpu", "--subnet", "x.json"],
-                        "two modes"), (["--device", "cpu"], "(or --speedup) too"),
+                        "--device is for the search"), (["--device", "cpu"], "(or --speedup) too"),
                         (["--budget-ms", "5", "--device", "cpu", "--threads", "1"], "--threads"),
                         (["--speedup", "2"], "--device"), (["--speedup", "1", "--device", "cpu"], "> 1"),
                         (["--speedup", "2", "--budget-ms", "5", "--device", "cpu"], "not allowed with")):
