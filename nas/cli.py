@@ -608,8 +608,8 @@ def register_early_exit(sub: Subparsers) -> argparse.ArgumentParser:
     x.add_argument("--run", required=True, help="run folder with exit heads (hwnas exits)")
     x.add_argument("--kind", choices=("mean", "attn", "cls"), default="mean", help="which exit heads (default: mean)")
     x.add_argument("--out", required=True, type=out_folder, help="folder for the export and the result files")
-    x.add_argument("--subnet", help="JSON file of the sub-network (default: the largest); with --budget-ms or --speedup "
-                   "its policy is chosen under the budget (as with --model), no search")
+    x.add_argument("--subnet", help="JSON file of the sub-network, or 'largest' (the default); with --budget-ms or "
+                   "--speedup its policy is chosen under the budget (as with --model), no search")
     x.add_argument("--model", help="one sub-network: a standalone model of the run instead of the supernet's weights "
                    "(an `hwnas export` folder, e.g. fine-tuned, or a model folder: shape.json + model.safetensors), "
                    "with exit heads trained on it by `hwnas exits --model`; not with --subnet. With --budget-ms or "
@@ -671,7 +671,7 @@ def cmd_early_exit(a: argparse.Namespace) -> int:
             raise ConfigError(f"{flag} is for a budget: give --budget-ms (or --speedup) too, or leave it out")
     if a.model and a.subnet:
         raise ConfigError("give --model or --subnet, not both (a model holds its own sub-network)")
-    asked = SubnetConfig.from_dict(_read_json(a.subnet)) if a.subnet else None
+    asked = SubnetConfig.from_dict(_read_json(a.subnet)) if a.subnet and a.subnet != "largest" else None
     model = load_standalone(a.model) if a.model else None
     run = open_run(a.run)
     if model is not None:

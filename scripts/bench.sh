@@ -11,7 +11,8 @@
 #                                   # 2026-12-03, two more passes 8, its benchmark 59 on 2026-12-05:
 #                                   # see results/README.md); early exit adds about 20 min (rt: exit
 #                                   # heads 3 min, the two searches about 2 and 2.5; r8: heads 4,
-#                                   # searches about 4 each, on 2026-12-05), so about 4.2 hours
+#                                   # searches about 4 each, on 2026-12-05; the largest alone under
+#                                   # each budget about 1 min on rt, 1.5 on r8), so about 4.3 hours
 #   bash scripts/bench.sh --quick   # reduced version (minutes): small subsets, fewer samples
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,6 +33,7 @@ if [ "${1:-}" = "--quick" ]; then
     BENCH_RT=(--quick); BENCH_R8=(--quick); OUT=runs/bench-quick; RESULTS=$OUT/results
     # Early exit: heads for half an epoch, one budget, 100 dev inputs timed, 4 front sub-networks.
     EXITS=(--epochs 0.5); EE_SPEEDUPS=(2); EARLY=(--candidates 4 --finalists 1 --n-cost 100 --rounds 2)
+    LARGEST=(--n-cost 50 --n-time 100 --rounds 1 --n-stock 50)
 else
     # rt: the full training split with the default schedule, 300 measured configurations on
     # both CPU profiles in 3 passes each (the predictor-quality table; the predictors fit each
@@ -54,8 +56,10 @@ else
     OUT=runs/bench; RESULTS=results
     # Early exit (README, "Early exit searched under a budget"): FastBERT's attention exit heads
     # trained on the frozen supernet, then the search over (sub-network, exit policy) at 2x and 4x
-    # the largest sub-network's p50 on cpu, each exported and measured on test; one page per task.
-    EXITS=(); EE_SPEEDUPS=(2 4); EARLY=()
+    # the largest sub-network's p50 on cpu, each exported and measured on test, and the largest
+    # sub-network alone with exits under the same budgets (no search; README, "Early exit on a
+    # fine-tuned model"); one page per task.
+    EXITS=(); EE_SPEEDUPS=(2 4); EARLY=(); LARGEST=()
 fi
 for task in rt r8; do
     run=$OUT/$task
@@ -67,11 +71,13 @@ for task in rt r8; do
     $H fit --run "$run" --device "$devices"
     $H bench --run "$run" --device cpu --out "$RESULTS" "${bench[@]}"
     $H exits --run "$run" --kind attn --quiet "${EXITS[@]}"
-    folders=()
+    folders=(); largest=()
     for s in "${EE_SPEEDUPS[@]}"; do
         folders+=("$run/early_exit/cpu_${s}x")
         $H early-exit --run "$run" --kind attn --device cpu --speedup "$s" --out "${folders[-1]}" --quiet "${EARLY[@]}"
+        largest+=("$run/early_exit/largest_${s}x")
+        $H early-exit --run "$run" --kind attn --subnet largest --speedup "$s" --out "${largest[-1]}" "${LARGEST[@]}"
     done
-    .venv/bin/python scripts/early_exit_page.py "${folders[@]}" --task "$task" --out "$RESULTS"
+    .venv/bin/python scripts/early_exit_page.py "${folders[@]}" --task "$task" --out "$RESULTS" --largest "${largest[@]}"
     echo "[bench.sh] $task done after $(( ($(date +%s) - start) / 60 )) min"
 done

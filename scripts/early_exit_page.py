@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as `python scripts/...`
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # early_exit_table beside it
 from nas.bench import assemble  # noqa: E402
 from supernet.io import write_text  # noqa: E402
 
@@ -95,11 +96,38 @@ def row(folder: Path, report: dict[str, Any]) -> dict[str, str]:
     }
 
 
+def largest_table(folders: list[Path]) -> list[str]:
+    """The page's second table: one-sub-network folders (the largest with exits under a budget,
+    ``scripts/early_exit_table.py``'s rows), formatted."""
+    from early_exit_table import row as one_row
+
+    lines = ["The largest sub-network with exits under the same kind of budget, no search "
+             "(`hwnas early-exit --run RUN --kind attn --subnet largest --speedup S --out FOLDER`: its policy the "
+             "most accurate on dev whose p50, estimated from its own runner's timing on dev, meets the budget); "
+             "beside stock as above (its runner, its static graph and the stock deployments on the first "
+             "`--n-stock` test inputs in turn):", "",
+             "| folder | budget | policy | test, all layers - teacher | test with exits - teacher (95% CI) | "
+             "p50 / mean / p90 ms | vs fastest stock fp32: p50 / mean; vs INT8 p50 | p50 measured / predicted |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for f in folders:
+        r = one_row(f)
+        lines.append(
+            f"| {f} | {r['rule'].replace('most accurate on dev, ', '')} | {r['policy']} | "
+            f"{r['static_minus_teacher']:+.2f} | {r['exit_minus_teacher']:+.2f} ({r['exit_minus_teacher_ci95_low']:+.2f}, "
+            f"{r['exit_minus_teacher_ci95_high']:+.2f}) | {r['p50_ms']:.2f} / {r['mean_ms']:.2f} / {r['p90_ms']:.2f} | "
+            f"{r['speedup_p50_vs_fastest_stock_fp32']:.2f}x / {r['speedup_mean_vs_fastest_stock_fp32']:.2f}x; "
+            f"{r['speedup_p50_vs_stock_int8']:.2f}x | {r['p50_measured_over_predicted']:.2f} |")
+    return [*lines, ""]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("folders", nargs="+", help="`hwnas early-exit --budget-ms` (or --speedup) output folders")
     p.add_argument("--task", required=True, help="the task's name, for the page's name (e.g. rt)")
     p.add_argument("--out", default="results")
+    p.add_argument("--largest", nargs="+", default=[], metavar="FOLDER",
+                   help="one-sub-network folders (`hwnas early-exit --subnet largest --speedup S`): a second table, "
+                   "the largest sub-network with exits under the same budgets, no search")
     a = p.parse_args(argv)
     out = Path(a.out)
     reports = []
@@ -127,7 +155,13 @@ def main(argv: list[str] | None = None) -> int:
                 target = out / f"{name}_{tag}_{png}.png"
                 shutil.copyfile(f / f"{png}.png", target)
                 figures.append(f"![{tag} {png}]({target.name})")
-    command = "`.venv/bin/python scripts/early_exit_page.py " + " ".join(a.folders) + f" --task {a.task} --out {a.out}`"
+    try:
+        largest = largest_table([Path(f) for f in a.largest]) if a.largest else []
+    except ValueError as e:  # early_exit_table.NotOneSubnetwork
+        print(f"--largest: {e}", file=sys.stderr)
+        return 2
+    command = ("`.venv/bin/python scripts/early_exit_page.py " + " ".join(a.folders) + f" --task {a.task} --out {a.out}"
+               + (" --largest " + " ".join(a.largest) if a.largest else "") + "`")
     text = "\n".join([
         f"# Benchmarks: {a.task} early exit",
         "",
@@ -163,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         *table,
         "",
+        *largest,
         *figures,
         "",
     ])

@@ -25,20 +25,25 @@ from supernet.io import write_csv  # noqa: E402
 from supernet.space import SubnetConfig  # noqa: E402
 
 
+class NotOneSubnetwork(ValueError):
+    """A folder this table cannot read (not a one-sub-network early-exit folder)."""
+
+
 def row(folder: Path) -> dict[str, Any]:
+    """The table's row for one folder; NotOneSubnetwork when it is not one it can read."""
     f = folder / "report.json"
     if not f.is_file():
-        raise SystemExit(f"{folder} has no report.json: give folders written by `hwnas early-exit --out FOLDER`")
+        raise NotOneSubnetwork(f"{folder} has no report.json: give folders written by `hwnas early-exit --out FOLDER`")
     r = json.loads(f.read_text())
     if "search" in r:
-        raise SystemExit(f"{folder} is an early-exit search (scripts/early_exit_page.py reads those)")
+        raise NotOneSubnetwork(f"{folder} is an early-exit search (scripts/early_exit_page.py reads those)")
     stock = r.get("beside_stock")
     if stock is None:
-        raise SystemExit(f"{folder}: its report has no beside_stock (written with --n-stock 0 or before it existed)")
+        raise NotOneSubnetwork(f"{folder}: its report has no beside_stock (written with --n-stock 0 or before it existed)")
     metric, deps = stock["metric"], stock["deployments"]
     stat = (r.get("budget") or {}).get("stat", "p50")
     if stat != "p50":
-        raise SystemExit(f"{folder}: its budget is on the {stat}; this table reads p50 budgets")
+        raise NotOneSubnetwork(f"{folder}: its budget is on the {stat}; this table reads p50 budgets")
     fastest = deps[stock["fastest_stock_fp32"]]
     static = deps.get("ours-static")
     teacher = deps["stock-fp32"]["score_test"]
@@ -77,7 +82,11 @@ def main() -> int:
     ap.add_argument("folders", nargs="+", type=Path)
     ap.add_argument("--out", type=Path, help="CSV to write (default: print only)")
     a = ap.parse_args()
-    table = pd.DataFrame([row(f) for f in a.folders])
+    try:
+        table = pd.DataFrame([row(f) for f in a.folders])
+    except NotOneSubnetwork as e:
+        print(f"early_exit_table.py: {e}", file=sys.stderr)
+        return 2
     with pd.option_context("display.width", 250, "display.max_columns", 40):
         print(table.drop(columns=["folder", "model_weights"]).round(3).to_string(index=False))
     if a.out:

@@ -480,3 +480,29 @@ def test_command_searches_exports_and_reports(job, tmp_path, capsys) -> None:
     bad = subprocess.run([sys.executable, str(script), str(run), "--task", "tiny", "--out", str(tmp_path / "r2")],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "not the report" in bad.stderr and not (tmp_path / "r2").exists()
+    # The largest with exits under a budget, no search (--subnet largest), on the page's second table
+    # and in scripts/early_exit_table.py's CSV.
+    one = tmp_path / "ee_largest"
+    assert main(["early-exit", "--run", str(run), "--out", str(one), "--subnet", "largest", "--budget-ms", "1000",
+                 "--n-cost", "8", "--n-time", "12", "--rounds", "1", "--n-stock", "6"]) == 0
+    one_report = json.loads((one / "report.json").read_text())
+    assert one_report["budget"] == {"ms": 1000, "stat": "p50"}
+    from supernet.workflow import open_run
+
+    assert one_report["subnet"] == open_run(run).space.largest().to_dict()
+    done = subprocess.run([sys.executable, str(script), str(out), "--task", "tiny", "--out", str(res),
+                           "--largest", str(one)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    page = (res / "bench_tiny_early_exit.md").read_text()
+    policy = f"{one_report['policy']['criterion']} {one_report['policy']['threshold']:g}"
+    assert "The largest sub-network with exits" in page and f"| {one} | " in page and f"| {policy} |" in page
+    table = script.with_name("early_exit_table.py")
+    csv = tmp_path / "one.csv"
+    done = subprocess.run([sys.executable, str(table), str(one), "--out", str(csv)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    got = pd.read_csv(csv).iloc[0]
+    assert got.policy == policy and got.exit_test == pytest.approx(one_report["early_exit"]["accuracy_test"])
+    for folder, said in ((out, "is an early-exit search"), (tmp_path, "has no report.json")):
+        bad = subprocess.run([sys.executable, str(table), str(folder), "--out", str(tmp_path / "bad.csv")],
+                             capture_output=True, text=True)
+        assert bad.returncode == 2 and said in bad.stderr and not (tmp_path / "bad.csv").exists()
