@@ -114,6 +114,11 @@ class Reference:
     predicted_cum: np.ndarray
     full_ms: float  # the largest sub-network as one graph on those dev inputs: its statistic, median over rounds
     full_graph: Path  # that graph's ONNX file
+    # The largest sub-network's own runner (its folder) and its segment times on those dev
+    # inputs, every layer run, median over rounds (n, exits): that sub-network's candidates
+    # are estimated from them as a finalist's are, with no timing of its own.
+    runner: Path
+    segments: np.ndarray
 
 
 def front_pool(run: LoadedRun, target: Target, latency: LatencyModel, limit: int, *,
@@ -176,6 +181,17 @@ def cached_exit_logits(run: LoadedRun, heads: ExitHeads, cfg: SubnetConfig, fold
     return logits
 
 
+def candidate_predictions(run: LoadedRun, heads: ExitHeads, logits_dir: Path, row: pd.Series,
+                          split: str = "test") -> np.ndarray:
+    """A candidate's (a table row's) logits on ``split``: of the exit each input takes at its
+    policy, or the last exit (the sub-network's own classifier) for a static one; from the cache."""
+    cfg = SubnetConfig.from_dict(json.loads(str(row.arch_json)))
+    lg = cached_exit_logits(run, heads, cfg, logits_dir)[split]
+    if row.criterion == STATIC:
+        return lg[-1]
+    return exit_predictions(lg, exit_layers(lg, str(row.criterion), float(row.threshold)))
+
+
 def candidate_table(
     cfg: SubnetConfig,
     logits: dict[str, np.ndarray],
@@ -224,6 +240,35 @@ def choose(table: pd.DataFrame, budget_ms: float, metric: str = "accuracy") -> p
         raise ImpossibleBudget(f"no candidate meets {budget_ms:g} ms (the fastest is estimated at "
                                f"{table['lat_ms'].min():.3g} ms): give a larger --budget-ms (or a smaller --speedup)")
     return ok.sort_values([f"{metric}_dev", "lat_ms"], ascending=[False, True], kind="mergesort").iloc[0]
+
+
+CHOICES = ("largest-unless-beaten", "best-dev")
+
+
+def choose_anchored(table: pd.DataFrame, budget_ms: float, anchor_key: str,
+                    dev_difference: Callable[[pd.Series, pd.Series], Mapping[str, Any]],
+                    metric: str = "accuracy") -> tuple[pd.Series, dict[str, Any] | None]:
+    """``--choose largest-unless-beaten``: the most accurate candidate on dev under the budget
+    (``choose``) only when it beats the anchor's (the most accurate candidate of sub-network
+    ``anchor_key`` under the budget, the largest in the search) beyond dev's noise:
+    ``dev_difference(anchor, best)`` (best minus anchor on dev, paired bootstrap) has its 95%
+    interval above 0. Otherwise the anchor's. Returns the choice and the comparison (None when
+    there was none to make: the best is the anchor's sub-network, or nothing of it fits).
+
+    Why: the search picks the best of a few hundred candidates on one dev split, so the
+    winner's dev score is biased upward (the winner's curse); on the benchmark pages of
+    2026-12-05 the largest sub-network's own best policy under the same budget scored higher
+    on test than the search's pick in all four searches (README, "Early exit searched under a
+    budget")."""
+    best = choose(table, budget_ms, metric)
+    mine = table[table.arch_key == anchor_key]
+    if best.arch_key == anchor_key or not (mine.lat_ms <= budget_ms).any():
+        return best, None
+    anchor = choose(mine, budget_ms, metric)
+    d = dict(dev_difference(anchor, best))
+    beaten = d["ci95_low"] > 0
+    return (best if beaten else anchor), {"best_dev": candidate_key(best), "anchor": candidate_key(anchor),
+                                          "best_minus_anchor_dev": d, "anchor_beaten": bool(beaten)}
 
 
 def finalist_archs(table: pd.DataFrame, budget_ms: float, metric: str = "accuracy", *, k: int = 3,
@@ -276,22 +321,25 @@ def candidate_key(row: pd.Series) -> str:
 
 
 def verify_choice(table: pd.DataFrame, budget_ms: float, measure: Callable[[pd.Series], float],
-                  metric: str = "accuracy", max_steps: int = 3) -> tuple[pd.Series, list[dict[str, Any]]]:
+                  metric: str = "accuracy", max_steps: int = 3,
+                  pick: Callable[[pd.DataFrame], pd.Series] | None = None) -> tuple[pd.Series, list[dict[str, Any]]]:
     """Measured, never predicted: ``measure(row)`` exports a candidate and returns its measured
-    statistic. The choice (``choose``) is measured first; when it misses the budget, the device
+    statistic. The choice (``pick(table)``, by default ``choose`` under the budget; it is
+    handed the candidates not yet measured, their estimates scaled) is measured first; when it misses the budget, the device
     runs slower than estimated by measured / estimate, so every estimate is scaled by the
     largest such ratio so far and the most accurate candidate not yet measured that would
     still fit is measured next, ``max_steps`` candidates at most. Returns the first that meets
     the budget (its row, unscaled) and every step; ``ImpossibleBudget`` when none does."""
     steps: list[dict[str, Any]] = []
     scale, tried = 1.0, set[str]()
+    chooser = pick or (lambda t: choose(t, budget_ms, metric))
     keys = table.apply(candidate_key, axis=1) if len(table) else pd.Series(dtype=str)
     for _ in range(max_steps):
         left = table[~keys.isin(tried)]
         fits = left.lat_ms * scale <= budget_ms
         if not fits.any():
             break
-        row = table.loc[choose(left.assign(lat_ms=left.lat_ms * scale), budget_ms, metric).name]
+        row = table.loc[chooser(left.assign(lat_ms=left.lat_ms * scale)).name]
         ms = measure(row)
         steps.append({"candidate": candidate_key(row), "arch": str(row.get("arch", row.arch_key)),
                       "criterion": str(row.criterion),
@@ -380,10 +428,13 @@ class ExitSearch:
     out: Path
     candidates: int = 12
     finalists: int = 3  # sub-networks timed on their own runner before choosing (``finalist_archs``)
+    choice: str = CHOICES[0]  # the rule that picks among the candidates under the budget (``choose_anchored``)
 
     def __post_init__(self) -> None:
         if self.target.stat not in STATS:
             raise ConfigError(f"--budget-stat must be one of {', '.join(STATS)} for early exit, got {self.target.stat!r}")
+        if self.choice not in CHOICES:
+            raise ConfigError(f"--choose must be one of {', '.join(CHOICES)}, got {self.choice!r}")
         self.heads = load_exits(self.run.paths.exits(self.kind))
         self.latency = PredictedLatency.of(self.run.folder, self.target)
 
@@ -404,9 +455,10 @@ class ExitSearch:
     def lengths(self, split: str) -> list[int]:
         return [len(x) for x in self.run.splits[split].input_ids]
 
-    def serve_at_policy(self, table: pd.DataFrame, key: str, budget_ms: float, study: EarlyExitStudy,
-                        n: int, rounds: int) -> dict[str, Any] | None:
-        """A finalist's runner (``study``'s) serving its first ``n`` dev inputs at one policy:
+    def serve_at_policy(self, table: pd.DataFrame, key: str, budget_ms: float, runner_dir: Path,
+                        dev_logits: np.ndarray, n: int, rounds: int) -> dict[str, Any] | None:
+        """A finalist's runner (in ``runner_dir``; ``dev_logits``: its every exit's logits on
+        dev) serving its first ``n`` dev inputs at one policy:
         its most accurate exit candidate estimated within the budget (None when there is none).
         ``rounds`` times in turn, the runner times every layer on those inputs (the estimate)
         and then serves them at the policy; ``ratio`` is the median over rounds of served /
@@ -421,10 +473,10 @@ class ExitSearch:
         if not (rows.lat_ms <= budget_ms).any():
             return None
         row = choose(rows, budget_ms, self.run.task.metric)
-        runner = load_runner(study.out / "runner", threads=self.target.profile.threads, criterion=str(row.criterion),
+        runner = load_runner(runner_dir, threads=self.target.profile.threads, criterion=str(row.criterion),
                              threshold=float(row.threshold))
         inputs = single_inputs(self.run.splits["dev"], n)
-        layers = exit_layers(study.logits["dev"][:, :len(inputs)], str(row.criterion), float(row.threshold))
+        layers = exit_layers(dev_logits[:, :len(inputs)], str(row.criterion), float(row.threshold))
         segments, estimated, served = [], [], []
         for _ in range(rounds):
             segments.append(segment_times(runner, inputs))  # every layer run, the policy restored after
@@ -436,21 +488,38 @@ class ExitSearch:
                 "ratio": float(np.median(ratios)), "ratios": ratios.round(4).tolist(),
                 "segments": np.median(segments, axis=0)}
 
-    def difference(self, chosen: pd.Series, other: pd.Series) -> dict[str, Any]:
-        """``chosen``'s test score minus ``other``'s (two candidates of the table) on the same
-        test inputs: points and paired-bootstrap 95% interval (``nas.stats.compare_with``)."""
+    def difference(self, chosen: pd.Series, other: pd.Series, split: str = "test") -> dict[str, Any]:
+        """``chosen``'s score minus ``other``'s (two candidates of the table) on the same
+        ``split`` inputs: points and paired-bootstrap 95% interval (``nas.stats.compare_with``)."""
         from nas.stats import compare_with
 
-        return compare_with(self.test_predictions(other), self.test_predictions(chosen), self.labels["test"],
-                            metric=self.run.task.metric)
+        return compare_with(self.test_predictions(other, split), self.test_predictions(chosen, split),
+                            self.labels[split], metric=self.run.task.metric)
 
-    def test_predictions(self, row: pd.Series) -> np.ndarray:
-        """A candidate's test predictions (logits of the exit each input takes) from the cache."""
-        cfg = SubnetConfig.from_dict(json.loads(str(row.arch_json)))
-        lg = cached_exit_logits(self.run, self.heads, cfg, self.logits_dir)["test"]
-        if row.criterion == STATIC:
-            return lg[-1]  # the last exit is the sub-network's own classifier
-        return exit_predictions(lg, exit_layers(lg, str(row.criterion), float(row.threshold)))
+    def choice_report(self, table: pd.DataFrame, decision: Mapping[str, Any] | None) -> dict[str, Any]:
+        """How the handed-over candidate was picked (``--choose``), for report.json: with
+        largest-unless-beaten and two candidates to pick between, the dev comparison that
+        decided it and, reported only, the same comparison on test."""
+        out: dict[str, Any] = {"rule": self.choice}
+        if decision is None:
+            return out | {"note": "the most accurate candidate on dev under the budget" + (
+                "" if self.choice == "best-dev" else " (the largest sub-network's, or none of the largest fits)")}
+        keys = table.apply(candidate_key, axis=1)
+        best, anchor = (table[keys == decision[k]].iloc[0] for k in ("best_dev", "anchor"))
+        return out | dict(decision) | {"best_minus_anchor_test": self.difference(best, anchor)}
+
+    def pick(self, table: pd.DataFrame, budget_ms: float) -> tuple[pd.Series, dict[str, Any] | None]:
+        """The candidate ``--choose`` hands over under ``budget_ms`` and, for
+        largest-unless-beaten, the dev comparison that decided it (``choose_anchored``)."""
+        metric = self.run.task.metric
+        if self.choice == "best-dev":
+            return choose(table, budget_ms, metric), None
+        return choose_anchored(table, budget_ms, self.run.space.largest().key(),
+                               lambda anchor, best: self.difference(best, anchor, "dev"), metric)
+
+    def test_predictions(self, row: pd.Series, split: str = "test") -> np.ndarray:
+        """A candidate's predictions on ``split`` (``candidate_predictions``)."""
+        return candidate_predictions(self.run, self.heads, self.logits_dir, row, split)
 
     def beside_stock(self, chosen: pd.Series, ref: Reference, n: int, rounds: int) -> dict[str, Any]:
         """What a user could deploy without us, timed beside the chosen candidate
@@ -498,7 +567,8 @@ class ExitSearch:
         prefix_pred = np.maximum.accumulate([p for p, _ in self.latency.predict(prefixes)])  # as the table holds them
         extra = runner_extra_ms(measured_cum, np.array(static), prefix_pred, predicted_cum)
         return Reference(spread, extra, np.array(static) / prefix_pred, np.median(measured_cum, axis=0), predicted_cum,
-                         float(np.median(np.array(static)[:, -1])), graphs[-1])
+                         float(np.median(np.array(static)[:, -1])), graphs[-1], study.out / "runner",
+                         np.median(times, axis=0))
 
     def table(self, pool: Sequence[SubnetConfig], head_ms: float, progress: bool = True,
               reference: Reference | None = None) -> pd.DataFrame:
@@ -556,21 +626,28 @@ class ExitSearch:
         own: dict[str, np.ndarray] = {}  # arch key -> its runner's segment times on dev (n_cost, exits)
         dev_lengths = self.lengths("dev")
         served_at: dict[str, dict[str, Any]] = {}  # arch key -> its runner served at one policy on dev
-        for key in finalist_archs(table, budget_ms, metric, k=self.finalists):
+        # The largest sub-network is always a finalist: the reference is its own runner, timed.
+        largest = self.run.space.largest().key()
+        finalists = finalist_archs(table, budget_ms, metric, k=self.finalists)
+        for key in [largest, *(k for k in finalists if k != largest)]:
             row = table[table.arch_key == key].iloc[0]
             cfg = SubnetConfig.from_dict(json.loads(str(row.arch_json)))
-            if progress:
-                print(f"  finalist {cfg.describe()}: its own runner timed on {n_cost} dev inputs", flush=True)
-            study = EarlyExitStudy(self.run, self.kind, cfg, self.out / "finalists" / key,
-                                   threads=self.target.profile.threads)
-            study.logits = cached_exit_logits(self.run, self.heads, cfg, self.logits_dir)
-            study.export()
-            own[key] = study.segment_times(n_cost)
-            table = with_own_costs(table, key, own[key], study.logits["dev"], stat, dev_lengths)
-            served = self.serve_at_policy(table, key, budget_ms, study, n_cost, rounds)
+            dev_logits = cached_exit_logits(self.run, self.heads, cfg, self.logits_dir)["dev"]
+            if key == largest:
+                runner_dir, own[key] = ref.runner, ref.segments
+            else:
+                if progress:
+                    print(f"  finalist {cfg.describe()}: its own runner timed on {n_cost} dev inputs", flush=True)
+                study = EarlyExitStudy(self.run, self.kind, cfg, self.out / "finalists" / key,
+                                       threads=self.target.profile.threads)
+                study.logits = cached_exit_logits(self.run, self.heads, cfg, self.logits_dir)
+                runner_dir = study.export()
+                own[key] = study.segment_times(n_cost)
+            table = with_own_costs(table, key, own[key], dev_logits, stat, dev_lengths)
+            served = self.serve_at_policy(table, key, budget_ms, runner_dir, dev_logits, n_cost, rounds)
             if served is not None:
                 own[key] = served.pop("segments")
-                table = scale_arch(with_own_costs(table, key, own[key], study.logits["dev"], stat, dev_lengths), key,
+                table = scale_arch(with_own_costs(table, key, own[key], dev_logits, stat, dev_lengths), key,
                                    served["ratio"])
                 served_at[key] = served
         try:
@@ -603,8 +680,15 @@ class ExitSearch:
             side = "static" if row.criterion == STATIC else "early_exit"
             return float(report[side]["measured_test"][f"{stat}_ms"])
 
+        decisions: list[dict[str, Any] | None] = []
+
+        def pick(t: pd.DataFrame) -> pd.Series:
+            row, decision = self.pick(t, budget_ms)
+            decisions.append(decision)
+            return row
+
         try:
-            chosen, steps = verify_choice(table, budget_ms, export_and_measure, metric, max_steps=max_steps)
+            chosen, steps = verify_choice(table, budget_ms, export_and_measure, metric, max_steps=max_steps, pick=pick)
         except ImpossibleBudget:
             for name in ("runner", "report.json", "policies.csv", "exit_logits.npz"):  # no export that misses
                 path = self.out / name
@@ -676,6 +760,7 @@ class ExitSearch:
                            float(chosen.lat_ms) if chosen.criterion == STATIC else estimate_latency(
                                predicted_segment_ms(self.latency, cfg, head_ms), dev_layers)[f"{stat}_ms"])},
             "beside_stock": stock,
+            "choice": self.choice_report(table, decisions[-1] if decisions else None),
             "best_static_under_budget": None if best_static is None else {
                 "arch": str(best_static.arch), f"{metric}_dev": float(best_static[f"{metric}_dev"]),
                 f"{metric}_test": float(best_static[f"{metric}_test"]), f"predicted_{stat}_ms": float(best_static.lat_ms),

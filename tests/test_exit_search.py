@@ -21,8 +21,10 @@ from latency.early_exit import (
 )
 from nas.exit_search import (
     STATIC,
+    candidate_key,
     candidate_table,
     choose,
+    choose_anchored,
     exit_fronts,
     finalist_archs,
     scale_arch,
@@ -293,6 +295,56 @@ def test_a_choice_that_misses_the_budget_when_measured_steps_down() -> None:
     assert measured == []
 
 
+def _anchor_table() -> pd.DataFrame:
+    return pd.DataFrame({
+        "arch_key": ["big", "big", "big", "small", "small"],
+        "criterion": [STATIC, "entropy", "entropy", STATIC, "entropy"],
+        "threshold": [np.nan, 0.3, 0.6, np.nan, 0.5],
+        "accuracy_dev": [85.0, 84.0, 82.0, 80.0, 83.0],
+        "lat_ms": [10.0, 6.0, 3.0, 2.0, 1.5],
+    })
+
+
+def test_the_largest_is_handed_over_unless_beaten_beyond_dev_noise() -> None:
+    table = _anchor_table()
+    calls: list[tuple[str, str]] = []
+
+    def dev(low: float):  # best minus anchor on dev, with a given lower bound of its interval
+        def difference(anchor: pd.Series, best: pd.Series) -> dict[str, float]:
+            calls.append((candidate_key(anchor), candidate_key(best)))
+            return {"diff_points": best.accuracy_dev - anchor.accuracy_dev, "ci95_low": low, "ci95_high": 3.0}
+        return difference
+
+    # Under 4 ms the most accurate on dev is small's exit (83); big's best that fits is its 0.6 (82).
+    row, d = choose_anchored(table, 4.0, "big", dev(-0.5))  # the 1 point is within dev's noise
+    assert candidate_key(row) == "big/entropy/0.6" and calls == [("big/entropy/0.6", "small/entropy/0.5")]
+    assert d is not None and d["best_dev"] == "small/entropy/0.5" and d["anchor"] == "big/entropy/0.6"
+    assert not d["anchor_beaten"] and d["best_minus_anchor_dev"]["diff_points"] == 1.0
+    row, d = choose_anchored(table, 4.0, "big", dev(0.2))  # beyond the noise: the best on dev
+    assert candidate_key(row) == "small/entropy/0.5" and d is not None and d["anchor_beaten"]
+    assert choose(table, 4.0).name == row.name
+    calls.clear()
+    # The best on dev is the largest's own (7 ms): nothing to compare.
+    row, d = choose_anchored(table, 7.0, "big", dev(0.2))
+    assert candidate_key(row) == "big/entropy/0.3" and d is None and calls == []
+    # Nothing of the largest fits 2.5 ms: the best on dev, nothing compared.
+    row, d = choose_anchored(table, 2.5, "big", dev(-0.5))
+    assert candidate_key(row) == "small/entropy/0.5" and d is None and calls == []
+    with pytest.raises(ImpossibleBudget):
+        choose_anchored(table, 1.0, "big", dev(-0.5))
+    # The same rule through a step down: big's 0.6 measures twice its estimate (6 ms), so every
+    # estimate doubles; big has nothing left under 4 ms, and small's exit (3 ms scaled) is next.
+    measured: list[str] = []
+
+    def measure(row: pd.Series) -> float:
+        measured.append(candidate_key(row))
+        return float(row.lat_ms) * 2
+
+    row, steps = verify_choice(table, 4.0, measure, pick=lambda t: choose_anchored(t, 4.0, "big", dev(-0.5))[0])
+    assert measured == ["big/entropy/0.6", "small/entropy/0.5"] and candidate_key(row) == "small/entropy/0.5"
+    assert [st["meets_budget"] for st in steps] == [False, True]
+
+
 def test_finalists_are_estimated_again_from_their_own_runner() -> None:
     table = _by_hand_table()
     # Exit candidates within 1.5x of 2.5 ms (3.75): b's (3.0) only; within 2x (5 ms): a's and b's,
@@ -345,7 +397,8 @@ def test_command_searches_exports_and_reports(job, tmp_path, capsys) -> None:
                         "--device is for the search"), (["--device", "cpu"], "(or --speedup) too"),
                         (["--budget-ms", "5", "--device", "cpu", "--threads", "1"], "--threads"),
                         (["--speedup", "2"], "--device"), (["--speedup", "1", "--device", "cpu"], "> 1"),
-                        (["--speedup", "2", "--budget-ms", "5", "--device", "cpu"], "not allowed with")):
+                        (["--speedup", "2", "--budget-ms", "5", "--device", "cpu"], "not allowed with"),
+                        (["--subnet", "largest", "--speedup", "2", "--choose", "best-dev"], "--choose is for the search")):
         assert main([*base, *extra]) == 2
         assert said in capsys.readouterr().err
     assert not out.exists()
@@ -370,7 +423,21 @@ def test_command_searches_exports_and_reports(job, tmp_path, capsys) -> None:
     assert vs["n"] > b["test_inputs"]  # the whole test split, not only the inputs timed
     assert vs["ci95_low"] <= vs["diff_points"] <= vs["ci95_high"]
     assert b["deployments"]["ours"]["score_test"] == pytest.approx(s["chosen"]["accuracy_test"])
-    assert s["chosen"]["accuracy_dev"] == table.accuracy_dev.max()  # everything fits 1000 ms
+    # Everything fits 1000 ms: the largest's most accurate candidate, unless the most accurate
+    # on dev beats it there beyond the noise (--choose largest-unless-beaten, the default).
+    choice, keys = s["choice"], table.apply(candidate_key, axis=1)
+    largest_best = table[table.arch == s["reference"]["arch"]].accuracy_dev.max()
+    assert choice["rule"] == "largest-unless-beaten"
+    if "anchor" in choice:
+        best, anchor = (table[keys == choice[k]].iloc[0] for k in ("best_dev", "anchor"))
+        assert best.accuracy_dev == table.accuracy_dev.max() and anchor.accuracy_dev == largest_best
+        d = choice["best_minus_anchor_dev"]
+        assert d["diff_points"] == pytest.approx(best.accuracy_dev - anchor.accuracy_dev)
+        assert choice["anchor_beaten"] == (d["ci95_low"] > 0)
+        assert s["chosen"]["accuracy_dev"] == (best if choice["anchor_beaten"] else anchor).accuracy_dev
+        assert choice["best_minus_anchor_test"]["diff_points"] == pytest.approx(best.accuracy_test - anchor.accuracy_test)
+    else:
+        assert s["chosen"]["accuracy_dev"] == table.accuracy_dev.max() == largest_best
     assert s["chosen"]["predicted_p50_ms"] <= 1000 and s["chosen"]["measured_p50_ms_test"] > 0
     assert len(s["steps"]) == 1 and s["steps"][0]["meets_budget"]  # measured, no step down at 1000 ms
     assert s["steps"][0]["measured_ms"] == s["chosen"]["measured_p50_ms_test"]
@@ -382,7 +449,10 @@ def test_command_searches_exports_and_reports(job, tmp_path, capsys) -> None:
     assert len(ref["length_spread"]["ms_per_token"]) == len(ref["measured_cumulative_ms"]) == n_exits > 0
     assert min(ref["length_spread"]["ms_per_token"]) >= 0 and len(ref["drift"]) == 1
     assert s["chosen"]["predicted_p50_ms_prefixes_only"] > 0
-    assert 1 <= len(s["finalists"]) <= 3 and s["finalists"][0]["dev_inputs_timed"] == 8
+    # The largest first (the reference is its runner), then up to 3 others.
+    assert 1 <= len(s["finalists"]) <= 4 and s["finalists"][0]["dev_inputs_timed"] == 8
+    assert s["finalists"][0]["arch"] == s["reference"]["arch"] and len({f["arch"] for f in s["finalists"]}) == len(
+        s["finalists"])
     assert s["chosen"]["predicted_from"] in ("own runner", "own runner, served", "table", "predictor")
     assert set(table.lat_from) <= {"own runner", "own runner, served", "table", "predictor"}
     assert table.lat_from.str.startswith("own runner").any()
@@ -504,5 +574,23 @@ def test_command_searches_exports_and_reports(job, tmp_path, capsys) -> None:
     assert got.policy == policy and got.exit_test == pytest.approx(one_report["early_exit"]["accuracy_test"])
     for folder, said in ((out, "is an early-exit search"), (tmp_path, "has no report.json")):
         bad = subprocess.run([sys.executable, str(table), str(folder), "--out", str(tmp_path / "bad.csv")],
+                             capture_output=True, text=True)
+        assert bad.returncode == 2 and said in bad.stderr and not (tmp_path / "bad.csv").exists()
+    # Both --choose rules over the search's candidates at other budgets (scripts/exit_choice_check.py).
+    check = script.with_name("exit_choice_check.py")
+    csv = tmp_path / "choice.csv"
+    done = subprocess.run([sys.executable, str(check), str(run), str(out), "--speedups", "1.5,3,1e9", "--out", str(csv)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    got, cands = pd.read_csv(csv), pd.read_csv(out / "candidates.csv")
+    assert got.speedup.tolist() == [1.5, 3, 1e9] and got.note.iloc[-1] == "no candidate estimated under the budget"
+    for _, r in got.dropna(subset=["anchored"]).iterrows():
+        under = cands[cands.lat_ms <= r.budget_ms]
+        assert r.budget_ms == pytest.approx(s["full_model_ms_dev"] / r.speedup)
+        assert r.best_dev_accuracy_dev == under.accuracy_dev.max()
+        assert r.anchored == r.best_dev or r.anchored_arch == s["reference"]["arch"]
+        assert r.test_anchored_minus_best == pytest.approx(r.anchored_accuracy_test - r.best_dev_accuracy_test)
+    for folder, said in ((one, "not a search"), (tmp_path, "has no report.json")):
+        bad = subprocess.run([sys.executable, str(check), str(run), str(folder), "--out", str(tmp_path / "bad.csv")],
                              capture_output=True, text=True)
         assert bad.returncode == 2 and said in bad.stderr and not (tmp_path / "bad.csv").exists()
