@@ -636,12 +636,12 @@ def register_early_exit(sub: Subparsers) -> argparse.ArgumentParser:
                    help="search: the most accurate sub-networks near the budget whose own runner is timed on dev "
                    "before choosing, their exit candidates estimated from it and scaled by the median of "
                    "--rounds pairs of serving at a policy over its estimate (default: %(default)s; 0: none)")
-    x.add_argument("--choose", choices=("largest-unless-beaten", "best-dev"), default="largest-unless-beaten",
-                   help="search: which candidate under the budget is handed over. largest-unless-beaten (default): "
-                   "the largest sub-network's most accurate policy under the budget, unless the most accurate "
-                   "candidate on dev beats it there beyond the noise (paired-bootstrap 95%% interval of the dev "
-                   "difference above 0); the most accurate of hundreds of candidates on one dev split is flattered "
-                   "by it. best-dev: the most accurate candidate on dev")
+    x.add_argument("--choose", choices=("best-dev", "largest-unless-beaten"), default="best-dev",
+                   help="search: which candidate under the budget is handed over. best-dev (default): the most "
+                   "accurate on dev. largest-unless-beaten: the largest sub-network's most accurate policy under "
+                   "the budget, unless the best on dev beats it there beyond the noise (paired-bootstrap 95%% "
+                   "interval of the dev difference above 0): the best of hundreds of candidates on one dev split "
+                   "is flattered by it")
     x.add_argument("--threads", type=COUNT, default=None, help="one sub-network: ONNX Runtime threads (default: one "
                    "per core; the search uses its device's)")
     x.add_argument("--n-cost", type=COUNT, default=300, help="dev inputs timed for the per-layer cost (default: "
@@ -677,7 +677,7 @@ def cmd_early_exit(a: argparse.Namespace) -> int:
             raise ConfigError(f"{flag} is for a budget: give --budget-ms (or --speedup) too, or leave it out")
     if a.model and a.subnet:
         raise ConfigError("give --model or --subnet, not both (a model holds its own sub-network)")
-    if a.choose != "largest-unless-beaten":
+    if a.choose != "best-dev":
         raise ConfigError("--choose is for the search over sub-networks (--budget-ms or --speedup with --device, "
                           "without --subnet or --model): leave it out here")
     asked = SubnetConfig.from_dict(_read_json(a.subnet)) if a.subnet and a.subnet != "largest" else None

@@ -242,7 +242,7 @@ def choose(table: pd.DataFrame, budget_ms: float, metric: str = "accuracy") -> p
     return ok.sort_values([f"{metric}_dev", "lat_ms"], ascending=[False, True], kind="mergesort").iloc[0]
 
 
-CHOICES = ("largest-unless-beaten", "best-dev")
+CHOICES = ("best-dev", "largest-unless-beaten")
 
 
 def choose_anchored(table: pd.DataFrame, budget_ms: float, anchor_key: str,
@@ -259,7 +259,7 @@ def choose_anchored(table: pd.DataFrame, budget_ms: float, anchor_key: str,
     winner's dev score is biased upward (the winner's curse); on the benchmark pages of
     2026-12-05 the largest sub-network's own best policy under the same budget scored higher
     on test than the search's pick in all four searches (README, "Early exit searched under a
-    budget")."""
+    budget"). Not the default: on two fresh runs it changed 1 choice of 32 (README)."""
     best = choose(table, budget_ms, metric)
     mine = table[table.arch_key == anchor_key]
     if best.arch_key == anchor_key or not (mine.lat_ms <= budget_ms).any():

@@ -17,7 +17,7 @@ exit-logit cache (``RUN/exits/KIND/logits``, written by the searches). A choice 
 only; test is reported.
 
     .venv/bin/python scripts/exit_choice_check.py runs/main runs/main/ee_2x runs/main/ee_4x \\
-        --speedups 1.5,2,2.5,3,4,5,6 --out results/early_exit_choice_rt.csv
+        --speedups 1.5,2,2.5,3,3.5,4,5,6 --out results/early_exit_choice_rt.csv
 
 Exit status 2 with one line when a folder is not an early-exit search of that run.
 """

@@ -398,7 +398,8 @@ def test_command_searches_exports_and_reports(job, tmp_path, capsys) -> None:
                         (["--budget-ms", "5", "--device", "cpu", "--threads", "1"], "--threads"),
                         (["--speedup", "2"], "--device"), (["--speedup", "1", "--device", "cpu"], "> 1"),
                         (["--speedup", "2", "--budget-ms", "5", "--device", "cpu"], "not allowed with"),
-                        (["--subnet", "largest", "--speedup", "2", "--choose", "best-dev"], "--choose is for the search")):
+                        (["--subnet", "largest", "--speedup", "2", "--choose", "largest-unless-beaten"],
+                         "--choose is for the search")):
         assert main([*base, *extra]) == 2
         assert said in capsys.readouterr().err
     assert not out.exists()
@@ -406,7 +407,8 @@ def test_command_searches_exports_and_reports(job, tmp_path, capsys) -> None:
     small = ["--n-cost", "8", "--n-time", "12", "--rounds", "1", "--candidates", "2", "--quiet"]
     assert main([*base, "--budget-ms", "0.0001", "--device", "cpu", *small]) == 2
     assert "larger --budget-ms" in capsys.readouterr().err
-    assert main([*base, "--budget-ms", "1000", "--device", "cpu", *small, "--n-stock", "6"]) == 0
+    assert main([*base, "--budget-ms", "1000", "--device", "cpu", *small, "--n-stock", "6",
+                 "--choose", "largest-unless-beaten"]) == 0
     table = pd.read_csv(out / "candidates.csv")
     report = json.loads((out / "report.json").read_text())
     s = report["search"]
@@ -424,7 +426,7 @@ def test_command_searches_exports_and_reports(job, tmp_path, capsys) -> None:
     assert vs["ci95_low"] <= vs["diff_points"] <= vs["ci95_high"]
     assert b["deployments"]["ours"]["score_test"] == pytest.approx(s["chosen"]["accuracy_test"])
     # Everything fits 1000 ms: the largest's most accurate candidate, unless the most accurate
-    # on dev beats it there beyond the noise (--choose largest-unless-beaten, the default).
+    # on dev beats it there beyond the noise (--choose largest-unless-beaten).
     choice, keys = s["choice"], table.apply(candidate_key, axis=1)
     largest_best = table[table.arch == s["reference"]["arch"]].accuracy_dev.max()
     assert choice["rule"] == "largest-unless-beaten"
@@ -530,6 +532,9 @@ def test_command_searches_exports_and_reports(job, tmp_path, capsys) -> None:
     assert s2["budget_speedup"] == 1.01 and s2["full_model_ms_dev"] > 0
     assert s2["budget_ms"] == pytest.approx(s2["full_model_ms_dev"] / 1.01)
     assert s2["chosen"]["predicted_p50_ms"] <= s2["budget_ms"] and s2["beside_stock"] is None
+    assert s2["choice"] == {"rule": "best-dev", "note": "the most accurate candidate on dev under the budget"}
+    under = pd.read_csv(out2 / "candidates.csv")[lambda t: t.lat_ms <= s2["budget_ms"]]
+    assert s2["chosen"]["accuracy_dev"] == under.accuracy_dev.max()  # the default, --choose best-dev
     assert {f: f.stat().st_mtime_ns for f in cache.glob("*.npz")} == cached  # read, not scored again
     assert s["budget_speedup"] is None and s["full_model_ms_dev"] > 0
     # The benchmark page of such folders (scripts/early_exit_page.py), inside BENCHMARKS.md.
