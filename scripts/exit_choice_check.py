@@ -47,8 +47,8 @@ from supernet.io import write_csv  # noqa: E402
 from supernet.workflow import LoadedRun, open_run  # noqa: E402
 
 
-def folder_rows(run: LoadedRun, folder: Path, speedups: list[float]) -> list[dict[str, Any]]:
-    """One row per speed-up for one search folder."""
+def folder_rows(run: LoadedRun, folder: Path, speedups: list[float], budgets_ms: list[float]) -> list[dict[str, Any]]:
+    """One row per speed-up (then per budget in ms) for one search folder."""
     report_file, table_file = folder / "report.json", folder / "candidates.csv"
     if not report_file.is_file():
         raise ConfigError(f"{folder} has no report.json: give folders of `hwnas early-exit --run RUN --device D "
@@ -72,8 +72,8 @@ def folder_rows(run: LoadedRun, folder: Path, speedups: list[float]) -> list[dic
                             candidate_predictions(run, heads, logits_dir, b, split), labels[split], metric=metric)
 
     rows = []
-    for s in speedups:
-        budget = float(search["full_model_ms_dev"]) / s
+    full = float(search["full_model_ms_dev"])
+    for s, budget in [(s, full / s) for s in speedups] + [(full / b, b) for b in budgets_ms]:
         row: dict[str, Any] = {"folder": str(folder), "device": search["device"], "stat": search["budget_stat"],
                                "speedup": s, "budget_ms": budget}
         try:
@@ -105,24 +105,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("run", help="the run folder the searches were made on")
     p.add_argument("folders", nargs="+", help="early-exit search folders of that run")
     p.add_argument("--speedups", default="1.5,2,2.5,3,4,5,6",
-                   help="budgets as speed-ups over the largest sub-network (default %(default)s)")
+                   help="budgets as speed-ups over the largest sub-network (default %(default)s; '' for none)")
+    p.add_argument("--budgets-ms", default="", help="budgets in ms too, e.g. 2.5,4 (default: none)")
     p.add_argument("--out", help="CSV to write (default: print only)")
     a = p.parse_args(argv)
     try:
-        speedups = [float(x) for x in a.speedups.split(",")]
-        if not speedups or min(speedups) <= 1:
+        speedups = [float(x) for x in a.speedups.split(",") if x.strip()]
+        budgets = [float(x) for x in a.budgets_ms.split(",") if x.strip()]
+        if min(speedups, default=2) <= 1 or min(budgets, default=1) <= 0 or not (speedups or budgets):
             raise ValueError
     except ValueError:
-        print(f"exit_choice_check: --speedups must be numbers > 1 separated by commas, got {a.speedups!r}",
-              file=sys.stderr)
+        print(f"exit_choice_check: --speedups must be numbers > 1 and --budgets-ms numbers > 0, separated by commas, "
+              f"at least one in all; got {a.speedups!r} and {a.budgets_ms!r}", file=sys.stderr)
         return 2
     try:
         run = open_run(a.run)
-        rows = [r for f in a.folders for r in folder_rows(run, Path(f), speedups)]
+        rows = [r for f in a.folders for r in folder_rows(run, Path(f), speedups, budgets)]
     except (ConfigError, OSError) as e:
         print(f"exit_choice_check: {e}", file=sys.stderr)
         return 2
     frame = pd.DataFrame(rows)
+    for c in ("best_dev", "anchored", "note"):  # the same columns when no budget had a candidate
+        if c not in frame:
+            frame[c] = None
     pd.set_option("display.width", 250)
     cols = [c for c in ("folder", "speedup", "best_dev", "anchored", "anchor_beaten", "dev_best_minus_anchor",
                         "test_anchored_minus_best", "test_ci95_low", "test_ci95_high") if c in frame]
