@@ -259,7 +259,7 @@ def choose_anchored(table: pd.DataFrame, budget_ms: float, anchor_key: str,
     winner's dev score is biased upward (the winner's curse); on the benchmark pages of
     2026-12-05 the largest sub-network's own best policy under the same budget scored higher
     on test than the search's pick in all four searches (README, "Early exit searched under a
-    budget"). Not the default: on two fresh runs it changed 1 choice of 32 (README)."""
+    budget"). Not the default: checks on four fresh runs did not confirm it (README)."""
     best = choose(table, budget_ms, metric)
     mine = table[table.arch_key == anchor_key]
     if best.arch_key == anchor_key or not (mine.lat_ms <= budget_ms).any():

@@ -27,7 +27,8 @@ if [ "${1:-}" = "--quick" ]; then
     # r8 14); with these settings (250 examples, 30 configurations, 16 evaluations) 19 min 20 s
     # (rt 7, r8 12), nothing else running; 15 min 11 s (rt 5, r8 10) on 2026-12-05, code of 3049cbc;
     # 17 min 50 s (rt 6, r8 11) with the early-exit steps below, code of 4efa1f6; 18 min 43 s (rt 7,
-    # r8 11) with the largest sub-network alone under the budget too, code of 5eb2aac.
+    # r8 11) with the largest sub-network alone under the budget too, code of 5eb2aac; 16 min 52 s
+    # (rt 6, r8 10), code of 838ff91.
     RT=(--max-train 1000 --max-eval 250 --teacher-epochs 1 --supernet-epochs 1)
     R8=(--max-train 500 --max-eval 250 --max-length 128 --teacher-epochs 1 --supernet-epochs 1)
     MEASURE_RT=(--device cpu --n 30); MEASURE_R8=(--device cpu --n 30)
