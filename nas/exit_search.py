@@ -192,6 +192,17 @@ def candidate_predictions(run: LoadedRun, heads: ExitHeads, logits_dir: Path, ro
     return exit_predictions(lg, exit_layers(lg, str(row.criterion), float(row.threshold)))
 
 
+def candidate_difference(run: LoadedRun, heads: ExitHeads, logits_dir: Path, chosen: pd.Series, other: pd.Series,
+                         split: str = "test") -> dict[str, Any]:
+    """``chosen``'s score minus ``other``'s (two table rows) on the same ``split`` inputs: points
+    and paired-bootstrap 95% interval (``nas.stats.compare_with``), from the logit cache."""
+    from nas.stats import compare_with
+
+    return compare_with(candidate_predictions(run, heads, logits_dir, other, split),
+                        candidate_predictions(run, heads, logits_dir, chosen, split),
+                        run.splits[split].labels, metric=run.task.metric)
+
+
 def candidate_table(
     cfg: SubnetConfig,
     logits: dict[str, np.ndarray],
@@ -489,12 +500,8 @@ class ExitSearch:
                 "segments": np.median(segments, axis=0)}
 
     def difference(self, chosen: pd.Series, other: pd.Series, split: str = "test") -> dict[str, Any]:
-        """``chosen``'s score minus ``other``'s (two candidates of the table) on the same
-        ``split`` inputs: points and paired-bootstrap 95% interval (``nas.stats.compare_with``)."""
-        from nas.stats import compare_with
-
-        return compare_with(self.test_predictions(other, split), self.test_predictions(chosen, split),
-                            self.labels[split], metric=self.run.task.metric)
+        """``chosen``'s score minus ``other``'s on ``split`` (``candidate_difference``)."""
+        return candidate_difference(self.run, self.heads, self.logits_dir, chosen, other, split)
 
     def choice_report(self, table: pd.DataFrame, decision: Mapping[str, Any] | None) -> dict[str, Any]:
         """How the handed-over candidate was picked (``--choose``), for report.json: with
@@ -517,10 +524,6 @@ class ExitSearch:
         return choose_anchored(table, budget_ms, self.run.space.largest().key(),
                                lambda anchor, best: self.difference(best, anchor, "dev"), metric)
 
-    def test_predictions(self, row: pd.Series, split: str = "test") -> np.ndarray:
-        """A candidate's predictions on ``split`` (``candidate_predictions``)."""
-        return candidate_predictions(self.run, self.heads, self.logits_dir, row, split)
-
     def beside_stock(self, chosen: pd.Series, ref: Reference, n: int, rounds: int) -> dict[str, Any]:
         """What a user could deploy without us, timed beside the chosen candidate
         (``nas.early_exit.beside_stock``): the largest sub-network as one graph (``ours-full``)
@@ -536,7 +539,8 @@ class ExitSearch:
         else:
             runner = load_runner(self.out / "runner", threads=self.target.profile.threads,
                                  criterion=str(chosen.criterion), threshold=float(chosen.threshold))
-        return beside_stock(self.run, graphs, runner, self.test_predictions(chosen), n=n, rounds=rounds,
+        predictions = candidate_predictions(self.run, self.heads, self.logits_dir, chosen)
+        return beside_stock(self.run, graphs, runner, predictions, n=n, rounds=rounds,
                             threads=self.target.profile.threads, stat=self.target.stat)
 
     def reference(self, n: int, rounds: int, head_ms: float) -> Reference:
@@ -632,7 +636,8 @@ class ExitSearch:
         for key in [largest, *(k for k in finalists if k != largest)]:
             row = table[table.arch_key == key].iloc[0]
             cfg = SubnetConfig.from_dict(json.loads(str(row.arch_json)))
-            dev_logits = cached_exit_logits(self.run, self.heads, cfg, self.logits_dir)["dev"]
+            logits = cached_exit_logits(self.run, self.heads, cfg, self.logits_dir)
+            dev_logits = logits["dev"]
             if key == largest:
                 runner_dir, own[key] = ref.runner, ref.segments
             else:
@@ -640,7 +645,7 @@ class ExitSearch:
                     print(f"  finalist {cfg.describe()}: its own runner timed on {n_cost} dev inputs", flush=True)
                 study = EarlyExitStudy(self.run, self.kind, cfg, self.out / "finalists" / key,
                                        threads=self.target.profile.threads)
-                study.logits = cached_exit_logits(self.run, self.heads, cfg, self.logits_dir)
+                study.logits = logits
                 runner_dir = study.export()
                 own[key] = study.segment_times(n_cost)
             table = with_own_costs(table, key, own[key], dev_logits, stat, dev_lengths)

@@ -34,13 +34,12 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as `python scripts/...`
 from nas.exit_search import (  # noqa: E402
+    candidate_difference,
     candidate_key,
-    candidate_predictions,
     choose,
     choose_anchored,
 )
 from nas.export import ImpossibleBudget  # noqa: E402
-from nas.stats import compare_with  # noqa: E402
 from supernet.errors import ConfigError  # noqa: E402
 from supernet.exits import load_exits  # noqa: E402
 from supernet.io import write_csv  # noqa: E402
@@ -65,11 +64,6 @@ def folder_rows(run: LoadedRun, folder: Path, speedups: list[float], budgets_ms:
     if largest not in set(table.arch_key):
         raise ConfigError(f"{folder}: its candidates do not include {run.folder}'s largest sub-network: is it a "
                           "search of that run?")
-    labels = {s: run.splits[s].labels for s in ("dev", "test")}
-
-    def difference(a: pd.Series, b: pd.Series, split: str) -> dict[str, Any]:  # b minus a on split
-        return compare_with(candidate_predictions(run, heads, logits_dir, a, split),
-                            candidate_predictions(run, heads, logits_dir, b, split), labels[split], metric=metric)
 
     rows = []
     full = float(search["full_model_ms_dev"])
@@ -81,7 +75,9 @@ def folder_rows(run: LoadedRun, folder: Path, speedups: list[float], budgets_ms:
         except ImpossibleBudget:
             rows.append(row | {"note": "no candidate estimated under the budget"})
             continue
-        pick, decision = choose_anchored(table, budget, largest, lambda a, b: difference(a, b, "dev"), metric)
+        pick, decision = choose_anchored(table, budget, largest,
+                                         lambda anchor, b: candidate_difference(run, heads, logits_dir, b, anchor, "dev"),
+                                         metric)
         row |= {"best_dev": candidate_key(best), "best_dev_arch": best.arch, f"best_dev_{metric}_dev": best[f"{metric}_dev"],
                 f"best_dev_{metric}_test": best[f"{metric}_test"], "best_dev_est_ms": best.lat_ms,
                 "anchored": candidate_key(pick), "anchored_arch": pick.arch, f"anchored_{metric}_dev": pick[f"{metric}_dev"],
@@ -93,7 +89,7 @@ def folder_rows(run: LoadedRun, folder: Path, speedups: list[float], budgets_ms:
             d = decision["best_minus_anchor_dev"]
             row |= {"dev_best_minus_anchor": d["diff_points"], "dev_ci95_low": d["ci95_low"], "dev_ci95_high": d["ci95_high"]}
         if candidate_key(pick) != candidate_key(best):
-            t = difference(best, pick, "test")
+            t = candidate_difference(run, heads, logits_dir, pick, best)
             row |= {"test_anchored_minus_best": t["diff_points"], "test_ci95_low": t["ci95_low"],
                     "test_ci95_high": t["ci95_high"]}
         rows.append(row)
@@ -132,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     cols = [c for c in ("folder", "speedup", "best_dev", "anchored", "anchor_beaten", "dev_best_minus_anchor",
                         "test_anchored_minus_best", "test_ci95_low", "test_ci95_high") if c in frame]
     print(frame[cols].to_string(index=False, float_format=lambda x: f"{x:.2f}"))
-    done = frame.dropna(subset=["anchored"]) if "anchored" in frame else frame.iloc[0:0]
+    done = frame.dropna(subset=["anchored"])
     if len(done):
         differ = done[done.anchored != done.best_dev]
         print(f"\n{len(done)} budgets: the rules differ at {len(differ)}; test, largest-unless-beaten minus best-dev: "
