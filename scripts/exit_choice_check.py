@@ -40,7 +40,7 @@ from nas.exit_search import (  # noqa: E402
     choose_anchored,
 )
 from nas.export import ImpossibleBudget  # noqa: E402
-from supernet.errors import ConfigError  # noqa: E402
+from supernet.errors import ConfigError, HwnasError  # noqa: E402
 from supernet.exits import load_exits  # noqa: E402
 from supernet.io import write_csv  # noqa: E402
 from supernet.workflow import LoadedRun, open_run  # noqa: E402
@@ -52,11 +52,23 @@ def folder_rows(run: LoadedRun, folder: Path, speedups: list[float], budgets_ms:
     if not report_file.is_file():
         raise ConfigError(f"{folder} has no report.json: give folders of `hwnas early-exit --run RUN --device D "
                           "--speedup S --out FOLDER` (the search)")
-    search = json.loads(report_file.read_text()).get("search")
+    try:
+        search = json.loads(report_file.read_text()).get("search")
+    except ValueError as e:  # a JSON error is a ValueError
+        raise ConfigError(f"{report_file} is not readable JSON ({e}): give a folder that `hwnas early-exit` "
+                          "wrote completely") from None
     if search is None or not table_file.is_file():
         raise ConfigError(f"{folder} is not a search (a one-sub-network early-exit folder, or no candidates.csv): "
                           "give folders of `hwnas early-exit --run RUN --device D --speedup S --out FOLDER`")
-    table = pd.read_csv(table_file)
+    try:
+        table = pd.read_csv(table_file)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{table_file} is unreadable ({str(e).strip()}): run the search again to rewrite it") from None
+    missing = {"arch_key", "arch", "arch_json", "criterion", "threshold", "lat_ms", f"{run.task.metric}_dev",
+               f"{run.task.metric}_test"} - set(table.columns)
+    if missing:
+        raise ConfigError(f"{table_file} is not a candidate table of `hwnas early-exit` (no {', '.join(sorted(missing))}): "
+                          "run the search again to rewrite it")
     metric, kind = run.task.metric, str(search["exit_kind"])
     heads = load_exits(run.paths.exits(kind))
     logits_dir = run.paths.exits(kind) / "logits"
@@ -117,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run = open_run(a.run)
         rows = [r for f in a.folders for r in folder_rows(run, Path(f), speedups, budgets)]
-    except (ConfigError, OSError) as e:
+    except (HwnasError, OSError) as e:  # a folder or run it cannot read: one line
         print(f"exit_choice_check: {e}", file=sys.stderr)
         return 2
     frame = pd.DataFrame(rows)

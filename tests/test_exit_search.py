@@ -597,7 +597,16 @@ def test_command_searches_exports_and_reports(job, tmp_path, capsys) -> None:
         assert r.best_dev_accuracy_dev == under.accuracy_dev.max()
         assert r.anchored == r.best_dev or r.anchored_arch == s["reference"]["arch"]
         assert r.test_anchored_minus_best == pytest.approx(r.anchored_accuracy_test - r.best_dev_accuracy_test)
-    for folder, said in ((one, "not a search"), (tmp_path, "has no report.json")):
-        bad = subprocess.run([sys.executable, str(check), str(run), str(folder), "--out", str(tmp_path / "bad.csv")],
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "report.json").write_text("{not json")
+    table_broken = tmp_path / "table_broken"
+    shutil.copytree(out, table_broken)
+    (table_broken / "candidates.csv").write_text("a,b\n1,2\n")
+    for args, said in (([run, one], "not a search"), ([run, tmp_path], "has no report.json"),
+                       ([run, broken], "not readable JSON"), ([run, table_broken], "not a candidate table"),
+                       ([tmp_path / "nope", out], "is missing")):
+        bad = subprocess.run([sys.executable, str(check), *map(str, args), "--out", str(tmp_path / "bad.csv")],
                              capture_output=True, text=True)
-        assert bad.returncode == 2 and said in bad.stderr and not (tmp_path / "bad.csv").exists()
+        assert bad.returncode == 2 and said in bad.stderr and "Traceback" not in bad.stderr
+        assert not (tmp_path / "bad.csv").exists()
