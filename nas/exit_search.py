@@ -428,6 +428,11 @@ def plot_histogram(hist: dict[str, Sequence[float]], title: str, path: Path) -> 
     return path
 
 
+# What a search writes into its ``out`` folder; removed when the budget proves impossible.
+SEARCH_FILES = ("reference", "finalists", "candidates.csv", "front.csv", "front.png", "exit_histogram.png", "runner",
+                "static.onnx", "report.json", "policies.csv", "exit_logits.npz")
+
+
 @dataclass
 class ExitSearch:
     """``hwnas early-exit --budget-ms``: the steps of the module doc on one run, device and
@@ -606,7 +611,25 @@ class ExitSearch:
         ``report.json``), stepping down at most ``max_steps`` - 1 times when it misses the
         budget (``verify_choice``), then timed beside the stock deployments on the first
         ``n_stock`` test inputs (``beside_stock``; 0: not); ``candidates.csv``, ``front.csv``,
-        ``front.png``, ``exit_histogram.png``. Returns the report."""
+        ``front.png``, ``exit_histogram.png``. Returns the report. An impossible budget
+        (``ImpossibleBudget``) leaves no half-made search behind: ``out`` is removed when this
+        call made it, else what a search writes there (``SEARCH_FILES``); the exit logits stay
+        cached with the run's heads."""
+        made = not self.out.exists()
+        try:
+            return self._run_all(budget_ms, speedup=speedup, n_cost=n_cost, n_time=n_time, rounds=rounds,
+                                 n_stock=n_stock, progress=progress, max_steps=max_steps)
+        except ImpossibleBudget:
+            if made:
+                shutil.rmtree(self.out, ignore_errors=True)
+            else:
+                for name in SEARCH_FILES:
+                    path = self.out / name
+                    shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+            raise
+
+    def _run_all(self, budget_ms: float | None, *, speedup: float | None, n_cost: int, n_time: int | None,
+                 rounds: int, n_stock: int, progress: bool, max_steps: int) -> dict[str, Any]:
         from nas.early_exit import EarlyExitStudy
 
         if (budget_ms is None) == (speedup is None):
@@ -692,13 +715,7 @@ class ExitSearch:
             decisions.append(decision)
             return row
 
-        try:
-            chosen, steps = verify_choice(table, budget_ms, export_and_measure, metric, max_steps=max_steps, pick=pick)
-        except ImpossibleBudget:
-            for name in ("runner", "report.json", "policies.csv", "exit_logits.npz"):  # no export that misses
-                path = self.out / name
-                shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
-            raise
+        chosen, steps = verify_choice(table, budget_ms, export_and_measure, metric, max_steps=max_steps, pick=pick)
         # The chosen one was measured last: ``out`` holds its runner and report.
         study, report = measured_runs[candidate_key(chosen)]
         cfg = study.subnet

@@ -407,6 +407,12 @@ def test_command_searches_exports_and_reports(job, tmp_path, capsys) -> None:
     small = ["--n-cost", "8", "--n-time", "12", "--rounds", "1", "--candidates", "2", "--quiet"]
     assert main([*base, "--budget-ms", "0.0001", "--device", "cpu", *small]) == 2
     assert "larger --budget-ms" in capsys.readouterr().err
+    assert not out.exists()  # no half-made search: not even the largest's timing scaffolding
+    out.mkdir()
+    (out / "mine.txt").write_text("a user's file")
+    assert main([*base, "--budget-ms", "0.0001", "--device", "cpu", *small]) == 2
+    assert [p.name for p in out.iterdir()] == ["mine.txt"]  # a folder it did not make: only its own files go
+    capsys.readouterr()
     assert main([*base, "--budget-ms", "1000", "--device", "cpu", *small, "--n-stock", "6",
                  "--choose", "largest-unless-beaten"]) == 0
     table = pd.read_csv(out / "candidates.csv")
