@@ -66,7 +66,9 @@ class BenchConfig:
     front_points: int = 10
     rounds: int = 3  # interleaved re-measurement rounds
     finalists: int = 5  # the budget sweep's exports: candidates re-ranked on dev and re-measured
-    dev_subset: int | None = 500  # None: the whole dev split
+    # None: the searches score the whole dev split. On the main job's run a 500-sentence subset let the
+    # evolution's fronts chase the subset's noise (scripts/dev_subset_check.py; README, "The benchmark").
+    dev_subset: int | None = None
     search_precision: str = "auto"
     seed: int = 0
     # Each of these methods' most accurate point at each of these speed-ups is fine-tuned
@@ -700,6 +702,8 @@ def _page(run: LoadedRun, target: Target, cfg: BenchConfig, table: pd.DataFrame,
     now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     show = ["method", "arch", "lat_measured_ms", "speedup", *[c for c in ("speedup_vs_stock", "speedup_vs_stock_int8")
                                                                if c in table], "flops_ratio", "acc_dev_full", "acc_test"]
+    dev_scored = ("the whole dev split" if cfg.dev_subset is None
+                  else f"a fixed subset of {cfg.dev_subset} dev examples (`--dev-subset`)")
     what = "real traffic (dev inputs at their own lengths, served call by call; `length`: their median)" \
         if target.regime == "traffic" else "one real input of that length, repeated"
     stock_text = (f"""What a user could deploy without us, timed in the same run on the same inputs ({target.stat} ms per call):
@@ -738,7 +742,7 @@ ratio to our full model. Test accuracy is reported only; every choice used dev.
 ## Targets
 {_md(targets)}
 
-## 1. Accuracy vs latency: our front against the baselines (same supernet, {cfg.n_evaluations} evaluations where searched)
+## 1. Accuracy vs latency: our front against the baselines (same supernet, {cfg.n_evaluations} evaluations where searched, each on {dev_scored})
 ![fronts]({prefix}_fronts.png)
 
 Hypervolume (latency relative to the full model, reference 1.0; accuracy reference the worst point of any front):

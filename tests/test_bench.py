@@ -239,11 +239,46 @@ def test_bench_settings_reach_the_config(job: Path, tmp_path: Path, bench_config
     seen = bench_configs
     with pytest.raises(SystemExit):
         main(["bench", "--run", str(job), "--out", str(tmp_path), "--budgets", "0.25,0.5", "--front-points", "4",
-              "--dev-subset", "0", "--n", "7", "--finetune-candidates", "2", "--retimes", "3",
+              "--dev-subset", "300", "--n", "7", "--finetune-candidates", "2", "--retimes", "3",
               "--finetune-best-epoch", "--finetune-augment", "2", "--finetune-unlabeled", "0",
               "--finetune-attention", "0.5", "--finetune-choose", "dev-loss"])
     cfg = seen[0]
-    assert cfg.budget_fractions == (0.25, 0.5) and cfg.front_points == 4 and cfg.dev_subset is None
+    assert cfg.budget_fractions == (0.25, 0.5) and cfg.front_points == 4 and cfg.dev_subset == 300
     assert cfg.n_evaluations == 7 and cfg.finetune_candidates == 2 and cfg.retimes == 3 and cfg.finetune_best_epoch
     assert cfg.finetune_augment == 2 and cfg.finetune_unlabeled == 0 and cfg.finetune_attention == 0.5
     assert cfg.finetune_choose == "dev-loss"
+    with pytest.raises(SystemExit):  # by default the searches score the whole dev split
+        main(["bench", "--run", str(job), "--out", str(tmp_path)])
+    assert seen[1].dev_subset is None and BenchConfig().dev_subset is None
+
+
+def test_dev_subset_check_scores_each_methods_fronts_per_seed(job: Path, tmp_path: Path) -> None:
+    """scripts/dev_subset_check.py: the benchmark's hypervolume over search seeds, once per dev
+    subset size (0: the whole dev split); bad input one line, exit 2, nothing written."""
+    import shutil
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    shutil.copytree(job, run, ignore=shutil.ignore_patterns("run.lock"))  # scores land in the run's cache
+    script = Path(__file__).resolve().parent.parent / "scripts" / "dev_subset_check.py"
+    csv = tmp_path / "subsets.csv"
+    done = subprocess.run([sys.executable, str(script), str(run), "--subsets", "16,0", "--seeds", "2", "--n", "6",
+                           "--front-points", "3", "--out", str(csv)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    got = pd.read_csv(csv, dtype={"dev_subset": str})
+    assert got.dev_subset.unique().tolist() == ["16", "all"] and set(got.method) == set(METHODS)
+    for _, g in got.groupby("dev_subset"):
+        seeds = g.groupby("method").seed.nunique()
+        assert seeds["dynabert"] == 1 and (seeds.drop("dynabert") == 2).all()  # the grid does not search
+        assert g.hypervolume_test.between(0, 1).all() and (g.points >= 1).all() and (g.points <= 3).all()
+    assert "ours_beats" in done.stdout and "dev subset all" in done.stdout
+    for args, said in ((["--subsets", "x"], "--subsets takes sizes"), (["--subsets", "-1"], "--subsets takes sizes"),
+                       (["--seeds", "0"], "--seeds >= 1")):
+        bad = subprocess.run([sys.executable, str(script), str(run), *args, "--out", str(tmp_path / "bad.csv")],
+                             capture_output=True, text=True)
+        assert bad.returncode == 2 and said in bad.stderr and not (tmp_path / "bad.csv").exists()
+    bad = subprocess.run([sys.executable, str(script), str(tmp_path / "none"), "--out", str(tmp_path / "bad.csv")],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "bad.csv").exists()
