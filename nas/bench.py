@@ -67,7 +67,7 @@ class BenchConfig:
     rounds: int = 3  # interleaved re-measurement rounds
     finalists: int = 5  # the budget sweep's exports: candidates re-ranked on dev and re-measured
     # None: the searches score the whole dev split. On the main job's run a 500-sentence subset let the
-    # evolution's fronts chase the subset's noise (scripts/dev_subset_check.py; README, "The benchmark").
+    # evolution's fronts chase the subset's noise (scripts/dev_subset_check.py; README, "Searching on the whole dev split").
     dev_subset: int | None = None
     search_precision: str = "auto"
     seed: int = 0

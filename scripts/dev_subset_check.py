@@ -3,7 +3,8 @@ hypervolume over search seeds (``hwnas bench``'s ``seed_spread``): no timing, on
 
 For each size in ``--subsets`` (0: the whole dev split), each method of the benchmark (ours:
 evolution over width, depth and retention; the DynaBERT grid; retention only; random search)
-searches the whole front ``--seeds`` times (search seeds ``--seed`` ..), its front on dev
+searches the whole front ``--seeds`` times (search seeds ``--seed`` ..; the subset itself is always drawn
+with seed 0, so replicates differ only in their searches), its front on dev
 accuracy and *predicted* latency is thinned to ``--front-points`` and scored on test, and the
 hypervolume of each front is computed as the benchmark does (``nas.bench.seed_spread``;
 reference: the worst test accuracy of any front within the same size). Printed per size: each
