@@ -32,7 +32,10 @@ def _regime(r: dict[str, Any]) -> str:
 
 def written_test_score(r: dict[str, Any]) -> float:
     """The test score of the model the folder holds: fine-tuned where it was, else the
-    supernet's weights (as deployed: an int8 model's quantized graph)."""
+    supernet's weights (as deployed: an int8 model's quantized graph). Reports written before
+    2026-12-06 have no ``written_test_accuracy``."""
+    if "written_test_accuracy" in r:
+        return float(r["written_test_accuracy"])
     return float(r["finetuned"]["test_accuracy"] if r.get("finetuned") else r["test_accuracy"])
 
 

@@ -936,7 +936,12 @@ def choose_and_export(
         "remeasured": verified.measured,
         "device_drift": budget.drift,  # measured / predicted before the search; the search's scale
         "precision": sub.precision,  # what model.onnx runs at
-        "dev_accuracy": accuracy.full_dev(sub),  # supernet weights, as deployed (int8: the quantized graph)
+        # What model.onnx and pytorch/ hold, scored: the fine-tuned model where it was fine-tuned.
+        "written_dev_accuracy": pick.tuned["dev_accuracy"] if pick.tuned else accuracy.full_dev(sub),
+        "written_test_accuracy": pick.tuned["test_accuracy"] if pick.tuned else accuracy.test(sub),
+        # The sub-network with the supernet's weights, as deployed (int8: the quantized graph):
+        # the written model's scores only when ``weights`` is "supernet".
+        "dev_accuracy": accuracy.full_dev(sub),
         "test_accuracy": accuracy.test(sub),
         # The same sub-network in fp32 (supernet weights) and the written model's test score
         # before and after quantization: what INT8 cost (null for an fp32 export).

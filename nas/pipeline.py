@@ -159,7 +159,7 @@ def main_job(out: str | Path, spec: RunSpec, job: JobConfig, *, progress: bool =
                  "full_ms": report["full_model_latency_ms"], "speedup": report["speedup"],
                  "meets_budget": report["measured_latency_ms"] <= budget,
                  # The written model's scores: fine-tuned where it was.
-                 "acc_dev": ft["dev_accuracy"] if ft else report["dev_accuracy"], "acc_test": written_test_score(report),
+                 "acc_dev": report["written_dev_accuracy"], "acc_test": written_test_score(report),
                  "full_acc_test": acc.test(run.space.largest())})
     if ft:
         log(f"exported {report['arch']} (best fine-tuned {ft['chosen_by']} of {ft['candidates']} candidates): test "

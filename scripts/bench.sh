@@ -18,13 +18,26 @@
 #                                   # the main job's run doubled their scoring time: not timed here
 #                                   # yet, estimated at 30 more minutes
 #   bash scripts/bench.sh --quick   # reduced version (minutes): small subsets, fewer samples
+#   bash scripts/bench.sh --task r8 # one task's pages only (rt or r8; either version)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+quick=0; tasks=(rt r8)
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --quick) quick=1; shift ;;
+        --task)
+            case "${2:-}" in
+                rt|r8) tasks=("$2"); shift 2 ;;
+                *) echo "bench.sh: --task takes rt or r8, got '${2:-}'" >&2; exit 2 ;;
+            esac ;;
+        *) echo "bench.sh: unknown argument '$1'; expected --quick and/or --task rt|r8" >&2; exit 2 ;;
+    esac
+done
 bash scripts/setup.sh
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 H=.venv/bin/hwnas
 start=$(date +%s)
-if [ "${1:-}" = "--quick" ]; then
+if [ "$quick" = 1 ]; then
     # From an empty runs/bench-quick on 2 cores: 38 min on 2026-12-04 with 600 dev / test examples,
     # 40 configurations on both CPU profiles, 30 evaluations and 3 budgets (rt 15 min, r8 23);
     # 22 min with 300 examples, the cpu profile, 20 evaluations, 2 budgets of 2 finalists (rt 8,
@@ -67,7 +80,7 @@ else
     # fine-tuned model"); one page per task.
     EXITS=(); EE_SPEEDUPS=(2 4); EARLY=(); LARGEST=()
 fi
-for task in rt r8; do
+for task in "${tasks[@]}"; do
     run=$OUT/$task
     if [ "$task" = rt ]; then args=("${RT[@]}"); measure=("${MEASURE_RT[@]}"); bench=("${BENCH_RT[@]}")
     else args=("${R8[@]}"); measure=("${MEASURE_R8[@]}"); bench=("${BENCH_R8[@]}"); fi

@@ -146,6 +146,7 @@ def test_the_export_reports_the_stock_comparison(job: Path) -> None:
     vs = report["vs_teacher"]
     assert set(vs) == {"ours", other, "stock-int8"}
     written = report["finetuned"]["test_accuracy"] if report["finetuned"] else report["test_accuracy"]
+    assert report["written_test_accuracy"] == written
     assert vs["ours"]["diff_points"] == pytest.approx(100 * (written - report["full_model_test_accuracy"]))
     assert vs["stock-int8"]["diff_points"] == pytest.approx(
         100 * (report["deployments"]["stock-int8"]["acc_test"] - report["full_model_test_accuracy"]))

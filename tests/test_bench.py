@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -282,3 +283,17 @@ def test_dev_subset_check_scores_each_methods_fronts_per_seed(job: Path, tmp_pat
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "bad.csv").exists()
+
+
+@pytest.mark.parametrize("args, why", [(["--task", "sst2"], "--task takes rt or r8, got 'sst2'"),
+                                       (["--task"], "--task takes rt or r8, got ''"),
+                                       (["--fast"], "unknown argument '--fast'")])
+def test_bench_script_rejects_bad_arguments_before_anything_runs(args: list[str], why: str) -> None:
+    """A wrong argument to scripts/bench.sh is one line on stderr and exit 2, before setup or training start."""
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(["bash", str(root / "scripts" / "bench.sh"), *args], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 2
+    assert done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and why in lines[0]

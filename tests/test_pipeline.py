@@ -199,6 +199,9 @@ def test_export_with_finetuning(job: Path, tmp_path: Path, capsys) -> None:
     # The summary line gives the written (fine-tuned) model's score first.
     assert f"test {report['metric']} {ft['test_accuracy']:.4f} fine-tuned ({report['test_accuracy']:.4f}" in printed
     assert ft["epochs"] == 2 and 0 <= ft["test_accuracy"] <= 1 and 0 <= ft["dev_accuracy"] <= 1
+    # The top-level written_* scores are the fine-tuned model's; dev/test_accuracy the supernet weights'.
+    assert (report["written_dev_accuracy"], report["written_test_accuracy"]) == (ft["dev_accuracy"], ft["test_accuracy"])
+    assert report["weights"] == "fine-tuned"
     run = open_run(job)
     cfg = SubnetConfig.from_dict(report["subnet"])
     tuned = load_model(out / "pytorch")
@@ -606,6 +609,10 @@ def test_export_budget_as_a_speedup_over_the_full_model(job: Path, tmp_path: Pat
     assert report["budget_ms"] == 25.0 and report["budget_from"] == {"speedup": 2.0, "full_model_ms": 50.0}
     assert "the full model measured 50.000 ms on cpu before the search: budget 25 ms for 2x" in capsys.readouterr().out
     assert report["measured_latency_ms"] <= 25.0
+    # No fine-tuning: the written model is the supernet's weights, and its scores say so.
+    assert report["weights"] == "supernet" and report["finetuned"] is None
+    assert (report["written_dev_accuracy"], report["written_test_accuracy"]) == (report["dev_accuracy"],
+                                                                                 report["test_accuracy"])
     assert main(["export", "--run", str(job), "--device", "cpu", "--speedup", "0.5", "--out", str(tmp_path / "y")]) == 2
     assert "--speedup: must be a finite number > 1" in capsys.readouterr().err
     assert main(["export", "--run", str(job), "--device", "cpu", "--budget-ms", "30", "--n", "6",
