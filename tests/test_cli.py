@@ -29,6 +29,20 @@ def test_every_command_registers_its_own_options() -> None:
         assert e.value.code == 0
 
 
+def test_the_cli_offers_the_choices_the_configs_accept() -> None:
+    """The CLI spells its choice lists itself (it imports nothing heavy before --help); they must
+    stay those the configurations validate against."""
+    from nas.exit_search import CHOICES
+    from nas.export import FINETUNE_CHOICES
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command").choices
+    offered = {(name, action.dest): tuple(action.choices) for name, command in sub.items()
+               for action in command._actions if action.dest in ("choose", "finetune_choose")}
+    assert offered[("early-exit", "choose")] == CHOICES
+    assert {v for (_, dest), v in offered.items() if dest == "finetune_choose"} == {FINETUNE_CHOICES}
+    assert sum(dest == "finetune_choose" for _, dest in offered) >= 3  # export, run, bench
+
+
 # --- compare: --device NAMES, --devices TOML; the old spellings still work ---------------------
 
 HV_COLS = ["front", "n_points", "hypervolume", "best_acc", "fastest_lat"]
