@@ -84,9 +84,28 @@ def test_loss_intervals_and_one_point_target_by_hand() -> None:
     assert one_point_target(None, "supernet weights", 2.0)["gap"] == "no point within 1.0 point"
 
 
+@pytest.mark.parametrize("vnni, says", [(True, "(Some CPU 9000, x86_64; VNNI, "),
+                                         (False, "(Some CPU 9000, x86_64; no VNNI: INT8 weights in 7 bits, "),
+                                         (None, "(Some CPU 9000, x86_64, ")])
+def test_the_page_names_the_cpu_and_whether_it_has_vnni(monkeypatch: pytest.MonkeyPatch, vnni: bool | None,
+                                                         says: str) -> None:
+    """Pages made on different CPUs say so: INT8's figures depend on VNNI (7-bit weights without it)."""
+    import platform
+
+    import nas.bench
+
+    monkeypatch.setattr(nas.bench, "cpu_model", lambda: "Some CPU 9000")
+    monkeypatch.setattr(nas.bench, "cpu_has_vnni", lambda: vnni)
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    assert f"({nas.bench.cpu_description()}, " == says
+
+
 def test_quick_bench_writes_the_page(job: Path, tmp_path: Path) -> None:
     assert main(["bench", "--run", str(job), "--quick", "--out", str(tmp_path)]) == 0
     page = (tmp_path / "BENCHMARKS.md").read_text()
+    from supernet.evaluate import cpu_model
+
+    assert f"({cpu_model()}, " in page  # the header names this CPU
     for part in ("## Targets", "## 1.", "## 2.", "## 3.", "## 4.", "## 7.", "bench_rt_cpu_fronts.png"):
         assert part in page
     fronts = pd.read_csv(tmp_path / "bench_rt_cpu_fronts.csv")
