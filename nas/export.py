@@ -914,6 +914,8 @@ def choose_and_export(
     vs_teacher = against_teacher(teacher_test, {"ours": ours_logits, **(stock["logits"] if stock else {})},
                                  test.labels, metric=run.task.metric)
     sub, largest = chosen.config, run.space.largest()
+    # The sub-network with the supernet's weights, as deployed (int8: the quantized graph).
+    supernet_dev, supernet_test = accuracy.full_dev(sub), accuracy.test(sub)
     report = {
         "device": device,
         "runtime": target.profile.runtime,  # what every latency here was timed with
@@ -937,12 +939,11 @@ def choose_and_export(
         "device_drift": budget.drift,  # measured / predicted before the search; the search's scale
         "precision": sub.precision,  # what model.onnx runs at
         # What model.onnx and pytorch/ hold, scored: the fine-tuned model where it was fine-tuned.
-        "written_dev_accuracy": pick.tuned["dev_accuracy"] if pick.tuned else accuracy.full_dev(sub),
-        "written_test_accuracy": pick.tuned["test_accuracy"] if pick.tuned else accuracy.test(sub),
-        # The sub-network with the supernet's weights, as deployed (int8: the quantized graph):
-        # the written model's scores only when ``weights`` is "supernet".
-        "dev_accuracy": accuracy.full_dev(sub),
-        "test_accuracy": accuracy.test(sub),
+        "written_dev_accuracy": pick.tuned["dev_accuracy"] if pick.tuned else supernet_dev,
+        "written_test_accuracy": pick.tuned["test_accuracy"] if pick.tuned else supernet_test,
+        # The supernet-weight scores: the written model's only when ``weights`` is "supernet".
+        "dev_accuracy": supernet_dev,
+        "test_accuracy": supernet_test,
         # The same sub-network in fp32 (supernet weights) and the written model's test score
         # before and after quantization: what INT8 cost (null for an fp32 export).
         "quantization": None if not sub.int8 else {

@@ -20,7 +20,6 @@ import pandas as pd
 from latency.devices import with_overrides
 from latency.target import PredictedLatency, Target, target_timer
 from latency.workflow import fit_run_device, measure_devices, resolve_device
-from nas.card import written_test_score
 from nas.export import ExportConfig, ImpossibleBudget, choose_and_export, run_search, search_history
 from nas.fronts import compare
 from nas.objectives import DevAccuracy, dev_accuracies
@@ -159,7 +158,7 @@ def main_job(out: str | Path, spec: RunSpec, job: JobConfig, *, progress: bool =
                  "full_ms": report["full_model_latency_ms"], "speedup": report["speedup"],
                  "meets_budget": report["measured_latency_ms"] <= budget,
                  # The written model's scores: fine-tuned where it was.
-                 "acc_dev": report["written_dev_accuracy"], "acc_test": written_test_score(report),
+                 "acc_dev": report["written_dev_accuracy"], "acc_test": report["written_test_accuracy"],
                  "full_acc_test": acc.test(run.space.largest())})
     if ft:
         log(f"exported {report['arch']} (best fine-tuned {ft['chosen_by']} of {ft['candidates']} candidates): test "
