@@ -960,7 +960,7 @@ def register_export(sub: Subparsers) -> argparse.ArgumentParser:
     e.add_argument("--step-up-below", type=_share, default=0.9,
                    help="when the chosen sub-network measures under this share of the budget, search again with "
                    "the predictor's margin shrunk to what was measured and measure the more accurate candidates "
-                   "(default %(default)s; 0: never)")
+                   "(when all of them miss, once more at the scale they measured at; default %(default)s; 0: never)")
     _finetune_args(e, 0.0, "the chosen sub-network before it is written")
     _distill_text_args(e)
     _train_device_arg(e, "the fine-tuning (--finetune-epochs) runs")

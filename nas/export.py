@@ -376,37 +376,47 @@ def step_up(verified: Verified, budget_ms: float, relaxed_search: Callable[[floa
     spread by about 10% on a shared CPU): hence the ``headroom``; and the first of several near
     the edge to fit is often the one whose timing happened to be lowest, so it is timed again
     alone in at least 5 fresh rounds and taken only if that timing fits too (its latency: the
-    higher of the two). Never on a prediction alone: off the device (``timer`` None) nothing
-    changes."""
+    higher of the two). One chosen sub-network's measurement is a poor guide for others: a
+    token-dropping pick that measures at half its upper bound makes wide, full-length
+    sub-networks look as if they fit too (the main job of 2026-12-06: scale 0.47, five
+    candidates measured 1.3x-1.7x their scaled bounds). So a try whose candidates all missed
+    searches again, while tries remain, under the scale they measured at (its scale times
+    the median of their measured / upper bound), when that is higher than its own and below 1.
+    Never on a prediction alone: off the device (``timer`` None) nothing changes."""
     base = 1.0  # the scale the chosen's predictions were made under (relative to the first search's)
+    retry: float | None = None  # the scale the last try's candidates measured at, when all missed
     for _ in range(max(1, tries)):
         before = verified
-        verified, base = _step_up_once(verified, budget_ms, relaxed_search, timer, accuracy, below=below,
-                                       finalists=finalists, rounds=rounds, base=base, headroom=headroom)
-        if verified.chosen is before.chosen:
+        verified, base, retry = _step_up_once(verified, budget_ms, relaxed_search, timer, accuracy, below=below,
+                                              finalists=finalists, rounds=rounds, base=base, headroom=headroom,
+                                              scale=retry)
+        if verified.chosen is before.chosen and retry is None:
             break
     return verified
 
 
 def _step_up_once(verified: Verified, budget_ms: float, relaxed_search: Callable[[float], list[Candidate]],
                   timer: Timer | None, accuracy: DevScore, *, below: float, finalists: int, rounds: int,
-                  base: float, headroom: float) -> tuple[Verified, float]:
-    """One try of ``step_up``; returns the result and the scale the chosen's predictions are
-    now under."""
+                  base: float, headroom: float, scale: float | None = None
+                  ) -> tuple[Verified, float, float | None]:
+    """One try of ``step_up``, under ``scale`` if given (else the chosen's measured / upper
+    bound, times ``base``); returns the result, the scale the chosen's predictions are now
+    under, and the scale to search under again when every candidate measured missed (None:
+    stop)."""
     chosen = verified.chosen
     # Measured at or above its own upper bound, the margin kept nothing out: a search under a
     # scale above 1 relaxes nothing and can find even the smallest sub-network over the budget.
     if (timer is None or not verified.measured or verified.measured_ms >= below * budget_ms
             or verified.measured_ms >= chosen.upper_ms):
-        return verified, base
-    scale = base * verified.measured_ms / chosen.upper_ms
+        return verified, base, None
+    scale = scale if scale is not None else base * verified.measured_ms / chosen.upper_ms
     tried = {s["arch_key"] for s in verified.steps}
     floor = accuracy.full_dev(chosen.config)
     pool = sorted((c for c in relaxed_search(scale) if c.feasible and c.config.key() not in tried),
                   key=lambda c: -c.accuracy)[: max(1, finalists)]
     better = sorted((c for c in pool if accuracy.full_dev(c.config) > floor), key=lambda c: -accuracy.full_dev(c.config))
     if not better:
-        return verified, base
+        return verified, base, None
     got = timer.measure([c.config for c in better], rounds=rounds)
     steps = list(verified.steps)
     edge = headroom * budget_ms
@@ -427,8 +437,11 @@ def _step_up_once(verified: Verified, budget_ms: float, relaxed_search: Callable
         fits = [(c, m) for c, m in zip(better[i + 1:], got.ms[i + 1:], strict=True) if m <= edge]
         rest = sorted([*fits, (chosen, verified.measured_ms), *verified.alternatives],
                       key=lambda cm: -accuracy.full_dev(cm[0].config))
-        return Verified(cand, ms, again.full_ms, steps, tuple(rest)), scale
-    return Verified(chosen, verified.measured_ms, verified.full_ms, steps, verified.alternatives), base
+        return Verified(cand, ms, again.full_ms, steps, tuple(rest)), scale, None
+    # None fitted: the scale these candidates measured at, if it says the predictions were optimistic.
+    measured_at = scale * float(np.median([ms / c.upper_ms for c, ms in zip(better, got.ms, strict=True)]))
+    retry = measured_at if scale < measured_at < 1.0 else None
+    return Verified(chosen, verified.measured_ms, verified.full_ms, steps, verified.alternatives), base, retry
 
 
 @dataclass(frozen=True)

@@ -286,6 +286,48 @@ def test_a_step_up_that_still_leaves_the_budget_unused_tries_again_from_its_own_
     assert edge.chosen is mid and edge.steps[-1]["meets_budget"] and not edge.steps[-1]["taken"]
 
 
+def test_a_try_whose_candidates_all_miss_searches_again_at_the_scale_they_measured_at() -> None:
+    # As in the main job of 2026-12-06: a token-dropping pick measured at half its upper bound,
+    # so wide sub-networks looked as if they fit and all measured well over the budget.
+    chosen = cand(cfg(1), 0.70, 3.0)  # upper 3.3: measured 1.5 under a 4 ms budget (scale 1.5 / 3.3)
+    verified = Verified(chosen, 1.5, 10.0, [{"arch_key": cfg(1).key()}])
+    first = 1.5 / 3.3
+    wide, wider = cand(cfg(3), 0.78, 3.6 / 1.1), cand(cfg(4), 0.80, 3.5 / 1.1)  # upper 3.6 and 3.5 under it
+    mid = cand(cfg(2), 0.75, 3.0)
+    scales: list[float] = []
+
+    def relaxed(scale: float) -> list[Candidate]:
+        scales.append(scale)
+        return [chosen, wide, wider] if len(scales) == 1 else [chosen, mid]
+
+    timer = FakeTimer({cfg(3).key(): 5.4, cfg(4).key(): 5.6, cfg(2).key(): 3.5})
+    dev = DevScores({cfg(1).key(): 0.70, cfg(2).key(): 0.75, cfg(3).key(): 0.78, cfg(4).key(): 0.80})
+    got = step_up(verified, 4.0, relaxed, timer, dev, finalists=5)  # type: ignore[arg-type]
+    # The second search: under the median of 5.4 / 3.6 and 5.6 / 3.5 times the first scale.
+    assert scales == [pytest.approx(first), pytest.approx(first * (5.4 / 3.6 + 5.6 / 3.5) / 2)]
+    assert timer.calls == [[cfg(4).key(), cfg(3).key()], [cfg(2).key()], [cfg(2).key()]]
+    assert got.chosen is mid and got.measured_ms == 3.5
+    assert [(s["scale"], s["taken"]) for s in got.steps[1:]] == [
+        (pytest.approx(first), False), (pytest.approx(first), False), (pytest.approx(scales[1]), True)]
+    # One try only: the pick stays.
+    scales.clear()
+    assert step_up(verified, 4.0, relaxed, FakeTimer(timer.ms), dev, tries=1).chosen is chosen  # type: ignore[arg-type]
+    assert len(scales) == 1
+    # Candidates over the edge (3.8 ms) but under their bounds say the scale was not optimistic, and
+    # a scale of 1 or more relaxes nothing: no second search either way.
+    near = [cand(cfg(3), 0.78, 3.95 / 1.1), cand(cfg(4), 0.80, 3.98 / 1.1)]
+    for ms, found in ((3.9, near), (15.0, [wide, wider])):
+        searched: list[float] = []
+
+        def again(scale: float, found: list[Candidate] = found, searched: list[float] = searched) -> list[Candidate]:
+            searched.append(scale)
+            return [chosen, *found]
+
+        over = FakeTimer({cfg(3).key(): ms, cfg(4).key(): ms, cfg(2).key(): 3.5})
+        assert step_up(verified, 4.0, again, over, dev, finalists=5).chosen is chosen  # type: ignore[arg-type]
+        assert searched == [pytest.approx(first)]
+
+
 def test_a_step_up_is_taken_only_if_a_second_longer_timing_of_it_fits_too() -> None:
     chosen = cand(cfg(1), 0.70, 3.0)  # measured 2.0 under a 4 ms budget
     verified = Verified(chosen, 2.0, 10.0, [{"arch_key": cfg(1).key()}])
