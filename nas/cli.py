@@ -19,7 +19,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from supernet.errors import ConfigError, HwnasError  # light: no heavy imports before --help
 from supernet.runfolder import RunFolder  # paths only
@@ -968,6 +968,39 @@ def register_export(sub: Subparsers) -> argparse.ArgumentParser:
     return e
 
 
+def _timing_lines(r: dict[str, Any]) -> list[str]:
+    """What an export's timings chose, one line each (``report.json``'s ``step_downs``: the
+    finalists, each step up's search scale and candidates, the timing just before writing)."""
+    lines: list[str] = []
+    scale = None  # a step up's search scale, said when a try starts
+    for s in r["step_downs"]:
+        if s.get("step") == "up" and s.get("scale") != scale:
+            scale = s.get("scale")
+            lines.append(f"  step up: searching again with every prediction scaled by {scale:.2f} "
+                         "(measured / upper bound)")
+        if s["meets_budget"] is None:
+            lines.append(f"  WARNING: {r['device']} is not on this machine, so {s['arch']} was chosen by prediction "
+                         f"only (predicted {s['predicted_ms']:.2f} ms, upper {s['upper_ms']:.2f}); measure it on the "
+                         "device")
+            continue
+        kind = s.get("step")
+        if kind == "up":
+            if "recheck_ms" in s:
+                verdict = (f"within 95% of the budget; timed again alone {s['recheck_ms']:.2f} ms"
+                           + (" -> stepping up" if s.get("taken") else ": passed over"))
+            else:
+                verdict = "over 95% of the budget: passed over" if s["meets_budget"] else "misses"
+        elif kind == "confirm":
+            verdict = ("meets the budget: written" if s.get("taken") else "meets the budget" if s["meets_budget"]
+                       else "misses: falling back")
+        else:
+            verdict = "meets the budget" if s["meets_budget"] else "misses: stepping down"
+        label = {"up": "more accurate", "confirm": "timed again before writing"}.get(kind, "finalist")
+        lines.append(f"  {label} {s['arch']}: predicted {s['predicted_ms']:.2f} ms (upper {s['upper_ms']:.2f}), "
+                     f"measured {s['measured_ms']:.2f} ms -> {verdict}")
+    return lines
+
+
 def cmd_export(a: argparse.Namespace) -> int:
     from nas.card import written_test_score
     from nas.export import ExportConfig, choose_and_export
@@ -1002,26 +1035,8 @@ def cmd_export(a: argparse.Namespace) -> int:
         print(f"  WARNING: {r['device']} runs {d['ratio']:.2f}x the predicted latency today (references "
               f"{', '.join(format(x, '.2f') for x in d['ratios'])}); this search scaled every prediction by "
               f"{d['scale_applied']:.2f}. Re-measure (`hwnas measure`, `hwnas fit`) if it stays so")
-    for s in r["step_downs"]:
-        if s["meets_budget"] is None:
-            print(f"  WARNING: {r['device']} is not on this machine, so {s['arch']} was chosen by prediction only "
-                  f"(predicted {s['predicted_ms']:.2f} ms, upper {s['upper_ms']:.2f}); measure it on the device")
-            continue
-        kind = s.get("step")
-        if kind == "up":
-            if "recheck_ms" in s:
-                verdict = (f"within 95% of the budget; timed again alone {s['recheck_ms']:.2f} ms"
-                           + (" -> stepping up" if s.get("taken") else ": passed over"))
-            else:
-                verdict = "over 95% of the budget: passed over" if s["meets_budget"] else "misses"
-        elif kind == "confirm":
-            verdict = ("meets the budget: written" if s.get("taken") else "meets the budget" if s["meets_budget"]
-                       else "misses: falling back")
-        else:
-            verdict = "meets the budget" if s["meets_budget"] else "misses: stepping down"
-        label = {"up": "more accurate", "confirm": "timed again before writing"}.get(kind, "finalist")
-        print(f"  {label} {s['arch']}: predicted {s['predicted_ms']:.2f} ms (upper {s['upper_ms']:.2f}), "
-              f"measured {s['measured_ms']:.2f} ms -> {verdict}")
+    for line in _timing_lines(r):
+        print(line)
     if not r.get("budget_confirmed", True):
         print(f"  WARNING: timed again before writing, nothing met {r['budget_ms']:g} ms ({r['device']} is slower now "
               "than when the pick was measured); the pick stands on its earlier timing. Re-run, or re-measure and refit")

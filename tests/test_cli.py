@@ -11,7 +11,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from nas.cli import COMMANDS, build_parser, main
+from nas.cli import COMMANDS, _timing_lines, build_parser, main
 
 ORDER = ["run", "train", "eval", "exits", "early-exit", "measure", "fit", "search", "export", "compare", "bench", "extract",
          "predict"]
@@ -67,6 +67,28 @@ def _devices(seen: list[dict[str, Any]]) -> dict[str, str]:
     """{device name: profile name} of the one run compare was handed."""
     ((_, targets),) = seen[-1].items()
     return {name: t.profile.name for name, t in targets.items()}
+
+
+def test_export_says_each_step_up_search_and_what_its_timings_chose() -> None:
+    def step(kind: str, arch: str, ms: float, meets: bool, **kw: object) -> dict:
+        return {"step": kind, "arch": arch, "predicted_ms": 2.0, "upper_ms": 3.0, "measured_ms": ms,
+                "meets_budget": meets, **kw}
+
+    r = {"device": "cpu", "step_downs": [
+        step("down", "L4", 1.5, True),
+        step("up", "L6a", 5.0, False, scale=0.5, taken=False), step("up", "L6b", 5.5, False, scale=0.5, taken=False),
+        step("up", "L5", 2.8, True, scale=0.76, recheck_ms=3.4, taken=True),
+        step("confirm", "L5", 3.9, True, taken=True)]}
+    assert _timing_lines(r) == [
+        "  finalist L4: predicted 2.00 ms (upper 3.00), measured 1.50 ms -> meets the budget",
+        "  step up: searching again with every prediction scaled by 0.50 (measured / upper bound)",
+        "  more accurate L6a: predicted 2.00 ms (upper 3.00), measured 5.00 ms -> misses",
+        "  more accurate L6b: predicted 2.00 ms (upper 3.00), measured 5.50 ms -> misses",
+        "  step up: searching again with every prediction scaled by 0.76 (measured / upper bound)",
+        "  more accurate L5: predicted 2.00 ms (upper 3.00), measured 2.80 ms -> within 95% of the budget; "
+        "timed again alone 3.40 ms -> stepping up",
+        "  timed again before writing L5: predicted 2.00 ms (upper 3.00), measured 3.90 ms -> meets the budget: "
+        "written"]
 
 
 def test_compare_takes_device_names_with_device(job: Path, tmp_path: Path, capsys) -> None:
