@@ -122,7 +122,12 @@ def test_exported_models_hold_the_finetuned_weights(job: Path) -> None:
     tried = report["finetune_candidates"]
     assert 1 <= len(tried) <= 2 and report["finetuned"]["candidates"] == len(tried)
     assert len({c["arch_key"] for c in tried}) == len(tried)  # none twice
-    best = max(tried, key=lambda c: c["dev_accuracy"])
+    # The best on dev is written, unless it missed the budget in the timing just before writing
+    # (a loaded machine): then the next best that met it (``confirm``'s fall-back).
+    missed = {s["arch_key"] for s in report["step_downs"] if s["step"] == "confirm" and not s["meets_budget"]}
+    ranked = sorted(tried, key=lambda c: -c["dev_accuracy"])  # ties: the earlier, as the export ranks them
+    best = next((c for c in ranked if c["arch_key"] not in missed), ranked[0]) if report["budget_confirmed"] \
+        else ranked[0]
     assert cfg.key() == report["arch_key"] == best["arch_key"] and report["finetuned"]["test_accuracy"] == best["test_accuracy"]
     assert report["finetuned"]["chosen_by"] == "dev-score"
     # Each candidate's fine-tuning loss on dev (what --finetune-choose dev-loss ranks by): for the
