@@ -228,6 +228,7 @@ def test_budget_sweep_exports_and_remeasures(job: Path, tmp_path: Path, monkeypa
     assert (comp["fresh_measured_ms"] > 0).all() and (comp["realized_over_ideal"] > 0).all()
     assert np.allclose(comp["budget_use"], comp["fresh_measured_ms"] / comp["budget_ms"])
     assert (comp["step_ups"] >= 0).all() and (comp["step_downs"] >= 0).all()
+    assert ((comp["step_up_tries"] > 0) == (comp["step_ups"] > 0)).all() and (comp["step_up_tries"] <= 2).all()
     # Budgets far above the full model: the last timing before writing keeps every pick.
     assert comp["confirmed"].all() and (comp["fallbacks"] == 0).all() and (comp["machine_drift"] > 0).all()
     assert np.allclose(comp["fresh_share"], 1 / comp["speedup"]) and comp["share_meets"].all()
@@ -316,3 +317,37 @@ def test_bench_script_rejects_bad_arguments_before_anything_runs(args: list[str]
     assert done.stdout == ""
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and why in lines[0]
+
+
+def test_compliance_check_sweeps_budgets_and_says_whether_they_held(job: Path, tmp_path: Path) -> None:
+    """scripts/compliance_check.py: the benchmark's budget sweep alone, one exported and freshly
+    timed row per budget and the two targets' verdicts; bad input one line, exit 2, nothing written."""
+    import shutil
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    shutil.copytree(job, run, ignore=shutil.ignore_patterns("run.lock"))
+    script = Path(__file__).resolve().parent.parent / "scripts" / "compliance_check.py"
+    csv = tmp_path / "sweep.csv"
+    # Budgets far above the tiny model's latency: timing noise cannot make them impossible.
+    done = subprocess.run([sys.executable, str(script), str(run), "--budgets", "20,40", "--n", "6", "--finalists", "2",
+                           "--dev-subset", "32", "--exports", str(tmp_path / "exports"), "--out", str(csv)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    got = pd.read_csv(csv).fillna({"error": ""})
+    assert list(got["fraction"]) == [20.0, 40.0] and (got["error"] == "").all()
+    assert np.allclose(got["budget_use"], got["fresh_measured_ms"] / got["budget_ms"])
+    assert got["fresh_meets"].all() and got["share_meets"].all() and (got["step_up_tries"] <= 2).all()
+    assert sorted(p.name for p in (tmp_path / "exports").iterdir()) == ["export_20.00", "export_40.00"]
+    assert "2 budgets: compliance 2/2 in ms, 2/2 as a share" in done.stdout
+    for args, said in ((["--budgets", "x"], "--budgets takes positive shares"),
+                       (["--budgets", "0.5,-1"], "--budgets takes positive shares"),
+                       (["--n", "0"], "--n and --finalists positive")):
+        bad = subprocess.run([sys.executable, str(script), str(run), *args, "--out", str(tmp_path / "bad.csv")],
+                             capture_output=True, text=True)
+        assert bad.returncode == 2 and said in bad.stderr and not (tmp_path / "bad.csv").exists()
+    bad = subprocess.run([sys.executable, str(script), str(tmp_path / "none"), "--out", str(tmp_path / "bad.csv")],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "bad.csv").exists()
