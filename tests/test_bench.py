@@ -294,15 +294,23 @@ def test_dev_subset_check_scores_each_methods_fronts_per_seed(job: Path, tmp_pat
         assert seeds["dynabert"] == 1 and (seeds.drop("dynabert") == 2).all()  # the grid does not search
         assert g.hypervolume_test.between(0, 1).all() and (g.points >= 1).all() and (g.points <= 3).all()
     assert "ours_beats" in done.stdout and "dev subset all" in done.stdout
-    for args, said in ((["--subsets", "x"], "--subsets takes sizes"), (["--subsets", "-1"], "--subsets takes sizes"),
-                       (["--seeds", "0"], "--seeds >= 1")):
-        bad = subprocess.run([sys.executable, str(script), str(run), *args, "--out", str(tmp_path / "bad.csv")],
+    _rejects_bad_input(script, run, tmp_path, [(["--subsets", "x"], "--subsets takes sizes"),
+                                               (["--subsets", "-1"], "--subsets takes sizes"),
+                                               (["--seeds", "0"], "--seeds >= 1")])
+
+
+def _rejects_bad_input(script: Path, run: Path, tmp_path: Path, cases: list[tuple[list[str], str]]) -> None:
+    """A check script given each of ``cases`` (arguments, what its one line must say), then a run
+    folder that does not exist: exit 2, one line and no traceback, and its --out not written."""
+    import sys
+
+    bad_csv = tmp_path / "bad.csv"
+    for args, said in [*cases, ([], "")]:
+        folder = run if args else tmp_path / "none"
+        bad = subprocess.run([sys.executable, str(script), str(folder), *args, "--out", str(bad_csv)],
                              capture_output=True, text=True)
-        assert bad.returncode == 2 and said in bad.stderr and not (tmp_path / "bad.csv").exists()
-    bad = subprocess.run([sys.executable, str(script), str(tmp_path / "none"), "--out", str(tmp_path / "bad.csv")],
-                         capture_output=True, text=True)
-    assert bad.returncode == 2 and "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
-    assert not (tmp_path / "bad.csv").exists()
+        assert bad.returncode == 2 and said in bad.stderr and "Traceback" not in bad.stderr
+        assert len(bad.stderr.strip().splitlines()) == 1 and not bad_csv.exists()
 
 
 @pytest.mark.parametrize("args, why", [(["--task", "sst2"], "--task takes rt or r8, got 'sst2'"),
@@ -341,13 +349,6 @@ def test_compliance_check_sweeps_budgets_and_says_whether_they_held(job: Path, t
     assert got["fresh_meets"].all() and got["share_meets"].all() and (got["step_up_tries"] <= 2).all()
     assert sorted(p.name for p in (tmp_path / "exports").iterdir()) == ["export_20.00", "export_40.00"]
     assert "2 budgets: compliance 2/2 in ms, 2/2 as a share" in done.stdout
-    for args, said in ((["--budgets", "x"], "--budgets takes positive shares"),
-                       (["--budgets", "0.5,-1"], "--budgets takes positive shares"),
-                       (["--n", "0"], "--n and --finalists positive")):
-        bad = subprocess.run([sys.executable, str(script), str(run), *args, "--out", str(tmp_path / "bad.csv")],
-                             capture_output=True, text=True)
-        assert bad.returncode == 2 and said in bad.stderr and not (tmp_path / "bad.csv").exists()
-    bad = subprocess.run([sys.executable, str(script), str(tmp_path / "none"), "--out", str(tmp_path / "bad.csv")],
-                         capture_output=True, text=True)
-    assert bad.returncode == 2 and "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
-    assert not (tmp_path / "bad.csv").exists()
+    _rejects_bad_input(script, run, tmp_path, [(["--budgets", "x"], "--budgets takes positive shares"),
+                                               (["--budgets", "0.5,-1"], "--budgets takes positive shares"),
+                                               (["--n", "0"], "--n and --finalists positive")])
