@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+import runpy
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -45,6 +50,36 @@ def tiny_batch(seed: int = 0, vocab: int = 120, lengths: tuple[int, ...] = (12, 
     ids[:, 0] = 2  # a [CLS]-like first token
     return {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids),
             "labels": torch.arange(len(lengths)) % 2}
+
+
+@dataclass(frozen=True)
+class ScriptRun:
+    """What ``python SCRIPT ARGS`` returned and printed (``subprocess.CompletedProcess``'s fields)."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_script(script: Path, *args: object) -> ScriptRun:
+    """``python SCRIPT ARGS`` in this process (``runpy`` as ``__main__``, ``sys.argv`` and the
+    output streams swapped in and restored): its exit status and what it printed. A new
+    interpreter spends about 3 s importing torch and the rest on a 2-core machine; a test
+    starts each script once as a user does (``subprocess``) and makes its other calls here."""
+    out, err = io.StringIO(), io.StringIO()
+    argv, path = sys.argv, list(sys.path)  # scripts put the repository and scripts/ on sys.path
+    sys.argv = [str(script), *map(str, args)]
+    code = 0
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            runpy.run_path(str(script), run_name="__main__")
+    except SystemExit as e:
+        if isinstance(e.code, str):  # ``sys.exit("message")``: printed, status 1
+            err.write(e.code + "\n")
+        code = e.code if isinstance(e.code, int) else int(e.code is not None)
+    finally:
+        sys.argv, sys.path[:] = argv, path
+    return ScriptRun(code, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture(scope="session")

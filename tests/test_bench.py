@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import run_script
 from nas.bench import METHODS, BenchConfig, dynabert_grid, retention_only_space, run_bench
 from nas.cli import main
 
@@ -277,15 +278,13 @@ def test_dev_subset_check_scores_each_methods_fronts_per_seed(job: Path, tmp_pat
     """scripts/dev_subset_check.py: the benchmark's hypervolume over search seeds, once per dev
     subset size (0: the whole dev split); bad input one line, exit 2, nothing written."""
     import shutil
-    import subprocess
-    import sys
 
     run = tmp_path / "run"
     shutil.copytree(job, run, ignore=shutil.ignore_patterns("run.lock"))  # scores land in the run's cache
     script = Path(__file__).resolve().parent.parent / "scripts" / "dev_subset_check.py"
     csv = tmp_path / "subsets.csv"
-    done = subprocess.run([sys.executable, str(script), str(run), "--subsets", "16,0", "--seeds", "2", "--n", "6",
-                           "--front-points", "3", "--out", str(csv)], capture_output=True, text=True)
+    done = run_script(script, run, "--subsets", "16,0", "--seeds", "2", "--n", "6", "--front-points", "3",
+                      "--out", csv)
     assert done.returncode == 0, done.stderr
     got = pd.read_csv(csv, dtype={"dev_subset": str})
     assert got.dev_subset.unique().tolist() == ["16", "all"] and set(got.method) == set(METHODS)
@@ -301,14 +300,17 @@ def test_dev_subset_check_scores_each_methods_fronts_per_seed(job: Path, tmp_pat
 
 def _rejects_bad_input(script: Path, run: Path, tmp_path: Path, cases: list[tuple[list[str], str]]) -> None:
     """A check script given each of ``cases`` (arguments, what its one line must say), then a run
-    folder that does not exist: exit 2, one line and no traceback, and its --out not written."""
+    folder that does not exist: exit 2, one line and no traceback, and its --out not written.
+    The first case starts the script as a user does (a new interpreter), the others in this
+    process (``run_script``)."""
     import sys
 
     bad_csv = tmp_path / "bad.csv"
-    for args, said in [*cases, ([], "")]:
+    for i, (args, said) in enumerate([*cases, ([], "")]):
         folder = run if args else tmp_path / "none"
-        bad = subprocess.run([sys.executable, str(script), str(folder), *args, "--out", str(bad_csv)],
-                             capture_output=True, text=True)
+        argv = [folder, *args, "--out", bad_csv]
+        bad = (subprocess.run([sys.executable, str(script), *map(str, argv)], capture_output=True, text=True)
+               if i == 0 else run_script(script, *argv))
         assert bad.returncode == 2 and said in bad.stderr and "Traceback" not in bad.stderr
         assert len(bad.stderr.strip().splitlines()) == 1 and not bad_csv.exists()
 
@@ -331,17 +333,14 @@ def test_compliance_check_sweeps_budgets_and_says_whether_they_held(job: Path, t
     """scripts/compliance_check.py: the benchmark's budget sweep alone, one exported and freshly
     timed row per budget and the two targets' verdicts; bad input one line, exit 2, nothing written."""
     import shutil
-    import subprocess
-    import sys
 
     run = tmp_path / "run"
     shutil.copytree(job, run, ignore=shutil.ignore_patterns("run.lock"))
     script = Path(__file__).resolve().parent.parent / "scripts" / "compliance_check.py"
     csv = tmp_path / "sweep.csv"
     # Budgets far above the tiny model's latency: timing noise cannot make them impossible.
-    done = subprocess.run([sys.executable, str(script), str(run), "--budgets", "20,40", "--n", "6", "--finalists", "2",
-                           "--dev-subset", "32", "--exports", str(tmp_path / "exports"), "--out", str(csv)],
-                          capture_output=True, text=True)
+    done = run_script(script, run, "--budgets", "20,40", "--n", "6", "--finalists", "2", "--dev-subset", "32",
+                      "--exports", tmp_path / "exports", "--out", csv)
     assert done.returncode == 0, done.stderr
     got = pd.read_csv(csv).fillna({"error": ""})
     assert list(got["fraction"]) == [20.0, 40.0] and (got["error"] == "").all()

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import tiny_model
+from conftest import run_script, tiny_model
 from latency.early_exit import (
     LengthSpread,
     estimate_latency,
@@ -550,8 +550,7 @@ def test_command_searches_exports_and_reports(job, tmp_path, capsys) -> None:
 
     script = Path(__file__).resolve().parent.parent / "scripts" / "early_exit_page.py"
     res = tmp_path / "results"
-    done = subprocess.run([sys.executable, str(script), str(out), "--task", "tiny", "--out", str(res)],
-                          capture_output=True, text=True)
+    done = run_script(script, out, "--task", "tiny", "--out", res)
     assert done.returncode == 0, done.stderr
     page = (res / "bench_tiny_early_exit.md").read_text()
     assert page.startswith("# Benchmarks: tiny early exit") and s["chosen"]["arch"] in page
@@ -571,28 +570,28 @@ def test_command_searches_exports_and_reports(job, tmp_path, capsys) -> None:
     from supernet.workflow import open_run
 
     assert one_report["subnet"] == open_run(run).space.largest().to_dict()
-    done = subprocess.run([sys.executable, str(script), str(out), "--task", "tiny", "--out", str(res),
-                           "--largest", str(one)], capture_output=True, text=True)
+    done = run_script(script, out, "--task", "tiny", "--out", res, "--largest", one)
     assert done.returncode == 0, done.stderr
     page = (res / "bench_tiny_early_exit.md").read_text()
     policy = f"{one_report['policy']['criterion']} {one_report['policy']['threshold']:g}"
     assert "The largest sub-network with exits" in page and f"| {one} | " in page and f"| {policy} |" in page
     table = script.with_name("early_exit_table.py")
     csv = tmp_path / "one.csv"
-    done = subprocess.run([sys.executable, str(table), str(one), "--out", str(csv)], capture_output=True, text=True)
+    done = run_script(table, one, "--out", csv)
     assert done.returncode == 0, done.stderr
     got = pd.read_csv(csv).iloc[0]
     assert got.policy == policy and got.exit_test == pytest.approx(one_report["early_exit"]["accuracy_test"])
+    # Each script started once as a user does (a new interpreter); its other calls in this process.
     for folder, said in ((out, "is an early-exit search"), (tmp_path, "has no report.json")):
-        bad = subprocess.run([sys.executable, str(table), str(folder), "--out", str(tmp_path / "bad.csv")],
-                             capture_output=True, text=True)
+        argv = [folder, "--out", tmp_path / "bad.csv"]
+        bad = (subprocess.run([sys.executable, str(table), *map(str, argv)], capture_output=True, text=True)
+               if folder == out else run_script(table, *argv))
         assert bad.returncode == 2 and said in bad.stderr and not (tmp_path / "bad.csv").exists()
     # Both --choose rules over the search's candidates at other budgets (scripts/exit_choice_check.py).
     check = script.with_name("exit_choice_check.py")
     csv = tmp_path / "choice.csv"
     # Timings of this tiny model are noisy: budgets in ms that surely fit (1000) and surely do not.
-    done = subprocess.run([sys.executable, str(check), str(run), str(out), "--speedups", "1.5", "--budgets-ms",
-                           "1000,1e-9", "--out", str(csv)], capture_output=True, text=True)
+    done = run_script(check, run, out, "--speedups", "1.5", "--budgets-ms", "1000,1e-9", "--out", csv)
     assert done.returncode == 0, done.stderr
     got, cands = pd.read_csv(csv), pd.read_csv(out / "candidates.csv")
     assert got.budget_ms.tolist()[1:] == [1000, 1e-9] and got.note.iloc[-1] == "no candidate estimated under the budget"
@@ -612,7 +611,8 @@ def test_command_searches_exports_and_reports(job, tmp_path, capsys) -> None:
     for args, said in (([run, one], "not a search"), ([run, tmp_path], "has no report.json"),
                        ([run, broken], "not readable JSON"), ([run, table_broken], "not a candidate table"),
                        ([tmp_path / "nope", out], "is missing")):
-        bad = subprocess.run([sys.executable, str(check), *map(str, args), "--out", str(tmp_path / "bad.csv")],
-                             capture_output=True, text=True)
+        argv = [*args, "--out", tmp_path / "bad.csv"]
+        bad = (subprocess.run([sys.executable, str(check), *map(str, argv)], capture_output=True, text=True)
+               if args[1] == one else run_script(check, *argv))
         assert bad.returncode == 2 and said in bad.stderr and "Traceback" not in bad.stderr
         assert not (tmp_path / "bad.csv").exists()

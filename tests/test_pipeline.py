@@ -648,16 +648,18 @@ def test_measure_in_two_passes_and_fit_on_the_medians(job: Path, tmp_path: Path,
     assert report["noise_floor"]["n_retest"] == 40 and 0 <= report["noise_floor"]["retest_within_10pct"] <= 1
 
 
-def test_predictor_splits_script(job: Path, tmp_path: Path) -> None:
+def test_predictor_splits_script(job: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """scripts/predictor_splits.py: every predictor's held-out figures over several split
     seeds of a measured run, nothing written; a missing run is one line and exit 2."""
     import subprocess
     import sys
 
+    from conftest import run_script
+
     script = Path(__file__).resolve().parent.parent / "scripts" / "predictor_splits.py"
+    monkeypatch.chdir(script.parent.parent)
     before = sorted(p.name for p in (job / "latency").iterdir())
-    done = subprocess.run([sys.executable, str(script), str(job), "--device", "cpu", "--splits", "2"],
-                          capture_output=True, text=True, cwd=script.parent.parent)
+    done = run_script(script, job, "--device", "cpu", "--splits", "2")
     assert done.returncode == 0, done.stderr
     assert "2 split(s)" in done.stdout and "chosen per split:" in done.stdout
     for name in ("analytic", "gbt", "analytic+gbt"):
@@ -666,8 +668,7 @@ def test_predictor_splits_script(job: Path, tmp_path: Path) -> None:
     bad = subprocess.run([sys.executable, str(script), str(tmp_path / "nowhere")], capture_output=True, text=True,
                          cwd=script.parent.parent)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "predictor_splits.py: error:" in bad.stderr
-    unmeasured = subprocess.run([sys.executable, str(script), str(job), "--device", "phone"], capture_output=True,
-                                text=True, cwd=script.parent.parent)
+    unmeasured = run_script(script, job, "--device", "phone")
     assert unmeasured.returncode == 2 and "phone.csv does not exist: run `hwnas measure" in unmeasured.stderr
 
 
