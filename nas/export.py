@@ -36,7 +36,7 @@ import hashlib
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -313,6 +313,11 @@ class Verified:
     # The other measured sub-networks that met the budget, best on dev first, with their
     # measured ms: what ``confirm`` falls back on.
     alternatives: tuple[tuple[Candidate, float], ...] = ()
+    # Each search the step up ran (``step_up``): its scale, how many of its candidates it
+    # considered, how many beat the chosen on the whole dev split (those are timed) and what it
+    # stepped up to (None: nothing). A search with nothing better times nothing, so ``steps``
+    # alone cannot say it ran.
+    step_up_searches: tuple[dict[str, Any], ...] = ()
 
     @property
     def measured(self) -> bool:
@@ -415,8 +420,11 @@ def _step_up_once(verified: Verified, budget_ms: float, relaxed_search: Callable
     pool = sorted((c for c in relaxed_search(scale) if c.feasible and c.config.key() not in tried),
                   key=lambda c: -c.accuracy)[: max(1, finalists)]
     better = sorted((c for c in pool if accuracy.full_dev(c.config) > floor), key=lambda c: -accuracy.full_dev(c.config))
+    searched: dict[str, Any] = {"scale": scale, "candidates": len(pool), "better_on_dev": len(better),
+                                "stepped_up_to": None}
+    searches = (*verified.step_up_searches, searched)
     if not better:
-        return verified, base, None
+        return replace(verified, step_up_searches=searches), base, None
     got = timer.measure([c.config for c in better], rounds=rounds)
     steps = list(verified.steps)
     edge = headroom * budget_ms
@@ -437,11 +445,12 @@ def _step_up_once(verified: Verified, budget_ms: float, relaxed_search: Callable
         fits = [(c, m) for c, m in zip(better[i + 1:], got.ms[i + 1:], strict=True) if m <= edge]
         rest = sorted([*fits, (chosen, verified.measured_ms), *verified.alternatives],
                       key=lambda cm: -accuracy.full_dev(cm[0].config))
-        return Verified(cand, ms, again.full_ms, steps, tuple(rest)), scale, None
+        searched["stepped_up_to"] = cand.config.describe()
+        return Verified(cand, ms, again.full_ms, steps, tuple(rest), searches), scale, None
     # None fitted: the scale these candidates measured at, if it says the predictions were optimistic.
     measured_at = scale * float(np.median([ms / c.upper_ms for c, ms in zip(better, got.ms, strict=True)]))
     retry = measured_at if scale < measured_at < 1.0 else None
-    return Verified(chosen, verified.measured_ms, verified.full_ms, steps, verified.alternatives), base, retry
+    return replace(verified, steps=steps, step_up_searches=searches), base, retry
 
 
 @dataclass(frozen=True)
@@ -984,6 +993,9 @@ def choose_and_export(
         # Every timing that chose: step downs, step ups (``step_up``) and the last one just
         # before writing (``confirm``: "step" "confirm"), in order.
         "step_downs": [*verified.steps, *final.steps],
+        # Each search the step up ran, timed or not (``Verified.step_up_searches``): empty when
+        # the pick used enough of the budget (or nothing was timed here).
+        "step_up_searches": list(verified.step_up_searches),
         # False: in that last timing nothing met the budget (the machine is slower now than
         # when the pick was measured) and the pick stands on its earlier measurement.
         "budget_confirmed": final.met,

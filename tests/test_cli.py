@@ -89,6 +89,16 @@ def test_export_says_each_step_up_search_and_what_its_timings_chose() -> None:
         "timed again alone 3.40 ms -> stepping up",
         "  timed again before writing L5: predicted 2.00 ms (upper 3.00), measured 3.90 ms -> meets the budget: "
         "written"]
+    # A step-up search that found nothing more accurate timed nothing: said before the last timing.
+    quiet = {"device": "cpu", "step_downs": [step("down", "L4", 1.5, True), step("confirm", "L4", 1.6, True, taken=True)],
+             "step_up_searches": [{"scale": 0.73, "candidates": 5, "better_on_dev": 0, "stepped_up_to": None}]}
+    assert _timing_lines(quiet) == [
+        "  finalist L4: predicted 2.00 ms (upper 3.00), measured 1.50 ms -> meets the budget",
+        "  step up: searching again with every prediction scaled by 0.73 (measured / upper bound): none of its 5 "
+        "candidates beat the pick on the whole dev split",
+        "  timed again before writing L4: predicted 2.00 ms (upper 3.00), measured 1.60 ms -> meets the budget: "
+        "written"]
+    assert _timing_lines({**quiet, "step_downs": quiet["step_downs"][:1]})[-1].startswith("  step up: searching")
 
 
 def test_compare_takes_device_names_with_device(job: Path, tmp_path: Path, capsys) -> None:

@@ -256,6 +256,17 @@ def test_an_unused_budget_steps_up_to_a_more_accurate_sub_network_that_measures_
     assert got.chosen is wide and got.measured_ms == 3.6
     assert [s.get("step") for s in got.steps[1:]] == ["up", "up", "up"]
     assert [s["meets_budget"] for s in got.steps[1:]] == [False, False, True]
+    # The report's record of each search the step up ran (the pick itself is not a candidate).
+    assert got.step_up_searches == ({"scale": pytest.approx(2.0 / 3.3), "candidates": 3, "better_on_dev": 3,
+                                     "stepped_up_to": cfg(2).describe()},)
+    # A search that finds nothing more accurate on the whole dev split times nothing, and says so.
+    worse = cand(cfg(4, 2), 0.72, 3.5)  # most accurate on the dev subset, not on the whole dev split
+    idle = FakeTimer({})
+    kept = step_up(verified, 4.0, lambda scale: [chosen, worse], idle, DevScores({cfg(1).key(): 0.70,  # type: ignore[arg-type]
+                                                                                  cfg(4, 2).key(): 0.69}))
+    assert kept.chosen is chosen and kept.steps == verified.steps and idle.calls == []
+    assert kept.step_up_searches == ({"scale": pytest.approx(2.0 / 3.3), "candidates": 1, "better_on_dev": 0,
+                                      "stepped_up_to": None},)
 
 
 def test_a_step_up_that_still_leaves_the_budget_unused_tries_again_from_its_own_measurement() -> None:
@@ -309,6 +320,8 @@ def test_a_try_whose_candidates_all_miss_searches_again_at_the_scale_they_measur
     assert got.chosen is mid and got.measured_ms == 3.5
     assert [(s["scale"], s["taken"]) for s in got.steps[1:]] == [
         (pytest.approx(first), False), (pytest.approx(first), False), (pytest.approx(scales[1]), True)]
+    assert [(u["scale"], u["better_on_dev"], u["stepped_up_to"]) for u in got.step_up_searches] == [
+        (pytest.approx(first), 2, None), (pytest.approx(scales[1]), 1, cfg(2).describe())]
     # One try only: the pick stays.
     scales.clear()
     assert step_up(verified, 4.0, relaxed, FakeTimer(timer.ms), dev, tries=1).chosen is chosen  # type: ignore[arg-type]

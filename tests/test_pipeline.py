@@ -13,7 +13,8 @@ import torch
 from nas.cli import main
 
 REPORT_KEYS = {"device", "budget_ms", "predicted_latency_ms", "measured_latency_ms", "full_model_latency_ms",
-               "dev_accuracy", "test_accuracy", "full_model_test_accuracy", "flops", "params", "finetuned"}
+               "dev_accuracy", "test_accuracy", "full_model_test_accuracy", "flops", "params", "finetuned",
+               "step_up_searches"}
 
 
 def test_main_job_writes_everything(job: Path) -> None:
@@ -42,6 +43,9 @@ def test_main_job_writes_everything(job: Path) -> None:
     # (or the report says it did not: the machine slowed down since the pick was measured).
     again = [s for s in report["step_downs"] if s["step"] == "confirm"]
     assert again and report["arch_key"] in {s["arch_key"] for s in again}
+    # Every step-up search is recorded; those with candidates better on dev timed them at their scale.
+    ups = {s["scale"] for s in report["step_downs"] if s["step"] == "up"}
+    assert {u["scale"] for u in report["step_up_searches"] if u["better_on_dev"]} == ups
     written = [s for s in again if s.get("taken")]
     if report["budget_confirmed"]:
         assert [s["arch_key"] for s in written] == [report["arch_key"]]
