@@ -13,7 +13,7 @@ want="$(cat pyproject.toml constraints.txt scripts/setup.sh | sha1sum | cut -d' 
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
     exit 0
 fi
-# --no-compile: pip byte-compiles every installed file on one core (about a minute for torch alone);
+# --no-compile: pip byte-compiles every installed file on one core (about a minute here, mostly torch);
 # compileall below does it on every core once the packages are in.
 pip() { .venv/bin/python -m pip "$@" --no-compile; }
 # torch first, pinned: an unpinned torch would pull several GB of CUDA wheels.
