@@ -972,19 +972,20 @@ def _timing_lines(r: dict[str, Any]) -> list[str]:
     """What an export's timings chose, one line each (``report.json``'s ``step_downs``: the
     finalists, each step up's search scale and candidates, the timing just before writing; and
     ``step_up_searches``: a step-up search that found nothing more accurate, so timed nothing)."""
+    def searching(scale: float) -> str:
+        return f"  step up: searching again with every prediction scaled by {scale:.2f} (measured / upper bound)"
+
     lines: list[str] = []
     scale = None  # a step up's search scale, said when a try starts
     # Such a search ends the step up: its line goes before the timing just before writing.
-    empty = [f"  step up: searching again with every prediction scaled by {u['scale']:.2f} (measured / upper bound): "
-             f"none of its {u['candidates']} candidates beat the pick on the whole dev split"
+    empty = [f"{searching(u['scale'])}: none of its {u['candidates']} candidates beat the pick on the whole dev split"
              for u in r.get("step_up_searches", []) if not u["better_on_dev"]]
     for s in r["step_downs"]:
         if s.get("step") == "confirm" and empty:
             lines, empty = [*lines, *empty], []
         if s.get("step") == "up" and s.get("scale") != scale:
             scale = s.get("scale")
-            lines.append(f"  step up: searching again with every prediction scaled by {scale:.2f} "
-                         "(measured / upper bound)")
+            lines.append(searching(scale))
         if s["meets_budget"] is None:
             lines.append(f"  WARNING: {r['device']} is not on this machine, so {s['arch']} was chosen by prediction "
                          f"only (predicted {s['predicted_ms']:.2f} ms, upper {s['upper_ms']:.2f}); measure it on the "

@@ -6,8 +6,8 @@ import contextlib
 import io
 import os
 import runpy
+import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -52,23 +52,18 @@ def tiny_batch(seed: int = 0, vocab: int = 120, lengths: tuple[int, ...] = (12, 
             "labels": torch.arange(len(lengths)) % 2}
 
 
-@dataclass(frozen=True)
-class ScriptRun:
-    """What ``python SCRIPT ARGS`` returned and printed (``subprocess.CompletedProcess``'s fields)."""
-
-    returncode: int
-    stdout: str
-    stderr: str
-
-
-def run_script(script: Path, *args: object) -> ScriptRun:
-    """``python SCRIPT ARGS`` in this process (``runpy`` as ``__main__``, ``sys.argv`` and the
-    output streams swapped in and restored): its exit status and what it printed. A new
-    interpreter spends about 3 s importing torch and the rest on a 2-core machine; a test
-    starts each script once as a user does (``subprocess``) and makes its other calls here."""
+def run_script(script: Path, *args: object, new_interpreter: bool = False) -> subprocess.CompletedProcess[str]:
+    """``python SCRIPT ARGS``: its exit status and what it printed. By default in this process
+    (``runpy`` as ``__main__``, ``sys.argv``, ``sys.path`` and the output streams swapped in and
+    restored): a new interpreter spends about 3 s importing torch and the rest on a 2-core
+    machine. A test starts each script once with ``new_interpreter`` (as a user does) and makes
+    its other calls here."""
+    argv = [str(script), *map(str, args)]
+    if new_interpreter:
+        return subprocess.run([sys.executable, *argv], capture_output=True, text=True)
     out, err = io.StringIO(), io.StringIO()
-    argv, path = sys.argv, list(sys.path)  # scripts put the repository and scripts/ on sys.path
-    sys.argv = [str(script), *map(str, args)]
+    saved_argv, saved_path = sys.argv, list(sys.path)  # scripts put the repository and scripts/ on sys.path
+    sys.argv = argv
     code = 0
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -78,8 +73,8 @@ def run_script(script: Path, *args: object) -> ScriptRun:
             err.write(e.code + "\n")
         code = e.code if isinstance(e.code, int) else int(e.code is not None)
     finally:
-        sys.argv, sys.path[:] = argv, path
-    return ScriptRun(code, out.getvalue(), err.getvalue())
+        sys.argv, sys.path[:] = saved_argv, saved_path
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture(scope="session")

@@ -303,14 +303,10 @@ def _rejects_bad_input(script: Path, run: Path, tmp_path: Path, cases: list[tupl
     folder that does not exist: exit 2, one line and no traceback, and its --out not written.
     The first case starts the script as a user does (a new interpreter), the others in this
     process (``run_script``)."""
-    import sys
-
     bad_csv = tmp_path / "bad.csv"
     for i, (args, said) in enumerate([*cases, ([], "")]):
         folder = run if args else tmp_path / "none"
-        argv = [folder, *args, "--out", bad_csv]
-        bad = (subprocess.run([sys.executable, str(script), *map(str, argv)], capture_output=True, text=True)
-               if i == 0 else run_script(script, *argv))
+        bad = run_script(script, folder, *args, "--out", bad_csv, new_interpreter=i == 0)
         assert bad.returncode == 2 and said in bad.stderr and "Traceback" not in bad.stderr
         assert len(bad.stderr.strip().splitlines()) == 1 and not bad_csv.exists()
 

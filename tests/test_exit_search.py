@@ -544,8 +544,6 @@ def test_command_searches_exports_and_reports(job, tmp_path, capsys) -> None:
     assert {f: f.stat().st_mtime_ns for f in cache.glob("*.npz")} == cached  # read, not scored again
     assert s["budget_speedup"] is None and s["full_model_ms_dev"] > 0
     # The benchmark page of such folders (scripts/early_exit_page.py), inside BENCHMARKS.md.
-    import subprocess
-    import sys
     from pathlib import Path
 
     script = Path(__file__).resolve().parent.parent / "scripts" / "early_exit_page.py"
@@ -557,8 +555,7 @@ def test_command_searches_exports_and_reports(job, tmp_path, capsys) -> None:
     assert f"ms); {b['speedup_p50_vs_stock_int8']:.2f}x; " in page  # the row beside the stock deployments
     assert "## Benchmarks: tiny early exit" in (res / "BENCHMARKS.md").read_text()
     assert (res / "bench_tiny_early_exit_ees_front.png").is_file()
-    bad = subprocess.run([sys.executable, str(script), str(run), "--task", "tiny", "--out", str(tmp_path / "r2")],
-                         capture_output=True, text=True)
+    bad = run_script(script, run, "--task", "tiny", "--out", tmp_path / "r2", new_interpreter=True)
     assert bad.returncode == 2 and "not the report" in bad.stderr and not (tmp_path / "r2").exists()
     # The largest with exits under a budget, no search (--subnet largest), on the page's second table
     # and in scripts/early_exit_table.py's CSV.
@@ -583,9 +580,7 @@ def test_command_searches_exports_and_reports(job, tmp_path, capsys) -> None:
     assert got.policy == policy and got.exit_test == pytest.approx(one_report["early_exit"]["accuracy_test"])
     # Each script started once as a user does (a new interpreter); its other calls in this process.
     for folder, said in ((out, "is an early-exit search"), (tmp_path, "has no report.json")):
-        argv = [folder, "--out", tmp_path / "bad.csv"]
-        bad = (subprocess.run([sys.executable, str(table), *map(str, argv)], capture_output=True, text=True)
-               if folder == out else run_script(table, *argv))
+        bad = run_script(table, folder, "--out", tmp_path / "bad.csv", new_interpreter=folder == out)
         assert bad.returncode == 2 and said in bad.stderr and not (tmp_path / "bad.csv").exists()
     # Both --choose rules over the search's candidates at other budgets (scripts/exit_choice_check.py).
     check = script.with_name("exit_choice_check.py")
@@ -611,8 +606,6 @@ def test_command_searches_exports_and_reports(job, tmp_path, capsys) -> None:
     for args, said in (([run, one], "not a search"), ([run, tmp_path], "has no report.json"),
                        ([run, broken], "not readable JSON"), ([run, table_broken], "not a candidate table"),
                        ([tmp_path / "nope", out], "is missing")):
-        argv = [*args, "--out", tmp_path / "bad.csv"]
-        bad = (subprocess.run([sys.executable, str(check), *map(str, argv)], capture_output=True, text=True)
-               if args[1] == one else run_script(check, *argv))
+        bad = run_script(check, *args, "--out", tmp_path / "bad.csv", new_interpreter=args[1] == one)
         assert bad.returncode == 2 and said in bad.stderr and "Traceback" not in bad.stderr
         assert not (tmp_path / "bad.csv").exists()

@@ -655,8 +655,6 @@ def test_measure_in_two_passes_and_fit_on_the_medians(job: Path, tmp_path: Path,
 def test_predictor_splits_script(job: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """scripts/predictor_splits.py: every predictor's held-out figures over several split
     seeds of a measured run, nothing written; a missing run is one line and exit 2."""
-    import subprocess
-    import sys
 
     from conftest import run_script
 
@@ -669,8 +667,7 @@ def test_predictor_splits_script(job: Path, tmp_path: Path, monkeypatch: pytest.
     for name in ("analytic", "gbt", "analytic+gbt"):
         assert f"  {name}: MAPE " in done.stdout
     assert sorted(p.name for p in (job / "latency").iterdir()) == before
-    bad = subprocess.run([sys.executable, str(script), str(tmp_path / "nowhere")], capture_output=True, text=True,
-                         cwd=script.parent.parent)
+    bad = run_script(script, tmp_path / "nowhere", new_interpreter=True)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "predictor_splits.py: error:" in bad.stderr
     unmeasured = run_script(script, job, "--device", "phone")
     assert unmeasured.returncode == 2 and "phone.csv does not exist: run `hwnas measure" in unmeasured.stderr
