@@ -420,11 +420,14 @@ def _step_up_once(verified: Verified, budget_ms: float, relaxed_search: Callable
     pool = sorted((c for c in relaxed_search(scale) if c.feasible and c.config.key() not in tried),
                   key=lambda c: -c.accuracy)[: max(1, finalists)]
     better = sorted((c for c in pool if accuracy.full_dev(c.config) > floor), key=lambda c: -accuracy.full_dev(c.config))
-    searched: dict[str, Any] = {"scale": scale, "candidates": len(pool), "better_on_dev": len(better),
-                                "stepped_up_to": None}
-    searches = (*verified.step_up_searches, searched)
+
+    def searches(stepped_up_to: str | None = None) -> tuple[dict[str, Any], ...]:
+        """The step up's searches so far, this one's record last."""
+        return (*verified.step_up_searches, {"scale": scale, "candidates": len(pool), "better_on_dev": len(better),
+                                             "stepped_up_to": stepped_up_to})
+
     if not better:
-        return replace(verified, step_up_searches=searches), base, None
+        return replace(verified, step_up_searches=searches()), base, None
     got = timer.measure([c.config for c in better], rounds=rounds)
     steps = list(verified.steps)
     edge = headroom * budget_ms
@@ -445,12 +448,11 @@ def _step_up_once(verified: Verified, budget_ms: float, relaxed_search: Callable
         fits = [(c, m) for c, m in zip(better[i + 1:], got.ms[i + 1:], strict=True) if m <= edge]
         rest = sorted([*fits, (chosen, verified.measured_ms), *verified.alternatives],
                       key=lambda cm: -accuracy.full_dev(cm[0].config))
-        searched["stepped_up_to"] = cand.config.describe()
-        return Verified(cand, ms, again.full_ms, steps, tuple(rest), searches), scale, None
+        return Verified(cand, ms, again.full_ms, steps, tuple(rest), searches(cand.config.describe())), scale, None
     # None fitted: the scale these candidates measured at, if it says the predictions were optimistic.
     measured_at = scale * float(np.median([ms / c.upper_ms for c, ms in zip(better, got.ms, strict=True)]))
     retry = measured_at if scale < measured_at < 1.0 else None
-    return replace(verified, steps=steps, step_up_searches=searches), base, retry
+    return replace(verified, steps=steps, step_up_searches=searches()), base, retry
 
 
 @dataclass(frozen=True)
