@@ -16,7 +16,10 @@
 #                                   # since 2026-12-06 the benchmarks' searches score the whole dev
 #                                   # split (README, "Searching on the whole dev split"), which on
 #                                   # the main job's run doubled their scoring time: not timed here
-#                                   # yet, estimated at 30 more minutes
+#                                   # yet, estimated at 30 more minutes; r8 alone from empty with
+#                                   # them took about 2.9 hours before early exit (its early exit 35
+#                                   # min) on an AVX2 EPYC on 2026-12-06 (results/README.md, "The r8
+#                                   # page now committed")
 #   bash scripts/bench.sh --quick   # reduced version (minutes): small subsets, fewer samples
 #   bash scripts/bench.sh --task r8 # one task's pages only (rt or r8; either version)
 set -euo pipefail
