@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import tempfile
 import time
@@ -44,7 +45,7 @@ from supernet import faults
 from supernet.cost import subnet_flops, subnet_params
 from supernet.data import Encoded
 from supernet.errors import HwnasError
-from supernet.io import CsvLog, make_temp_dir, remove_temp_dir
+from supernet.io import CsvLog, disk_full, make_temp_dir, remove_temp_dir
 from supernet.model import BertShape, ElasticBert
 from supernet.space import SearchSpace, SubnetConfig
 
@@ -250,22 +251,37 @@ def runtime_version(runtime: str) -> str:
     return str(importlib.import_module(runtime).__version__)
 
 
+# What the ONNX cache of a measurement leaves free on its disk: 300 configurations measured on
+# two devices in 3 passes keep 300 files, about 20 GB for MiniLM (its 47 MB of word embeddings
+# are in each); below this, files are exported again when timed instead of kept.
+CACHE_KEEPS_FREE = 4 * 2**30
+
+
 def open_runner(profile: DeviceProfile, model: ElasticBert, workdir: Path, *, cache_name: str | None = None,
                 precision: str = "fp32") -> Runner:
     """A callable that runs one inference of ``model`` on ``profile``'s runtime, at
     ``precision`` (int8: its quantized ONNX graph, ``latency.onnx_export.export_deployed``).
 
     With ``cache_name``, the ONNX file is kept in ``workdir`` under that name and reused by
-    later calls (several devices measured in one go export each configuration once).
+    later calls (several devices measured in one go export each configuration once), while
+    the disk keeps ``CACHE_KEEPS_FREE`` bytes free; past that it is exported for each call.
     """
     if profile.runtime in ("onnxruntime", "openvino"):  # both read the exported ONNX graph
         from latency.onnx_export import export_deployed
 
         if cache_name is not None:
             path = workdir / f"{cache_name}.onnx"
-            if not path.exists():
-                export_deployed(model, precision, path)
-            return open_onnx_runner(profile, path)
+            if path.exists():
+                return open_onnx_runner(profile, path)
+            if shutil.disk_usage(workdir).free > CACHE_KEEPS_FREE:
+                part = workdir / f".{cache_name}.part.onnx"  # renamed once whole: no half file is reused
+                try:
+                    export_deployed(model, precision, part)
+                    os.replace(part, path)
+                finally:
+                    part.unlink(missing_ok=True)
+                return open_onnx_runner(profile, path)
+            # Too little room to keep it: exported again when it is timed again, as without a cache.
         fd, name = tempfile.mkstemp(suffix=".onnx", dir=workdir)
         os.close(fd)
         path = export_deployed(model, precision, name)
@@ -351,10 +367,11 @@ class MeasurementLog:
             self.on_append(rows)
 
     def timed(self) -> Counter[tuple[str, int, str, int]]:
-        """How many sample rows each (arch_key, batch, regime, length) has (errors count): the
+        """How many sample rows each (arch_key, batch, regime, length) has (errors count, except
+        a full disk's, which a measurement made before ``sweep`` stopped on it recorded): the
         passes done."""
         f = self.read()
-        f = f[f["kind"] == "sample"]
+        f = f[(f["kind"] == "sample") & ~f["error"].map(lambda e: disk_full(Exception(e)) is not None)]
         return Counter(zip(f["arch_key"], f["batch"].astype(int), f["regime"], f["length"].astype(int), strict=True))
 
 
@@ -636,6 +653,9 @@ def sweep(
                 run = timer.open(cfg, cache=onnx_cache)
                 rows = [row(cfg, w, timer.time(run, w), "sample") for w in workloads]
             except Exception as e:  # a failure is a row, not the end of the sweep
+                no_room = disk_full(e)
+                if no_room is not None:  # the machine's failure, not the configuration's: stop, resume later
+                    raise no_room from e
                 rows = [row(cfg, w, None, "sample", error=f"{type(e).__name__}: {e}"[:300]) for w in workloads]
             log.append(rows)
             faults.hit("measure.row")

@@ -1341,7 +1341,8 @@ ON_INTERRUPT = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; 0 on success, 2 for an input it refuses (one error line on stderr,
-    after argparse's usage for an option), 130 when interrupted."""
+    after argparse's usage for an option), 1 when the disk is full (one line), 130 when
+    interrupted."""
     import contextlib
     import shlex
 
@@ -1368,6 +1369,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if rank == 0:  # every rank checks the same input; one line is enough
             print(f"hwnas {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        from supernet.io import disk_full
+
+        if disk_full(e) is None:
+            raise
+        where = f" ({e.filename})" if e.filename else ""
+        hint = ON_INTERRUPT.get(args.command, "run the command again to start over")
+        print(f"hwnas {args.command}: error: {e.strerror or e}{where}; free some space, or set TMPDIR to a folder "
+              f"on a larger disk, then {hint}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         hint = ON_INTERRUPT.get(args.command, "nothing was kept: run the command again to start over")
         print(f"hwnas {args.command}: interrupted; {hint}", file=sys.stderr)

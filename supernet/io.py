@@ -10,6 +10,7 @@ survives a power loss once it returns, not only a crash of the process.
 from __future__ import annotations
 
 import csv
+import errno
 import fcntl
 import io
 import json
@@ -177,6 +178,25 @@ class CsvLog:
             f.seek(0)
             data = f.read()
             f.truncate(data.rfind(b"\n") + 1)
+
+
+# --- A full disk ---------------------------------------------------------------------------------
+# The machine's failure, not the job's: a command that meets it stops (the CLI prints one line,
+# status 1) rather than recording it as a result, so the same command resumes once there is room.
+
+_FULL = {errno.ENOSPC: "No space left on device", errno.EDQUOT: "Disk quota exceeded"}
+
+
+def disk_full(e: BaseException) -> OSError | None:
+    """``e`` as an OSError when it says the disk (or the user's quota) is full, else None.
+    Runtimes that wrap the operating system's error in their own (ONNX Runtime, torch) are
+    recognised by its message."""
+    if isinstance(e, OSError) and e.errno in _FULL:
+        return e
+    for code, words in _FULL.items():
+        if words in str(e):
+            return OSError(code, words)
+    return None
 
 
 # --- Temporary folders ---------------------------------------------------------------------------

@@ -220,3 +220,28 @@ def test_sweep_summary() -> None:
     })
     s = sweep_summary(rows)
     assert s["configs"] == 2 and s["failed_rows"] == 1 and s["harness_ratio"] == pytest.approx(1.1)
+
+
+def test_a_full_disk_is_one_line_and_status_1(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """Not an input the command refuses (2), nor a traceback: what ran out, and how to go on."""
+    import errno
+
+    import nas.cli
+
+    def fills_the_disk(_args: Any) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device", "/tmp/hwnas-onnx-1-x/a.onnx")
+
+    monkeypatch.setattr(nas.cli, "COMMANDS", tuple((reg, fills_the_disk if name is nas.cli.cmd_measure else name)
+                                                   for reg, name in nas.cli.COMMANDS))
+    assert main(["measure", "--run", str(tmp_path), "--device", "cpu"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "No space left on device (/tmp/hwnas-onnx-1-x/a.onnx)" in err[0]
+    assert "TMPDIR" in err[0] and "measure the rest" in err[0]  # the command's own way to go on
+
+    def breaks(_args: Any) -> int:
+        raise OSError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(nas.cli, "COMMANDS", tuple((reg, breaks if h is fills_the_disk else h)
+                                                   for reg, h in nas.cli.COMMANDS))
+    with pytest.raises(PermissionError):  # any other OSError is not dressed up as a full disk
+        main(["measure", "--run", str(tmp_path), "--device", "cpu"])

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -30,6 +32,7 @@ from latency.measure import (
     Workload,
     fixed_inputs,
     harness_ratio,
+    open_runner,
     sample_configs,
     summarize,
     sweep,
@@ -40,6 +43,7 @@ from supernet.cost import subnet_flops
 from supernet.data import Encoded
 from supernet.errors import ConfigError
 from supernet.extract import extract
+from supernet.io import disk_full
 from supernet.space import SubnetConfig
 
 FAST = {"warmup": 1, "repeats": 3}
@@ -168,6 +172,61 @@ def test_sweep_rows_resume_and_errors(tmp_path: Path, device: str) -> None:
     s2 = rows2[rows2["kind"] == "sample"]
     assert len(s2) == 6 * 2 and s2.groupby(["arch_key", "regime", "length"]).size().max() == 1
     assert (rows2["kind"] == "noise").sum() == (rows["kind"] == "noise").sum()  # noise floor measured once
+
+
+def test_a_full_disk_stops_the_sweep_and_the_same_command_resumes(tmp_path: Path) -> None:
+    """A full disk is the machine's failure, not a configuration's: the sweep stops without a
+    row for it (rows so far kept) and measures it when run again; the failure rows a sweep
+    recorded before it stopped on a full disk are measured again too."""
+    model = tiny_model()
+    profile = with_overrides(get_device("cpu"), **FAST)
+    configs = sample_configs(model.shape.search_space(), model.shape, 4, seed=2)
+
+    def full_disk(m, cfg):
+        if cfg == configs[2]:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return extract(m, cfg)
+
+    log = MeasurementLog(tmp_path / "cpu.csv")
+    with pytest.raises(OSError) as stopped:
+        sweep(profile, model, configs, _workloads()[:1], log, noise_rounds=0, progress=False, extract_fn=full_disk)
+    assert disk_full(stopped.value) is not None
+    rows = log.read()
+    assert list(rows.loc[rows["kind"] == "sample", "arch_key"]) == [c.key() for c in configs[:2]]
+    # A row an earlier version wrote for the same failure does not count as measured.
+    old = {**rows[rows["kind"] == "sample"].iloc[0].to_dict(), "arch_key": configs[3].key(),
+           "arch_json": configs[3].to_json(), "error": "OSError: [Errno 28] No space left on device"}
+    log.append([{k: None if k.startswith("lat_") or k.startswith("ref_") else v for k, v in old.items()}])
+    again = sweep(profile, model, configs, _workloads()[:1], log, noise_rounds=0, progress=False)
+    good = again[(again["kind"] == "sample") & (again["error"] == "")]
+    assert sorted(good["arch_key"]) == sorted(c.key() for c in configs)  # each configuration once
+    assert (again["error"] != "").sum() == 1  # the old row stays, for the record
+
+
+def test_the_onnx_cache_keeps_files_only_while_the_disk_has_room(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from latency import measure
+
+    model = tiny_model()
+    cfg = sample_configs(model.shape.search_space(), model.shape, 1, seed=3)[0]
+    profile = with_overrides(get_device("cpu"), **FAST)
+    feeds = _inputs()[8]
+    small = extract(model, cfg)
+    kept = open_runner(profile, small, tmp_path, cache_name="a")(feeds)
+    assert [p.name for p in tmp_path.iterdir()] == ["a.onnx"]  # kept, no part file left
+    monkeypatch.setattr(measure, "CACHE_KEEPS_FREE", shutil.disk_usage(tmp_path).total)  # never that much room
+    again = open_runner(profile, small, tmp_path, cache_name="b")(feeds)
+    assert [p.name for p in tmp_path.iterdir()] == ["a.onnx"]  # timed, not kept
+    assert np.allclose(np.asarray(again[0]), np.asarray(kept[0]), atol=1e-5)
+    assert open_runner(profile, small, tmp_path, cache_name="a")  # a kept file is still reused
+
+
+def test_disk_full_is_recognised_through_a_runtime_error_message() -> None:
+    assert disk_full(OSError(errno.EDQUOT, "Disk quota exceeded")).errno == errno.EDQUOT
+    wrapped = disk_full(RuntimeError("[ONNXRuntimeError] : 1 : FAIL : write failed: No space left on device"))
+    assert wrapped is not None and wrapped.errno == errno.ENOSPC
+    assert disk_full(OSError(errno.ENOENT, "No such file or directory")) is None
+    assert disk_full(RuntimeError("simulated export failure")) is None
 
 
 def test_sweep_times_every_configuration_in_each_pass_and_resumes_between_passes(tmp_path: Path) -> None:
