@@ -1377,7 +1377,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = f" ({e.filename})" if e.filename else ""
         hint = ON_INTERRUPT.get(args.command, "run the command again to start over")
         print(f"hwnas {args.command}: error: {e.strerror or e}{where}; free some space, or set TMPDIR to a folder "
-              f"on a larger disk, then {hint}", file=sys.stderr)
+              f"on a larger disk; {hint}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         hint = ON_INTERRUPT.get(args.command, "nothing was kept: run the command again to start over")
