@@ -269,26 +269,19 @@ def open_runner(profile: DeviceProfile, model: ElasticBert, workdir: Path, *, ca
     if profile.runtime in ("onnxruntime", "openvino"):  # both read the exported ONNX graph
         from latency.onnx_export import export_deployed
 
-        if cache_name is not None:
-            path = workdir / f"{cache_name}.onnx"
-            if path.exists():
-                return open_onnx_runner(profile, path)
-            if shutil.disk_usage(workdir).free > CACHE_KEEPS_FREE:
-                part = workdir / f".{cache_name}.part.onnx"  # renamed once whole: no half file is reused
-                try:
-                    export_deployed(model, precision, part)
-                    os.replace(part, path)
-                finally:
-                    part.unlink(missing_ok=True)
-                return open_onnx_runner(profile, path)
-            # Too little room to keep it: exported again when it is timed again, as without a cache.
+        cached = workdir / f"{cache_name}.onnx" if cache_name is not None else None
+        if cached is not None and cached.exists():
+            return open_onnx_runner(profile, cached)
         fd, name = tempfile.mkstemp(suffix=".onnx", dir=workdir)
         os.close(fd)
-        path = export_deployed(model, precision, name)
         try:
+            path = export_deployed(model, precision, name)
+            if cached is not None and shutil.disk_usage(workdir).free > CACHE_KEEPS_FREE:
+                os.replace(path, cached)  # renamed once whole: no half file is reused
+                path = cached
             return open_onnx_runner(profile, path)
         finally:
-            Path(path).unlink(missing_ok=True)  # the session holds the graph in memory
+            Path(name).unlink(missing_ok=True)  # the session holds the graph in memory; a kept file was renamed
 
     import torch
 
