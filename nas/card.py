@@ -62,7 +62,9 @@ def model_card(r: dict[str, Any], command: str | None, *, remote_code: bool) -> 
         "| --- | --- |",
         f"| device | `{r['device']}`" + (f", timed with {RUNTIME_NAMES.get(r['runtime'], r['runtime'])}"
                                          if r.get("runtime") else "") + " |",
-        f"| budget | {r['budget_ms']:g} ms ({r['budget_stat']}) |",
+        f"| budget | {r['budget_ms']:g} ms ({r['budget_stat']})" + (
+            f": {r['budget_from']['speedup']:g}x the full model, judged in each timing against the full model timed "
+            "with it" if r.get("budget_from") else "") + " |",
         f"| measured latency | {_ms(r['measured_latency_ms'])} (full model {_ms(r['full_model_latency_ms'])}"
         + (f", {r['speedup']:.2f}x" if r.get("speedup") else "") + ") |",
         f"| latency regime | {_regime(r)} |",

@@ -98,6 +98,14 @@ def test_export_says_each_step_up_search_and_what_its_timings_chose() -> None:
         "candidates beat the pick on the whole dev split",
         "  timed again before writing L4: predicted 2.00 ms (upper 3.00), measured 1.60 ms -> meets the budget: "
         "written"]
+    # A speed-up's budget moves with the full model timed beside the pick: each line says where it stood.
+    moved = {"device": "cpu", "budget_ms": 1.576, "step_downs": [
+        step("down", "L3", 1.29, True, budget_now_ms=1.576),
+        step("confirm", "L3", 1.75, True, budget_now_ms=1.926, taken=True)]}
+    assert _timing_lines(moved) == [
+        "  finalist L3: predicted 2.00 ms (upper 3.00), measured 1.29 ms -> meets the budget",
+        "  timed again before writing L3: predicted 2.00 ms (upper 3.00), measured 1.75 ms (budget 1.93 ms in this "
+        "timing) -> meets the budget: written"]
     assert _timing_lines({**quiet, "step_downs": quiet["step_downs"][:1]})[-1].startswith("  step up: searching")
 
 

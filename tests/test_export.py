@@ -2,8 +2,9 @@
 dictionaries. What is pinned: the budget (ms or speed-up) and the drift scale, the step-down
 on a miss, the rescale when every finalist misses, the failure when nothing fits, the kit
 branch (nothing measurable here), the fine-tuning pool's budget check and the step up when
-the chosen sub-network leaves budget unused, the fine-tuned candidates' ranking, and the last
-timing before writing with its fall-backs."""
+the chosen sub-network leaves budget unused, the fine-tuned candidates' ranking, the last
+timing before writing with its fall-backs, and a speed-up's budget judged as a speed-up in
+every timing."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from nas.export import (
     ExportConfig,
     ImpossibleBudget,
     Verified,
+    budget_now,
     confirm,
     finetune_pool,
     finetuned_order,
@@ -397,6 +399,54 @@ def test_the_pick_is_timed_again_before_writing_and_falls_back_when_it_misses() 
     # Off the device, or measured nowhere: nothing is timed.
     off = confirm([(big, float("nan"))], 5.0, None, dev)  # type: ignore[arg-type]
     assert (off.index, off.met, off.steps) == (0, True, []) and off.measured_ms != off.measured_ms
+
+
+def test_a_speedup_budget_moves_with_the_full_model_timed_beside_it_a_budget_in_ms_does_not() -> None:
+    assert budget_now(1.5, 7.7, None) == 1.5  # a budget in ms
+    assert budget_now(1.5, 7.5, 6.0) == pytest.approx(1.875)  # 4x of 6 ms set it; the full model now 7.5 ms
+    assert budget_now(1.5, 4.5, 6.0) == pytest.approx(1.125)  # a faster machine tightens it just as much
+    assert budget_now(1.5, float("nan"), 6.0) == 1.5  # nothing timed beside it
+    assert Budget(1.5, {"speedup": 4.0, "full_model_ms": 6.0}, None, 1.0).relative_to == 6.0
+    assert Budget(1.5, None, None, 1.0).relative_to is None
+
+
+def test_a_speedup_pick_that_keeps_its_speedup_on_a_slower_machine_is_written() -> None:
+    # rt at 4x on 2026-12-07: budget 1.576 ms from the full model at 6.303 ms; after the fine-tunings the
+    # machine ran 1.22x slower (full model 7.704 ms), the better fine-tuned candidate timed 1.753 ms (4.39x)
+    # and the 2-layer fall-back 1.430 ms. Judged in ms the fall-back was written, 2 points lower on test.
+    better, fallback = cand(cfg(3, 3), 0.814, 1.29), cand(cfg(1, 2), 0.777, 1.04)
+    options = [(better, 1.291), (fallback, 1.038)]
+    dev = DevScores({cfg(3, 3).key(): 0.814, cfg(1, 2).key(): 0.777})
+    slower = {cfg(3, 3).key(): 1.753, cfg(1, 2).key(): 1.430}
+    in_ms = confirm(options, 1.576, FakeTimer(slower, 7.704), dev)  # type: ignore[arg-type]
+    assert in_ms.index == 1
+    kept = confirm(options, 1.576, FakeTimer(slower, 7.704), dev, relative_to=6.303)  # type: ignore[arg-type]
+    assert (kept.index, kept.measured_ms, kept.full_ms, kept.met) == (0, 1.753, 7.704, True)
+    limit = 1.576 * 7.704 / 6.303
+    assert [(s["meets_budget"], s["budget_now_ms"]) for s in kept.steps] == [(True, pytest.approx(limit))] * 2
+    # A pick that lost its speed-up still misses however the machine moved: 4x of 7.704 ms is 1.926 ms.
+    lost = confirm(options, 1.576, FakeTimer({**slower, cfg(3, 3).key(): 2.0}, 7.704), dev,  # type: ignore[arg-type]
+                   relative_to=6.303)
+    assert (lost.index, lost.measured_ms) == (1, 1.430)
+    # The same holds for the finalists' timing, the step up and the fine-tuning pool's.
+    v = verify_on_device([better, fallback], [better, fallback], 1.576, FakeTimer(slower, 7.704), dev,
+                         relative_to=6.303)
+    assert v.chosen is better and [s["meets_budget"] for s in v.steps] == [True]
+    assert v.steps[0]["budget_now_ms"] == pytest.approx(limit)
+    assert verify_on_device([better, fallback], [better, fallback], 1.576, FakeTimer(slower, 7.704),
+                            dev).chosen is fallback  # type: ignore[arg-type]
+    pool = measured_pool(Verified(fallback, 1.038, 6.3, []), [better], 1.576, FakeTimer(slower, 7.704),
+                         relative_to=6.303)
+    assert [c.config for c, _ in pool] == [cfg(1, 2), cfg(3, 3)]
+    assert [c.config for c, _ in measured_pool(Verified(fallback, 1.038, 6.3, []), [better], 1.576,
+                                               FakeTimer(slower, 7.704))] == [cfg(1, 2)]
+    # The step up: the machine 1.25x slower than when the 4 ms budget was set from a 10 ms full model, so
+    # the most accurate candidate at 4.4 ms keeps the speed-up (edge 0.95 x 5 ms) and is taken.
+    small, top = cand(cfg(1), 0.70, 3.0), cand(cfg(4, 2), 0.80, 5.5)
+    up = step_up(Verified(small, 2.0, 10.0, [{"arch_key": cfg(1).key()}]), 4.0, lambda scale: [small, top],
+                 FakeTimer({cfg(4, 2).key(): 4.4}, 12.5), DevScores({cfg(1).key(): 0.7, cfg(4, 2).key(): 0.8}),
+                 relative_to=10.0)  # type: ignore[arg-type]
+    assert up.chosen is top and up.steps[1]["budget_now_ms"] == pytest.approx(5.0)
 
 
 def test_no_step_up_when_the_budget_is_used_or_nothing_is_more_accurate_or_off_the_device() -> None:
