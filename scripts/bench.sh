@@ -19,7 +19,10 @@
 #                                   # yet, estimated at 30 more minutes; r8 alone from empty with
 #                                   # them took about 2.9 hours before early exit (its early exit 35
 #                                   # min) on an AVX2 EPYC on 2026-12-06 (results/README.md, "The r8
-#                                   # page now committed")
+#                                   # page now committed"), and rt about 3.7 hours with early exit
+#                                   # (training 28, measuring 35, searches 59 + 22, the rest of its
+#                                   # benchmark 58, early exit 20) on 2026-12-07: about 7 hours in
+#                                   # all on those EPYCs ("The rt page of 2026-12-07")
 #   bash scripts/bench.sh --quick   # reduced version (minutes): small subsets, fewer samples
 #   bash scripts/bench.sh --task r8 # one task's pages only (rt or r8; either version)
 set -euo pipefail
