@@ -599,7 +599,9 @@ def test_export_budget_as_a_speedup_over_the_full_model(job: Path, tmp_path: Pat
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """`--speedup S`: the full model, timed in the export's drift check just before the search,
     divided by S. (The tiny model's full latency is overhead-bound, below its fastest
-    sub-network's upper bound, so the drift check is patched to a full model of 50 ms here.)"""
+    sub-network's upper bound, so the drift check is patched to a full model of 50 ms here; the
+    later timings still time the real full model, about 0.3 ms, so judging their speed-up against
+    it (``nas.export.budget_now``, tested on fakes in test_export) is patched off: budgets in ms.)"""
     import nas.export
 
     real = nas.export.device_drift
@@ -611,6 +613,7 @@ def test_export_budget_as_a_speedup_over_the_full_model(job: Path, tmp_path: Pat
         return {**d, "measured_ms": [50.0, *d["measured_ms"][1:]], "ratio": 1.0}
 
     monkeypatch.setattr(nas.export, "device_drift", drift_at_50ms)
+    monkeypatch.setattr(nas.export, "budget_now", lambda budget_ms, full_ms, relative_to: budget_ms)
     assert main(["export", "--run", str(job), "--device", "cpu", "--speedup", "2", "--n", "6",
                  "--out", str(tmp_path / "x")]) == 0
     report = json.loads((tmp_path / "x" / "report.json").read_text())
@@ -618,6 +621,8 @@ def test_export_budget_as_a_speedup_over_the_full_model(job: Path, tmp_path: Pat
     assert report["budget_ms"] == 25.0 and report["budget_from"] == {"speedup": 2.0, "full_model_ms": 50.0}
     assert "the full model measured 50.000 ms on cpu before the search: budget 25 ms for 2x" in capsys.readouterr().out
     assert report["measured_latency_ms"] <= 25.0
+    assert report["budget_judged_as"] == "speedup"
+    assert all(st["budget_now_ms"] == 25.0 for st in report["step_downs"])  # what each timing judged against
     # No fine-tuning: the written model is the supernet's weights, and its scores say so.
     assert report["weights"] == "supernet" and report["finetuned"] is None
     assert (report["written_dev_accuracy"], report["written_test_accuracy"]) == (report["dev_accuracy"],
@@ -626,7 +631,8 @@ def test_export_budget_as_a_speedup_over_the_full_model(job: Path, tmp_path: Pat
     assert "--speedup: must be a finite number > 1" in capsys.readouterr().err
     assert main(["export", "--run", str(job), "--device", "cpu", "--budget-ms", "30", "--n", "6",
                  "--out", str(tmp_path / "z")]) == 0
-    assert json.loads((tmp_path / "z" / "report.json").read_text())["budget_from"] is None
+    in_ms = json.loads((tmp_path / "z" / "report.json").read_text())
+    assert in_ms["budget_from"] is None and in_ms["budget_judged_as"] == "ms"
 
 
 def test_measure_in_two_passes_and_fit_on_the_medians(job: Path, tmp_path: Path, capsys) -> None:
