@@ -813,8 +813,8 @@ no predictor can be within 10% more often than about that share. `passes`: timin
 sub-networks against the predictor (1: within 10%); `first_pick_meets`: the search's choice met the
 budget when re-measured; `fresh_meets`: the exported sub-network, re-measured again afterwards, met it; `budget_use`: that
 fresh measurement / the budget; `step_ups`: the more accurate candidates measured when the pick left more than 10% of the
-budget unused; `step_up_tries`: the searches those came from (a second when every candidate of the first missed, under
-the scale they measured at); `confirmed`: the export's last timing of its pick, just before writing, met the budget (`fallbacks`: how
+budget unused (the relaxed search's and the pick's one-step-larger neighbours'); `step_up_tries`: the tries those came
+from (a second when every candidate of the first missed, under the scale they measured at, or from the new pick); `confirmed`: the export's last timing of its pick, just before writing, met the budget (`fallbacks`: how
 many of its picks missed in that timing before one met it); `machine_drift`: the full model timed with the fresh
 measurement / timed at the sweep's start (above 1: the machine got slower meanwhile); `fresh_share` / `share_meets`: the
 fresh measurement / the full model's in the same timing, and whether that is within the budget's `fraction` (compliance

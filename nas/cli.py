@@ -960,8 +960,9 @@ def register_export(sub: Subparsers) -> argparse.ArgumentParser:
                    "(default %(default)s; negative: no check)")
     e.add_argument("--step-up-below", type=_share, default=0.9,
                    help="when the chosen sub-network measures under this share of the budget, search again with "
-                   "the predictor's margin shrunk to what was measured and measure the more accurate candidates "
-                   "(when all of them miss, once more at the scale they measured at; default %(default)s; 0: never)")
+                   "the predictor's margin shrunk to what was measured and measure the more accurate candidates, "
+                   "with the chosen one's one-step-larger neighbours that fit (when all of them miss, once more at "
+                   "the scale they measured at; default %(default)s; 0: never)")
     _finetune_args(e, 0.0, "the chosen sub-network before it is written")
     _distill_text_args(e)
     _train_device_arg(e, "the fine-tuning (--finetune-epochs) runs")
@@ -973,13 +974,23 @@ def _timing_lines(r: dict[str, Any]) -> list[str]:
     """What an export's timings chose, one line each (``report.json``'s ``step_downs``: the
     finalists, each step up's search scale and candidates, the timing just before writing; and
     ``step_up_searches``: a step-up search that found nothing more accurate, so timed nothing)."""
+    tries = {u["scale"]: u for u in r.get("step_up_searches", [])}
+
     def searching(scale: float) -> str:
-        return f"  step up: searching again with every prediction scaled by {scale:.2f} (measured / upper bound)"
+        u = tries.get(scale, {})
+        how = "searching again" if u.get("searched", True) else "trying the pick's one-step-larger neighbours"
+        grown = (f"; {u['grown']} of those that beat the pick on dev are its one-step-larger neighbours"
+                 if u.get("grown") and u.get("searched", True) else "")
+        return f"  step up: {how} with every prediction scaled by {scale:.2f} (measured / upper bound){grown}"
 
     lines: list[str] = []
     scale = None  # a step up's search scale, said when a try starts
     # Such a search ends the step up: its line goes before the timing just before writing.
-    empty = [f"{searching(u['scale'])}: none of its {u['candidates']} candidates beat the pick on the whole dev split"
+    empty = [f"{searching(u['scale'])}: "
+             + (f"none of its {u['candidates']} candidates" + (" nor of the pick's larger neighbours that fit"
+                                                              if "grown" in u else "")
+                if u.get("searched", True) else "none of those that fit")
+             + " beat the pick on the whole dev split"
              for u in r.get("step_up_searches", []) if not u["better_on_dev"]]
     for s in r["step_downs"]:
         if s.get("step") == "confirm" and empty:

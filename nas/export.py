@@ -18,10 +18,10 @@ model and device timer and returns a value, so each can be tested with fakes:
    the predictions are rescaled by the misses and the next most accurate candidates that
    would still fit are tried. The report lists every step.
    ``step_up``: when the chosen one leaves more than 10% of the budget unused, the search is
-   run again with the safety margin shrunk to what was measured, and more accurate
-   candidates are measured; the first that measures within 95% of the budget, and again in a
-   second, longer timing of it alone, replaces it (twice at most, while more than 10% is
-   still unused).
+   run again with the safety margin shrunk to what was measured, and its more accurate
+   candidates, with the chosen one's one-step-larger neighbours (``SearchSpace.grown``), are
+   measured; the first that measures within 95% of the budget, and again in a second, longer
+   timing of it alone, replaces it (twice at most, while more than 10% is still unused).
 4. ``finetune_and_confirm``: optionally, the chosen sub-network and a few others
    (``finetune_pool``) are distilled from the teacher (``finetune_best``) and ranked on dev
    (``finetuned_order``); the best that meets the budget in one more timing (``confirm``) is
@@ -53,6 +53,7 @@ from nas.search import (
     SearchResult,
     depth_seeds,
     fastest_reachable,
+    is_feasible,
     make_searcher,
     predict,
     uniform_grid,
@@ -388,7 +389,8 @@ FRESH_ROUNDS = 5
 
 def step_up(verified: Verified, budget_ms: float, relaxed_search: Callable[[float], list[Candidate]],
             timer: Timer | None, accuracy: DevScore, *, below: float = 0.9, finalists: int = 5,
-            rounds: int = 3, tries: int = 2, headroom: float = 0.95, relative_to: float | None = None) -> Verified:
+            rounds: int = 3, tries: int = 2, headroom: float = 0.95, relative_to: float | None = None,
+            grow: Callable[[SubnetConfig, float], list[Candidate]] | None = None) -> Verified:
     """Use the whole budget. When the chosen sub-network measured under ``below`` of the
     budget, the predictor's safety margin kept larger ones out: ``relaxed_search(scale)``
     searches again with every prediction multiplied by ``scale`` (the chosen's measured / upper
@@ -408,6 +410,14 @@ def step_up(verified: Verified, budget_ms: float, relaxed_search: Callable[[floa
     candidates measured 1.3x-1.7x their scaled bounds). So a try whose candidates all missed
     searches again, while tries remain, under the scale they measured at (its scale times
     the median of their measured / upper bound), when that is higher than its own and below 1.
+    ``grow(config, scale)``: the chosen's one-step-larger neighbours (``SearchSpace.grown``)
+    predicted under ``scale``; those that fit and beat it on the whole dev split join the
+    candidates (up to ``finalists`` of them, best on dev first). A search of half the
+    evaluations rarely lands just above the pick, and its most accurate few were often no
+    better on dev than the pick that beat them in the first search (the main job of
+    2026-12-07: 5 candidates, none better, the pick at 66% of the budget); a neighbour holds
+    the pick inside it. They are tried even when the pick measured at or over its upper bound
+    (no search then): predicted under that measured scale, they are what still fits.
     Never on a prediction alone: off the device (``timer`` None) nothing changes. ``relative_to``:
     a speed-up's budget, judged as one in each timing (``budget_now``)."""
     base = 1.0  # the scale the chosen's predictions were made under (relative to the first search's)
@@ -416,7 +426,7 @@ def step_up(verified: Verified, budget_ms: float, relaxed_search: Callable[[floa
         before = verified
         verified, base, retry = _step_up_once(verified, budget_ms, relaxed_search, timer, accuracy, below=below,
                                               finalists=finalists, rounds=rounds, base=base, headroom=headroom,
-                                              scale=retry, relative_to=relative_to)
+                                              scale=retry, relative_to=relative_to, grow=grow)
         if verified.chosen is before.chosen and retry is None:
             break
     return verified
@@ -424,29 +434,39 @@ def step_up(verified: Verified, budget_ms: float, relaxed_search: Callable[[floa
 
 def _step_up_once(verified: Verified, budget_ms: float, relaxed_search: Callable[[float], list[Candidate]],
                   timer: Timer | None, accuracy: DevScore, *, below: float, finalists: int, rounds: int,
-                  base: float, headroom: float, scale: float | None = None, relative_to: float | None = None
+                  base: float, headroom: float, scale: float | None = None, relative_to: float | None = None,
+                  grow: Callable[[SubnetConfig, float], list[Candidate]] | None = None
                   ) -> tuple[Verified, float, float | None]:
     """One try of ``step_up``, under ``scale`` if given (else the chosen's measured / upper
     bound, times ``base``); returns the result, the scale the chosen's predictions are now
     under, and the scale to search under again when every candidate measured missed (None:
     stop)."""
     chosen = verified.chosen
+    if (timer is None or not verified.measured
+            or verified.measured_ms >= below * budget_now(budget_ms, verified.full_ms, relative_to)):
+        return verified, base, None
     # Measured at or above its own upper bound, the margin kept nothing out: a search under a
     # scale above 1 relaxes nothing and can find even the smallest sub-network over the budget.
-    if (timer is None or not verified.measured
-            or verified.measured_ms >= below * budget_now(budget_ms, verified.full_ms, relative_to)
-            or verified.measured_ms >= chosen.upper_ms):
+    relaxable = verified.measured_ms < chosen.upper_ms
+    if not relaxable and grow is None:
         return verified, base, None
     scale = scale if scale is not None else base * verified.measured_ms / chosen.upper_ms
     tried = {s["arch_key"] for s in verified.steps}
     floor = accuracy.full_dev(chosen.config)
-    pool = sorted((c for c in relaxed_search(scale) if c.feasible and c.config.key() not in tried),
+    pool = sorted((c for c in (relaxed_search(scale) if relaxable else []) if c.feasible and c.config.key() not in tried),
                   key=lambda c: -c.accuracy)[: max(1, finalists)]
-    better = sorted((c for c in pool if accuracy.full_dev(c.config) > floor), key=lambda c: -accuracy.full_dev(c.config))
+    seen = tried | {c.config.key() for c in pool}
+    grown = [c for c in (grow(chosen.config, scale) if grow is not None else [])
+             if c.feasible and c.config.key() not in seen and accuracy.full_dev(c.config) > floor]
+    grown = sorted(grown, key=lambda c: -accuracy.full_dev(c.config))[: max(1, finalists)]
+    better = sorted([*(c for c in pool if accuracy.full_dev(c.config) > floor), *grown],
+                    key=lambda c: -accuracy.full_dev(c.config))
 
     def searches(stepped_up_to: str | None = None) -> tuple[dict[str, Any], ...]:
-        """The step up's searches so far, this one's record last."""
+        """The step up's searches so far, this one's record last (``grown``: the chosen's
+        neighbours that fit and beat it on dev; ``searched``: False when only those were tried)."""
         return (*verified.step_up_searches, {"scale": scale, "candidates": len(pool), "better_on_dev": len(better),
+                                             "grown": len(grown), "searched": relaxable,
                                              "stepped_up_to": stepped_up_to})
 
     if not better:
@@ -949,8 +969,15 @@ def choose_and_export(
                                       seed=cfg.seed + 1, accuracy=accuracy)
                 return again.history
 
+            def grow(config: SubnetConfig, scale: float) -> list[Candidate]:
+                # The pick's one-step-larger neighbours that fit, predicted as the relaxed search would.
+                configs = target.search_space(run.space).grown(config)
+                bounds = latency.scaled(budget.scale * scale).predict(configs)
+                return [Candidate(c, accuracy(c), p, u, True) for c, (p, u) in zip(configs, bounds, strict=True)
+                        if is_feasible(u, budget.ms)]
+
             verified = step_up(verified, budget.ms, relaxed, timer, accuracy, below=cfg.step_up_below,
-                               finalists=cfg.finalists, rounds=cfg.rounds, relative_to=budget.relative_to)
+                               finalists=cfg.finalists, rounds=cfg.rounds, relative_to=budget.relative_to, grow=grow)
         out = Path(out_dir)
         teacher = (distill_teacher(run, cfg.finetune_attention).to(cfg.train_device)  # the fine-tunings' targets
                    if cfg.finetune is not None or full_model_test is None else None)

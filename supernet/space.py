@@ -416,6 +416,52 @@ class SearchSpace:
             )
         )
 
+    def grown(self, cfg: SubnetConfig) -> list[SubnetConfig]:
+        """Every configuration one step larger than ``cfg`` in one choice, at its precision: a
+        kept layer's heads or FFN neurons to the next choice up, a skipped layer kept again (with
+        the widths of the kept layer before it, else after it), or one token drop raised to the
+        next retention choice up (for the layers it applies to). Each holds ``cfg`` inside it,
+        so with shared weights it is as accurate or more in expectation and no faster. In layer
+        order, widths first; none equal to ``cfg``."""
+        self.validate(cfg)
+        out: list[SubnetConfig] = []
+
+        def add(heads: Sequence[int], ffn: Sequence[int], keep: Sequence[bool], retention: Sequence[float]) -> None:
+            got = SubnetConfig(tuple(heads), tuple(ffn), tuple(keep), tuple(retention), cfg.precision)
+            if got != cfg and got not in out and self.contains(got):
+                out.append(got)
+
+        n = self.num_layers
+        for i in cfg.kept_layers:
+            for name, choices in (("heads", self.head_choices), ("ffn", self.ffn_choices)):
+                values = list(getattr(cfg, name))
+                up = [c for c in choices if c > values[i]]
+                if up:
+                    values[i] = up[0]
+                    add(values if name == "heads" else cfg.heads, values if name == "ffn" else cfg.ffn,
+                        cfg.keep, cfg.retention)
+        kept = cfg.kept_layers
+        for i in range(n):
+            if cfg.keep[i]:
+                continue
+            src = max((j for j in kept if j < i), default=min(kept))
+            keep = [*cfg.keep[:i], True, *cfg.keep[i + 1:]]
+            add([*cfg.heads[:i], cfg.heads[src], *cfg.heads[i + 1:]], [*cfg.ffn[:i], cfg.ffn[src], *cfg.ffn[i + 1:]],
+                keep, cfg.retention)
+        for i, r in cfg.drops.items():
+            higher = [c for c in self.retention_choices if c > r + 1e-9]
+            if not higher:
+                continue
+            r_up = min(higher)
+            # The drop's own layer and the layers after it that carry its retention (until the next drop).
+            raw = list(cfg.retention)
+            for j in range(i, n):
+                if not math.isclose(raw[j], r):
+                    break
+                raw[j] = r_up
+            add(cfg.heads, cfg.ffn, cfg.keep, _retention_for_kept(cfg.keep, _monotone(raw)))
+        return out
+
     def crossover(self, a: SubnetConfig, b: SubnetConfig, rng: np.random.Generator) -> SubnetConfig:
         """Per-layer uniform crossover of two parents; repaired to stay valid."""
         n = self.num_layers

@@ -107,6 +107,21 @@ def test_export_says_each_step_up_search_and_what_its_timings_chose() -> None:
         "  timed again before writing L3: predicted 2.00 ms (upper 3.00), measured 1.75 ms (budget 1.93 ms in this "
         "timing) -> meets the budget: written"]
     assert _timing_lines({**quiet, "step_downs": quiet["step_downs"][:1]})[-1].startswith("  step up: searching")
+    # The pick's one-step-larger neighbours: counted on the search's line, or tried alone (no search when
+    # the pick measured over its upper bound).
+    grown = {"device": "cpu", "step_downs": [step("down", "L4", 3.1, True), step("up", "L5", 3.4, True, scale=1.03,
+                                                                                 recheck_ms=3.5, taken=True)],
+             "step_up_searches": [{"scale": 1.03, "candidates": 0, "better_on_dev": 1, "grown": 1, "searched": False,
+                                   "stepped_up_to": "L5"}]}
+    assert _timing_lines(grown)[1] == ("  step up: trying the pick's one-step-larger neighbours with every prediction "
+                                       "scaled by 1.03 (measured / upper bound)")
+    both = {**quiet, "step_up_searches": [{"scale": 0.73, "candidates": 5, "better_on_dev": 0, "grown": 0,
+                                           "searched": True, "stepped_up_to": None}]}
+    assert _timing_lines(both)[1].endswith("none of its 5 candidates nor of the pick's larger neighbours that fit "
+                                           "beat the pick on the whole dev split")
+    some = {**grown, "step_up_searches": [{**grown["step_up_searches"][0], "searched": True, "candidates": 3}]}
+    assert _timing_lines(some)[1].endswith("(measured / upper bound); 1 of those that beat the pick on dev are its "
+                                           "one-step-larger neighbours")
 
 
 def test_compare_takes_device_names_with_device(job: Path, tmp_path: Path, capsys) -> None:

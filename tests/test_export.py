@@ -260,7 +260,7 @@ def test_an_unused_budget_steps_up_to_a_more_accurate_sub_network_that_measures_
     assert [s["meets_budget"] for s in got.steps[1:]] == [False, False, True]
     # The report's record of each search the step up ran (the pick itself is not a candidate).
     assert got.step_up_searches == ({"scale": pytest.approx(2.0 / 3.3), "candidates": 3, "better_on_dev": 3,
-                                     "stepped_up_to": cfg(2).describe()},)
+                                     "grown": 0, "searched": True, "stepped_up_to": cfg(2).describe()},)
     # A search that finds nothing more accurate on the whole dev split times nothing, and says so.
     worse = cand(cfg(4, 2), 0.72, 3.5)  # most accurate on the dev subset, not on the whole dev split
     idle = FakeTimer({})
@@ -268,7 +268,7 @@ def test_an_unused_budget_steps_up_to_a_more_accurate_sub_network_that_measures_
                                                                                   cfg(4, 2).key(): 0.69}))
     assert kept.chosen is chosen and kept.steps == verified.steps and idle.calls == []
     assert kept.step_up_searches == ({"scale": pytest.approx(2.0 / 3.3), "candidates": 1, "better_on_dev": 0,
-                                      "stepped_up_to": None},)
+                                      "grown": 0, "searched": True, "stepped_up_to": None},)
 
 
 def test_a_step_up_that_still_leaves_the_budget_unused_tries_again_from_its_own_measurement() -> None:
@@ -539,3 +539,48 @@ def test_a_measured_seed_deeper_than_the_predicted_ones_is_fine_tuned_first() ->
     # The seeds deepest first (the backups of the pool's timing are all but the first).
     assert seed_candidates(history, [shallow.config.key()], [deep]) == [deep, shallow]
     assert seed_candidates(history, ["not-evaluated"]) == []
+
+
+def test_the_step_up_tries_the_picks_one_step_larger_neighbours_that_fit() -> None:
+    # As in the main job of 2026-12-07: the pick used 66% of the budget and the relaxed search's
+    # candidates were none better on the whole dev split; a neighbour of the pick is.
+    chosen = cand(cfg(1), 0.70, 3.0)  # upper 3.3: measured 2.0 under a 4 ms budget
+    verified = Verified(chosen, 2.0, 10.0, [{"arch_key": cfg(1).key()}])
+    worse = cand(cfg(1, 3), 0.72, 2.5)  # the search's: better on the subset only
+    near, far, flat = cand(cfg(2), 0.74, 4.0), cand(cfg(3), 0.77, 4.2), cand(cfg(1, 2), 0.69, 3.1)
+    grown_at: list[tuple[str, float]] = []
+
+    def grow(config: SubnetConfig, scale: float) -> list[Candidate]:
+        grown_at.append((config.key(), scale))
+        return [near, far, flat]  # what fits under ``scale`` (the caller filters by its budget)
+
+    dev = DevScores({cfg(1).key(): 0.70, cfg(1, 3).key(): 0.69, cfg(2).key(): 0.75, cfg(3).key(): 0.78,
+                     cfg(1, 2).key(): 0.69})
+    timer = FakeTimer({cfg(3).key(): 4.5, cfg(2).key(): 3.5})
+    got = step_up(verified, 4.0, lambda s: [chosen, worse], timer, dev, tries=1, grow=grow)  # type: ignore[arg-type]
+    assert grown_at == [(cfg(1).key(), pytest.approx(2.0 / 3.3))]  # around the pick, at the search's scale
+    # Only the neighbours that beat the pick on dev are timed, best first: cfg(3) misses, cfg(2) fits.
+    assert timer.calls == [[cfg(3).key(), cfg(2).key()], [cfg(2).key()]]
+    assert got.chosen is near and got.measured_ms == 3.5
+    assert got.step_up_searches == ({"scale": pytest.approx(2.0 / 3.3), "candidates": 1, "better_on_dev": 2,
+                                     "grown": 2, "searched": True, "stepped_up_to": cfg(2).describe()},)
+    # The next try grows around the new pick (its neighbours already timed are not timed again).
+    grown_at.clear()
+    twice = step_up(verified, 4.0, lambda s: [chosen], FakeTimer({cfg(3).key(): 4.5, cfg(2).key(): 3.0}), dev,  # type: ignore[arg-type]
+                    grow=grow)
+    assert [k for k, _ in grown_at] == [cfg(1).key(), cfg(2).key()]
+    assert twice.chosen is near and [s["arch_key"] for s in twice.steps[1:]] == [cfg(3).key(), cfg(2).key()]
+    # At most ``finalists`` neighbours, best on dev first.
+    capped = FakeTimer({cfg(3).key(): 4.5, cfg(2).key(): 3.0})
+    assert step_up(verified, 4.0, lambda s: [chosen], capped, dev, finalists=1, grow=grow).chosen is chosen  # type: ignore[arg-type]
+    assert capped.calls == [[cfg(3).key()]]
+    # A pick measured at or over its upper bound: no relaxed search (it could find the budget
+    # impossible), but its neighbours under the measured scale are still tried.
+    over = Verified(chosen, 3.4, 10.0, [{"arch_key": cfg(1).key()}])  # upper 3.3, 85% of 4 ms
+    searched: list[float] = []
+    grown_at.clear()
+    up = step_up(over, 4.0, lambda s: searched.append(s) or [], FakeTimer({cfg(3).key(): 4.5, cfg(2).key(): 3.7}),  # type: ignore[arg-type, func-returns-value]
+                 dev, tries=1, grow=grow)
+    assert searched == [] and grown_at == [(cfg(1).key(), pytest.approx(3.4 / 3.3))]
+    assert up.chosen is near and up.step_up_searches[0]["searched"] is False
+    assert step_up(over, 4.0, lambda s: searched.append(s) or [], FakeTimer({}), dev) is over  # type: ignore[arg-type, func-returns-value]

@@ -107,3 +107,27 @@ def test_evenly_spaced_keep() -> None:
     assert evenly_spaced_keep(6, 3) == (False, True, False, True, False, True)
     assert evenly_spaced_keep(4, 4) == (True,) * 4
     assert sum(evenly_spaced_keep(12, 5)) == 5
+
+
+def test_grown_neighbours_are_one_step_larger_in_one_choice() -> None:
+    space = SearchSpace(num_layers=4, max_heads=4, max_ffn=16, head_choices=(1, 2, 3, 4), ffn_choices=(4, 8, 12, 16),
+                        retention_choices=(1.0, 0.7, 0.5))
+    # Layer 1 skipped; drops to 0.7 at layer 2 and to 0.5 at layer 3; layer 2 already at the widest.
+    cfg = SubnetConfig((2, 0, 4, 1), (8, 0, 16, 4), (True, False, True, True), (1.0, 1.0, 0.7, 0.5))
+    got = [g.describe() for g in space.grown(cfg)]
+    assert got == [
+        "L3 h3/4/1 f8/16/4 r1/0.7/0.5", "L3 h2/4/1 f12/16/4 r1/0.7/0.5",  # layer 0's heads, then its FFN
+        "L3 h2/4/2 f8/16/4 r1/0.7/0.5", "L3 h2/4/1 f8/16/8 r1/0.7/0.5",  # layer 3 (layer 2 is at the widest)
+        "L4 h2/2/4/1 f8/8/16/4 r1/1/0.7/0.5",  # layer 1 kept again with layer 0's widths, no new drop
+        "L3 h2/4/1 f8/16/4 r1/1/0.5",  # the drop at layer 2 raised to 1: gone, layer 3 still drops to 0.5
+        "L3 h2/4/1 f8/16/4 r1/0.7/0.7"]  # the drop at layer 3 raised to 0.7
+    grown = space.grown(cfg)
+    assert all(space.contains(g) for g in grown) and len({g.key() for g in grown}) == len(grown)
+    assert space.grown(space.largest()) == []
+    # A skipped first layer takes the widths of the kept layer after it; the precision is kept.
+    first = SubnetConfig((0, 3, 3, 3), (0, 12, 12, 12), (False, True, True, True), (1.0,) * 4, "int8")
+    int8 = space.with_precisions(["fp32", "int8"])
+    assert SubnetConfig((3, 3, 3, 3), (12,) * 4, (True,) * 4, (1.0,) * 4, "int8") in int8.grown(first)
+    assert {g.precision for g in int8.grown(first)} == {"int8"}
+    with pytest.raises(ConfigError, match="precision"):
+        space.grown(first)  # not in an fp32-only space
