@@ -983,14 +983,16 @@ def _timing_lines(r: dict[str, Any]) -> list[str]:
                  if u.get("grown") and u.get("searched", True) else "")
         return f"  step up: {how} with every prediction scaled by {scale:.2f} (measured / upper bound){grown}"
 
+    def none_better(u: dict[str, Any]) -> str:
+        if not u.get("searched", True):
+            return "none of those that fit"
+        neighbours = " nor of the pick's larger neighbours that fit" if "grown" in u else ""
+        return f"none of its {u['candidates']} candidates{neighbours}"
+
     lines: list[str] = []
     scale = None  # a step up's search scale, said when a try starts
     # Such a search ends the step up: its line goes before the timing just before writing.
-    empty = [f"{searching(u['scale'])}: "
-             + (f"none of its {u['candidates']} candidates" + (" nor of the pick's larger neighbours that fit"
-                                                              if "grown" in u else "")
-                if u.get("searched", True) else "none of those that fit")
-             + " beat the pick on the whole dev split"
+    empty = [f"{searching(u['scale'])}: {none_better(u)} beat the pick on the whole dev split"
              for u in r.get("step_up_searches", []) if not u["better_on_dev"]]
     for s in r["step_downs"]:
         if s.get("step") == "confirm" and empty:

@@ -970,10 +970,11 @@ def choose_and_export(
                 return again.history
 
             def grow(config: SubnetConfig, scale: float) -> list[Candidate]:
-                # The pick's one-step-larger neighbours that fit, predicted as the relaxed search would.
+                # The pick's one-step-larger neighbours that fit, predicted as the relaxed search would;
+                # scored on the whole dev split (what the step up ranks them by), not on the search's subset.
                 configs = target.search_space(run.space).grown(config)
                 bounds = latency.scaled(budget.scale * scale).predict(configs)
-                return [Candidate(c, accuracy(c), p, u, True) for c, (p, u) in zip(configs, bounds, strict=True)
+                return [Candidate(c, accuracy.full_dev(c), p, u, True) for c, (p, u) in zip(configs, bounds, strict=True)
                         if is_feasible(u, budget.ms)]
 
             verified = step_up(verified, budget.ms, relaxed, timer, accuracy, below=cfg.step_up_below,
