@@ -15,6 +15,15 @@ crossovers) but size the population to the evaluation budget: ``n_evaluations / 
 of 12 (2 parents, 5 mutations, 5 crossovers) for 6 generations. Pass HAT's values
 explicitly to reproduce it.
 
+``screen`` (default 4) draws that many feasible children per evaluation and evaluates those a
+ridge surrogate, refitted each generation to everything evaluated so far, expects to help most
+(``nas.surrogate``): with a budget the highest predicted accuracy, on the whole front the
+largest predicted rise above the front at the child's predicted latency. Generation 0 is
+never screened (nothing to fit yet). On the main job's rt run, 5 search seeds of 150
+evaluations, screening 4 raised the test hypervolume of the front from 0.252 +- 0.006 to
+0.259 +- 0.006 (random search 0.233 +- 0.013; ``scripts/screen_check.py``, README
+"Screening children"). ``screen=1`` is HAT's evolution unscreened.
+
 Parents are selected from everything evaluated so far. With a budget that is HAT's top-k
 by accuracy among feasible candidates (the previous parents are in the population, so this
 is the same elitism); without one (``budget_ms=None``, the whole front) parents are ranked
@@ -41,10 +50,13 @@ from nas.search import (
     evaluate_anchors,
     fastest_reachable,
 )
+from nas.surrogate import RidgeSurrogate, config_features, front_gain
 from supernet.errors import ConfigError
 from supernet.space import SearchSpace, SubnetConfig
 
 __all__ = ["EvolutionSearch", "select_parents"]
+
+Drawn = tuple[SubnetConfig, float, float]  # a configuration, its predicted latency and upper bound
 
 
 @dataclass
@@ -60,6 +72,8 @@ class EvolutionSearch:
     max_generations: int = 30
     attempts_per_child: int = 50
     anchor: bool = True
+    screen: int = 4  # children drawn per evaluation, the surrogate picks (1: none; README, "Screening children")
+    surrogate_alpha: float = 1.0
 
     def sizes(self, n_evaluations: int) -> tuple[int, int, int, int]:
         """``(population, parents, mutations, crossovers)`` for an evaluation budget."""
@@ -93,6 +107,8 @@ class EvolutionSearch:
         check_search_args(budget_ms, n_evaluations)
         if not 0.0 <= self.mutation_prob <= 1.0:
             raise ConfigError(f"mutation_prob must lie in [0, 1], got {self.mutation_prob}")
+        if isinstance(self.screen, bool) or not isinstance(self.screen, int) or self.screen < 1:
+            raise ConfigError(f"screen must be an integer >= 1 (children drawn per evaluation), got {self.screen!r}")
         pop_size, n_parents, n_mut, n_cross = self.sizes(n_evaluations)
         archive = Archive(accuracy, budget_ms, n_evaluations)
         if budget_ms is not None and fastest_reachable(space, latency) > budget_ms:
@@ -123,8 +139,9 @@ class EvolutionSearch:
                 i, j = rng.choice(len(parents), size=2, replace=False)
                 return space.crossover(parents[int(i)].config, parents[int(j)].config, rng)
 
-            children = self._evaluate_new(archive, latency, budget_ms, mutant, n_mut)
-            children += self._evaluate_new(archive, latency, budget_ms, cross, n_cross)
+            pick = self._screener(archive, space, budget_ms)
+            children = self._evaluate_new(archive, latency, budget_ms, mutant, n_mut, pick)
+            children += self._evaluate_new(archive, latency, budget_ms, cross, n_cross, pick)
             # Parents + children is HAT's next population; since parents are re-selected from
             # the whole history, which already holds both, nothing else needs keeping.
             if not children:
@@ -138,21 +155,50 @@ class EvolutionSearch:
         budget_ms: float | None,
         propose: Callable[[], SubnetConfig],
         count: int,
+        pick: Callable[[list[Drawn], int], list[Drawn]] | None = None,
     ) -> list[Candidate]:
-        """Draw up to ``count`` new feasible configurations and evaluate them (within the cap)."""
+        """Draw up to ``count`` new feasible configurations and evaluate them (within the cap);
+        with ``pick``, ``screen`` times as many are drawn and ``pick`` keeps ``count``."""
         count = min(count, archive.cap - len(archive.history))
         if count <= 0:
             return []
+        wanted = count * (self.screen if pick is not None else 1)
         drawn, rejected = draw_feasible(
-            propose, latency, budget_ms, count,
-            exclude=archive.keys(), max_attempts=self.attempts_per_child * count,
+            propose, latency, budget_ms, wanted,
+            exclude=archive.keys(), max_attempts=self.attempts_per_child * wanted,
         )
         archive.n_rejected += rejected
+        if pick is not None and len(drawn) > count:
+            drawn = pick(drawn, count)
         out = []
         for cfg, lat, upper in drawn:
             if (c := archive.evaluate(cfg, lat, upper)) is not None:
                 out.append(c)
         return out
+
+    def _screener(self, archive: Archive, space: SearchSpace, budget_ms: float | None
+                  ) -> Callable[[list[Drawn], int], list[Drawn]] | None:
+        """The ``pick`` for this generation: the surrogate fitted to the archive so far, keeping the
+        ``count`` drawn children it expects to help most, in the order they were drawn (None: no
+        screening)."""
+        if self.screen <= 1 or len(archive.history) < 2:
+            return None
+        model = RidgeSurrogate(self.surrogate_alpha).fit(
+            np.stack([config_features(c.config, space) for c in archive.history]),
+            [c.accuracy for c in archive.history])
+        front = [c for c in archive.history if c.feasible]
+
+        def pick(drawn: list[Drawn], count: int) -> list[Drawn]:
+            pred = model.predict(np.stack([config_features(cfg, space) for cfg, _, _ in drawn]))
+            if budget_ms is None and front:
+                score = front_gain(pred, np.array([lat for _, lat, _ in drawn]),
+                                   np.array([c.accuracy for c in front]), np.array([c.latency_ms for c in front]))
+            else:
+                score = pred
+            keep = np.argsort(-score, kind="stable")[:count]
+            return [drawn[i] for i in sorted(keep)]
+
+        return pick
 
 
 def select_parents(candidates: list[Candidate], k: int, *, multi_objective: bool) -> list[Candidate]:

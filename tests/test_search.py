@@ -26,6 +26,7 @@ from nas.optuna_search import (
 )
 from nas.search import (
     SEARCHERS,
+    Archive,
     Candidate,
     RandomSearch,
     SearchResult,
@@ -34,6 +35,7 @@ from nas.search import (
     fastest_reachable,
     make_searcher,
 )
+from nas.surrogate import RidgeSurrogate, config_features, front_gain
 from nas.toy import TOY_MARGIN, ToyLatency, toy_accuracy
 from supernet.errors import ConfigError
 from supernet.space import SearchSpace, SubnetConfig
@@ -328,3 +330,79 @@ def test_finetune_pool_puts_the_deepest_seed_first_then_other_depths() -> None:
     assert finetune_pool(result.history, deepest, seeds, 2) == other_depths(result.history, deepest, 2)
     assert finetune_pool(result.history, chosen, seeds, 0) == [] and finetune_pool(result.history, chosen, [], 1) == \
         other_depths(result.history, chosen, 1)
+
+
+# ---- the surrogate that screens an evolution's children -------------------------------------------
+def test_config_features_follow_kept_layers_widths_and_the_tokens_each_layer_sees() -> None:
+    cfg = SubnetConfig(heads=(4, 2, 4, 1), ffn=(64, 32, 16, 64), keep=(True, False, True, True),
+                       retention=(0.5, 0.5, 0.25, 0.25), precision="int8")
+    row = config_features(cfg, SPACE)
+    assert row.shape == (4 * 4 + 1,)
+    # layer 0: kept, full width, all tokens; it drops to half
+    assert list(row[0:4]) == [1.0, 1.0, 1.0, 1.0]
+    # layer 1: skipped (no width), half the tokens reach it
+    assert list(row[4:8]) == [0.0, 0.0, 0.0, 0.5]
+    # layer 2 sees half and drops to a quarter, which layer 3 sees
+    assert list(row[8:12]) == [1.0, 1.0, 0.25, 0.5]
+    assert list(row[12:16]) == [1.0, 0.25, 1.0, 0.25]
+    assert row[16] == 1.0  # the int8 indicator
+    assert config_features(cfg.with_precision("fp32"), SPACE)[16] == 0.0
+
+
+def test_ridge_surrogate_recovers_a_linear_rule_and_refuses_to_predict_unfitted() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 3))
+    x[:, 2] = 5.0  # a constant column must not break the standardization
+    y = 0.7 + x[:, 0] * 0.2 - x[:, 1] * 0.1
+    model = RidgeSurrogate(alpha=1e-6).fit(x, y)
+    test = np.array([[1.0, 2.0, 5.0], [-1.0, 0.0, 5.0]])
+    assert np.allclose(model.predict(test), [0.7 + 0.2 - 0.2, 0.7 - 0.2], atol=1e-4)
+    with pytest.raises(RuntimeError, match="before fit"):
+        RidgeSurrogate().predict(test)
+    with pytest.raises(ValueError, match="at least 2 rows"):
+        RidgeSurrogate().fit(x[:1], y[:1])
+
+
+def test_front_gain_measures_from_the_best_accuracy_at_that_latency_or_faster() -> None:
+    known_acc, known_lat = np.array([0.6, 0.8, 0.7]), np.array([1.0, 3.0, 2.0])
+    gain = front_gain(np.array([0.75, 0.75, 0.9, 0.65]), np.array([2.5, 1.5, 4.0, 0.5]), known_acc, known_lat)
+    # at 2.5 ms the front stands at 0.7 (the point at 2.0); at 1.5 at 0.6; at 4.0 at 0.8;
+    # faster than every evaluated point, at the worst evaluated accuracy (0.6)
+    assert np.allclose(gain, [0.05, 0.15, 0.1, 0.05])
+
+
+def test_a_screened_evolution_keeps_the_contract_and_picks_what_the_surrogate_prefers() -> None:
+    result, acc = run("evolution", budget_ms=BUDGET, n=30, seed=0, screen=4)
+    assert len(set(acc.keys)) == len(acc.keys) == len(result.history) == 30
+    assert all(c.upper_ms <= BUDGET for c in result.history)
+    again, _ = run("evolution", budget_ms=BUDGET, n=30, seed=0, screen=4)
+    assert rows(again) == rows(result)
+    # The pick keeps the drawn children the surrogate fitted to the archive ranks highest.
+    searcher = EvolutionSearch(screen=4)
+    archive = Archive(toy_accuracy, BUDGET, 100)
+    rng = np.random.default_rng(1)
+    for cfg in [SPACE.sample(rng) for _ in range(12)]:
+        archive.evaluate(cfg, 1.0, 1.0)
+    pick = searcher._screener(archive, SPACE, BUDGET)
+    assert pick is not None
+    drawn = [(SPACE.sample(rng), 1.0, 1.0) for _ in range(8)]
+    kept = pick(drawn, 2)
+    model = RidgeSurrogate().fit(np.stack([config_features(c.config, SPACE) for c in archive.history]),
+                                 [c.accuracy for c in archive.history])
+    pred = model.predict(np.stack([config_features(c, SPACE) for c, _, _ in drawn]))
+    assert {c.key() for c, _, _ in kept} == {drawn[i][0].key() for i in np.argsort(-pred)[:2]}
+    assert EvolutionSearch(screen=1)._screener(archive, SPACE, BUDGET) is None
+
+
+def test_screening_finds_more_accurate_subnetworks_on_the_toy_problem() -> None:
+    # Same evaluations, same seeds: the screened search's best under the budget is better on average.
+    def best(screen: int) -> float:
+        return float(np.mean([run("evolution", budget_ms=BUDGET, n=24, seed=s, screen=screen)[0].best.accuracy
+                              for s in range(6)]))
+    assert best(4) > best(1)
+
+
+def test_screen_must_be_a_positive_integer() -> None:
+    for bad in (0, 1.5, True):
+        with pytest.raises(ConfigError, match="screen"):
+            run("evolution", budget_ms=BUDGET, n=10, screen=bad)

@@ -1,0 +1,125 @@
+"""Does screening an evolution's children with a surrogate (``EvolutionSearch(screen=k)``,
+``nas.surrogate``) raise the benchmark's test hypervolume? No timing, only scoring.
+
+For each search seed ``--seed`` .. ``--seed + --seeds - 1``, the evolution searches the whole
+front once per screen in ``--screens`` (1: no screening, today's default) and random search
+once, every search scoring the whole dev split with ``--n`` evaluations; each front on dev
+accuracy and *predicted* latency is thinned to ``--front-points`` and scored on test, as
+``hwnas bench``'s ``seed_spread`` does. The hypervolumes use one reference for every front of
+the call (the worst test accuracy of any point). Printed after each seed: the hypervolumes so
+far on test and on dev, and the spread verdicts of the last screen (as ``ours``) against the
+others (``nas.bench.spread_verdicts``: the difference of the means beyond the two standard
+deviations summed).
+
+    .venv/bin/python scripts/screen_check.py runs/main --screens 1,4 --seeds 5 --out runs/main/screen_points.csv
+
+``--out``: every scored front point (method, seed, latency relative to the full model's
+prediction, dev and test accuracy, architecture), written after each seed. Scores land in the
+run's accuracy cache. Exit status 2 with one line for a folder that is not a trained, measured
+and fitted run, or malformed numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as `python scripts/...`
+from nas.bench import spread_verdicts, thinned_front  # noqa: E402
+from nas.evolution import EvolutionSearch  # noqa: E402
+from nas.objectives import DevAccuracy  # noqa: E402
+from nas.pareto import normalized_hypervolume  # noqa: E402
+from nas.search import RandomSearch, Searcher  # noqa: E402
+from supernet.errors import HwnasError  # noqa: E402
+from supernet.io import write_csv  # noqa: E402
+from supernet.space import SubnetConfig  # noqa: E402
+from supernet.workflow import open_run  # noqa: E402
+
+
+def hypervolumes(points: pd.DataFrame, col: str) -> pd.DataFrame:
+    """One row per (method, seed): the hypervolume of its points on ``col``, with one reference
+    (the worst ``col`` of any point) and latency relative to the full model (reference 1)."""
+    ref = float(points[col].min())
+    return pd.DataFrame([{"method": m, "seed": int(s), "hypervolume_test" if col == "acc_test" else "hypervolume_dev":
+                          normalized_hypervolume(g[col].to_numpy(), g["lat_rel"].to_numpy(), ref_acc=ref, ref_lat=1.0,
+                                                 max_acc=1.0)}
+                         for (m, s), g in points.groupby(["method", "seed"], sort=False)])
+
+
+def screen_points(run_folder: str, screens: list[int], *, device: str, seeds: int, seed: int, n: int,
+                  front_points: int, out: str | None = None, progress: bool = True) -> pd.DataFrame:
+    """Every scored front point of every search (module doc)."""
+    from latency.target import PredictedLatency, Target
+    from latency.workflow import resolve_device
+
+    run = open_run(run_folder)
+    target = Target.of(run, resolve_device(run.folder, device), None)
+    acc = DevAccuracy(run, subset_size=None, batch=target.batch)  # the whole dev split, as the benchmark
+    lat = PredictedLatency.of(run.folder, target)
+    lat_full = lat.predict([run.space.largest()])[0][0]
+    rows: list[dict[str, object]] = []
+    for s in range(seed, seed + seeds):
+        searchers: dict[str, Searcher] = {f"screen{k}": EvolutionSearch(screen=k) for k in screens}
+        searchers["random"] = RandomSearch()
+        for name, searcher in searchers.items():
+            t0 = time.time()
+            result = searcher.search(run.space, acc, lat, budget_ms=None, n_evaluations=n, seed=s)
+            for r in thinned_front(result.history, name, front_points).to_dict("records"):
+                c = SubnetConfig.from_dict(json.loads(r["arch_json"]))
+                rows.append({"method": name, "seed": s, "lat_rel": r["lat_pred_ms"] / lat_full,
+                             "acc_dev": r["acc_dev"], "acc_test": acc.test(c), "arch": c.describe()})
+            if progress:
+                print(f"seed {s}, {name}: {time.time() - t0:.0f} s", flush=True)
+        points = pd.DataFrame(rows)
+        if out:
+            write_csv(out, points)
+        if progress:
+            test, dev = hypervolumes(points, "acc_test"), hypervolumes(points, "acc_dev")
+            print("test hypervolume:\n" + test.pivot(index="seed", columns="method", values="hypervolume_test")
+                  .round(4).to_string(), flush=True)
+            print("dev hypervolume:\n" + dev.pivot(index="seed", columns="method", values="hypervolume_dev")
+                  .round(4).to_string(), flush=True)
+            ours = test.assign(method=test["method"].replace({f"screen{screens[-1]}": "ours"}))
+            print(spread_verdicts(ours).round(4).to_string(index=False), flush=True)
+    return pd.DataFrame(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("run", help="a trained, measured and fitted run folder")
+    p.add_argument("--screens", default="1,4", help="children drawn per evaluation, comma-separated; the last is "
+                   "compared as ours (default %(default)s)")
+    p.add_argument("--device", default="cpu", help="whose predictor gives the latencies (default %(default)s)")
+    p.add_argument("--seeds", type=int, default=5, help="search seeds per method (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="the first search seed (default %(default)s)")
+    p.add_argument("--n", type=int, default=150, help="accuracy evaluations per search (default %(default)s)")
+    p.add_argument("--front-points", type=int, default=10, help="front points scored on test (default %(default)s)")
+    p.add_argument("--out", help="CSV of every scored front point (default: print only)")
+    a = p.parse_args(argv)
+    try:
+        screens = [int(x) for x in a.screens.split(",") if x.strip()]
+        if not screens or min(screens) < 1 or a.seeds < 1 or a.n < 2 or a.front_points < 2 or a.seed < 0:
+            raise ValueError
+    except ValueError:
+        print(f"screen_check: --screens takes integers >= 1 separated by commas, e.g. 1,4; --seeds >= 1, --n and "
+              f"--front-points >= 2, --seed >= 0; got --screens {a.screens!r}, --seeds {a.seeds}, --n {a.n}, "
+              f"--front-points {a.front_points}, --seed {a.seed}", file=sys.stderr)
+        return 2
+    try:
+        screen_points(a.run, screens, device=a.device, seeds=a.seeds, seed=a.seed, n=a.n,
+                      front_points=a.front_points, out=a.out)
+    except HwnasError as e:  # not a run, not measured or fitted on the device: one line
+        print(f"screen_check: {e}", file=sys.stderr)
+        return 2
+    if a.out:
+        print(f"wrote {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
