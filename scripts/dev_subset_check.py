@@ -19,7 +19,6 @@ a folder that is not a trained, measured and fitted run, or malformed numbers.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -27,6 +26,9 @@ from pathlib import Path
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as `python scripts/...`
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # seed_check_args beside it
+from seed_check_args import RULE, given, int_list, seed_check_parser, seeds_ok  # noqa: E402
+
 from nas.bench import METHODS, BenchConfig, _candidates, seed_spread, spread_verdicts  # noqa: E402
 from nas.objectives import DevAccuracy  # noqa: E402
 from supernet.errors import HwnasError  # noqa: E402
@@ -58,25 +60,17 @@ def subset_spread(run_folder: str, subsets: list[int], *, device: str, seeds: in
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("run", help="a trained, measured and fitted run folder")
+    p = seed_check_parser(__doc__.split("\n\n")[0], seeds=3, out_help="CSV to write (default: print only)")
     p.add_argument("--subsets", default="500,0", help="dev subset sizes, comma-separated; 0: the whole dev split "
                    "(default %(default)s)")
-    p.add_argument("--device", default="cpu", help="whose predictor gives the latencies (default %(default)s)")
-    p.add_argument("--seeds", type=int, default=3, help="search seeds per method (default %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="the first search seed (default %(default)s)")
-    p.add_argument("--n", type=int, default=150, help="accuracy evaluations per search (default %(default)s)")
-    p.add_argument("--front-points", type=int, default=10, help="front points scored on test (default %(default)s)")
-    p.add_argument("--out", help="CSV to write (default: print only)")
     a = p.parse_args(argv)
     try:
-        subsets = [int(x) for x in a.subsets.split(",") if x.strip()]
-        if not subsets or min(subsets) < 0 or a.seeds < 1 or a.n < 2 or a.front_points < 2 or a.seed < 0:
+        subsets = int_list(a.subsets, least=0)
+        if not seeds_ok(a):
             raise ValueError
     except ValueError:
         print(f"dev_subset_check: --subsets takes sizes >= 0 separated by commas (0: the whole dev split), e.g. "
-              f"500,0; --seeds >= 1, --n and --front-points >= 2, --seed >= 0; got --subsets {a.subsets!r}, "
-              f"--seeds {a.seeds}, --n {a.n}, --front-points {a.front_points}, --seed {a.seed}", file=sys.stderr)
+              f"500,0; {RULE}; got --subsets {a.subsets!r}, {given(a)}", file=sys.stderr)
         return 2
     try:
         frame = subset_spread(a.run, subsets, device=a.device, seeds=a.seeds, seed=a.seed, n=a.n,

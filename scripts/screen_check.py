@@ -21,7 +21,6 @@ and fitted run, or malformed numbers.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -30,6 +29,9 @@ from pathlib import Path
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as `python scripts/...`
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # seed_check_args beside it
+from seed_check_args import RULE, given, int_list, seed_check_parser, seeds_ok  # noqa: E402
+
 from nas.bench import spread_verdicts, thinned_front  # noqa: E402
 from nas.evolution import EvolutionSearch  # noqa: E402
 from nas.objectives import DevAccuracy  # noqa: E402
@@ -90,25 +92,18 @@ def screen_points(run_folder: str, screens: list[int], *, device: str, seeds: in
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("run", help="a trained, measured and fitted run folder")
+    p = seed_check_parser(__doc__.split("\n\n")[0], seeds=5, out_help="CSV of every scored front point (default: "
+                          "print only)")
     p.add_argument("--screens", default="1,4", help="children drawn per evaluation, comma-separated; the last is "
                    "compared as ours (default %(default)s)")
-    p.add_argument("--device", default="cpu", help="whose predictor gives the latencies (default %(default)s)")
-    p.add_argument("--seeds", type=int, default=5, help="search seeds per method (default %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="the first search seed (default %(default)s)")
-    p.add_argument("--n", type=int, default=150, help="accuracy evaluations per search (default %(default)s)")
-    p.add_argument("--front-points", type=int, default=10, help="front points scored on test (default %(default)s)")
-    p.add_argument("--out", help="CSV of every scored front point (default: print only)")
     a = p.parse_args(argv)
     try:
-        screens = [int(x) for x in a.screens.split(",") if x.strip()]
-        if not screens or min(screens) < 1 or a.seeds < 1 or a.n < 2 or a.front_points < 2 or a.seed < 0:
+        screens = int_list(a.screens, least=1)
+        if not seeds_ok(a):
             raise ValueError
     except ValueError:
-        print(f"screen_check: --screens takes integers >= 1 separated by commas, e.g. 1,4; --seeds >= 1, --n and "
-              f"--front-points >= 2, --seed >= 0; got --screens {a.screens!r}, --seeds {a.seeds}, --n {a.n}, "
-              f"--front-points {a.front_points}, --seed {a.seed}", file=sys.stderr)
+        print(f"screen_check: --screens takes integers >= 1 separated by commas, e.g. 1,4; {RULE}; got --screens "
+              f"{a.screens!r}, {given(a)}", file=sys.stderr)
         return 2
     try:
         screen_points(a.run, screens, device=a.device, seeds=a.seeds, seed=a.seed, n=a.n,

@@ -298,6 +298,29 @@ def test_dev_subset_check_scores_each_methods_fronts_per_seed(job: Path, tmp_pat
                                                (["--seeds", "0"], "--seeds >= 1")])
 
 
+def test_screen_check_scores_each_searchs_front_per_seed(job: Path, tmp_path: Path) -> None:
+    """scripts/screen_check.py: the evolution with and without screened children, and random
+    search, over search seeds; every scored front point written; bad input one line, exit 2."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(job, run, ignore=shutil.ignore_patterns("run.lock"))  # scores land in the run's cache
+    script = Path(__file__).resolve().parent.parent / "scripts" / "screen_check.py"
+    csv = tmp_path / "screens.csv"
+    done = run_script(script, run, "--screens", "1,3", "--seeds", "2", "--n", "8", "--front-points", "3",
+                      "--out", csv)
+    assert done.returncode == 0, done.stderr
+    got = pd.read_csv(csv)
+    assert set(got.method) == {"screen1", "screen3", "random"}
+    assert (got.groupby("method").seed.nunique() == 2).all()
+    assert (got.groupby(["method", "seed"]).size() <= 3).all()
+    assert got.acc_dev.between(0, 1).all() and got.acc_test.between(0, 1).all() and (got.lat_rel > 0).all()
+    assert "test hypervolume" in done.stdout and "ours_beats" in done.stdout
+    _rejects_bad_input(script, run, tmp_path, [(["--screens", "x"], "--screens takes integers"),
+                                               (["--screens", "0"], "--screens takes integers"),
+                                               (["--front-points", "1"], "--front-points >= 2")])
+
+
 def _rejects_bad_input(script: Path, run: Path, tmp_path: Path, cases: list[tuple[list[str], str]]) -> None:
     """A check script given each of ``cases`` (arguments, what its one line must say), then a run
     folder that does not exist: exit 2, one line and no traceback, and its --out not written.
