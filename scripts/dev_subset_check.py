@@ -27,12 +27,10 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as `python scripts/...`
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # seed_check_args beside it
-from seed_check_args import RULE, given, int_list, seed_check_parser, seeds_ok  # noqa: E402
+from seed_check_args import seed_check_main  # noqa: E402
 
 from nas.bench import METHODS, BenchConfig, _candidates, seed_spread, spread_verdicts  # noqa: E402
 from nas.objectives import DevAccuracy  # noqa: E402
-from supernet.errors import HwnasError  # noqa: E402
-from supernet.io import write_csv  # noqa: E402
 from supernet.workflow import open_run  # noqa: E402
 
 
@@ -60,28 +58,13 @@ def subset_spread(run_folder: str, subsets: list[int], *, device: str, seeds: in
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = seed_check_parser(__doc__.split("\n\n")[0], seeds=3, out_help="CSV to write (default: print only)")
-    p.add_argument("--subsets", default="500,0", help="dev subset sizes, comma-separated; 0: the whole dev split "
-                   "(default %(default)s)")
-    a = p.parse_args(argv)
-    try:
-        subsets = int_list(a.subsets, least=0)
-        if not seeds_ok(a):
-            raise ValueError
-    except ValueError:
-        print(f"dev_subset_check: --subsets takes sizes >= 0 separated by commas (0: the whole dev split), e.g. "
-              f"500,0; {RULE}; got --subsets {a.subsets!r}, {given(a)}", file=sys.stderr)
-        return 2
-    try:
-        frame = subset_spread(a.run, subsets, device=a.device, seeds=a.seeds, seed=a.seed, n=a.n,
-                              front_points=a.front_points)
-    except HwnasError as e:  # not a run, not measured or fitted on the device: one line
-        print(f"dev_subset_check: {e}", file=sys.stderr)
-        return 2
-    if a.out:
-        write_csv(a.out, frame)
-        print(f"wrote {a.out}")
-    return 0
+    return seed_check_main(
+        argv, script="dev_subset_check", description=__doc__.split("\n\n")[0], seeds=3,
+        out_help="CSV to write (default: print only)", option="subsets", default="500,0",
+        option_help="dev subset sizes, comma-separated; 0: the whole dev split (default %(default)s)", least=0,
+        takes="sizes >= 0 separated by commas (0: the whole dev split), e.g. 500,0",
+        body=lambda a, subsets: subset_spread(a.run, subsets, device=a.device, seeds=a.seeds, seed=a.seed, n=a.n,
+                                              front_points=a.front_points))
 
 
 if __name__ == "__main__":

@@ -30,14 +30,13 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as `python scripts/...`
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # seed_check_args beside it
-from seed_check_args import RULE, given, int_list, seed_check_parser, seeds_ok  # noqa: E402
+from seed_check_args import seed_check_main  # noqa: E402
 
 from nas.bench import spread_verdicts, thinned_front  # noqa: E402
 from nas.evolution import EvolutionSearch  # noqa: E402
 from nas.objectives import DevAccuracy  # noqa: E402
 from nas.pareto import normalized_hypervolume  # noqa: E402
 from nas.search import RandomSearch, Searcher  # noqa: E402
-from supernet.errors import HwnasError  # noqa: E402
 from supernet.io import write_csv  # noqa: E402
 from supernet.space import SubnetConfig  # noqa: E402
 from supernet.workflow import open_run  # noqa: E402
@@ -92,28 +91,13 @@ def screen_points(run_folder: str, screens: list[int], *, device: str, seeds: in
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = seed_check_parser(__doc__.split("\n\n")[0], seeds=5, out_help="CSV of every scored front point (default: "
-                          "print only)")
-    p.add_argument("--screens", default="1,4", help="children drawn per evaluation, comma-separated; the last is "
-                   "compared as ours (default %(default)s)")
-    a = p.parse_args(argv)
-    try:
-        screens = int_list(a.screens, least=1)
-        if not seeds_ok(a):
-            raise ValueError
-    except ValueError:
-        print(f"screen_check: --screens takes integers >= 1 separated by commas, e.g. 1,4; {RULE}; got --screens "
-              f"{a.screens!r}, {given(a)}", file=sys.stderr)
-        return 2
-    try:
-        screen_points(a.run, screens, device=a.device, seeds=a.seeds, seed=a.seed, n=a.n,
-                      front_points=a.front_points, out=a.out)
-    except HwnasError as e:  # not a run, not measured or fitted on the device: one line
-        print(f"screen_check: {e}", file=sys.stderr)
-        return 2
-    if a.out:
-        print(f"wrote {a.out}")
-    return 0
+    return seed_check_main(
+        argv, script="screen_check", description=__doc__.split("\n\n")[0], seeds=5,
+        out_help="CSV of every scored front point (default: print only)", option="screens", default="1,4",
+        option_help="children drawn per evaluation, comma-separated; the last is compared as ours "
+                    "(default %(default)s)", least=1, takes="integers >= 1 separated by commas, e.g. 1,4",
+        body=lambda a, screens: screen_points(a.run, screens, device=a.device, seeds=a.seeds, seed=a.seed, n=a.n,
+                                              front_points=a.front_points, out=a.out))
 
 
 if __name__ == "__main__":

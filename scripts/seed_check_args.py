@@ -1,11 +1,19 @@
 """The command line shared by the checks that compare searches over search seeds
 (``dev_subset_check.py``, ``screen_check.py``): the run, the device whose predictor gives the
 latencies, how many seeds from which, evaluations per search, front points scored on test,
-and the CSV to write; and the one-line complaint when a number is out of range."""
+the CSV to write, and one list of integers of the script's own; one line and exit status 2
+when a number is out of range or the folder is not a fitted run."""
 
 from __future__ import annotations
 
 import argparse
+import sys
+from collections.abc import Callable
+
+import pandas as pd
+
+from supernet.errors import HwnasError
+from supernet.io import write_csv
 
 RULE = "--seeds >= 1, --n and --front-points >= 2, --seed >= 0"
 
@@ -38,3 +46,30 @@ def seeds_ok(a: argparse.Namespace) -> bool:
 def given(a: argparse.Namespace) -> str:
     """The shared numbers as given, for the complaint."""
     return f"--seeds {a.seeds}, --n {a.n}, --front-points {a.front_points}, --seed {a.seed}"
+
+
+def seed_check_main(argv: list[str] | None, *, script: str, description: str, seeds: int, out_help: str,
+                    option: str, default: str, option_help: str, least: int, takes: str,
+                    body: Callable[[argparse.Namespace, list[int]], pd.DataFrame]) -> int:
+    """Parse, check, run ``body(args, the option's integers)`` and write its frame to ``--out``.
+    ``takes``: what the option takes, for the complaint (e.g. "sizes >= 0 separated by commas")."""
+    p = seed_check_parser(description, seeds=seeds, out_help=out_help)
+    p.add_argument(f"--{option}", default=default, help=option_help)
+    a = p.parse_args(argv)
+    raw = getattr(a, option)
+    try:
+        values = int_list(raw, least=least)
+        if not seeds_ok(a):
+            raise ValueError
+    except ValueError:
+        print(f"{script}: --{option} takes {takes}; {RULE}; got --{option} {raw!r}, {given(a)}", file=sys.stderr)
+        return 2
+    try:
+        frame = body(a, values)
+    except HwnasError as e:  # not a run, not measured or fitted on the device: one line
+        print(f"{script}: {e}", file=sys.stderr)
+        return 2
+    if a.out:
+        write_csv(a.out, frame)
+        print(f"wrote {a.out}")
+    return 0

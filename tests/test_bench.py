@@ -277,15 +277,7 @@ def test_bench_settings_reach_the_config(job: Path, tmp_path: Path, bench_config
 def test_dev_subset_check_scores_each_methods_fronts_per_seed(job: Path, tmp_path: Path) -> None:
     """scripts/dev_subset_check.py: the benchmark's hypervolume over search seeds, once per dev
     subset size (0: the whole dev split); bad input one line, exit 2, nothing written."""
-    import shutil
-
-    run = tmp_path / "run"
-    shutil.copytree(job, run, ignore=shutil.ignore_patterns("run.lock"))  # scores land in the run's cache
-    script = Path(__file__).resolve().parent.parent / "scripts" / "dev_subset_check.py"
-    csv = tmp_path / "subsets.csv"
-    done = run_script(script, run, "--subsets", "16,0", "--seeds", "2", "--n", "6", "--front-points", "3",
-                      "--out", csv)
-    assert done.returncode == 0, done.stderr
+    run, script, csv, done = _seed_check(job, tmp_path, "dev_subset_check.py", "--subsets", "16,0", "--n", "6")
     got = pd.read_csv(csv, dtype={"dev_subset": str})
     assert got.dev_subset.unique().tolist() == ["16", "all"] and set(got.method) == set(METHODS)
     for _, g in got.groupby("dev_subset"):
@@ -301,15 +293,7 @@ def test_dev_subset_check_scores_each_methods_fronts_per_seed(job: Path, tmp_pat
 def test_screen_check_scores_each_searchs_front_per_seed(job: Path, tmp_path: Path) -> None:
     """scripts/screen_check.py: the evolution with and without screened children, and random
     search, over search seeds; every scored front point written; bad input one line, exit 2."""
-    import shutil
-
-    run = tmp_path / "run"
-    shutil.copytree(job, run, ignore=shutil.ignore_patterns("run.lock"))  # scores land in the run's cache
-    script = Path(__file__).resolve().parent.parent / "scripts" / "screen_check.py"
-    csv = tmp_path / "screens.csv"
-    done = run_script(script, run, "--screens", "1,3", "--seeds", "2", "--n", "8", "--front-points", "3",
-                      "--out", csv)
-    assert done.returncode == 0, done.stderr
+    run, script, csv, done = _seed_check(job, tmp_path, "screen_check.py", "--screens", "1,3", "--n", "8")
     got = pd.read_csv(csv)
     assert set(got.method) == {"screen1", "screen3", "random"}
     assert (got.groupby("method").seed.nunique() == 2).all()
@@ -319,6 +303,21 @@ def test_screen_check_scores_each_searchs_front_per_seed(job: Path, tmp_path: Pa
     _rejects_bad_input(script, run, tmp_path, [(["--screens", "x"], "--screens takes integers"),
                                                (["--screens", "0"], "--screens takes integers"),
                                                (["--front-points", "1"], "--front-points >= 2")])
+
+
+def _seed_check(job: Path, tmp_path: Path, name: str, *args: str) -> tuple[Path, Path, Path, subprocess.CompletedProcess[str]]:
+    """Run a search-seed check script (2 seeds, 3 front points) on a copy of the job's run (its
+    scores land in the run's cache); returns the run, the script, its --out CSV and the finished
+    process, which must have succeeded."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(job, run, ignore=shutil.ignore_patterns("run.lock"))
+    script = Path(__file__).resolve().parent.parent / "scripts" / name
+    csv = tmp_path / "out.csv"
+    done = run_script(script, run, *args, "--seeds", "2", "--front-points", "3", "--out", csv)
+    assert done.returncode == 0, done.stderr
+    return run, script, csv, done
 
 
 def _rejects_bad_input(script: Path, run: Path, tmp_path: Path, cases: list[tuple[list[str], str]]) -> None:
