@@ -21,8 +21,9 @@ ridge surrogate, refitted each generation to everything evaluated so far, expect
 largest predicted rise above the front at the child's predicted latency. Generation 0 is
 never screened (nothing to fit yet). On the main job's rt run, 5 search seeds of 150
 evaluations, screening 4 raised the test hypervolume of the front from 0.252 +- 0.006 to
-0.259 +- 0.006 (random search 0.233 +- 0.013; ``scripts/screen_check.py``, README
-"Screening children"). ``screen=1`` is HAT's evolution unscreened.
+0.259 +- 0.006 (random search 0.233 +- 0.013), and on an r8 run over 3 seeds from 0.544 +- 0.034
+to 0.550 +- 0.014 (``scripts/screen_check.py``, README "Screening children"): small gains, inside
+the spread over seeds. ``screen=1`` is HAT's evolution unscreened.
 
 Parents are selected from everything evaluated so far. With a budget that is HAT's top-k
 by accuracy among feasible candidates (the previous parents are in the population, so this
