@@ -49,7 +49,7 @@ from latency.target import PredictedLatency, Target, target_timer
 from nas.export import ExportConfig, ImpossibleBudget, choose_and_export
 from nas.objectives import DevAccuracy
 from nas.pareto import compare_fronts, normalized_hypervolume, pareto_front
-from nas.search import Candidate, SearchResult, make_searcher
+from nas.search import Candidate, SearchResult, evolution_settings, make_searcher
 from nas.stats import spread
 from supernet.cost import subnet_flops
 from supernet.evaluate import cpu_model
@@ -92,17 +92,20 @@ class BenchConfig:
     # so the page's verdict says how far one measurement's speed-up moves (``retimed``).
     retimes: int = 5
     train_device: str = "cpu"  # where the fine-tunings run: cpu or cuda (``resolve_train_device``)
+    # The evolutions' (ours, retention-only) children per evaluation (None: ``EvolutionSearch``'s
+    # default, 4; 1: unscreened, as the pages committed before 2026-12-07 were made).
+    screen: int | None = None
 
     @classmethod
     def quick(cls, *, device: str = "cpu", seed: int = 0, search_precision: str = "auto",
-              train_device: str = "cpu") -> BenchConfig:
+              train_device: str = "cpu", screen: int | None = None) -> BenchConfig:
         """A reduced benchmark that runs in minutes (``hwnas bench --quick``): fewer evaluations,
         two budgets with two finalists each, fewer front points, one re-measurement round, and only
         ours fine-tuned, at 2x."""
         return cls(device=device, n_evaluations=16, budget_fractions=(0.3, 0.9), front_points=4, rounds=1,
                    finalists=2, dev_subset=150, seed=seed, finetune_speedups=(2.0,), finetune_epochs=0.5, finetune_methods=("ours",),
                    finetune_candidates=2, search_precision=search_precision, seeds=1, train_device=train_device,
-                   retimes=2)
+                   retimes=2, screen=screen)
 
 
 def retention_only_space(space: SearchSpace) -> SearchSpace:
@@ -130,7 +133,8 @@ def _candidates(run: LoadedRun, target: Target, acc: DevAccuracy, cfg: BenchConf
         return [Candidate(c, acc(c), p, u, True) for c, (p, u) in zip(configs, lat.predict(configs), strict=True)]
 
     def searched(space: SearchSpace, method: str) -> list[Candidate]:
-        result: SearchResult = make_searcher(method).search(
+        settings = evolution_settings(method, cfg.screen) if method == "evolution" else {}
+        result: SearchResult = make_searcher(method, **settings).search(
             space, acc, lat, budget_ms=None, n_evaluations=cfg.n_evaluations, seed=cfg.seed)
         return result.history
 
@@ -176,14 +180,20 @@ def seed_spread(run: LoadedRun, target: Target, acc: DevAccuracy, cfg: BenchConf
                 c = SubnetConfig.from_dict(json.loads(r["arch_json"]))
                 rows.append({"method": method, "seed": seed, "lat_rel": r["lat_pred_ms"] / lat_full,
                              "acc_test": acc.test(c)})
-    points = pd.DataFrame(rows)
-    ref = float(points["acc_test"].min())
-    out = []
-    for (method, seed), g in points.groupby(["method", "seed"], sort=False):
-        out.append({"method": method, "seed": int(seed), "points": len(g),
-                    "hypervolume_test": normalized_hypervolume(g["acc_test"].to_numpy(), g["lat_rel"].to_numpy(),
-                                                               ref_acc=ref, ref_lat=1.0, max_acc=1.0)})
-    return pd.DataFrame(out)
+    return seed_hypervolumes(pd.DataFrame(rows), "acc_test")
+
+
+def seed_hypervolumes(points: pd.DataFrame, col: str) -> pd.DataFrame:
+    """One row per (method, seed) of ``points`` (columns method, seed, lat_rel and ``col``):
+    its point count and the hypervolume of its points on ``col`` (named ``hypervolume_test``
+    for ``acc_test``, else ``hypervolume_dev``), with one accuracy reference for every group
+    (the worst ``col`` of any point) and latency relative to the full model (reference 1)."""
+    ref = float(points[col].min())
+    name = "hypervolume_test" if col == "acc_test" else "hypervolume_dev"
+    return pd.DataFrame([{"method": method, "seed": int(seed), "points": len(g),
+                          name: normalized_hypervolume(g[col].to_numpy(), g["lat_rel"].to_numpy(), ref_acc=ref,
+                                                       ref_lat=1.0, max_acc=1.0)}
+                         for (method, seed), g in points.groupby(["method", "seed"], sort=False)])
 
 
 def spread_verdicts(spread_table: pd.DataFrame) -> pd.DataFrame:
@@ -293,7 +303,8 @@ def finetuned(run: LoadedRun, target: Target, table: pd.DataFrame, acc: DevAccur
                 # --speedup` does: the fronts stage's timing may be tens of minutes old, and on a
                 # drifting machine a stale full-model latency turns a 3x target into 4x.
                 try:
-                    export = ExportConfig(speedup=s, n_evaluations=cfg.n_evaluations, seed=cfg.seed, finetune=stage,
+                    export = ExportConfig(speedup=s, n_evaluations=cfg.n_evaluations, seed=cfg.seed, screen=cfg.screen,
+                                          finetune=stage,
                                           finetune_candidates=cfg.finetune_candidates, progress=progress,
                                           train_device=cfg.train_device, finetune_best_epoch=cfg.finetune_best_epoch,
                                           finetune_unlabeled=cfg.finetune_unlabeled,
@@ -462,7 +473,7 @@ def _compliance(run: LoadedRun, target: Target, acc: DevAccuracy, cfg: BenchConf
         budget = round(f * full_ms, 3)
         try:
             export = ExportConfig(budget_ms=budget, n_evaluations=cfg.n_evaluations, finalists=cfg.finalists, seed=cfg.seed,
-                                  progress=progress)
+                                  screen=cfg.screen, progress=progress)
             r = choose_and_export(run, target, out / f"export_{f:.2f}", export, accuracy=acc, full_model_test=full_test)
         except ImpossibleBudget as e:
             rows.append({"fraction": f, "budget_ms": budget, "error": str(e)[:200]})

@@ -306,11 +306,18 @@ def _search_args(q: argparse.ArgumentParser) -> None:
     q.add_argument("--devices", help="TOML file with [devices.NAME] profiles")
     _latency_args(q)
     q.add_argument("--method", default="evolution", help="evolution (default), random, tpe, nsga2")
+    _screen_arg(q)
     q.add_argument("--n", type=COUNT, default=150, help="accuracy evaluations (default %(default)s)")
     q.add_argument("--dev-subset", type=COUNT0, default=500,
                    help="dev examples scored while searching (0: all); finalists use the whole dev split")
     _precision_arg(q)
     q.add_argument("--seed", type=SEED, default=0)
+
+
+def _screen_arg(q: argparse.ArgumentParser) -> None:
+    q.add_argument("--screen", type=COUNT, help="the evolution's children drawn per evaluation; it evaluates the one "
+                   "a ridge surrogate fitted on the evaluated ranks best (default 4; 1: unscreened, HAT's evolution; "
+                   "README, \"Screening children\")")
 
 
 def _latency_args(q: argparse.ArgumentParser) -> None:
@@ -902,17 +909,20 @@ def register_search(sub: Subparsers) -> argparse.ArgumentParser:
 def cmd_search(a: argparse.Namespace) -> int:
     from nas.export import run_search, search_history
     from nas.objectives import dev_accuracies
-    from nas.search import searcher_class
+    from nas.search import evolution_settings, searcher_class
     from supernet.io import write_csv
     from supernet.workflow import open_run
 
     budgets: list[float | None] = [None] if a.front else list(_budgets(a.budget_ms))
     searcher_class(a.method)  # an unknown name is refused before the run opens
+    kwargs = evolution_settings(a.method, a.screen)
+    if a.ray and kwargs:
+        raise ConfigError("--screen is the evolution's setting; --ray runs Optuna's TPE inside Ray Tune: drop one")
     run = open_run(a.run)
     targets = {device: _target(run, device, a.devices, a.length, a.budget_stat) for device in a.device.split(",")}
     accs = dev_accuracies(run, (t.batch for t in targets.values()), subset_size=a.dev_subset or None,
                           precision=a.search_precision)
-    method, kwargs = a.method, {}
+    method = a.method
     if a.ray:
         method, kwargs = "ray", {"workers": a.workers, "address": a.ray_address,
                                  "storage_path": str(run.paths.ray_storage.resolve())}
@@ -1030,7 +1040,7 @@ def cmd_export(a: argparse.Namespace) -> int:
     from nas.card import written_test_score
     from nas.export import ExportConfig, choose_and_export
     from nas.objectives import DevAccuracy
-    from nas.search import searcher_class
+    from nas.search import evolution_settings, searcher_class
     from supernet.parallel import resolve_train_device
     from supernet.workflow import open_run
 
@@ -1038,11 +1048,13 @@ def cmd_export(a: argparse.Namespace) -> int:
     if len(budget) != 1:
         raise ConfigError("export takes one --budget-ms value")
     searcher_class(a.method)  # an unknown name is refused before the run opens
+    evolution_settings(a.method, a.screen)  # so is a screen for another method
     train_device = resolve_train_device(a.train_device)
     run = open_run(a.run)
     target = _target(run, a.device, a.devices, a.length, a.budget_stat)
     finetune = _finetune_stage(a)
-    cfg = ExportConfig(budget_ms=budget[0], speedup=a.speedup, method=a.method, n_evaluations=a.n, seed=a.seed,
+    cfg = ExportConfig(budget_ms=budget[0], speedup=a.speedup, method=a.method, screen=a.screen, n_evaluations=a.n,
+                       seed=a.seed,
                        finalists=a.finalists, finetune=finetune, finetune_candidates=a.finetune_candidates,
                        finetune_unlabeled=a.finetune_unlabeled, finetune_augment=a.finetune_augment,
                        drift_tolerance=None if a.drift_tolerance < 0 else a.drift_tolerance, progress=not a.quiet,
@@ -1174,6 +1186,7 @@ def register_bench(sub: Subparsers) -> argparse.ArgumentParser:
     _latency_args(b)
     b.add_argument("--n", type=COUNT, default=150, help="accuracy evaluations per searched method")
     b.add_argument("--seed", type=SEED, default=0)
+    _screen_arg(b)
     _precision_arg(b)
     _finetune_args(b, 3.0, "the fine-tuned points")
     _distill_text_args(b)
@@ -1211,7 +1224,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
     train_device = resolve_train_device(a.train_device)
     if a.quick:
         cfg = BenchConfig.quick(device=a.device, seed=a.seed, search_precision=a.search_precision,
-                                train_device=train_device)
+                                train_device=train_device, screen=a.screen)
     else:
         ft = _finetune_stage(a)
         speedups = _floats(a.finetune_at, "--finetune-at", "3")
@@ -1225,7 +1238,8 @@ def cmd_bench(a: argparse.Namespace) -> int:
                           dev_subset=a.dev_subset or None, seeds=a.seeds, train_device=train_device,
                           retimes=a.retimes, finetune_best_epoch=a.finetune_best_epoch,
                           finetune_unlabeled=a.finetune_unlabeled, finetune_augment=a.finetune_augment,
-                          finetune_attention=a.finetune_attention, finetune_choose=a.finetune_choose)
+                          finetune_attention=a.finetune_attention, finetune_choose=a.finetune_choose,
+                          screen=a.screen)
     run = open_run(a.run)
     target = _target(run, a.device, None, a.length, a.budget_stat)
     summary = run_bench(run, target, cfg, a.out, command=a.command_line, progress=not a.quiet)

@@ -52,6 +52,7 @@ from nas.search import (
     Candidate,
     SearchResult,
     depth_seeds,
+    evolution_settings,
     fastest_reachable,
     is_feasible,
     make_searcher,
@@ -109,6 +110,7 @@ class ExportConfig:
     budget_ms: float | None = None
     speedup: float | None = None
     method: str = "evolution"
+    screen: int | None = None  # the evolution's children per evaluation (None: its default; ``EvolutionSearch``)
     n_evaluations: int = 150
     finalists: int = 5
     seed: int = 0
@@ -142,6 +144,7 @@ class ExportConfig:
             raise ConfigError(f"a speed-up target must be positive, got {self.speedup:g}")
         if self.budget_ms is not None and not (self.budget_ms > 0 and math.isfinite(self.budget_ms)):
             raise ConfigError(f"a budget must be a positive number of ms, got {self.budget_ms:g}")
+        evolution_settings(self.method, self.screen)  # a screen for another method is refused here
         if self.step_up_below is not None and not 0 < self.step_up_below <= 1:
             raise ConfigError(f"step_up_below must lie in (0, 1], got {self.step_up_below:g}")
         if self.finetune_unlabeled is not None and self.finetune_unlabeled < 0:
@@ -954,8 +957,10 @@ def choose_and_export(
     device = target.profile.name
     try:
         budget = resolve_budget(cfg, latency, timer, drift_references(run.space), device=device)
+        settings = evolution_settings(cfg.method, cfg.screen)
         result, search_s = run_search(run, target, budget.ms, latency=latency.scaled(budget.scale), method=cfg.method,
-                                      n_evaluations=cfg.n_evaluations, seed=cfg.seed, accuracy=accuracy)
+                                      n_evaluations=cfg.n_evaluations, seed=cfg.seed, accuracy=accuracy,
+                                      searcher_kwargs=settings)
         write_csv(run.paths.search_history(device, budget.ms, cfg.method),
                   search_history(result, target, budget.ms, cfg.method))
         ranked = rank_finalists(result, accuracy, cfg.finalists)
@@ -966,7 +971,7 @@ def choose_and_export(
                 # Half the evaluations: it starts from the same anchors and only looks above the pick.
                 again, _ = run_search(run, target, budget.ms, latency=latency.scaled(budget.scale * scale),
                                       method=cfg.method, n_evaluations=max(1, cfg.n_evaluations // 2),
-                                      seed=cfg.seed + 1, accuracy=accuracy)
+                                      seed=cfg.seed + 1, accuracy=accuracy, searcher_kwargs=settings)
                 return again.history
 
             def grow(config: SubnetConfig, scale: float) -> list[Candidate]:

@@ -410,6 +410,18 @@ def searcher_class(name: str) -> type:
     return cls
 
 
+def evolution_settings(method: str, screen: int | None) -> dict[str, Any]:
+    """The keyword settings of ``method``'s searcher for a ``screen`` a user gave (None: the
+    searcher's default); ``screen`` is the evolution's alone (``EvolutionSearch.screen``), so a
+    screen for another method raises ``ConfigError``."""
+    if screen is None:
+        return {}
+    if method != "evolution":
+        raise ConfigError(f"screen (children drawn per evaluation) is the evolution's setting; got it with "
+                          f"method {method!r}: leave it out or use method 'evolution'")
+    return {"screen": screen}
+
+
 def make_searcher(name: str, **kwargs: Any) -> Searcher:
     """Build the searcher registered under ``name`` with its keyword settings.
 

@@ -32,24 +32,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as `pytho
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # seed_check_args beside it
 from seed_check_args import seed_check_main  # noqa: E402
 
-from nas.bench import spread_verdicts, thinned_front  # noqa: E402
+from nas.bench import seed_hypervolumes, spread_verdicts, thinned_front  # noqa: E402
 from nas.evolution import EvolutionSearch  # noqa: E402
 from nas.objectives import DevAccuracy  # noqa: E402
-from nas.pareto import normalized_hypervolume  # noqa: E402
 from nas.search import RandomSearch, Searcher  # noqa: E402
 from supernet.io import write_csv  # noqa: E402
 from supernet.space import SubnetConfig  # noqa: E402
 from supernet.workflow import open_run  # noqa: E402
-
-
-def hypervolumes(points: pd.DataFrame, col: str) -> pd.DataFrame:
-    """One row per (method, seed): the hypervolume of its points on ``col``, with one reference
-    (the worst ``col`` of any point) and latency relative to the full model (reference 1)."""
-    ref = float(points[col].min())
-    return pd.DataFrame([{"method": m, "seed": int(s), "hypervolume_test" if col == "acc_test" else "hypervolume_dev":
-                          normalized_hypervolume(g[col].to_numpy(), g["lat_rel"].to_numpy(), ref_acc=ref, ref_lat=1.0,
-                                                 max_acc=1.0)}
-                         for (m, s), g in points.groupby(["method", "seed"], sort=False)])
 
 
 def screen_points(run_folder: str, screens: list[int], *, device: str, seeds: int, seed: int, n: int,
@@ -80,7 +69,7 @@ def screen_points(run_folder: str, screens: list[int], *, device: str, seeds: in
         if out:
             write_csv(out, points)
         if progress:
-            test, dev = hypervolumes(points, "acc_test"), hypervolumes(points, "acc_dev")
+            test, dev = seed_hypervolumes(points, "acc_test"), seed_hypervolumes(points, "acc_dev")
             print("test hypervolume:\n" + test.pivot(index="seed", columns="method", values="hypervolume_test")
                   .round(4).to_string(), flush=True)
             print("dev hypervolume:\n" + dev.pivot(index="seed", columns="method", values="hypervolume_dev")

@@ -369,3 +369,38 @@ def test_compliance_check_sweeps_budgets_and_says_whether_they_held(job: Path, t
     _rejects_bad_input(script, run, tmp_path, [(["--budgets", "x"], "--budgets takes positive shares"),
                                                (["--budgets", "0.5,-1"], "--budgets takes positive shares"),
                                                (["--n", "0"], "--n and --finalists positive")])
+
+
+def test_the_screen_reaches_the_evolutions_of_search_and_bench(job: Path, tmp_path: Path, bench_configs: list,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--screen` reaches the config of `hwnas bench` (full and quick), and the evolutions that
+    `hwnas search` and the benchmark's searches build (random search never gets one)."""
+    import nas.bench
+    import nas.export
+    from latency.target import Target
+    from latency.workflow import resolve_device
+    from nas.objectives import DevAccuracy
+    from nas.search import make_searcher
+    from supernet.workflow import open_run
+
+    for extra in ([], ["--quick"]):
+        with pytest.raises(SystemExit):
+            main(["bench", "--run", str(job), "--out", str(tmp_path), "--screen", "1", *extra])
+        assert bench_configs[-1].screen == 1
+    assert BenchConfig().screen is None and BenchConfig.quick().screen is None
+    built: list[tuple[str, dict]] = []
+
+    def spy(name: str, **kwargs: object):  # noqa: ANN202
+        built.append((name, kwargs))
+        return make_searcher(name, **kwargs)
+
+    monkeypatch.setattr(nas.export, "make_searcher", spy)
+    assert main(["search", "--run", str(job), "--device", "cpu", "--front", "--n", "4", "--screen", "2"]) == 0
+    assert built == [("evolution", {"screen": 2})]
+    monkeypatch.setattr(nas.bench, "make_searcher", spy)
+    run = open_run(job)
+    target = Target.of(run, resolve_device(run.folder, "cpu"), None)
+    cands = nas.bench._candidates(run, target, DevAccuracy(run, subset_size=16, batch=target.batch),
+                                  BenchConfig(n_evaluations=4, screen=3), progress=False)
+    assert set(cands) == set(METHODS) and all(cands.values())
+    assert built[1:] == [("evolution", {"screen": 3}), ("evolution", {"screen": 3}), ("random", {})]

@@ -406,3 +406,18 @@ def test_screen_must_be_a_positive_integer() -> None:
     for bad in (0, 1.5, True):
         with pytest.raises(ConfigError, match="screen"):
             run("evolution", budget_ms=BUDGET, n=10, screen=bad)
+
+
+def test_screen_is_the_evolutions_setting_alone() -> None:
+    from nas.export import ExportConfig
+    from nas.search import evolution_settings
+
+    assert evolution_settings("evolution", None) == {} and evolution_settings("random", None) == {}
+    assert evolution_settings("evolution", 2) == {"screen": 2}
+    assert make_searcher("evolution", **evolution_settings("evolution", 2)).screen == 2
+    for method in ("random", "tpe", "nsga2"):
+        with pytest.raises(ConfigError, match="evolution's setting"):
+            evolution_settings(method, 2)
+    with pytest.raises(ConfigError, match="evolution's setting"):
+        ExportConfig(budget_ms=5.0, method="random", screen=2)
+    assert ExportConfig(budget_ms=5.0, screen=1).screen == 1
