@@ -472,8 +472,10 @@ def _compliance(run: LoadedRun, target: Target, acc: DevAccuracy, cfg: BenchConf
     for f in tqdm(cfg.budget_fractions, desc="bench: budget sweep", disable=not progress):
         budget = round(f * full_ms, 3)
         try:
+            # No stock timing in these exports: the sweep reads only budgets and latencies, and the
+            # stock deployments were timed in this run already (the fronts, section 1).
             export = ExportConfig(budget_ms=budget, n_evaluations=cfg.n_evaluations, finalists=cfg.finalists, seed=cfg.seed,
-                                  screen=cfg.screen, progress=progress)
+                                  screen=cfg.screen, baselines=False, progress=progress)
             r = choose_and_export(run, target, out / f"export_{f:.2f}", export, accuracy=acc, full_model_test=full_test)
         except ImpossibleBudget as e:
             rows.append({"fraction": f, "budget_ms": budget, "error": str(e)[:200]})

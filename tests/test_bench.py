@@ -220,6 +220,11 @@ def test_budget_sweep_exports_and_remeasures(job: Path, tmp_path: Path, monkeypa
     comp = pd.read_csv(tmp_path / "bench_rt_cpu_compliance.csv").fillna({"error": ""})
     assert len(comp) == 2 and (comp["error"] == "").all()
     assert list(comp["budget_ms"]) == [20.0 * 50.0, 40.0 * 50.0]
+    # The sweep's exports time no stock deployments (the fronts' section did, in this run); the
+    # fine-tuned export above does.
+    swept = [p for p in (job / "bench").glob("export_*/report.json") if not p.parent.name.endswith("_ft")]
+    assert len(swept) >= 2 and all(json.loads(p.read_text())["deployments"] is None for p in swept)
+    assert report["deployments"] is not None
     # The hypervolume over search seeds: every searched method three times, the grid once.
     seeds = pd.read_csv(tmp_path / "bench_rt_cpu_hypervolume_seeds.csv")
     counts = seeds.groupby("method")["seed"].apply(sorted).to_dict()
