@@ -100,11 +100,11 @@ class BenchConfig:
     def quick(cls, *, device: str = "cpu", seed: int = 0, search_precision: str = "auto",
               train_device: str = "cpu", screen: int | None = None) -> BenchConfig:
         """A reduced benchmark that runs in minutes (``hwnas bench --quick``): fewer evaluations,
-        two budgets with two finalists each, fewer front points, one re-measurement round, and only
-        ours fine-tuned, at 2x."""
-        return cls(device=device, n_evaluations=16, budget_fractions=(0.3, 0.9), front_points=4, rounds=1,
+        one budget (half the full model's latency) with two finalists, fewer front points, one
+        re-measurement round, and only ours fine-tuned, at 2x, one candidate."""
+        return cls(device=device, n_evaluations=16, budget_fractions=(0.5,), front_points=4, rounds=1,
                    finalists=2, dev_subset=150, seed=seed, finetune_speedups=(2.0,), finetune_epochs=0.5, finetune_methods=("ours",),
-                   finetune_candidates=2, search_precision=search_precision, seeds=1, train_device=train_device,
+                   finetune_candidates=1, search_precision=search_precision, seeds=1, train_device=train_device,
                    retimes=2, screen=screen)
 
 

@@ -1193,7 +1193,7 @@ def register_bench(sub: Subparsers) -> argparse.ArgumentParser:
     _train_device_arg(b, "the fine-tunings run")
     b.add_argument("--finetune-at", default="3",
                    help="speed-ups at which ours and the DynaBERT grid are fine-tuned, comma-separated (default %(default)s; "
-                   "--quick: 2, ours only, 0.5 epochs, 2 candidates)")
+                   "--quick: 2, ours only, 0.5 epochs, 1 candidate)")
     b.add_argument("--budgets", default="0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9",
                    help="the compliance sweep's budgets as shares of the full model's latency, comma-separated "
                    "(default %(default)s)")
@@ -1210,7 +1210,7 @@ def register_bench(sub: Subparsers) -> argparse.ArgumentParser:
                    help="times each 1-point point is timed again, each in a fresh timer; the targets table judges "
                    "on the median (default %(default)s; --quick: 2)")
     b.add_argument("--quick", action="store_true", help="a reduced version in minutes: 16 evaluations per search on 150 dev examples, 4 front points, "
-                   "2 budgets (0.3, 0.9) with 2 finalists each, 1 timing round")
+                   "1 budget (0.5) with 2 finalists, 1 timing round")
     b.add_argument("--quiet", action="store_true", help="no progress bars")
     b.add_argument("--out", type=out_folder, default="results", help="where BENCHMARKS.md and its files go (default %(default)s)")
     return b

@@ -52,8 +52,9 @@ if [ "$quick" = 1 ]; then
     # 17 min 50 s (rt 6, r8 11) with the early-exit steps below, code of 4efa1f6; 18 min 43 s (rt 7,
     # r8 11) with the largest sub-network alone under the budget too, code of 5eb2aac; 16 min 52 s
     # (rt 6, r8 10), code of 838ff91; on an AVX-512 EPYC 21 min 55 s (rt 7, r8 15) with the screened
-    # evolution, code of 0c1772b (2026-12-07), so r8 is cut to 96 tokens here (128 in the full version)
-    # and the budget sweep's exports no longer time the stock models.
+    # evolution, code of 0c1772b (2026-12-07); 21 min 40 s (rt 8, r8 14) with r8 at 96 tokens here (128
+    # in the full version) and no stock timing in the budget sweep's exports, code of 79f127c; so the
+    # quick benchmark sweeps one budget (0.5) and fine-tunes one candidate (BenchConfig.quick).
     RT=(--max-train 1000 --max-eval 250 --teacher-epochs 1 --supernet-epochs 1)
     R8=(--max-train 500 --max-eval 250 --max-length 96 --teacher-epochs 1 --supernet-epochs 1)
     MEASURE_RT=(--device cpu --n 30); MEASURE_R8=(--device cpu --n 30)
