@@ -220,10 +220,10 @@ def test_quick_bench_config(job: Path, tmp_path: Path, bench_configs: list) -> N
 
     quick = BenchConfig.quick(device="cpu-1t", seed=3, search_precision="fp32")
     assert (quick.device, quick.seed, quick.search_precision) == ("cpu-1t", 3, "fp32")
-    assert quick.n_evaluations == 16 and quick.budget_fractions == (0.3, 0.9) and quick.front_points == 4
+    assert quick.n_evaluations == 16 and quick.budget_fractions == (0.5,) and quick.front_points == 4
     assert quick.rounds == 1 and quick.finalists == 2 and quick.dev_subset == 150
     assert quick.finetune_methods == ("ours",) and quick.finetune_speedups == (2.0,)
-    assert quick.finetune_epochs == 0.5 and quick.finetune_candidates == 2
+    assert quick.finetune_epochs == 0.5 and quick.finetune_candidates == 1
     seen = bench_configs
     with pytest.raises(SystemExit):
         main(["bench", "--run", str(job), "--out", str(tmp_path), "--quick", "--seed", "3", "--n", "99"])
