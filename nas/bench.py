@@ -173,14 +173,22 @@ def seed_spread(run: LoadedRun, target: Target, acc: DevAccuracy, cfg: BenchConf
     by_seed = {cfg.seed: first}
     for k in range(1, cfg.seeds):
         by_seed[cfg.seed + k] = _candidates(run, target, acc, replace(cfg, seed=cfg.seed + k), progress, SEARCHED)
-    rows = []
-    for seed, cands in by_seed.items():
-        for method, cs in cands.items():
-            for r in thinned_front(cs, method, cfg.front_points).to_dict("records"):
-                c = SubnetConfig.from_dict(json.loads(r["arch_json"]))
-                rows.append({"method": method, "seed": seed, "lat_rel": r["lat_pred_ms"] / lat_full,
-                             "acc_test": acc.test(c)})
+    rows = [row for seed, cands in by_seed.items() for method, cs in cands.items()
+            for row in scored_front(cs, method, seed, cfg.front_points, lat_full, acc)]
     return seed_hypervolumes(pd.DataFrame(rows), "acc_test")
+
+
+def scored_front(cands: list[Candidate], method: str, seed: int, points: int, lat_full: float,
+                 acc: DevAccuracy) -> list[dict[str, object]]:
+    """One search's front (``thinned_front``) as rows for ``seed_hypervolumes``: method, seed,
+    predicted latency relative to the full model's prediction ``lat_full``, dev and test
+    accuracy, and the architecture."""
+    rows: list[dict[str, object]] = []
+    for r in thinned_front(cands, method, points).to_dict("records"):
+        c = SubnetConfig.from_dict(json.loads(r["arch_json"]))
+        rows.append({"method": method, "seed": seed, "lat_rel": r["lat_pred_ms"] / lat_full, "acc_dev": r["acc_dev"],
+                     "acc_test": acc.test(c), "arch": c.describe()})
+    return rows
 
 
 def seed_hypervolumes(points: pd.DataFrame, col: str) -> pd.DataFrame:

@@ -21,7 +21,6 @@ and fitted run, or malformed numbers.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -32,12 +31,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as `pytho
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # seed_check_args beside it
 from seed_check_args import seed_check_main  # noqa: E402
 
-from nas.bench import seed_hypervolumes, spread_verdicts, thinned_front  # noqa: E402
+from nas.bench import scored_front, seed_hypervolumes, spread_verdicts  # noqa: E402
 from nas.evolution import EvolutionSearch  # noqa: E402
 from nas.objectives import DevAccuracy  # noqa: E402
 from nas.search import RandomSearch, Searcher  # noqa: E402
 from supernet.io import write_csv  # noqa: E402
-from supernet.space import SubnetConfig  # noqa: E402
 from supernet.workflow import open_run  # noqa: E402
 
 
@@ -59,10 +57,7 @@ def screen_points(run_folder: str, screens: list[int], *, device: str, seeds: in
         for name, searcher in searchers.items():
             t0 = time.time()
             result = searcher.search(run.space, acc, lat, budget_ms=None, n_evaluations=n, seed=s)
-            for r in thinned_front(result.history, name, front_points).to_dict("records"):
-                c = SubnetConfig.from_dict(json.loads(r["arch_json"]))
-                rows.append({"method": name, "seed": s, "lat_rel": r["lat_pred_ms"] / lat_full,
-                             "acc_dev": r["acc_dev"], "acc_test": acc.test(c), "arch": c.describe()})
+            rows += scored_front(result.history, name, s, front_points, lat_full, acc)
             if progress:
                 print(f"seed {s}, {name}: {time.time() - t0:.0f} s", flush=True)
         points = pd.DataFrame(rows)
