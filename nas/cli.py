@@ -909,7 +909,7 @@ def register_search(sub: Subparsers) -> argparse.ArgumentParser:
 def cmd_search(a: argparse.Namespace) -> int:
     from nas.export import run_search, search_history
     from nas.objectives import dev_accuracies
-    from nas.search import evolution_settings, searcher_class
+    from nas.search import evolution_settings, method_label, searcher_class
     from supernet.io import write_csv
     from supernet.workflow import open_run
 
@@ -933,7 +933,8 @@ def cmd_search(a: argparse.Namespace) -> int:
         for budget in budgets:
             result, wall = run_search(run, target, budget, method=method, n_evaluations=a.n, seed=a.seed,
                                       accuracy=acc, searcher_kwargs=kwargs)
-            write_csv(run.paths.search_history(device, budget, method), search_history(result, target, budget, method))
+            write_csv(run.paths.search_history(device, budget, method_label(method, kwargs)),
+                      search_history(result, target, budget, method))
             where = "whole front" if budget is None else f"budget {budget:g} ms"
             print(f"{device} ({target.describe()}), {where}, {method}: "
                   f"{result.n_evaluations} evaluated in {wall:.0f} s")

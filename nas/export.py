@@ -56,6 +56,7 @@ from nas.search import (
     fastest_reachable,
     is_feasible,
     make_searcher,
+    method_label,
     predict,
     uniform_grid,
 )
@@ -257,13 +258,15 @@ def run_search(
     accuracy = accuracy or DevAccuracy(run, batch=target.batch)
     check_int8_batch(accuracy, target)
     kwargs = dict(searcher_kwargs or {})
-    storage, name, attrs = search_study(run, target, budget_ms, latency, method, seed, accuracy)
+    storage, name, attrs = search_study(run, target, budget_ms, latency, method_label(method, kwargs), seed, accuracy)
     optuna_native = method in ("tpe", "nsga2")  # the study is their state: they write it as they go
     if optuna_native:
         kwargs.setdefault("storage", storage)
         kwargs.setdefault("study_name", name)
         kwargs.setdefault("study_attrs", attrs)
     searcher = make_searcher(method, **kwargs)
+    if method == "evolution":
+        attrs["screen"] = getattr(searcher, "screen", None)
     t0 = time.time()
     result = searcher.search(space, accuracy, latency, budget_ms=budget_ms, n_evaluations=n_evaluations, seed=seed)
     wall = time.time() - t0
@@ -961,7 +964,7 @@ def choose_and_export(
         result, search_s = run_search(run, target, budget.ms, latency=latency.scaled(budget.scale), method=cfg.method,
                                       n_evaluations=cfg.n_evaluations, seed=cfg.seed, accuracy=accuracy,
                                       searcher_kwargs=settings)
-        write_csv(run.paths.search_history(device, budget.ms, cfg.method),
+        write_csv(run.paths.search_history(device, budget.ms, method_label(cfg.method, settings)),
                   search_history(result, target, budget.ms, cfg.method))
         ranked = rank_finalists(result, accuracy, cfg.finalists)
         verified = verify_on_device(ranked, result.history, budget.ms, timer, accuracy, finalists=cfg.finalists,

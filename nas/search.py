@@ -422,6 +422,18 @@ def evolution_settings(method: str, screen: int | None) -> dict[str, Any]:
     return {"screen": screen}
 
 
+def method_label(method: str, settings: dict[str, Any] | None) -> str:
+    """How a search with these searcher ``settings`` is named in its Optuna study and history
+    file: ``method``, with a non-default screen after it (``evolution-screen1``), so that a
+    screened and an unscreened evolution of one seed neither pool their candidates in one study
+    nor overwrite each other's history."""
+    screen = (settings or {}).get("screen")
+    if method != "evolution" or screen is None:
+        return method
+    default = inspect.signature(searcher_class(method)).parameters["screen"].default
+    return method if screen == default else f"{method}-screen{screen}"
+
+
 def make_searcher(name: str, **kwargs: Any) -> Searcher:
     """Build the searcher registered under ``name`` with its keyword settings.
 

@@ -171,6 +171,23 @@ def test_search_front_and_compare_methods(job: Path, tmp_path: Path) -> None:
     assert len(hv) == 4 and (hv["hypervolume"] >= 0).all()
 
 
+def test_a_screened_and_an_unscreened_evolution_keep_their_own_study_and_history(job: Path) -> None:
+    import optuna
+
+    for screen in ([], ["--screen", "1"]):
+        assert main(["search", "--run", str(job), "--device", "cpu", "--front", "--n", "6", "--seed", "7", *screen]) == 0
+    unscreened = pd.read_csv(job / "search" / "cpu_front_evolution-screen1.csv")
+    assert (unscreened["method"] == "evolution").all() and len(unscreened) == 6
+    assert len(pd.read_csv(job / "search" / "cpu_front_evolution.csv")) == 6
+    storage = f"sqlite:///{job / 'search' / 'optuna.db'}"
+    names = [n for n in optuna.get_all_study_names(storage) if n.startswith("cpu-front-evolution") and "-s7-" in n]
+    assert len(names) == 2 and sum("-evolution-screen1-" in n for n in names) == 1
+    for n in names:
+        study = optuna.load_study(study_name=n, storage=storage)
+        assert len(study.trials) == 6
+        assert study.user_attrs.get("screen") == (1 if "screen1" in n else 4)
+
+
 def test_bad_device_and_missing_measurements(job: Path, capsys) -> None:
     assert main(["measure", "--run", str(job), "--device", "phone"]) == 2
     assert "known devices: cpu, cpu-1t, cpu-int8, cpu-openvino, cuda, torch-cpu" in capsys.readouterr().err

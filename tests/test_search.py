@@ -421,3 +421,12 @@ def test_screen_is_the_evolutions_setting_alone() -> None:
     with pytest.raises(ConfigError, match="evolution's setting"):
         ExportConfig(budget_ms=5.0, method="random", screen=2)
     assert ExportConfig(budget_ms=5.0, screen=1).screen == 1
+
+
+def test_a_non_default_screen_is_part_of_the_searchs_name() -> None:
+    from nas.search import evolution_settings, method_label
+
+    assert method_label("evolution", {}) == "evolution" == method_label("evolution", None)
+    assert method_label("evolution", evolution_settings("evolution", 4)) == "evolution"  # the default
+    assert method_label("evolution", evolution_settings("evolution", 1)) == "evolution-screen1"
+    assert method_label("tpe", {}) == "tpe" and method_label("ray", {"workers": 2}) == "ray"
