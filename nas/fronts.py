@@ -109,7 +109,11 @@ def compare(
     ``dev_subset`` and ``precision`` must be the searches', so that their cached scores are reused.
     """
     fronts: list[pd.DataFrame] = []
+    short = [r.folder.name for r in runs]
     for run in runs:
+        # Runs are named by their folder's name, or its path where two share one (runs/bench/rt
+        # and runs/bench-quick/rt), so that their fronts are never pooled.
+        name = run.folder.name if short.count(run.folder.name) == 1 else str(run.folder)
         # The searches' subset: its scores are cached.
         accs = dev_accuracies(run, (t.batch for t in targets[str(run.folder)].values()), subset_size=dev_subset,
                               precision=precision)
@@ -127,7 +131,7 @@ def compare(
                     )
                 f = device_front(run, target, cfgs, acc, remeasure_points=remeasure_points)
                 f.insert(0, "method", method or "all")
-                f.insert(0, "run", run.folder.name)
+                f.insert(0, "run", name)
                 fronts.append(f)
     table = pd.concat(fronts, ignore_index=True)
     names = {n: g for n, g in table.groupby(["run", "device", "method"])}

@@ -37,6 +37,9 @@ def test_spread_verdicts_by_hand() -> None:
     # random: 0.10 below, beyond 0.02 + 0.02; dynabert (one seed, std 0): 0.01 below, within ours' 0.02
     assert v.loc["random", "ours_minus_this"] == pytest.approx(0.10) and v.loc["random", "ours_beats"]
     assert v.loc["dynabert", "ours_minus_this"] == pytest.approx(0.01) and not v.loc["dynabert", "ours_beats"]
+    # Ours on one seed: its spread is unknown, so no verdict, however far ahead the mean.
+    one = spread_verdicts(table[table["seed"] == 0]).set_index("method")
+    assert one.loc["random", "ours_minus_this"] == pytest.approx(0.10) and pd.isna(one.loc["random", "ours_beats"])
 
 
 def test_proxy_line_by_hand() -> None:
@@ -116,7 +119,12 @@ def test_quick_bench_writes_the_page(job: Path, tmp_path: Path) -> None:
     stock = pd.read_csv(tmp_path / "bench_rt_cpu_deployments.csv").set_index("deployment")
     assert list(stock.index) == ["stock-fp32", "stock-ort", "stock-int8", "ours-full"]
     fastest = stock.loc[["stock-fp32", "stock-ort"], "lat_ms"].min()
-    assert fronts["speedup_vs_stock"].to_numpy() == pytest.approx(fastest / fronts["lat_measured_ms"].to_numpy())
+    # Chained through our full model, each ratio from one timing (fronts, then stock).
+    ours_full = stock.loc["ours-full", "lat_ms"]
+    assert fronts["speedup_vs_stock"].to_numpy() == pytest.approx(
+        (fronts["full_model_ms"] / fronts["lat_measured_ms"] * fastest / ours_full).to_numpy())
+    assert fronts["speedup_vs_stock_int8"].to_numpy() == pytest.approx(
+        (fronts["speedup"] * stock.loc["stock-int8", "lat_ms"] / ours_full).to_numpy())
     assert "What a user could deploy without us" in page and "timed on real traffic" in page
 
 
