@@ -230,7 +230,7 @@ def time_beside_stock(run: LoadedRun, timer: DeviceTimer, ours: Mapping[str, str
                 "precision": "int8" if n.endswith("int8") else "fp32"} for n, t in timed.items()}
 
 
-def time_stock(run: LoadedRun, profile: DeviceProfile, *, rounds: int = 3, seed: int = 0) -> dict[str, Any] | None:
+def time_stock(run: LoadedRun, profile: DeviceProfile, *, rounds: int = 3) -> dict[str, Any] | None:
     """Once per device (``hwnas measure``): ``time_beside_stock`` on the profile's first
     workload (its real traffic where it has one). What a sub-network's speed-up should be read
     against. None on a PyTorch eager device."""
@@ -238,7 +238,7 @@ def time_stock(run: LoadedRun, profile: DeviceProfile, *, rounds: int = 3, seed:
 
     if profile.runtime not in ONNX_RUNTIMES:
         return None
-    workload = device_workloads(run, profile, seed)[0]
+    workload = device_workloads(run, profile)[0]
     with DeviceTimer(profile, run.supernet, [workload]) as timer:
         deployments = time_beside_stock(run, timer, rounds=rounds)
     return {"device": profile.name, "regime": workload.regime, "length": workload.length, "batch": profile.batch,

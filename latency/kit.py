@@ -51,7 +51,7 @@ def write_run_kit(run: LoadedRun, profile: DeviceProfile, out_dir: str | Path, *
     """A kit of ``n`` sampled sub-networks of ``run`` for ``profile``, with what the profile is
     timed on (the run's real traffic sample, the same as a local measurement's, and any fixed
     lengths); returns the path of ``manifest.json``."""
-    workloads = device_workloads(run, profile, seed)
+    workloads = device_workloads(run, profile)
     configs = sample_configs(run.space.with_precisions(profile.precisions), run.supernet.shape, n, seed=seed,
                              length=min(w.length for w in workloads))
     return write_kit(out_dir, profile, run.supernet, configs, workloads, progress=progress)

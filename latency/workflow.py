@@ -85,26 +85,29 @@ def resolve_device(run_dir: str | Path, name: str, devices_file: str | Path | No
     return get_device(name, devices_of(run_dir, devices_file))
 
 
-def device_inputs(run: LoadedRun, profile: DeviceProfile, seed: int = 0) -> dict[int, dict[str, np.ndarray]]:
+def device_inputs(run: LoadedRun, profile: DeviceProfile) -> dict[int, dict[str, np.ndarray]]:
     """Real dev-split token arrays at each of the profile's fixed lengths (none for a
     traffic-only profile off a kit)."""
     stats = length_stats(run.splits["dev"])
     lengths = [min(L, run.spec.train.max_length) for L in profile.resolve_lengths(stats)]
-    return {L: example_inputs(run.splits["dev"], profile.batch, L, seed) for L in sorted(set(lengths))}
+    return {L: example_inputs(run.splits["dev"], profile.batch, L, 0) for L in sorted(set(lengths))}
 
 
-def device_workloads(run: LoadedRun, profile: DeviceProfile, seed: int = 0) -> list[Workload]:
+def device_workloads(run: LoadedRun, profile: DeviceProfile) -> list[Workload]:
     """What ``profile`` is timed on in this run: the traffic sample (first, where the profile
-    has one), then each fixed length."""
-    out = [traffic_inputs(run.splits["dev"], profile.batch, profile.traffic_calls, seed)] if profile.traffic else []
-    return out + [Workload("fixed", L, (feed,)) for L, feed in device_inputs(run, profile, seed).items()]
+    has one), then each fixed length. One sample per run and profile, whatever a measurement's
+    seed (that draws configurations): the budgets and exports are timed on it
+    (``latency.target``), and the predictor's length feature is its length."""
+    out = [traffic_inputs(run.splits["dev"], profile.batch, profile.traffic_calls)] if profile.traffic else []
+    return out + [Workload("fixed", L, (feed,)) for L, feed in device_inputs(run, profile).items()]
 
 
 def measurement_plan(run: LoadedRun, profile: DeviceProfile, *, n: int,
                      seed: int = 0) -> tuple[list[SubnetConfig], list[Workload]]:
     """The ``n`` configurations and the workloads that ``profile`` is measured on in this run
-    (they depend only on the run, ``n`` and ``seed``: the same wherever the device is)."""
-    workloads = device_workloads(run, profile, seed)
+    (they depend only on the run, ``n`` and ``seed``: the same wherever the device is; the
+    workloads on the run alone)."""
+    workloads = device_workloads(run, profile)
     configs = sample_configs(run.space.with_precisions(profile.precisions), run.supernet.shape, n, seed=seed,
                              length=min(run.typical_length, *(w.length for w in workloads)))
     return configs, workloads

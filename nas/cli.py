@@ -738,7 +738,8 @@ def register_measure(sub: Subparsers) -> argparse.ArgumentParser:
                    "separated by commas are measured in turn, exporting each sub-network once")
     m.add_argument("--devices", help="TOML file with [devices.NAME] profiles (stored in the run)")
     m.add_argument("--n", type=COUNT, default=300, help="configurations to sample (default %(default)s)")
-    m.add_argument("--seed", type=SEED, default=0)
+    m.add_argument("--seed", type=SEED, default=0, help="draws the configurations (another seed adds others); the "
+                   "traffic sample they are timed on is the run's, whatever the seed (default %(default)s)")
     m.add_argument("--repeats", type=_int_at_least(3), default=None, help="timed runs per measurement (default: the profile's)")
     m.add_argument("--warmup", type=COUNT0, default=None, help="untimed runs first (default: the profile's)")
     m.add_argument("--reference-every", type=COUNT, default=20, help="re-measure the full model every N configurations")
@@ -902,18 +903,26 @@ def register_search(sub: Subparsers) -> argparse.ArgumentParser:
     g.add_argument("--front", action="store_true", help="search the whole accuracy/latency front")
     s.add_argument("--ray", action="store_true", help="run the search as Ray Tune trials (Optuna inside Ray Tune)")
     s.add_argument("--ray-address", help="join an existing Ray cluster (default: start a local one)")
-    s.add_argument("--workers", type=COUNT, default=2, help="concurrent Ray Tune trials (default %(default)s)")
+    s.add_argument("--workers", type=COUNT, help="concurrent Ray Tune trials with --ray (default 2)")
+    s.set_defaults(method=None)  # evolution, unless --ray (Optuna's TPE or NSGA-II inside Ray Tune)
     return s
 
 
 def cmd_search(a: argparse.Namespace) -> int:
-    from nas.export import run_search, search_history
+    from nas.export import history_path, run_search, search_history
     from nas.objectives import dev_accuracies
     from nas.search import evolution_settings, method_label, searcher_class
     from supernet.io import write_csv
     from supernet.workflow import open_run
 
     budgets: list[float | None] = [None] if a.front else list(_budgets(a.budget_ms))
+    if a.ray and a.method not in (None, "nsga2" if a.front else "tpe"):
+        raise ConfigError(f"--ray runs Optuna's {'NSGA-II' if a.front else 'TPE'} inside Ray Tune, not --method "
+                          f"{a.method}: drop one")
+    if not a.ray and (a.workers is not None or a.ray_address is not None):
+        raise ConfigError("--workers and --ray-address are settings of --ray (a search as Ray Tune trials): add "
+                          "--ray or drop them")
+    a.method = a.method or "evolution"
     searcher_class(a.method)  # an unknown name is refused before the run opens
     kwargs = evolution_settings(a.method, a.screen)
     if a.ray and kwargs:
@@ -924,7 +933,7 @@ def cmd_search(a: argparse.Namespace) -> int:
                           precision=a.search_precision)
     method = a.method
     if a.ray:
-        method, kwargs = "ray", {"workers": a.workers, "address": a.ray_address,
+        method, kwargs = "ray", {"workers": a.workers or 2, "address": a.ray_address,
                                  "storage_path": str(run.paths.ray_storage.resolve())}
     print(f"the searches are Optuna studies in {run.paths.search / 'optuna.db'}: browse them with "
           f"`optuna-dashboard {run.paths.optuna_storage}` (pip install optuna-dashboard)")
@@ -933,8 +942,8 @@ def cmd_search(a: argparse.Namespace) -> int:
         for budget in budgets:
             result, wall = run_search(run, target, budget, method=method, n_evaluations=a.n, seed=a.seed,
                                       accuracy=acc, searcher_kwargs=kwargs)
-            write_csv(run.paths.search_history(device, budget, method_label(method, kwargs)),
-                      search_history(result, target, budget, method))
+            label = method_label(method, kwargs)
+            write_csv(history_path(run, target, budget, label), search_history(result, target, budget, label))
             where = "whole front" if budget is None else f"budget {budget:g} ms"
             print(f"{device} ({target.describe()}), {where}, {method}: "
                   f"{result.n_evaluations} evaluated in {wall:.0f} s")

@@ -295,7 +295,7 @@ def search_study(run: LoadedRun, target: Target, budget_ms: float | None, latenc
     paths = run.paths
     paths.search.mkdir(parents=True, exist_ok=True)  # the study's own storage
     # The study's stored values are only valid for this predictor and this dev subset.
-    predictor = paths.predictor(target.profile.name)
+    predictor = paths.predictor(target.profile.name, target.regime, target.stat)  # the one the search predicts with
     fingerprint = hashlib.sha1(predictor.read_bytes()).hexdigest()[:8] if predictor.exists() else "none"
     scaled = "" if latency.scale == 1.0 else f"-x{latency.scale:.4g}"
     b = "front" if budget_ms is None else f"{budget_ms:g}ms"
@@ -310,8 +310,18 @@ def search_study(run: LoadedRun, target: Target, budget_ms: float | None, latenc
     return paths.optuna_storage, name, attrs
 
 
+def history_path(run: LoadedRun, target: Target, budget_ms: float | None, label: str) -> Path:
+    """Where a search's history is written: a file per device, budget, method label
+    (``method_label``) and latency target, so that a p90 or fixed-length search does not
+    overwrite the p50 one on real traffic (``cpu_5ms_evolution-p90.csv``,
+    ``cpu_5ms_evolution-L128.csv``)."""
+    stat = "" if target.stat == "p50" else f"-{target.stat}"
+    shape = "" if target.regime == "traffic" else f"-L{target.length}"
+    return run.paths.search_history(target.profile.name, budget_ms, f"{label}{stat}{shape}")
+
+
 def search_history(result: SearchResult, target: Target, budget_ms: float | None, method: str) -> pd.DataFrame:
-    """A search's history as written to ``RunFolder.search_history``."""
+    """A search's history as written to ``history_path``; ``method`` its label (``method_label``)."""
     frame = result.frame()
     frame.insert(0, "method", method)
     frame.insert(0, "device", target.profile.name)
@@ -372,8 +382,9 @@ def verify_on_device(ranked: list[Candidate], history: list[Candidate], budget_m
         # Every finalist missed: the device is slower today than the predictor thinks.
         slow = max(s["measured_ms"] / s["predicted_ms"] for s in steps)
         tried = {c.config.key() for c in ranked}
-        rest = sorted((c for c in history if c.config.key() not in tried and c.latency_ms * slow <= limit),
+        fits = sorted((c for c in history if c.config.key() not in tried and c.latency_ms * slow <= limit),
                       key=lambda c: -c.accuracy)[: max(1, finalists)]
+        rest = sorted(fits, key=lambda c: -accuracy.full_dev(c.config))  # re-ranked as the first finalists were
         if rest:
             again = timer.measure([c.config for c in rest], rounds=rounds)
             full_ms, limit = again.full_ms, budget_now(budget_ms, again.full_ms, relative_to)
@@ -381,7 +392,7 @@ def verify_on_device(ranked: list[Candidate], history: list[Candidate], budget_m
             met = [(c, ms) for c, ms in zip(rest, again.ms, strict=True) if ms <= limit]
     if chosen is None:
         raise ImpossibleBudget(
-            f"none of the {len(ranked)} finalists met {limit:g} ms when re-measured on {device} "
+            f"none of the {len(steps)} finalists met {limit:g} ms when re-measured on {device} "
             f"(measured {', '.join(format(s['measured_ms'], '.2f') for s in steps)} ms; the full model measured "
             f"{full_ms:.2f} ms): raise the budget or re-measure with `hwnas measure` and refit"
         )
@@ -456,7 +467,10 @@ def _step_up_once(verified: Verified, budget_ms: float, relaxed_search: Callable
     relaxable = verified.measured_ms < chosen.upper_ms
     if not relaxable and grow is None:
         return verified, base, None
-    scale = scale if scale is not None else base * verified.measured_ms / chosen.upper_ms
+    # In the ms of the timing the budget was set in: a speed-up's timing on a machine 1.2x slower
+    # that minute measures everything 1.2x longer, and the relaxed search judges against budget_ms.
+    scale = scale if scale is not None else (base * verified.measured_ms / chosen.upper_ms
+                                             * _as_budget_set(budget_ms, verified.full_ms, relative_to))
     tried = {s["arch_key"] for s in verified.steps}
     floor = accuracy.full_dev(chosen.config)
     pool = sorted((c for c in (relaxed_search(scale) if relaxable else []) if c.feasible and c.config.key() not in tried),
@@ -500,9 +514,16 @@ def _step_up_once(verified: Verified, budget_ms: float, relaxed_search: Callable
                       key=lambda cm: -accuracy.full_dev(cm[0].config))
         return Verified(cand, ms, again.full_ms, steps, tuple(rest), searches(cand.config.describe())), scale, None
     # None fitted: the scale these candidates measured at, if it says the predictions were optimistic.
-    measured_at = scale * float(np.median([ms / c.upper_ms for c, ms in zip(better, got.ms, strict=True)]))
+    measured_at = scale * float(np.median([ms / c.upper_ms for c, ms in zip(better, got.ms, strict=True)])) \
+        * _as_budget_set(budget_ms, got.full_ms, relative_to)
     retry = measured_at if scale < measured_at < 1.0 else None
     return replace(verified, steps=steps, step_up_searches=searches()), base, retry
+
+
+def _as_budget_set(budget_ms: float, full_ms: float, relative_to: float | None) -> float:
+    """The factor that turns ms of a timing whose full model measured ``full_ms`` into ms of
+    the timing the budget was set in: 1 for a budget in ms, else the full model's then / now."""
+    return budget_ms / budget_now(budget_ms, full_ms, relative_to)
 
 
 @dataclass(frozen=True)
@@ -822,6 +843,10 @@ def write_export(run: LoadedRun, target: Target, out: Path, chosen: Candidate, m
     from supernet.data import iterate_batches
     from supernet.extract import copy_runtime_files, export_standalone
 
+    # An earlier export's report and card go first: they are written last, so a folder without
+    # report.json is an unfinished export, even where a re-export into it stopped halfway.
+    for stale in (out / "report.json", out / CARD_NAME):
+        stale.unlink(missing_ok=True)
     written = export_standalone(run.supernet, chosen.config, out, run.tokenizer, list(run.task.label_names),
                                 model=model)
     int8 = chosen.config.int8
@@ -952,6 +977,8 @@ def choose_and_export(
     from supernet.evaluate import predict, scores
     from supernet.io import write_csv
 
+    if cfg.finetune and cfg.finetune_attention > 0 and not run.paths.rewired.exists():
+        distill_teacher(run, cfg.finetune_attention)  # its one-line error now, not after the search and timings
     accuracy = accuracy or DevAccuracy(run, batch=target.batch)
     check_int8_batch(accuracy, target)
     latency = latency or PredictedLatency.of(run.folder, target)
@@ -964,17 +991,20 @@ def choose_and_export(
         result, search_s = run_search(run, target, budget.ms, latency=latency.scaled(budget.scale), method=cfg.method,
                                       n_evaluations=cfg.n_evaluations, seed=cfg.seed, accuracy=accuracy,
                                       searcher_kwargs=settings)
-        write_csv(run.paths.search_history(device, budget.ms, method_label(cfg.method, settings)),
-                  search_history(result, target, budget.ms, cfg.method))
+        label = method_label(cfg.method, settings)
+        write_csv(history_path(run, target, budget.ms, label), search_history(result, target, budget.ms, label))
         ranked = rank_finalists(result, accuracy, cfg.finalists)
         verified = verify_on_device(ranked, result.history, budget.ms, timer, accuracy, finalists=cfg.finalists,
                                     rounds=cfg.rounds, device=device, relative_to=budget.relative_to)
         if cfg.step_up_below is not None:
             def relaxed(scale: float) -> list[Candidate]:
                 # Half the evaluations: it starts from the same anchors and only looks above the pick.
-                again, _ = run_search(run, target, budget.ms, latency=latency.scaled(budget.scale * scale),
-                                      method=cfg.method, n_evaluations=max(1, cfg.n_evaluations // 2),
-                                      seed=cfg.seed + 1, accuracy=accuracy, searcher_kwargs=settings)
+                try:
+                    again, _ = run_search(run, target, budget.ms, latency=latency.scaled(budget.scale * scale),
+                                          method=cfg.method, n_evaluations=max(1, cfg.n_evaluations // 2),
+                                          seed=cfg.seed + 1, accuracy=accuracy, searcher_kwargs=settings)
+                except ImpossibleBudget:  # under a scale above 1 nothing may fit: keep the verified pick
+                    return []
                 return again.history
 
             def grow(config: SubnetConfig, scale: float) -> list[Candidate]:

@@ -20,7 +20,14 @@ import pandas as pd
 from latency.devices import with_overrides
 from latency.target import PredictedLatency, Target, target_timer
 from latency.workflow import fit_run_device, measure_devices, resolve_device
-from nas.export import ExportConfig, ImpossibleBudget, choose_and_export, run_search, search_history
+from nas.export import (
+    ExportConfig,
+    ImpossibleBudget,
+    choose_and_export,
+    history_path,
+    run_search,
+    search_history,
+)
 from nas.fronts import compare
 from nas.objectives import DevAccuracy, dev_accuracies
 from nas.search import fastest_reachable
@@ -133,8 +140,7 @@ def main_job(out: str | Path, spec: RunSpec, job: JobConfig, *, progress: bool =
         for budget in budgets[device]:
             result, _ = run_search(run, target, budget, latency=lat, method="evolution", n_evaluations=job.n_search,
                                    seed=spec.seed, accuracy=acc)
-            write_csv(run.paths.search_history(device, budget, "evolution"),
-                      search_history(result, target, budget, "evolution"))
+            write_csv(history_path(run, target, budget, "evolution"), search_history(result, target, budget, "evolution"))
             bests.append((budget, result.best))
         found = [(b, c) for b, c in bests if c is not None]
         with target_timer(run, target) as timer:

@@ -138,6 +138,11 @@ OPTIONS = [
      "evolution's setting"),
     (["search", "--run", NOWHERE, "--device", "cpu", "--front", "--screen", "0"], "--screen"),
     (["search", "--run", NOWHERE, "--device", "cpu", "--front", "--ray", "--screen", "2"], "--ray"),
+    (["search", "--run", NOWHERE, "--device", "cpu", "--budget-ms", "5", "--ray", "--method", "random"],
+     "TPE inside Ray Tune"),
+    (["search", "--run", NOWHERE, "--device", "cpu", "--front", "--ray", "--method", "tpe"], "NSGA-II inside Ray Tune"),
+    (["search", "--run", NOWHERE, "--device", "cpu", "--front", "--workers", "3"], "settings of --ray"),
+    (["search", "--run", NOWHERE, "--device", "cpu", "--front", "--ray-address", "h:1"], "settings of --ray"),
     (["export", "--run", NOWHERE, "--device", "cpu", "--out", "O", "--budget-ms", "5", "--method", "tpe", "--screen",
       "3"], "evolution's setting"),
     (["bench", "--run", NOWHERE, "--out", "O", "--screen", "x"], "--screen"),
@@ -614,6 +619,17 @@ def test_a_tampered_predictor_is_refused(name: str, copy_run) -> None:
     assert "cpu.predictor.json" in refused(["search", "--run", str(run), "--device", "cpu", "--budget-ms", "1",
                                             "--n", "2"])
     assert not (run / "search" / "cpu_1ms_evolution.csv").exists()
+
+
+def test_attention_distillation_without_the_rewired_teacher_is_refused_before_searching(copy_run) -> None:
+    import shutil
+
+    run = copy_run()
+    shutil.rmtree(run / "rewired", ignore_errors=True)
+    err = refused(["export", "--run", str(run), "--device", "cpu", "--budget-ms", "100", "--n", "2",
+                   "--finetune-epochs", "1", "--finetune-attention", "1", "--out", str(run / "x")])
+    assert "rewired" in err and not (run / "x").exists()
+    assert not (run / "search" / "cpu_100ms_evolution.csv").exists()  # refused before the search
 
 
 @pytest.mark.parametrize("text", ["{", "[]"])

@@ -213,6 +213,10 @@ def test_export_killed_in_finetuning_and_in_its_writes_ends_as_an_uninterrupted_
     assert report["test_accuracy"] is not None and report["finetuned"]["dev_accuracy"] == pytest.approx(
         report["finetune_candidates"][0]["dev_accuracy"])
     del ref
+    # Exporting into the finished folder again and killed while writing: the earlier report and
+    # card are gone, so the folder cannot pass for a finished export with the new files beside them.
+    killed(hwnas(*args, fault="export.write:1"))
+    assert not (out / "report.json").exists() and not (out / "README.md").exists()
 
 
 # --- the run folder's lock -------------------------------------------------------------------------

@@ -189,6 +189,16 @@ def test_when_every_finalist_misses_the_rest_is_rescaled_by_the_worst_miss() -> 
     assert [s["meets_budget"] for s in v.steps] == [False, False, False, True]
 
 
+def test_the_rescaled_rest_is_ranked_on_the_whole_dev_split_like_the_finalists() -> None:
+    # cfg(1, 4) leads on the search's subset, cfg(1, 2) on the whole dev split: both fit, the latter is tried first.
+    rest = [cand(cfg(1, 4), 0.65, 1.9), cand(cfg(1, 2), 0.60, 1.0)]
+    dev = DevScores({**DEV.scores, cfg(1, 4).key(): 0.60, cfg(1, 2).key(): 0.70})
+    timer = FakeTimer({cfg(3).key(): 6.0, cfg(2).key(): 4.1, cfg(1, 4).key(): 3.0, cfg(1, 2).key(): 2.0})
+    v = verify_on_device(FINALISTS, FINALISTS + rest, 4.0, timer, dev, finalists=5)
+    assert timer.calls[1] == [cfg(1, 2).key(), cfg(1, 4).key()]
+    assert v.chosen.config == cfg(1, 2) and [s["meets_budget"] for s in v.steps] == [False, False, True]
+
+
 def test_nothing_that_fits_on_the_device_is_an_impossible_budget() -> None:
     timer = FakeTimer({cfg(3).key(): 6.0, cfg(2).key(): 4.1}, full_ms=9.0)
     with pytest.raises(ImpossibleBudget, match=r"none of the 2 finalists met 4 ms when re-measured on cpu "
@@ -447,6 +457,27 @@ def test_a_speedup_pick_that_keeps_its_speedup_on_a_slower_machine_is_written() 
                  FakeTimer({cfg(4, 2).key(): 4.4}, 12.5), DevScores({cfg(1).key(): 0.7, cfg(4, 2).key(): 0.8}),
                  relative_to=10.0)  # type: ignore[arg-type]
     assert up.chosen is top and up.steps[1]["budget_now_ms"] == pytest.approx(5.0)
+
+
+def test_a_speedups_step_up_searches_under_the_scale_of_the_timing_the_budget_was_set_in() -> None:
+    # The pick measured 2.5 ms (upper bound 3.3) while the full model took 12.5 ms, 1.25x its 10 ms when
+    # the 4 ms budget was set: in that timing's ms the pick took 2.0, and the relaxed search, judged
+    # against 4 ms, predicts under 2.0 / 3.3, not 2.5 / 3.3 (which would keep out what fits).
+    small, top = cand(cfg(1), 0.70, 3.0), cand(cfg(4, 2), 0.80, 5.5)
+    scales: list[float] = []
+
+    def relaxed(scale: float) -> list[Candidate]:
+        scales.append(scale)
+        return [small, top]
+
+    dev = DevScores({cfg(1).key(): 0.7, cfg(4, 2).key(): 0.8})
+    step_up(Verified(small, 2.5, 12.5, [{"arch_key": cfg(1).key()}]), 4.0, relaxed,
+            FakeTimer({cfg(4, 2).key(): 4.4}, 12.5), dev, relative_to=10.0)  # type: ignore[arg-type]
+    assert scales[0] == pytest.approx(2.0 / 3.3)
+    scales.clear()
+    step_up(Verified(small, 2.5, 12.5, [{"arch_key": cfg(1).key()}]), 4.0, relaxed,
+            FakeTimer({cfg(4, 2).key(): 4.4}, 12.5), dev)  # type: ignore[arg-type]  # a budget in ms stays put
+    assert scales[0] == pytest.approx(2.5 / 3.3)
 
 
 def test_no_step_up_when_the_budget_is_used_or_nothing_is_more_accurate_or_off_the_device() -> None:

@@ -6,6 +6,7 @@ import json
 import statistics
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -171,14 +172,31 @@ def test_search_front_and_compare_methods(job: Path, tmp_path: Path) -> None:
     assert len(hv) == 4 and (hv["hypervolume"] >= 0).all()
 
 
+def test_compare_keeps_two_runs_of_one_folder_name_apart(job: Path, tmp_path: Path) -> None:
+    import shutil
+
+    other = tmp_path / "elsewhere" / job.name  # runs/bench/rt beside runs/bench-quick/rt
+    shutil.copytree(job, other, ignore=shutil.ignore_patterns("export", "compare", "bench"))
+    assert main(["compare", "--runs", f"{job},{other}", "--device", "cpu", "--out", str(tmp_path / "cmp"),
+                 "--no-remeasure"]) == 0
+    fronts = pd.read_csv(tmp_path / "cmp" / "fronts.csv")
+    assert fronts["run"].nunique() == 2 and all(str(r).endswith(job.name) for r in fronts["run"])
+    assert len(pd.read_csv(tmp_path / "cmp" / "hypervolume.csv")) == 2
+
+
 def test_a_screened_and_an_unscreened_evolution_keep_their_own_study_and_history(job: Path) -> None:
     import optuna
 
     for screen in ([], ["--screen", "1"]):
         assert main(["search", "--run", str(job), "--device", "cpu", "--front", "--n", "6", "--seed", "7", *screen]) == 0
+    # A tail-latency search of the same method keeps its own history too.
+    assert main(["search", "--run", str(job), "--device", "cpu", "--front", "--n", "4", "--seed", "7",
+                 "--budget-stat", "p90"]) == 0
     unscreened = pd.read_csv(job / "search" / "cpu_front_evolution-screen1.csv")
-    assert (unscreened["method"] == "evolution").all() and len(unscreened) == 6
+    assert (unscreened["method"] == "evolution-screen1").all() and len(unscreened) == 6
     assert len(pd.read_csv(job / "search" / "cpu_front_evolution.csv")) == 6
+    tail = pd.read_csv(job / "search" / "cpu_front_evolution-p90.csv")
+    assert len(tail) == 4 and (tail["budget_stat"] == "p90").all()
     storage = f"sqlite:///{job / 'search' / 'optuna.db'}"
     names = [n for n in optuna.get_all_study_names(storage) if n.startswith("cpu-front-evolution") and "-s7-" in n]
     assert len(names) == 2 and sum("-evolution-screen1-" in n for n in names) == 1
@@ -186,6 +204,45 @@ def test_a_screened_and_an_unscreened_evolution_keep_their_own_study_and_history
         study = optuna.load_study(study_name=n, storage=storage)
         assert len(study.trials) == 6
         assert study.user_attrs.get("screen") == (1 if "screen1" in n else 4)
+
+
+def test_a_searchs_study_name_holds_the_predictor_it_predicts_with(job: Path) -> None:
+    """A p90 search's study is tied to the p90 predictor: refitting it starts a new study
+    rather than resuming one whose stored latencies came from the old fit."""
+    import hashlib
+
+    from latency.target import PredictedLatency, Target
+    from latency.workflow import resolve_device
+    from nas.export import search_study
+    from nas.objectives import DevAccuracy
+    from supernet.runfolder import RunFolder
+    from supernet.workflow import open_run
+
+    run = open_run(job)
+    acc = DevAccuracy(run, subset_size=8)
+    for stat in ("p50", "p90"):
+        target = Target.of(run, resolve_device(run.folder, "cpu"), stat=stat)
+        _, name, _ = search_study(run, target, 5.0, PredictedLatency.of(run.folder, target), "tpe", 0, acc)
+        fitted = RunFolder(job).predictor("cpu", "traffic", stat).read_bytes()
+        assert name.endswith("-p" + hashlib.sha1(fitted).hexdigest()[:8]), (stat, name)
+
+
+def test_a_measurements_seed_draws_configurations_not_the_traffic_they_are_timed_on(job: Path) -> None:
+    """Exports and budgets are timed on the run's one traffic sample (``Target.of``): a
+    measurement with another seed must be timed on it too, so its rows fit the same length."""
+    from latency.target import Target
+    from latency.workflow import measurement_plan, resolve_device
+    from supernet.workflow import open_run
+
+    run = open_run(job)
+    profile = resolve_device(run.folder, "cpu")
+    c0, w0 = measurement_plan(run, profile, n=40, seed=0)  # past the anchors every seed shares
+    c1, w1 = measurement_plan(run, profile, n=40, seed=1)
+    assert [c.key() for c in c0] != [c.key() for c in c1]
+    assert w0[0].regime == "traffic" and w0[0].length == w1[0].length == Target.of(run, profile).length
+    assert len(w0[0].feeds) == len(w1[0].feeds)
+    for a, b in zip(w0[0].feeds, w1[0].feeds, strict=True):
+        assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
 
 
 def test_bad_device_and_missing_measurements(job: Path, capsys) -> None:
