@@ -15,9 +15,9 @@ ONNX the standard way (``torch.onnx.export`` of ``BertForSequenceClassification`
 ``stock_models`` builds them once per run (``RUN/baselines/``, with their test accuracy,
 scored by running each ONNX graph; ``stock-int8`` at the deployed batch, since dynamic
 quantization's activation scales span the whole batch, padding included, so its predictions
-depend on it); ``compare_deployments`` times them beside our models,
-interleaved call by call on the same workload and statistic as the budget
-(``latency.measure.DeviceTimer.compare``). Every speed-up is quoted against the fastest
+depend on it); ``compare_deployments`` times them beside our models on the same workload
+and statistic as the budget, each serving the whole sample in turn, rounds interleaved in a
+shuffled order (``latency.measure.DeviceTimer.compare``). Every speed-up is quoted against the fastest
 stock fp32 deployment (the headline) and against the stock INT8 one.
 """
 

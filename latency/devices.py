@@ -133,7 +133,14 @@ class DeviceProfile:
 
     @property
     def effective_threads(self) -> int:
-        return self.threads or os.cpu_count() or 1
+        """``threads``, or every core this process may run on (its CPU affinity: a container
+        or ``taskset`` allowed 2 of 64 cores gets 2 threads, not 64)."""
+        if self.threads:
+            return self.threads
+        try:
+            return len(os.sched_getaffinity(0)) or 1
+        except AttributeError:  # no affinity call on this OS (macOS)
+            return os.cpu_count() or 1
 
     @property
     def traffic(self) -> bool:

@@ -81,17 +81,19 @@ class Timing:
 
 
 def summarize(samples_ms: Sequence[float], *, drop_outliers: bool = True) -> Timing:
-    """Statistics of timings; with ``drop_outliers``, after dropping those above Q3 + 3 IQR (a
-    context switch, a page fault: right for one input repeated). Per-call times of real
-    traffic keep every call: their spread is the inputs', and a tail is what p99 promises."""
+    """Statistics of timings. With ``drop_outliers``, the median, minimum and spread come
+    after dropping the calls above Q3 + 3 IQR (a context switch, a page fault: right for the
+    typical time of one input repeated); p90, p99 and the mean keep every call, since a tail
+    (or a mean) without its slow calls promises less than a user gets. Per-call times of real
+    traffic keep every call throughout: their spread is the inputs'."""
     x = np.asarray(samples_ms, dtype=float)
     q1, q3 = np.percentile(x, [25, 75])
     kept = x[x <= q3 + 3 * (q3 - q1)] if drop_outliers else x
     return Timing(
         median_ms=float(np.median(kept)),
-        p90_ms=float(np.percentile(kept, 90)),
-        p99_ms=float(np.percentile(kept, 99)),
-        mean_ms=float(kept.mean()),
+        p90_ms=float(np.percentile(x, 90)),
+        p99_ms=float(np.percentile(x, 99)),
+        mean_ms=float(x.mean()),
         min_ms=float(kept.min()),
         iqr_ms=float(np.subtract(*np.percentile(kept, [75, 25]))),
         cv=float(kept.std() / kept.mean()) if kept.mean() > 0 else float("nan"),
@@ -554,6 +556,18 @@ class DeviceTimer:
         self.close()
 
 
+def check_same_threads(previous: pd.DataFrame, threads: int, path: Path, device: str) -> None:
+    """A measurement resumes only with the threads its rows were timed with: rows of 4 threads
+    and of 2 (another machine, a profile redefined) would be fitted as one device."""
+    if not len(previous) or "threads" not in previous:
+        return
+    seen = {int(t) for t in pd.to_numeric(previous.loc[previous["kind"] == "sample", "threads"], errors="coerce").dropna()}
+    if seen - {threads}:
+        raise MeasurementError(
+            f"{path} holds {device}'s timings with {sorted(seen)} thread(s); here {device} runs with {threads}: measure "
+            "it under another device name (a --devices profile), or move the file aside to start over")
+
+
 def _median_timing(ts: Sequence[Timing]) -> Timing:
     """Field by field, the median of several rounds' timings."""
     if len(ts) == 1:
@@ -600,6 +614,7 @@ def sweep(
     # counts: delete it to try again); pass k + 1 starts when every configuration has had k.
     todo = [c for k in range(passes) for c in configs if any(timed[(c.key(), batch, *w.key)] <= k for w in workloads)]
     previous = log.read()
+    check_same_threads(previous, profile.effective_threads, log.path, profile.name)
     have_noise = bool(((previous["kind"] == "noise") & (previous["batch"] == batch)).any()) if len(previous) else False
 
     with DeviceTimer(profile, supernet, workloads, extract_fn=extract_fn) as timer:
