@@ -31,7 +31,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -74,6 +74,8 @@ class Timing:
     n: int
     outliers: int
     p99_ms: float = float("nan")
+    # Every timed call, in ms: several rounds' tails and mean come from them pooled (``_median_timing``).
+    samples: tuple[float, ...] = field(default=(), repr=False, compare=False)
 
     def stat(self, name: str) -> float:
         """One of ``STATS``: p50 (the median), p90, p99 or mean, in ms."""
@@ -99,6 +101,7 @@ def summarize(samples_ms: Sequence[float], *, drop_outliers: bool = True) -> Tim
         cv=float(kept.std() / kept.mean()) if kept.mean() > 0 else float("nan"),
         n=int(kept.size),
         outliers=int(x.size - kept.size),
+        samples=tuple(float(v) for v in x),
     )
 
 
@@ -569,12 +572,21 @@ def check_same_threads(previous: pd.DataFrame, threads: int, path: Path, device:
 
 
 def _median_timing(ts: Sequence[Timing]) -> Timing:
-    """Field by field, the median of several rounds' timings."""
+    """Several rounds' timings as one: the median and spread figures field by field, the
+    median over the rounds (a round on a busy minute does not move them); p90, p99 and the
+    mean over every call of every round pooled, so that a tail is one of all the calls timed
+    (3 rounds of 32 calls: a p99 of 96 calls, not the median of three rounds' slowest calls)
+    and a round that met a stall shows in it."""
     if len(ts) == 1:
         return ts[0]
-    med = {f: float(np.median([getattr(t, f) for t in ts])) for f in Timing.__dataclass_fields__}
+    med: dict[str, Any] = {f: float(np.median([getattr(t, f) for t in ts]))
+                           for f in Timing.__dataclass_fields__ if f != "samples"}
     med["n"], med["outliers"] = sum(t.n for t in ts), sum(t.outliers for t in ts)
-    return Timing(**med)  # type: ignore[arg-type]
+    if all(t.samples for t in ts):
+        pooled = np.concatenate([np.asarray(t.samples, dtype=float) for t in ts])
+        med.update(p90_ms=float(np.percentile(pooled, 90)), p99_ms=float(np.percentile(pooled, 99)),
+                   mean_ms=float(pooled.mean()), samples=tuple(float(v) for v in pooled))
+    return Timing(**med)
 
 
 def sweep(

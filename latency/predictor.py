@@ -113,9 +113,20 @@ def _target(rows: pd.DataFrame) -> np.ndarray:
 
 
 def _groups(rows: pd.DataFrame) -> np.ndarray:
-    """One label per configuration, so that splits never cut a configuration in two."""
-    col = "arch_key" if "arch_key" in rows.columns else "arch_json"
-    return rows[col].astype(str).to_numpy()
+    """One label per architecture, so that splits never cut a configuration in two, nor put
+    an int8 configuration on one side and its fp32 twin (the same layers, heads and widths)
+    on the other: the twin's latency would tell the held-out one's."""
+    if "arch_json" not in rows.columns:
+        return rows["arch_key"].astype(str).to_numpy()
+
+    def architecture(text: str) -> str:
+        try:
+            d = json.loads(text)
+        except ValueError:
+            return text
+        return json.dumps({k: v for k, v in d.items() if k != "precision"}, sort_keys=True) if isinstance(d, dict) else text
+
+    return np.array([architecture(str(j)) for j in rows["arch_json"]])
 
 
 def _conformal_quantile(residuals: np.ndarray, coverage: float) -> float:
@@ -628,7 +639,7 @@ def fit_device(
     on_device = _successful(rows[rows["device"] == device])
     samples, passes = per_configuration(on_device[on_device["kind"] == "sample"])
     groups = _groups(samples)
-    n_configs = len(np.unique(groups))
+    n_configs = samples["arch_key"].nunique() if "arch_key" in samples else len(np.unique(groups))
     if len(samples) < MIN_ROWS or n_configs < MIN_CONFIGS:
         raise PredictorError(
             f"device {device!r} has {len(samples)} successful sample measurements of {n_configs} "

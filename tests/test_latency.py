@@ -371,3 +371,16 @@ def test_a_measurement_resumes_only_with_the_threads_its_rows_were_timed_with(tm
     with pytest.raises(MeasurementError, match=r"cpu\.csv holds cpu's timings with \[4\] thread\(s\); here cpu runs "
                                                r"with 2: measure it under another device name"):
         check_same_threads(rows, 2, tmp_path / "cpu.csv", "cpu")
+
+
+def test_rounds_pool_their_calls_for_the_tails_and_the_mean() -> None:
+    from latency.measure import _median_timing
+
+    calm = summarize([10.0] * 32, drop_outliers=False)
+    stalled = summarize([10.0] * 30 + [40.0, 50.0], drop_outliers=False)  # one round met a stall
+    t = _median_timing([calm, stalled, calm])
+    assert t.median_ms == 10 and t.n == 96 and len(t.samples) == 96
+    # Over the 96 calls: the p99 sits between the two slow calls; the median of the rounds' p99s was 10.
+    assert float(np.median([calm.p99_ms, stalled.p99_ms, calm.p99_ms])) == 10
+    assert t.p99_ms == pytest.approx(np.percentile([10.0] * 94 + [40.0, 50.0], 99)) and 40 < t.p99_ms < 50
+    assert t.mean_ms == pytest.approx((94 * 10 + 90) / 96) and t.p90_ms == 10

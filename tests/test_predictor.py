@@ -520,3 +520,14 @@ def test_plot_is_written(tmp_path: Path) -> None:
     out = plot_predicted_vs_measured([1.0, 2.0, 5.0], [1.1, 1.9, 5.5], tmp_path / "fig.png", "cpu")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [p.name for p in tmp_path.iterdir()] == ["fig.png"]  # no temporary file left
+
+
+def test_an_int8_configuration_and_its_fp32_twin_share_a_split_group() -> None:
+    from latency.predictor import _groups
+
+    arch = {"heads": [2, 2], "ffn": [32, 32], "keep": [True, True], "retention": [1.0, 1.0]}
+    rows = pd.DataFrame({"arch_key": ["a", "a8", "b"],
+                         "arch_json": [json.dumps(arch), json.dumps({**arch, "precision": "int8"}),
+                                       json.dumps({**arch, "heads": [2, 1]})]})
+    g = _groups(rows)
+    assert g[0] == g[1] != g[2]  # held out together, or trained on together
