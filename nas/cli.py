@@ -326,8 +326,9 @@ def _latency_args(q: argparse.ArgumentParser) -> None:
                    help="the statistic of per-call latency a budget applies to (default %(default)s; p90 / p99 for a "
                    "tail-latency promise); `hwnas fit` fits a predictor for each")
     q.add_argument("--length", help="fixed-length mode, for users who pad every call to one shape: time one input "
-                   "of this length (an integer or pNN of the task), repeated; the device must have been measured at "
-                   "it (a profile with lengths = [...]). Default: the device's real traffic (dev inputs at their own "
+                   "of this length (an integer or pNN of the task), repeated; the device must have been measured on "
+                   "fixed lengths (a profile with lengths = [...]), and a length it was not measured at is predicted "
+                   "from those it was (measure it there for the best predictions). Default: the device's real traffic (dev inputs at their own "
                    "lengths, served in turn), or its first fixed length for a device measured on fixed lengths only")
 
 
