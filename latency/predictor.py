@@ -115,18 +115,32 @@ def _target(rows: pd.DataFrame) -> np.ndarray:
 def _groups(rows: pd.DataFrame) -> np.ndarray:
     """One label per architecture, so that splits never cut a configuration in two, nor put
     an int8 configuration on one side and its fp32 twin (the same layers, heads and widths)
-    on the other: the twin's latency would tell the held-out one's."""
+    on the other: the twin's latency would tell the held-out one's. The label is the
+    configuration's ``arch_key``, or for an int8 one its fp32 twin's where the rows hold it
+    (so an fp32 device's splits are those its keys alone give)."""
+    if "arch_key" not in rows.columns:
+        return rows["arch_json"].astype(str).to_numpy()
+    keys = rows["arch_key"].astype(str).to_numpy()
     if "arch_json" not in rows.columns:
-        return rows["arch_key"].astype(str).to_numpy()
+        return keys
 
-    def architecture(text: str) -> str:
+    def architecture(text: str) -> tuple[str, bool]:
+        """The configuration without its precision, and whether it was fp32."""
         try:
             d = json.loads(text)
         except ValueError:
-            return text
-        return json.dumps({k: v for k, v in d.items() if k != "precision"}, sort_keys=True) if isinstance(d, dict) else text
+            return text, True
+        if not isinstance(d, dict):
+            return text, True
+        return json.dumps({k: v for k, v in d.items() if k != "precision"}, sort_keys=True), \
+            d.get("precision", "fp32") == "fp32"
 
-    return np.array([architecture(str(j)) for j in rows["arch_json"]])
+    archs = [architecture(str(j)) for j in rows["arch_json"]]
+    fp32_key: dict[str, str] = {}
+    for (a, fp32), k in zip(archs, keys, strict=True):
+        if fp32:
+            fp32_key.setdefault(a, k)
+    return np.array([fp32_key.get(a, k) for (a, _), k in zip(archs, keys, strict=True)])
 
 
 def _conformal_quantile(residuals: np.ndarray, coverage: float) -> float:
@@ -618,16 +632,41 @@ def _holdout_split(groups: np.ndarray, share: float, seed: int) -> np.ndarray:
     return np.isin(groups, unique[:n_hold])
 
 
+SELECTION_FOLDS = 3
+
+
+def _cross_validated_mape(shape: BertShape, train: pd.DataFrame, groups: np.ndarray, seed: int) -> dict[str, float]:
+    """Each registered predictor's MAPE over ``SELECTION_FOLDS`` folds of whole configurations
+    of ``train`` (fitted on the others); empty when there are too few configurations for folds
+    of at least ``MIN_CONFIGS`` to train on."""
+    unique = np.random.default_rng(seed + 1).permutation(np.unique(groups))
+    if len(unique) < SELECTION_FOLDS * MIN_CONFIGS:
+        return {}
+    fold = dict(zip(unique, np.arange(len(unique)) % SELECTION_FOLDS, strict=True))
+    of_row = np.array([fold[g] for g in groups])
+    y = train[TARGET].to_numpy(dtype=float)
+    out: dict[str, float] = {}
+    for name in PREDICTORS:
+        errors = []
+        for k in range(SELECTION_FOLDS):
+            pred = make_predictor(name, shape, seed=seed).fit(train[of_row != k]).predict(train[of_row == k])
+            errors.append(np.abs(pred["pred_ms"].to_numpy(dtype=float) / y[of_row == k] - 1.0))
+        out[name] = float(np.concatenate(errors).mean())
+    return out
+
+
 def fit_device(
     shape: BertShape, rows: pd.DataFrame, device: str, *, seed: int = 0, holdout: float = 0.2
 ) -> tuple[BasePredictor, dict[str, Any]]:
     """Fit, compare and choose a latency predictor for ``device``.
 
     Uses the device's successful ``kind == "sample"`` rows; a seeded ``holdout`` share of the
-    configurations scores every registered predictor; the one with the lowest held-out MAPE is
-    refitted on all rows and returned with a report (``device``, ``chosen``, ``metrics`` per
-    predictor with ``coverage_upper``, the chosen one's ``coverage_upper``, ``noise_floor``,
-    ``n_train``, ``n_holdout``, ``n_configs``, ``feature_version``).
+    configurations scores every registered predictor; the one with the lowest MAPE in a grouped
+    cross-validation on the other configurations (``selection``; on few configurations, the
+    lowest held-out MAPE) is refitted on all rows and returned with a report (``device``,
+    ``chosen``, ``selection``, ``metrics`` per predictor with ``coverage_upper``, the chosen
+    one's ``coverage_upper``, ``noise_floor``, ``n_train``, ``n_holdout``, ``n_configs``,
+    ``feature_version``).
     """
     require_columns(rows, ("device", "kind", "arch_key", TARGET, "arch_json", "batch", "length"),
                      "fitting a device's latency predictor")
@@ -659,8 +698,12 @@ def fit_device(
             **evaluate(y_test, out["pred_ms"]),
             "coverage_upper": float((y_test <= out["upper_ms"].to_numpy()).mean()),
         }
-    # Ties (equal MAPE) go to the registry's order, which puts the simpler model first.
-    chosen = min(PREDICTORS, key=lambda n: metrics[n]["mape"])
+    # The choice is made on the training configurations alone (grouped cross-validation), so the
+    # held-out figures reported for it are not the best of three on the split they are read on;
+    # with too few configurations for folds, on the held-out ones. Ties (equal MAPE) go to the
+    # registry's order, which puts the simpler model first.
+    cv = _cross_validated_mape(shape, train, groups[~held], seed)
+    chosen = min(PREDICTORS, key=lambda n: cv[n] if cv else metrics[n]["mape"])
     best = make_predictor(chosen, shape, seed=seed).fit(samples)
     best.device = device
     report: dict[str, Any] = {
@@ -668,6 +711,9 @@ def fit_device(
         "chosen": chosen,
         "metrics": metrics,
         "coverage_upper": metrics[chosen]["coverage_upper"],
+        # How the predictor was chosen: ``cv`` (MAPE of each, 3-fold cross-validation on the training
+        # configurations) or ``holdout`` (too few configurations for folds: on the held-out MAPE).
+        "selection": {"on": "cv" if cv else "holdout", "cv_mape": cv or None},
         "upper_margin": math.exp(best.margin_log) - 1.0,
         "noise_floor": noise_floor(on_device),
         "n_train": int(len(train)),

@@ -165,7 +165,9 @@ def test_minilm_predictors_reach_ten_percent(minilm_fit, minilm_rows: pd.DataFra
     pred, report = minilm_fit
     assert set(report["metrics"]) == set(PREDICTORS)
     chosen = report["metrics"][report["chosen"]]
-    assert report["chosen"] == min(PREDICTORS, key=lambda n: report["metrics"][n]["mape"])
+    # Chosen on the training configurations (3-fold cross-validation), not on the held-out ones it is reported on.
+    assert report["selection"]["on"] == "cv" and set(report["selection"]["cv_mape"]) == set(PREDICTORS)
+    assert report["chosen"] == min(PREDICTORS, key=lambda n: report["selection"]["cv_mape"][n])
     assert chosen["within_10pct"] >= 0.90
     assert report["coverage_upper"] >= 0.85
     # A configuration sampled twice at the same input shape is one measurement (its median).
@@ -186,6 +188,13 @@ def test_tiny_shape_fits() -> None:
     _, report = fit_device(tiny_shape(), rows, "cpu", seed=0)
     assert report["metrics"][report["chosen"]]["within_10pct"] >= 0.90
     assert report["coverage_upper"] >= 0.85
+
+
+def test_too_few_configurations_for_folds_choose_on_the_held_out_ones() -> None:
+    rows = measurements(tiny_shape(), 12, seed=1, input_shapes=((1, 8), (4, 16), (8, 32)))
+    _, report = fit_device(tiny_shape(), rows, "cpu", seed=0)
+    assert report["selection"] == {"on": "holdout", "cv_mape": None}
+    assert report["chosen"] == min(PREDICTORS, key=lambda n: report["metrics"][n]["mape"])
 
 
 def test_trees_win_where_latency_is_not_linear() -> None:
