@@ -104,16 +104,15 @@ def search(run: LoadedRun | str | Path, device: str, *, budget_ms: float | None 
     """``hwnas search``: the most accurate sub-networks under ``budget_ms`` (None: the whole
     front) by the device's predictor; writes the history as the command does, and the search
     as a named Optuna study in the run's ``search/optuna.db`` (every method)."""
-    from nas.export import history_path, run_search, search_history
+    from nas.export import run_search, write_search_history
     from nas.objectives import DevAccuracy
-    from supernet.io import write_csv
 
     r = _run(run)
     target = _target(r, device, length, budget_stat)
     with RunFolder(r.folder).lock("nas.api.search"):
         result, _ = run_search(r, target, budget_ms, method=method, n_evaluations=n_evaluations, seed=seed,
                                accuracy=DevAccuracy(r, subset_size=dev_subset, batch=target.batch))
-        write_csv(history_path(r, target, budget_ms, method), search_history(result, target, budget_ms, method))
+        write_search_history(r, result, target, budget_ms, method)
     return result
 
 

@@ -539,8 +539,7 @@ def plot(table: pd.DataFrame, full_test: float, path: Path, ft: pd.DataFrame | N
             for (method, g), mark in zip(ft.groupby("method", sort=False), "*Pxd", strict=False):
                 # An export timed minutes later: placed by its speed-up over the full model timed
                 # with it, in the fronts' ms (the machine's pace moves between timings).
-                own = g["full_model_ms"] if "full_model_ms" in g else pd.Series(float("nan"), index=g.index)
-                at = (table["full_model_ms"].iloc[0] * g["lat_measured_ms"] / own).fillna(g["lat_measured_ms"])
+                at = (table["full_model_ms"].iloc[0] * g["lat_measured_ms"] / g["full_model_ms"]).fillna(g["lat_measured_ms"])
                 ax.scatter(at, g[col], marker=mark, s=70, color="black", label=method, zorder=3)
         ax.axvline(table["full_model_ms"].iloc[0], color="grey", ls=":", lw=1)
         if col == "acc_test":
@@ -789,7 +788,7 @@ ratio to our full model. Test accuracy is reported only; every choice used dev.
 ![fronts]({prefix}_fronts.png)
 
 Fronts at the latency measured in one timing (the full model timed with them: dotted line); fine-tuned points (black),
-timed in their own exports, at their speed-up over the full model timed with them, in that timing's ms.
+timed in their own exports, at their speed-up over the full model timed with them, in the fronts' ms.
 
 Hypervolume (latency relative to the full model, reference 1.0; accuracy reference the worst point of any front):
 {_md(hv)}

@@ -910,10 +910,9 @@ def register_search(sub: Subparsers) -> argparse.ArgumentParser:
 
 
 def cmd_search(a: argparse.Namespace) -> int:
-    from nas.export import history_path, run_search, search_history
+    from nas.export import run_search, write_search_history
     from nas.objectives import dev_accuracies
-    from nas.search import evolution_settings, method_label, searcher_class
-    from supernet.io import write_csv
+    from nas.search import evolution_settings, searcher_class
     from supernet.workflow import open_run
 
     budgets: list[float | None] = [None] if a.front else list(_budgets(a.budget_ms))
@@ -943,8 +942,7 @@ def cmd_search(a: argparse.Namespace) -> int:
         for budget in budgets:
             result, wall = run_search(run, target, budget, method=method, n_evaluations=a.n, seed=a.seed,
                                       accuracy=acc, searcher_kwargs=kwargs)
-            label = method_label(method, kwargs)
-            write_csv(history_path(run, target, budget, label), search_history(result, target, budget, label))
+            write_search_history(run, result, target, budget, method, kwargs)
             where = "whole front" if budget is None else f"budget {budget:g} ms"
             print(f"{device} ({target.describe()}), {where}, {method}: "
                   f"{result.n_evaluations} evaluated in {wall:.0f} s")

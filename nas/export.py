@@ -36,13 +36,12 @@ import functools
 import hashlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
-import pandas as pd
 
 from latency.measure import DeviceTimer, Timer
 from latency.target import PredictedLatency, Target, device_drift, drift_references, open_timer
@@ -65,7 +64,7 @@ from supernet.checks import check_number
 from supernet.cost import subnet_flops, subnet_params
 from supernet.errors import ConfigError, HwnasError
 from supernet.extract import needs_remote_code
-from supernet.io import write_json, write_text
+from supernet.io import write_csv, write_json, write_text
 from supernet.space import SearchSpace, SubnetConfig
 from supernet.train import (
     StageConfig,
@@ -76,7 +75,13 @@ from supernet.train import (
     selected_epoch,
     teacher_logits,
 )
-from supernet.workflow import LoadedRun, distill_teacher, with_augmented, with_unlabeled
+from supernet.workflow import (
+    LoadedRun,
+    distill_teacher,
+    teacher_path,
+    with_augmented,
+    with_unlabeled,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -310,32 +315,37 @@ def search_study(run: LoadedRun, target: Target, budget_ms: float | None, latenc
     return paths.optuna_storage, name, attrs
 
 
-def history_path(run: LoadedRun, target: Target, budget_ms: float | None, label: str) -> Path:
-    """Where a search's history is written: a file per device, budget, method label
-    (``method_label``) and latency target, so that a p90 or fixed-length search does not
-    overwrite the p50 one on real traffic (``cpu_5ms_evolution-p90.csv``,
-    ``cpu_5ms_evolution-L128.csv``)."""
+def write_search_history(run: LoadedRun, result: SearchResult, target: Target, budget_ms: float | None, method: str,
+                         settings: dict[str, Any] | None = None) -> Path:
+    """Write a search's history (``RUN/search/``): a file per device, budget, method label
+    (``method_label`` of ``method`` and its searcher ``settings``) and latency target, so that a
+    p90 or fixed-length search does not overwrite the p50 one on real traffic
+    (``cpu_5ms_evolution-p90.csv``, ``cpu_5ms_evolution-L128.csv``); returns its path."""
+    label = method_label(method, settings)
     stat = "" if target.stat == "p50" else f"-{target.stat}"
     shape = "" if target.regime == "traffic" else f"-L{target.length}"
-    return run.paths.search_history(target.profile.name, budget_ms, f"{label}{stat}{shape}")
-
-
-def search_history(result: SearchResult, target: Target, budget_ms: float | None, method: str) -> pd.DataFrame:
-    """A search's history as written to ``history_path``; ``method`` its label (``method_label``)."""
     frame = result.frame()
-    frame.insert(0, "method", method)
+    frame.insert(0, "method", label)
     frame.insert(0, "device", target.profile.name)
     frame["budget_ms"] = budget_ms
     frame["length"], frame["batch"] = target.length, target.batch
     frame["regime"], frame["budget_stat"] = target.regime, target.stat
-    return frame
+    path = run.paths.search_history(target.profile.name, budget_ms, f"{label}{stat}{shape}")
+    write_csv(path, frame)
+    return path
 
 
 def rank_finalists(result: SearchResult, accuracy: DevScore, k: int) -> list[Candidate]:
     """The ``k`` most accurate feasible candidates of the search (on its dev subset),
     re-ranked on the whole dev split."""
-    feasible = sorted((c for c in result.history if c.feasible), key=lambda c: -c.accuracy)[: max(1, k)]
-    return sorted(feasible, key=lambda c: -accuracy.full_dev(c.config))
+    return best_on_whole_dev([c for c in result.history if c.feasible], accuracy, k)
+
+
+def best_on_whole_dev(candidates: Iterable[Candidate], accuracy: DevScore, k: int) -> list[Candidate]:
+    """The ``k`` most accurate of ``candidates`` on the search's dev subset, re-ranked on the
+    whole dev split (scoring only those ``k`` on it)."""
+    top = sorted(candidates, key=lambda c: -c.accuracy)[: max(1, k)]
+    return sorted(top, key=lambda c: -accuracy.full_dev(c.config))
 
 
 # --- 3. re-measure on the device, step down -----------------------------------------------------
@@ -382,9 +392,8 @@ def verify_on_device(ranked: list[Candidate], history: list[Candidate], budget_m
         # Every finalist missed: the device is slower today than the predictor thinks.
         slow = max(s["measured_ms"] / s["predicted_ms"] for s in steps)
         tried = {c.config.key() for c in ranked}
-        fits = sorted((c for c in history if c.config.key() not in tried and c.latency_ms * slow <= limit),
-                      key=lambda c: -c.accuracy)[: max(1, finalists)]
-        rest = sorted(fits, key=lambda c: -accuracy.full_dev(c.config))  # re-ranked as the first finalists were
+        rest = best_on_whole_dev((c for c in history if c.config.key() not in tried and c.latency_ms * slow <= limit),
+                                 accuracy, finalists)  # ranked as the first finalists were
         if rest:
             again = timer.measure([c.config for c in rest], rounds=rounds)
             full_ms, limit = again.full_ms, budget_now(budget_ms, again.full_ms, relative_to)
@@ -975,10 +984,9 @@ def choose_and_export(
     """
     from supernet.checkpoint import load_model
     from supernet.evaluate import predict, scores
-    from supernet.io import write_csv
 
-    if cfg.finetune and cfg.finetune_attention > 0 and not run.paths.rewired.exists():
-        distill_teacher(run, cfg.finetune_attention)  # its one-line error now, not after the search and timings
+    if cfg.finetune:
+        teacher_path(run, cfg.finetune_attention)  # a missing teacher is refused now, not after the search and timings
     accuracy = accuracy or DevAccuracy(run, batch=target.batch)
     check_int8_batch(accuracy, target)
     latency = latency or PredictedLatency.of(run.folder, target)
@@ -991,8 +999,7 @@ def choose_and_export(
         result, search_s = run_search(run, target, budget.ms, latency=latency.scaled(budget.scale), method=cfg.method,
                                       n_evaluations=cfg.n_evaluations, seed=cfg.seed, accuracy=accuracy,
                                       searcher_kwargs=settings)
-        label = method_label(cfg.method, settings)
-        write_csv(history_path(run, target, budget.ms, label), search_history(result, target, budget.ms, label))
+        write_search_history(run, result, target, budget.ms, cfg.method, settings)
         ranked = rank_finalists(result, accuracy, cfg.finalists)
         verified = verify_on_device(ranked, result.history, budget.ms, timer, accuracy, finalists=cfg.finalists,
                                     rounds=cfg.rounds, device=device, relative_to=budget.relative_to)

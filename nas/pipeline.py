@@ -24,9 +24,8 @@ from nas.export import (
     ExportConfig,
     ImpossibleBudget,
     choose_and_export,
-    history_path,
     run_search,
-    search_history,
+    write_search_history,
 )
 from nas.fronts import compare
 from nas.objectives import DevAccuracy, dev_accuracies
@@ -140,7 +139,7 @@ def main_job(out: str | Path, spec: RunSpec, job: JobConfig, *, progress: bool =
         for budget in budgets[device]:
             result, _ = run_search(run, target, budget, latency=lat, method="evolution", n_evaluations=job.n_search,
                                    seed=spec.seed, accuracy=acc)
-            write_csv(history_path(run, target, budget, "evolution"), search_history(result, target, budget, "evolution"))
+            write_search_history(run, result, target, budget, "evolution")
             bests.append((budget, result.best))
         found = [(b, c) for b, c in bests if c is not None]
         with target_timer(run, target) as timer:

@@ -130,11 +130,16 @@ def distill_teacher(run: LoadedRun, attention: float = 0.0) -> ElasticBert:
     """The teacher a fine-tuning distils from: the run's teacher, or with an attention loss
     (``attention`` > 0) its rewired copy, the same function with its heads in the order the
     supernet keeps them, so that a sub-network's head j learns the teacher's head j."""
+    return load_model(teacher_path(run, attention))
+
+
+def teacher_path(run: LoadedRun, attention: float = 0.0) -> Path:
+    """The folder ``distill_teacher`` loads; ``ConfigError`` when the run lacks it."""
     path = run.paths.rewired if attention > 0 else run.paths.teacher
     if not path.exists():
         raise ConfigError(f"{run.folder} has no {path.name}/ (written by `hwnas train`); attention distillation "
                           "needs the rewired teacher" if attention > 0 else f"{run.folder} has no teacher/")
-    return load_model(path)
+    return path
 
 
 def with_augmented(run: LoadedRun, copies: int) -> LoadedRun:
