@@ -53,7 +53,7 @@ from nas.search import Candidate, SearchResult, evolution_settings, make_searche
 from nas.stats import spread
 from supernet.cost import subnet_flops
 from supernet.evaluate import cpu_model
-from supernet.io import atomic_write, write_csv, write_json, write_text
+from supernet.io import atomic_write, write_csv, write_json, write_text, write_together
 from supernet.space import SearchSpace, SubnetConfig
 from supernet.workflow import LoadedRun, distill_teacher, with_augmented, with_unlabeled
 
@@ -596,21 +596,19 @@ def run_bench(run: LoadedRun, target: Target, cfg: BenchConfig, out_dir: str | P
         if report.exists():
             fits[f.stem] = json.loads(report.read_text())
     prefix = f"bench_{run.spec.task}_{target.profile.name}"
-    write_csv(out / f"{prefix}_fronts.csv", table)
-    write_csv(out / f"{prefix}_hypervolume.csv", hv)
-    write_csv(out / f"{prefix}_hypervolume_seeds.csv", seeds)
-    write_csv(out / f"{prefix}_speedup.csv", sp)
-    write_csv(out / f"{prefix}_finetuned.csv", ft)
-    write_csv(out / f"{prefix}_compliance.csv", comp)
-    write_csv(out / f"{prefix}_deployments.csv", stock)
-    plot(table, full_test, out / f"{prefix}_fronts.png", ft)
     state = json.loads(run.paths.state.read_text())
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     summary = {"full_test": full_test, "times": times, "peak_rss_mb": peak_mb, "train_times": state["done"],
                "predictor": {d: str(run.paths.predictor(d)) for d in fits}}
-    write_json(out / f"{prefix}_summary.json", summary)
-    write_text(out / f"{prefix}.md", _page(run, target, cfg, table, hv, sp, ft, comp, fits, full_test, summary, command,
-                                                 prefix, stock, verdicts))
+    page = _page(run, target, cfg, table, hv, sp, ft, comp, fits, full_test, summary, command, prefix, stock, verdicts)
+    tables = {"fronts": table, "hypervolume": hv, "hypervolume_seeds": seeds, "speedup": sp, "finetuned": ft,
+              "compliance": comp, "deployments": stock}
+    files: dict[str, Callable[[Path], Any]] = {
+        f"{prefix}_{name}.csv": (lambda p, frame=frame: write_csv(p, frame)) for name, frame in tables.items()}
+    files[f"{prefix}_fronts.png"] = lambda p: plot(table, full_test, p, ft)
+    files[f"{prefix}_summary.json"] = lambda p: write_json(p, summary)
+    files[f"{prefix}.md"] = lambda p: write_text(p, page)
+    write_together(out, prefix, files)  # a crash while writing leaves the previous page whole
     assemble(out)
     return summary
 

@@ -73,6 +73,32 @@ def remove_stray_tmp(folder: str | Path) -> list[Path]:
     return stray
 
 
+def write_together(folder: str | Path, stem: str, files: Mapping[str, Callable[[Path], None]]) -> list[Path]:
+    """Write a set of files that belong together (a benchmark page and its CSVs): ``files[name](path)``
+    writes each into a staging folder ``.STEM.*.tmp`` inside ``folder``, and only when all of them are
+    made are they renamed into ``folder``. A crash while they are made leaves the previous set whole
+    (never new tables beside an old page); a staging folder that a killed writer left is removed by
+    the next call for the same stem."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob(f".{stem}.*{TMP_SUFFIX}"):
+        if old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{stem}.", suffix=TMP_SUFFIX, dir=folder))
+    try:
+        for name, write in files.items():
+            write(stage / name)
+        paths = []
+        for name in files:
+            faults.hit("io.replace")
+            os.replace(stage / name, folder / name)
+            paths.append(folder / name)
+        fsync_path(folder)
+        return paths
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
 def write_text(path: str | Path, text: str) -> Path:
     def write(p: Path) -> None:
         p.write_text(text)

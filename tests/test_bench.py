@@ -126,6 +126,7 @@ def test_quick_bench_writes_the_page(job: Path, tmp_path: Path) -> None:
     assert fronts["speedup_vs_stock_int8"].to_numpy() == pytest.approx(
         (fronts["speedup"] * stock.loc["stock-int8", "lat_ms"] / ours_full).to_numpy())
     assert "What a user could deploy without us" in page and "timed on real traffic" in page
+    assert not list(tmp_path.glob(".*")), "the page's files were written together: no staging folder is left"
 
 
 def test_budget_sweep_exports_and_remeasures(job: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

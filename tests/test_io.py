@@ -1,4 +1,4 @@
-"""Crash-safe files: the append-only CSV log and the score cache built on it."""
+"""Crash-safe files: the append-only CSV log, the score cache built on it and files written together."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from conftest import tiny_model
 from supernet.data import Encoded
@@ -91,3 +92,30 @@ def test_json_files_are_strict_json(tmp_path: Path) -> None:
 
     assert json.loads(path.read_text(), parse_constant=refuse) == {"ms": None, "xs": [1.5, None, 3],
                                                                    "a": [0.25, None]}
+
+
+def test_files_written_together_replace_the_old_set_only_when_all_are_made(tmp_path: Path) -> None:
+    from supernet.io import write_text, write_together
+
+    for name in ("page.md", "page_fronts.csv", "page_summary.json"):
+        (tmp_path / name).write_text("old")
+
+    def broken(p: Path) -> None:
+        raise RuntimeError("the plot failed")
+
+    files = {"page_fronts.csv": lambda p: write_text(p, "new"), "page_summary.json": broken,
+             "page.md": lambda p: write_text(p, "new")}
+    with pytest.raises(RuntimeError, match="plot failed"):
+        write_together(tmp_path, "page", files)
+    # The first file was made before the failure, yet nothing of the new set reached the folder.
+    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == {
+        "page.md": "old", "page_fronts.csv": "old", "page_summary.json": "old"}
+
+    stale = tmp_path / ".page.abc123.tmp"  # what a writer killed before its renames leaves
+    stale.mkdir()
+    (stale / "page.md").write_text("half")
+    files["page_summary.json"] = lambda p: write_text(p, "new")
+    written = write_together(tmp_path, "page", files)
+    assert sorted(p.name for p in written) == ["page.md", "page_fronts.csv", "page_summary.json"]
+    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == {
+        "page.md": "new", "page_fronts.csv": "new", "page_summary.json": "new"}
