@@ -107,6 +107,7 @@ def export_early_exit(
     max_length: int = 512,
     opset: int = 18,
     timing_inputs: Sequence[Sequence[int]] | None = None,
+    timing_types: Sequence[Sequence[int]] | None = None,
 ) -> Path:
     """Write ``model`` (a standalone sub-network, ``supernet.extract.extract``) with its exits
     as ONNX segments plus manifest, runner and tokenizer (module doc), and the segments joined
@@ -123,13 +124,16 @@ def export_early_exit(
     shutil.copy(RUNNER, out / RUNNER.name)
     if tokenizer is not None:
         tokenizer.save_pretrained(str(out / "tokenizer"))
-    if timing_inputs:  # for `exit_runner.py FOLDER --time` on another device: token ids, plain arrays
+    if timing_inputs:  # for `exit_runner.py FOLDER --time` on another device: token ids and types, plain arrays
         rows = [np.asarray(r, dtype=np.int64) for r in timing_inputs]
+        types = [np.asarray(t, dtype=np.int64) for t in timing_types] if timing_types else [np.zeros_like(r) for r in rows]
+        if [len(t) for t in types] != [len(r) for r in rows]:
+            raise ValueError("timing_types must give one token type per token of timing_inputs")
         offsets = np.cumsum([0, *(len(r) for r in rows)]).astype(np.int64)
 
         def write(tmp: Path) -> None:
             with open(tmp, "wb") as f:
-                np.savez(f, ids=np.concatenate(rows), offsets=offsets)
+                np.savez(f, ids=np.concatenate(rows), types=np.concatenate(types), offsets=offsets)
 
         atomic_write(out / "timing_inputs.npz", write)
     manifest = {
@@ -294,12 +298,13 @@ def load_runner(folder: str | Path, *, threads: int | None = None, criterion: st
 
 
 def single_inputs(enc: Encoded, n: int | None = None) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """The first ``n`` inputs of ``enc`` one by one, unpadded, as int64 (1, T) arrays."""
-    rows = enc.input_ids[: n if n is not None else len(enc)]
+    """The first ``n`` inputs of ``enc`` one by one, unpadded, as int64 (1, T) arrays, with their
+    own token types (a sentence pair's second segment is type 1: it changes the logits, hence the exit)."""
+    k = n if n is not None else len(enc)
     out = []
-    for r in rows:
+    for r, t in zip(enc.input_ids[:k], enc.token_type_ids[:k], strict=True):
         ids = np.asarray(r, dtype=np.int64)[None]
-        out.append((ids, np.ones_like(ids), np.zeros_like(ids)))
+        out.append((ids, np.ones_like(ids), np.asarray(t, dtype=np.int64)[None]))
     return out
 
 
@@ -311,7 +316,7 @@ def segment_times(runner: Any, inputs: Sequence[tuple[np.ndarray, ...]], *, warm
     runner.criterion, runner.threshold = "entropy", 0.0  # never below 0: all layers run
     try:
         for feed in inputs[:warmup]:
-            runner.run(*feed)
+            runner.run(*feed, segment_ms=[])  # the segments, as timed (without it batch 1 runs the one graph)
         per = np.zeros((len(inputs), runner.num_exits))
         for k, feed in enumerate(inputs):
             ms: list[float] = []

@@ -154,7 +154,7 @@ def _tokenize(folder, texts):
 
         tok = AutoTokenizer.from_pretrained(str(Path(folder) / "tokenizer"))
         enc = tok(texts, padding=True, truncation=True, max_length=manifest["max_length"], return_tensors="np")
-        ids, mask = enc["input_ids"], enc["attention_mask"]
+        ids, mask, types = enc["input_ids"], enc["attention_mask"], enc.get("token_type_ids")
     except ImportError:
         from tokenizers import Tokenizer
 
@@ -164,15 +164,17 @@ def _tokenize(folder, texts):
         encs = fast.encode_batch(texts)
         ids = np.array([e.ids for e in encs])
         mask = np.array([e.attention_mask for e in encs])
+        types = np.array([e.type_ids for e in encs])
     ids, mask = ids.astype(np.int64), mask.astype(np.int64)
-    return ids, mask, np.zeros_like(ids)
+    return ids, mask, np.zeros_like(ids) if types is None else np.asarray(types, dtype=np.int64)
 
 
-def time_inputs(model, ids_list, rounds=3, warmup=10):
-    """``model`` serving each token-id row of ``ids_list`` alone (batch 1), ``rounds`` rounds
-    after ``warmup`` calls: the medians over rounds of the per-call p50 / mean / p90 (ms), and
-    the share of inputs leaving at each exit."""
-    feeds = [(ids[None], np.ones_like(ids)[None], np.zeros_like(ids)[None]) for ids in ids_list]
+def time_inputs(model, ids_list, rounds=3, warmup=10, types_list=None):
+    """``model`` serving each token-id row of ``ids_list`` alone (batch 1; ``types_list``: their
+    token types, zeros if None), ``rounds`` rounds after ``warmup`` calls: the medians over rounds
+    of the per-call p50 / mean / p90 (ms), and the share of inputs leaving at each exit."""
+    types_list = types_list if types_list is not None else [np.zeros_like(ids) for ids in ids_list]
+    feeds = [(ids[None], np.ones_like(ids)[None], t[None]) for ids, t in zip(ids_list, types_list)]  # noqa: B905 (Python 3.8 on a device)
     per_round = []
     exits = np.zeros(0, dtype=np.int64)
     for r in range(rounds):
@@ -204,6 +206,7 @@ def _time_command(args):
     try:
         with np.load(path, allow_pickle=False) as z:
             ids, offsets = z["ids"].astype(np.int64), z["offsets"].astype(np.int64)
+            types = z["types"].astype(np.int64) if "types" in z.files else np.zeros_like(ids)  # older kits: none
     except (OSError, KeyError, ValueError) as e:
         print(f"{path}: not a timing-inputs file ({type(e).__name__}: {e}); give one hwnas wrote "
               "(timing_inputs.npz in the runner folder) or --inputs FILE", file=sys.stderr)
@@ -217,7 +220,8 @@ def _time_command(args):
     rows = [ids[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)]
     import onnxruntime as ort
 
-    result = time_inputs(model, rows, rounds=a.rounds)
+    result = time_inputs(model, rows, rounds=a.rounds,
+                         types_list=[types[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)])
     result.update({
         "criterion": model.criterion, "threshold": model.threshold, "threads": a.threads,
         "batch1_runtime": "one_graph" if model.one is not None and model.criterion == "entropy" else "segments",

@@ -603,8 +603,8 @@ def run_bench(run: LoadedRun, target: Target, cfg: BenchConfig, out_dir: str | P
     page = _page(run, target, cfg, table, hv, sp, ft, comp, fits, full_test, summary, command, prefix, stock, verdicts)
     tables = {"fronts": table, "hypervolume": hv, "hypervolume_seeds": seeds, "speedup": sp, "finetuned": ft,
               "compliance": comp, "deployments": stock}
-    files: dict[str, Callable[[Path], Any]] = {
-        f"{prefix}_{name}.csv": (lambda p, frame=frame: write_csv(p, frame)) for name, frame in tables.items()}
+    files: dict[str, Callable[[Path], Any]] = {f"{prefix}_{name}.csv": functools.partial(write_csv, frame=frame)
+                                               for name, frame in tables.items()}
     files[f"{prefix}_fronts.png"] = lambda p: plot(table, full_test, p, ft)
     files[f"{prefix}_summary.json"] = lambda p: write_json(p, summary)
     files[f"{prefix}.md"] = lambda p: write_text(p, page)

@@ -623,9 +623,9 @@ def register_early_exit(sub: Subparsers) -> argparse.ArgumentParser:
                    "with exit heads trained on it by `hwnas exits --model`; not with --subnet. With --budget-ms or "
                    "--speedup (here or with --subnet) the policy is the most accurate on dev whose estimated "
                    "--budget-stat meets the budget (instead of --max-loss); no search")
-    x.add_argument("--max-loss", type=_number(0.0), default=1.0,
-                   help="one sub-network: points of dev accuracy the chosen policy may lose against the static "
-                   "sub-network (default: %(default)s)")
+    x.add_argument("--max-loss", type=_number(0.0), default=None,
+                   help="one sub-network without a budget: points of dev accuracy the chosen policy may lose "
+                   "against the static sub-network (default: 1.0)")
     budget = x.add_mutually_exclusive_group()
     budget.add_argument("--budget-ms", type=_number(0.0, above=True),
                         help="search (with --subnet or --model: that one's policy): the latency budget in ms")
@@ -638,12 +638,12 @@ def register_early_exit(sub: Subparsers) -> argparse.ArgumentParser:
     x.add_argument("--budget-stat", choices=("p50", "p90", "mean"), default="p50",
                    help="the statistic of per-input latency the budget applies to (default "
                    "%(default)s)")
-    x.add_argument("--candidates", type=COUNT, default=12,
-                   help="search: sub-networks taken from the static front (default: %(default)s); the largest is added")
-    x.add_argument("--finalists", type=COUNT0, default=3,
+    x.add_argument("--candidates", type=COUNT, default=None,
+                   help="search: sub-networks taken from the static front (default: 12); the largest is added")
+    x.add_argument("--finalists", type=COUNT0, default=None,
                    help="search: the most accurate sub-networks near the budget whose own runner is timed on dev "
                    "before choosing, their exit candidates estimated from it and scaled by the median of "
-                   "--rounds pairs of serving at a policy over its estimate (default: %(default)s; 0: none)")
+                   "--rounds pairs of serving at a policy over its estimate (default: 3; 0: none)")
     x.add_argument("--choose", choices=("best-dev", "largest-unless-beaten"), default="best-dev",
                    help="search: which candidate under the budget is handed over. best-dev (default): the most "
                    "accurate on dev. largest-unless-beaten: the largest sub-network's most accurate policy under "
@@ -652,7 +652,7 @@ def register_early_exit(sub: Subparsers) -> argparse.ArgumentParser:
                    "is flattered by it")
     x.add_argument("--threads", type=COUNT, default=None, help="one sub-network: ONNX Runtime threads (default: one "
                    "per core; the search uses its device's)")
-    x.add_argument("--n-cost", type=COUNT, default=300, help="dev inputs timed for the per-layer cost (default: "
+    x.add_argument("--n-cost", type=_int_at_least(2), default=300, help="dev inputs timed for the per-layer cost (default: "
                    "%(default)s)")
     x.add_argument("--n-time", type=COUNT, default=None, help="test inputs timed (default: all)")
     x.add_argument("--n-stock", type=COUNT0, default=300,
@@ -675,6 +675,9 @@ def cmd_early_exit(a: argparse.Namespace) -> int:
     from supernet.workflow import open_run
 
     budget = a.budget_ms is not None or a.speedup is not None
+    if budget and a.max_loss is not None:
+        raise ConfigError("--max-loss chooses a policy without a budget; with --budget-ms or --speedup the most "
+                          "accurate policy under the budget is chosen: leave --max-loss out")
     if budget and not (a.model or a.subnet):
         return _exit_search(a)
     if (a.model or a.subnet) and a.device:
@@ -685,9 +688,11 @@ def cmd_early_exit(a: argparse.Namespace) -> int:
             raise ConfigError(f"{flag} is for a budget: give --budget-ms (or --speedup) too, or leave it out")
     if a.model and a.subnet:
         raise ConfigError("give --model or --subnet, not both (a model holds its own sub-network)")
-    if a.choose != "best-dev":
-        raise ConfigError("--choose is for the search over sub-networks (--budget-ms or --speedup with --device, "
-                          "without --subnet or --model): leave it out here")
+    for flag, given in (("--choose", a.choose != "best-dev"), ("--candidates", a.candidates is not None),
+                        ("--finalists", a.finalists is not None), ("--quiet", a.quiet)):
+        if given:
+            raise ConfigError(f"{flag} is for the search over sub-networks (--budget-ms or --speedup with --device, "
+                              "without --subnet or --model): leave it out here")
     asked = SubnetConfig.from_dict(_read_json(a.subnet)) if a.subnet and a.subnet != "largest" else None
     model = load_standalone(a.model) if a.model else None
     run = open_run(a.run)
@@ -696,7 +701,7 @@ def cmd_early_exit(a: argparse.Namespace) -> int:
     else:
         cfg = run.space.validate(asked) if asked is not None else run.space.largest()
     study = EarlyExitStudy(run, a.kind, cfg, Path(a.out), threads=a.threads, backbone=model, stat=a.budget_stat)
-    table, report = study.run_all(max_loss=a.max_loss, n_cost=a.n_cost, n_time=a.n_time, rounds=a.rounds,
+    table, report = study.run_all(max_loss=1.0 if a.max_loss is None else a.max_loss, n_cost=a.n_cost, n_time=a.n_time, rounds=a.rounds,
                                   n_stock=a.n_stock, budget_ms=a.budget_ms, speedup=a.speedup)
     _print_table(table, ["criterion", "threshold", f"{run.task.metric}_dev", f"{run.task.metric}_test", "layers_dev",
                          "hist_test", "est_mean_ms_dev", "est_p50_ms_dev"])
@@ -719,8 +724,8 @@ def _exit_search(a: argparse.Namespace) -> int:
     run = open_run(a.run)
     target = _target(run, a.device, None, None, a.budget_stat)
     check_available(target.profile)
-    search = ExitSearch(run, target, a.kind, Path(a.out), candidates=a.candidates, finalists=a.finalists,
-                        choice=a.choose)
+    search = ExitSearch(run, target, a.kind, Path(a.out), candidates=12 if a.candidates is None else a.candidates,
+                        finalists=3 if a.finalists is None else a.finalists, choice=a.choose)
     r = search.run_all(a.budget_ms, speedup=a.speedup, n_cost=a.n_cost, n_time=a.n_time, rounds=a.rounds,
                        n_stock=a.n_stock, progress=not a.quiet)
     print(json.dumps(r["search"], indent=1))
@@ -1372,7 +1377,8 @@ ON_INTERRUPT = {
     "run": "run the same command again: it resumes the run in --out where it stopped",
     "train": "run the same command with --resume to continue from the last checkpoint",
     "exits": "run the same command again to continue from the last checkpoint",
-    "early-exit": "the exit logits are kept in --out: run the same command again to reuse them",
+    "early-exit": "the exit logits are kept (one sub-network: in --out; a search: beside the heads, "
+                  "RUN/exits/KIND/logits): run the same command again to reuse them",
     "measure": "the rows measured so far are kept: run the same command again to measure the rest",
     "search": "the scores computed so far are cached in the run: running the same command again skips them",
     "export": "scores computed so far are cached in the run and fine-tuning resumes in --out: run the same "

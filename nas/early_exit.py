@@ -27,6 +27,7 @@ The steps, each a method of ``EarlyExitStudy`` returning values (the command wri
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -64,12 +65,13 @@ from supernet.exits import (
     predict_exits,
 )
 from supernet.extract import extract
-from supernet.io import atomic_write, write_csv, write_json
+from supernet.io import atomic_write, write_csv, write_json, write_together
 from supernet.model import ElasticBert
 from supernet.space import SubnetConfig
 from supernet.train import weights_sha1
 from supernet.workflow import LoadedRun
 
+RESULT_FILES = ("report.json", "policies.csv")  # what a finished run leaves in --out beside runner/
 TIMING_INPUTS = 300  # the first test inputs, written beside the runner for `exit_runner.py FOLDER --time`
 
 
@@ -138,7 +140,8 @@ class EarlyExitStudy:
     def export(self) -> Path:
         return export_early_exit(self.model, self.heads, self.out / "runner", criterion="entropy", threshold=0.0,
                                  tokenizer=self.run.tokenizer, max_length=self.run.spec.train.max_length,
-                                 timing_inputs=self.run.splits["test"].input_ids[:TIMING_INPUTS])
+                                 timing_inputs=self.run.splits["test"].input_ids[:TIMING_INPUTS],
+                                 timing_types=self.run.splits["test"].token_type_ids[:TIMING_INPUTS])
 
     def segment_times(self, n: int) -> np.ndarray:
         """Each of the first ``n`` dev inputs' segment times (n, exits), all layers run."""
@@ -250,8 +253,10 @@ class EarlyExitStudy:
 
     def run_all(self, *, max_loss: float, n_cost: int, n_time: int | None, rounds: int,
                 policy: tuple[str, float] | None = None, n_stock: int = 0, budget_ms: float | None = None,
-                speedup: float | None = None) -> tuple[pd.DataFrame, dict]:
-        """Every step; returns the policy table and the report (both also written to ``out``).
+                speedup: float | None = None, write_report: bool = True) -> tuple[pd.DataFrame, dict]:
+        """Every step; returns the policy table and the report (both also written to ``out``, together
+        at the end, a previous run's first removed; ``write_report`` False: the report is only
+        returned, for a caller that writes its own, as the search does).
         ``policy``: export and measure this one (one of ``default_policies``) instead of
         choosing within ``max_loss``; exit logits already in ``self.logits`` are used.
         ``budget_ms`` (or ``speedup``: the budget is ``full_model_ms`` / it): choose the most
@@ -260,6 +265,8 @@ class EarlyExitStudy:
         and the static sub-network on the first ``n_stock`` test inputs (``beside_stock``;
         report ``beside_stock``)."""
         t0 = time.time()
+        for stale in RESULT_FILES:  # a previous run's results here: gone before a new runner is made beside them
+            (self.out / stale).unlink(missing_ok=True)
         if not self.logits:
             self.exit_logits()
         self.export()
@@ -280,6 +287,7 @@ class EarlyExitStudy:
             except ImpossibleBudget as e:  # no half-made export: the runner goes, the logits cache stays
                 for folder in ("runner", "full"):
                     shutil.rmtree(self.out / folder, ignore_errors=True)
+                (self.out / "static.onnx").unlink(missing_ok=True)
                 base = "" if speedup is None else (f"; the budget was the largest sub-network's {self.stat} as one "
                                                    f"graph, {full_ms:.4g} ms, / {speedup:g}")
                 raise ImpossibleBudget(f"{e}{base}") from None
@@ -319,7 +327,8 @@ class EarlyExitStudy:
             "test_difference": self.test_difference(str(chosen.criterion), float(chosen.threshold)),
             "speedup_mean_measured": timed["static"]["mean_ms"] / measured["mean_ms"],
             "speedup_p50_measured": timed["static"]["p50_ms"] / measured["p50_ms"],
-            "layers_saved_mean_test": len(seg) / float(test_exits.mean() + 1),
+            "layers_run_mean_test": float(test_exits.mean() + 1),  # of len(segment_ms_dev) layers
+            "layers_fewer_factor_test": len(seg) / float(test_exits.mean() + 1),  # all layers / those run
             "p50_measured_over_predicted": measured["p50_ms"] / predicted["p50_ms"],
             "mean_measured_over_predicted": measured["mean_ms"] / predicted["mean_ms"],
             "segment_ms_dev": seg.round(4).tolist(),
@@ -341,8 +350,10 @@ class EarlyExitStudy:
             preds = exit_predictions(test, exit_layers(test, str(chosen.criterion), float(chosen.threshold)))
             report["beside_stock"] = beside_stock(self.run, {"ours-static": self.out / "static.onnx"}, runner, preds,
                                                   n=n_stock, rounds=rounds, threads=self.threads, stat=self.stat)
-        write_csv(self.out / "policies.csv", table)
-        write_json(self.out / "report.json", report)
+        files = {"policies.csv": functools.partial(write_csv, frame=table)}
+        if write_report:
+            files["report.json"] = functools.partial(write_json, obj=report)
+        write_together(self.out, "early_exit", files)
         return table, report
 
 

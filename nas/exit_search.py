@@ -637,6 +637,7 @@ class ExitSearch:
         if speedup is not None and not speedup > 1:
             raise ConfigError(f"the speed-up must be > 1, got {speedup:g}")
         metric, stat = self.run.task.metric, self.target.stat
+        (self.out / "report.json").unlink(missing_ok=True)  # a previous search's: never beside this one's files
         pool = front_pool(self.run, self.target, self.latency, self.candidates)
         head_ms = self.head_ms()
         if progress:
@@ -703,7 +704,8 @@ class ExitSearch:
             study = EarlyExitStudy(self.run, self.kind, cfg, self.out, threads=self.target.profile.threads,
                                    stat=self.target.stat)
             study.logits = cached_exit_logits(self.run, self.heads, cfg, self.logits_dir)
-            _, report = study.run_all(max_loss=0.0, n_cost=n_cost, n_time=n_time, rounds=rounds, policy=policy)
+            _, report = study.run_all(max_loss=0.0, n_cost=n_cost, n_time=n_time, rounds=rounds, policy=policy,
+                                      write_report=False)  # the search's report.json, written once at the end
             measured_runs[candidate_key(row)] = (study, report)
             side = "static" if row.criterion == STATIC else "early_exit"
             return float(report[side]["measured_test"][f"{stat}_ms"])

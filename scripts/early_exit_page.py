@@ -90,7 +90,7 @@ def row(folder: Path, report: dict[str, Any]) -> dict[str, str]:
             f"{report['early_exit']['measured_dev_over_predicted_from_dev'][f'{stat}_ms']:.2f}"),
         "speed-up vs static graph, p50 / mean": (f"{static['p50_ms'] / ee['p50_ms']:.2f}x / "
                                                  f"{static['mean_ms'] / ee['mean_ms']:.2f}x"),
-        "beside stock: speed-up p50 / mean vs fastest fp32; p50 vs INT8; test vs teacher (95% CI)": _stock(s),
+        f"beside stock: speed-up {stat} / mean vs fastest fp32; {stat} vs INT8; test vs teacher (95% CI)": _stock(s),
         "measured candidates": str(len(s.get("steps", [])) or 1),
         "load average at end": f"{report['timing']['loadavg_at_end'][0]:.1f}",
     }
@@ -130,20 +130,20 @@ def main(argv: list[str] | None = None) -> int:
                    "the largest sub-network with exits under the same budgets, no search")
     a = p.parse_args(argv)
     out = Path(a.out)
-    reports = []
+    reports, rows = [], []
     for f in map(Path, a.folders):
         path = f / "report.json"
         try:
             report = json.loads(path.read_text())
             report["search"]["chosen"]  # noqa: B018 (a search folder, not a one-sub-network one)
-        except (OSError, ValueError, KeyError) as e:
-            print(f"{path}: not the report of `hwnas early-exit --budget-ms` ({type(e).__name__}: {e}); "
-                  "give folders that command wrote", file=sys.stderr)
+            rows.append(row(f, report))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            print(f"{path}: not the report of `hwnas early-exit --budget-ms` as this version writes it "
+                  f"({type(e).__name__}: {e}); give folders that command wrote (rerun it on older ones)", file=sys.stderr)
             return 2
         reports.append((f, report))
     out.mkdir(parents=True, exist_ok=True)
     name = f"bench_{a.task}_early_exit"
-    rows = [row(f, r) for f, r in reports]
     cols = list(rows[0])
     table = ["| " + " | ".join(cols) + " |", "| " + " | ".join("---" for _ in cols) + " |"]
     table += ["| " + " | ".join(r[c] for c in cols) + " |" for r in rows]

@@ -73,7 +73,7 @@ def remove_stray_tmp(folder: str | Path) -> list[Path]:
     return stray
 
 
-def write_together(folder: str | Path, stem: str, files: Mapping[str, Callable[[Path], None]]) -> list[Path]:
+def write_together(folder: str | Path, stem: str, files: Mapping[str, Callable[[Path], object]]) -> list[Path]:
     """Write a set of files that belong together (a benchmark page and its CSVs): ``files[name](path)``
     writes each into a staging folder ``.STEM.*.tmp`` inside ``folder``, and only when all of them are
     made are they renamed into ``folder``. A crash while they are made leaves the previous set whole

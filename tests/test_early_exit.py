@@ -293,6 +293,25 @@ def test_segment_costs_cover_every_layer_and_the_runner_stands_alone(tmp_path) -
     assert (tmp_path / RUNNER.name).read_text() == source
 
 
+def test_single_inputs_and_the_kits_timing_inputs_keep_a_pairs_token_types(tmp_path) -> None:
+    """A sentence pair's second segment (type 1) changes the logits, hence where an input exits:
+    timed inputs carry their own types, not zeros."""
+    model = tiny_model(layers=3)
+    enc = _encoded(8)
+    types = [[0] * (len(r) // 2) + [1] * (len(r) - len(r) // 2) for r in enc.input_ids]
+    pairs = Encoded(enc.input_ids, types, enc.labels)
+    inputs = single_inputs(pairs, 8)
+    assert [x[2][0].tolist() for x in inputs] == types
+    export_early_exit(extract(model, model.shape.search_space().largest()).eval(), _heads(model), tmp_path,
+                      criterion="entropy", threshold=0.0, timing_inputs=pairs.input_ids[:6],
+                      timing_types=pairs.token_type_ids[:6])
+    with np.load(tmp_path / "timing_inputs.npz", allow_pickle=False) as z:
+        assert z["types"].tolist() == sum(types[:6], [])
+    runner = load_runner(tmp_path, threads=1)
+    ids, mask, tt = inputs[0]
+    assert not np.allclose(runner.run(ids, mask, tt)[0], runner.run(ids, mask, np.zeros_like(tt))[0])
+
+
 def test_commands_train_exits_and_export_a_runner_that_runs_alone(job, tmp_path, capsys) -> None:
     import json
     import shutil
@@ -463,6 +482,11 @@ def test_early_exit_on_a_fine_tuned_model_of_the_run(job, tmp_path, capsys) -> N
     diff = stock["ours_minus_teacher_test"]
     assert diff["ci95_low"] <= diff["diff_points"] <= diff["ci95_high"]
     assert stock["deployments"]["ours"]["score_test"] == pytest.approx(report["early_exit"]["accuracy_test"])
+    assert not list(out.glob(".*.tmp"))  # policies.csv and report.json were written together
+    # An impossible budget in the same folder: the finished run's results go too, rather than stay
+    # beside a runner that is gone.
+    assert main([*ee, "--speedup", "1000"]) == 2
+    assert not [f for f in ("report.json", "policies.csv", "static.onnx", "runner") if (out / f).exists()]
     # Wrong ways to ask: one line, exit 2, nothing written.
     bad = tmp_path / "bad"
     wrong = {"--subnet": [*ee[:-8], "--subnet", str(tmp_path / "x.json"), "--out", str(bad)],
