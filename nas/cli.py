@@ -907,7 +907,12 @@ def register_search(sub: Subparsers) -> argparse.ArgumentParser:
     g = s.add_mutually_exclusive_group(required=True)
     g.add_argument("--budget-ms", help="latency budget(s) in ms, comma-separated")
     g.add_argument("--front", action="store_true", help="search the whole accuracy/latency front")
-    s.add_argument("--ray", action="store_true", help="run the search as Ray Tune trials (Optuna inside Ray Tune)")
+    s.add_argument("--ray", action="store_true", help="run the search as Ray Tune trials (Optuna inside Ray Tune). "
+                   "There --n counts trials: a suggestion the latency predictor rejects for the budget uses one up, "
+                   "so under a tight budget fewer accuracies are computed than in the same search without --ray. "
+                   "With more than one worker what is suggested next depends on which trials finished first, so "
+                   "a seed does not repeat a search, and a rerun adds its configurations to the same Optuna study "
+                   "(the history CSV holds the last run's)")
     s.add_argument("--ray-address", help="join an existing Ray cluster (default: start a local one)")
     s.add_argument("--workers", type=COUNT, help="concurrent Ray Tune trials with --ray (default 2)")
     s.set_defaults(method=None)  # evolution, unless --ray (Optuna's TPE or NSGA-II inside Ray Tune)

@@ -138,7 +138,8 @@ class DevAccuracy:
 
     # Ray Tune and multiprocessing: ship the settings, not the model.
     def __getstate__(self) -> dict[str, Any]:
-        return {"folder": str(self.folder), "subset_size": self.subset_size, "seed": self.seed, "cache": self.use_cache,
+        # Absolute: a Ray trial runs in its own working folder, where a relative runs/NAME is not.
+        return {"folder": str(Path(self.folder).resolve()), "subset_size": self.subset_size, "seed": self.seed, "cache": self.use_cache,
                 "precision": self.precision, "batch": self.batch}
 
     def __setstate__(self, state: dict[str, Any]) -> None:

@@ -169,20 +169,21 @@ class CsvLog:
     def append(self, rows: Iterable[Mapping[str, Any]]) -> None:
         """Append ``rows`` durably (header first when the file is new)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.cut_torn_tail()
         created = not self.path.exists()
-        new = created or self.path.stat().st_size == 0
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=self.columns, extrasaction="ignore", lineterminator="\n")
-        if new:
-            w.writeheader()
-        for r in rows:
-            w.writerow(r)
-        data = buf.getvalue().encode()
-        # One O_APPEND write per call: concurrent appenders (Ray workers) interleave whole
-        # appends, not parts of lines.
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
         try:
+            # One appender at a time (Ray workers share a run's accuracy cache): the torn-tail
+            # cut, the header decision and the write see the same file, so two appenders that
+            # find it new do not both write the header. Closing the file releases the lock.
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            self.cut_torn_tail()
+            buf = io.StringIO()
+            w = csv.DictWriter(buf, fieldnames=self.columns, extrasaction="ignore", lineterminator="\n")
+            if os.fstat(fd).st_size == 0:
+                w.writeheader()
+            for r in rows:
+                w.writerow(r)
+            data = buf.getvalue().encode()
             while data:  # os.write may write less than asked
                 data = data[os.write(fd, data):]
             os.fsync(fd)

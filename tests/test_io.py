@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -119,3 +120,27 @@ def test_files_written_together_replace_the_old_set_only_when_all_are_made(tmp_p
     assert sorted(p.name for p in written) == ["page.md", "page_fronts.csv", "page_summary.json"]
     assert {p.name: p.read_text() for p in tmp_path.iterdir()} == {
         "page.md": "new", "page_fronts.csv": "new", "page_summary.json": "new"}
+
+
+def _append_one(path: str, k: int, start: Any) -> None:
+    start.wait()
+    CsvLog(path, COLUMNS).append([{"key": f"k{k}", "value": k, "note": ""}])
+
+
+def test_appenders_that_find_the_file_new_at_once_write_one_header(tmp_path: Path) -> None:
+    """Ray workers append to one run's accuracy cache: several creating it at the same moment
+    must leave one header and every row."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    for trial in range(10):
+        path = tmp_path / f"cache{trial}.csv"
+        start = ctx.Barrier(6)
+        procs = [ctx.Process(target=_append_one, args=(str(path), k, start)) for k in range(6)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join()
+        lines = path.read_text().splitlines()
+        assert lines.count(",".join(COLUMNS)) == 1 and lines[0] == ",".join(COLUMNS), lines
+        assert sorted(CsvLog(path, COLUMNS).read()["key"]) == sorted(f"k{k}" for k in range(6))

@@ -227,6 +227,22 @@ def test_a_searchs_study_name_holds_the_predictor_it_predicts_with(job: Path) ->
         assert name.endswith("-p" + hashlib.sha1(fitted).hexdigest()[:8]), (stat, name)
 
 
+def test_the_objective_shipped_to_a_ray_trial_finds_a_run_named_relative(job: Path, tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """``hwnas search --run runs/NAME --ray``: the objective travels to each trial by its settings,
+    and a trial runs in its own working folder, where the relative ``runs/NAME`` is not."""
+    import pickle  # how Ray ships a trial's objective; a round trip in memory, no file is loaded
+
+    from nas.objectives import DevAccuracy
+
+    monkeypatch.chdir(job.parent)
+    shipped = pickle.dumps(DevAccuracy(job.name, subset_size=8))
+    monkeypatch.chdir(tmp_path)
+    assert not (tmp_path / job.name).exists()
+    trial = pickle.loads(shipped)
+    assert Path(trial.folder).resolve() == job.resolve() and trial.search_split.startswith("dev8s0")
+
+
 def test_a_measurements_seed_draws_configurations_not_the_traffic_they_are_timed_on(job: Path) -> None:
     """Exports and budgets are timed on the run's one traffic sample (``Target.of``): a
     measurement with another seed must be timed on it too, so its rows fit the same length."""
