@@ -9,6 +9,7 @@ writes a CSV that ``import_kit_csv`` turns into ordinary measurement rows of tha
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from collections.abc import Sequence
@@ -28,9 +29,9 @@ from latency.measure import (
     Workload,
     arch_columns,
     check_rows,
-    sample_configs,
+    check_same_threads,
 )
-from latency.workflow import device_workloads
+from latency.workflow import measurement_plan
 from supernet.errors import HwnasError
 from supernet.io import atomic_write, write_json
 from supernet.model import BertShape, ElasticBert
@@ -47,14 +48,29 @@ class KitError(HwnasError):
 
 
 def write_run_kit(run: LoadedRun, profile: DeviceProfile, out_dir: str | Path, *, n: int, seed: int = 0,
-                  progress: bool = True) -> Path:
-    """A kit of ``n`` sampled sub-networks of ``run`` for ``profile``, with what the profile is
-    timed on (the run's real traffic sample, the same as a local measurement's, and any fixed
-    lengths); returns the path of ``manifest.json``."""
-    workloads = device_workloads(run, profile)
-    configs = sample_configs(run.space.with_precisions(profile.precisions), run.supernet.shape, n, seed=seed,
-                             length=min(w.length for w in workloads))
-    return write_kit(out_dir, profile, run.supernet, configs, workloads, progress=progress)
+                  reference_every: int = 20, progress: bool = True) -> Path:
+    """A kit of the ``n`` sub-networks a local measurement of ``profile`` with this ``seed``
+    would time (``measurement_plan``), with what the profile is timed on (the run's real
+    traffic sample and any fixed lengths); returns the path of ``manifest.json``."""
+    configs, workloads = measurement_plan(run, profile, n=n, seed=seed)
+    return write_kit(out_dir, profile, run.supernet, configs, workloads, reference_every=reference_every,
+                     progress=progress)
+
+
+def kit_id(supernet: ElasticBert, profile: DeviceProfile, workloads: Sequence[Workload]) -> str:
+    """What a kit's timings are valid for: the run's weights, the inputs timed (each workload's
+    token arrays), the batch and the threads. ``measure_kit.py`` stamps it on every row and
+    resumes only a CSV of the same id; ``import_kit_csv`` takes rows of this run's id only."""
+    from supernet.train import weights_sha1
+
+    h = hashlib.sha1(weights_sha1(supernet).encode())
+    for w in workloads:
+        h.update(f"{w.regime}:{w.length}:{len(w.feeds)};".encode())
+        for feed in w.feeds:
+            for k in sorted(feed):
+                h.update(k.encode() + np.ascontiguousarray(feed[k], dtype=np.int64).tobytes())
+    h.update(f"batch {profile.batch} threads {profile.threads}".encode())
+    return h.hexdigest()[:16]
 
 
 def write_kit(
@@ -64,6 +80,7 @@ def write_kit(
     configs: Sequence[SubnetConfig],
     workloads: Sequence[Workload],
     *,
+    reference_every: int = 20,
     progress: bool = True,
 ) -> Path:
     """Write the kit folder; returns the path of ``manifest.json``. Fixed-length workloads go
@@ -99,7 +116,8 @@ def write_kit(
         "runtime": "openvino" if profile.runtime == "openvino" else "onnxruntime",
         # None: the device's own core count (this host's count says nothing about a phone).
         "threads": profile.threads,
-        "warmup": profile.warmup, "repeats": profile.repeats, "reference_every": 20,
+        "warmup": profile.warmup, "repeats": profile.repeats, "reference_every": reference_every,
+        "kit_id": kit_id(supernet, profile, workloads),
         "inputs": files, "traffic": traffic, "reference": models[0], "models": models[1:],
         "shape": shape.to_dict(),
     }
@@ -115,11 +133,14 @@ def _savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
     atomic_write(path, write)
 
 
-def import_kit_csv(csv_path: str | Path, shape: BertShape, log: MeasurementLog, device: str) -> int:
+def import_kit_csv(csv_path: str | Path, shape: BertShape, log: MeasurementLog, device: str, *,
+                   expected_id: str | None = None) -> int:
     """Add a kit CSV's rows to ``log`` as measurements of ``device``; returns rows added.
 
     Rows already present (same kind, configuration, length and timestamp) are skipped, so
-    importing the same file twice adds nothing.
+    importing the same file twice adds nothing. ``expected_id``: the ``kit_id`` of this run
+    and device; a CSV whose rows carry another (a kit of another run, inputs, batch or
+    threads) is refused (CSVs of kits written before it existed carry none).
     """
     p = Path(csv_path)
     if not p.is_file():
@@ -131,9 +152,17 @@ def import_kit_csv(csv_path: str | Path, shape: BertShape, log: MeasurementLog, 
     missing = [c for c in KIT_REQUIRED if c not in kit.columns]
     if missing:
         raise KitError(f"{p} lacks the columns {missing}; a kit CSV has {KIT_REQUIRED} and more (found {list(kit.columns)})")
+    if kit.empty:
+        raise KitError(f"{p} holds no rows: run measure_kit.py on the device until it says 'wrote ...'")
     devices = set(kit["device"].astype(str))
     if devices != {device}:
         raise KitError(f"{p} holds measurements of {sorted(devices)}, not of {device!r}: pass --device {sorted(devices)[0]}")
+    if expected_id is not None and "kit_id" in kit:
+        ids = set(kit["kit_id"].fillna("").astype(str)) - {""}
+        if ids - {expected_id}:
+            raise KitError(f"{p} was timed with a kit of id {sorted(ids)}, and this run's kit for {device} has id "
+                           f"{expected_id}: it was written for another run, inputs, batch or threads. Write a kit "
+                           f"from this run (hwnas measure --kit) and time that one")
     kit["error"] = kit["error"].fillna("").astype(str)
     kit["regime"] = kit["regime"].fillna("fixed").astype(str) if "regime" in kit else "fixed"  # older kits
     try:
@@ -145,6 +174,14 @@ def import_kit_csv(csv_path: str | Path, shape: BertShape, log: MeasurementLog, 
         if why:
             raise KitError(f"{p} line {i + 2}: its sub-network {why}: was this kit written for another run?")
     have = log.read()
+    if "threads" in kit:  # one device's rows all timed with one thread count, as a local measurement's
+        counts = pd.to_numeric(kit.loc[kit["kind"] == "sample", "threads"], errors="coerce").dropna()
+        try:
+            if len(counts):
+                check_same_threads(kit, int(counts.iloc[0]), p, device)
+                check_same_threads(have, int(counts.iloc[0]), log.path, device)
+        except MeasurementError as e:
+            raise KitError(str(e)) from None
     seen = set(zip(have["kind"], have["arch_key"], have["regime"], have["length"].astype(int),
                    have["timestamp"].astype(str), strict=True)) if len(have) else set()
     rows, ref = [], {}
@@ -154,7 +191,7 @@ def import_kit_csv(csv_path: str | Path, shape: BertShape, log: MeasurementLog, 
         cfg = SubnetConfig.from_dict(json.loads(r["arch_json"]))  # checked above
         row = {c: r.get(c, "") for c in COLUMNS if c in r}
         row.update(arch_columns(shape, cfg, L))
-        row.update(provider="kit", precision="fp32", regime=regime)
+        row.update(provider="kit", precision=cfg.precision, regime=regime)
         if r.get("runtime", "onnxruntime") == "onnxruntime":
             row["onnxruntime_version"] = r.get("runtime_version", "")
         if r["kind"] == "reference" and not r["error"]:

@@ -8,7 +8,8 @@ the kit folder (the one with manifest.json):
     python3 measure_kit.py                 # writes results.csv next to it
     python3 measure_kit.py --out my.csv --threads 4
 
-It resumes: models already in the output CSV are skipped. Bring the CSV back and run
+It resumes: models already in the output CSV are skipped (a CSV of another kit, or timed with
+other threads, is refused: move it aside). Bring the CSV back and run
 ``hwnas measure --run RUN --device NAME --import results.csv``.
 
 This file is deliberately standalone (no hwnas import), so its few statistics lines repeat
@@ -31,8 +32,14 @@ FIELDS = [
     "device", "kind", "note", "arch_key", "arch_json", "batch", "regime", "length", "calls", "threads", "warmup",
     "repeats", "lat_median_ms", "lat_p90_ms", "lat_p99_ms", "lat_mean_ms", "lat_min_ms", "lat_iqr_ms", "lat_cv",
     "outliers",
-    "runtime", "runtime_version", "host", "cpu", "timestamp", "error",
+    "runtime", "runtime_version", "host", "cpu", "timestamp", "error", "kit_id",
 ]
+
+
+def refuse(message):
+    """Bad input: one line, exit status 2."""
+    print(message, file=sys.stderr)
+    raise SystemExit(2)
 
 
 def now():
@@ -78,11 +85,11 @@ class OpenVinoSession:
 
 def runtime_module(runtime):
     if runtime not in ("onnxruntime", "openvino"):
-        raise SystemExit(f"this kit's runtime {runtime!r} is not onnxruntime or openvino")
+        refuse(f"this kit's runtime {runtime!r} is not onnxruntime or openvino")
     try:
         return __import__(runtime)
     except ImportError:
-        raise SystemExit(f"this kit is timed with {runtime}: pip install {runtime}") from None
+        refuse(f"this kit is timed with {runtime}: pip install {runtime}")
 
 
 def session(path, threads, runtime="onnxruntime"):
@@ -174,12 +181,24 @@ def main(argv=None):
     if os.path.exists(a.out):
         _cut_torn_tail(a.out)
         with open(a.out) as f:
-            done = {(r["arch_key"], r.get("regime") or "fixed", r["length"]) for r in csv.DictReader(f)
-                    if r.get("kind") == "sample"}
+            reader = csv.DictReader(f)
+            rows = list(reader)
+        if reader.fieldnames and list(reader.fieldnames) != FIELDS:
+            refuse(f"{a.out} was written by another version of this script: move it aside (or give --out)")
+        other = {r["kit_id"] for r in rows} - {man.get("kit_id", "")}
+        if other:
+            refuse(f"{a.out} holds timings of another kit ({sorted(other)}; this one is "
+                             f"{man.get('kit_id')}): move it aside (or give --out) to time this kit")
+        seen = {int(r["threads"]) for r in rows if r.get("kind") == "sample" and r.get("threads")}
+        if seen - {int(threads)}:
+            refuse(f"{a.out} holds timings with {sorted(seen)} thread(s), here {threads}: resume with "
+                             f"--threads {sorted(seen)[0]}, or give --out to start another file")
+        done = {(r["arch_key"], r.get("regime") or "fixed", r["length"]) for r in rows if r.get("kind") == "sample"}
     new = not os.path.exists(a.out) or os.path.getsize(a.out) == 0
     base = {"device": man["device"], "batch": man["batch"], "threads": threads, "warmup": warmup,
             "repeats": repeats, "runtime": runtime, "runtime_version": runtime_module(runtime).__version__,
-            "host": socket.gethostname(), "cpu": platform.processor() or platform.machine()}
+            "host": socket.gethostname(), "cpu": platform.processor() or platform.machine(),
+            "kit_id": man.get("kit_id", "")}
     ref = session(os.path.join(here, man["reference"]["file"]), threads, runtime)
     with open(a.out, "a", newline="") as f:
         w = csv.DictWriter(f, fieldnames=FIELDS, lineterminator="\n")

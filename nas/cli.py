@@ -749,7 +749,8 @@ def register_measure(sub: Subparsers) -> argparse.ArgumentParser:
     m.add_argument("--repeats", type=_int_at_least(3), default=None, help="timed runs per measurement (default: the profile's)")
     m.add_argument("--warmup", type=COUNT0, default=None, help="untimed runs first (default: the profile's)")
     m.add_argument("--reference-every", type=COUNT, default=20, help="re-measure the full model every N configurations")
-    m.add_argument("--noise-rounds", type=COUNT0, default=8, help="rounds of the harness check / noise floor (0: none)")
+    m.add_argument("--noise-rounds", type=COUNT0, default=8, help="rounds of the harness check / noise floor (0: none; "
+                   "not with --kit or --import: a kit times no harness check, so a kit device's fit reports no noise floor)")
     m.add_argument("--passes", type=COUNT, default=1,
                    help="time every configuration in this many passes over the whole sample, one after the other, "
                    "so that its timings are minutes apart; `hwnas fit` fits on each configuration's median and "
@@ -776,6 +777,9 @@ def cmd_measure(a: argparse.Namespace) -> int:
     if a.passes > 1 and (a.ray_address or a.kit or a.import_csv):
         raise ConfigError("--passes applies to measurements made here; a kit or a cluster node times each "
                           "configuration once (drop --passes)")
+    if a.noise_rounds != 8 and (a.kit or a.import_csv):
+        raise ConfigError("--noise-rounds applies to measurements made here; a kit times no harness check "
+                          "(drop --noise-rounds)")
     run = open_run(a.run)
     if a.devices is not None:
         store_devices(a.run, a.devices)
@@ -811,16 +815,19 @@ def cmd_measure(a: argparse.Namespace) -> int:
     profile = profiles[0]
     log_path = run.paths.measurements(profile.name)
     if a.import_csv:
-        from latency.kit import import_kit_csv
+        from latency.kit import import_kit_csv, kit_id
         from latency.measure import MeasurementLog
+        from latency.workflow import device_workloads
 
-        added = import_kit_csv(a.import_csv, run.supernet.shape, MeasurementLog(log_path), profile.name)
+        added = import_kit_csv(a.import_csv, run.supernet.shape, MeasurementLog(log_path), profile.name,
+                               expected_id=kit_id(run.supernet, profile, device_workloads(run, profile)))
         print(f"imported {added} rows into {log_path}")
         return 0
     if a.kit:
         from latency.kit import write_run_kit
 
-        manifest = write_run_kit(run, profile, a.kit, n=a.n, seed=a.seed, progress=not a.quiet)
+        manifest = write_run_kit(run, profile, a.kit, n=a.n, seed=a.seed, reference_every=a.reference_every,
+                                 progress=not a.quiet)
         print(f"wrote {manifest.parent}: copy it to the device, run `python3 measure_kit.py` there, then "
               f"`hwnas measure --run {a.run} --device {profile.name} --import results.csv`")
         return 0

@@ -561,7 +561,8 @@ def test_a_bad_kit_csv_is_not_imported(column: str, value: str, copy_run, tmp_pa
     assert log.read_text() == before
 
 
-@pytest.mark.parametrize("text", [None, 'a,"b\n', "device,kind\ncpu,sample\n"])
+@pytest.mark.parametrize("text", [None, 'a,"b\n', "device,kind\ncpu,sample\n",
+                                  "device,kind,arch_key,arch_json,batch,length,lat_median_ms,error\n"])
 def test_an_unreadable_kit_csv_is_not_imported(text: str | None, copy_run, tmp_path: Path) -> None:
     run = copy_run()
     kit = tmp_path / "results.csv"

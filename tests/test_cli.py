@@ -198,18 +198,20 @@ def test_resolve_length(job: Path, capsys) -> None:
 def test_measure_kit_from_a_run(job: Path, tmp_path: Path, capsys) -> None:
     from latency.kit import write_run_kit
     from latency.target import Target
-    from latency.workflow import resolve_device
+    from latency.workflow import measurement_plan, resolve_device
     from supernet.workflow import open_run
 
     assert main(["measure", "--run", str(job), "--device", "cpu", "--kit", str(tmp_path / "cli"), "--n", "2",
-                 "--quiet"]) == 0
+                 "--reference-every", "7", "--quiet"]) == 0
     assert "--import results.csv" in capsys.readouterr().out
     run = open_run(job)
     profile = resolve_device(job, "cpu")
-    manifest = write_run_kit(run, profile, tmp_path / "lib", n=2, seed=0, progress=False)
+    manifest = write_run_kit(run, profile, tmp_path / "lib", n=2, seed=0, reference_every=7, progress=False)
     man = json.loads(manifest.read_text())
     assert man == json.loads((tmp_path / "cli" / "manifest.json").read_text())  # the command calls it
-    assert man["device"] == "cpu" and len(man["models"]) == 2
+    assert man["device"] == "cpu" and len(man["models"]) == 2 and man["reference_every"] == 7
+    # The sub-networks a local measurement with that --n and --seed would time.
+    assert [m["arch_key"] for m in man["models"]] == [c.key() for c in measurement_plan(run, profile, n=2)[0]]
     # A kit replays the same real traffic as a local measurement (the cpu profile has no fixed length).
     assert man["inputs"] == {} and man["traffic"]["calls"] == profile.traffic_calls
     assert man["traffic"]["length"] == Target.of(run, profile).length

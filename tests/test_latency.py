@@ -24,7 +24,7 @@ from latency.devices import (
     load_profiles,
     with_overrides,
 )
-from latency.kit import KitError, import_kit_csv, write_kit
+from latency.kit import KitError, import_kit_csv, kit_id, write_kit
 from latency.measure import (
     COLUMNS,
     DeviceTimer,
@@ -258,9 +258,12 @@ def test_kit_round_trip(tmp_path: Path) -> None:
     model = tiny_model()
     space = model.shape.search_space()
     profile = with_overrides(get_device("cpu-1t"), **FAST)
-    configs = sample_configs(space, model.shape, 3, seed=2)
+    configs = sample_configs(space, model.shape, 2, seed=2)
+    configs.append(configs[0].with_precision("int8"))  # its quantized graph goes in the kit; imported as int8
     manifest = write_kit(tmp_path / "kit", profile, model, configs, _workloads(), progress=False)
     man = json.loads(manifest.read_text())
+    assert man["kit_id"] == kit_id(model, profile, _workloads())
+    assert man["kit_id"] != kit_id(model, with_overrides(profile, threads=2), _workloads())
     assert len(man["models"]) == 3 and (tmp_path / "kit" / "measure_kit.py").exists()
     assert man["traffic"]["calls"] == 6 and set(man["inputs"]) == {"12"}  # real traffic, and one fixed length
     # The kit's script needs only onnxruntime and numpy: run it as the device would.
@@ -271,10 +274,15 @@ def test_kit_round_trip(tmp_path: Path) -> None:
     assert (kit_rows["kind"] == "sample").sum() == 3 * 2  # 3 configurations x (traffic, fixed)
     traffic = kit_rows[(kit_rows["kind"] == "sample") & (kit_rows["regime"] == "traffic")]
     assert len(traffic) == 3 and (traffic["calls"] == 6).all() and (traffic["lat_p99_ms"] >= traffic["lat_median_ms"]).all()
+    assert set(kit_rows["kit_id"]) == {man["kit_id"]}
     log = MeasurementLog(tmp_path / "run" / "cpu-1t.csv")
-    assert import_kit_csv(out, model.shape, log, "cpu-1t") == len(kit_rows)
+    with pytest.raises(KitError, match="written for another run, inputs, batch or threads"):
+        import_kit_csv(out, model.shape, log, "cpu-1t", expected_id="0123456789abcdef")
+    assert import_kit_csv(out, model.shape, log, "cpu-1t", expected_id=man["kit_id"]) == len(kit_rows)
     assert import_kit_csv(out, model.shape, log, "cpu-1t") == 0  # importing twice adds nothing
     imported = log.read()
+    samples = imported[imported["kind"] == "sample"]
+    assert sorted(samples.groupby("precision")["arch_key"].nunique().items()) == [("fp32", 2), ("int8", 1)]
     assert imported[imported["kind"] == "sample"]["lat_ratio"].notna().all()
     assert sorted(imported.loc[imported["kind"] == "sample", "regime"].unique()) == ["fixed", "traffic"]
     assert set(imported["arch_key"]) >= {c.key() for c in configs}
@@ -287,6 +295,19 @@ def test_kit_round_trip(tmp_path: Path) -> None:
     subprocess.run([sys.executable, str(tmp_path / "kit" / "measure_kit.py"), "--repeats", "3", "--warmup", "1"],
                    check=True, cwd=tmp_path, capture_output=True)
     assert (pd.read_csv(out)["kind"] == "sample").sum() == 3 * 2
+    # ... but not with other threads, nor into the CSV of another kit: one line, exit 2, file kept.
+    script = [sys.executable, str(tmp_path / "kit" / "measure_kit.py"), "--repeats", "3", "--warmup", "1"]
+    kept = out.read_text()
+    other_threads = subprocess.run([*script, "--threads", "2"], cwd=tmp_path, capture_output=True, text=True)
+    assert other_threads.returncode == 2 and "thread(s), here 2" in other_threads.stderr
+    man["kit_id"] = "another"
+    manifest.write_text(json.dumps(man))
+    other_kit = subprocess.run(script, cwd=tmp_path, capture_output=True, text=True)
+    assert other_kit.returncode == 2 and "another kit" in other_kit.stderr and out.read_text() == kept
+    # A CSV with its header only (stopped before the first row): one line, not a traceback.
+    (tmp_path / "empty.csv").write_text(kept.splitlines()[0] + "\n")
+    with pytest.raises(KitError, match="holds no rows"):
+        import_kit_csv(tmp_path / "empty.csv", model.shape, log, "cpu-1t")
 
 
 def test_traffic_is_real_inputs_at_their_own_lengths_served_in_order() -> None:
