@@ -609,7 +609,8 @@ def sweep(
     removes it). ``passes``: each configuration is timed in that many passes over the whole
     sample, one after the other, so that its timings are minutes apart (one row each; `hwnas
     fit` fits on their median). Returns the device's full measurement table (earlier rows
-    included).
+    included). When the log already holds everything asked for, nothing is timed or appended
+    (a resumed measurement that finished leaves its file as it was).
     """
     shape = supernet.shape
     batch = int(workloads[0].feeds[0]["input_ids"].shape[0])
@@ -628,6 +629,8 @@ def sweep(
     previous = log.read()
     check_same_threads(previous, profile.effective_threads, log.path, profile.name)
     have_noise = bool(((previous["kind"] == "noise") & (previous["batch"] == batch)).any()) if len(previous) else False
+    if not todo and (have_noise or noise_rounds <= 0):
+        return previous  # every pass of every configuration is in the log: nothing timed, nothing appended
 
     with DeviceTimer(profile, supernet, workloads, extract_fn=extract_fn) as timer:
         full = timer.full_config

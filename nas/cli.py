@@ -804,13 +804,14 @@ def cmd_measure(a: argparse.Namespace) -> int:
         from latency.workflow import measure_devices
 
         t0 = time.time()
+        counts = {p.name: _row_count(run, p.name) for p in profiles}
         tables = measure_devices(run, profiles, n=a.n, seed=a.seed, reference_every=a.reference_every,
                                  noise_rounds=a.noise_rounds, progress=not a.quiet, passes=a.passes)
         for name, rows in tables.items():
             s = sweep_summary(rows)
             print(f"{name}: {s['configs']} configurations measured; harness ratio {s['harness_ratio']:.3f}")
         print(f"took {(time.time() - t0) / 60:.1f} min")
-        _time_stock(run, profiles, quiet=a.quiet)
+        _time_stock(run, profiles, quiet=a.quiet, unchanged={n for n, rows in tables.items() if len(rows) == counts[n]})
         return 0
     profile = profiles[0]
     log_path = run.paths.measurements(profile.name)
@@ -832,6 +833,7 @@ def cmd_measure(a: argparse.Namespace) -> int:
               f"`hwnas measure --run {a.run} --device {profile.name} --import results.csv`")
         return 0
     t0 = time.time()
+    before = _row_count(run, profile.name)
     rows = measure_device(run, profile, n=a.n, seed=a.seed, reference_every=a.reference_every,
                           noise_rounds=a.noise_rounds, progress=not a.quiet, passes=a.passes)
     s = sweep_summary(rows)
@@ -839,16 +841,30 @@ def cmd_measure(a: argparse.Namespace) -> int:
     print(f"{profile.name}: {s['configs']} configurations measured ({s['failed_rows']} failed rows) in "
           f"{log_path}; harness check (same model timed twice in turn): ratio {s['harness_ratio']:.3f}; "
           f"this call took {minutes:.1f} min")
-    _time_stock(run, [profile], quiet=a.quiet)
+    _time_stock(run, [profile], quiet=a.quiet, unchanged={profile.name} if len(rows) == before else set())
     return 0
 
 
-def _time_stock(run: LoadedRun, profiles: list[DeviceProfile], *, quiet: bool) -> None:
-    """Time the stock deployments on each device (once per `hwnas measure`) and say so."""
+def _row_count(run: LoadedRun, device: str) -> int:
+    from latency.workflow import measured_rows
+
+    return len(measured_rows(run.folder, device)) if run.paths.measurements(device).exists() else 0
+
+
+def _time_stock(run: LoadedRun, profiles: list[DeviceProfile], *, quiet: bool, unchanged: set[str]) -> None:
+    """Time the stock deployments on each device (once per `hwnas measure` that timed something;
+    ``unchanged``: devices with nothing left to measure, whose stock timing is kept if there is
+    one, so that a finished measurement resumed changes nothing) and say so."""
     from latency.baselines import time_stock
     from supernet.io import write_json
 
     for profile in profiles:
+        kept = run.paths.stock_timing(profile.name)
+        if profile.name in unchanged and kept.exists():
+            if not quiet:
+                print(f"  {profile.name}: nothing left to measure; the stock deployments' timing in {kept} is kept "
+                      "(delete it to time them again)")
+            continue
         got = time_stock(run, profile)
         if got is None:
             continue

@@ -740,6 +740,12 @@ def test_measure_in_two_passes_and_fit_on_the_medians(job: Path, tmp_path: Path,
     assert main([*args, "--passes", "2"]) == 0  # adds the second pass only
     samples = pd.read_csv(run / "latency" / "twice.csv").query("kind == 'sample'")
     assert (samples.groupby("arch_key").size() == 2).all() and samples["arch_key"].nunique() == 20
+    # Resumed once finished (as bench.sh does on every run): nothing is timed or appended, and the
+    # stock deployments' timing is kept, so a resumed benchmark fits the same rows.
+    measured, stock = (run / "latency" / "twice.csv").read_text(), (run / "latency" / "twice.stock.json").read_text()
+    assert main([*args, "--passes", "2"]) == 0
+    assert (run / "latency" / "twice.csv").read_text() == measured
+    assert (run / "latency" / "twice.stock.json").read_text() == stock
     capsys.readouterr()
     assert main(["fit", "--run", str(run), "--device", "twice"]) == 0
     assert "2 passes: timings within +-10% of their sub-network's median" in capsys.readouterr().out
