@@ -688,11 +688,14 @@ def sweep(
 
 
 def harness_ratio(rows: pd.DataFrame) -> float:
-    """Median over lengths of median(harness-b) / median(harness-a): ~1 for a sound harness."""
+    """Median over workloads (regime, batch and length) of median(harness-b) / median(harness-a):
+    ~1 for a sound harness. A traffic sample whose median length equals a fixed length is its own
+    workload, not pooled with that length's timings."""
     noise = rows[(rows["kind"] == "noise") & (rows["error"] == "")]
     if noise.empty:
         return float("nan")
-    med = noise.groupby(["note", "length"])["lat_median_ms"].median().unstack(0)
+    workload = [c for c in ("regime", "batch", "length") if c in noise]
+    med = noise.groupby([*workload, "note"])["lat_median_ms"].median().unstack("note")
     return float((med["harness-b"] / med["harness-a"]).median())
 
 

@@ -245,6 +245,13 @@ def test_sweep_summary() -> None:
     })
     s = sweep_summary(rows)
     assert s["configs"] == 2 and s["failed_rows"] == 1 and s["harness_ratio"] == pytest.approx(1.1)
+    # Real traffic of median length 8 beside a fixed length 8: two workloads (ratios 1.1 and 1.3),
+    # not one pool of both (which would read 7.6 / 6 = 1.27).
+    fixed = pd.DataFrame({"kind": ["noise", "noise"], "arch_key": ["full", "full"], "error": ["", ""],
+                          "note": ["harness-a", "harness-b"], "length": [8, 8], "lat_median_ms": [10.0, 13.0],
+                          "regime": ["fixed", "fixed"]})
+    both = pd.concat([rows.assign(regime="traffic"), fixed], ignore_index=True)
+    assert sweep_summary(both)["harness_ratio"] == pytest.approx(1.2)
 
 
 def test_a_full_disk_is_one_line_and_status_1(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
