@@ -64,15 +64,17 @@ class BaselineError(HwnasError):
 
 
 def onnx_logits(path: str | Path | Any, enc: Encoded, *, batch_size: int = FP32_SCORE_BATCH,
-                threads: int | None = None) -> np.ndarray:
+                threads: int | None = None, in_order: bool = False) -> np.ndarray:
     """Logits (N, num_labels) of an ONNX classifier (a file, or an open session) on ``enc``,
     in ``enc``'s order, run in length-sorted batches of ``batch_size`` (each padded to its
-    longest). A dynamically quantized (INT8) graph's logits depend on ``batch_size``: score it
-    at the batch it is deployed at."""
+    longest). A dynamically quantized (INT8) graph's logits depend on ``batch_size`` and on
+    what shares a batch (the activations' scales span its padding): score it at the batch it
+    is deployed at with ``in_order``, batches of consecutive examples as requests arrive, not
+    sorted ones that hardly pad (at batch 1 the two are the same)."""
     sess = path if hasattr(path, "run") else ort_session(path, threads=threads)
     take = session_feed(sess)
     out: np.ndarray | None = None
-    for b in iterate_batches(enc, batch_size, shuffle=False, sort_by_length=True):
+    for b in iterate_batches(enc, batch_size, shuffle=False, sort_by_length=not in_order):
         feed = {k: b[k].numpy().astype(np.int64) for k in INPUT_NAMES}
         (logits,) = sess.run([OUTPUT_NAME], take(feed))
         if out is None:
@@ -81,10 +83,11 @@ def onnx_logits(path: str | Path | Any, enc: Encoded, *, batch_size: int = FP32_
     return out if out is not None else np.zeros((0, 0), dtype=np.float32)
 
 
-def onnx_scores(path: str | Path, enc: Encoded, *, batch_size: int = FP32_SCORE_BATCH) -> dict[str, float]:
+def onnx_scores(path: str | Path, enc: Encoded, *, batch_size: int = FP32_SCORE_BATCH,
+                in_order: bool = False) -> dict[str, float]:
     """Accuracy and macro-F1 of an ONNX classifier, run by ONNX Runtime in batches of
-    ``batch_size`` (how INT8 is scored, at its deployed batch)."""
-    return scores(onnx_logits(path, enc, batch_size=batch_size), enc.labels)
+    ``batch_size`` (how INT8 is scored: at its deployed batch, ``in_order``)."""
+    return scores(onnx_logits(path, enc, batch_size=batch_size, in_order=in_order), enc.labels)
 
 
 def export_stock_onnx(teacher: ElasticBert, out: Path, *, opset: int = 17) -> Path:
@@ -169,12 +172,14 @@ def stock_models(run: LoadedRun, *, batch: int = 1) -> dict[str, dict[str, Any]]
     out: dict[str, dict[str, Any]] = {}
     for name, path in paths.items():
         at = batch if name == "stock-int8" else FP32_SCORE_BATCH
-        if known.get(name, {}).get("scored_batch") == at:
+        in_order = name == "stock-int8"  # INT8 in batches as requests arrive (``onnx_logits``)
+        if known.get(name, {}).get("scored_batch") == at and (at == 1 or known[name].get("in_order") == in_order):
             out[name] = known[name]
             continue
-        sc = onnx_scores(path, run.splits["test"], batch_size=at)
+        sc = onnx_scores(path, run.splits["test"], batch_size=at, in_order=in_order)
         out[name] = {"file": path.name, "acc_test": sc["accuracy"], "f1_test": sc["macro_f1"],
-                     "precision": "int8" if name == "stock-int8" else "fp32", "scored_batch": at}
+                     "precision": "int8" if name == "stock-int8" else "fp32", "scored_batch": at,
+                     "in_order": in_order}
     if out != {n: known.get(n) for n in STOCK}:
         write_json(about, out)
     return {n: {**v, "path": str(folder / v["file"])} for n, v in out.items()}

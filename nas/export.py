@@ -882,7 +882,7 @@ def written_logits(files: dict[str, str], model: ElasticBert, precision: str, en
     from supernet.evaluate import predict
 
     if precision == "int8":
-        return onnx_logits(files["onnx"], enc, batch_size=batch)
+        return onnx_logits(files["onnx"], enc, batch_size=batch, in_order=True)
     return predict(model, enc)
 
 
@@ -919,8 +919,10 @@ def compare_with_stock(run: LoadedRun, timer: DeviceTimer, files: dict[str, str]
     rows = time_beside_stock(run, timer, {"ours": onnx_path, other: other_path}, rounds=rounds)
     assert rows is not None
     test, batch = run.splits["test"], timer.batch  # dynamic INT8's predictions depend on the batch
-    logits = {other: onnx_logits(other_path, test, batch_size=batch if other == "ours-int8" else FP32_SCORE_BATCH),
-              "stock-int8": onnx_logits(stock_models(run, batch=batch)["stock-int8"]["path"], test, batch_size=batch)}
+    int8 = other == "ours-int8"  # INT8 in batches as requests arrive, at the device's batch (``onnx_logits``)
+    logits = {other: onnx_logits(other_path, test, batch_size=batch if int8 else FP32_SCORE_BATCH, in_order=int8),
+              "stock-int8": onnx_logits(stock_models(run, batch=batch)["stock-int8"]["path"], test, batch_size=batch,
+                                        in_order=True)}
     metric = run.task.metric  # as the stock rows are scored (``latency.baselines.STOCK_SCORE``)
     rows["ours"]["acc_test"] = scores(ours_logits, test.labels)[metric]
     rows["ours"]["precision"] = precision

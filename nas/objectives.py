@@ -63,7 +63,7 @@ def deployed_logits(model: Any, precision: str, *, batch: int = 1) -> Callable[[
     if precision == "fp32":
         return lambda enc: predict(model, enc)
     session = deployed_session(model, precision)
-    return lambda enc: onnx_logits(session, enc, batch_size=batch)
+    return lambda enc: onnx_logits(session, enc, batch_size=batch, in_order=True)
 
 
 class QuantizedLogits:
@@ -92,7 +92,7 @@ class QuantizedLogits:
     def __call__(self, cfg: SubnetConfig, enc: Encoded) -> np.ndarray:
         from latency.baselines import onnx_logits
 
-        return onnx_logits(self.session(cfg), enc, batch_size=self.batch)
+        return onnx_logits(self.session(cfg), enc, batch_size=self.batch, in_order=True)
 
 
 class DevAccuracy:
@@ -123,7 +123,8 @@ class DevAccuracy:
 
         # INT8 graphs' scores depend on the batch and on the weights' bits (7 on x86 without
         # VNNI): a run folder moved between such CPUs keeps the two kinds of score apart.
-        self.graph_key = f"b{batch}" + ("r7" if int8_reduce_range() else "")
+        # At batch > 1 scored in arrival-order batches since 2026-12-07 ("o"; before: length-sorted).
+        self.graph_key = f"b{batch}" + ("o" if batch > 1 else "") + ("r7" if int8_reduce_range() else "")
         self._scores = Evaluator(
             self._run.supernet, splits, metric=self.metric,
             bf16_splits=[self.search_split] if self.precision == "bf16" else [],
