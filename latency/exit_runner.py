@@ -217,11 +217,10 @@ def _time_command(args):
         print(f"{folder}: not an exported early-exit runner ({type(e).__name__}: {e}); give the runner folder "
               "(the one with manifest.json)", file=sys.stderr)
         return 2
-    rows = [ids[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)]
+    spans = [slice(offsets[i], offsets[i + 1]) for i in range(len(offsets) - 1)]
     import onnxruntime as ort
 
-    result = time_inputs(model, rows, rounds=a.rounds,
-                         types_list=[types[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)])
+    result = time_inputs(model, [ids[s] for s in spans], rounds=a.rounds, types_list=[types[s] for s in spans])
     result.update({
         "criterion": model.criterion, "threshold": model.threshold, "threads": a.threads,
         "batch1_runtime": "one_graph" if model.one is not None and model.criterion == "entropy" else "segments",

@@ -188,11 +188,11 @@ def main(argv=None):
         other = {r["kit_id"] for r in rows} - {man.get("kit_id", "")}
         if other:
             refuse(f"{a.out} holds timings of another kit ({sorted(other)}; this one is "
-                             f"{man.get('kit_id')}): move it aside (or give --out) to time this kit")
+                   f"{man.get('kit_id')}): move it aside (or give --out) to time this kit")
         seen = {int(r["threads"]) for r in rows if r.get("kind") == "sample" and r.get("threads")}
         if seen - {int(threads)}:
             refuse(f"{a.out} holds timings with {sorted(seen)} thread(s), here {threads}: resume with "
-                             f"--threads {sorted(seen)[0]}, or give --out to start another file")
+                   f"--threads {sorted(seen)[0]}, or give --out to start another file")
         done = {(r["arch_key"], r.get("regime") or "fixed", r["length"]) for r in rows if r.get("kind") == "sample"}
     new = not os.path.exists(a.out) or os.path.getsize(a.out) == 0
     base = {"device": man["device"], "batch": man["batch"], "threads": threads, "warmup": warmup,

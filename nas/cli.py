@@ -724,8 +724,8 @@ def _exit_search(a: argparse.Namespace) -> int:
     run = open_run(a.run)
     target = _target(run, a.device, None, None, a.budget_stat)
     check_available(target.profile)
-    search = ExitSearch(run, target, a.kind, Path(a.out), candidates=12 if a.candidates is None else a.candidates,
-                        finalists=3 if a.finalists is None else a.finalists, choice=a.choose)
+    given = {k: v for k, v in (("candidates", a.candidates), ("finalists", a.finalists)) if v is not None}
+    search = ExitSearch(run, target, a.kind, Path(a.out), choice=a.choose, **given)  # else ExitSearch's defaults
     r = search.run_all(a.budget_ms, speedup=a.speedup, n_cost=a.n_cost, n_time=a.n_time, rounds=a.rounds,
                        n_stock=a.n_stock, progress=not a.quiet)
     print(json.dumps(r["search"], indent=1))
