@@ -401,17 +401,21 @@ def hypervolumes(table: pd.DataFrame, full_test: float) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def speedup_at_loss(table: pd.DataFrame, full_test: float, losses: tuple[float, ...] = (1.0, 2.0)) -> pd.DataFrame:
-    """Per method and loss: the point of ``table`` with the largest measured speed-up whose test
-    score is within ``loss`` points of ``full_test`` (NaN and an empty ``arch`` when none is);
-    ``arch_json`` names its configuration."""
+def speedup_at_loss(table: pd.DataFrame, full_dev: float, losses: tuple[float, ...] = (1.0, 2.0)) -> pd.DataFrame:
+    """Per method and loss: the point of ``table`` with the largest measured speed-up whose
+    whole-dev score (``acc_dev_full``) is within ``loss`` points of the teacher's, ``full_dev``
+    (NaN and an empty ``arch`` when none is); ``arch_json`` names its configuration. Chosen on
+    dev only: its test score is reported, not used (the fastest point that happens to clear the
+    line on test would be the luckiest on test, and one test score moves by about 2 points);
+    ``loss_intervals`` adds its test loss against the teacher."""
     rows = []
     for method, g in table.groupby("method", sort=False):
         for loss in losses:
-            ok = g[g["acc_test"] >= full_test - loss / 100]
+            ok = g[g["acc_dev_full"] >= full_dev - loss / 100]
             best = ok.loc[ok["speedup"].idxmax()] if len(ok) else None
             rows.append({"method": method, "max_loss_points": loss,
                          "speedup": float(best["speedup"]) if best is not None else float("nan"),
+                         "acc_dev_full": float(best["acc_dev_full"]) if best is not None else float("nan"),
                          "acc_test": float(best["acc_test"]) if best is not None else float("nan"),
                          "arch": best["arch"] if best is not None else "",
                          "arch_json": best["arch_json"] if best is not None else ""})
@@ -570,6 +574,8 @@ def run_bench(run: LoadedRun, target: Target, cfg: BenchConfig, out_dir: str | P
     test = run.splits["test"]
     teacher_test = predict(teacher, test)  # its score, and each 1-point point's paired interval
     full_test = scores(teacher_test, test.labels)[run.task.metric]
+    dev = run.splits["dev"]
+    full_dev = scores(predict(teacher, dev), dev.labels)[run.task.metric]  # the line points at a loss are chosen by
     cands = _candidates(run, target, acc, cfg, progress)
     table, stock = _fronts(run, target, acc, cfg, cands, progress)
     times["fronts (search + re-measure + score)"] = time.time() - t0
@@ -582,7 +588,7 @@ def run_bench(run: LoadedRun, target: Target, cfg: BenchConfig, out_dir: str | P
     ft = finetuned(run, target, table, acc, cfg, run.paths.bench, full_test, progress)
     times["fine-tuned points (ours: export + fine-tune; grid: fine-tune)"] = time.time() - t0
     points = pd.concat([table, ft], ignore_index=True) if len(ft) else table
-    sp = loss_intervals(speedup_at_loss(points, full_test), points, acc.test_logits, teacher_test, test.labels,
+    sp = loss_intervals(speedup_at_loss(points, full_dev), points, acc.test_logits, teacher_test, test.labels,
                         run.task.metric)
     t0 = time.time()
     sp = retimed(run, target, sp, repeats=cfg.retimes, rounds=max(cfg.rounds, 3))
@@ -598,7 +604,7 @@ def run_bench(run: LoadedRun, target: Target, cfg: BenchConfig, out_dir: str | P
     prefix = f"bench_{run.spec.task}_{target.profile.name}"
     state = json.loads(run.paths.state.read_text())
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    summary = {"full_test": full_test, "times": times, "peak_rss_mb": peak_mb, "train_times": state["done"],
+    summary = {"full_test": full_test, "full_dev": full_dev, "times": times, "peak_rss_mb": peak_mb, "train_times": state["done"],
                "predictor": {d: str(run.paths.predictor(d)) for d in fits}}
     page = _page(run, target, cfg, table, hv, sp, ft, comp, fits, full_test, summary, command, prefix, stock, verdicts)
     tables = {"fronts": table, "hypervolume": hv, "hypervolume_seeds": seeds, "speedup": sp, "finetuned": ft,
@@ -666,22 +672,26 @@ def proxy_line(candidates: pd.DataFrame) -> str:
 
 def one_point_target(row: pd.Series | None, what: str, goal: float) -> dict[str, Any]:
     """The targets table's row for "``goal``x at <= 1 point" from ``speedup_at_loss``'s row of
-    ours (with ``loss_intervals`` and ``retimed``): judged on the median of the re-timings
-    where there are any, and showing the paired interval of the point's loss."""
-    name = f">= {goal:g}x speed-up at <= 1.0 point test loss ({what}; median of the re-timings)"
+    ours (with ``loss_intervals`` and ``retimed``): the point chosen on dev, met when its speed-up
+    (the median of the re-timings where there are any) reaches ``goal`` and its test score is
+    within 1 point of the teacher's; shows the paired interval of that loss."""
+    name = f">= {goal:g}x speed-up at <= 1.0 point test loss ({what}; chosen on dev; median of the re-timings)"
     if row is None or not row["arch"]:
-        return {"target": name, "measured": "no point within 1.0 point", "met": False, "gap": "no point within 1.0 point"}
+        return {"target": name, "measured": "no point within 1.0 point on dev", "met": False,
+                "gap": "no point within 1.0 point on dev"}
     retimed_median = row.get("speedup_retimed_median", float("nan"))
     v = float(retimed_median) if pd.notna(retimed_median) else float(row["speedup"])
     text = f"{row['speedup']:.2f}x"
     if pd.notna(retimed_median):
         text += (f" (re-timed: median {retimed_median:.2f}x, {row['speedup_retimed_min']:.2f}-"
                  f"{row['speedup_retimed_max']:.2f}x)")
-    if pd.notna(row.get("vs_teacher_points", float("nan"))):
-        text += (f"; {row['vs_teacher_points']:+.2f} points (95% CI {row['vs_teacher_ci95_low']:+.2f} to "
-                 f"{row['vs_teacher_ci95_high']:+.2f})")
-    return {"target": name, "measured": f"{text}, {row['arch']}", "met": v >= goal,
-            "gap": "" if v >= goal else f"{goal - v:.2f}x short"}
+    loss = float(row["vs_teacher_points"])
+    text += (f"; {loss:+.2f} points on test (95% CI {row['vs_teacher_ci95_low']:+.2f} to "
+             f"{row['vs_teacher_ci95_high']:+.2f})")
+    gaps = [f"{goal - v:.2f}x short" if v < goal else "",
+            f"{-loss - 1.0:.2f} points more than 1.0 lost on test" if loss < -1.0 else ""]
+    return {"target": name, "measured": f"{text}, {row['arch']}", "met": v >= goal and loss >= -1.0,
+            "gap": "; ".join(g for g in gaps if g)}
 
 
 def _page(run: LoadedRun, target: Target, cfg: BenchConfig, table: pd.DataFrame, hv: pd.DataFrame, sp: pd.DataFrame,
@@ -797,14 +807,15 @@ hypervolume; ours beats a method only when the difference of the means exceeds t
 and on one seed of ours there is no verdict (`{prefix}_hypervolume_seeds.csv`: one row per method and seed):
 {_md(verdicts)}
 
-Fine-tuned full model: test {run.task.metric} {full_test:.4f}, {table['full_model_ms'].iloc[0]:.2f} ms.
+The teacher (the fine-tuned full model): test {run.task.metric} {full_test:.4f}, whole dev {summary['full_dev']:.4f}; our
+full model (the supernet's largest sub-network) {table['full_model_ms'].iloc[0]:.2f} ms in the fronts' timing.
 
 Front points:
 {_md(table[show].sort_values(['method', 'lat_measured_ms']))}
 
-## 2. Speed-up at fixed loss (largest measured speed-up with test accuracy within the loss of the full model)
+## 2. Speed-up at fixed loss (per method, the largest measured speed-up whose whole-dev {run.task.metric} is within the loss of the teacher's, {summary['full_dev']:.4f}: chosen on dev, its test score reported)
 `vs_teacher_points`: the point's test {run.task.metric} minus the teacher's on the same examples, with its 95% interval
-(paired bootstrap); `speedup_retimed_*`: each 1-point point timed {cfg.retimes} more times, each in a fresh timer
+(paired bootstrap): the loss the 1-point targets above are judged on; `speedup_retimed_*`: each 1-point point timed {cfg.retimes} more times, each in a fresh timer
 ({max(cfg.rounds, 3)} interleaved rounds with the full model): median, min and max of those speed-ups.
 {_md(sp.drop(columns=["arch_json"]))}
 
