@@ -66,7 +66,9 @@ def model_card(r: dict[str, Any], command: str | None, *, remote_code: bool) -> 
             f": {r['budget_from']['speedup']:g}x the full model, judged in each timing against the full model timed "
             "with it" if r.get("budget_from") else "") + " |",
         f"| measured latency | {_ms(r['measured_latency_ms'])} (full model {_ms(r['full_model_latency_ms'])}"
-        + (f", {r['speedup']:.2f}x" if r.get("speedup") else "") + ") |",
+        + (f", {r['speedup']:.2f}x" if r.get("speedup") else "") + ")"
+        + ("; **over the budget** in the export's last timing, before writing: the pick stands on its earlier timing "
+           "(`budget_confirmed` false)" if r.get("budget_confirmed") is False else "") + " |",
         f"| latency regime | {_regime(r)} |",
         f"| precision | {r['precision']} |",
         f"| parameters | {r['params']:,} (full model {r['full_model_params']:,}) |",

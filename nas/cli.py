@@ -37,6 +37,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 MAIN_RUN = "runs/main"
 EVAL_COLS = ("name", "arch", "flops_ratio", "params", "acc_dev", "acc_test", "f1_test")
+EXIT_MAX_LOSS = 1.0  # points of dev accuracy a one-sub-network early-exit policy may lose without a budget
 
 
 # --- Checking values where they enter: argparse types ---------------------------------------
@@ -107,10 +108,11 @@ def _writable_folder(path: Path) -> str | None:
 def out_folder(text: str) -> str:
     """An output folder: new, or an existing folder; one that can be written. Checked when the
     arguments are parsed, so a long command fails before its work, not when it writes."""
-    why = _writable_folder(Path(text).expanduser())
+    path = Path(text).expanduser()  # "~/x" quoted or after "=": the shell did not expand it
+    why = _writable_folder(path)
     if why is not None:
         raise argparse.ArgumentTypeError(f"{why}: give a folder path that can be created or written")
-    return text
+    return str(path)
 
 
 def out_file(text: str) -> str:
@@ -119,7 +121,7 @@ def out_file(text: str) -> str:
     why = f"{p} is a folder, not a file" if p.is_dir() else _writable_folder(p.parent)
     if why is not None:
         raise argparse.ArgumentTypeError(f"{why}: give a file path that can be written")
-    return text
+    return str(p)
 
 
 # --- Options shared by several commands, and reading their values ----------------------------
@@ -260,6 +262,7 @@ def _finetune_args(p: argparse.ArgumentParser, epochs: float, what: str, candida
     p.add_argument("--finetune-epochs", type=EPOCHS, default=epochs,
                    help=f"epochs of distillation from the teacher into {what} (0: none; default %(default)s)")
     p.add_argument("--finetune-lr", type=RATE, default=2e-4, help="fine-tuning learning rate (default %(default)s)")
+    p.set_defaults(finetune_candidates_default=candidates)  # what _finetune_stage compares with
     p.add_argument("--finetune-candidates", type=COUNT, default=candidates,
                    help="sub-networks fine-tuned under the budget, the best on dev (--finetune-choose) is "
                    "exported: the search's pick, the widest uniform sub-network of the deepest depth that fits (by the "
@@ -294,10 +297,20 @@ def _distill_text_args(p: argparse.ArgumentParser) -> None:
 
 
 def _finetune_stage(a: argparse.Namespace) -> StageConfig | None:
-    """The fine-tuning schedule from --finetune-epochs / --finetune-lr; None for 0 epochs."""
+    """The fine-tuning schedule from --finetune-epochs / --finetune-lr; None for 0 epochs, where
+    a fine-tuning option given is refused (it would change nothing)."""
     from supernet.train import StageConfig
 
-    return StageConfig(epochs=a.finetune_epochs, lr=a.finetune_lr) if a.finetune_epochs > 0 else None
+    if a.finetune_epochs > 0:
+        return StageConfig(epochs=a.finetune_epochs, lr=a.finetune_lr)
+    defaults = {"lr": 2e-4, "candidates": a.finetune_candidates_default, "choose": "dev-score", "best_epoch": False,
+                "attention": 0.0, "unlabeled": None, "augment": 0}
+    given = [f"--finetune-{k.replace('_', '-')}" for k, v in defaults.items()
+             if getattr(a, f"finetune_{k}", v) != v]
+    if given:
+        raise ConfigError(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} to a fine-tuning: give "
+                          "--finetune-epochs above 0 too, or leave them out")
+    return None
 
 
 def _search_args(q: argparse.ArgumentParser) -> None:
@@ -625,7 +638,7 @@ def register_early_exit(sub: Subparsers) -> argparse.ArgumentParser:
                    "--budget-stat meets the budget (instead of --max-loss); no search")
     x.add_argument("--max-loss", type=_number(0.0), default=None,
                    help="one sub-network without a budget: points of dev accuracy the chosen policy may lose "
-                   "against the static sub-network (default: 1.0)")
+                   f"against the static sub-network (default: {EXIT_MAX_LOSS})")
     budget = x.add_mutually_exclusive_group()
     budget.add_argument("--budget-ms", type=_number(0.0, above=True),
                         help="search (with --subnet or --model: that one's policy): the latency budget in ms")
@@ -701,7 +714,7 @@ def cmd_early_exit(a: argparse.Namespace) -> int:
     else:
         cfg = run.space.validate(asked) if asked is not None else run.space.largest()
     study = EarlyExitStudy(run, a.kind, cfg, Path(a.out), threads=a.threads, backbone=model, stat=a.budget_stat)
-    table, report = study.run_all(max_loss=1.0 if a.max_loss is None else a.max_loss, n_cost=a.n_cost, n_time=a.n_time, rounds=a.rounds,
+    table, report = study.run_all(max_loss=EXIT_MAX_LOSS if a.max_loss is None else a.max_loss, n_cost=a.n_cost, n_time=a.n_time, rounds=a.rounds,
                                   n_stock=a.n_stock, budget_ms=a.budget_ms, speedup=a.speedup)
     _print_table(table, ["criterion", "threshold", f"{run.task.metric}_dev", f"{run.task.metric}_test", "layers_dev",
                          "hist_test", "est_mean_ms_dev", "est_p50_ms_dev"])
@@ -1004,7 +1017,9 @@ def register_export(sub: Subparsers) -> argparse.ArgumentParser:
                         help="budget as a speed-up over the full model: the full model is timed on the device now "
                         "and the budget is its latency divided by this (e.g. 3); every later timing judges a "
                         "sub-network's speed-up against the full model timed with it")
-    e.add_argument("--out", type=out_folder, required=True, help="output folder")
+    e.add_argument("--out", type=out_folder, required=True,
+                   help="output folder: new, empty, or an earlier export's (an export replaces README.md, config.json, "
+                   "the tokenizer's files and hf/ in it, so a folder holding other files is refused)")
     e.add_argument("--finalists", type=COUNT, default=5, help="candidates to re-measure, best first (default %(default)s)")
     e.add_argument("--drift-tolerance", type=_number(), default=0.10,
                    help="before searching, time three reference sub-networks; when the device runs more than this "
@@ -1092,9 +1107,9 @@ def cmd_export(a: argparse.Namespace) -> int:
     searcher_class(a.method)  # an unknown name is refused before the run opens
     evolution_settings(a.method, a.screen)  # so is a screen for another method
     train_device = resolve_train_device(a.train_device)
+    finetune = _finetune_stage(a)
     run = open_run(a.run)
     target = _target(run, a.device, a.devices, a.length, a.budget_stat)
-    finetune = _finetune_stage(a)
     cfg = ExportConfig(budget_ms=budget[0], speedup=a.speedup, method=a.method, screen=a.screen, n_evaluations=a.n,
                        seed=a.seed,
                        finalists=a.finalists, finetune=finetune, finetune_candidates=a.finetune_candidates,

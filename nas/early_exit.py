@@ -95,7 +95,7 @@ class EarlyExitStudy:
         if self.subnet.precision != "fp32":
             raise ConfigError("early exit runs fp32 sub-networks; give one without \"precision\": \"int8\"")
         if self.backbone is None:
-            self.heads = load_exits(self.run.paths.exits(self.kind))
+            self.heads = load_exits(self.run.paths.exits(self.kind), backbone=self.run.supernet)
             self.model = extract(self.run.supernet, self.subnet).eval()
             self.backbone_sha = ""
         else:
@@ -103,7 +103,7 @@ class EarlyExitStudy:
             self.backbone_sha = weights_sha1(self.model)
             folder = model_exits_dir(self.run.paths.exits(self.kind), self.backbone_sha)
             try:
-                self.heads = load_exits(folder)
+                self.heads = load_exits(folder, backbone=self.model)
             except CheckpointError:
                 raise CheckpointError(f"no {self.kind} exit heads for this model in {folder}: train them with "
                                       f"`hwnas exits --run {self.run.folder} --kind {self.kind} --model MODEL`") from None

@@ -451,7 +451,7 @@ class ExitSearch:
             raise ConfigError(f"--budget-stat must be one of {', '.join(STATS)} for early exit, got {self.target.stat!r}")
         if self.choice not in CHOICES:
             raise ConfigError(f"--choose must be one of {', '.join(CHOICES)}, got {self.choice!r}")
-        self.heads = load_exits(self.run.paths.exits(self.kind))
+        self.heads = load_exits(self.run.paths.exits(self.kind), backbone=self.run.supernet)
         self.latency = PredictedLatency.of(self.run.folder, self.target)
 
     @property

@@ -954,6 +954,25 @@ def against_teacher(teacher_logits: np.ndarray, logits: dict[str, np.ndarray], l
 
 # --- the pipeline --------------------------------------------------------------------------------
 
+EXPORT_MARKS = ("report.json", "subnet.json", "model.onnx", "pytorch")  # what an export, or one stopped halfway, leaves
+
+
+def foreign_folder(out: Path) -> str | None:
+    """Why an export may not write into ``out``, or None: a folder holding other files and no
+    earlier export (an export replaces README.md, config.json, the tokenizer's files and hf/
+    there, so ``--out .`` in a project would delete its README). New, empty, and earlier
+    exports' folders (finished or stopped: a fine-tuning's ``finetune_*`` is enough) are fine."""
+    if not out.is_dir():
+        return None
+    names = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+    if not names or any(n in EXPORT_MARKS or n.startswith("finetune_") for n in names):
+        return None
+    shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    return (f"{out} holds other files ({shown}) and no earlier export, which writing one would overwrite: give a "
+            "new or empty folder, or an earlier export's")
+
+
+
 def choose_and_export(
     run: LoadedRun,
     target: Target,
@@ -987,6 +1006,9 @@ def choose_and_export(
     from supernet.checkpoint import load_model
     from supernet.evaluate import predict, scores
 
+    why = foreign_folder(Path(out_dir))
+    if why is not None:
+        raise ConfigError(why)
     if cfg.finetune:
         teacher_path(run, cfg.finetune_attention)  # a missing teacher is refused now, not after the search and timings
     accuracy = accuracy or DevAccuracy(run, batch=target.batch)
@@ -1058,6 +1080,9 @@ def choose_and_export(
     sub, largest = chosen.config, run.space.largest()
     # The sub-network with the supernet's weights, as deployed (int8: the quantized graph).
     supernet_dev, supernet_test = accuracy.full_dev(sub), accuracy.test(sub)
+    # The predictor's bounds for what is written, times the drift scale the search applied: not
+    # the candidate's own, which a step up scaled further and a timed seed set to its timing.
+    predicted_ms, predicted_upper_ms = latency.scaled(budget.scale).predict([sub])[0]
     report = {
         "device": device,
         "runtime": target.profile.runtime,  # what every latency here was timed with
@@ -1075,8 +1100,8 @@ def choose_and_export(
         "subnet": sub.to_dict(),
         "arch_key": sub.key(),
         "arch": sub.describe(),
-        "predicted_latency_ms": chosen.latency_ms,
-        "predicted_upper_ms": chosen.upper_ms,
+        "predicted_latency_ms": float(predicted_ms),
+        "predicted_upper_ms": float(predicted_upper_ms),
         "measured_latency_ms": chosen_ms,
         "full_model_latency_ms": full_ms,
         "speedup": full_ms / chosen_ms if verified.measured else None,
@@ -1135,6 +1160,6 @@ def choose_and_export(
         "family": run.supernet.shape.family,  # the encoder family: hf/'s stock class, the tokenizer's
         "onnx_inputs": written["onnx_inputs"],  # model.onnx's inputs (DistilBERT's has no token_type_ids)
     }
-    write_json(out / "report.json", report)
     write_text(out / CARD_NAME, model_card(report, command, remote_code=report["hf_remote_code"]))
+    write_json(out / "report.json", report)  # last: a folder without it is an unfinished export
     return report

@@ -70,7 +70,7 @@ def folder_rows(run: LoadedRun, folder: Path, speedups: list[float], budgets_ms:
         raise ConfigError(f"{table_file} is not a candidate table of `hwnas early-exit` (no {', '.join(sorted(missing))}): "
                           "run the search again to rewrite it")
     metric, kind = run.task.metric, str(search["exit_kind"])
-    heads = load_exits(run.paths.exits(kind))
+    heads = load_exits(run.paths.exits(kind), backbone=run.supernet)
     logits_dir = run.paths.exits(kind) / "logits"
     largest = run.space.largest().key()
     if largest not in set(table.arch_key):

@@ -313,12 +313,20 @@ def read_exits_meta(folder: str | Path) -> dict[str, Any]:
     return d
 
 
-def load_exits(folder: str | Path) -> ExitHeads:
-    """Heads written by ``save_exits``; CheckpointError if missing, corrupt or mismatched."""
+def load_exits(folder: str | Path, backbone: torch.nn.Module | None = None) -> ExitHeads:
+    """Heads written by ``save_exits``; CheckpointError if missing, corrupt or mismatched.
+    ``backbone``: the model they will run on; heads recorded as trained on other weights (a
+    supernet trained again in the same run folder, say) are refused, since their exits would
+    decide on hidden states they never saw."""
     from safetensors.torch import load_file
 
     d = Path(folder)
     meta = read_exits_meta(d)
+    trained_on = (meta.get("meta") or {}).get("backbone")
+    if backbone is not None and trained_on is not None and trained_on != weights_sha1(backbone):
+        raise CheckpointError(f"{d} holds exit heads trained on other weights than this model's (backbone "
+                              f"{trained_on}, this one {weights_sha1(backbone)}): delete {d} and train them again "
+                              "with `hwnas exits`")
     heads = ExitHeads(meta["kind"], meta["hidden_size"], meta["num_labels"], meta["num_layers"])
     try:
         heads.load_state_dict(load_file(str(d / HEADS_FILE)))

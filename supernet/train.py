@@ -349,7 +349,8 @@ class StageRunner:
     def run(self, step_fn: Callable[[dict[str, torch.Tensor], int], dict[str, float]],
             on_epoch: Callable[[int], None] | None = None) -> None:
         """Train to the stage's last step. ``on_epoch(k)`` runs after each whole epoch ``k``
-        (1, 2, ...), before that step's checkpoint: whatever it writes is on disk before the
+        (1, 2, ...) and after the last step (a last partial epoch, say 2.5 epochs' third, is
+        epoch 3), before that step's checkpoint: whatever it writes is on disk before the
         checkpoint that would skip it on a resume."""
         opt, sched = _optimizer(self.model, self.stage, self.total)
         step = self._restore(opt, sched)
@@ -387,8 +388,8 @@ class StageRunner:
                     bar.set_postfix(loss=f"{losses['loss']:.4f}")
                     self.log.add(stage=self.name, step=step, epoch=step / self.steps_per_epoch,
                                  lr=sched.get_last_lr()[0], elapsed_s=time.time() - t0, **losses)
-                if on_epoch is not None and step % self.steps_per_epoch == 0:
-                    on_epoch(step // self.steps_per_epoch)
+                if on_epoch is not None and (step % self.steps_per_epoch == 0 or step == self.total):
+                    on_epoch(math.ceil(step / self.steps_per_epoch))
                     self.model.train()
                 if step % self.cfg.checkpoint_every == 0 or step == self.total:
                     self._save(opt, sched, step)
@@ -760,6 +761,8 @@ def finetune_subnet(
     if best is not None:
         best.restore()
     save_model(model.cpu().eval(), out, settings)
+    if best is not None:  # only now: a crash while saving resumes from the kept epoch again
+        best.discard()
     shutil.rmtree(out / "checkpoint", ignore_errors=True)
     return model, True
 
@@ -804,13 +807,15 @@ class BestEpoch:
                 shutil.rmtree(old, ignore_errors=True)
 
     def restore(self) -> None:
-        """Load the best epoch's weights into the model and remove the copy."""
+        """Load the best epoch's weights into the model (the copy stays until ``discard``)."""
         best = self.state()["best_epoch"]
-        if best is None:
-            return
-        folder = self.folder / f"best_epoch_{best}"
-        self.model.load_state_dict(load_model(folder).state_dict())
-        shutil.rmtree(folder, ignore_errors=True)
+        if best is not None:
+            self.model.load_state_dict(load_model(self.folder / f"best_epoch_{best}").state_dict())
+
+    def discard(self) -> None:
+        """Remove the best epoch's copy, once the fine-tuning's own weights are saved."""
+        for folder in self.folder.glob("best_epoch_*"):
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def selected_epoch(folder: str | Path) -> dict[str, Any] | None:

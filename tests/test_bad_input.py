@@ -157,6 +157,11 @@ OPTIONS = [
     (["export", "--run", NOWHERE, "--device", "cpu", "--out", "O", "--budget-ms", "5,8"], "one --budget-ms"),
     (["export", "--run", NOWHERE, "--device", "cpu", "--out", "O", "--budget-ms", "5", "--step-up-below", "2"],
      "--step-up-below"),
+    (["export", "--run", NOWHERE, "--device", "cpu", "--out", "O", "--budget-ms", "5", "--finetune-best-epoch"],
+     "--finetune-best-epoch applies to a fine-tuning"),
+    (["export", "--run", NOWHERE, "--device", "cpu", "--out", "O", "--budget-ms", "5", "--finetune-attention", "1",
+      "--finetune-candidates", "1"], "--finetune-candidates, --finetune-attention apply"),
+    (["bench", "--run", NOWHERE, "--finetune-epochs", "0", "--finetune-augment", "1"], "--finetune-augment applies"),
     (["train", "--out", "O", "--layer-weight", "-1"], "--layer-weight"),
     (["train", "--out", "O", "--unlabeled", "-5"], "--unlabeled"),
     (["train", "--out", "O", "--augment", "-1"], "--augment"),
@@ -704,6 +709,16 @@ def test_a_max_length_beyond_the_models_positions_leaves_no_run(tiny_hf_dir: Pat
     line = refused(["train", "--out", str(out), "--model", str(tiny_hf_dir), "--max-length", "600", "--quiet"])
     assert "128 positions" in line and "--max-length 128" in line
     assert not out.exists()
+
+
+def test_a_folder_with_other_files_is_not_exported_into(job: Path, tmp_path: Path) -> None:
+    (tmp_path / "README.md").write_text("mine")
+    (tmp_path / "config.json").write_text("{}")
+    line = refused(["export", "--run", str(job), "--device", "cpu", "--out", str(tmp_path), "--budget-ms", "5",
+                    "--quiet"])
+    assert "(README.md, config.json)" in line and "no earlier export" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["README.md", "config.json"]
+    assert (tmp_path / "README.md").read_text() == "mine"
 
 
 def test_a_folder_with_other_files_is_not_trained_into(tmp_path: Path) -> None:

@@ -43,6 +43,17 @@ def test_the_cli_offers_the_choices_the_configs_accept() -> None:
     assert sum(dest == "finetune_choose" for _, dest in offered) >= 3  # export, run, bench
 
 
+def test_the_early_exit_help_states_the_search_defaults() -> None:
+    """The CLI leaves --candidates / --finalists at None so that ExitSearch's own defaults apply;
+    the help spells them out and must keep naming the ones that apply."""
+    from nas.exit_search import ExitSearch
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command").choices
+    helps = {action.dest: action.help for action in sub["early-exit"]._actions}
+    assert f"(default: {ExitSearch.candidates})" in helps["candidates"]
+    assert f"(default: {ExitSearch.finalists};" in helps["finalists"]
+
+
 # --- compare: --device NAMES, --devices TOML; the old spellings still work ---------------------
 
 HV_COLS = ["front", "n_points", "hypervolume", "best_acc", "fastest_lat"]
@@ -277,3 +288,12 @@ def test_a_full_disk_is_one_line_and_status_1(tmp_path: Path, monkeypatch: pytes
                                                    for reg, h in nas.cli.COMMANDS))
     with pytest.raises(PermissionError):  # any other OSError is not dressed up as a full disk
         main(["measure", "--run", str(tmp_path), "--device", "cpu"])
+
+
+def test_output_paths_are_expanded_where_they_are_checked(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """"~/x" reaching hwnas unexpanded (quoted, or after "=") is checked and written at the same place."""
+    from nas.cli import out_file, out_folder
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert out_folder("~/exp") == str(tmp_path / "exp")
+    assert out_file("~/table.csv") == str(tmp_path / "table.csv")

@@ -3,6 +3,8 @@ exported runner that stops early (supernet/exits.py, latency/early_exit.py, late
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -204,6 +206,19 @@ def test_heads_round_trip_and_a_run_without_exits(tmp_path) -> None:
     (tmp_path / "attn" / "exits.safetensors").write_bytes(b"not tensors")
     with pytest.raises(CheckpointError, match="cannot be loaded"):
         load_exits(tmp_path / "attn")
+
+
+def test_heads_trained_on_other_weights_are_refused(tmp_path) -> None:
+    model = tiny_model(layers=3)
+    save_exits(_heads(model, "attn"), tmp_path / "attn", {"backbone": weights_sha1(model)})
+    assert load_exits(tmp_path / "attn", backbone=model).kind == "attn"
+    retrained = copy.deepcopy(model)
+    with torch.no_grad():
+        next(retrained.parameters()).add_(0.01)  # the supernet trained again in the same run folder
+    with pytest.raises(CheckpointError, match="other weights"):
+        load_exits(tmp_path / "attn", backbone=retrained)
+    save_exits(_heads(model, "mean"), tmp_path / "mean", {})  # heads recorded before the backbone was
+    assert load_exits(tmp_path / "mean", backbone=retrained).kind == "mean"
 
 
 def _midpoints(ent: np.ndarray) -> list[float]:

@@ -556,6 +556,29 @@ def test_finetuning_keeps_the_epoch_with_the_lowest_dev_loss_and_resumes(job: Pa
                                        progress=False, select=dev)
     assert trained and selected_epoch(tmp_path / "r") == selected_epoch(tmp_path / "s")
     assert all(torch.allclose(resumed.state_dict()[k], state[k], atol=1e-6) for k in state)
+    # Killed while saving its own weights, after the best epoch was loaded back: the kept
+    # epoch's copy is still there, so the resume restores it again (it used to be deleted first).
+    real_save = tr.save_model
+
+    def killed_saving(model, folder, meta=None):  # noqa: ANN001, ANN202
+        if Path(folder) == tmp_path / "k":
+            raise KeyboardInterrupt
+        return real_save(model, folder, meta)
+
+    monkeypatch.setattr(tr, "save_model", killed_saving)
+    with pytest.raises(KeyboardInterrupt):
+        finetune_subnet(run.supernet, teacher, cfg, train, tmp_path / "k", spec, stage, progress=False, select=dev)
+    assert (tmp_path / "k" / "best_epoch_2").is_dir()
+    monkeypatch.setattr(tr, "save_model", real_save)
+    again, trained = finetune_subnet(run.supernet, teacher, cfg, train, tmp_path / "k", spec, stage, progress=False,
+                                     select=dev)
+    assert trained and all(torch.allclose(again.state_dict()[k], state[k], atol=1e-6) for k in state)
+    assert not list((tmp_path / "k").glob("best_epoch_*"))
+    # A last partial epoch is scored too (2.5 epochs: epoch 3 is the half one).
+    monkeypatch.setattr(BestEpoch, "__call__", real_call)
+    finetune_subnet(run.supernet, teacher, cfg, train, tmp_path / "h", spec, dataclasses.replace(stage, epochs=2.5),
+                    progress=False, select=dev)
+    assert list(selected_epoch(tmp_path / "h")["dev_loss"]) == ["1", "2", "3"]
 
 
 def test_search_precision_labels_its_cache_and_scores_like_fp32(job: Path) -> None:

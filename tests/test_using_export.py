@@ -164,6 +164,15 @@ def test_the_card_names_the_familys_stock_class_and_the_graphs_inputs(export_dir
     assert '"attention_mask": np.array([e.attention_mask])})[0]' in card
 
 
+def test_the_card_says_when_the_last_timing_missed_the_budget(export_dir: Path) -> None:
+    from nas.card import model_card
+
+    report = json.loads((export_dir / "report.json").read_text())
+    for confirmed in (True, False):
+        card = model_card({**report, "budget_confirmed": confirmed}, None, remote_code=False)
+        assert ("**over the budget** in the export's last timing" in card) == (not confirmed)
+
+
 def test_the_export_folders_hf_model_matches_the_written_model(export_dir: Path) -> None:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
