@@ -138,11 +138,14 @@ def _candidates(run: LoadedRun, target: Target, acc: DevAccuracy, cfg: BenchConf
             space, acc, lat, budget_ms=None, n_evaluations=cfg.n_evaluations, seed=cfg.seed)
         return result.history
 
+    # Ours and random search what an export for this device searches (its precisions: an int8
+    # profile's sub-networks may be quantized); the grid and retention-only stay the papers' fp32.
+    space = target.search_space(run.space)
     jobs = {
-        "ours": lambda: searched(run.space, "evolution"),
+        "ours": lambda: searched(space, "evolution"),
         "dynabert": lambda: scored(dynabert_grid(run.space)),
         "retention": lambda: searched(retention_only_space(run.space), "evolution"),
-        "random": lambda: searched(run.space, "random"),
+        "random": lambda: searched(space, "random"),
     }
     out = {}
     for method in tqdm(methods, desc=f"bench: search each method (seed {cfg.seed})", disable=not progress):

@@ -438,3 +438,38 @@ def test_the_screen_reaches_the_evolutions_of_search_and_bench(job: Path, tmp_pa
                                   BenchConfig(n_evaluations=4, screen=3), progress=False)
     assert set(cands) == set(METHODS) and all(cands.values())
     assert built[1:] == [("evolution", {"screen": 3}), ("evolution", {"screen": 3}), ("random", {})]
+
+
+def test_the_bench_searches_at_the_devices_precisions(job: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a profile that runs int8 sub-networks, ours and random search what `hwnas export`
+    searches there (fp32 and int8); the DynaBERT grid and retention-only stay fp32."""
+    import dataclasses
+
+    import nas.bench
+    from latency.target import Target
+    from latency.workflow import resolve_device
+    from nas.objectives import DevAccuracy
+    from nas.search import make_searcher
+    from supernet.workflow import open_run
+
+    spaces: list[tuple[str, tuple[str, ...]]] = []
+
+    def spy(name: str, **kwargs: object):  # noqa: ANN202
+        searcher = make_searcher(name, **kwargs)
+        search = searcher.search
+
+        def recorded(space, *args, **kw):  # noqa: ANN001, ANN002, ANN003, ANN202
+            spaces.append((name, space.precision_choices))
+            return search(space.with_precisions(("fp32",)), *args, **kw)  # int8 graphs: slow, and not the point
+
+        searcher.search = recorded
+        return searcher
+
+    monkeypatch.setattr(nas.bench, "make_searcher", spy)
+    run = open_run(job)
+    cpu = Target.of(run, resolve_device(run.folder, "cpu"), None)
+    both = dataclasses.replace(cpu, profile=dataclasses.replace(cpu.profile, precisions=("fp32", "int8")))
+    cands = nas.bench._candidates(run, both, DevAccuracy(run, subset_size=16, batch=both.batch),
+                                  BenchConfig(n_evaluations=4), progress=False)
+    assert spaces == [("evolution", ("fp32", "int8")), ("evolution", ("fp32",)), ("random", ("fp32", "int8"))]
+    assert all(c.config.precision == "fp32" for c in cands["dynabert"])
