@@ -473,7 +473,8 @@ def _step_up_once(verified: Verified, budget_ms: float, relaxed_search: Callable
         return verified, base, None
     # Measured at or above its own upper bound, the margin kept nothing out: a search under a
     # scale above 1 relaxes nothing and can find even the smallest sub-network over the budget.
-    relaxable = verified.measured_ms < chosen.upper_ms
+    # (Both in the ms of the timing the budget was set in, as the scale below.)
+    relaxable = verified.measured_ms * _as_budget_set(budget_ms, verified.full_ms, relative_to) < chosen.upper_ms
     if not relaxable and grow is None:
         return verified, base, None
     # In the ms of the timing the budget was set in: a speed-up's timing on a machine 1.2x slower
