@@ -34,6 +34,7 @@ from latency.measure import DeviceTimer, Runner, Workload, open_onnx_runner
 from latency.onnx_export import (
     INPUT_NAMES,
     OUTPUT_NAME,
+    int8_reduce_range,
     ort_session,
     quantize_int8,
     quiet_exporter,
@@ -169,17 +170,25 @@ def stock_models(run: LoadedRun, *, batch: int = 1) -> dict[str, dict[str, Any]]
     paths = {n: folder / known[n]["file"] for n in STOCK if n in known}
     if len(paths) < len(STOCK) or not all(p.exists() for p in paths.values()):
         known, paths = {}, build_stock(load_model(run.paths.teacher), folder)
+    # INT8 weights in 7 bits or 8 depend on the CPU that quantizes (``int8_reduce_range``): a run
+    # folder moved to a CPU of the other kind gets its stock INT8 graph quantized again here,
+    # as our own INT8 graphs are, so that the two compare as this CPU would deploy them.
+    reduce_range = int8_reduce_range()
+    if known and known["stock-int8"].get("reduce_range", reduce_range) != reduce_range:
+        quantize_int8(paths["stock-ort"], paths["stock-int8"])
+        known = {n: v for n, v in known.items() if n != "stock-int8"}
     out: dict[str, dict[str, Any]] = {}
     for name, path in paths.items():
         at = batch if name == "stock-int8" else FP32_SCORE_BATCH
         in_order = name == "stock-int8"  # INT8 in batches as requests arrive (``onnx_logits``)
         if known.get(name, {}).get("scored_batch") == at and (at == 1 or known[name].get("in_order") == in_order):
-            out[name] = known[name]
+            out[name] = dict(known[name])
             continue
         sc = onnx_scores(path, run.splits["test"], batch_size=at, in_order=in_order)
         out[name] = {"file": path.name, "acc_test": sc["accuracy"], "f1_test": sc["macro_f1"],
                      "precision": "int8" if name == "stock-int8" else "fp32", "scored_batch": at,
                      "in_order": in_order}
+    out["stock-int8"].setdefault("reduce_range", reduce_range)
     if out != {n: known.get(n) for n in STOCK}:
         write_json(about, out)
     return {n: {**v, "path": str(folder / v["file"])} for n, v in out.items()}

@@ -87,6 +87,21 @@ def test_stock_int8_is_scored_at_the_deployed_batch_and_again_when_that_changes(
     seen.clear()
     stock_models(run)
     assert seen == []  # recorded at this batch: nothing to score
+    # The run folder moved to a CPU that quantizes the other way (7-bit weights without VNNI):
+    # the INT8 graph is quantized again and scored again, the fp32 graphs are kept.
+    import latency.onnx_export
+
+    here = latency.onnx_export.int8_reduce_range()
+    assert json.loads(about.read_text())["stock-int8"]["reduce_range"] == here
+    for flipped in (not here, here):  # there, and back (the job's run is shared)
+        monkeypatch.setattr(baselines, "int8_reduce_range", lambda v=flipped: v)
+        monkeypatch.setattr(latency.onnx_export, "int8_reduce_range", lambda v=flipped: v)
+        seen.clear()
+        moved = stock_models(run)
+        assert seen == [("stock-int8.onnx", 1)] and moved["stock-int8"]["reduce_range"] == flipped
+        assert json.loads(about.read_text())["stock-int8"]["reduce_range"] == flipped
+        assert {n: Path(moved[n]["path"]).stat().st_mtime_ns for n in FP32_STOCK} == {n: built[n] for n in FP32_STOCK}
+    assert moved["stock-int8"]["acc_test"] == at1["accuracy"]
 
 
 def test_deployments_are_timed_in_turn_on_the_budgets_workload(job: Path) -> None:
