@@ -33,7 +33,7 @@ from latency.measure import (
 )
 from latency.workflow import measurement_plan
 from supernet.errors import HwnasError
-from supernet.io import atomic_write, write_json
+from supernet.io import atomic_write, write_json, write_text
 from supernet.model import BertShape, ElasticBert
 from supernet.space import SubnetConfig
 
@@ -87,10 +87,18 @@ def write_kit(
     to ``inputs/len<L>.npz``; a traffic workload to ``inputs/traffic.npz`` (each call's three
     arrays, suffixed ``_<i>``), replayed call by call by the script."""
     from latency.onnx_export import export_subnet_onnx
+    from supernet.train import weights_sha1
 
     out = Path(out_dir)
     (out / "models").mkdir(parents=True, exist_ok=True)
     (out / "inputs").mkdir(exist_ok=True)
+    # A model file is reused only if it was exported from these weights: a kit folder written
+    # again for another run (its configurations' names are the same) gets its graphs anew.
+    stamp, weights = out / "models" / "weights.sha1", weights_sha1(supernet)
+    if not stamp.exists() or stamp.read_text().strip() != weights:
+        for old in (out / "models").glob("*.onnx"):
+            old.unlink()
+        write_text(stamp, weights + "\n")
     shape = supernet.shape
     full = SubnetConfig.full(shape.heads, shape.ffn)
     models = []
@@ -189,7 +197,9 @@ def import_kit_csv(csv_path: str | Path, shape: BertShape, log: MeasurementLog, 
         L = int(r["length"])
         regime = str(r["regime"])
         cfg = SubnetConfig.from_dict(json.loads(r["arch_json"]))  # checked above
-        row = {c: r.get(c, "") for c in COLUMNS if c in r}
+        # An empty cell (a failed model's latencies) stays empty: a NaN would be written as "nan",
+        # which the measurement log reads back as text and refuses.
+        row = {c: "" if isinstance(r[c], float) and np.isnan(r[c]) else r[c] for c in COLUMNS if c in r}
         row.update(arch_columns(shape, cfg, L))
         row.update(provider="kit", precision=cfg.precision, regime=regime)
         if r.get("runtime", "onnxruntime") == "onnxruntime":

@@ -48,13 +48,15 @@ def now():
 
 
 def stats(samples, drop_outliers=True):
+    # As latency/measure.py's summarize: outliers dropped for the median, minimum and spread
+    # only; p90, p99 and the mean keep every call.
     x = np.asarray(samples, dtype=float)
     q1, q3 = np.percentile(x, [25, 75])
     k = x[x <= q3 + 3 * (q3 - q1)] if drop_outliers else x
     return {
-        "lat_median_ms": float(np.median(k)), "lat_p90_ms": float(np.percentile(k, 90)),
-        "lat_p99_ms": float(np.percentile(k, 99)),
-        "lat_mean_ms": float(k.mean()), "lat_min_ms": float(k.min()),
+        "lat_median_ms": float(np.median(k)), "lat_p90_ms": float(np.percentile(x, 90)),
+        "lat_p99_ms": float(np.percentile(x, 99)),
+        "lat_mean_ms": float(x.mean()), "lat_min_ms": float(k.min()),
         "lat_iqr_ms": float(np.subtract(*np.percentile(k, [75, 25]))),
         "lat_cv": float(k.std() / k.mean()), "outliers": int(x.size - k.size),
     }
@@ -150,10 +152,13 @@ def main(argv=None):
     here = os.path.dirname(os.path.abspath(__file__))
     p = argparse.ArgumentParser(description="Time this kit's ONNX models on this device.")
     p.add_argument("--out", default=os.path.join(here, "results.csv"))
-    p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: the manifest's)")
-    p.add_argument("--warmup", type=int, default=None)
-    p.add_argument("--repeats", type=int, default=None)
+    p.add_argument("--threads", type=int, default=None, help="intra-op threads, at least 1 (default: the manifest's)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed calls first, at least 0 (default: the manifest's)")
+    p.add_argument("--repeats", type=int, default=None, help="timed calls, at least 3 (default: the manifest's)")
     a = p.parse_args(argv)
+    for name, value, least in (("threads", a.threads, 1), ("warmup", a.warmup, 0), ("repeats", a.repeats, 3)):
+        if value is not None and value < least:
+            refuse(f"--{name} must be at least {least}, got {value}")
     with open(os.path.join(here, "manifest.json")) as f:
         man = json.load(f)
     threads = a.threads or man.get("threads") or os.cpu_count() or 1

@@ -571,6 +571,23 @@ def check_same_threads(previous: pd.DataFrame, threads: int, path: Path, device:
             "it under another device name (a --devices profile), or move the file aside to start over")
 
 
+def check_same_runtime(previous: pd.DataFrame, profile: DeviceProfile, path: Path) -> None:
+    """A measurement resumes only with the runtime and provider its rows were timed with (a
+    profile redefined under the same name, say ONNX Runtime then OpenVINO): ``hwnas fit``
+    would fit both kinds of row as one device, and the configurations already timed would not
+    be timed again with the new one."""
+    samples = previous[previous["kind"] == "sample"] if len(previous) else previous
+    for column, now in (("runtime", profile.runtime), ("provider", profile.provider)):
+        if not len(samples) or column not in samples:
+            continue
+        seen = set(samples[column].dropna().astype(str)) - {""}
+        if seen - {str(now)}:
+            raise MeasurementError(
+                f"{path} holds {profile.name}'s timings with {column} {sorted(seen)}; here {profile.name} runs with "
+                f"{now!r}: measure it under another device name (a --devices profile), or move the file aside to "
+                "start over")
+
+
 def _median_timing(ts: Sequence[Timing]) -> Timing:
     """Several rounds' timings as one: the median and spread figures field by field, the
     median over the rounds (a round on a busy minute does not move them); p90, p99 and the
@@ -628,6 +645,7 @@ def sweep(
     todo = [c for k in range(passes) for c in configs if any(timed[(c.key(), batch, *w.key)] <= k for w in workloads)]
     previous = log.read()
     check_same_threads(previous, profile.effective_threads, log.path, profile.name)
+    check_same_runtime(previous, profile, log.path)
     have_noise = bool(((previous["kind"] == "noise") & (previous["batch"] == batch)).any()) if len(previous) else False
     if not todo and (have_noise or noise_rounds <= 0):
         return previous  # every pass of every configuration is in the log: nothing timed, nothing appended

@@ -55,7 +55,13 @@ from supernet.cost import subnet_flops
 from supernet.evaluate import cpu_model
 from supernet.io import atomic_write, write_csv, write_json, write_text, write_together
 from supernet.space import SearchSpace, SubnetConfig
-from supernet.workflow import LoadedRun, distill_teacher, with_augmented, with_unlabeled
+from supernet.workflow import (
+    LoadedRun,
+    check_unlabeled,
+    distill_teacher,
+    with_augmented,
+    with_unlabeled,
+)
 
 METHODS = ("ours", "dynabert", "retention", "random")
 
@@ -569,6 +575,8 @@ def run_bench(run: LoadedRun, target: Target, cfg: BenchConfig, out_dir: str | P
     from supernet.evaluate import predict, scores
 
     out = Path(out_dir)
+    if cfg.finetune_epochs > 0:
+        check_unlabeled(run.task, cfg.finetune_unlabeled)  # now, not after the searches
     times: dict[str, float] = {}
     acc = DevAccuracy(run, subset_size=cfg.dev_subset, seed=cfg.seed, precision=cfg.search_precision,
                       batch=target.batch)

@@ -87,6 +87,7 @@ COUNT = _int_at_least(1)  # how many of something: configurations, evaluations, 
 COUNT0 = _int_at_least(0)  # where 0 means none (or all, where the help says so)
 SEED = _int_at_least(0, 2**32 - 1)  # numpy's and torch's generators take non-negative seeds
 EPOCHS = _number(0.0)
+STAGE_EPOCHS = _number(0.0, above=True)  # a training stage takes at least one step
 RATE = _number(0.0, above=True)  # learning rates
 WEIGHT = _number(0.0)
 
@@ -124,6 +125,13 @@ def out_file(text: str) -> str:
     return str(p)
 
 
+def csv_out_file(text: str) -> str:
+    """An output file named ``*.csv`` (a JSON record is written beside it)."""
+    if Path(text).suffix.lower() != ".csv":
+        raise argparse.ArgumentTypeError(f"{text!r} does not end in .csv: give a CSV file name (say table.csv)")
+    return out_file(text)
+
+
 # --- Options shared by several commands, and reading their values ----------------------------
 
 def _add_train_args(p: argparse.ArgumentParser, *, quick: bool) -> None:
@@ -141,9 +149,11 @@ def _add_train_args(p: argparse.ArgumentParser, *, quick: bool) -> None:
                    help="tokens per input, at most the model's positions (default: the task's)")
     t = p.add_argument_group("training")
     t.add_argument("--batch-size", type=COUNT, default=32)
-    t.add_argument("--teacher-epochs", type=EPOCHS, default=1.0 if quick else 2.0)
+    t.add_argument("--teacher-epochs", type=STAGE_EPOCHS, default=1.0 if quick else 2.0,
+                   help="epochs of the teacher's fine-tuning, above 0 (fractions allowed; default %(default)s)")
     t.add_argument("--teacher-lr", type=RATE, default=1e-4)
-    t.add_argument("--supernet-epochs", type=EPOCHS, default=1.0 if quick else 2.0)
+    t.add_argument("--supernet-epochs", type=STAGE_EPOCHS, default=1.0 if quick else 2.0,
+                   help="epochs of the supernet's training, above 0 (fractions allowed; default %(default)s)")
     t.add_argument("--supernet-lr", type=RATE, default=5e-5)
     t.add_argument("--n-random", type=COUNT0, default=2, help="random sub-networks per step (sandwich rule)")
     t.add_argument("--hidden-weight", type=WEIGHT, default=0.0, help="weight of final-[CLS] hidden-state distillation")
@@ -153,7 +163,7 @@ def _add_train_args(p: argparse.ArgumentParser, *, quick: bool) -> None:
     t.add_argument("--unlabeled", type=COUNT0, default=0,
                    help="add up to N in-domain texts without labels to the supernet's and the fine-tunings' "
                    "distillation data (rt: sentences of the plot synopses of movies outside dev and test, 5,533 at "
-                   "seed 0; default 0: none)")
+                   "seed 0; the other tasks have none and refuse N above 0; default 0: none)")
     t.add_argument("--augment", type=COUNT0, default=0, metavar="COPIES",
                    help="add this many word-replaced copies of each train example to the supernet stage's "
                    "distillation data (TinyBERT / DynaBERT augmentation: each whole word replaced with probability "
@@ -519,7 +529,7 @@ def register_eval(sub: Subparsers) -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="score sub-networks of a trained run on dev and test")
     e.add_argument("--run", required=True, help="run folder written by hwnas train")
     e.add_argument("--subnet", nargs="*", help="JSON files of sub-network configurations (default: the standard five)")
-    e.add_argument("--save", type=out_file, help="also write the table to this CSV (and the run's settings and stage "
+    e.add_argument("--save", type=csv_out_file, help="also write the table to this CSV (and the run's settings and stage "
                    "times to a JSON beside it, '_eval_' replaced by '_train_')")
     return e
 

@@ -77,6 +77,7 @@ from supernet.train import (
 )
 from supernet.workflow import (
     LoadedRun,
+    check_unlabeled,
     distill_teacher,
     teacher_path,
     with_augmented,
@@ -1012,6 +1013,7 @@ def choose_and_export(
         raise ConfigError(why)
     if cfg.finetune:
         teacher_path(run, cfg.finetune_attention)  # a missing teacher is refused now, not after the search and timings
+        check_unlabeled(run.task, cfg.finetune_unlabeled)
     accuracy = accuracy or DevAccuracy(run, batch=target.batch)
     check_int8_batch(accuracy, target)
     latency = latency or PredictedLatency.of(run.folder, target)

@@ -25,3 +25,8 @@ class CheckpointError(HwnasError):
 
 class RunLocked(HwnasError):
     """Another process is writing to the run folder (names its pid and command)."""
+
+
+class TrainingDiverged(HwnasError):
+    """A training step's loss or gradient norm was not finite (NaN or infinite): the step is
+    not applied, so the last checkpoint and the weights in memory stay finite."""

@@ -5,9 +5,13 @@ Every process (a *rank*) holds the whole model and walks the same batches in the
 slice of the global batch (``Ranks.shard``), runs the step's forward and backward passes on
 it (the sandwich draws its sub-networks from a generator seeded by (seed, step), so every
 rank trains the same ones), and the gradients are summed over the ranks, each weighted by its
-share of the batch (``Ranks.reduce_gradients``). Every loss is a mean over the examples, so
+share of the batch (``Ranks.reduce_gradients``). The distillation losses are means over the
+examples and the cross-entropy on labels is scaled by the whole batch's share of labeled rows
+(``supernet.train.labeled_ce``: unlabeled distillation texts leave some rows without one), so
 the result is the gradient of the global batch: the optimizer step is the one a single
-process would take, up to float rounding. Steps count global batches, so a run resumes with
+process would take, up to float rounding. The exception is the layer-wise distillation loss
+(``--layer-weight``): a mean over a shard's tokens, weighted by its share of the examples, so
+a step with it is the single process's only when the shards hold as many tokens per example. Steps count global batches, so a run resumes with
 any number of processes. Rank 0 writes checkpoints, metrics and the run's files.
 
 Why not ``DistributedDataParallel``: a sandwich step runs four forward and backward passes

@@ -23,15 +23,12 @@ def importance_scores(
     model: ElasticBert,
     batches: Iterable[dict[str, torch.Tensor]],
     *,
-    teacher_logits: bool = False,
     progress: bool = True,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Per-layer head scores (heads,) and neuron scores (ffn,) of the full model, on the CPU.
-    The batches run on the model's device.
-
-    With ``teacher_logits`` the loss is the KL to the model's own predictions (no labels
-    needed); otherwise cross-entropy with the batch labels.
-    """
+    """Per-layer head scores (heads,) and neuron scores (ffn,) of the full model, on the CPU:
+    the size of the cross-entropy's gradient (with the batch labels) with respect to each
+    head's and neuron's gate. The batches run on the model's device. (A KL to the model's own
+    detached predictions would need no labels, but its gradient at the model is zero.)"""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -43,11 +40,7 @@ def importance_scores(
         for batch in tqdm(batches, desc="importance", disable=not progress, leave=False):
             batch = to_device(batch, device)
             out = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
-            if teacher_logits:
-                target = out.logits.detach().softmax(-1)
-                loss = F.kl_div(out.logits.log_softmax(-1), target, reduction="batchmean")
-            else:
-                loss = F.cross_entropy(out.logits, batch["labels"])
+            loss = F.cross_entropy(out.logits, batch["labels"])
             loss.backward()  # gradients accumulate in the gates over all batches
     finally:
         for layer in model.encoder_layers:

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import hashlib
 import importlib.util
 import json
 import math
@@ -190,7 +191,23 @@ class TaskData:
             "total": sum(sizes.values()),
             "unlabeled": len(self.unlabeled),
             "label_counts": counts,
+            "fingerprint": self.fingerprint(),
         }
+
+    def fingerprint(self) -> str:
+        """A hash of every split's examples in order (texts and labels) and of the unlabeled
+        texts: a run opened later finds out whether its data still are what it was trained and
+        split on (a data file edited, a package of another version)."""
+        h = hashlib.sha1()
+        for s in SPLITS:
+            frame = self.split(s)
+            h.update(f"{s}:{len(frame)};".encode())
+            for a, b, y in zip(frame["text_a"], frame["text_b"], frame["label"], strict=True):
+                h.update(f"{a}\x1f{'' if b is None else b}\x1f{int(y)}\x1e".encode())
+        h.update(f"unlabeled:{len(self.unlabeled)};".encode())
+        for t in self.unlabeled:
+            h.update(f"{t}\x1e".encode())
+        return h.hexdigest()[:16]
 
 
 # ----------------------------------------------------------------------------------------------

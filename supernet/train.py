@@ -43,7 +43,7 @@ from supernet import faults
 from supernet.checkpoint import load_model, save_model
 from supernet.checks import check_int, check_number, check_type
 from supernet.data import UNLABELED, Encoded, iterate_batches, num_batches, to_device
-from supernet.errors import CheckpointError, ConfigError
+from supernet.errors import CheckpointError, ConfigError, TrainingDiverged
 from supernet.io import atomic_write, fsync_path, read_json, write_json
 from supernet.model import ElasticBert, EncoderOutput
 from supernet.parallel import SINGLE, Ranks
@@ -108,7 +108,8 @@ class TrainConfig:
             s = getattr(self, stage)
             if not isinstance(s, StageConfig):
                 raise ConfigError(f"{stage} must be a table of epochs, lr, warmup and weight_decay, got {s!r}")
-            check_number(s.epochs, f"{stage} epochs", 0.0)
+            # Above 0: a stage of 0 epochs would still take one step (at the full learning rate).
+            check_number(s.epochs, f"{stage} epochs", 0.0, above=True)
             check_number(s.lr, f"{stage} lr", 0.0, above=True)
             check_number(s.warmup, f"{stage} warmup", 0.0)
             if s.warmup > 1:
@@ -216,10 +217,21 @@ def _on_cpu(state: Any) -> Any:
     return state
 
 
-def labeled_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def labeled_ce(logits: torch.Tensor, labels: torch.Tensor, labeled_share: torch.Tensor | None = None) -> torch.Tensor:
     """Cross-entropy over the labeled examples of a batch (``UNLABELED`` rows learn only by
-    distillation); 0 for a batch without labels."""
+    distillation); 0 for a batch without labels.
+
+    ``labeled_share`` (a data-parallel rank's shard, ``StageRunner``): each row holds the share
+    of labeled rows in the whole batch. The shard's summed loss is then divided by that share
+    times the shard's rows, so that the ranks' losses, weighted by their shares of the batch,
+    add up to the whole batch's mean over its labeled rows (a shard's own mean would weigh a
+    shard with few labeled rows as much as one full of them)."""
     labeled = labels != UNLABELED
+    if labeled_share is not None:
+        share = float(labeled_share[0]) if len(labeled_share) else 0.0
+        if share <= 0 or not bool(labeled.any()):
+            return logits.sum() * 0.0
+        return F.cross_entropy(logits[labeled], labels[labeled], reduction="sum") / (share * len(labels))
     if not bool(labeled.any()):
         return logits.sum() * 0.0  # keeps the graph (and the dtype) without a NaN mean
     return F.cross_entropy(logits[labeled], labels[labeled])
@@ -373,12 +385,18 @@ class StageRunner:
                     break
                 # Dropout, reproducible (and different on each rank, which sees other examples).
                 torch.manual_seed(self.cfg.seed * 1_000_003 + step + ranks.rank * 1_000_000_007)
+                if ranks.world > 1:  # a shard's cross-entropy needs the whole batch's labeled share (labeled_ce)
+                    n = len(batch["labels"])
+                    batch = {**batch, "labeled_share": torch.full((n,), float((batch["labels"] != UNLABELED).sum()) / n)}
                 shard = to_device(ranks.shard(batch), device)
                 weight = len(shard["labels"]) / len(batch["labels"])  # this rank's share of the batch
                 losses = step_fn(shard, step)
                 ranks.reduce_gradients(self.model, weight)
                 losses = ranks.mean(losses, weight)
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+                norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0))
+                if not (math.isfinite(losses["loss"]) and math.isfinite(norm)):
+                    bar.close()
+                    raise self._diverged(step, losses["loss"], norm)
                 opt.step()
                 sched.step()
                 opt.zero_grad(set_to_none=True)
@@ -397,6 +415,18 @@ class StageRunner:
                     bar.close()
                     raise Interrupted(f"{self.name} stopped after step {step}")
         bar.close()
+
+    def _diverged(self, step: int, loss: float, norm: float) -> TrainingDiverged:
+        """The error for a step whose loss or gradient norm is not finite. The step is not
+        applied: neither the weights in memory nor any checkpoint hold a NaN, and a resume
+        restarts from the last checkpoint (with the same settings it would diverge again)."""
+        saved = (step // self.cfg.checkpoint_every) * self.cfg.checkpoint_every
+        kept = f"its last checkpoint (step {saved}) is kept" if saved else "no checkpoint was written"
+        return TrainingDiverged(
+            f"the {self.name} stage diverged at step {step + 1} of {self.total}: its loss is {loss:g} and its "
+            f"gradient norm {norm:g} (learning rate {self.stage.lr:g}); that step was not applied and {kept}. "
+            f"Train it again with a lower learning rate (or check the starting weights for NaN)"
+        )
 
     # ---- checkpoints ---------------------------------------------------------------------
     def _save(self, opt: Any, sched: Any, step: int) -> None:
@@ -515,7 +545,7 @@ def train_supernet(model: ElasticBert, teacher: ElasticBert, space: SearchSpace,
             out = model(*args, subnet=sub, states=layers)
             loss = kd_loss(out.logits, t_out.logits if j == 0 else soft, cfg.temperature)
             if j == 0:  # the largest also learns from the labels
-                loss = loss + labeled_ce(out.logits, batch["labels"])
+                loss = loss + labeled_ce(out.logits, batch["labels"], batch.get("labeled_share"))
                 if cfg.distill_from == "largest":
                     soft = out.logits.detach()
             if cfg.hidden_weight > 0:

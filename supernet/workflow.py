@@ -85,8 +85,17 @@ def read_run_record(run_dir: str | Path) -> dict[str, Any]:
     return {name: read_json(f, name) for name, f in files.items() if f.exists()}
 
 
+def check_unlabeled(task: TaskData, n: int | None) -> None:
+    """ConfigError when ``n`` (> 0) unlabeled texts are asked of a task that has none: they
+    would silently add nothing."""
+    if n and not task.unlabeled:
+        raise ConfigError(f"{n} unlabeled texts asked for, but task {task.name!r} has none (rt has, from its "
+                          "plot synopses); ask for 0")
+
+
 def load_data(spec: RunSpec, tokenizer: Any) -> tuple[TaskData, dict[str, Encoded]]:
     task = load_task(spec.task, seed=spec.seed, max_train=spec.max_train, max_eval=spec.max_eval)
+    check_unlabeled(task, spec.train.unlabeled)
     splits = {s: encode(tokenizer, task.split(s), spec.train.max_length) for s in ("train", "dev", "test")}
     n = min(spec.train.unlabeled, len(task.unlabeled))
     if n > 0:  # a seeded subset of the task's unlabeled texts, after the train split
@@ -259,8 +268,24 @@ def open_run(run_dir: str | Path, *, device: str = "cpu") -> LoadedRun:
         raise CheckpointError(f"{paths.search_space} has {space.num_layers} layers but the supernet "
                               f"{supernet.shape.num_layers}: delete it and run `hwnas train --out {run} --resume`")
     task, splits = load_data(spec, tok)
+    check_same_data(paths.data_summary, task)
     ev = Evaluator(supernet, {"dev": splits["dev"], "test": splits["test"]}, metric=task.metric)
     return LoadedRun(run, spec, task, tok, supernet, space, splits, ev)
+
+
+def check_same_data(summary_path: Path, task: TaskData) -> None:
+    """CheckpointError when the task loaded now is not the one the run was trained and split on
+    (``data_summary.json``'s fingerprint; runs written before it have none and are not checked):
+    a data file changed since would put trained-on examples into dev or test."""
+    if not summary_path.is_file():
+        return
+    summary = read_json(summary_path, "the run's data summary")
+    stored = summary.get("fingerprint") if isinstance(summary, dict) else None
+    if stored is not None and stored != task.fingerprint():
+        raise CheckpointError(
+            f"the data of task {task.name!r} are not those the run was trained on ({summary_path} has fingerprint "
+            f"{stored}, they now give {task.fingerprint()}): restore the data file (or the package) the run was "
+            "trained with, or train a new run on the new data")
 
 
 def named_subnets(space: SearchSpace) -> dict[str, SubnetConfig]:

@@ -88,6 +88,9 @@ OPTIONS = [
     (["train", "--out", "X", "--teacher-epochs", "nan"], "--teacher-epochs"),
     (["train", "--out", "X", "--teacher-epochs", "inf"], "--teacher-epochs"),
     (["train", "--out", "X", "--teacher-epochs", "-1"], "--teacher-epochs"),
+    (["train", "--out", "X", "--teacher-epochs", "0"], "--teacher-epochs"),  # a stage takes at least one step
+    (["train", "--out", "X", "--supernet-epochs", "0"], "--supernet-epochs"),
+    (["train", "--out", "X", "--task", "r8", "--unlabeled", "10"], "has none"),
     (["train", "--out", "X", "--teacher-lr", "nan"], "--teacher-lr"),
     (["train", "--out", "X", "--teacher-lr", "inf"], "--teacher-lr"),
     (["train", "--out", "X", "--teacher-lr", "-1"], "--teacher-lr"),
@@ -222,7 +225,7 @@ def test_options_are_refused_where_they_enter(argv: list[str], says: str, tmp_pa
 
 
 NUMERIC = {  # option -> (a command line it belongs to, what it accepts)
-    "--teacher-epochs": (["train", "--out", "X"], "epochs"),
+    "--teacher-epochs": (["train", "--out", "X"], "rate"),  # above 0, as learning rates are
     "--supernet-lr": (["train", "--out", "X"], "rate"),
     "--hidden-weight": (["train", "--out", "X"], "epochs"),
     "--batch-size": (["train", "--out", "X"], "count"),
@@ -275,6 +278,7 @@ def test_generated_bad_numbers_are_refused(option: str, data: st.DataObject) -> 
     ["measure", "--run", NOWHERE, "--device", "cpu", "--kit", "{file}/kit"],
     ["eval", "--run", NOWHERE, "--save", "{folder}"],
     ["eval", "--run", NOWHERE, "--save", "{file}/table.csv"],
+    ["eval", "--run", NOWHERE, "--save", "{folder}/table.json"],  # the run's record goes to a .json beside it
 ])
 def test_output_paths_that_cannot_be_written_are_refused_first(command: list[str], tmp_path: Path) -> None:
     (tmp_path / "a_file").write_text("x")

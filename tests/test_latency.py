@@ -28,6 +28,7 @@ from latency.kit import KitError, import_kit_csv, kit_id, write_kit
 from latency.measure import (
     COLUMNS,
     DeviceTimer,
+    MeasurementError,
     MeasurementLog,
     Workload,
     fixed_inputs,
@@ -252,6 +253,13 @@ def test_sweep_times_every_configuration_in_each_pass_and_resumes_between_passes
     assert (again["kind"] == "sample").sum() == len(samples)  # both passes done: no configuration timed
     with pytest.raises(ValueError, match="passes"):
         sweep(profile, model, configs, _workloads(), log, progress=False, passes=0)
+    # The profile redefined under the same name (another runtime or provider): refused before
+    # anything is timed or appended, not skipped as done nor fitted as the same device.
+    for change in ({"runtime": "openvino", "provider": "CPU"}, {"provider": "CUDAExecutionProvider"}):
+        with pytest.raises(MeasurementError, match=f"{next(iter(change))} .*here cpu runs with"):
+            sweep(with_overrides(profile, **change), model, configs, _workloads(), log, noise_rounds=0,
+                  progress=False, passes=3)
+    assert len(log.read()) == len(again)
 
 
 def test_kit_round_trip(tmp_path: Path) -> None:
@@ -308,6 +316,54 @@ def test_kit_round_trip(tmp_path: Path) -> None:
     (tmp_path / "empty.csv").write_text(kept.splitlines()[0] + "\n")
     with pytest.raises(KitError, match="holds no rows"):
         import_kit_csv(tmp_path / "empty.csv", model.shape, log, "cpu-1t")
+    # A model that failed on the device (its latencies empty, its error said) imports as a
+    # failed row, and the device's measurement file stays readable.
+    failed = kit_rows.copy()
+    failed["error"] = failed["error"].astype(object)  # all empty so far: read as NaN floats
+    bad = failed.index[failed["kind"] == "sample"][0]
+    failed.loc[bad, [c for c in failed.columns if c.startswith("lat_")]] = np.nan
+    failed.loc[bad, "error"] = "InvalidGraph: the device's runtime refused it"
+    failed.to_csv(tmp_path / "failed.csv", index=False)
+    fresh = MeasurementLog(tmp_path / "run2" / "cpu-1t.csv")
+    assert import_kit_csv(tmp_path / "failed.csv", model.shape, fresh, "cpu-1t") == len(failed)
+    back = fresh.read()
+    row = back[back["error"].astype(str).str.startswith("InvalidGraph")]
+    assert len(row) == 1 and row["lat_median_ms"].isna().all()
+
+
+def test_a_kit_folder_written_again_for_other_weights_gets_new_graphs(tmp_path: Path) -> None:
+    profile = with_overrides(get_device("cpu-1t"), **FAST)
+    first, second = tiny_model(seed=0), tiny_model(seed=1)
+    configs = sample_configs(first.shape.search_space(), first.shape, 1, seed=2)
+    graphs = lambda: {f.name: f.read_bytes() for f in (tmp_path / "kit" / "models").glob("*.onnx")}  # noqa: E731
+    write_kit(tmp_path / "kit", profile, first, configs, _workloads(), progress=False)
+    before = graphs()
+    written = {f: f.stat().st_mtime_ns for f in (tmp_path / "kit" / "models").glob("*.onnx")}
+    write_kit(tmp_path / "kit", profile, first, configs, _workloads(), progress=False)
+    assert {f: f.stat().st_mtime_ns for f in written} == written  # the same weights: not exported again
+    write_kit(tmp_path / "kit", profile, second, configs, _workloads(), progress=False)
+    after = graphs()
+    assert after.keys() == before.keys() and all(after[k] != before[k] for k in after)
+
+
+def test_the_kit_scripts_statistics_are_the_local_measurements(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """measure_kit.py repeats summarize's statistics (it runs without this package): outliers
+    leave the median and minimum, never the tail or the mean; bad counts are one line, exit 2."""
+    from latency import kit_script
+
+    calls = [1.0, 1.1] * 10 + [100.0]
+    here, local = kit_script.stats(calls), summarize(calls)
+    assert here["outliers"] == local.outliers == 1
+    for column, value in (("lat_median_ms", local.median_ms), ("lat_p90_ms", local.p90_ms), ("lat_p99_ms", local.p99_ms),
+                          ("lat_mean_ms", local.mean_ms), ("lat_min_ms", local.min_ms)):
+        assert here[column] == pytest.approx(value), column
+    assert here["lat_p99_ms"] > 50 and here["lat_mean_ms"] > 5  # the slow call counts there
+    for args, says in ((["--repeats", "0"], "--repeats must be at least 3"), (["--threads", "-1"], "--threads"),
+                       (["--warmup", "-2"], "--warmup")):
+        with pytest.raises(SystemExit) as stop:
+            kit_script.main([*args, "--out", str(tmp_path / "r.csv")])
+        assert stop.value.code == 2 and says in capsys.readouterr().err  # refused before the manifest is read
+    assert not (tmp_path / "r.csv").exists()
 
 
 def test_traffic_is_real_inputs_at_their_own_lengths_served_in_order() -> None:

@@ -102,6 +102,32 @@ def test_shards_cover_the_batch_in_order() -> None:
     assert Ranks().shard(batch) is batch
 
 
+def test_sharded_cross_entropy_with_unlabeled_rows_adds_up_to_the_whole_batchs() -> None:
+    """Unlabeled distillation rows spread unevenly over the shards ([L, L | L, U, U]): each
+    rank's cross-entropy, weighted by its share of the examples as the gradients are, adds up
+    to the whole batch's mean over its labeled rows (a shard's own mean would not)."""
+    from supernet.data import UNLABELED
+    from supernet.train import labeled_ce
+
+    logits = torch.randn(5, 3, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    labels = torch.tensor([0, 2, 1, UNLABELED, UNLABELED])
+    share = torch.full((5,), 3 / 5)
+    whole = torch.autograd.grad(labeled_ce(logits, labels), logits)[0]
+
+    def sharded(with_share: bool) -> torch.Tensor:
+        total = torch.zeros_like(logits)
+        for r in range(2):
+            part = Ranks(r, 2).shard({"logits": logits, "labels": labels, "labeled_share": share})
+            loss = labeled_ce(part["logits"], part["labels"], part["labeled_share"] if with_share else None)
+            total += torch.autograd.grad(loss * len(part["labels"]) / 5, logits)[0]
+        return total
+
+    torch.testing.assert_close(sharded(True), whole)
+    assert not torch.allclose(sharded(False), whole)  # each shard's own mean: the rows weigh otherwise
+    torch.testing.assert_close(labeled_ce(logits, labels, torch.full((5,), 3 / 5)), labeled_ce(logits, labels))
+    assert labeled_ce(logits[3:], labels[3:], share[3:]).item() == 0.0  # a shard without labels adds nothing
+
+
 def test_nproc_is_taken_out_of_the_ranks_command_line() -> None:
     assert _without_option(["train", "--nproc", "2", "--out", "x"], "--nproc") == ["train", "--out", "x"]
     assert _without_option(["train", "--nproc=2", "--quiet"], "--nproc") == ["train", "--quiet"]

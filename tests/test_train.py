@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from supernet.checkpoint import load_model
-from supernet.errors import ConfigError
+from supernet.errors import ConfigError, TrainingDiverged
 from supernet.train import Interrupted, StageConfig, TrainConfig
 from supernet.workflow import RunSpec, train_run
 
@@ -153,3 +153,81 @@ def test_supernet_stage_trains_on_augmented_copies(tmp_path: Path, tiny_hf_dir) 
     train_run(tmp_path / "b", spec, resume=True, progress=False)
     a, b = (load_model(tmp_path / r / "supernet").state_dict() for r in ("r", "b"))
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_a_step_with_a_nan_loss_stops_the_stage_before_it_is_applied(tmp_path: Path) -> None:
+    """A loss that turns NaN stops the stage with one line naming the step; that step's update
+    is not applied, so the weights in memory and the last checkpoint stay finite."""
+    import numpy as np
+    import torch.nn.functional as F
+
+    from conftest import tiny_model
+    from supernet.data import Encoded
+    from supernet.train import MetricsLog, StageRunner
+
+    model = tiny_model()
+    rng = np.random.default_rng(0)
+    ids = [[2, *rng.integers(5, 120, size=int(n)).tolist()] for n in rng.integers(3, 12, size=32)]
+    train = Encoded(ids, [[0] * len(x) for x in ids], (np.arange(32) % 2).astype(np.int64))
+    cfg = TrainConfig(batch_size=4, checkpoint_every=3, log_every=1)
+    runner = StageRunner("teacher", tmp_path / "teacher", model, train, StageConfig(epochs=1, lr=1e-3), cfg,
+                         MetricsLog(tmp_path / "metrics.csv"), progress=False)
+    before_bad: dict[str, torch.Tensor] = {}
+
+    def step_fn(batch: dict[str, torch.Tensor], step: int) -> dict[str, float]:
+        loss = F.cross_entropy(model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]).logits,
+                               batch["labels"])
+        if step == 4:  # the fifth step goes wrong
+            before_bad.update({k: v.detach().clone() for k, v in model.state_dict().items()})
+            loss = loss * float("nan")
+        loss.backward()
+        return {"loss": loss.item()}
+
+    with pytest.raises(TrainingDiverged, match=r"teacher stage diverged at step 5 of 8: its loss is nan.*"
+                                               r"last checkpoint \(step 3\) is kept"):
+        runner.run(step_fn)
+    after = model.state_dict()
+    assert all(torch.equal(after[k], before_bad[k]) for k in after)  # the NaN step was not applied
+    saved = load_model(tmp_path / "teacher" / "checkpoint").state_dict()
+    assert all(torch.isfinite(v).all() for v in saved.values() if v.is_floating_point())
+
+
+def test_cli_train_that_diverges_says_so_in_one_line(tmp_path: Path, tiny_hf_dir, capsys) -> None:
+    """A learning rate far too high: the weights overflow, the loss turns NaN; the command
+    stops with one line (exit 2) instead of training on and saving NaN weights."""
+    from nas.cli import main
+
+    out = tmp_path / "run"
+    args = ["train", "--out", str(out), "--model", str(tiny_hf_dir), "--max-train", "48", "--max-eval", "32",
+            "--teacher-epochs", "1", "--supernet-epochs", "1", "--batch-size", "8", "--teacher-lr", "1e30", "--quiet"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1
+    assert "teacher stage diverged at step" in err and "learning rate 1e+30" in err
+    assert not (out / "teacher" / "model.safetensors").exists()  # no teacher saved
+
+
+def test_a_run_refuses_data_that_changed_since_it_was_trained(tmp_path: Path, tiny_hf_dir) -> None:
+    """A data file grown after training would be split anew, moving trained-on examples into
+    dev and test: opening the run says so instead (the fingerprint in data_summary.json)."""
+    from supernet.errors import CheckpointError
+    from supernet.workflow import open_run
+
+    data = tmp_path / "reviews.csv"
+    rows = [{"text": f"review number {i} was {['bad', 'good'][i % 2]}", "label": ["neg", "pos"][i % 2]} for i in range(80)]
+    pd.DataFrame(rows).to_csv(data, index=False)
+    spec = RunSpec(task=str(data), model=str(tiny_hf_dir), seed=0, train=TrainConfig(**TINY))
+    train_run(tmp_path / "r", spec, progress=False)
+    summary = json.loads((tmp_path / "r" / "data_summary.json").read_text())
+    run = open_run(tmp_path / "r")  # the same data: opens
+    assert summary["fingerprint"] == run.task.fingerprint()
+    more = rows + [{"text": f"one more review {i}", "label": "pos"} for i in range(10)]
+    pd.DataFrame(more).to_csv(data, index=False)
+    with pytest.raises(CheckpointError, match="not those the run was trained on"):
+        open_run(tmp_path / "r")
+    pd.DataFrame(rows).to_csv(data, index=False)
+    open_run(tmp_path / "r")  # restored: opens again
+    del summary["fingerprint"]  # a run written before the fingerprint is not checked
+    (tmp_path / "r" / "data_summary.json").write_text(json.dumps(summary))
+    pd.DataFrame(more).to_csv(data, index=False)
+    open_run(tmp_path / "r")
