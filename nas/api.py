@@ -139,7 +139,9 @@ def export(run: LoadedRun | str | Path, device: str, out: str | Path, *, budget_
 
 def predict(export_dir: str | Path, texts: Sequence[str], *, batch_size: int = 32) -> list[dict[str, Any]]:
     """``hwnas predict``: classify ``texts`` with an export folder's ``model.onnx``; one
-    record per text (``text``, ``label``, ``score``, ``scores``)."""
+    record per text (``text``, ``label``, ``score``, ``scores``); a single string is one
+    text. A sentence-pair export takes each text as ``FIRST<TAB>SECOND``."""
     from nas.predict import ExportedModel, read_texts
 
+    texts = [texts] if isinstance(texts, str) else texts
     return ExportedModel.open(export_dir).predict(read_texts(texts, None), batch_size=batch_size)

@@ -130,12 +130,18 @@ def model_card(r: dict[str, Any], command: str | None, *, remote_code: bool) -> 
         "```python",
         "from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline",
         f"clf = pipeline(\"text-classification\", model=\"hf\"{trust})",
-        "print(clf(\"a fine film\"))",
+        "print(clf(\"a fine film\", truncation=True))",
         f"model = AutoModelForSequenceClassification.from_pretrained(\"hf\"{trust}).eval()",
         f"tok = AutoTokenizer.from_pretrained(\"hf\"{trust})",
-        "logits = model(**tok([\"a fine film\"], return_tensors=\"pt\")).logits",
+        "logits = model(**tok([\"a fine film\"], truncation=True, return_tensors=\"pt\")).logits",
         "```",
         "",
+        *([f"Texts are cut at {r['max_length']} tokens, as the model was trained, scored and timed: "
+           "`tokenizer.json` truncates there, and transformers' tokenizer does with `truncation=True` "
+           f"(its `model_max_length` is {r['max_length']})."
+           + (" Each example is a pair of texts: `tok.encode(first, second)`, `tok([first], [second], ...)`, or "
+              "`hwnas predict` with FIRST<TAB>SECOND." if r.get("is_pair") else ""), ""]
+          if r.get("max_length") else []),
         f"Optimum (`ORTModelForSequenceClassification.from_pretrained(\".\"{trust})`) reads `config.json` beside `model.onnx`; "
         "with hwnas installed: `hwnas predict --model . \"a fine film\"`.",
         "",

@@ -1200,7 +1200,9 @@ def register_compare(sub: Subparsers) -> argparse.ArgumentParser:
     c.add_argument("--out", type=out_folder, help="output folder (default RUN/compare)")
     c.add_argument("--remeasure-points", type=COUNT0, default=12, help="front points re-measured per device")
     c.add_argument("--no-remeasure", action="store_true", help="predicted latency only")
-    c.add_argument("--dev-subset", type=COUNT0, default=500, help="the dev subset the searches used (default %(default)s)")
+    c.add_argument("--dev-subset", type=COUNT0, default=None,
+                   help="the dev subset the searches used, 0 for the whole dev split (default: read from each run's "
+                   "accuracy cache: the main job's 400, hwnas search's 500, the benchmark's whole split)")
     _precision_arg(c)
     return c
 
@@ -1235,7 +1237,8 @@ def cmd_compare(a: argparse.Namespace) -> int:
     methods = a.methods.split(",") if a.methods else None
     out = a.out or str(runs[0].paths.compare)
     table, hv = compare(runs, targets, methods, out, remeasure_points=0 if a.no_remeasure else a.remeasure_points,
-                        dev_subset=a.dev_subset or None, precision=a.search_precision)
+                        dev_subset="searched" if a.dev_subset is None else a.dev_subset or None,
+                        precision=a.search_precision)
     _print_table(hv, ["front", "n_points", "hypervolume", "best_acc", "fastest_lat"])
     print(f"wrote {out}/fronts.csv, hypervolume.csv, fronts.png")
     return 0
@@ -1348,8 +1351,10 @@ def register_predict(sub: Subparsers) -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="classify texts with an export folder (its model.onnx, in ONNX Runtime)",
                        description="Classify texts with an export folder written by `hwnas export` or `hwnas run`: "
                        "its model.onnx (token dropping and, for an int8 export, quantization included) in ONNX "
-                       "Runtime, with the tokenizer and labels beside it. One JSON line per text (text, label, "
-                       "score, scores), or a table with --format table.")
+                       "Runtime, with the tokenizer and labels beside it, each text cut at the tokens the run was "
+                       "trained on (report.json's max_length). One JSON line per text (text, label, score, scores), "
+                       "or a table with --format table. A sentence-pair export (a task with two texts per example) "
+                       "takes each text as FIRST<TAB>SECOND.")
     p.add_argument("--model", required=True, metavar="EXPORT_DIR", help="export folder (with model.onnx)")
     p.add_argument("texts", nargs="*", metavar="TEXT", help="texts to classify")
     p.add_argument("--file", help="a UTF-8 file with one text per line (blank lines skipped; - for stdin)")
@@ -1364,7 +1369,10 @@ def cmd_predict(a: argparse.Namespace) -> int:
     from nas.predict import ExportedModel, read_texts
 
     texts = read_texts(a.texts, a.file)  # before the model opens
-    rows = ExportedModel.open(a.model).predict(texts, batch_size=a.batch_size)
+    model = ExportedModel.open(a.model)
+    for note in model.notes:
+        print(f"hwnas predict: note: {note}", file=sys.stderr)
+    rows = model.predict(texts, batch_size=a.batch_size)
     if a.format == "jsonl":
         for r in rows:
             print(json.dumps(r, ensure_ascii=False))

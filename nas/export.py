@@ -32,6 +32,7 @@ model and device timer and returns a value, so each can be tested with fakes:
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import math
@@ -44,6 +45,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from latency.measure import DeviceTimer, Timer
+from latency.onnx_export import int8_reduce_range
 from latency.target import PredictedLatency, Target, device_drift, drift_references, open_timer
 from nas.card import CARD_NAME, model_card
 from nas.objectives import DevAccuracy
@@ -858,7 +860,11 @@ def write_export(run: LoadedRun, target: Target, out: Path, chosen: Candidate, m
     # report.json is an unfinished export, even where a re-export into it stopped halfway.
     for stale in (out / "report.json", out / CARD_NAME):
         stale.unlink(missing_ok=True)
-    written = export_standalone(run.supernet, chosen.config, out, run.tokenizer, list(run.task.label_names),
+    # The tokenizer as trained: truncation=True cuts at the run's max_length (the lengths the
+    # model was trained, scored and timed on), not at the pretrained model's 512.
+    tokenizer = copy.deepcopy(run.tokenizer)
+    tokenizer.model_max_length = run.spec.train.max_length
+    written = export_standalone(run.supernet, chosen.config, out, tokenizer, list(run.task.label_names),
                                 model=model)
     int8 = chosen.config.int8
     faults.hit("export.write")
@@ -1162,6 +1168,11 @@ def choose_and_export(
         "hf_remote_code": needs_remote_code(written["files"]["hf"]),  # hf/ loads with trust_remote_code=True
         "family": run.supernet.shape.family,  # the encoder family: hf/'s stock class, the tokenizer's
         "onnx_inputs": written["onnx_inputs"],  # model.onnx's inputs (DistilBERT's has no token_type_ids)
+        "max_length": run.spec.train.max_length,  # tokens per input it was trained, scored and timed on
+        "is_pair": run.task.is_pair,  # sentence pairs: `hwnas predict` takes each as FIRST<TAB>SECOND
+        # int8: whether its weights use 7 bits (quantized on a CPU without VNNI); 8-bit weights
+        # can saturate on such a CPU (latency.onnx_export.int8_reduce_range).
+        "int8_reduce_range": int8_reduce_range() if sub.int8 else None,
     }
     write_text(out / CARD_NAME, model_card(report, command, remote_code=report["hf_remote_code"]))
     write_json(out / "report.json", report)  # last: a folder without it is an unfinished export

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from latency.target import PredictedLatency, Target, open_timer
-from nas.objectives import DevAccuracy, dev_accuracies
+from nas.objectives import DevAccuracy, dev_accuracies, searched_dev_subset
 from nas.pareto import compare_fronts, pareto_front
 from supernet.errors import ConfigError, HwnasError
 from supernet.io import atomic_write, write_csv
@@ -99,14 +99,15 @@ def compare(
     out_dir: str | Path,
     *,
     remeasure_points: int = 12,
-    dev_subset: int | None = 500,
+    dev_subset: int | None | str = 500,
     precision: str = "auto",
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Fronts for every (run, device, method) and their hypervolumes; writes
     ``fronts.csv``, ``hypervolume.csv`` and ``fronts.png`` into ``out_dir``.
 
     ``targets[run_folder][device]``; ``methods=None`` pools all methods' candidates;
-    ``dev_subset`` and ``precision`` must be the searches', so that their cached scores are reused.
+    ``dev_subset`` and ``precision`` must be the searches', so that their cached scores are reused
+    (``dev_subset="searched"``: each run's, read from its accuracy cache, ``searched_dev_subset``).
     """
     fronts: list[pd.DataFrame] = []
     short = [r.folder.name for r in runs]
@@ -115,7 +116,10 @@ def compare(
         # and runs/bench-quick/rt), so that their fronts are never pooled.
         name = run.folder.name if short.count(run.folder.name) == 1 else str(run.folder)
         # The searches' subset: its scores are cached.
-        accs = dev_accuracies(run, (t.batch for t in targets[str(run.folder)].values()), subset_size=dev_subset,
+        subset = searched_dev_subset(run) if dev_subset == "searched" else dev_subset
+        if isinstance(subset, str):
+            raise ConfigError(f"dev_subset must be a number of dev examples, None or 'searched', got {subset!r}")
+        accs = dev_accuracies(run, (t.batch for t in targets[str(run.folder)].values()), subset_size=subset,
                               precision=precision)
         for device, target in targets[str(run.folder)].items():
             acc = accs[target.batch]

@@ -167,6 +167,28 @@ class DevAccuracy:
         return self._scores.logits(cfg, "test")
 
 
+def searched_dev_subset(run: LoadedRun, default: int | None = 500) -> int | None:
+    """The dev subset a run's searches scored on (None: the whole dev split), read from its
+    accuracy cache: the split that holds the most cached scores (a search scores dozens to
+    hundreds of sub-networks there; finalists on the whole dev split are a handful).
+    ``default`` when nothing was scored yet."""
+    import re
+
+    from supernet.evaluate import SCORE_COLUMNS, _read_scores
+    from supernet.io import CsvLog
+
+    path = RunFolder(run.folder).accuracy_cache
+    if not path.is_file():
+        return default
+    counts: dict[int | None, int] = {}
+    for split in _read_scores(CsvLog(path, SCORE_COLUMNS))["split"].astype(str):
+        m = re.fullmatch(r"dev(?:(\d+)s\d+)?(?:bf16)?(?:@.*)?", split)
+        if m:
+            size = int(m[1]) if m[1] else None
+            counts[size] = counts.get(size, 0) + 1
+    return max(counts, key=lambda k: counts[k]) if counts else default
+
+
 def dev_accuracies(run: LoadedRun, batches: Iterable[int], *, subset_size: int | None = 500, seed: int = 0,
                    precision: str = "auto") -> dict[int, DevAccuracy]:
     """One ``DevAccuracy`` of ``run`` per batch of ``batches`` (the ``Target.batch`` of each

@@ -89,13 +89,47 @@ def read_texts(texts: Sequence[str], file: str | None) -> list[str]:
     return out
 
 
-def _deployed_batch(folder: Path) -> int:
-    """The batch an export's device serves (report.json ``batch``); 1 when it does not say."""
+def _report(folder: Path) -> dict[str, Any]:
+    """What the export's report.json says ({} when it has none or cannot be read: an export
+    copied without it, or one from before a field existed)."""
     try:
-        batch = json.loads((folder / "report.json").read_text()).get("batch", 1)
-    except (OSError, ValueError, AttributeError):
-        return 1
+        report = json.loads((folder / "report.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return report if isinstance(report, dict) else {}
+
+
+def _deployed_batch(report: dict[str, Any]) -> int:
+    """The batch an export's device serves (report.json ``batch``); 1 when it does not say."""
+    batch = report.get("batch", 1)
     return batch if isinstance(batch, int) and batch >= 1 else 1
+
+
+def _max_length(report: dict[str, Any], config: dict[str, Any], tokenizer: Any) -> int:
+    """Tokens per text: the run's (report.json ``max_length``: what the model was trained,
+    scored and timed on); for an export without it, as many as the model has positions for
+    (RoBERTa's start after the padding index) and the tokenizer allows."""
+    n = report.get("max_length")
+    if isinstance(n, int) and n >= 2:
+        return n
+    positions = int(config.get("max_position_embeddings", 512))
+    if config.get("model_type") in ("roberta", "xlm-roberta"):
+        positions -= int(config.get("pad_token_id", 1)) + 1
+    return min(positions, int(tokenizer.model_max_length))
+
+
+def split_pairs(texts: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Sentence pairs given as ``FIRST<TAB>SECOND`` (split at the first tab); ConfigError for a
+    text without a tab or with an empty side."""
+    first, second = [], []
+    for i, t in enumerate(texts, 1):
+        a, tab, b = t.partition("\t")
+        if not tab or not a.strip() or not b.strip():
+            raise ConfigError(f"text {i} is not a sentence pair: this export classifies pairs (its task has two "
+                              "texts per example); give each as FIRST<TAB>SECOND")
+        first.append(a)
+        second.append(b)
+    return first, second
 
 
 @dataclass
@@ -112,6 +146,8 @@ class ExportedModel:
     # at the batch its device was measured and its accuracy scored at (report.json "batch",
     # 1 by default), as a server would run it. None: an fp32 export, any batch.
     int8_batch: int | None = None
+    is_pair: bool = False  # the task has two texts per example: each text is FIRST<TAB>SECOND
+    notes: tuple[str, ...] = ()  # what a user should know before trusting the outputs here
 
     @classmethod
     def open(cls, folder: str | Path, *, threads: int | None = None) -> ExportedModel:
@@ -137,22 +173,39 @@ class ExportedModel:
         n_labels = session.get_outputs()[0].shape[-1]
         if not isinstance(n_labels, int):
             raise _not_an_export(d, f"has a {ONNX_NAME} whose logits have no fixed number of labels")
-        positions = 512
-        config = d / "config.json" if (d / "config.json").is_file() else d / "hf" / "config.json"
-        if config.is_file():
-            positions = int(json.loads(config.read_text()).get("max_position_embeddings", positions))
-        return cls(d, session, tokenizer, _labels(d, n_labels), min(positions, tokenizer.model_max_length),
-                   int8_batch=_deployed_batch(d) if (d / "model-fp32.onnx").is_file() else None)
+        config_path = d / "config.json" if (d / "config.json").is_file() else d / "hf" / "config.json"
+        try:
+            config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+        except (OSError, ValueError) as e:
+            raise _not_an_export(d, f"has an unreadable {config_path.name} ({e})") from e
+        report = _report(d)
+        precision = report.get("precision")
+        int8 = precision == "int8" if precision is not None else (d / "model-fp32.onnx").is_file()
+        notes = []
+        if int8 and report.get("int8_reduce_range") is False:
+            from latency.onnx_export import int8_reduce_range
+
+            if int8_reduce_range():
+                notes.append("this int8 model was quantized on a CPU with VNNI (8-bit weights); this CPU has none, "
+                             "where such weights can saturate and move its predictions: export it again here")
+        return cls(d, session, tokenizer, _labels(d, n_labels), _max_length(report, config, tokenizer),
+                   int8_batch=_deployed_batch(report) if int8 else None, is_pair=bool(report.get("is_pair")),
+                   notes=tuple(notes))
 
     def logits(self, texts: Sequence[str], *, batch_size: int = 32) -> np.ndarray:
         """(N, labels) logits, ``batch_size`` texts per call (each padded to its longest; an
         int8 export's own batch instead, ``int8_batch``)."""
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"batch_size must be a whole number of texts, at least 1, got {batch_size!r}")
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        pairs = split_pairs(texts) if self.is_pair else None
         names = {i.name for i in self.session.get_inputs()}
         batch_size = self.int8_batch or batch_size
         out = []
         for start in range(0, len(texts), batch_size):
-            enc = self.tokenizer(list(texts[start:start + batch_size]), padding=True, truncation=True,
-                                 max_length=self.max_length, return_tensors="np")
+            part = slice(start, start + batch_size)
+            args = (pairs[0][part], pairs[1][part]) if pairs else (texts[part],)
+            enc = self.tokenizer(*args, padding=True, truncation=True, max_length=self.max_length, return_tensors="np")
             feed = {k: np.asarray(v, dtype=np.int64) for k, v in enc.items() if k in names}
             if "token_type_ids" in names and "token_type_ids" not in feed:
                 feed["token_type_ids"] = np.zeros_like(feed["input_ids"])
@@ -162,6 +215,7 @@ class ExportedModel:
     def predict(self, texts: Sequence[str], *, batch_size: int = 32) -> list[dict[str, Any]]:
         """One record per text: ``text``, ``label`` (the most probable), ``score`` (its
         softmax probability) and ``scores`` (every label's)."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
         logits = self.logits(texts, batch_size=batch_size)
         z = logits - logits.max(axis=1, keepdims=True)
         probs = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)

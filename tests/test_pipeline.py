@@ -33,6 +33,8 @@ def test_main_job_writes_everything(job: Path) -> None:
         for stat in ("p90", "p99", "mean"):  # a predictor for each statistic a budget may apply to
             other = json.loads((job / "latency" / f"{device}.{stat}.fit.json").read_text())
             assert other["stat"] == stat and other["target_column"] == f"lat_{'median' if stat == 'p50' else stat}_ms"
+            # the harness check compares medians whichever statistic is fitted
+            assert other["harness_ratio"] == report["harness_ratio"]
     for name in ("fronts.csv", "hypervolume.csv", "fronts.png"):
         assert (job / "compare" / name).exists()
     fronts = pd.read_csv(job / "compare" / "fronts.csv")
@@ -834,3 +836,27 @@ def test_budgets_on_a_tail_statistic_and_in_fixed_length_mode(job: Path, tmp_pat
     report = json.loads((tmp_path / "padded8" / "report.json").read_text())
     assert (report["regime"], report["length"], report["traffic_calls"]) == ("fixed", 8, None)
     assert "(p50 per call of batch 1 on 8 tokens repeated)" in capsys.readouterr().out
+
+
+def test_compare_scores_on_the_dev_subset_the_searches_used(job: Path, tmp_path: Path) -> None:
+    """`hwnas compare` without --dev-subset reads the searches' subset from the accuracy cache
+    (the main job's 400, not search's default 500), so it reuses their scores."""
+    from types import SimpleNamespace
+
+    from nas.objectives import searched_dev_subset
+    from supernet.evaluate import SCORE_COLUMNS
+    from supernet.io import CsvLog
+    from supernet.workflow import open_run
+
+    assert searched_dev_subset(open_run(job)) == 400
+    folder = tmp_path / "run"
+    assert searched_dev_subset(SimpleNamespace(folder=folder)) == 500  # nothing scored yet: the default
+    rows = [{"arch_key": f"k{i}", "split": "dev@b1" if i < 3 else "dev300s0bf16", "accuracy": 0.5, "macro_f1": 0.5,
+             "n": 10} for i in range(8)]
+    rows += [{"arch_key": f"w{i}", "split": s, "accuracy": 0.5, "macro_f1": 0.5, "n": 10}
+             for i, s in enumerate(["dev", "test", "test", "test", "test", "test", "test"])]
+    CsvLog(folder / "search" / "accuracy.csv", SCORE_COLUMNS).append(rows)
+    assert searched_dev_subset(SimpleNamespace(folder=folder)) == 300  # test rows never count
+    CsvLog(folder / "search" / "accuracy.csv", SCORE_COLUMNS).append(
+        [{"arch_key": f"d{i}", "split": "dev", "accuracy": 0.5, "macro_f1": 0.5, "n": 10} for i in range(9)])
+    assert searched_dev_subset(SimpleNamespace(folder=folder)) is None  # the whole dev split (the benchmark's)

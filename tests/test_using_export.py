@@ -280,7 +280,7 @@ def test_a_model_field_the_modeling_code_does_not_know_is_refused(tmp_path: Path
         ex.write_hf(model, tmp_path / "hf")
 
 
-def test_an_int8_export_predicts_each_text_independently_of_its_batch(job: Path, tmp_path: Path) -> None:
+def test_an_int8_export_predicts_each_text_independently_of_its_batch(job: Path, tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
     """Dynamic INT8 quantizes activations with one scale per tensor, so batched texts would
     change each other's logits; predict runs an int8 export one text per call."""
     from latency.devices import get_device
@@ -309,3 +309,61 @@ def test_an_int8_export_predicts_each_text_independently_of_its_batch(job: Path,
     pairs = np.concatenate([model.logits(SENTENCES[i:i + 2]) for i in range(0, len(SENTENCES), 2)])
     assert np.array_equal(model.logits(SENTENCES, batch_size=32), pairs)
     assert np.array_equal(model.logits(SENTENCES, batch_size=1), pairs)
+    # The report names the precision (the fp32 graph beside it may not have been copied), and
+    # whether the weights use 7 bits: 8-bit weights on a CPU without VNNI get a note.
+    (tmp_path / "model-fp32.onnx").unlink()
+    (tmp_path / "report.json").write_text(json.dumps({"precision": "int8", "int8_reduce_range": False}))
+    monkeypatch.setattr("latency.onnx_export.int8_reduce_range", lambda: True)
+    model = ExportedModel.open(tmp_path)
+    assert model.int8_batch == 1 and len(model.notes) == 1 and "VNNI" in model.notes[0]
+    monkeypatch.setattr("latency.onnx_export.int8_reduce_range", lambda: False)
+    assert ExportedModel.open(tmp_path).notes == ()
+
+
+def test_predict_and_the_exported_tokenizer_cut_texts_where_the_run_did(export_dir: Path) -> None:
+    """A text longer than the run's max_length is cut there (as it was trained, scored and
+    timed), by `hwnas predict` and by the tokenizer written beside model.onnx."""
+    from transformers import AutoTokenizer
+
+    from nas.predict import ExportedModel
+
+    report = json.loads((export_dir / "report.json").read_text())
+    trained = json.loads((export_dir.parents[1] / "run.json").read_text())["train"]["max_length"]
+    assert report["max_length"] == trained and report["is_pair"] is False
+    tok = AutoTokenizer.from_pretrained(export_dir)
+    assert tok.model_max_length == trained
+    model = ExportedModel.open(export_dir)
+    assert model.max_length == trained and not model.is_pair
+    long = " ".join(["the film"] * 80)
+    ids = tok(long, truncation=True)["input_ids"]
+    assert len(ids) == trained
+    cut = tok.decode(ids[1:-1])
+    assert np.allclose(model.logits([long]), model.logits([cut]), atol=1e-5)
+
+
+def test_a_pair_export_takes_each_text_as_first_tab_second(export_dir: Path, tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    from transformers import AutoTokenizer
+
+    from nas import api
+    from nas.predict import ExportedModel
+    from supernet.errors import ConfigError
+
+    pair = tmp_path / "pair"
+    shutil.copytree(export_dir, pair)
+    report = json.loads((pair / "report.json").read_text())
+    (pair / "report.json").write_text(json.dumps({**report, "is_pair": True}))
+    model = ExportedModel.open(pair)
+    enc = AutoTokenizer.from_pretrained(pair)(["a fine film"], ["and a good cast"], return_tensors="np")
+    assert enc["token_type_ids"].max() == 1  # the second segment is typed as such
+    names = {i.name for i in model.session.get_inputs()}
+    expected = model.session.run(None, {k: v.astype(np.int64) for k, v in enc.items() if k in names})[0]
+    assert np.allclose(model.logits(["a fine film\tand a good cast"]), expected, atol=1e-6)
+    code, _ = _hwnas(["predict", "--model", str(pair), "a fine film\tand a good cast"])
+    assert code == 0
+    code, _ = _hwnas(["predict", "--model", str(pair), "a fine film"])
+    err = capsys.readouterr().err
+    assert code == 2 and "FIRST<TAB>SECOND" in err and len(err.strip().splitlines()) == 1
+    # The Python API: one string is one text; a batch size below 1 is refused in words.
+    assert len(api.predict(export_dir, "a fine film")) == 1
+    with pytest.raises(ConfigError, match="batch_size"):
+        api.predict(export_dir, ["a fine film"], batch_size=0)
