@@ -979,6 +979,11 @@ def cmd_search(a: argparse.Namespace) -> int:
         raise ConfigError("--workers and --ray-address are settings of --ray (a search as Ray Tune trials): add "
                           "--ray or drop them")
     a.method = a.method or "evolution"
+    if a.method == "ray":
+        raise ConfigError("--method ray is spelled --ray (with --method tpe or nsga2, or neither)")
+    if a.front and a.method == "tpe" and not a.ray:
+        raise ConfigError("--front searches a whole accuracy-latency front, and TPE maximises accuracy alone (it "
+                          "would crowd the largest sub-networks): use --method nsga2, evolution or random")
     searcher_class(a.method)  # an unknown name is refused before the run opens
     kwargs = evolution_settings(a.method, a.screen)
     if a.ray and kwargs:

@@ -35,8 +35,9 @@ How the pieces fit:
   trial number), every one checked against the budget before its accuracy is computed, and
   reports the best of them to Optuna (for a front: the suggested one's values). Every
   evaluated configuration is returned in the trial's metrics (``evaluated_json``) and ends
-  up in the history. So a search makes ``n_evaluations`` trials and at most
-  ``n_evaluations * trial_chunk`` accuracy evaluations.
+  up in the history. ``n_evaluations`` caps the configurations planned, as in every
+  searcher: a search makes ``ceil(n_evaluations / trial_chunk)`` trials, and the history
+  keeps at most ``n_evaluations`` of them.
 * **No configuration is evaluated twice**: chunks are planned in the driver, where Tune
   asks for suggestions one at a time, against every configuration already handed out, so
   concurrent trials never duplicate each other. A suggestion already taken is replaced by a
@@ -307,6 +308,7 @@ class _Planner:
     space: SearchSpace
     seed: int
     trial_chunk: int
+    total: int | None = None  # configurations to plan in all (n_evaluations): the last chunk may be smaller
     attempts_per_mutation: int = 50
     taken: set[str] = field(default_factory=set)
     known: dict[str, list[float]] = field(default_factory=dict)
@@ -315,13 +317,14 @@ class _Planner:
         from nas.optuna_search import suggest_config
 
         suggested = suggest_config(trial, self.space)
+        size = self.trial_chunk if self.total is None else max(0, min(self.trial_chunk, self.total - len(self.taken)))
         chunk: list[SubnetConfig] = []
-        if suggested.key() not in self.taken:
+        if suggested.key() not in self.taken and size > 0:
             chunk.append(suggested)
             self.taken.add(suggested.key())
         rng = np.random.default_rng([self.seed, trial.number])
         attempts = 0
-        while len(chunk) < self.trial_chunk and attempts < self.attempts_per_mutation * self.trial_chunk:
+        while len(chunk) < size and attempts < self.attempts_per_mutation * self.trial_chunk:
             attempts += 1
             cfg = self.space.mutate(suggested, rng)
             if cfg.key() not in self.taken:
@@ -401,11 +404,15 @@ def evaluate_chunk(
             raise ValueError(f"accuracy model returned {acc} for {cfg.describe()}")
         evaluated.append({"arch_json": cfg.to_json(), "acc": acc, "lat": lat, "upper": upper})
 
-    if evaluated:
+    suggested_here = bool(evaluated) and evaluated[0]["arch_json"] == config["hwnas_suggested"]
+    if evaluated and not (multi_objective and not suggested_here and config.get("hwnas_known") is not None):
+        # A front's trial reports the suggested configuration's own values (Optuna learns
+        # them for its parameters); a budgeted one the best of its chunk.
         best = evaluated[0] if multi_objective else max(evaluated, key=lambda r: r["acc"])
         report = {**best, "feasible": True}
     elif config.get("hwnas_known") is not None:
-        # Nothing new to evaluate: the suggestion was evaluated by an earlier trial.
+        # The suggestion was evaluated by an earlier trial: its known values (the chunk's
+        # mutations, if any, are in evaluated_json all the same).
         acc, lat, upper = config["hwnas_known"]
         report = {"arch_json": config["hwnas_suggested"], "acc": acc, "lat": lat, "upper": upper,
                   "feasible": is_feasible(upper, budget_ms)}
@@ -447,9 +454,10 @@ class RayTuneSearch:
     ``ray://host:port`` or ``auto``) joins an existing cluster. If Ray is already initialised
     in this process, that session is used and left running. ``storage_path`` is where Ray
     Tune writes its per-trial results (``None``: a temporary folder, removed afterwards).
-    ``trial_chunk`` configurations are evaluated per trial (module doc), so ``n_evaluations``
-    is the number of *trials* and at most ``n_evaluations * trial_chunk`` accuracies are
-    computed. ``accuracy`` and ``latency`` must be picklable.
+    ``trial_chunk`` configurations are evaluated per trial (module doc); ``n_evaluations``
+    caps the configurations planned (evaluated, or rejected by the latency predictor), so a
+    search makes ``ceil(n_evaluations / trial_chunk)`` trials and keeps at most
+    ``n_evaluations`` evaluations. ``accuracy`` and ``latency`` must be picklable.
 
     The rest mirror the in-process searchers: ``n_startup_trials`` (TPE's random start),
     ``population_size`` (NSGA-II; ``None``: ``n_evaluations / 5``, at least 8),
@@ -492,7 +500,7 @@ class RayTuneSearch:
         method = "ray-nsga2" if multi else "ray-tpe"
         t0 = time.perf_counter()
         self.last_stats = {"wall_s": 0.0, "trial_compute_s": 0.0, "overhead_s": 0.0, "trials": 0}
-        archive = Archive(accuracy, budget_ms, n_evaluations * self.trial_chunk)
+        archive = Archive(accuracy, budget_ms, n_evaluations)
         if budget_ms is not None and fastest_reachable(space, latency) > budget_ms:
             self.last_stats["wall_s"] = time.perf_counter() - t0
             return archive.result(method)
@@ -553,7 +561,7 @@ class RayTuneSearch:
             sampler = nsga2_sampler(seed, n_evaluations, population_size=self.population_size, picklable=True)
         else:
             sampler = tpe_sampler(seed, n_startup_trials=self.n_startup_trials, picklable=True)
-        planner = _Planner(space, seed, self.trial_chunk)
+        planner = _Planner(space, seed, self.trial_chunk, total=n_evaluations)
         alg = _search_alg_class()(
             planner, budget_ms,
             metric=["acc", "lat"] if multi else "acc",
@@ -608,6 +616,8 @@ class RayTuneSearch:
         configuration once), and the rejections they counted."""
         for m in rows:
             for e in json.loads(m["evaluated_json"]):
+                if archive.full:  # the last trial's chunk past n_evaluations (ceil(n / chunk) trials)
+                    break
                 archive.record(SubnetConfig.from_dict(json.loads(e["arch_json"])), e["acc"], e["lat"], e["upper"])
         archive.n_rejected = sum(int(m["n_rejected"]) for m in rows)
         return archive.result(method)
@@ -757,8 +767,9 @@ def overhead_benchmark(n_trials: int = 8, workers: int = 2, *, cost_s: float = 0
 
     The toy is a 4-layer space with an accuracy that sleeps ``cost_s`` per evaluation and a
     budget that every configuration fits, so both evaluate ``n_trials`` configurations (the
-    Ray search ``n_trials * trial_chunk``). ``ray_overhead_per_trial_s`` is Ray's wall time
-    beyond the ideal ``compute / workers``, per trial, start-up and shut-down included;
+    Ray search in ``ceil(n_trials / trial_chunk)`` trials). ``ray_overhead_per_trial_s`` is
+    Ray's wall time beyond the ideal ``compute / workers``, per Ray trial, start-up and
+    shut-down included;
     ``ray_fit_overhead_per_trial_s`` the same for ``Tuner.fit`` alone.
     """
     from nas.optuna_search import TPESearch
@@ -786,7 +797,8 @@ def overhead_benchmark(n_trials: int = 8, workers: int = 2, *, cost_s: float = 0
         "ray_trial_compute_s": st["trial_compute_s"],
         "ray_overhead_s": st["overhead_s"],
         "inprocess_overhead_per_trial_s": (local_wall - local.n_evaluations * cost_s) / n_trials,
-        "ray_overhead_per_trial_s": (st["wall_s"] - ideal) / n_trials,
-        "ray_fit_overhead_per_trial_s": (st["fit_s"] - ideal) / n_trials,
+        "ray_trials": st["trials"],
+        "ray_overhead_per_trial_s": (st["wall_s"] - ideal) / max(1, st["trials"]),
+        "ray_fit_overhead_per_trial_s": (st["fit_s"] - ideal) / max(1, st["trials"]),
         "speedup": local_wall / st["wall_s"],
     }

@@ -430,6 +430,8 @@ class OptunaSearch:
                 study.enqueue_trial(t.system_attrs["fixed_params"])
         finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
         for t in sorted(finished, key=lambda ft: ft.number):
+            if archive.full:  # a study run further before (a larger --n): this search's first n only
+                break
             attrs = t.user_attrs
             status = attrs.get("status") if t.state == TrialState.COMPLETE else None
             if status == "evaluated":

@@ -210,6 +210,8 @@ OPTIONS = [
      "--max-loss"),
     (["early-exit", "--run", NOWHERE, "--out", "O", "--subnet", "largest", "--quiet"], "--quiet"),
     (["early-exit", "--run", NOWHERE, "--out", "O", "--finalists", "1"], "--finalists"),
+    (["search", "--run", NOWHERE, "--device", "cpu", "--front", "--method", "tpe"], "use --method nsga2"),
+    (["search", "--run", NOWHERE, "--device", "cpu", "--budget-ms", "3", "--method", "ray"], "spelled --ray"),
     (["frobnicate"], "invalid choice"),
     ([], "required"),
     (["fit", "--run", NOWHERE, "--device", "cpu", "--bogus"], "unrecognized"),

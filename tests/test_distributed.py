@@ -154,6 +154,18 @@ def test_evaluate_chunk_checks_the_budget_and_reports_the_best() -> None:
     # For a front, the suggested (first) configuration's values are reported.
     m = evaluate_chunk(config, SPACE, acc, ToyLatency(), budget_ms=None, multi_objective=True)
     assert m["arch_json"] == large.to_json() and len(json.loads(m["evaluated_json"])) == 3
+    # ... also when the suggestion was taken by an earlier trial and the chunk holds only its
+    # mutations: its known values, not a mutation's under its parameters.
+    taken = {**config, "hwnas_suggested": large.to_json(), "hwnas_known": [0.9, 2.0, 2.1],
+             "hwnas_chunk": [small.to_json(), mid.to_json()]}
+    m = evaluate_chunk(taken, SPACE, acc, ToyLatency(), budget_ms=None, multi_objective=True)
+    assert (m["arch_json"], m["acc"], m["lat"]) == (large.to_json(), 0.9, 2.0)
+    assert len(json.loads(m["evaluated_json"])) == 2  # the mutations are evaluated and kept all the same
+    # A planner told the total plans no more: the last chunk is cut to what is left.
+    planner = _Planner(SPACE, seed=0, trial_chunk=3, total=4)
+    study = optuna.create_study()
+    sizes = [len(planner(study.ask())["hwnas_chunk"]) for _ in range(3)]
+    assert sizes == [3, 1, 0]
 
 
 def test_searcher_pickles_and_then_suggests_what_the_original_would(tmp_path: Path) -> None:
@@ -241,15 +253,15 @@ def test_chunks_on_its_own_ray(tmp_path: Path) -> None:
 
     if ray.is_initialized():
         ray.shutdown()  # the module's shared session (its teardown then finds nothing to do)
-    n, chunk = 6, 3
+    n, chunk = 7, 3
     result, acc, searcher = search(tmp_path, budget_ms=BUDGET, n=n, workers=2, trial_chunk=chunk)
     assert not ray.is_initialized()  # it started Ray, so it shut it down
     check_history(result, acc, cap=n)
-    # n_evaluations caps accuracy calls: n / chunk trials, each planning `chunk` new
-    # configurations, each evaluated or rejected by latency.
+    # n_evaluations caps the configurations planned: ceil(n / chunk) trials, the last one's
+    # chunk cut to what is left, each configuration evaluated or rejected by latency.
     assert result.n_evaluations + result.n_rejected == n
     assert result.n_evaluations > n // chunk
     assert all(c.upper_ms <= BUDGET for c in result.history)
     assert result.best is not None and result.best.accuracy == max(c.accuracy for c in result.history)
-    assert searcher.last_stats["trials"] == n // chunk
+    assert searcher.last_stats["trials"] == -(-n // chunk)
     np.testing.assert_array_less(0, [searcher.last_stats["startup_s"]])

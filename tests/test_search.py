@@ -175,6 +175,9 @@ def test_optuna_search_resumes_from_sqlite(tmp_path) -> None:
     first = [c.config.key() for c in result.history[:10]]
     assert first == seen
     assert not set(acc.keys) & set(first)
+    # Asked for fewer than the study holds: its first ones, nothing evaluated, as evolution does.
+    fewer = searcher.search(SPACE, acc, ToyLatency(), budget_ms=BUDGET, n_evaluations=6, seed=0)
+    assert [c.config.key() for c in fewer.history] == first[:6] and len(acc.keys) == 10
     # A different budget under the same study name is refused, not mixed in.
     with pytest.raises(ConfigError, match="new study name"):
         searcher.search(SPACE, acc, ToyLatency(), budget_ms=3.0, n_evaluations=20, seed=0)
