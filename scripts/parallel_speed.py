@@ -47,7 +47,7 @@ def main() -> int:
     for i, n in enumerate(order):
         out = base / f"run{i}_nproc{n}"
         cmd = [sys.executable, "-m", "nas.cli", "train", "--out", str(out), "--model", a.model, "--nproc", str(n),
-               "--max-train", str(a.max_train), "--max-eval", "32", "--batch-size", "32", "--teacher-epochs", "0",
+               "--max-train", str(a.max_train), "--max-eval", "32", "--batch-size", "32", "--teacher-epochs", "0.01",
                "--supernet-epochs", "1", "--quiet"]
         t0 = time.time()
         subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)
