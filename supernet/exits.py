@@ -368,9 +368,23 @@ def train_exits(
         raise CheckpointError(f"{out} holds an exits training with other settings ({plan}); delete it to start again")
     write_json(plan, settings)
 
+    was_training, grads = supernet.training, [p.requires_grad for p in supernet.parameters()]
     supernet.eval()  # frozen: no dropout, no gradients, its outputs cannot change
     for p in supernet.parameters():
         p.requires_grad_(False)
+    try:
+        return _train_heads(supernet, space, train, cfg, out, settings, batch_size=batch_size,
+                            bucket_by_length=bucket_by_length, progress=progress, stop_after=stop_after)
+    finally:  # the caller's model as it was given
+        supernet.train(was_training)
+        for p, g in zip(supernet.parameters(), grads, strict=True):
+            p.requires_grad_(g)
+
+
+def _train_heads(supernet: ElasticBert, space: SearchSpace | None, train: Encoded, cfg: ExitConfig, out: Path,
+                 settings: dict[str, Any], *, batch_size: int, bucket_by_length: bool, progress: bool,
+                 stop_after: int | None) -> tuple[ExitHeads, bool]:
+    """``train_exits``' training, on a frozen ``supernet``."""
     torch.manual_seed(cfg.seed)
     heads = ExitHeads.for_model(supernet, cfg.kind)
     source = supernet.shape.source_layers  # layer -> the supernet layer it came from (its head)

@@ -233,7 +233,7 @@ class ElasticAttention(nn.Module):
     def extract(self, heads: int) -> ElasticAttention:
         """A physically smaller copy holding only the first ``heads`` heads."""
         w = heads * self.head_dim
-        new = ElasticAttention(self.out.out_features, heads, self.head_dim, self.dropout)
+        new = ElasticAttention(self.out.out_features, heads, self.head_dim, self.dropout).to(self.out.weight)
         with torch.no_grad():
             for name in ("query", "key", "value"):
                 getattr(new, name).weight.copy_(getattr(self, name).weight[:w])
@@ -260,7 +260,7 @@ class ElasticFFN(nn.Module):
         return F.linear(a, self.out.weight[:, :n], self.out.bias)  # (B, T, H)
 
     def extract(self, n: int) -> ElasticFFN:
-        new = ElasticFFN(self.out.out_features, n)
+        new = ElasticFFN(self.out.out_features, n).to(self.out.weight)  # the source's device and dtype
         with torch.no_grad():
             new.inter.weight.copy_(self.inter.weight[:n])
             new.inter.bias.copy_(self.inter.bias[:n])
@@ -331,7 +331,7 @@ class EncoderLayer(nn.Module):
 
 
 def _copy_norm(norm: nn.LayerNorm) -> nn.LayerNorm:
-    new = nn.LayerNorm(norm.normalized_shape, eps=norm.eps)
+    new = nn.LayerNorm(norm.normalized_shape, eps=norm.eps).to(norm.weight)  # the source's device and dtype
     new.load_state_dict(norm.state_dict())  # copies the values into the new tensors
     return new
 

@@ -277,7 +277,10 @@ class SearchSpace:
 
     # ---- checks -------------------------------------------------------------------------
     def validate(self, cfg: SubnetConfig) -> SubnetConfig:
-        """Raise ConfigError naming the bad field (and layer) if ``cfg`` is outside the space."""
+        """Raise ConfigError naming the bad field (and layer) if ``cfg`` is outside the space;
+        return it in its one spelling (``key()`` then names the function, not the spelling): a
+        skipped layer's heads and FFN 0, each retention the space's own value of it (a JSON
+        file's 0.8000000000000002 is 0.8)."""
         if cfg.num_layers != self.num_layers:
             raise ConfigError(
                 f"configuration has {cfg.num_layers} layers but the space has {self.num_layers}"
@@ -290,6 +293,7 @@ class SearchSpace:
         if not self.allow_skip and len(kept) != self.num_layers:
             raise ConfigError("keep: this space does not allow skipping layers")
         prev = 1.0
+        retention: list[float] = []
         for i in range(self.num_layers):
             if cfg.keep[i]:
                 if cfg.heads[i] not in self.head_choices:
@@ -297,8 +301,10 @@ class SearchSpace:
                 if cfg.ffn[i] not in self.ffn_choices:
                     raise ConfigError(f"ffn[{i}]={cfg.ffn[i]} is not one of {list(self.ffn_choices)}")
             r = cfg.retention[i]
-            if not any(math.isclose(r, c) for c in self.retention_choices):
+            exact = [c for c in self.retention_choices if math.isclose(r, c)]
+            if not exact:
                 raise ConfigError(f"retention[{i}]={r} is not one of {list(self.retention_choices)}")
+            retention.append(exact[0])
             if r > prev + 1e-9:
                 raise ConfigError(
                     f"retention[{i}]={r} is larger than retention[{i - 1}]={prev}: "
@@ -310,7 +316,8 @@ class SearchSpace:
                     "skipped: a skipped layer computes no attention and cannot drop tokens"
                 )
             prev = r
-        return cfg
+        one = replace(cfg.canonical(), retention=tuple(retention))
+        return cfg if one == cfg else one
 
     def contains(self, cfg: SubnetConfig) -> bool:
         try:

@@ -165,9 +165,12 @@ def test_training_freezes_the_backbone_teaches_the_exits_and_resumes(tmp_path) -
     before_w = weights_sha1(model)
     untrained = predict_exits(model, ExitHeads.for_model(model, "mean"), dev, space.largest())
     cfg = ExitConfig(kind="mean", epochs=5, lr=3e-2, n_random=1)
+    model.train()  # as a caller may hold it: given back as it came, trainable and in training mode
     heads, trained = train_exits(model, space, train, tmp_path / "a", cfg, batch_size=16, progress=False)
     assert trained
     assert weights_sha1(model) == before_w  # the backbone did not move
+    assert model.training and all(p.requires_grad for p in model.parameters())
+    model.eval()
     after = predict_exits(model, heads, dev, space.largest())
     np.testing.assert_array_equal(after[-1], untrained[-1])  # so the final classifier's answers are the same
 

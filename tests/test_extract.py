@@ -95,3 +95,20 @@ def test_non_bert_checkpoints_are_rejected(tmp_path: Path) -> None:
         load_pretrained(str(tmp_path), num_labels=2)
     with pytest.raises(CheckpointError, match="cannot load"):
         load_pretrained(str(tmp_path / "does-not-exist"), num_labels=2)
+
+
+def test_an_extracted_model_keeps_the_supernets_dtype() -> None:
+    """Extracted from a bfloat16 supernet (or one on a GPU), every layer is made where the
+    supernet lives and in its dtype: a mixed model would fail on its first matmul."""
+    model = tiny_model().to(torch.bfloat16)
+    cfg = SubnetConfig((2, 0, 4), (32, 0, 64), (True, False, True), (1.0, 1.0, 0.5))
+    small = extract(model, cfg)
+    assert {p.dtype for p in small.parameters()} == {torch.bfloat16}
+    assert {p.device for p in small.parameters()} == {next(model.parameters()).device}
+    batch = tiny_batch()
+    torch.testing.assert_close(_logits(small, batch), _logits_of(model, batch, cfg))
+
+
+def _logits_of(model, batch, cfg):  # noqa: ANN001, ANN202
+    with torch.no_grad():
+        return model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], subnet=cfg).logits

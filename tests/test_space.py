@@ -131,3 +131,19 @@ def test_grown_neighbours_are_one_step_larger_in_one_choice() -> None:
     assert {g.precision for g in int8.grown(first)} == {"int8"}
     with pytest.raises(ConfigError, match="precision"):
         space.grown(first)  # not in an fp32-only space
+
+
+def test_validate_returns_the_one_spelling_of_a_configuration(space: SearchSpace) -> None:
+    """Heads and FFN given for a skipped layer, or a retention spelled 0.8000000000000002 in a
+    JSON file, change nothing the network computes: validate returns the configuration with
+    the key of its canonical spelling, and mutating it stays in the space."""
+    canon = SubnetConfig((12, 0, 6, 6, 3, 3), (1536, 0, 768, 768, 384, 384), (True, False, True, True, True, True),
+                         (1.0, 1.0, 0.7, 0.7, 0.5, 0.5))
+    assert space.validate(canon) is canon  # already canonical: the same object back
+    odd = SubnetConfig((12, 9, 6, 6, 3, 3), (1536, -5, 768, 768, 384, 384), canon.keep,
+                       (1.0, 1.0, 0.7000000000000001, 0.7, 0.5, 0.5))
+    assert odd.key() != canon.key()
+    assert space.validate(odd) == canon and space.validate(odd).key() == canon.key()
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        space.validate(space.mutate(space.validate(odd), rng))
