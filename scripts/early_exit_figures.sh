@@ -14,9 +14,11 @@ BUDGET=${BUDGET:-3}
 DEVICE=${DEVICE:-cpu}
 HWNAS=(nice -n 10 .venv/bin/python -m nas.cli)
 [ -x .venv/bin/python ] || HWNAS=(nice -n 10 python -m nas.cli)
-mkdir -p "$RUN/early_exit"
-SUBNET=${2:-$RUN/early_exit/largest.json}
-[ -n "${2:-}" ] || echo '{"heads": [12,12,12,12,12,12], "ffn": [1536,1536,1536,1536,1536,1536], "keep": [true,true,true,true,true,true], "retention": [1,1,1,1,1,1]}' > "$SUBNET"
+if [ ! -f "$RUN/run.json" ]; then
+  echo "early_exit_figures.sh: $RUN is not a run folder (no run.json): run bash scripts/run.sh first, or name a run" >&2
+  exit 2
+fi
+SUBNET=${2:-largest}  # the run's own largest sub-network, whatever its model
 NAME=$(basename "$SUBNET" .json)
 for kind in mean attn; do  # each: 2 epochs on the frozen supernet (24 min each on 2 busy cores)
   "${HWNAS[@]}" exits --run "$RUN" --kind "$kind" --quiet

@@ -3,7 +3,8 @@
 Takes two measurement files of the same run and device, made by the same `hwnas measure`
 command (the same seeded sub-networks) at different times: the run's own file, and that of a
 copy of the run whose `latency/` folder was emptied first. Prints, over the sub-networks
-in both:
+in both (each sub-network's median over its passes, as `hwnas fit` fits it; the README's
+figures of 2026-12-03 came from one pass of each, before this):
 
 - test-retest: how far the second timing of each sub-network is from the first (median and
   mean |b / a - 1|, share within 10%): the noise in one label;
@@ -12,7 +13,7 @@ in both:
   on the geometric mean of both (what timing each sub-network twice would give).
 
     cp -al runs/bench/r8 /tmp/r8b && rm -rf /tmp/r8b/latency /tmp/r8b/run.lock && mkdir /tmp/r8b/latency
-    .venv/bin/hwnas measure --run /tmp/r8b --device cpu --n 200
+    .venv/bin/hwnas measure --run /tmp/r8b --device cpu --n 200 --passes 3   # as bench.sh measured r8
     .venv/bin/python scripts/predictor_retest.py runs/bench/r8 /tmp/r8b --device cpu
 """
 
@@ -24,7 +25,7 @@ import sys
 import numpy as np
 import pandas as pd
 
-from latency.predictor import PREDICTORS, TARGET, _group_folds, make_predictor
+from latency.predictor import PREDICTORS, TARGET, _group_folds, make_predictor, per_configuration
 from latency.workflow import measured_rows
 from supernet.errors import HwnasError
 from supernet.model import BertShape
@@ -32,9 +33,12 @@ from supernet.workflow import open_run
 
 
 def samples(folder: str, device: str) -> pd.DataFrame:
+    """One row per sub-network timed on real traffic: the median of its passes (``hwnas
+    measure --passes``), what ``hwnas fit`` fits (``per_configuration``)."""
     rows = measured_rows(folder, device)
     ok = rows[(rows["kind"] == "sample") & (rows["error"].fillna("") == "") & (rows["regime"] == "traffic")]
-    return ok.drop_duplicates("arch_key").set_index("arch_key")
+    merged, _ = per_configuration(ok)
+    return merged.drop_duplicates("arch_key").set_index("arch_key")
 
 
 def cross_validated(shape: BertShape, rows: pd.DataFrame, fit_on: pd.Series, score_on: pd.Series, name: str) -> str:

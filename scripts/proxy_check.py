@@ -22,7 +22,8 @@ distillation) and scored on the whole dev and test splits. Printed:
 
     .venv/bin/python scripts/proxy_check.py runs/main --out runs/proxy --n 16
 
-Finished fine-tunings under ``--out`` are reused; the table goes to ``OUT/proxy.csv``.
+Finished fine-tunings under ``--out`` are reused; the table goes to ``OUT/proxy_plain.csv``
+(``OUT/proxy_lw<W>.csv`` with ``--layer-weight W``).
 ``--supernet DIR`` scores with another supernet of the same run (e.g. one trained by
 ``scripts/recipe_ablation.py``).
 """

@@ -2,7 +2,7 @@
 ``nas.surrogate``) raise the benchmark's test hypervolume? No timing, only scoring.
 
 For each search seed ``--seed`` .. ``--seed + --seeds - 1``, the evolution searches the whole
-front once per screen in ``--screens`` (1: no screening, today's default) and random search
+front once per screen in ``--screens`` (1: no screening; the default since 2026-12-07 is 4) and random search
 once, every search scoring the whole dev split with ``--n`` evaluations; each front on dev
 accuracy and *predicted* latency is thinned to ``--front-points`` and scored on test, as
 ``hwnas bench``'s ``seed_spread`` does. The hypervolumes use one reference for every front of
