@@ -102,6 +102,9 @@ def main_job(out: str | Path, spec: RunSpec, job: JobConfig, *, progress: bool =
 
     t0 = time.time()
     train_run(out, spec, resume=RunFolder(out).spec.exists(), progress=progress, ranks=Ranks(device=job.train_device))
+    # An earlier job's summary would look current if this one stopped before writing its own.
+    for stale in (RunFolder(out).summary, RunFolder(out).job):
+        stale.unlink(missing_ok=True)
     run = open_run(out)
     table = evaluation_table(run)
     write_evaluation(run, table)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
 from pathlib import Path
 
@@ -860,3 +861,25 @@ def test_compare_scores_on_the_dev_subset_the_searches_used(job: Path, tmp_path:
     CsvLog(folder / "search" / "accuracy.csv", SCORE_COLUMNS).append(
         [{"arch_key": f"d{i}", "split": "dev", "accuracy": 0.5, "macro_f1": 0.5, "n": 10} for i in range(9)])
     assert searched_dev_subset(SimpleNamespace(folder=folder)) is None  # the whole dev split (the benchmark's)
+
+
+def test_a_resumed_job_that_stops_early_leaves_no_old_summary(job: Path, tmp_path: Path, tiny_hf_dir: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """summary.csv and job.json are the last job's: a rerun that stops before writing its own
+    removes them rather than leaving figures that look current."""
+    import nas.pipeline as pipeline
+    from nas.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(job, run)
+    assert (run / "summary.csv").exists() and (run / "job.json").exists()
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("the machine went away")
+
+    monkeypatch.setattr(pipeline, "measure_devices", broken)
+    with pytest.raises(RuntimeError, match="went away"):
+        main(["run", "--out", str(run), "--model", str(tiny_hf_dir), "--max-train", "64", "--max-eval", "48",
+              "--n-measure", "20", "--n-search", "10", "--quiet"])
+    assert not (run / "summary.csv").exists() and not (run / "job.json").exists()
+    assert (run / "supernet" / "model.safetensors").exists()  # what was trained is kept
