@@ -55,7 +55,8 @@ if [ "$quick" = 1 ]; then
     # evolution, code of 0c1772b (2026-12-07); 21 min 40 s (rt 8, r8 14) with r8 at 96 tokens here (128
     # in the full version) and no stock timing in the budget sweep's exports, code of 79f127c; so the
     # quick benchmark sweeps one budget (0.5) and fine-tunes one candidate (BenchConfig.quick): 18 min
-    # 42 s (rt 7, r8 11.5), code of 358e617, the same machine minutes later.
+    # 42 s (rt 7, r8 11.5), code of 358e617, the same machine minutes later; 24 min 18 s (rt 9, r8 15)
+    # on a slower AVX2 EPYC without VNNI, code of 73cc000 (2026-12-08).
     RT=(--max-train 1000 --max-eval 250 --teacher-epochs 1 --supernet-epochs 1)
     R8=(--max-train 500 --max-eval 250 --max-length 96 --teacher-epochs 1 --supernet-epochs 1)
     MEASURE_RT=(--device cpu --n 30); MEASURE_R8=(--device cpu --n 30)
