@@ -1336,12 +1336,12 @@ def register_extract(sub: Subparsers) -> argparse.ArgumentParser:
 
 def cmd_extract(a: argparse.Namespace) -> int:
     from supernet.extract import export_standalone
-    from supernet.workflow import open_run
+    from supernet.workflow import open_run, tokenizer_as_trained
 
     asked = _fp32_subnet(a.subnet, "extract writes")  # before the run opens
     run = open_run(a.run)
     cfg = run.space.validate(asked)
-    written = export_standalone(run.supernet, cfg, a.out, run.tokenizer, list(run.task.label_names))
+    written = export_standalone(run.supernet, cfg, a.out, tokenizer_as_trained(run), list(run.task.label_names))
     for kind, path in written.items():
         print(f"{kind}: {path}")
     from supernet.extract import extract, hf_expressible, needs_remote_code

@@ -32,7 +32,6 @@ model and device timer and returns a value, so each can be tested with fakes:
 
 from __future__ import annotations
 
-import copy
 import functools
 import hashlib
 import math
@@ -82,6 +81,7 @@ from supernet.workflow import (
     check_unlabeled,
     distill_teacher,
     teacher_path,
+    tokenizer_as_trained,
     with_augmented,
     with_unlabeled,
 )
@@ -860,12 +860,8 @@ def write_export(run: LoadedRun, target: Target, out: Path, chosen: Candidate, m
     # report.json is an unfinished export, even where a re-export into it stopped halfway.
     for stale in (out / "report.json", out / CARD_NAME):
         stale.unlink(missing_ok=True)
-    # The tokenizer as trained: truncation=True cuts at the run's max_length (the lengths the
-    # model was trained, scored and timed on), not at the pretrained model's 512.
-    tokenizer = copy.deepcopy(run.tokenizer)
-    tokenizer.model_max_length = run.spec.train.max_length
-    written = export_standalone(run.supernet, chosen.config, out, tokenizer, list(run.task.label_names),
-                                model=model)
+    written = export_standalone(run.supernet, chosen.config, out, tokenizer_as_trained(run),
+                                list(run.task.label_names), model=model)
     int8 = chosen.config.int8
     faults.hit("export.write")
     fp32_path = export_onnx(model, out / ("model-fp32.onnx" if int8 else "model.onnx"))

@@ -288,6 +288,17 @@ def check_same_data(summary_path: Path, task: TaskData) -> None:
             "trained with, or train a new run on the new data")
 
 
+def tokenizer_as_trained(run: LoadedRun) -> Any:
+    """A copy of the run's tokenizer that cuts where the run did: its ``model_max_length`` is
+    the run's ``max_length`` (the lengths trained, scored and timed on), so that an exported
+    tokenizer with ``truncation=True`` does not let 512 tokens through."""
+    import copy
+
+    tokenizer = copy.deepcopy(run.tokenizer)
+    tokenizer.model_max_length = run.spec.train.max_length
+    return tokenizer
+
+
 def named_subnets(space: SearchSpace) -> dict[str, SubnetConfig]:
     """The sub-networks of the evaluation table: largest, three middle ones, smallest."""
     return {

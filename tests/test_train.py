@@ -88,6 +88,9 @@ def test_cli_train_eval_extract(tmp_path: Path, tiny_hf_dir, capsys) -> None:
                                "retention": [1.0, 1.0, 1.0]}))
     assert main(["extract", "--run", str(out), "--subnet", str(sub), "--out", str(tmp_path / "x")]) == 0
     assert (tmp_path / "x" / "hf" / "config.json").exists()
+    trained = json.loads((out / "run.json").read_text())["train"]["max_length"]
+    for folder in ("hf", "pytorch"):  # the tokenizer cuts where the run did, not at the pretrained model's 512
+        assert json.loads((tmp_path / "x" / folder / "tokenizer_config.json").read_text())["model_max_length"] == trained
     assert main(["eval", "--run", str(out), "--subnet", str(sub)]) == 0
     assert main(["eval", "--run", str(out), "--save", str(tmp_path / "pub" / "supernet_eval_rt.csv")]) == 0
     assert len(pd.read_csv(tmp_path / "pub" / "supernet_eval_rt.csv")) == 6
