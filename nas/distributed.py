@@ -405,7 +405,7 @@ def evaluate_chunk(
         evaluated.append({"arch_json": cfg.to_json(), "acc": acc, "lat": lat, "upper": upper})
 
     suggested_here = bool(evaluated) and evaluated[0]["arch_json"] == config["hwnas_suggested"]
-    if evaluated and not (multi_objective and not suggested_here and config.get("hwnas_known") is not None):
+    if evaluated and (not multi_objective or suggested_here or config.get("hwnas_known") is None):
         # A front's trial reports the suggested configuration's own values (Optuna learns
         # them for its parameters); a budgeted one the best of its chunk.
         best = evaluated[0] if multi_objective else max(evaluated, key=lambda r: r["acc"])

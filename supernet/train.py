@@ -227,14 +227,12 @@ def labeled_ce(logits: torch.Tensor, labels: torch.Tensor, labeled_share: torch.
     add up to the whole batch's mean over its labeled rows (a shard's own mean would weigh a
     shard with few labeled rows as much as one full of them)."""
     labeled = labels != UNLABELED
-    if labeled_share is not None:
-        share = float(labeled_share[0]) if len(labeled_share) else 0.0
-        if share <= 0 or not bool(labeled.any()):
-            return logits.sum() * 0.0
-        return F.cross_entropy(logits[labeled], labels[labeled], reduction="sum") / (share * len(labels))
     if not bool(labeled.any()):
         return logits.sum() * 0.0  # keeps the graph (and the dtype) without a NaN mean
-    return F.cross_entropy(logits[labeled], labels[labeled])
+    if labeled_share is None:
+        return F.cross_entropy(logits[labeled], labels[labeled])
+    # A shard with a labeled row is part of a batch whose labeled share is above 0.
+    return F.cross_entropy(logits[labeled], labels[labeled], reduction="sum") / (float(labeled_share[0]) * len(labels))
 
 
 def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
